@@ -1,1 +1,23 @@
+//! # dce — the Dependable Call Exchange edge
+//!
+//! DCE is a SIP/RTP call router for the pay-per-call market. This crate is the process: it owns
+//! the sockets, the clock, the configuration and the call controller, and joins the sans-IO
+//! domain crates (`dce-sip`, `dce-media`, `dce-routing`, `dce-compliance`).
+//!
+//! ## Layout
+//!
+//! | module | what it owns |
+//! |---|---|
+//! | [`config`] | TOML config files, checked with `file:line` errors |
+//! | [`transport`] | UDP and TCP socket drivers |
+//! | [`server`] | the core task: transaction layer, edge answers, timers |
+//! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
+//! | [`counters`] | one counter per reason a message was answered or dropped |
+//! | [`ids`] | tags and branches |
 
+pub mod config;
+pub mod counters;
+pub mod edge;
+pub mod ids;
+pub mod server;
+pub mod transport;

@@ -30,7 +30,8 @@ pub struct Peer {
     pub transport: Transport,
     /// Remote address.
     pub addr: SocketAddr,
-    /// For TCP: the connection the message arrived on, when known.
+    /// The local socket (UDP: listener index) or connection (TCP: connection id) the message
+    /// used, when known; responses leave through the same one.
     pub conn: Option<u64>,
 }
 
@@ -58,7 +59,7 @@ impl Peer {
                 Peer {
                     transport: Transport::Udp,
                     addr: SocketAddr::new(self.addr.ip(), port),
-                    conn: None,
+                    conn: self.conn,
                 }
             }
         }

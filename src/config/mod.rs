@@ -1,0 +1,38 @@
+//! Configuration: TOML files admins write, checked with every problem reported as
+//! `file:line: what is wrong`.
+//!
+//! ## Layout
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `walk.rs` | a span-aware walk over the TOML tree that collects every error with its line |
+//! | `model.rs` | the typed configuration DCE runs on, its defaults, and the checks per section |
+
+mod model;
+mod walk;
+
+pub use model::{Config, ListenAddr, ListenProto, NodeConfig, SipConfig};
+pub use walk::ConfigError;
+
+use std::path::Path;
+
+/// Read and check a config file. On failure, every problem found is returned.
+pub fn load(path: &Path) -> Result<Config, Vec<ConfigError>> {
+    let name = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            return Err(vec![ConfigError {
+                file: name,
+                line: 0,
+                message: format!("cannot read the file: {e}"),
+            }])
+        }
+    };
+    parse(&name, &text)
+}
+
+/// Check config text; `file` names it in error messages.
+pub fn parse(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
+    model::from_toml(file, text)
+}

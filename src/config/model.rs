@@ -1,0 +1,304 @@
+//! The typed configuration and its checks.
+
+use super::walk::{parse_root, ConfigError, Table, Walk};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Everything DCE runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// `[node]`
+    pub node: NodeConfig,
+    /// `[sip]`
+    pub sip: SipConfig,
+}
+
+/// `[node]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// Node id, written into CDRs and logs.
+    pub id: String,
+}
+
+/// Transport protocol of a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenProto {
+    /// `udp://`
+    Udp,
+    /// `tcp://`
+    Tcp,
+}
+
+/// One `[sip] listen` entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListenAddr {
+    /// Protocol.
+    pub proto: ListenProto,
+    /// Address and port.
+    pub addr: SocketAddr,
+}
+
+impl std::fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let p = match self.proto {
+            ListenProto::Udp => "udp",
+            ListenProto::Tcp => "tcp",
+        };
+        write!(f, "{p}://{}", self.addr)
+    }
+}
+
+/// `[sip]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SipConfig {
+    /// Sockets to listen on.
+    pub listen: Vec<ListenAddr>,
+    /// Host DCE puts in Via and Contact.
+    pub advertised_host: String,
+    /// Largest SIP message accepted on any transport (bytes).
+    pub max_message_bytes: usize,
+    /// A TCP connection that sends nothing for this long is closed.
+    pub tcp_idle_timeout: Duration,
+    /// Open TCP connections allowed from one source IP.
+    pub tcp_max_connections_per_ip: usize,
+    /// Open TCP connections allowed in total.
+    pub tcp_max_connections: usize,
+    /// RFC 3261 T1.
+    pub t1: Duration,
+}
+
+/// Defaults for the optional `[sip]` keys.
+pub mod defaults {
+    /// 64 KiB: the UDP limit; large enough for any SDP a carrier sends.
+    pub const MAX_MESSAGE_BYTES: i64 = 65_535;
+    /// Two minutes of silence closes a TCP connection (carriers keep-alive more often).
+    pub const TCP_IDLE_TIMEOUT_S: i64 = 120;
+    /// Per-IP TCP connection limit.
+    pub const TCP_MAX_CONNECTIONS_PER_IP: i64 = 64;
+    /// Global TCP connection limit.
+    pub const TCP_MAX_CONNECTIONS: i64 = 10_000;
+    /// RFC 3261 T1 in milliseconds.
+    pub const T1_MS: i64 = 500;
+}
+
+pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
+    let mut w = Walk::new(file, text);
+    let root = parse_root(&mut w, text);
+    let root = Table {
+        table: root.get_ref(),
+        span: (0, 0),
+        path: "",
+    };
+    w.unknown_keys(root, &["node", "sip"]);
+    let node = w
+        .table(root, "node", "node", true)
+        .and_then(|t| node(&mut w, t));
+    let sip = w
+        .table(root, "sip", "sip", true)
+        .and_then(|t| sip(&mut w, t));
+    match (node, sip) {
+        (Some(node), Some(sip)) if w.errors.is_empty() => Ok(Config { node, sip }),
+        _ => {
+            let mut errors = w.errors;
+            errors.sort_by_key(|e| e.line);
+            Err(errors)
+        }
+    }
+}
+
+fn node(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<NodeConfig> {
+    w.unknown_keys(t, &["id"]);
+    let (id, span) = w.string(t, "id", true)?;
+    if id.is_empty()
+        || !id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+    {
+        w.error(
+            span,
+            "`node.id` must be non-empty letters, digits, '-', '_' or '.'",
+        );
+        return None;
+    }
+    Some(NodeConfig { id })
+}
+
+fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
+    w.unknown_keys(
+        t,
+        &[
+            "listen",
+            "advertised_host",
+            "max_message_bytes",
+            "tcp_idle_timeout_s",
+            "tcp_max_connections_per_ip",
+            "tcp_max_connections",
+            "t1_ms",
+        ],
+    );
+    // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
+    let mut listen = Vec::new();
+    let items = w.strings(t, "listen", true).unwrap_or_default();
+    if items.is_empty() {
+        w.error(
+            t.span.0..t.span.1,
+            "`sip.listen` must name at least one address",
+        );
+    }
+    for (s, span) in items {
+        match parse_listen(&s) {
+            Ok(l) if listen.contains(&l) => w.error(span, format!("`{s}` is listed twice")),
+            Ok(l) => listen.push(l),
+            Err(e) => w.error(span, format!("bad listen address `{s}`: {e}")),
+        }
+    }
+    let advertised_host = match w.string(t, "advertised_host", true) {
+        Some((h, span)) => {
+            if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c == '/' || c == '@') {
+                w.error(
+                    span,
+                    "`sip.advertised_host` must be a host name or IP address",
+                );
+            }
+            h
+        }
+        None => String::new(),
+    };
+    let mut int = |key: &str, min: i64, max: i64, default: i64| -> i64 {
+        w.int(t, key, min, max).map(|(v, _)| v).unwrap_or(default)
+    };
+    let max_message_bytes = int(
+        "max_message_bytes",
+        1024,
+        1 << 20,
+        defaults::MAX_MESSAGE_BYTES,
+    ) as usize;
+    let idle = int(
+        "tcp_idle_timeout_s",
+        1,
+        86_400,
+        defaults::TCP_IDLE_TIMEOUT_S,
+    ) as u64;
+    let per_ip = int(
+        "tcp_max_connections_per_ip",
+        1,
+        1_000_000,
+        defaults::TCP_MAX_CONNECTIONS_PER_IP,
+    ) as usize;
+    let total = int(
+        "tcp_max_connections",
+        1,
+        1_000_000,
+        defaults::TCP_MAX_CONNECTIONS,
+    ) as usize;
+    let t1 = int("t1_ms", 50, 10_000, defaults::T1_MS) as u64;
+    Some(SipConfig {
+        listen,
+        advertised_host,
+        max_message_bytes,
+        tcp_idle_timeout: Duration::from_secs(idle),
+        tcp_max_connections_per_ip: per_ip,
+        tcp_max_connections: total,
+        t1: Duration::from_millis(t1),
+    })
+}
+
+/// `udp://IP:PORT` or `tcp://IP:PORT` (IPv6 as `[::1]:5060`).
+pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
+    let (proto, rest) = s
+        .split_once("://")
+        .ok_or_else(|| "expected udp://IP:PORT or tcp://IP:PORT".to_owned())?;
+    let proto = match proto.to_ascii_lowercase().as_str() {
+        "udp" => ListenProto::Udp,
+        "tcp" => ListenProto::Tcp,
+        other => return Err(format!("transport `{other}` is not supported (udp, tcp)")),
+    };
+    let addr: SocketAddr = rest
+        .parse()
+        .map_err(|_| format!("`{rest}` is not IP:PORT"))?;
+    Ok(ListenAddr { proto, addr })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    const GOOD: &str = r#"
+[node]
+id = "edge-1"
+
+[sip]
+listen = ["udp://127.0.0.1:5060", "tcp://127.0.0.1:5060"]
+advertised_host = "127.0.0.1"
+"#;
+
+    #[test]
+    fn good_config_with_defaults() {
+        let c = parse("dce.toml", GOOD).unwrap();
+        assert_eq!(c.node.id, "edge-1");
+        assert_eq!(c.sip.listen.len(), 2);
+        assert_eq!(c.sip.max_message_bytes, 65_535);
+        assert_eq!(c.sip.t1.as_millis(), 500);
+    }
+
+    #[test]
+    fn every_error_has_its_line() {
+        let bad = r#"[node]
+id = "edge-1"
+colour = "blue"
+
+[sip]
+listen = ["udp://127.0.0.1:5060", "sctp://127.0.0.1:5060", "tcp://nonsense"]
+advertised_host = "127.0.0.1"
+max_message_bytes = 12
+"#;
+        let errs = parse("dce.toml", bad).unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert_eq!(text.len(), 4, "{text:#?}");
+        assert!(
+            text[0].starts_with("dce.toml:3: unknown key `colour` in [node]"),
+            "{text:#?}"
+        );
+        assert!(
+            text[1].starts_with("dce.toml:6: bad listen address `sctp://"),
+            "{text:#?}"
+        );
+        assert!(
+            text[2].starts_with("dce.toml:6: bad listen address `tcp://nonsense`"),
+            "{text:#?}"
+        );
+        assert!(
+            text[3].starts_with("dce.toml:8: `sip.max_message_bytes` must be between"),
+            "{text:#?}"
+        );
+    }
+
+    #[test]
+    fn missing_sections_and_syntax_errors() {
+        let errs = parse("x.toml", "[node]\nid = \"a\"\n").unwrap_err();
+        assert!(errs[0]
+            .to_string()
+            .contains("missing required section [sip]"));
+        let errs = parse("x.toml", "[node]\nid = \n").unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.to_string().starts_with("x.toml:2: TOML syntax")),
+            "{errs:?}"
+        );
+        let errs = parse(
+            "x.toml",
+            "[node]\nid = 5\n[sip]\nlisten=[]\nadvertised_host=\"h\"\n",
+        )
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with("x.toml:2: `node.id` must be a string")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter().any(|e| e.contains("at least one address")),
+            "{text:?}"
+        );
+    }
+}

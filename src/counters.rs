@@ -1,0 +1,135 @@
+//! Counters of what DCE did with every message at the edge, one per reason. Lock-free; read
+//! by the shutdown report and the periodic log line (and by the metrics endpoint later).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $variant:ident => $name:literal, )*) => {
+        /// One counter.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+        pub enum Counter {
+            $( $(#[$doc])* $variant, )*
+        }
+
+        impl Counter {
+            /// Every counter, in report order.
+            pub const ALL: &'static [Counter] = &[$(Counter::$variant,)*];
+
+            /// Stable name for logs and metrics.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $( Counter::$variant => $name, )*
+                }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Requests that parsed.
+    RxRequest => "rx_request",
+    /// Responses that parsed.
+    RxResponse => "rx_response",
+    /// OPTIONS answered 200.
+    Options200 => "answered_200_options",
+    /// CANCEL answered 200 (and its INVITE 487).
+    Cancel200 => "answered_200_cancel",
+    /// Malformed request answered 400.
+    Malformed400 => "rejected_400_malformed",
+    /// SIP version other than 2.0 answered 505.
+    Version505 => "rejected_505_version",
+    /// Unknown method answered 501.
+    UnknownMethod501 => "rejected_501_unknown_method",
+    /// Known method DCE does not serve answered 405.
+    MethodNotAllowed405 => "rejected_405_method",
+    /// In-dialog request with no dialog (or CANCEL with no INVITE) answered 481.
+    NoDialog481 => "rejected_481_no_transaction",
+    /// Request-URI scheme DCE does not serve answered 416.
+    UnsupportedScheme416 => "rejected_416_scheme",
+    /// Max-Forwards 0 answered 483.
+    TooManyHops483 => "rejected_483_max_forwards",
+    /// Unsupported Require/Proxy-Require answered 420.
+    BadExtension420 => "rejected_420_require",
+    /// Body of a type DCE does not read answered 415.
+    UnsupportedMedia415 => "rejected_415_content_type",
+    /// Accept without SDP answered 406.
+    NotAcceptable406 => "rejected_406_accept",
+    /// INVITE refused 403 (no call routing yet).
+    Invite403 => "rejected_403_invite",
+    /// Malformed request with no usable Via: dropped.
+    DroppedUnaddressable => "dropped_unaddressable_request",
+    /// Malformed response: dropped.
+    DroppedMalformedResponse => "dropped_malformed_response",
+    /// Response matching no transaction: dropped.
+    DroppedStrayResponse => "dropped_stray_response",
+    /// ACK matching no transaction or dialog: dropped.
+    DroppedStrayAck => "dropped_stray_ack",
+    /// Message over the size limit: dropped (UDP) or connection closed (TCP).
+    DroppedOversize => "dropped_oversize",
+    /// Bytes that are not a SIP message at all: dropped.
+    DroppedGarbage => "dropped_unparseable",
+    /// TCP connection closed because its stream could not be framed.
+    TcpClosedFraming => "tcp_closed_framing",
+    /// TCP connection closed for idleness.
+    TcpClosedIdle => "tcp_closed_idle",
+    /// TCP connection refused by the per-IP or global limit.
+    TcpRefusedLimit => "tcp_refused_limit",
+    /// A message for a TCP connection that is gone or backed up: dropped.
+    TcpSendFailed => "tcp_send_failed",
+    /// A UDP send failed.
+    UdpSendFailed => "udp_send_failed",
+}
+
+/// The counters, shared by every task.
+#[derive(Debug)]
+pub struct Counters {
+    values: Vec<AtomicU64>,
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Counters {
+            values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+}
+
+impl Counters {
+    /// Add one.
+    pub fn inc(&self, c: Counter) {
+        self.values[c as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Current value.
+    pub fn get(&self, c: Counter) -> u64 {
+        self.values[c as usize].load(Ordering::Relaxed)
+    }
+
+    /// Every non-zero counter as `name=value`, space separated.
+    pub fn report(&self) -> String {
+        Counter::ALL
+            .iter()
+            .filter(|c| self.get(**c) > 0)
+            .map(|c| format!("{}={}", c.name(), self.get(*c)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_and_reports() {
+        let c = Counters::default();
+        c.inc(Counter::Malformed400);
+        c.inc(Counter::Malformed400);
+        c.inc(Counter::Options200);
+        assert_eq!(c.get(Counter::Malformed400), 2);
+        assert_eq!(
+            c.report(),
+            "answered_200_options=1 rejected_400_malformed=2"
+        );
+    }
+}

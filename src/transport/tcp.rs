@@ -1,0 +1,182 @@
+//! TCP accept loop and per-connection framing.
+
+use super::Inbound;
+use crate::counters::{Counter, Counters};
+use bytes::{Buf, Bytes, BytesMut};
+use dce_sip::framing::{frame, Frame};
+use dce_sip::transaction::{Peer, Transport};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Limits for TCP connections.
+#[derive(Debug, Clone, Copy)]
+pub struct TcpLimits {
+    /// Largest message in bytes (bounds the receive buffer).
+    pub max_message: usize,
+    /// Close a connection that sends nothing for this long.
+    pub idle: Duration,
+    /// Open connections per source IP.
+    pub per_ip: usize,
+    /// Open connections in total.
+    pub total: usize,
+}
+
+/// Connection ids are unique across every TCP listener of the process.
+static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// Open connections per source IP; the guard gives the slot back on drop.
+#[derive(Clone, Default)]
+struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+struct IpSlot {
+    map: PerIp,
+    ip: IpAddr,
+}
+
+impl PerIp {
+    fn take(&self, ip: IpAddr, limit: usize) -> Option<IpSlot> {
+        let mut m = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let n = m.entry(ip).or_insert(0);
+        if *n >= limit {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            map: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut m = self.map.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = m.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// Accept connections until the core goes away.
+pub async fn accept_loop(
+    listener: TcpListener,
+    limits: TcpLimits,
+    core: mpsc::Sender<Inbound>,
+    counters: Arc<Counters>,
+) {
+    let total = Arc::new(Semaphore::new(limits.total));
+    let per_ip = PerIp::default();
+    loop {
+        let (stream, addr) = match listener.accept().await {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!(error = %e, "tcp accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if core.is_closed() {
+            return;
+        }
+        let Ok(permit) = total.clone().try_acquire_owned() else {
+            counters.inc(Counter::TcpRefusedLimit);
+            tracing::warn!(%addr, "refused TCP connection: {} connections open", limits.total);
+            continue;
+        };
+        let Some(slot) = per_ip.take(addr.ip(), limits.per_ip) else {
+            counters.inc(Counter::TcpRefusedLimit);
+            tracing::warn!(%addr, "refused TCP connection: {} already open from this address", limits.per_ip);
+            continue;
+        };
+        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(connection(
+            stream,
+            addr,
+            conn,
+            limits,
+            core.clone(),
+            counters.clone(),
+            (permit, slot),
+        ));
+    }
+}
+
+async fn connection(
+    mut stream: TcpStream,
+    addr: SocketAddr,
+    conn: u64,
+    limits: TcpLimits,
+    core: mpsc::Sender<Inbound>,
+    counters: Arc<Counters>,
+    _slots: (OwnedSemaphorePermit, IpSlot),
+) {
+    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    if core.send(Inbound::TcpOpened { conn, tx }).await.is_err() {
+        return;
+    }
+    tracing::debug!(%addr, conn, "tcp connection open");
+    let peer = Peer {
+        transport: Transport::Tcp,
+        addr,
+        conn: Some(conn),
+    };
+    let mut buf = BytesMut::with_capacity(8192);
+    let why = 'conn: loop {
+        tokio::select! {
+            read = tokio::time::timeout(limits.idle, stream.read_buf(&mut buf)) => {
+                match read {
+                    Err(_) => {
+                        counters.inc(Counter::TcpClosedIdle);
+                        break 'conn "idle";
+                    }
+                    Ok(Err(_)) | Ok(Ok(0)) => break 'conn "closed by peer",
+                    Ok(Ok(_)) => {}
+                }
+                loop {
+                    match frame(&buf, limits.max_message) {
+                        Frame::Message(n) => {
+                            let bytes = buf.split_to(n).freeze();
+                            if core.send(Inbound::Message { bytes, from: peer }).await.is_err() {
+                                break 'conn "shutdown";
+                            }
+                        }
+                        Frame::Ping(n) => {
+                            buf.advance(n);
+                            if stream.write_all(b"\r\n").await.is_err() {
+                                break 'conn "write failed";
+                            }
+                        }
+                        Frame::Skip(n) => buf.advance(n),
+                        Frame::Incomplete => break,
+                        Frame::Invalid(e) => {
+                            counters.inc(Counter::TcpClosedFraming);
+                            tracing::info!(%addr, conn, error = %e, "closing TCP connection: stream cannot be framed");
+                            break 'conn "framing";
+                        }
+                    }
+                }
+            }
+            out = rx.recv() => {
+                match out {
+                    Some(bytes) => {
+                        if stream.write_all(&bytes).await.is_err() {
+                            break 'conn "write failed";
+                        }
+                    }
+                    None => break 'conn "shutdown",
+                }
+            }
+        }
+    };
+    tracing::debug!(%addr, conn, reason = why, "tcp connection closed");
+    let _ = core.send(Inbound::TcpClosed { conn }).await;
+}
