@@ -314,8 +314,10 @@ impl Message {
 /// With Content-Length, the body is exactly that many bytes and trailing bytes are ignored
 /// (RFC 3261 §18.3, RFC 4475 §3.1.1.8); without it, the body is the rest of the input.
 pub fn parse(input: Bytes) -> Result<Message, ParseFailure> {
-    let raw = parse_raw(&input).map_err(|error| ParseFailure { error, raw: None })?;
-    read_core(raw)
+    match parse_raw(&input) {
+        Ok(raw) => read_core(raw),
+        Err((error, raw)) => Err(ParseFailure { error, raw }),
+    }
 }
 
 fn find_head_end(b: &[u8]) -> Option<usize> {
@@ -330,14 +332,16 @@ fn find_head_end(b: &[u8]) -> Option<usize> {
     None
 }
 
-fn parse_raw(input: &Bytes) -> Result<RawMessage, ParseError> {
+/// Split into lines. A broken request line still yields the raw message (so the request can
+/// be answered 400 or 505 at its Via); a broken header section does not.
+fn parse_raw(input: &Bytes) -> Result<RawMessage, (ParseError, Option<Box<RawMessage>>)> {
     // RFC 3261 §7.5: ignore CRLFs before the start line.
     let mut offset = 0;
     while input.get(offset..offset + 2) == Some(b"\r\n") {
         offset += 2;
     }
     let b = &input[offset..];
-    let head_end = find_head_end(b).ok_or(ParseError::NoHeaderEnd)?;
+    let head_end = find_head_end(b).ok_or((ParseError::NoHeaderEnd, None))?;
     let mut head = b[..head_end].to_vec();
     // Unfold: CRLF followed by SP/HT becomes spaces, keeping every offset.
     for i in 0..head.len().saturating_sub(2) {
@@ -346,22 +350,21 @@ fn parse_raw(input: &Bytes) -> Result<RawMessage, ParseError> {
             head[i + 1] = b' ';
         }
     }
-    let head = String::from_utf8(head).map_err(|_| ParseError::NotUtf8)?;
+    let head = String::from_utf8(head).map_err(|_| (ParseError::NotUtf8, None))?;
     let body = input.slice(offset + head_end + 4..);
 
     let mut lines = LineIter { s: &head, pos: 0 };
-    let (start_off, start_line) = lines.next().ok_or(ParseError::StartLine)?;
-    let _ = start_off;
-    let start = parse_start_line(start_line)?;
+    let (_, start_line) = lines.next().ok_or((ParseError::StartLine, None))?;
+    let start = parse_start_line(start_line);
     let mut headers = Vec::with_capacity(16);
     for (off, line) in lines {
         if line.bytes().any(|c| c == b'\r' || c == b'\n') {
-            return Err(ParseError::HeaderLine);
+            return Err((ParseError::HeaderLine, None));
         }
-        let colon = line.find(':').ok_or(ParseError::HeaderLine)?;
+        let colon = line.find(':').ok_or((ParseError::HeaderLine, None))?;
         let name = trim_lws(&line[..colon]);
         if !is_token(name) {
-            return Err(ParseError::HeaderLine);
+            return Err((ParseError::HeaderLine, None));
         }
         let vstart = colon + 1;
         let value = &line[vstart..];
@@ -370,12 +373,33 @@ fn parse_raw(input: &Bytes) -> Result<RawMessage, ParseError> {
         let s = off + vstart + lead;
         headers.push((HeaderName::from_wire(name), Span::new(s, s + trimmed.len())));
     }
-    Ok(RawMessage {
-        head,
-        start,
-        headers,
-        body,
-    })
+    match start {
+        Ok(start) => Ok(RawMessage {
+            head,
+            start,
+            headers,
+            body,
+        }),
+        Err(e) => {
+            // A request whose method is still readable can be answered at its Via.
+            let method = start_line
+                .split(' ')
+                .next()
+                .filter(|m| is_token(m) && !m.starts_with("SIP/"));
+            let raw = method.map(|m| {
+                Box::new(RawMessage {
+                    start: StartLine::Request {
+                        method: Method::from_token(m),
+                        uri: String::new(),
+                    },
+                    head: head.clone(),
+                    headers,
+                    body,
+                })
+            });
+            Err((e, raw))
+        }
+    }
 }
 
 struct LineIter<'a> {

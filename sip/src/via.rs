@@ -54,9 +54,7 @@ impl Via {
         let mut parts = [""; 3];
         for (i, part) in parts.iter_mut().enumerate() {
             let r = trim_lws(rest);
-            let end = r
-                .find(|c: char| c == '/' || c == ' ' || c == '\t')
-                .unwrap_or(r.len());
+            let end = r.find(['/', ' ', '\t']).unwrap_or(r.len());
             *part = &r[..end];
             rest = trim_lws(&r[end..]);
             if i < 2 {

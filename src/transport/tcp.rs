@@ -177,6 +177,21 @@ async fn connection(
             }
         }
     };
+    // Answers to messages framed before the close are still on their way from the core:
+    // give them a moment to go out (read side is done either way).
+    if why == "framing" || why == "idle" {
+        let linger = tokio::time::sleep(Duration::from_millis(300));
+        tokio::pin!(linger);
+        loop {
+            tokio::select! {
+                _ = &mut linger => break,
+                out = rx.recv() => match out {
+                    Some(bytes) if stream.write_all(&bytes).await.is_ok() => {}
+                    _ => break,
+                },
+            }
+        }
+    }
     tracing::debug!(%addr, conn, reason = why, "tcp connection closed");
     let _ = core.send(Inbound::TcpClosed { conn }).await;
 }

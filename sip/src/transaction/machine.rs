@@ -182,11 +182,9 @@ impl Machine {
                     self.wait_or_terminate(Timer::D, d, now, fx);
                 }
             }
-            (Kind::ClientInvite, State::Completed) => {
-                if code >= 300 {
-                    if let Some(a) = &self.ack {
-                        fx.send.push(a.clone());
-                    }
+            (Kind::ClientInvite, State::Completed) if code >= 300 => {
+                if let Some(a) = &self.ack {
+                    fx.send.push(a.clone());
                 }
             }
             (Kind::ClientInvite, State::Accepted) => {

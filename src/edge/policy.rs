@@ -85,6 +85,10 @@ pub fn decide(req: &Message, local: &Local) -> Decision {
     if !matches!(uri.scheme, Scheme::Sip | Scheme::Sips | Scheme::Tel) {
         return respond(416, Counter::UnsupportedScheme416);
     }
+    // §12.2.2: a To tag means the request belongs to a dialog; DCE has none yet for it.
+    if *method != Method::Cancel && req.to().tag.is_some() {
+        return respond(481, Counter::NoDialog481);
+    }
     // Max-Forwards: an OPTIONS addressed to DCE itself with Max-Forwards 0 is a keep-alive
     // probe DCE is the final recipient of (RFC 3261 §16.3 item 3); anything else would be
     // forwarded and so has run out of hops.
@@ -185,6 +189,11 @@ mod tests {
         assert_eq!(code(decide(&msg("BYE sip:x SIP/2.0", ""), &l)), 481);
         assert_eq!(code(decide(&msg("INVITE sip:x SIP/2.0", ""), &l)), 2);
         assert_eq!(code(decide(&msg("CANCEL sip:x SIP/2.0", ""), &l)), 1);
+        let in_dialog = "INVITE sip:x SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKq\r\nFrom: <sip:a@b>;tag=1\r\nTo: <sip:c@d>;tag=2\r\nCall-ID: x\r\nCSeq: 2 INVITE\r\nl: 0\r\n\r\n";
+        assert_eq!(
+            code(decide(&dce_sip::parse(Bytes::from(in_dialog)).unwrap(), &l)),
+            481
+        );
         match decide(&msg("REGISTER sip:x SIP/2.0", ""), &l) {
             Decision::Respond { headers, .. } => {
                 assert_eq!(headers[0], (HeaderName::Allow, ALLOW.to_owned()))

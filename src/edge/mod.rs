@@ -1,0 +1,17 @@
+//! The SIP edge: everything DCE does with a message before call logic, sans-IO.
+//!
+//! ## Layout
+//!
+//! | file | what it owns |
+//! |---|---|
+//! | `policy.rs` | [`decide`]: which answer a well-formed request gets (RFC 3261 §8.2 order) |
+//! | `core.rs` | [`EdgeCore`]: bytes in → parse → transaction layer → answers out, with counters |
+//!
+//! `EdgeCore` has no sockets and no clock: the server feeds it bytes with `now` and sends what
+//! it returns. Tests drive it the same way with simulated time.
+
+mod core;
+mod policy;
+
+pub use self::core::EdgeCore;
+pub use policy::{decide, Decision, Local, ACCEPT, ALLOW, SUPPORTED};
