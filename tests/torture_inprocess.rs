@@ -154,9 +154,9 @@ fn answers_carry_received_rport_and_a_to_tag() {
     let resp = dce_sip::parse(t.bytes).expect("our answer parses");
     assert_eq!(resp.code(), Some(200));
     assert_eq!(resp.vias().len(), 2);
-    assert_eq!(resp.via().received.as_deref(), Some("127.0.0.7"));
+    assert_eq!(resp.via().received(), Some("127.0.0.7"));
     assert_eq!(resp.via().rport, dce_sip::Rport::Port(40000));
-    assert!(resp.to().tag.is_some());
+    assert!(resp.to().tag().is_some());
     assert_eq!((resp.call_id(), resp.cseq()), ("abc", 7));
     assert!(resp.header(&dce_sip::HeaderName::Allow).is_some());
 }

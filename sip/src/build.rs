@@ -169,7 +169,7 @@ impl RawMessage {
         }
         if let Some(t) = self.header(&HeaderName::To) {
             let has_tag = match NameAddr::parse(t) {
-                Ok(n) => n.tag.is_some(),
+                Ok(n) => n.tag().is_some(),
                 Err(_) => t.to_ascii_lowercase().contains("tag="),
             };
             let value = if has_tag || code == 100 || to_tag.is_empty() {

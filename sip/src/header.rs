@@ -4,7 +4,7 @@
 use std::fmt;
 
 macro_rules! header_names {
-    ($( $variant:ident => $canon:literal $(, $compact:literal)? ;)*) => {
+    ($( $variant:ident => $canon:literal, $lower:literal $(, $compact:literal)? ;)*) => {
         /// A header name. Known headers are variants; anything else keeps its spelling.
         #[derive(Debug, Clone, PartialEq, Eq, Hash)]
         pub enum HeaderName {
@@ -19,12 +19,19 @@ macro_rules! header_names {
         impl HeaderName {
             /// Map a header name (long or compact form, any case) to a [`HeaderName`].
             pub fn from_wire(s: &str) -> HeaderName {
-                $(
-                    if s.eq_ignore_ascii_case($canon) $(|| s.eq_ignore_ascii_case($compact))? {
-                        return HeaderName::$variant;
-                    }
-                )*
-                HeaderName::Other(s.to_owned())
+                // Lower-case into a stack buffer, then one `match` on the string.
+                let mut buf = [0u8; 24];
+                if s.len() > buf.len() {
+                    return HeaderName::Other(s.to_owned());
+                }
+                for (d, c) in buf.iter_mut().zip(s.bytes()) {
+                    *d = c.to_ascii_lowercase();
+                }
+                let lower = std::str::from_utf8(&buf[..s.len()]).unwrap_or("");
+                match lower {
+                    $( $lower $(| $compact)? => HeaderName::$variant, )*
+                    _ => HeaderName::Other(s.to_owned()),
+                }
             }
 
             /// The canonical spelling used when DCE prints the header.
@@ -39,41 +46,41 @@ macro_rules! header_names {
 }
 
 header_names! {
-    Via => "Via", "v";
-    From => "From", "f";
-    To => "To", "t";
-    CallId => "Call-ID", "i";
-    CSeq => "CSeq";
-    MaxForwards => "Max-Forwards";
-    Contact => "Contact", "m";
-    ContentType => "Content-Type", "c";
-    ContentLength => "Content-Length", "l";
-    ContentEncoding => "Content-Encoding", "e";
-    Route => "Route";
-    RecordRoute => "Record-Route";
-    Require => "Require";
-    ProxyRequire => "Proxy-Require";
-    Supported => "Supported", "k";
-    Unsupported => "Unsupported";
-    Allow => "Allow";
-    Accept => "Accept";
-    Subject => "Subject", "s";
-    Expires => "Expires";
-    Reason => "Reason";
-    RetryAfter => "Retry-After";
-    Timestamp => "Timestamp";
-    UserAgent => "User-Agent";
-    Server => "Server";
-    PAssertedIdentity => "P-Asserted-Identity";
-    SessionExpires => "Session-Expires", "x";
-    Event => "Event", "o";
-    ReferTo => "Refer-To", "r";
-    ReferredBy => "Referred-By", "b";
-    AllowEvents => "Allow-Events", "u";
-    Identity => "Identity", "y";
-    AcceptContact => "Accept-Contact", "a";
-    RejectContact => "Reject-Contact", "j";
-    RequestDisposition => "Request-Disposition", "d";
+    Via => "Via", "via", "v";
+    From => "From", "from", "f";
+    To => "To", "to", "t";
+    CallId => "Call-ID", "call-id", "i";
+    CSeq => "CSeq", "cseq";
+    MaxForwards => "Max-Forwards", "max-forwards";
+    Contact => "Contact", "contact", "m";
+    ContentType => "Content-Type", "content-type", "c";
+    ContentLength => "Content-Length", "content-length", "l";
+    ContentEncoding => "Content-Encoding", "content-encoding", "e";
+    Route => "Route", "route";
+    RecordRoute => "Record-Route", "record-route";
+    Require => "Require", "require";
+    ProxyRequire => "Proxy-Require", "proxy-require";
+    Supported => "Supported", "supported", "k";
+    Unsupported => "Unsupported", "unsupported";
+    Allow => "Allow", "allow";
+    Accept => "Accept", "accept";
+    Subject => "Subject", "subject", "s";
+    Expires => "Expires", "expires";
+    Reason => "Reason", "reason";
+    RetryAfter => "Retry-After", "retry-after";
+    Timestamp => "Timestamp", "timestamp";
+    UserAgent => "User-Agent", "user-agent";
+    Server => "Server", "server";
+    PAssertedIdentity => "P-Asserted-Identity", "p-asserted-identity";
+    SessionExpires => "Session-Expires", "session-expires", "x";
+    Event => "Event", "event", "o";
+    ReferTo => "Refer-To", "refer-to", "r";
+    ReferredBy => "Referred-By", "referred-by", "b";
+    AllowEvents => "Allow-Events", "allow-events", "u";
+    Identity => "Identity", "identity", "y";
+    AcceptContact => "Accept-Contact", "accept-contact", "a";
+    RejectContact => "Reject-Contact", "reject-contact", "j";
+    RequestDisposition => "Request-Disposition", "request-disposition", "d";
 }
 
 impl fmt::Display for HeaderName {

@@ -212,6 +212,17 @@ impl RawMessage {
         Via::parse(first).ok()
     }
 
+    /// For answering a malformed request: the top via-parm, and whether it parsed fully. When
+    /// only its sent-protocol and sent-by are readable, the reply can still be addressed.
+    pub fn reply_via(&self) -> Option<(Via, bool)> {
+        let v = self.header(&HeaderName::Via)?;
+        let first = v.split(',').next()?;
+        match Via::parse(first) {
+            Ok(via) => Some((via, true)),
+            Err(_) => Via::parse_sent_by_only(first).ok().map(|via| (via, false)),
+        }
+    }
+
     /// The message printed as received: unfolded head, blank line, body. Content-Length is
     /// written as received; use [`crate::MessageBuf`] to build new messages.
     pub fn print_into(&self, out: &mut Vec<u8>) {
@@ -321,15 +332,7 @@ pub fn parse(input: Bytes) -> Result<Message, ParseFailure> {
 }
 
 fn find_head_end(b: &[u8]) -> Option<usize> {
-    let mut i = 0;
-    while i + 3 < b.len() {
-        match b[i + 3] {
-            b'\n' if &b[i..i + 4] == b"\r\n\r\n" => return Some(i),
-            b'\n' | b'\r' => i += 1,
-            _ => i += 4,
-        }
-    }
-    None
+    memchr::memmem::find(b, b"\r\n\r\n")
 }
 
 /// Split into lines. A broken request line still yields the raw message (so the request can
@@ -344,11 +347,12 @@ fn parse_raw(input: &Bytes) -> Result<RawMessage, (ParseError, Option<Box<RawMes
     let head_end = find_head_end(b).ok_or((ParseError::NoHeaderEnd, None))?;
     let mut head = b[..head_end].to_vec();
     // Unfold: CRLF followed by SP/HT becomes spaces, keeping every offset.
-    for i in 0..head.len().saturating_sub(2) {
-        if head[i] == b'\r' && head[i + 1] == b'\n' && matches!(head[i + 2], b' ' | b'\t') {
-            head[i] = b' ';
-            head[i + 1] = b' ';
-        }
+    let folds: Vec<usize> = memchr::memchr_iter(b'\n', &head)
+        .filter(|&i| i > 0 && head[i - 1] == b'\r' && matches!(head.get(i + 1), Some(b' ' | b'\t')))
+        .collect();
+    for i in folds {
+        head[i - 1] = b' ';
+        head[i] = b' ';
     }
     let head = String::from_utf8(head).map_err(|_| (ParseError::NotUtf8, None))?;
     let body = input.slice(offset + head_end + 4..);
@@ -415,7 +419,8 @@ impl<'a> Iterator for LineIter<'a> {
         }
         let rest = &self.s[self.pos..];
         let start = self.pos;
-        match rest.find("\r\n") {
+        let crlf = memchr::memchr_iter(b'\n', rest.as_bytes()).find(|&i| i > 0 && rest.as_bytes()[i - 1] == b'\r').map(|i| i - 1);
+        match crlf {
             Some(i) => {
                 self.pos += i + 2;
                 Some((start, &rest[..i]))
@@ -443,7 +448,7 @@ fn version_is_2_0(v: &str) -> Option<bool> {
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
-    if line.len() >= 4 && line[..4].eq_ignore_ascii_case("SIP/") {
+    if line.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
         let (version, rest) = line.split_once(' ').ok_or(ParseError::StartLine)?;
         if version_is_2_0(version) != Some(true) {
             return Err(ParseError::Version);
@@ -587,7 +592,7 @@ fn read_core_inner(raw: &RawMessage) -> Result<(Core, Bytes), ParseError> {
                 return Err(ParseError::CSeqMismatch);
             }
             let uri = Uri::parse(uri).map_err(|_| ParseError::RequestUri)?;
-            if matches!(uri.scheme, Scheme::Sip | Scheme::Sips) && uri.headers.is_some() {
+            if matches!(uri.scheme, Scheme::Sip | Scheme::Sips) && uri.headers().is_some() {
                 return Err(ParseError::UriHeaders);
             }
             Some(uri)

@@ -1,20 +1,18 @@
 //! `name-addr` / `addr-spec` values with header parameters (RFC 3261 §20.10, §20.20, §20.39):
 //! From, To, Contact, Route, P-Asserted-Identity.
 
-use crate::scan::{is_token, param, parse_params, quoted_len, trim_lws};
+use crate::scan::{for_each_param, is_token, quoted_len, trim_lws, Span};
 use crate::uri::Uri;
 
-/// A From/To/Contact-style value.
+/// A From/To/Contact-style value. `raw` is the value as written (trimmed).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NameAddr {
-    /// Display name as written (quoted strings keep their quotes), if any.
-    pub display: Option<String>,
     /// The URI.
     pub uri: Uri,
-    /// The `tag` parameter.
-    pub tag: Option<String>,
     /// The whole value as written (trimmed).
     pub raw: String,
+    display: Option<Span>,
+    tag: Option<Span>,
 }
 
 /// Why a name-addr value did not parse.
@@ -85,18 +83,34 @@ impl NameAddr {
             (None, uri_str, rest)
         };
         let uri = Uri::parse(uri_str).map_err(|_| NameAddrError::Uri)?;
-        let params = parse_params(params).ok_or(NameAddrError::Param)?;
-        let tag = match param(&params, "tag") {
-            Some(Some(t)) if is_token(t) => Some(t.to_owned()),
-            Some(_) => return Err(NameAddrError::Param),
-            None => None,
-        };
+        let (mut tag, mut bad) = (None, false);
+        let ok = for_each_param(params, |name, value| {
+            if name.eq_ignore_ascii_case("tag") {
+                match value {
+                    Some(t) if is_token(t) => tag = Some(Span::of(s, t)),
+                    _ => bad = true,
+                }
+            }
+        });
+        if !ok || bad {
+            return Err(NameAddrError::Param);
+        }
         Ok(NameAddr {
-            display: display.map(str::to_owned),
             uri,
-            tag,
             raw: s.to_owned(),
+            display: display.map(|d| Span::of(s, d)),
+            tag,
         })
+    }
+
+    /// Display name as written (quoted strings keep their quotes), if any.
+    pub fn display(&self) -> Option<&str> {
+        self.display.map(|d| d.get(&self.raw))
+    }
+
+    /// The `tag` parameter.
+    pub fn tag(&self) -> Option<&str> {
+        self.tag.map(|t| t.get(&self.raw))
     }
 }
 
@@ -130,13 +144,13 @@ mod tests {
             "\"J Rosenberg \\\\\\\"\"       <sip:jdrosen@example.com>  ;  tag = 98asjd8",
         )
         .unwrap();
-        assert_eq!(n.tag.as_deref(), Some("98asjd8"));
-        assert_eq!(n.uri.host, "example.com");
+        assert_eq!(n.tag(), Some("98asjd8"));
+        assert_eq!(n.uri.host(), "example.com");
         let n =
             NameAddr::parse("sip:vivekg@chair-dnrc.example.com ;   tag    = 1918181833n").unwrap();
-        assert_eq!(n.tag.as_deref(), Some("1918181833n"));
+        assert_eq!(n.tag(), Some("1918181833n"));
         let n = NameAddr::parse("caller<sip:caller@example.com>;tag=323").unwrap();
-        assert_eq!(n.display.as_deref(), Some("caller"));
+        assert_eq!(n.display(), Some("caller"));
         let n = NameAddr::parse("isbn:2983792873").unwrap();
         assert!(!n.uri.is_sip());
     }

@@ -1,7 +1,7 @@
 //! URIs: SIP and SIPS (RFC 3261 §19.1, §25.1), IPv6 references (RFC 5118), `tel` (RFC 3966)
 //! and opaque URIs of any other scheme (kept verbatim; DCE only routes on sip/sips/tel).
 
-use crate::scan::{is_token_char, parse_bounded};
+use crate::scan::{is_token_char, parse_bounded, Span};
 use std::fmt;
 
 /// A URI scheme.
@@ -17,23 +17,19 @@ pub enum Scheme {
     Other(String),
 }
 
-/// A parsed URI. `raw` is exactly what was on the wire.
+/// A parsed URI. `raw` is exactly what was on the wire; the parts are views into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Uri {
     /// The scheme.
     pub scheme: Scheme,
-    /// The user part (sip/sips), or the number (tel), still %-escaped.
-    pub user: Option<String>,
-    /// The host (sip/sips); IPv6 references keep their brackets. Empty for other schemes.
-    pub host: String,
     /// The explicit port, if any.
     pub port: Option<u16>,
-    /// `;`-parameters as written, without the leading `;` (empty when none).
-    pub params: String,
-    /// `?`-headers as written, without the `?`.
-    pub headers: Option<String>,
     /// The URI exactly as received.
     pub raw: String,
+    user: Option<Span>,
+    host: Span,
+    params: Span,
+    headers: Option<Span>,
 }
 
 /// Why a URI did not parse.
@@ -85,18 +81,18 @@ impl Uri {
             }
             return Ok(Uri {
                 scheme: Scheme::Other(scheme_s.to_ascii_lowercase()),
-                user: None,
-                host: String::new(),
                 port: None,
-                params: String::new(),
-                headers: None,
                 raw: s.to_owned(),
+                user: None,
+                host: Span::of(s, &s[s.len()..]),
+                params: Span::of(s, &s[s.len()..]),
+                headers: None,
             });
         };
         if scheme == Scheme::Tel {
             let (number, params) = match rest.find(';') {
                 Some(i) => (&rest[..i], &rest[i + 1..]),
-                None => (rest, ""),
+                None => (rest, &rest[rest.len()..]),
             };
             if number.is_empty() {
                 return Err(UriError::User);
@@ -104,12 +100,12 @@ impl Uri {
             check_params(params)?;
             return Ok(Uri {
                 scheme,
-                user: Some(number.to_owned()),
-                host: String::new(),
                 port: None,
-                params: params.to_owned(),
-                headers: None,
                 raw: s.to_owned(),
+                user: Some(Span::of(s, number)),
+                host: Span::of(s, &s[s.len()..]),
+                params: Span::of(s, params),
+                headers: None,
             });
         }
         let (user, hostpart) = match rest.find('@') {
@@ -125,19 +121,39 @@ impl Uri {
         };
         let (hostport, params) = match hostpart.find(';') {
             Some(i) => (&hostpart[..i], &hostpart[i + 1..]),
-            None => (hostpart, ""),
+            None => (hostpart, &hostpart[hostpart.len()..]),
         };
         let (host, port) = parse_hostport(hostport)?;
         check_params(params)?;
         Ok(Uri {
             scheme,
-            user: user.map(str::to_owned),
-            host: host.to_owned(),
             port,
-            params: params.to_owned(),
-            headers: headers.map(str::to_owned),
             raw: s.to_owned(),
+            user: user.map(|u| Span::of(s, u)),
+            host: Span::of(s, host),
+            params: Span::of(s, params),
+            headers: headers.map(|h| Span::of(s, h)),
         })
+    }
+
+    /// The user part (sip/sips), or the number (tel), still %-escaped.
+    pub fn user(&self) -> Option<&str> {
+        self.user.map(|u| u.get(&self.raw))
+    }
+
+    /// The host (sip/sips); IPv6 references keep their brackets. Empty for other schemes.
+    pub fn host(&self) -> &str {
+        self.host.get(&self.raw)
+    }
+
+    /// `;`-parameters as written, without the leading `;` (empty when none).
+    pub fn params(&self) -> &str {
+        self.params.get(&self.raw)
+    }
+
+    /// `?`-headers as written, without the `?`.
+    pub fn headers(&self) -> Option<&str> {
+        self.headers.map(|h| h.get(&self.raw))
     }
 
     /// True for `sip:` and `sips:`.
@@ -147,7 +163,7 @@ impl Uri {
 
     /// A URI parameter by case-insensitive name: `Some(None)` when present without a value.
     pub fn param(&self, name: &str) -> Option<Option<&str>> {
-        self.params
+        self.params()
             .split(';')
             .filter(|p| !p.is_empty())
             .map(|p| match p.find('=') {
@@ -161,7 +177,7 @@ impl Uri {
     /// The user part with %-escapes decoded (RFC 3261 §19.1.4 compares unescaped); bytes
     /// that are not UTF-8 after decoding are replaced. `%00` stays a NUL character.
     pub fn user_unescaped(&self) -> Option<String> {
-        self.user.as_deref().map(unescape)
+        self.user().map(unescape)
     }
 }
 
@@ -342,8 +358,8 @@ mod tests {
     fn sip_uri_parts() {
         let u = Uri::parse("sip:+18005550100@127.0.0.1:5090;transport=udp").unwrap();
         assert_eq!(u.scheme, Scheme::Sip);
-        assert_eq!(u.user.as_deref(), Some("+18005550100"));
-        assert_eq!(u.host, "127.0.0.1");
+        assert_eq!(u.user(), Some("+18005550100"));
+        assert_eq!(u.host(), "127.0.0.1");
         assert_eq!(u.port, Some(5090));
         assert_eq!(u.param("transport"), Some(Some("udp")));
     }
@@ -352,9 +368,9 @@ mod tests {
     fn ipv6_references() {
         assert!(Uri::parse("sip:user@2001:db8::10").is_err());
         let u = Uri::parse("sip:user@[2001:db8::10]:5070").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("[2001:db8::10]", Some(5070)));
+        assert_eq!((u.host(), u.port), ("[2001:db8::10]", Some(5070)));
         let u = Uri::parse("sip:user@[2001:db8::10:5070]").unwrap();
-        assert_eq!((u.host.as_str(), u.port), ("[2001:db8::10:5070]", None));
+        assert_eq!((u.host(), u.port), ("[2001:db8::10:5070]", None));
         assert!(Uri::parse("sip:[2001:db8:::192.0.2.1]").is_ok());
     }
 
@@ -364,8 +380,8 @@ mod tests {
         assert_eq!(u.user_unescaped().unwrap(), "null-\0-null");
         assert!(Uri::parse("sip:bad%zzuser@example.com").is_err());
         let u = Uri::parse("sip:user;par=u%40example.net@example.com").unwrap();
-        assert_eq!(u.user.as_deref(), Some("user;par=u%40example.net"));
-        assert_eq!(u.params, "");
+        assert_eq!(u.user(), Some("user;par=u%40example.net"));
+        assert_eq!(u.params(), "");
     }
 
     #[test]
@@ -375,10 +391,7 @@ mod tests {
         assert!(Uri::parse("<sip:a@b>").is_err());
         assert!(Uri::parse("sip:a@b c").is_err());
         assert_eq!(
-            Uri::parse("tel:+1-201-555-0123;phone-context=x")
-                .unwrap()
-                .user
-                .as_deref(),
+            Uri::parse("tel:+1-201-555-0123;phone-context=x").unwrap().user(),
             Some("+1-201-555-0123")
         );
     }

@@ -1,6 +1,6 @@
 //! The Via header (RFC 3261 §20.42, §18.2.1) with RFC 3581 `rport` and RFC 5118 IPv6 forms.
 
-use crate::scan::{is_token, param, parse_bounded, parse_params, trim_lws};
+use crate::scan::{for_each_param, is_token, parse_bounded, trim_lws, Span};
 use crate::uri::{is_host, parse_hostport};
 
 /// The RFC 3261 magic cookie that marks a branch as globally unique (§8.1.1.7).
@@ -17,23 +17,19 @@ pub enum Rport {
     Port(u16),
 }
 
-/// One `via-parm`.
+/// One `via-parm`. `raw` is the via-parm as written (trimmed); the parts are views into it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Via {
-    /// Transport token, upper-cased (`UDP`, `TCP`, `TLS`, `SCTP`, or anything else).
-    pub transport: String,
-    /// sent-by host as written (IPv6 references keep brackets).
-    pub host: String,
     /// sent-by port, if written.
     pub port: Option<u16>,
-    /// `branch` parameter.
-    pub branch: Option<String>,
-    /// `received` parameter.
-    pub received: Option<String>,
     /// `rport` parameter.
     pub rport: Rport,
     /// The via-parm as written (trimmed).
     pub raw: String,
+    transport: Span,
+    host: Span,
+    branch: Option<Span>,
+    received: Option<Span>,
 }
 
 /// Why a Via value did not parse.
@@ -64,7 +60,7 @@ impl Via {
         if !parts.iter().all(|p| is_token(p)) {
             return Err(ViaError);
         }
-        let transport = parts[2].to_ascii_uppercase();
+        let transport = Span::of(s, parts[2]);
         // sent-by up to the first ';' (after optional LWS)
         let (sent_by, params) = match rest.find(';') {
             Some(i) => (trim_lws(&rest[..i]), &rest[i..]),
@@ -74,45 +70,87 @@ impl Via {
             return Err(ViaError);
         }
         let (host, port) = parse_hostport(sent_by).map_err(|_| ViaError)?;
-        let params = parse_params(params).ok_or(ViaError)?;
-        let branch = match param(&params, "branch") {
-            Some(Some(b)) if is_token(b) => Some(b.to_owned()),
-            Some(_) => return Err(ViaError),
-            None => None,
-        };
-        let received = match param(&params, "received") {
-            Some(Some(r)) if is_host(r) => Some(r.to_owned()),
-            Some(_) => return Err(ViaError),
-            None => None,
-        };
-        let rport = match param(&params, "rport") {
-            None => Rport::Absent,
-            Some(None) => Rport::Requested,
-            Some(Some(p)) => Rport::Port(parse_bounded(p, 65535).ok_or(ViaError)? as u16),
-        };
+        let (mut branch, mut received, mut rport, mut bad) = (None, None, Rport::Absent, false);
+        let ok = for_each_param(params, |name, value| {
+            if name.eq_ignore_ascii_case("branch") {
+                match value {
+                    Some(b) if is_token(b) => branch = Some(Span::of(s, b)),
+                    _ => bad = true,
+                }
+            } else if name.eq_ignore_ascii_case("received") {
+                match value {
+                    Some(r) if is_host(r) => received = Some(Span::of(s, r)),
+                    _ => bad = true,
+                }
+            } else if name.eq_ignore_ascii_case("rport") {
+                rport = match value {
+                    None => Rport::Requested,
+                    Some(p) => match parse_bounded(p, 65535) {
+                        Some(p) => Rport::Port(p as u16),
+                        None => {
+                            bad = true;
+                            Rport::Absent
+                        }
+                    },
+                };
+            }
+        });
+        if !ok || bad {
+            return Err(ViaError);
+        }
         Ok(Via {
-            transport,
-            host: host.to_owned(),
             port,
-            branch,
-            received,
             rport,
             raw: s.to_owned(),
+            transport,
+            host: Span::of(s, host),
+            branch,
+            received,
         })
+    }
+
+    /// Transport token as written (`UDP`, `TCP`, `TLS`, `SCTP`, or anything else).
+    pub fn transport(&self) -> &str {
+        self.transport.get(&self.raw)
+    }
+
+    /// sent-by host as written (IPv6 references keep brackets).
+    pub fn host(&self) -> &str {
+        self.host.get(&self.raw)
+    }
+
+    /// `branch` parameter.
+    pub fn branch(&self) -> Option<&str> {
+        self.branch.map(|b| b.get(&self.raw))
+    }
+
+    /// `received` parameter.
+    pub fn received(&self) -> Option<&str> {
+        self.received.map(|r| r.get(&self.raw))
+    }
+
+    /// Read only what addressing a reply needs — sent-protocol and sent-by — from a via-parm
+    /// whose parameters are broken (RFC 4475 §3.1.2.1 `;;,;,,`), so a malformed request can
+    /// still be told `400`. Parameters are not read: no branch, received or rport.
+    pub fn parse_sent_by_only(s: &str) -> Result<Via, ViaError> {
+        let s = trim_lws(s);
+        let head = s.split(';').next().unwrap_or("");
+        let mut v = Via::parse(head)?;
+        v.raw = s.to_owned();
+        Ok(v)
     }
 
     /// True when the branch carries the RFC 3261 magic cookie and something after it.
     pub fn has_rfc3261_branch(&self) -> bool {
-        self.branch
-            .as_deref()
+        self.branch()
             .is_some_and(|b| b.len() > MAGIC_COOKIE.len() && b.starts_with(MAGIC_COOKIE))
     }
 
     /// The sent-by as `host[:port]`, used in transaction matching (§17.2.3).
     pub fn sent_by(&self) -> String {
         match self.port {
-            Some(p) => format!("{}:{}", self.host, p),
-            None => self.host.clone(),
+            Some(p) => format!("{}:{}", self.host(), p),
+            None => self.host().to_owned(),
         }
     }
 
@@ -121,7 +159,7 @@ impl Via {
     /// from the source address or when `rport` was requested; a bare `rport` gets the port.
     /// Existing `received`/`rport` parameters are replaced.
     pub fn annotated(&self, ip: &str, port: u16) -> String {
-        let host_matches = self.host.trim_start_matches('[').trim_end_matches(']') == ip;
+        let host_matches = self.host().trim_start_matches('[').trim_end_matches(']') == ip;
         let add_received = !host_matches || self.rport != Rport::Absent;
         let mut out = String::with_capacity(self.raw.len() + 32);
         // Rebuild: keep every parameter except received/rport, which we append fresh.
@@ -167,9 +205,9 @@ mod tests {
     fn folded_and_spaced() {
         let v = Via::parse_list("SIP  /    2.0   / UDP  192.168.255.111   ; branch= z9hG4bK30239")
             .unwrap();
-        assert_eq!(v[0].transport, "UDP");
-        assert_eq!(v[0].host, "192.168.255.111");
-        assert_eq!(v[0].branch.as_deref(), Some("z9hG4bK30239"));
+        assert_eq!(v[0].transport(), "UDP");
+        assert_eq!(v[0].host(), "192.168.255.111");
+        assert_eq!(v[0].branch(), Some("z9hG4bK30239"));
     }
 
     #[test]
@@ -194,7 +232,7 @@ mod tests {
         let v =
             Via::parse("SIP/2.0/UDP [2001:db8::9:1];received=[2001:db8::9:255];branch=z9hG4bKas3")
                 .unwrap();
-        assert_eq!(v.received.as_deref(), Some("[2001:db8::9:255]"));
+        assert_eq!(v.received(), Some("[2001:db8::9:255]"));
         assert!(Via::parse(
             "SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3"
         )

@@ -35,21 +35,21 @@ fn a_carrier_invite_exposes_what_a_b2bua_needs() {
     assert_eq!(
         (
             uri.scheme.clone(),
-            uri.user.as_deref(),
-            uri.host.as_str(),
+            uri.user(),
+            uri.host(),
             uri.port
         ),
         (Scheme::Sip, Some("+18005550100"), "10.0.0.5", Some(5060))
     );
     assert_eq!(uri.param("user"), Some(Some("phone")));
     assert_eq!(m.vias().len(), 2);
-    assert_eq!(m.via().branch.as_deref(), Some("z9hG4bK776asdhds"));
+    assert_eq!(m.via().branch(), Some("z9hG4bK776asdhds"));
     assert_eq!(m.via().rport, Rport::Requested);
-    assert_eq!(m.vias()[1].received.as_deref(), Some("10.1.1.2"));
+    assert_eq!(m.vias()[1].received(), Some("10.1.1.2"));
     assert_eq!(m.call_id(), "a84b4c76e66710@pc33.carrier.example");
-    assert_eq!(m.from().tag.as_deref(), Some("1928301774"));
-    assert_eq!(m.from().display.as_deref(), Some("\"Caller\""));
-    assert_eq!(m.to().tag, None);
+    assert_eq!(m.from().tag(), Some("1928301774"));
+    assert_eq!(m.from().display(), Some("\"Caller\""));
+    assert_eq!(m.to().tag(), None);
     assert_eq!((m.cseq(), m.cseq_method()), (314159, &Method::Invite));
     assert_eq!(m.max_forwards(), Some(69));
     assert_eq!(m.contact().unwrap().uri.port, Some(5060));
@@ -76,13 +76,13 @@ fn response_follows_8_2_6() {
     let p = parse(r.print()).unwrap();
     assert_eq!(p.code(), Some(486));
     assert_eq!(p.vias().len(), 2, "every Via copied");
-    assert_eq!(p.via().received.as_deref(), Some("127.0.0.1"));
+    assert_eq!(p.via().received(), Some("127.0.0.1"));
     assert_eq!(p.from(), m.from());
-    assert_eq!(p.to().tag.as_deref(), Some("xyz"));
+    assert_eq!(p.to().tag(), Some("xyz"));
     assert_eq!(p.call_id(), m.call_id());
     assert_eq!((p.cseq(), p.cseq_method()), (314159, &Method::Invite));
     let trying = parse(m.response(100, "Trying", "xyz", None).print()).unwrap();
-    assert_eq!(trying.to().tag, None, "100 carries no To tag");
+    assert_eq!(trying.to().tag(), None, "100 carries no To tag");
 }
 
 #[test]
@@ -254,4 +254,13 @@ proptest! {
         parsed.print_into(&mut verbatim);
         prop_assert_eq!(Bytes::from(verbatim), wire);
     }
+}
+
+/// Found by `cargo fuzz`: a multi-byte character straddling byte 4 of the start line.
+#[test]
+fn fuzz_regression_multibyte_start_line() {
+    let crash = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-regressions/start-line-char-boundary"))
+        .expect("regression input");
+    assert!(parse(Bytes::from(crash)).is_err());
+    assert!(parse(Bytes::from("SI\u{e491f}P/2.0 200 OK\r\n\r\n")).is_err());
 }

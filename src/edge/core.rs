@@ -99,7 +99,7 @@ impl EdgeCore {
             tracing::debug!(from = %from.addr, %error, "dropped malformed response");
             return;
         }
-        let via = match raw.top_via() {
+        let (via, complete) = match raw.reply_via() {
             Some(v) if raw.method() != Some(&Method::Ack) => v,
             _ => {
                 self.counters.inc(Counter::DroppedUnaddressable);
@@ -113,8 +113,9 @@ impl EdgeCore {
         };
         self.counters.inc(counter);
         tracing::info!(from = %from.addr, %error, code, "rejected malformed request");
-        let annotated = via.annotated(&from.addr.ip().to_string(), from.addr.port());
-        let mut resp = raw.response(code, reason_phrase(code), &ids::tag(), Some(&annotated));
+        // A Via whose parameters are broken is echoed as it came; only a sound one is annotated.
+        let annotated = complete.then(|| via.annotated(&from.addr.ip().to_string(), from.addr.port()));
+        let mut resp = raw.response(code, reason_phrase(code), &ids::tag(), annotated.as_deref());
         resp.push(
             HeaderName::Other("Warning".into()),
             format!("399 {} \"{}\"", self.host, error),

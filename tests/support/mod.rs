@@ -133,7 +133,7 @@ pub fn expectations() -> BTreeMap<&'static str, Expect> {
         ("unreason.dat", Silence), // a response: no transaction, dropped
         ("noreason.dat", Silence), // a response
         // RFC 4475 §3.1.2 invalid messages
-        ("badinv01.dat", Silence), // Via itself is broken: no address to answer
+        ("badinv01.dat", Code(400)),     // Via params broken; its sent-by still addresses the 400
         ("clerr.dat", Code(400)),  // Content-Length larger than the datagram
         ("ncl.dat", Code(400)),    // negative Content-Length
         ("scalar02.dat", Code(400)), // CSeq 2^65
@@ -240,7 +240,7 @@ pub fn tx_key(wire: &[u8]) -> Option<String> {
     let v = dce_sip::Via::parse(line.split_once(':')?.1.split(',').next()?).ok()?;
     Some(format!(
         "{:?}|{}",
-        v.branch,
+        v.branch(),
         v.sent_by().to_ascii_lowercase()
     ))
 }

@@ -52,14 +52,14 @@ impl TxKey {
         let via = req.via();
         if via.has_rfc3261_branch() {
             TxKey::Server {
-                branch: via.branch.clone().unwrap_or_default(),
+                branch: via.branch().unwrap_or_default().to_owned(),
                 sent_by: via.sent_by().to_ascii_lowercase(),
                 method,
             }
         } else {
             TxKey::Rfc2543 {
                 request_uri: req.request_uri().map(|u| u.raw.clone()).unwrap_or_default(),
-                from_tag: req.from().tag.clone().unwrap_or_default(),
+                from_tag: req.from().tag().unwrap_or_default().to_owned(),
                 call_id: req.call_id().to_owned(),
                 cseq: req.cseq(),
                 via: via.raw.clone(),
@@ -71,7 +71,7 @@ impl TxKey {
     /// The client transaction a response belongs to.
     pub fn client_for_response(resp: &Message) -> TxKey {
         TxKey::Client {
-            branch: resp.via().branch.clone().unwrap_or_default(),
+            branch: resp.via().branch().unwrap_or_default().to_owned(),
             method: resp.cseq_method().clone(),
         }
     }

@@ -335,7 +335,7 @@ impl TransactionLayer {
         let branch = request
             .header(&HeaderName::Via)
             .and_then(|v| Via::parse(v.split(',').next().unwrap_or("")).ok())
-            .and_then(|v| v.branch)
+            .and_then(|v| v.branch().map(str::to_owned))
             .ok_or(TxError::NoBranch)?;
         let key = TxKey::Client {
             branch,

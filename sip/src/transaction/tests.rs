@@ -157,8 +157,8 @@ fn invite_client_non_2xx_sends_ack_and_waits_timer_d() {
     let ack = parse(ack.bytes).unwrap();
     assert_eq!(ack.method(), Some(&Method::Ack));
     assert_eq!(ack.cseq(), 1);
-    assert_eq!(ack.via().branch.as_deref(), Some("z9hG4bKd"));
-    assert_eq!(ack.to().tag.as_deref(), Some("totag"));
+    assert_eq!(ack.via().branch(), Some("z9hG4bKd"));
+    assert_eq!(ack.to().tag(), Some("totag"));
     assert!(matches!(l.poll_event(), Some(Event::Response { .. })));
     // retransmitted 486 → ACK again, not delivered
     l.on_message(resp, peer(Transport::Udp), t0 + Duration::from_secs(1));
@@ -267,7 +267,7 @@ fn invite_server_sends_100_then_g_doubles_to_t2_until_h() {
     let (tx, via) = incoming(&mut l, &inv, Transport::Udp, t0).unwrap();
     let trying = parse(l.poll_transmit().unwrap().bytes).unwrap();
     assert_eq!(trying.code(), Some(100));
-    assert_eq!(trying.to().tag, None, "no To tag on 100");
+    assert_eq!(trying.to().tag(), None, "no To tag on 100");
     // retransmitted INVITE → 100 again, no new event
     assert!(incoming(&mut l, &inv, Transport::Udp, t0).is_none());
     assert_eq!(
