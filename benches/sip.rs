@@ -50,7 +50,9 @@ fn parse_print(c: &mut Criterion) {
     eprintln!("carrier INVITE: {} bytes", wire.len());
     let mut g = c.benchmark_group("sip");
     g.throughput(Throughput::Bytes(wire.len() as u64));
-    g.bench_function("parse_invite", |b| b.iter(|| parse(black_box(wire.clone())).unwrap()));
+    g.bench_function("parse_invite", |b| {
+        b.iter(|| parse(black_box(wire.clone())).unwrap())
+    });
     let msg = parse(wire.clone()).unwrap();
     let buf = msg.to_buf();
     let mut out = Vec::with_capacity(2048);
@@ -66,12 +68,15 @@ fn parse_print(c: &mut Criterion) {
 
 fn request(i: u64) -> MessageBuf {
     let mut m = MessageBuf::request(Method::Options, "sip:+18005550100@127.0.0.1");
-    m.push(HeaderName::Via, format!("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{i:x}"))
-        .push(HeaderName::From, "<sip:a@127.0.0.1>;tag=1")
-        .push(HeaderName::To, "<sip:b@127.0.0.1>")
-        .push(HeaderName::CallId, format!("c{i}"))
-        .push(HeaderName::CSeq, "1 OPTIONS")
-        .push(HeaderName::MaxForwards, "70");
+    m.push(
+        HeaderName::Via,
+        format!("SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK{i:x}"),
+    )
+    .push(HeaderName::From, "<sip:a@127.0.0.1>;tag=1")
+    .push(HeaderName::To, "<sip:b@127.0.0.1>")
+    .push(HeaderName::CallId, format!("c{i}"))
+    .push(HeaderName::CSeq, "1 OPTIONS")
+    .push(HeaderName::MaxForwards, "70");
     m
 }
 
@@ -86,7 +91,9 @@ fn transactions(c: &mut Criterion) {
     g.throughput(Throughput::Elements(3));
     g.bench_function("server_non_invite_event", |b| {
         b.iter_custom(|iters| {
-            let msgs: Vec<_> = (0..iters).map(|i| parse(request(i).print()).unwrap()).collect();
+            let msgs: Vec<_> = (0..iters)
+                .map(|i| parse(request(i).print()).unwrap())
+                .collect();
             let t0 = Instant::now();
             let mut layer = TransactionLayer::new(TimerConfig::default());
             let start = Instant::now();

@@ -9,7 +9,7 @@
 use crate::header::HeaderName;
 use crate::method::Method;
 use crate::name_addr::NameAddr;
-use crate::scan::{is_token, parse_bounded, split_outside, trim_lws};
+use crate::scan::{is_token, parse_bounded, trim_lws, SplitOutside};
 use crate::uri::{Scheme, Uri};
 use crate::via::Via;
 use bytes::Bytes;
@@ -419,7 +419,9 @@ impl<'a> Iterator for LineIter<'a> {
         }
         let rest = &self.s[self.pos..];
         let start = self.pos;
-        let crlf = memchr::memchr_iter(b'\n', rest.as_bytes()).find(|&i| i > 0 && rest.as_bytes()[i - 1] == b'\r').map(|i| i - 1);
+        let crlf = memchr::memchr_iter(b'\n', rest.as_bytes())
+            .find(|&i| i > 0 && rest.as_bytes()[i - 1] == b'\r')
+            .map(|i| i - 1);
         match crlf {
             Some(i) => {
                 self.pos += i + 2;
@@ -448,7 +450,11 @@ fn version_is_2_0(v: &str) -> Option<bool> {
 }
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseError> {
-    if line.as_bytes().get(..4).is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/")) {
+    if line
+        .as_bytes()
+        .get(..4)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"SIP/"))
+    {
         let (version, rest) = line.split_once(' ').ok_or(ParseError::StartLine)?;
         if version_is_2_0(version) != Some(true) {
             return Err(ParseError::Version);
@@ -502,34 +508,44 @@ fn read_core(mut raw: RawMessage) -> Result<Message, ParseFailure> {
     }
 }
 
-fn single<'a>(
-    raw: &'a RawMessage,
-    name: &HeaderName,
-    label: &'static str,
-) -> Result<Option<&'a str>, ParseError> {
-    let mut it = raw
-        .headers
-        .iter()
-        .filter(|(n, _)| n == name)
-        .map(|(_, s)| raw.text(*s));
-    let first = it.next();
-    if it.next().is_some() {
-        return Err(ParseError::DuplicateHeader(label));
-    }
-    Ok(first)
+/// The single-valued headers, found in one pass; a second occurrence is an error.
+#[derive(Default)]
+struct Singles<'a> {
+    content_length: Option<&'a str>,
+    from: Option<&'a str>,
+    to: Option<&'a str>,
+    call_id: Option<&'a str>,
+    cseq: Option<&'a str>,
+    max_forwards: Option<&'a str>,
+    content_type: Option<&'a str>,
 }
 
-fn required<'a>(
-    raw: &'a RawMessage,
-    name: &HeaderName,
-    label: &'static str,
-) -> Result<&'a str, ParseError> {
-    single(raw, name, label)?.ok_or(ParseError::MissingHeader(label))
+impl<'a> Singles<'a> {
+    fn find(raw: &'a RawMessage) -> Result<Singles<'a>, ParseError> {
+        let mut s = Singles::default();
+        for (name, span) in &raw.headers {
+            let (slot, label) = match name {
+                HeaderName::ContentLength => (&mut s.content_length, "Content-Length"),
+                HeaderName::From => (&mut s.from, "From"),
+                HeaderName::To => (&mut s.to, "To"),
+                HeaderName::CallId => (&mut s.call_id, "Call-ID"),
+                HeaderName::CSeq => (&mut s.cseq, "CSeq"),
+                HeaderName::MaxForwards => (&mut s.max_forwards, "Max-Forwards"),
+                HeaderName::ContentType => (&mut s.content_type, "Content-Type"),
+                _ => continue,
+            };
+            if slot.replace(raw.text(*span)).is_some() {
+                return Err(ParseError::DuplicateHeader(label));
+            }
+        }
+        Ok(s)
+    }
 }
 
 fn read_core_inner(raw: &RawMessage) -> Result<(Core, Bytes), ParseError> {
+    let singles = Singles::find(raw)?;
     // Framing first: a bad Content-Length makes everything after it meaningless.
-    let content_length = match single(raw, &HeaderName::ContentLength, "Content-Length")? {
+    let content_length = match singles.content_length {
         Some(v) => {
             Some(parse_bounded(v, u64::from(u32::MAX)).ok_or(ParseError::ContentLength)? as u32)
         }
@@ -551,15 +567,17 @@ fn read_core_inner(raw: &RawMessage) -> Result<(Core, Bytes), ParseError> {
     if vias.is_empty() {
         return Err(ParseError::MissingHeader("Via"));
     }
-    let from = required(raw, &HeaderName::From, "From")?;
-    let to = required(raw, &HeaderName::To, "To")?;
-    let call_id = required(raw, &HeaderName::CallId, "Call-ID")?;
-    let cseq = required(raw, &HeaderName::CSeq, "CSeq")?;
-    let max_forwards = match single(raw, &HeaderName::MaxForwards, "Max-Forwards")? {
+    let from = singles.from.ok_or(ParseError::MissingHeader("From"))?;
+    let to = singles.to.ok_or(ParseError::MissingHeader("To"))?;
+    let call_id = singles
+        .call_id
+        .ok_or(ParseError::MissingHeader("Call-ID"))?;
+    let cseq = singles.cseq.ok_or(ParseError::MissingHeader("CSeq"))?;
+    let max_forwards = match singles.max_forwards {
         Some(v) => Some(parse_bounded(v, 255).ok_or(ParseError::BadHeader("Max-Forwards"))? as u8),
         None => None,
     };
-    let content_type = single(raw, &HeaderName::ContentType, "Content-Type")?;
+    let content_type = singles.content_type;
 
     let from = NameAddr::parse(from).map_err(|_| ParseError::BadHeader("From"))?;
     let to = NameAddr::parse(to).map_err(|_| ParseError::BadHeader("To"))?;
@@ -581,8 +599,12 @@ fn read_core_inner(raw: &RawMessage) -> Result<(Core, Bytes), ParseError> {
         if v == "*" {
             continue;
         }
-        for item in split_outside(v, b',').ok_or(ParseError::BadHeader("Contact"))? {
+        let mut items = SplitOutside::new(v, b',');
+        for item in items.by_ref() {
             contacts.push(NameAddr::parse(item).map_err(|_| ParseError::BadHeader("Contact"))?);
+        }
+        if items.unterminated {
+            return Err(ParseError::BadHeader("Contact"));
         }
     }
 

@@ -9,7 +9,10 @@ const fn token_table() -> [bool; 256] {
     while c < 256 {
         let b = c as u8;
         t[c] = b.is_ascii_alphanumeric()
-            || matches!(b, b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~');
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
         c += 1;
     }
     t
@@ -37,7 +40,8 @@ impl Span {
 
     /// The text of this span in `base` (empty if out of range).
     pub(crate) fn get(self, base: &str) -> &str {
-        base.get(self.start as usize..self.end as usize).unwrap_or("")
+        base.get(self.start as usize..self.end as usize)
+            .unwrap_or("")
     }
 }
 
@@ -110,7 +114,9 @@ pub fn for_each_param<'a>(s: &'a str, mut f: impl FnMut(&'a str, Option<&'a str>
                 quoted_len(v) == Some(v.len())
             } else {
                 // token / host (IPv6 references included)
-                !v.is_empty() && v.bytes().all(|c| is_token_char(c) || matches!(c, b':' | b'[' | b']'))
+                !v.is_empty()
+                    && v.bytes()
+                        .all(|c| is_token_char(c) || matches!(c, b':' | b'[' | b']'))
             };
             if !ok {
                 return false;

@@ -391,7 +391,9 @@ mod tests {
         assert!(Uri::parse("<sip:a@b>").is_err());
         assert!(Uri::parse("sip:a@b c").is_err());
         assert_eq!(
-            Uri::parse("tel:+1-201-555-0123;phone-context=x").unwrap().user(),
+            Uri::parse("tel:+1-201-555-0123;phone-context=x")
+                .unwrap()
+                .user(),
             Some("+1-201-555-0123")
         );
     }

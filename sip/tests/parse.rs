@@ -33,12 +33,7 @@ fn a_carrier_invite_exposes_what_a_b2bua_needs() {
     assert_eq!(m.method(), Some(&Method::Invite));
     let uri = m.request_uri().unwrap();
     assert_eq!(
-        (
-            uri.scheme.clone(),
-            uri.user(),
-            uri.host(),
-            uri.port
-        ),
+        (uri.scheme.clone(), uri.user(), uri.host(), uri.port),
         (Scheme::Sip, Some("+18005550100"), "10.0.0.5", Some(5060))
     );
     assert_eq!(uri.param("user"), Some(Some("phone")));
@@ -259,8 +254,11 @@ proptest! {
 /// Found by `cargo fuzz`: a multi-byte character straddling byte 4 of the start line.
 #[test]
 fn fuzz_regression_multibyte_start_line() {
-    let crash = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fuzz-regressions/start-line-char-boundary"))
-        .expect("regression input");
+    let crash = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fuzz-regressions/start-line-char-boundary"
+    ))
+    .expect("regression input");
     assert!(parse(Bytes::from(crash)).is_err());
     assert!(parse(Bytes::from("SI\u{e491f}P/2.0 200 OK\r\n\r\n")).is_err());
 }

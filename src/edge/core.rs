@@ -114,7 +114,8 @@ impl EdgeCore {
         self.counters.inc(counter);
         tracing::info!(from = %from.addr, %error, code, "rejected malformed request");
         // A Via whose parameters are broken is echoed as it came; only a sound one is annotated.
-        let annotated = complete.then(|| via.annotated(&from.addr.ip().to_string(), from.addr.port()));
+        let annotated =
+            complete.then(|| via.annotated(&from.addr.ip().to_string(), from.addr.port()));
         let mut resp = raw.response(code, reason_phrase(code), &ids::tag(), annotated.as_deref());
         resp.push(
             HeaderName::Other("Warning".into()),

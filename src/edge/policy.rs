@@ -92,7 +92,8 @@ pub fn decide(req: &Message, local: &Local) -> Decision {
     // Max-Forwards: an OPTIONS addressed to DCE itself with Max-Forwards 0 is a keep-alive
     // probe DCE is the final recipient of (RFC 3261 §16.3 item 3); anything else would be
     // forwarded and so has run out of hops.
-    if req.max_forwards() == Some(0) && !(*method == Method::Options && local.is_local(uri.host())) {
+    if req.max_forwards() == Some(0) && !(*method == Method::Options && local.is_local(uri.host()))
+    {
         return respond(483, Counter::TooManyHops483);
     }
     // §8.2.2.3 Require (and Proxy-Require: DCE forwards, so it must support those too).

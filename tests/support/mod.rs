@@ -133,25 +133,25 @@ pub fn expectations() -> BTreeMap<&'static str, Expect> {
         ("unreason.dat", Silence), // a response: no transaction, dropped
         ("noreason.dat", Silence), // a response
         // RFC 4475 §3.1.2 invalid messages
-        ("badinv01.dat", Code(400)),     // Via params broken; its sent-by still addresses the 400
-        ("clerr.dat", Code(400)),  // Content-Length larger than the datagram
-        ("ncl.dat", Code(400)),    // negative Content-Length
+        ("badinv01.dat", Code(400)), // Via params broken; its sent-by still addresses the 400
+        ("clerr.dat", Code(400)),    // Content-Length larger than the datagram
+        ("ncl.dat", Code(400)),      // negative Content-Length
         ("scalar02.dat", Code(400)), // CSeq 2^65
-        ("scalarlg.dat", Silence), // malformed response
-        ("quotbal.dat", Code(400)), // unterminated quote
+        ("scalarlg.dat", Silence),   // malformed response
+        ("quotbal.dat", Code(400)),  // unterminated quote
         ("ltgtruri.dat", Code(400)), // <> around the Request-URI
-        ("lwsruri.dat", Code(400)), // LWS inside the Request-URI
+        ("lwsruri.dat", Code(400)),  // LWS inside the Request-URI
         ("lwsstart.dat", Code(400)), // two SPs in the request line
-        ("trws.dat", Code(400)),   // trailing SP in the request line
-        ("escruri.dat", Code(400)), // headers in the Request-URI
-        ("baddate.dat", Code(403)), // Date is not read; INVITE refused
+        ("trws.dat", Code(400)),     // trailing SP in the request line
+        ("escruri.dat", Code(400)),  // headers in the Request-URI
+        ("baddate.dat", Code(403)),  // Date is not read; INVITE refused
         ("regbadct.dat", Code(400)), // Contact URI with ? not in <>
         ("badaspec.dat", Code(400)), // spaces inside <>
-        ("baddn.dat", Silence),    // no blank line: truncated datagram
-        ("badvers.dat", Code(505)), // SIP/7.0
+        ("baddn.dat", Silence),      // no blank line: truncated datagram
+        ("badvers.dat", Code(505)),  // SIP/7.0
         ("mismatch01.dat", Code(400)), // CSeq method mismatch
         ("mismatch02.dat", Code(400)), // unknown method with mismatch: 400, not 501
-        ("bigcode.dat", Silence),  // response code 4294967301
+        ("bigcode.dat", Silence),    // response code 4294967301
         // RFC 4475 §3.2, §3.3 semantic
         ("badbranch.dat", Code(200)), // bare cookie: RFC 2543 matching; OPTIONS answered
         ("insuf.dat", Code(400)),     // no Call-ID/From/To
