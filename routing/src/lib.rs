@@ -1,9 +1,29 @@
 //! # dce-routing — buyers, targeting, caps, the auction, ring-tree order
 //!
-//! This crate will own the auction: pure functions over an immutable snapshot of buyers and
-//! campaigns plus live counters, filtering by campaign, geography, schedule, concurrency, caps,
-//! budget and floor, and ranking the rest. No I/O, no clock (time is an argument).
+//! Pure functions over an immutable [`Snapshot`] of campaigns and buyers plus live per-buyer
+//! counters ([`Live`]). No I/O and no clock: the time of the call is an argument.
 //!
 //! ## Layout
 //!
-//! Empty until the call-routing issue lands.
+//! | file | what it owns |
+//! |---|---|
+//! | `number.rs` | dialled/caller numbers to E.164 digits |
+//! | `geo.rs` | US states, the NANP area code → state table (`data/npa_state.tsv`) |
+//! | `schedule.rs` | a buyer's opening hours in its time zone |
+//! | `model.rs` | [`Campaign`], [`Buyer`], [`Snapshot`] and its checks |
+//! | `live.rs` | [`Live`]: concurrency slots, hourly/daily answered counts, daily spend |
+//! | `auction.rs` | [`auction`]: eligibility filters, ranking, an explanation per buyer |
+
+mod auction;
+mod geo;
+mod live;
+mod model;
+mod number;
+mod schedule;
+
+pub use auction::{auction, Entry, Exclusion, Outcome};
+pub use geo::{state_of_number, State, StateSet};
+pub use live::{BuyerLive, Live};
+pub use model::{Buyer, BuyerId, Campaign, CampaignId, Snapshot, SnapshotError};
+pub use number::normalize;
+pub use schedule::{Days, Schedule, ScheduleError};

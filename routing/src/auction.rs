@@ -1,0 +1,327 @@
+//! The auction: filter a campaign's buyers, rank the rest, explain every decision.
+
+use crate::geo::State;
+use crate::model::{BuyerId, CampaignId, Snapshot};
+use chrono::{DateTime, Datelike, Timelike, Utc};
+use chrono_tz::Tz;
+
+/// Why a buyer was not considered (the filter that excluded it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Exclusion {
+    /// Bid below the campaign floor.
+    Floor,
+    /// Caller's state not in the buyer's states (or unknown while the buyer names states).
+    State,
+    /// Outside the buyer's opening hours.
+    Schedule,
+    /// `max_concurrent` calls already ringing or connected.
+    Concurrency,
+    /// `hourly_cap` answered calls this hour.
+    HourlyCap,
+    /// `daily_cap` answered calls today.
+    DailyCap,
+    /// Today's spend plus this bid would exceed `daily_budget_cents`.
+    Budget,
+}
+
+impl Exclusion {
+    /// The name recorded in CDRs: `excluded:<name>`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Exclusion::Floor => "floor",
+            Exclusion::State => "state",
+            Exclusion::Schedule => "schedule",
+            Exclusion::Concurrency => "concurrency",
+            Exclusion::HourlyCap => "hourly_cap",
+            Exclusion::DailyCap => "daily_cap",
+            Exclusion::Budget => "budget",
+        }
+    }
+}
+
+/// A buyer's place in one auction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Eligible, at this position of the ranking (0 = winner).
+    Ranked(u16),
+    /// Filtered out.
+    Excluded(Exclusion),
+}
+
+/// One buyer considered in an auction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// The buyer.
+    pub buyer: BuyerId,
+    /// Its bid at the time.
+    pub bid_cents: u32,
+    /// What happened to it.
+    pub outcome: Outcome,
+    active: u32,
+    priority: i32,
+}
+
+/// Local clock values of one time zone at the auction's instant.
+#[derive(Clone, Copy)]
+struct Local {
+    tz: Tz,
+    hour_key: u32,
+    day_key: u32,
+}
+
+/// Keys of the local hour and day of `now` in `tz`, as the live counters stamp them.
+pub(crate) fn local_keys(tz: Tz, now: DateTime<Utc>) -> (u32, u32) {
+    let l = now.with_timezone(&tz);
+    let day = l.date_naive().num_days_from_ce() as u32;
+    (day * 24 + l.hour(), day)
+}
+
+/// Run the auction for a call to `campaign` from a caller in `caller_state` at `now`.
+///
+/// `out` is cleared and receives every buyer of the campaign: ranked ones first, in ranking
+/// order (bid high to low, then priority high to low, then fewest active calls, then config
+/// order), then the excluded ones in config order. Returns how many are ranked. Allocates
+/// nothing once `out` has grown to the campaign's size.
+pub fn auction(
+    snap: &Snapshot,
+    campaign: CampaignId,
+    caller_state: Option<State>,
+    now: DateTime<Utc>,
+    out: &mut Vec<Entry>,
+) -> usize {
+    out.clear();
+    let floor = snap.campaign(campaign).floor_cents;
+    // Buyers share few zones: compute each zone's local keys once per auction.
+    let mut zones: [Option<Local>; 8] = [None; 8];
+    for &b in snap.buyers_for(campaign) {
+        let buyer = snap.buyer(b);
+        let live = snap.live(b);
+        let active = live.active();
+        let mut entry = Entry {
+            buyer: b,
+            bid_cents: buyer.bid_cents,
+            outcome: Outcome::Ranked(0),
+            active,
+            priority: buyer.priority,
+        };
+        let needs_clock =
+            buyer.hourly_cap > 0 || buyer.daily_cap > 0 || buyer.daily_budget_cents > 0;
+        let excluded = if buyer.bid_cents < floor {
+            Some(Exclusion::Floor)
+        } else if !buyer.states.is_empty()
+            && !caller_state.is_some_and(|s| buyer.states.contains(s))
+        {
+            Some(Exclusion::State)
+        } else if buyer.schedule.is_some_and(|s| !s.is_open(now)) {
+            Some(Exclusion::Schedule)
+        } else if buyer.max_concurrent > 0 && active >= buyer.max_concurrent {
+            Some(Exclusion::Concurrency)
+        } else if needs_clock {
+            let tz = buyer.tz();
+            let local = match zones.iter().flatten().find(|z| z.tz == tz) {
+                Some(z) => *z,
+                None => {
+                    let (hour_key, day_key) = local_keys(tz, now);
+                    let z = Local {
+                        tz,
+                        hour_key,
+                        day_key,
+                    };
+                    if let Some(slot) = zones.iter_mut().find(|z| z.is_none()) {
+                        *slot = Some(z);
+                    }
+                    z
+                }
+            };
+            if buyer.hourly_cap > 0 && live.answered_in_hour(local.hour_key) >= buyer.hourly_cap {
+                Some(Exclusion::HourlyCap)
+            } else if buyer.daily_cap > 0 && live.answered_on_day(local.day_key) >= buyer.daily_cap
+            {
+                Some(Exclusion::DailyCap)
+            } else if buyer.daily_budget_cents > 0
+                && live.spend_on_day(local.day_key) + u64::from(buyer.bid_cents)
+                    > buyer.daily_budget_cents
+            {
+                Some(Exclusion::Budget)
+            } else {
+                None
+            }
+        } else {
+            None
+        };
+        if let Some(x) = excluded {
+            entry.outcome = Outcome::Excluded(x);
+        }
+        out.push(entry);
+    }
+    // Ranked first, by the ranking rule; excluded after, in config order (buyer index).
+    out.sort_unstable_by(|a, b| {
+        let ra = matches!(a.outcome, Outcome::Ranked(_));
+        let rb = matches!(b.outcome, Outcome::Ranked(_));
+        rb.cmp(&ra).then_with(|| {
+            if ra && rb {
+                b.bid_cents
+                    .cmp(&a.bid_cents)
+                    .then(b.priority.cmp(&a.priority))
+                    .then(a.active.cmp(&b.active))
+                    .then(a.buyer.cmp(&b.buyer))
+            } else {
+                a.buyer.cmp(&b.buyer)
+            }
+        })
+    });
+    let mut ranked = 0;
+    for e in out.iter_mut() {
+        if let Outcome::Ranked(r) = &mut e.outcome {
+            *r = ranked.min(u16::MAX as usize) as u16;
+            ranked += 1;
+        }
+    }
+    ranked
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geo::StateSet;
+    use crate::live::Live;
+    use crate::model::{Buyer, Campaign};
+    use crate::schedule::Schedule;
+    use chrono::TimeZone;
+
+    fn campaign(floor: u32) -> Campaign {
+        Campaign {
+            id: "c".into(),
+            numbers: vec!["18005550100".into()],
+            billable_after_s: 90,
+            floor_cents: floor,
+            max_duration_s: 7200,
+        }
+    }
+
+    fn buyer(id: &str, bid: u32) -> Buyer {
+        Buyer {
+            id: id.into(),
+            campaigns: vec![0],
+            uri: "sip:{called}@127.0.0.1:5090".into(),
+            bid_cents: bid,
+            max_concurrent: 0,
+            hourly_cap: 0,
+            daily_cap: 0,
+            daily_budget_cents: 0,
+            states: StateSet::default(),
+            schedule: None,
+            priority: 0,
+        }
+    }
+
+    fn names(snap: &Snapshot, out: &[Entry]) -> Vec<String> {
+        out.iter()
+            .map(|e| match e.outcome {
+                Outcome::Ranked(r) => format!("{}#{r}", snap.buyer(e.buyer).id),
+                Outcome::Excluded(x) => format!("{}:{}", snap.buyer(e.buyer).id, x.as_str()),
+            })
+            .collect()
+    }
+
+    fn now() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap() // Wed 12:00 EDT
+    }
+
+    #[test]
+    fn ranking_bid_then_priority_then_load_then_order() {
+        let live = Live::default();
+        let mut b3 = buyer("prio", 1000);
+        b3.priority = 5;
+        let snap = Snapshot::new(
+            vec![campaign(0)],
+            vec![
+                buyer("low", 500),
+                buyer("a", 1000),
+                b3,
+                buyer("b", 1000),
+                buyer("top", 2000),
+            ],
+            &live,
+        )
+        .unwrap();
+        live.get("a").try_reserve(0);
+        let mut out = Vec::new();
+        assert_eq!(auction(&snap, 0, None, now(), &mut out), 5);
+        assert_eq!(
+            names(&snap, &out),
+            ["top#0", "prio#1", "b#2", "a#3", "low#4"]
+        );
+    }
+
+    #[test]
+    fn every_filter_names_itself() {
+        let live = Live::default();
+        let ca = crate::geo::State::parse("CA").unwrap();
+        let mut states = StateSet::default();
+        states.insert(ca);
+        let mut by_state = buyer("by_state", 1000);
+        by_state.states = states;
+        let mut closed = buyer("closed", 1000);
+        closed.schedule =
+            Some(Schedule::parse("America/New_York", "sat,sun", "09:00", "18:00").unwrap());
+        let mut busy = buyer("busy", 1000);
+        busy.max_concurrent = 1;
+        let mut hourly = buyer("hourly", 1000);
+        hourly.hourly_cap = 1;
+        let mut daily = buyer("daily", 1000);
+        daily.daily_cap = 2;
+        let mut broke = buyer("broke", 1000);
+        broke.daily_budget_cents = 1500;
+        let snap = Snapshot::new(
+            vec![campaign(100)],
+            vec![
+                buyer("cheap", 50),
+                by_state,
+                closed,
+                busy,
+                hourly,
+                daily,
+                broke,
+                buyer("ok", 1000),
+            ],
+            &live,
+        )
+        .unwrap();
+        live.get("busy").try_reserve(1);
+        let (h, d) = local_keys(chrono_tz::UTC, now());
+        live.get("hourly").answered(h, d, 1000);
+        live.get("daily").answered(h - 1, d, 1000);
+        live.get("daily").answered(h - 2, d, 1000);
+        live.get("broke").answered(h - 2, d, 1000);
+        let mut out = Vec::new();
+        let tx = crate::geo::State::parse("TX");
+        assert_eq!(auction(&snap, 0, tx, now(), &mut out), 1);
+        assert_eq!(
+            names(&snap, &out),
+            [
+                "ok#0",
+                "cheap:floor",
+                "by_state:state",
+                "closed:schedule",
+                "busy:concurrency",
+                "hourly:hourly_cap",
+                "daily:daily_cap",
+                "broke:budget"
+            ]
+        );
+        // a CA caller gets the state-targeted buyer; an unknown state does not
+        auction(&snap, 0, Some(ca), now(), &mut out);
+        assert!(names(&snap, &out).contains(&"by_state#0".to_string()));
+        auction(&snap, 0, None, now(), &mut out);
+        assert!(names(&snap, &out).contains(&"by_state:state".to_string()));
+    }
+
+    #[test]
+    fn duplicate_numbers_are_refused() {
+        let mut c2 = campaign(0);
+        c2.id = "c2".into();
+        let err = Snapshot::new(vec![campaign(0), c2], vec![], &Live::default()).unwrap_err();
+        assert!(err.to_string().contains("18005550100"));
+    }
+}

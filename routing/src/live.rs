@@ -1,0 +1,171 @@
+//! Live per-buyer counters: concurrency, answered calls per hour and day, spend per day.
+//!
+//! Lock-free. Hour and day counters are stamped with the local hour/day they count; a stamp
+//! that is not the current one reads as zero, so counters roll over without a timer.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Counters of one buyer.
+#[derive(Debug, Default)]
+pub struct BuyerLive {
+    active: AtomicU32,
+    /// (hour key << 32) | count
+    hour: AtomicU64,
+    /// (day key << 32) | count
+    day: AtomicU64,
+    /// (day key << 40) | cents
+    spend: AtomicU64,
+}
+
+const SPEND_BITS: u32 = 40;
+const SPEND_MASK: u64 = (1 << SPEND_BITS) - 1;
+
+fn stamped(v: u64, key: u32, shift: u32, mask: u64) -> u64 {
+    if (v >> shift) as u32 == key {
+        v & mask
+    } else {
+        0
+    }
+}
+
+fn bump(cell: &AtomicU64, key: u32, shift: u32, mask: u64, delta: i64) {
+    let _ = cell.fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+        let cur = stamped(v, key, shift, mask) as i64;
+        let next = (cur + delta).clamp(0, mask as i64) as u64;
+        Some(((key as u64) << shift) | next)
+    });
+}
+
+impl BuyerLive {
+    /// Calls ringing or connected now.
+    pub fn active(&self) -> u32 {
+        self.active.load(Ordering::Acquire)
+    }
+
+    /// Take a concurrency slot unless `max` (0 = unlimited) are taken.
+    pub fn try_reserve(&self, max: u32) -> bool {
+        self.active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                (max == 0 || a < max).then_some(a + 1)
+            })
+            .is_ok()
+    }
+
+    /// Give a slot back.
+    pub fn release(&self) {
+        let _ = self
+            .active
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |a| {
+                Some(a.saturating_sub(1))
+            });
+    }
+
+    /// Answered calls in local hour `key`.
+    pub fn answered_in_hour(&self, key: u32) -> u32 {
+        stamped(self.hour.load(Ordering::Acquire), key, 32, u32::MAX as u64) as u32
+    }
+
+    /// Answered calls on local day `key`.
+    pub fn answered_on_day(&self, key: u32) -> u32 {
+        stamped(self.day.load(Ordering::Acquire), key, 32, u32::MAX as u64) as u32
+    }
+
+    /// Cents committed on local day `key`.
+    pub fn spend_on_day(&self, key: u32) -> u64 {
+        stamped(
+            self.spend.load(Ordering::Acquire),
+            key,
+            SPEND_BITS,
+            SPEND_MASK,
+        )
+    }
+
+    /// Count an answered call and commit its bid against the day's budget.
+    pub fn answered(&self, hour_key: u32, day_key: u32, bid_cents: u32) {
+        bump(&self.hour, hour_key, 32, u32::MAX as u64, 1);
+        bump(&self.day, day_key, 32, u32::MAX as u64, 1);
+        bump(
+            &self.spend,
+            day_key,
+            SPEND_BITS,
+            SPEND_MASK,
+            bid_cents as i64,
+        );
+    }
+
+    /// A call that was answered ended before it became billable: give its bid back to the
+    /// day's budget (the answered counts stand: caps count answered calls).
+    pub fn refund(&self, day_key: u32, bid_cents: u32) {
+        bump(
+            &self.spend,
+            day_key,
+            SPEND_BITS,
+            SPEND_MASK,
+            -(bid_cents as i64),
+        );
+    }
+}
+
+/// Counters of every buyer by id; shared by every snapshot so they survive reloads.
+#[derive(Debug, Default)]
+pub struct Live {
+    by_id: Mutex<HashMap<String, Arc<BuyerLive>>>,
+}
+
+impl Live {
+    /// The counters of buyer `id` (created on first use).
+    pub fn get(&self, id: &str) -> Arc<BuyerLive> {
+        let mut m = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        m.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Sum of active calls over every buyer (for tests and health).
+    pub fn total_active(&self) -> u32 {
+        let m = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        m.values().map(|b| b.active()).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slots_are_bounded_and_released() {
+        let b = BuyerLive::default();
+        assert!(b.try_reserve(2));
+        assert!(b.try_reserve(2));
+        assert!(!b.try_reserve(2));
+        b.release();
+        assert!(b.try_reserve(2));
+        assert!(b.try_reserve(0), "0 = unlimited");
+        b.release();
+        b.release();
+        b.release();
+        b.release();
+        assert_eq!(b.active(), 0, "never below zero");
+    }
+
+    #[test]
+    fn counters_roll_over_by_key() {
+        let b = BuyerLive::default();
+        b.answered(100, 7, 1500);
+        b.answered(100, 7, 1500);
+        assert_eq!(
+            (
+                b.answered_in_hour(100),
+                b.answered_on_day(7),
+                b.spend_on_day(7)
+            ),
+            (2, 2, 3000)
+        );
+        assert_eq!(b.answered_in_hour(101), 0, "next hour starts at zero");
+        b.answered(101, 7, 1500);
+        assert_eq!((b.answered_in_hour(101), b.answered_on_day(7)), (1, 3));
+        b.refund(7, 1500);
+        assert_eq!(b.spend_on_day(7), 3000);
+        assert_eq!(b.spend_on_day(8), 0);
+    }
+}

@@ -1,0 +1,169 @@
+//! Campaigns, buyers and the immutable snapshot the auction runs on.
+
+use crate::geo::StateSet;
+use crate::live::{BuyerLive, Live};
+use crate::schedule::Schedule;
+use chrono_tz::Tz;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Index of a campaign in its snapshot.
+pub type CampaignId = usize;
+/// Index of a buyer in its snapshot.
+pub type BuyerId = usize;
+
+/// A campaign: the numbers that reach it and its commercial terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Campaign {
+    /// Name from config.
+    pub id: String,
+    /// Dialled numbers, E.164 digits without `+`.
+    pub numbers: Vec<String>,
+    /// A buyer pays its bid when the call lasts at least this long.
+    pub billable_after_s: u32,
+    /// Bids below are not considered.
+    pub floor_cents: u32,
+    /// Calls are ended after this long.
+    pub max_duration_s: u32,
+}
+
+/// A buyer: where its calls go, what it bids, and its limits. `0` means unlimited everywhere.
+#[derive(Debug, Clone)]
+pub struct Buyer {
+    /// Name from config.
+    pub id: String,
+    /// Campaigns it buys.
+    pub campaigns: Vec<CampaignId>,
+    /// Target URI template with `{called}` / `{caller}`.
+    pub uri: String,
+    /// Bid per billable call, in cents.
+    pub bid_cents: u32,
+    /// Calls at once (ringing or connected).
+    pub max_concurrent: u32,
+    /// Answered calls per clock hour in the buyer's zone.
+    pub hourly_cap: u32,
+    /// Answered calls per day in the buyer's zone.
+    pub daily_cap: u32,
+    /// Spend per day in the buyer's zone, in cents.
+    pub daily_budget_cents: u64,
+    /// Caller states it takes; empty = any.
+    pub states: StateSet,
+    /// Opening hours, if any.
+    pub schedule: Option<Schedule>,
+    /// Tie-break among equal bids, higher first.
+    pub priority: i32,
+}
+
+impl Buyer {
+    /// The zone the buyer's hours, caps and budget are counted in (its schedule's, else UTC).
+    pub fn tz(&self) -> Tz {
+        self.schedule.map(|s| s.tz).unwrap_or(chrono_tz::UTC)
+    }
+
+    /// The buyer's target URI for a call.
+    pub fn target_uri(&self, called: &str, caller: &str) -> String {
+        self.uri
+            .replace("{called}", called)
+            .replace("{caller}", caller)
+    }
+}
+
+/// A problem with a snapshot's contents.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnapshotError {
+    /// Two campaigns claim one number.
+    #[error("number {number} belongs to both campaign `{first}` and `{second}`")]
+    DuplicateNumber {
+        /// The number.
+        number: String,
+        /// First campaign.
+        first: String,
+        /// Second campaign.
+        second: String,
+    },
+}
+
+/// Campaigns and buyers as of one config load. Immutable: a reload builds a new one; calls in
+/// progress keep the one they started with.
+#[derive(Debug)]
+pub struct Snapshot {
+    campaigns: Vec<Campaign>,
+    buyers: Vec<Buyer>,
+    live: Vec<Arc<BuyerLive>>,
+    by_number: HashMap<String, CampaignId>,
+    by_campaign: Vec<Vec<BuyerId>>,
+}
+
+impl Snapshot {
+    /// Build a snapshot; live counters are taken from `live` by buyer id, so caps and
+    /// concurrency survive a reload.
+    pub fn new(
+        campaigns: Vec<Campaign>,
+        buyers: Vec<Buyer>,
+        live: &Live,
+    ) -> Result<Snapshot, SnapshotError> {
+        let mut by_number = HashMap::new();
+        for (i, c) in campaigns.iter().enumerate() {
+            for n in &c.numbers {
+                if let Some(prev) = by_number.insert(n.clone(), i) {
+                    return Err(SnapshotError::DuplicateNumber {
+                        number: n.clone(),
+                        first: campaigns[prev].id.clone(),
+                        second: c.id.clone(),
+                    });
+                }
+            }
+        }
+        let mut by_campaign = vec![Vec::new(); campaigns.len()];
+        for (b, buyer) in buyers.iter().enumerate() {
+            for &c in &buyer.campaigns {
+                if let Some(list) = by_campaign.get_mut(c) {
+                    list.push(b);
+                }
+            }
+        }
+        let live = buyers.iter().map(|b| live.get(&b.id)).collect();
+        Ok(Snapshot {
+            campaigns,
+            buyers,
+            live,
+            by_number,
+            by_campaign,
+        })
+    }
+
+    /// The campaign a dialled number (E.164 digits) belongs to.
+    pub fn campaign_for(&self, number: &str) -> Option<CampaignId> {
+        self.by_number.get(number).copied()
+    }
+
+    /// A campaign.
+    pub fn campaign(&self, id: CampaignId) -> &Campaign {
+        &self.campaigns[id]
+    }
+
+    /// A buyer.
+    pub fn buyer(&self, id: BuyerId) -> &Buyer {
+        &self.buyers[id]
+    }
+
+    /// A buyer's live counters.
+    pub fn live(&self, id: BuyerId) -> &Arc<BuyerLive> {
+        &self.live[id]
+    }
+
+    /// Buyers of a campaign, in config order.
+    pub fn buyers_for(&self, c: CampaignId) -> &[BuyerId] {
+        self.by_campaign.get(c).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Every buyer.
+    pub fn buyers(&self) -> &[Buyer] {
+        &self.buyers
+    }
+
+    /// Every campaign.
+    pub fn campaigns(&self) -> &[Campaign] {
+        &self.campaigns
+    }
+}
