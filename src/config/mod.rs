@@ -6,12 +6,15 @@
 //! | file | what it owns |
 //! |---|---|
 //! | `walk.rs` | a span-aware walk over the TOML tree that collects every error with its line |
-//! | `model.rs` | the typed configuration DCE runs on, its defaults, and the checks per section |
+//! | `model.rs` | the typed configuration DCE runs on, its defaults, `[node]`, `[sip]`, `[cdr]` |
+//! | `routing.rs` | `[[carrier]]`, `[[campaign]]`, `[[buyer]]`: CIDRs, numbers, targeting, schedules |
 
 mod model;
+pub mod routing;
 mod walk;
 
-pub use model::{Config, ListenAddr, ListenProto, NodeConfig, SipConfig};
+pub use model::{CdrConfig, Config, ListenAddr, ListenProto, NodeConfig, SipConfig};
+pub use routing::{CarrierConfig, Cidr, RoutingConfig};
 pub use walk::ConfigError;
 
 use std::path::Path;

@@ -1,16 +1,29 @@
 //! The typed configuration and its checks.
 
+use super::routing::{self, RoutingConfig};
 use super::walk::{parse_root, ConfigError, Table, Walk};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Everything DCE runs on.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// `[node]`
     pub node: NodeConfig,
     /// `[sip]`
     pub sip: SipConfig,
+    /// `[[carrier]]`, `[[campaign]]`, `[[buyer]]`
+    pub routing: RoutingConfig,
+    /// `[cdr]`
+    pub cdr: CdrConfig,
+}
+
+/// `[cdr]`: where call records go until the database sink lands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CdrConfig {
+    /// JSON-lines file, appended to.
+    pub jsonl_path: PathBuf,
 }
 
 /// `[node]`
@@ -65,6 +78,10 @@ pub struct SipConfig {
     pub tcp_max_connections: usize,
     /// RFC 3261 T1.
     pub t1: Duration,
+    /// How long one buyer may ring before the next is tried.
+    pub ring_timeout: Duration,
+    /// Buyers tried per call (ring-tree depth).
+    pub max_attempts: u32,
 }
 
 /// Defaults for the optional `[sip]` keys.
@@ -79,6 +96,10 @@ pub mod defaults {
     pub const TCP_MAX_CONNECTIONS: i64 = 10_000;
     /// RFC 3261 T1 in milliseconds.
     pub const T1_MS: i64 = 500;
+    /// Seconds one buyer may ring.
+    pub const RING_TIMEOUT_S: i64 = 20;
+    /// Buyers tried per call.
+    pub const MAX_ATTEMPTS: i64 = 3;
 }
 
 pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
@@ -89,15 +110,39 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
         span: (0, 0),
         path: "",
     };
-    w.unknown_keys(root, &["node", "sip"]);
+    w.unknown_keys(
+        root,
+        &["node", "sip", "carrier", "campaign", "buyer", "cdr"],
+    );
     let node = w
         .table(root, "node", "node", true)
         .and_then(|t| node(&mut w, t));
     let sip = w
         .table(root, "sip", "sip", true)
         .and_then(|t| sip(&mut w, t));
+    let routing = routing::read(&mut w, root);
+    let cdr = match w.table(root, "cdr", "cdr", false) {
+        Some(t) => {
+            w.unknown_keys(t, &["jsonl_path"]);
+            let path = w
+                .string(t, "jsonl_path", false)
+                .map(|(p, _)| p)
+                .unwrap_or_else(|| "cdr.jsonl".into());
+            CdrConfig {
+                jsonl_path: path.into(),
+            }
+        }
+        None => CdrConfig {
+            jsonl_path: "cdr.jsonl".into(),
+        },
+    };
     match (node, sip) {
-        (Some(node), Some(sip)) if w.errors.is_empty() => Ok(Config { node, sip }),
+        (Some(node), Some(sip)) if w.errors.is_empty() => Ok(Config {
+            node,
+            sip,
+            routing,
+            cdr,
+        }),
         _ => {
             let mut errors = w.errors;
             errors.sort_by_key(|e| e.line);
@@ -134,6 +179,8 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             "tcp_max_connections_per_ip",
             "tcp_max_connections",
             "t1_ms",
+            "ring_timeout_s",
+            "max_attempts",
         ],
     );
     // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
@@ -192,6 +239,8 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         defaults::TCP_MAX_CONNECTIONS,
     ) as usize;
     let t1 = int("t1_ms", 50, 10_000, defaults::T1_MS) as u64;
+    let ring_timeout = int("ring_timeout_s", 1, 600, defaults::RING_TIMEOUT_S) as u64;
+    let max_attempts = int("max_attempts", 1, 20, defaults::MAX_ATTEMPTS) as u32;
     Some(SipConfig {
         listen,
         advertised_host,
@@ -200,6 +249,8 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         tcp_max_connections_per_ip: per_ip,
         tcp_max_connections: total,
         t1: Duration::from_millis(t1),
+        ring_timeout: Duration::from_secs(ring_timeout),
+        max_attempts,
     })
 }
 
@@ -271,6 +322,74 @@ max_message_bytes = 12
             text[3].starts_with("dce.toml:8: `sip.max_message_bytes` must be between"),
             "{text:#?}"
         );
+    }
+
+    #[test]
+    fn routing_sections_every_problem_with_its_line() {
+        let text = r#"[node]
+id = "edge-1"
+[sip]
+listen = ["udp://127.0.0.1:5060"]
+advertised_host = "127.0.0.1"
+
+[[carrier]]
+id = "carrier-a"
+sources = ["127.0.0.1/32", "300.0.0.1/8"]
+
+[[campaign]]
+id = "auto"
+numbers = ["+18005550100"]
+
+[[campaign]]
+id = "home"
+numbers = ["(800) 555-0100", "12"]
+
+[[buyer]]
+id = "acme"
+campaigns = ["auto", "pets"]
+uri = "sip:{called}@buyer.example.com"
+states = ["CA", "XX"]
+schedule = { tz = "America/Nowhere", days = "mon-fri", open = "09:00", close = "18:00" }
+
+[[buyer]]
+id = "acme"
+campaigns = ["auto"]
+uri = "sip:{called}@127.0.0.1:5090"
+schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
+"#;
+        let errs: Vec<String> = parse("r.toml", text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let expect = [
+            "r.toml:9: bad CIDR `300.0.0.1/8`",
+            "r.toml:17: number `(800) 555-0100` is already in campaign `auto` (line 13)",
+            "r.toml:17: `12` is not a phone number",
+            "r.toml:21: buyer campaign `pets` is not a [[campaign]] id",
+            "r.toml:22: buyer uri `sip:{called}@buyer.example.com`: host must be an IP address",
+            "r.toml:23: `XX` is not a US state code",
+            "r.toml:24: buyer schedule: unknown time zone `America/Nowhere`",
+            "r.toml:27: buyer `acme` is defined twice (first on line 20)",
+            "r.toml:30: buyer schedule: open 18:00 is not before close 09:00",
+        ];
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        for (e, x) in errs.iter().zip(expect) {
+            assert!(e.starts_with(x), "{e} should start with {x}");
+        }
+    }
+
+    #[test]
+    fn routing_sections_read() {
+        let c = parse("dce.toml", &format!("{GOOD}\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1\"]\nmax_cps = 5\n[[campaign]]\nid = \"a\"\nnumbers = [\"8005550100\"]\n[[buyer]]\nid = \"b\"\ncampaigns = [\"a\"]\nuri = \"sip:{{called}}@127.0.0.1:5090\"\nbid_cents = 1500\n")).unwrap();
+        assert_eq!(c.routing.carriers[0].max_cps, 5);
+        assert_eq!(
+            c.routing.campaigns[0].numbers,
+            vec!["18005550100".to_string()]
+        );
+        assert_eq!(c.routing.buyers[0].campaigns, vec![0]);
+        assert_eq!(c.sip.ring_timeout.as_secs(), 20);
+        assert_eq!(c.sip.max_attempts, 3);
     }
 
     #[test]

@@ -142,6 +142,56 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// An array of tables (`[[name]]`), each with its span; absent = empty.
+    pub fn tables<'t, 'i>(
+        &mut self,
+        t: Table<'t, 'i>,
+        key: &str,
+        path: &'t str,
+    ) -> Vec<Table<'t, 'i>> {
+        let Some(v) = Self::get(t, key) else {
+            return Vec::new();
+        };
+        let DeValue::Array(items) = v.get_ref() else {
+            self.error(
+                v.span(),
+                format!("`{key}` must be written as [[{key}]] tables"),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for item in items.iter() {
+            match item.get_ref() {
+                DeValue::Table(tab) => out.push(Table {
+                    table: tab,
+                    span: (item.span().start, item.span().end),
+                    path,
+                }),
+                _ => self.error(item.span(), format!("each `{key}` entry must be a table")),
+            }
+        }
+        out
+    }
+
+    /// A boolean.
+    pub fn boolean(&mut self, t: Table<'_, '_>, key: &str) -> Option<bool> {
+        let v = Self::get(t, key)?;
+        match v.get_ref() {
+            DeValue::Boolean(b) => Some(*b),
+            _ => {
+                self.wrong_type(v, t, key, "true or false");
+                None
+            }
+        }
+    }
+
+    /// The span of a key's value, for errors found after reading it.
+    pub fn span_of(&self, t: Table<'_, '_>, key: &str) -> Range<usize> {
+        Self::get(t, key)
+            .map(|v| v.span())
+            .unwrap_or(t.span.0..t.span.1)
+    }
+
     /// A string value with its span.
     pub fn string(
         &mut self,

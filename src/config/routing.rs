@@ -1,0 +1,361 @@
+//! `[[carrier]]`, `[[campaign]]` and `[[buyer]]`: who may send calls, which numbers reach which
+//! campaign, and who buys them.
+
+use super::walk::{Table, Walk};
+use dce_routing::{normalize, Buyer, Campaign, Schedule, State, StateSet};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+
+/// An IPv4 or IPv6 prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    /// Network address.
+    pub addr: IpAddr,
+    /// Prefix length.
+    pub len: u8,
+}
+
+impl Cidr {
+    /// `a.b.c.d/n`, `x::y/n`, or a bare address (a host route).
+    pub fn parse(s: &str) -> Result<Cidr, String> {
+        let (a, l) = match s.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (s, None),
+        };
+        let addr: IpAddr = a
+            .trim()
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = match l {
+            Some(l) => l
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|n| *n <= max)
+                .ok_or_else(|| format!("prefix length `{l}` must be 0 to {max}"))?,
+            None => max,
+        };
+        Ok(Cidr { addr, len })
+    }
+
+    /// Does the prefix contain `ip`?
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.addr, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            _ => ip,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u32::MAX << (32 - self.len)
+                };
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask = if self.len == 0 {
+                    0
+                } else {
+                    u128::MAX << (128 - self.len)
+                };
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// One `[[carrier]]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CarrierConfig {
+    /// Name.
+    pub id: String,
+    /// Source prefixes calls may come from.
+    pub sources: Vec<Cidr>,
+    /// New calls per second allowed; 0 = unlimited.
+    pub max_cps: u32,
+}
+
+/// Campaigns and buyers as read (buyers refer to campaigns by index).
+#[derive(Debug, Clone, Default)]
+pub struct RoutingConfig {
+    /// Carriers.
+    pub carriers: Vec<CarrierConfig>,
+    /// Campaigns.
+    pub campaigns: Vec<Campaign>,
+    /// Buyers.
+    pub buyers: Vec<Buyer>,
+}
+
+fn id_ok(id: &str) -> bool {
+    !id.is_empty()
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.'))
+}
+
+fn read_id(
+    w: &mut Walk<'_>,
+    t: Table<'_, '_>,
+    what: &str,
+    seen: &mut HashMap<String, usize>,
+) -> Option<String> {
+    let (id, span) = w.string(t, "id", true)?;
+    if !id_ok(&id) {
+        w.error(
+            span,
+            format!("{what} id `{id}` must be letters, digits, '-', '_' or '.'"),
+        );
+        return None;
+    }
+    if let Some(line) = seen.insert(id.clone(), w.line_of(span.start)) {
+        w.error(
+            span,
+            format!("{what} `{id}` is defined twice (first on line {line})"),
+        );
+    }
+    Some(id)
+}
+
+fn u32_key(w: &mut Walk<'_>, t: Table<'_, '_>, key: &str, default: u32) -> u32 {
+    w.int(t, key, 0, u32::MAX as i64)
+        .map(|(v, _)| v as u32)
+        .unwrap_or(default)
+}
+
+/// Read `[[carrier]]`, `[[campaign]]`, `[[buyer]]` from the root table.
+pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
+    let mut cfg = RoutingConfig::default();
+    let mut seen = HashMap::new();
+    for t in w.tables(root, "carrier", "carrier") {
+        w.unknown_keys(t, &["id", "sources", "max_cps"]);
+        let id = read_id(w, t, "carrier", &mut seen);
+        let mut sources = Vec::new();
+        for (s, span) in w.strings(t, "sources", true).unwrap_or_default() {
+            match Cidr::parse(&s) {
+                Ok(c) => sources.push(c),
+                Err(e) => w.error(span, format!("bad CIDR `{s}`: {e}")),
+            }
+        }
+        let max_cps = u32_key(w, t, "max_cps", 0);
+        if let Some(id) = id {
+            cfg.carriers.push(CarrierConfig {
+                id,
+                sources,
+                max_cps,
+            });
+        }
+    }
+
+    let mut seen = HashMap::new();
+    let mut number_owner: HashMap<String, (String, usize)> = HashMap::new();
+    let mut campaign_index = HashMap::new();
+    for t in w.tables(root, "campaign", "campaign") {
+        w.unknown_keys(
+            t,
+            &[
+                "id",
+                "numbers",
+                "billable_after_s",
+                "floor_cents",
+                "max_duration_s",
+            ],
+        );
+        let id = read_id(w, t, "campaign", &mut seen);
+        let mut numbers = Vec::new();
+        for (n, span) in w.strings(t, "numbers", true).unwrap_or_default() {
+            match normalize(&n) {
+                Some(e164) => {
+                    let line = w.line_of(span.start);
+                    if let Some((other, first_line)) = number_owner.get(&e164) {
+                        w.error(
+                            span.clone(),
+                            format!(
+                                "number `{n}` is already in campaign `{other}` (line {first_line})"
+                            ),
+                        );
+                    } else {
+                        number_owner.insert(e164.clone(), (id.clone().unwrap_or_default(), line));
+                    }
+                    numbers.push(e164);
+                }
+                None => w.error(
+                    span,
+                    format!("`{n}` is not a phone number (E.164 or 10-digit NANP)"),
+                ),
+            }
+        }
+        let billable_after_s = u32_key(w, t, "billable_after_s", 90);
+        let floor_cents = u32_key(w, t, "floor_cents", 0);
+        let max_duration_s = w
+            .int(t, "max_duration_s", 1, 86_400)
+            .map(|(v, _)| v as u32)
+            .unwrap_or(7200);
+        if let Some(id) = id {
+            campaign_index.insert(id.clone(), cfg.campaigns.len());
+            cfg.campaigns.push(Campaign {
+                id,
+                numbers,
+                billable_after_s,
+                floor_cents,
+                max_duration_s,
+            });
+        }
+    }
+
+    let mut seen = HashMap::new();
+    for t in w.tables(root, "buyer", "buyer") {
+        w.unknown_keys(
+            t,
+            &[
+                "id",
+                "campaigns",
+                "uri",
+                "bid_cents",
+                "max_concurrent",
+                "hourly_cap",
+                "daily_cap",
+                "daily_budget_cents",
+                "states",
+                "schedule",
+                "priority",
+            ],
+        );
+        let id = read_id(w, t, "buyer", &mut seen);
+        let mut campaigns = Vec::new();
+        for (c, span) in w.strings(t, "campaigns", true).unwrap_or_default() {
+            match campaign_index.get(&c) {
+                Some(&i) => campaigns.push(i),
+                None => w.error(
+                    span,
+                    format!("buyer campaign `{c}` is not a [[campaign]] id"),
+                ),
+            }
+        }
+        let uri = match w.string(t, "uri", true) {
+            Some((u, span)) => {
+                if let Err(e) = target_of(&u, "18005550100", "13105551234") {
+                    w.error(span, e);
+                }
+                u
+            }
+            None => String::new(),
+        };
+        let bid_cents = u32_key(w, t, "bid_cents", 0);
+        let max_concurrent = u32_key(w, t, "max_concurrent", 0);
+        let hourly_cap = u32_key(w, t, "hourly_cap", 0);
+        let daily_cap = u32_key(w, t, "daily_cap", 0);
+        let daily_budget_cents = w
+            .int(t, "daily_budget_cents", 0, i64::MAX)
+            .map(|(v, _)| v as u64)
+            .unwrap_or(0);
+        let mut states = StateSet::default();
+        for (s, span) in w.strings(t, "states", false).unwrap_or_default() {
+            match State::parse(&s) {
+                Some(st) => states.insert(st),
+                None => w.error(span, format!("`{s}` is not a US state code")),
+            }
+        }
+        let schedule = w
+            .table(t, "schedule", "buyer.schedule", false)
+            .and_then(|st| {
+                w.unknown_keys(st, &["tz", "days", "open", "close"]);
+                let tz = w.string(st, "tz", true);
+                let days = w
+                    .string(st, "days", false)
+                    .map(|d| d.0)
+                    .unwrap_or_else(|| "daily".into());
+                let open = w.string(st, "open", true);
+                let close = w.string(st, "close", true);
+                let (tz, open, close) = (tz?, open?, close?);
+                match Schedule::parse(&tz.0, &days, &open.0, &close.0) {
+                    Ok(s) => Some(s),
+                    Err(e) => {
+                        w.error(w.span_of(t, "schedule"), format!("buyer schedule: {e}"));
+                        None
+                    }
+                }
+            });
+        let priority = w
+            .int(t, "priority", i32::MIN as i64, i32::MAX as i64)
+            .map(|(v, _)| v as i32)
+            .unwrap_or(0);
+        if let Some(id) = id {
+            cfg.buyers.push(Buyer {
+                id,
+                campaigns,
+                uri,
+                bid_cents,
+                max_concurrent,
+                hourly_cap,
+                daily_cap,
+                daily_budget_cents,
+                states,
+                schedule,
+                priority,
+            });
+        }
+    }
+    cfg
+}
+
+/// Where a buyer URI template sends a call: the URI and the UDP address (the host must be an
+/// IP literal; DCE does no DNS on the call path).
+pub fn target_of(
+    template: &str,
+    called: &str,
+    caller: &str,
+) -> Result<(String, SocketAddr), String> {
+    let uri = template
+        .replace("{called}", called)
+        .replace("{caller}", caller);
+    let parsed = dce_sip::Uri::parse(&uri)
+        .map_err(|e| format!("buyer uri `{template}` does not parse ({e:?})"))?;
+    if !parsed.is_sip() {
+        return Err(format!("buyer uri `{template}` must be sip: or sips:"));
+    }
+    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+    let ip: IpAddr = host.parse().map_err(|_| {
+        format!("buyer uri `{template}`: host must be an IP address (no DNS on the call path)")
+    })?;
+    if let Some(t) = parsed.param("transport").flatten() {
+        if !t.eq_ignore_ascii_case("udp") {
+            return Err(format!(
+                "buyer uri `{template}`: only UDP buyer trunks are supported"
+            ));
+        }
+    }
+    Ok((uri, SocketAddr::new(ip, parsed.port.unwrap_or(5060))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("127.0.0.0/8").unwrap();
+        assert!(c.contains("127.1.2.3".parse().unwrap()));
+        assert!(!c.contains("10.0.0.1".parse().unwrap()));
+        assert!(c.contains("::ffff:127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("127.0.0.1")
+            .unwrap()
+            .contains("127.0.0.1".parse().unwrap()));
+        assert!(Cidr::parse("10.0.0.0/33").is_err());
+        assert!(Cidr::parse("nonsense/8").is_err());
+        assert!(Cidr::parse("::1/128")
+            .unwrap()
+            .contains("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn buyer_targets() {
+        let (uri, addr) = target_of("sip:{called}@127.0.0.1:5090", "18005550100", "1310").unwrap();
+        assert_eq!(uri, "sip:18005550100@127.0.0.1:5090");
+        assert_eq!(addr, "127.0.0.1:5090".parse().unwrap());
+        assert!(target_of("sip:{called}@buyer.example.com", "1", "2").is_err());
+        assert!(target_of("sip:{called}@127.0.0.1;transport=tcp", "1", "2").is_err());
+    }
+}
