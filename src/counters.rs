@@ -54,8 +54,26 @@ counters! {
     UnsupportedMedia415 => "rejected_415_content_type",
     /// Accept without SDP answered 406.
     NotAcceptable406 => "rejected_406_accept",
-    /// INVITE refused 403 (no call routing yet).
-    Invite403 => "rejected_403_invite",
+    /// INVITE from a source that is no configured carrier: 403.
+    Invite403 => "rejected_403_unknown_source",
+    /// No campaign for the dialled number: 404.
+    NoCampaign404 => "rejected_404_no_campaign",
+    /// No eligible buyer: 480.
+    NoBuyer480 => "rejected_480_no_buyer",
+    /// Every buyer attempt failed: 480.
+    AllFailed480 => "failed_480_all_attempts",
+    /// Carrier over its max_cps: 503.
+    CarrierCps503 => "rejected_503_carrier_cps",
+    /// DCE overloaded or shutting down: 503.
+    Overload503 => "rejected_503_overload",
+    /// Compliance verdict: 603.
+    Compliance603 => "rejected_603_compliance",
+    /// Calls a buyer answered.
+    CallAnswered => "calls_answered",
+    /// Answered calls that ended.
+    CallCompleted => "calls_completed",
+    /// Calls the carrier cancelled while ringing.
+    CallCancelled => "calls_cancelled",
     /// Malformed request with no usable Via: dropped.
     DroppedUnaddressable => "dropped_unaddressable_request",
     /// Malformed response: dropped.

@@ -39,6 +39,19 @@ pub fn branch() -> String {
     format!("z9hG4bK{:016x}", next())
 }
 
+/// A random (version 4 layout) UUID for a call.
+pub fn uuid() -> String {
+    let (a, b) = (next(), next());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0x0fff,
+        ((b >> 48) & 0x3fff) | 0x8000,
+        b & 0xffff_ffff_ffff
+    )
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -46,5 +59,8 @@ mod tests {
         let a: std::collections::HashSet<String> = (0..10_000).map(|_| super::tag()).collect();
         assert_eq!(a.len(), 10_000);
         assert!(super::branch().starts_with("z9hG4bK"));
+        let u = super::uuid();
+        assert_eq!(u.len(), 36);
+        assert_eq!(&u[14..15], "4");
     }
 }

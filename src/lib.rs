@@ -9,12 +9,16 @@
 //! | module | what it owns |
 //! |---|---|
 //! | [`config`] | TOML config files, checked with `file:line` errors |
+//! | [`call`] | the B2BUA call controller, carriers, CDRs |
+//! | [`clock`] | the injected wall clock |
 //! | [`transport`] | UDP and TCP socket drivers |
 //! | [`server`] | the core task: transaction layer, edge answers, timers |
 //! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
 //! | [`counters`] | one counter per reason a message was answered or dropped |
 //! | [`ids`] | tags and branches |
 
+pub mod call;
+pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod edge;

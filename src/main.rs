@@ -81,7 +81,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match rt.block_on(dce::server::run(cfg, shutdown_signal())) {
+            match rt.block_on(dce::server::run(
+                cfg,
+                Some(config.clone()),
+                shutdown_signal(),
+            )) {
                 Ok(counters) => {
                     tracing::info!(counters = %counters.report(), "stopped");
                     ExitCode::SUCCESS

@@ -4,6 +4,10 @@
 //! One core task holds all SIP state in an [`EdgeCore`]; socket tasks only move bytes. The core
 //! task reads the clock (`Instant::now()`), passes it in, and sleeps until the next timer.
 
+use crate::call::cdr::JsonlSink;
+use crate::call::leg::Me;
+use crate::call::{AllowAll, Controller, Settings};
+use crate::clock::SystemClock;
 use crate::config::{Config, ListenProto};
 use crate::counters::{Counter, Counters};
 use crate::edge::{EdgeCore, Local};
@@ -11,17 +15,30 @@ use crate::transport::tcp::{accept_loop, TcpLimits};
 use crate::transport::{udp, Inbound};
 use anyhow::Context;
 use bytes::Bytes;
+use dce_routing::{Live, Snapshot};
 use dce_sip::transaction::{Peer, TimerConfig, Transport};
 use std::collections::HashMap;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
-/// Run DCE until `shutdown` resolves. Returns the counters for the final report.
+/// Build the routing snapshot of a config over `live`.
+pub fn snapshot_of(config: &Config, live: &Live) -> anyhow::Result<Snapshot> {
+    Ok(Snapshot::new(
+        config.routing.campaigns.clone(),
+        config.routing.buyers.clone(),
+        live,
+    )?)
+}
+
+/// Run DCE until `shutdown` resolves. `config_path` is re-read on SIGHUP. Returns the counters
+/// for the final report.
 pub async fn run(
     config: Config,
+    config_path: Option<PathBuf>,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Arc<Counters>> {
     let counters = Arc::new(Counters::default());
@@ -72,22 +89,61 @@ pub async fn run(
         t1: config.sip.t1,
         ..TimerConfig::default()
     };
+    let live = Arc::new(Live::default());
+    let snapshot = Arc::new(snapshot_of(&config, &live)?);
+    let port = config
+        .sip
+        .listen
+        .iter()
+        .find(|l| l.proto == ListenProto::Udp)
+        .or(config.sip.listen.first())
+        .map(|l| l.addr.port())
+        .unwrap_or(5060);
+    let settings = Settings {
+        node_id: config.node.id.clone(),
+        me: Me {
+            host: config.sip.advertised_host.clone(),
+            port,
+        },
+        ring_timeout: config.sip.ring_timeout,
+        max_attempts: config.sip.max_attempts,
+        t1: config.sip.t1,
+        max_calls: config.sip.max_calls,
+        udp_socket: 0,
+    };
+    let sink = JsonlSink::open(&config.cdr.jsonl_path)
+        .with_context(|| format!("cannot open CDR file {}", config.cdr.jsonl_path.display()))?;
+    let controller = Controller::new(
+        settings,
+        snapshot,
+        live,
+        &config.routing.carriers,
+        Box::new(AllowAll),
+        Box::new(sink),
+        Arc::new(SystemClock),
+        counters.clone(),
+    );
     let mut core = Core {
         edge: EdgeCore::new(
             timers,
             Local { hosts: local_hosts },
             config.sip.advertised_host.clone(),
             counters.clone(),
+            controller,
         ),
         counters: counters.clone(),
         udp: udp_sockets,
         tcp: HashMap::new(),
+        config_path,
     };
-    tracing::info!(node = %config.node.id, "DCE edge running");
-    tokio::select! {
-        _ = core.run(core_rx) => {}
-        _ = shutdown => tracing::info!("shutting down"),
-    }
+    tracing::info!(
+        node = %config.node.id,
+        carriers = config.routing.carriers.len(),
+        campaigns = config.routing.campaigns.len(),
+        buyers = config.routing.buyers.len(),
+        "DCE edge running"
+    );
+    core.run(core_rx, shutdown).await;
     Ok(counters)
 }
 
@@ -96,19 +152,70 @@ struct Core {
     counters: Arc<Counters>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
+    config_path: Option<PathBuf>,
 }
 
 impl Core {
-    async fn run(&mut self, mut rx: mpsc::Receiver<Inbound>) {
+    /// SIGHUP: re-read the config; a bad file is logged and the running config stays.
+    fn reload(&mut self) {
+        let Some(path) = self.config_path.clone() else {
+            tracing::warn!("SIGHUP ignored: no config file to reload");
+            return;
+        };
+        match crate::config::load(&path) {
+            Ok(cfg) => {
+                let live = self.edge.calls().live().clone();
+                match snapshot_of(&cfg, &live) {
+                    Ok(snap) => {
+                        self.edge
+                            .calls()
+                            .reload(Arc::new(snap), &cfg.routing.carriers);
+                        tracing::info!(
+                            file = %path.display(),
+                            campaigns = cfg.routing.campaigns.len(),
+                            buyers = cfg.routing.buyers.len(),
+                            "config reloaded; new calls use it, active calls keep theirs"
+                        );
+                    }
+                    Err(e) => tracing::error!(file = %path.display(), error = %e, "reload refused"),
+                }
+            }
+            Err(errors) => {
+                for e in &errors {
+                    tracing::error!("{e}");
+                }
+                tracing::error!(file = %path.display(), problems = errors.len(), "reload refused; the running config stays");
+            }
+        }
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<Inbound>, shutdown: impl Future<Output = ()>) {
         let mut report_at = Instant::now() + Duration::from_secs(60);
         let mut last_report = String::new();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        tokio::pin!(shutdown);
+        let mut stopping: Option<Instant> = None;
         loop {
+            if let Some(deadline) = stopping {
+                // After shutdown: let BYEs and their answers go, then leave.
+                if Instant::now() >= deadline
+                    || self.edge.calls().active_calls() == 0 && self.edge.poll_timeout().is_none()
+                {
+                    return;
+                }
+            }
             let wake = self
                 .edge
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
                 .min(report_at);
             tokio::select! {
+                _ = &mut shutdown, if stopping.is_none() => {
+                    tracing::info!(active_calls = self.edge.calls().active_calls(), "shutting down: ending active calls");
+                    self.edge.shutdown(Instant::now());
+                    stopping = Some(Instant::now() + Duration::from_secs(2));
+                }
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.reload(),
                 item = rx.recv() => match item {
                     Some(Inbound::TcpOpened { conn, tx }) => {
                         self.tcp.insert(conn, tx);

@@ -7,9 +7,9 @@ mod support;
 
 use bytes::Bytes;
 use dce::counters::Counters;
-use dce::edge::{EdgeCore, Local};
+
 use dce_sip::framing::{frame, Frame};
-use dce_sip::transaction::{Peer, TimerConfig, Transport};
+use dce_sip::transaction::{Peer, Transport};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -158,14 +158,7 @@ fn hundred_thousand_mutations_never_panic_and_every_answer_is_framed() {
     eprintln!("mutation seed {seed} ({ITERATIONS} iterations)");
     let mut rng = Rng(seed);
     let counters = Arc::new(Counters::default());
-    let mut core = EdgeCore::new(
-        TimerConfig::default(),
-        Local {
-            hosts: vec!["127.0.0.1".into()],
-        },
-        "127.0.0.1".into(),
-        counters.clone(),
-    );
+    let mut core = support::bare_edge(counters.clone());
     let t0 = Instant::now();
     let mut now = t0;
     let mut sent = 0usize;

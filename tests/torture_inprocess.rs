@@ -5,21 +5,14 @@ mod support;
 
 use bytes::Bytes;
 use dce::counters::Counters;
-use dce::edge::{EdgeCore, Local};
-use dce_sip::transaction::{Peer, TimerConfig, Transport};
+use dce::edge::EdgeCore;
+use dce_sip::transaction::{Peer, Transport};
 use std::sync::Arc;
 use std::time::Instant;
 use support::{expectations, load_corpus, status_code, Expect};
 
 fn core() -> EdgeCore {
-    EdgeCore::new(
-        TimerConfig::default(),
-        Local {
-            hosts: vec!["127.0.0.1".into()],
-        },
-        "127.0.0.1".into(),
-        Arc::new(Counters::default()),
-    )
+    support::bare_edge(Arc::new(Counters::default()))
 }
 
 /// Final answer (skipping 1xx) the core sends for `wire`, or Silence.

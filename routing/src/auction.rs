@@ -70,7 +70,7 @@ struct Local {
 }
 
 /// Keys of the local hour and day of `now` in `tz`, as the live counters stamp them.
-pub(crate) fn local_keys(tz: Tz, now: DateTime<Utc>) -> (u32, u32) {
+pub fn local_keys(tz: Tz, now: DateTime<Utc>) -> (u32, u32) {
     let l = now.with_timezone(&tz);
     let day = l.date_naive().num_days_from_ce() as u32;
     (day * 24 + l.hour(), day)

@@ -21,7 +21,7 @@ mod model;
 mod number;
 mod schedule;
 
-pub use auction::{auction, Entry, Exclusion, Outcome};
+pub use auction::{auction, local_keys, Entry, Exclusion, Outcome};
 pub use geo::{state_of_number, State, StateSet};
 pub use live::{BuyerLive, Live};
 pub use model::{Buyer, BuyerId, Campaign, CampaignId, Snapshot, SnapshotError};

@@ -156,6 +156,14 @@ impl RawMessage {
         }
     }
 
+    /// The reason phrase (`None` for a request).
+    pub fn reason(&self) -> Option<&str> {
+        match &self.start {
+            StartLine::Response { reason, .. } => Some(reason),
+            StartLine::Request { .. } => None,
+        }
+    }
+
     /// The status code (`None` for a request).
     pub fn code(&self) -> Option<u16> {
         match &self.start {

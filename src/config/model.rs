@@ -82,6 +82,8 @@ pub struct SipConfig {
     pub ring_timeout: Duration,
     /// Buyers tried per call (ring-tree depth).
     pub max_attempts: u32,
+    /// Calls at once; more get 503.
+    pub max_calls: usize,
 }
 
 /// Defaults for the optional `[sip]` keys.
@@ -100,6 +102,8 @@ pub mod defaults {
     pub const RING_TIMEOUT_S: i64 = 20;
     /// Buyers tried per call.
     pub const MAX_ATTEMPTS: i64 = 3;
+    /// Calls at once.
+    pub const MAX_CALLS: i64 = 10_000;
 }
 
 pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
@@ -181,6 +185,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             "t1_ms",
             "ring_timeout_s",
             "max_attempts",
+            "max_calls",
         ],
     );
     // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
@@ -241,6 +246,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
     let t1 = int("t1_ms", 50, 10_000, defaults::T1_MS) as u64;
     let ring_timeout = int("ring_timeout_s", 1, 600, defaults::RING_TIMEOUT_S) as u64;
     let max_attempts = int("max_attempts", 1, 20, defaults::MAX_ATTEMPTS) as u32;
+    let max_calls = int("max_calls", 1, 1_000_000, defaults::MAX_CALLS) as usize;
     Some(SipConfig {
         listen,
         advertised_host,
@@ -251,6 +257,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         t1: Duration::from_millis(t1),
         ring_timeout: Duration::from_secs(ring_timeout),
         max_attempts,
+        max_calls,
     })
 }
 

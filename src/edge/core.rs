@@ -1,13 +1,14 @@
 //! [`EdgeCore`]: the sans-IO heart of the process.
 
 use super::policy::{decide, Decision, Local};
+use crate::call::Controller;
 use crate::counters::{Counter, Counters};
 use crate::ids;
 use bytes::Bytes;
 use dce_sip::build::reason_phrase;
-use dce_sip::transaction::{Event, Peer, State, TimerConfig, TransactionLayer, Transmit, TxId};
+use dce_sip::transaction::{Event, Peer, TimerConfig, TransactionLayer, Transmit, TxId};
 use dce_sip::{HeaderName, Message, MessageBuf, Method, ParseError, ParseFailure};
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,24 +18,41 @@ pub struct EdgeCore {
     local: Local,
     counters: Arc<Counters>,
     host: String,
-    /// INVITE server transactions still waiting for a final response, with what is needed to
-    /// answer them (CANCEL → 487). Filled by the call controller.
-    pending_invites: HashMap<TxId, (Message, String)>,
+    calls: Controller,
     /// Stateless sends (answers to malformed requests), drained before the layer's.
     stateless: VecDeque<Transmit>,
 }
 
 impl EdgeCore {
-    /// A core for a node whose own addresses are `local` and which advertises `host`.
-    pub fn new(timers: TimerConfig, local: Local, host: String, counters: Arc<Counters>) -> Self {
+    /// A core for a node whose own addresses are `local` and which advertises `host`; INVITEs
+    /// that pass the edge go to `calls`.
+    pub fn new(
+        timers: TimerConfig,
+        local: Local,
+        host: String,
+        counters: Arc<Counters>,
+        calls: Controller,
+    ) -> Self {
         EdgeCore {
             layer: TransactionLayer::new(timers),
             local,
             counters,
             host,
-            pending_invites: HashMap::new(),
+            calls,
             stateless: VecDeque::new(),
         }
+    }
+
+    /// The call controller.
+    pub fn calls(&mut self) -> &mut Controller {
+        &mut self.calls
+    }
+
+    /// Stop taking calls and end the ones in progress (shutdown).
+    pub fn shutdown(&mut self, now: Instant) {
+        self.calls.stop_accepting();
+        self.calls.end_all(&mut self.layer, now);
+        self.process(now);
     }
 
     /// The counters this core bumps.
@@ -129,47 +147,50 @@ impl EdgeCore {
 
     fn on_event(&mut self, ev: Event, now: Instant) {
         match ev {
-            Event::Request { tx, msg, from, via } => match decide(&msg, &self.local) {
-                Decision::Respond {
-                    code,
-                    headers,
-                    counter,
-                } => {
-                    self.counters.inc(counter);
-                    tracing::debug!(from = %from.addr, method = %msg.method().map(|m| m.as_str()).unwrap_or(""), code, "answered at the edge");
-                    let mut resp = msg.response(code, reason_phrase(code), &ids::tag(), Some(&via));
-                    resp.headers.extend(headers);
-                    self.respond(tx, &resp, now);
+            Event::Request { tx, msg, from, via } => {
+                if msg.method() != Some(&Method::Cancel) && self.calls.owns_dialog(&msg) {
+                    self.calls.on_in_dialog(&mut self.layer, tx, msg, via, now);
+                    return;
                 }
-                Decision::Cancel => self.on_cancel(tx, msg, via, now),
-                Decision::Invite => {
-                    // Call routing is not part of this build: refuse politely.
-                    self.counters.inc(Counter::Invite403);
-                    tracing::info!(from = %from.addr, call_id = %msg.call_id(), "INVITE refused: call routing not configured");
-                    let resp = msg.response(403, reason_phrase(403), &ids::tag(), Some(&via));
-                    self.respond(tx, &resp, now);
+                match decide(&msg, &self.local) {
+                    Decision::Respond {
+                        code,
+                        headers,
+                        counter,
+                    } => {
+                        self.counters.inc(counter);
+                        tracing::debug!(from = %from.addr, method = %msg.method().map(|m| m.as_str()).unwrap_or(""), code, "answered at the edge");
+                        let mut resp =
+                            msg.response(code, reason_phrase(code), &ids::tag(), Some(&via));
+                        resp.headers.extend(headers);
+                        self.respond(tx, &resp, now);
+                    }
+                    Decision::Cancel => self.on_cancel(tx, msg, via, now),
+                    Decision::Invite => {
+                        self.calls
+                            .on_invite(&mut self.layer, tx, msg, from, via, now)
+                    }
                 }
-            },
+            }
             Event::Ack { msg, from } => {
-                self.counters.inc(Counter::DroppedStrayAck);
-                tracing::debug!(from = %from.addr, call_id = %msg.call_id(), "ACK for no dialog dropped");
+                if !self.calls.on_ack(&msg) {
+                    self.counters.inc(Counter::DroppedStrayAck);
+                    tracing::debug!(from = %from.addr, call_id = %msg.call_id(), "ACK for no dialog dropped");
+                }
             }
-            Event::Response { tx, msg } => {
-                tracing::debug!(?tx, code = ?msg.code(), "response for a client transaction");
-            }
+            Event::Response { tx, msg } => self.calls.on_response(&mut self.layer, tx, msg, now),
             Event::StrayResponse { msg, from } => {
-                self.counters.inc(Counter::DroppedStrayResponse);
-                tracing::debug!(from = %from.addr, code = ?msg.code(), "response for no transaction dropped");
+                if !self.calls.on_stray_response(&msg) {
+                    self.counters.inc(Counter::DroppedStrayResponse);
+                    tracing::debug!(from = %from.addr, code = ?msg.code(), "response for no transaction dropped");
+                }
             }
-            Event::Timeout { tx } => {
-                self.pending_invites.remove(&tx);
-                tracing::info!(?tx, "transaction timed out");
-            }
+            Event::Timeout { tx } => self.calls.on_tx_timeout(&mut self.layer, tx, now),
         }
     }
 
-    /// CANCEL (RFC 3261 §9.2): 200 when it matches a transaction, and 487 to the INVITE if
-    /// that is still waiting for its final response; 481 otherwise.
+    /// CANCEL (RFC 3261 §9.2): 200 when it matches a transaction, else 481; the call
+    /// controller then ends a call still ringing (487 to its INVITE).
     fn on_cancel(&mut self, tx: TxId, cancel: Message, via: String, now: Instant) {
         let invite = self.layer.invite_for_cancel(&cancel);
         let code = if invite.is_some() { 200 } else { 481 };
@@ -181,12 +202,7 @@ impl EdgeCore {
         let resp = cancel.response(code, reason_phrase(code), &ids::tag(), Some(&via));
         self.respond(tx, &resp, now);
         if let Some(inv) = invite {
-            if self.layer.state(inv) == Some(State::Proceeding) {
-                if let Some((msg, via)) = self.pending_invites.remove(&inv) {
-                    let resp = msg.response(487, reason_phrase(487), &ids::tag(), Some(&via));
-                    self.respond(inv, &resp, now);
-                }
-            }
+            self.calls.on_cancel(&mut self.layer, inv, now);
         }
     }
 

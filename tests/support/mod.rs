@@ -331,3 +331,46 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     }
     out
 }
+
+/// An edge core with no carriers, campaigns or buyers (every INVITE is from an unknown
+/// source), CDRs dropped.
+pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge::EdgeCore {
+    use dce::call::cdr::NullSink;
+    use dce::call::leg::Me;
+    use dce::call::{AllowAll, Controller, Settings};
+    use std::sync::Arc;
+    use std::time::Duration;
+    let live = Arc::new(dce_routing::Live::default());
+    let snapshot = Arc::new(dce_routing::Snapshot::new(vec![], vec![], &live).unwrap());
+    let settings = Settings {
+        node_id: "test".into(),
+        me: Me {
+            host: "127.0.0.1".into(),
+            port: 5060,
+        },
+        ring_timeout: Duration::from_secs(20),
+        max_attempts: 3,
+        t1: Duration::from_millis(500),
+        max_calls: 10_000,
+        udp_socket: 0,
+    };
+    let controller = Controller::new(
+        settings,
+        snapshot,
+        live,
+        &[],
+        Box::new(AllowAll),
+        Box::new(NullSink),
+        Arc::new(dce::clock::SystemClock),
+        counters.clone(),
+    );
+    dce::edge::EdgeCore::new(
+        dce_sip::transaction::TimerConfig::default(),
+        dce::edge::Local {
+            hosts: vec!["127.0.0.1".into()],
+        },
+        "127.0.0.1".into(),
+        counters,
+        controller,
+    )
+}

@@ -1,0 +1,156 @@
+//! Call detail records: what the call controller emits for every call, and where it goes.
+//!
+//! The call path hands a finished [`Cdr`] to a [`CdrSink`] and moves on. Until the database
+//! sink lands, [`JsonlSink`] appends one JSON object per line to a file from its own thread,
+//! flushing after each batch.
+
+use serde::Serialize;
+use std::io::Write;
+use std::path::Path;
+use std::sync::mpsc;
+
+/// One auction entry with its outcome.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct BidRecord {
+    /// Buyer id.
+    pub buyer_id: String,
+    /// Its bid, in cents.
+    pub amount_cents: u32,
+    /// `won`, `lost`, `excluded:<filter>`, `attempted:<SIP code|timeout|ring_timeout>`.
+    pub outcome: String,
+}
+
+/// A call detail record.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Cdr {
+    /// DCE's id of the call (also sent to the buyer as `X-DCE-Call-ID`).
+    pub id: String,
+    /// Node that handled it.
+    pub node_id: String,
+    /// `answered`, `rejected`, `cancelled`, `failed`.
+    pub disposition: String,
+    /// Carrier id (empty when the source was unknown).
+    pub carrier: String,
+    /// Campaign id (empty when none matched).
+    pub campaign: String,
+    /// Caller, E.164 digits (as received when not a number).
+    pub caller: String,
+    /// Called, E.164 digits (as received when not a number).
+    pub called: String,
+    /// Carrier's SIP Call-ID.
+    pub carrier_call_id: String,
+    /// Winning buyer, if any answered.
+    pub buyer_id: Option<String>,
+    /// The winner's bid.
+    pub bid_cents: u32,
+    /// What the buyer pays: its bid when the call was billable.
+    pub payout_cents: u32,
+    /// Lasted at least the campaign's `billable_after_s`.
+    pub billable: bool,
+    /// Compliance verdict (`pass` until the compliance checks land).
+    pub compliance: String,
+    /// Every buyer considered.
+    pub bids: Vec<BidRecord>,
+    /// INVITE received (RFC 3339).
+    pub invite_at: String,
+    /// Buyer answered.
+    pub answer_at: Option<String>,
+    /// Call ended.
+    pub end_at: String,
+    /// Seconds from answer to end.
+    pub duration_s: f64,
+    /// `carrier`, `buyer` or `dce`.
+    pub hangup_by: Option<String>,
+    /// Why it ended, in words.
+    pub reason: String,
+    /// Final SIP code DCE sent the carrier (or 200).
+    pub carrier_code: u16,
+    /// Final SIP code of the last buyer leg, if any.
+    pub buyer_code: Option<u16>,
+}
+
+/// Where CDRs go. Must not block the call path.
+pub trait CdrSink: Send {
+    /// Take a finished record.
+    fn emit(&mut self, cdr: Cdr);
+}
+
+/// Keeps CDRs in memory (tests).
+#[derive(Debug, Default, Clone)]
+pub struct MemorySink(pub std::sync::Arc<std::sync::Mutex<Vec<Cdr>>>);
+
+impl CdrSink for MemorySink {
+    fn emit(&mut self, cdr: Cdr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).push(cdr);
+    }
+}
+
+/// Drops every record (tests that do not look at CDRs).
+#[derive(Debug, Default)]
+pub struct NullSink;
+
+impl CdrSink for NullSink {
+    fn emit(&mut self, _cdr: Cdr) {}
+}
+
+/// Appends JSON lines to a file from a writer thread. Dropping it waits until every record
+/// handed over is written and synced.
+pub struct JsonlSink {
+    tx: Option<mpsc::Sender<Cdr>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for JsonlSink {
+    fn drop(&mut self) {
+        self.tx.take();
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl JsonlSink {
+    /// Open (create or append) `path` and start the writer thread.
+    pub fn open(path: &Path) -> std::io::Result<JsonlSink> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let (tx, rx) = mpsc::channel::<Cdr>();
+        let shown = path.display().to_string();
+        let writer = std::thread::Builder::new().name("cdr-writer".into()).spawn(move || {
+            let mut out = std::io::BufWriter::new(file);
+            while let Ok(first) = rx.recv() {
+                for cdr in std::iter::once(first).chain(rx.try_iter()) {
+                    match serde_json::to_string(&cdr) {
+                        Ok(line) => {
+                            if let Err(e) = writeln!(out, "{line}") {
+                                tracing::error!(file = %shown, error = %e, call = %cdr.id, "CDR write failed");
+                            }
+                        }
+                        Err(e) => tracing::error!(error = %e, call = %cdr.id, "CDR not serialisable"),
+                    }
+                }
+                if let Err(e) = out.flush().and_then(|_| out.get_ref().sync_data()) {
+                    tracing::error!(file = %shown, error = %e, "CDR flush failed");
+                }
+            }
+        })?;
+        Ok(JsonlSink {
+            tx: Some(tx),
+            writer: Some(writer),
+        })
+    }
+}
+
+impl CdrSink for JsonlSink {
+    fn emit(&mut self, cdr: Cdr) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(cdr).map_err(|e| e.0),
+            None => Err(cdr),
+        };
+        if let Err(cdr) = sent {
+            tracing::error!(call = %cdr.id, "CDR writer gone; record lost");
+        }
+    }
+}

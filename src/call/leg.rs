@@ -1,0 +1,148 @@
+//! Building the messages of the two legs: the buyer INVITE, ACK for a 2xx, BYE, CANCEL,
+//! relayed requests, and responses to the carrier. Topology hiding lives here: the buyer leg
+//! gets its own Call-ID, tags, Via and Contact; nothing of the carrier's headers is copied but
+//! the body and its Content-Type.
+
+use crate::ids;
+use dce_sip::{HeaderName, Message, MessageBuf, Method};
+
+/// What DCE puts in Via and Contact.
+#[derive(Debug, Clone)]
+pub struct Me {
+    /// Advertised host.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+impl Me {
+    /// `<sip:dce@host:port>`
+    pub fn contact(&self) -> String {
+        format!("<sip:dce@{}:{}>", self.host, self.port)
+    }
+
+    fn via(&self, branch: &str) -> String {
+        format!(
+            "SIP/2.0/UDP {}:{};branch={branch};rport",
+            self.host, self.port
+        )
+    }
+
+    /// A request with DCE's Via (fresh branch) and Max-Forwards.
+    pub fn request(&self, method: Method, uri: &str, max_forwards: u8) -> MessageBuf {
+        let mut m = MessageBuf::request(method, uri);
+        m.push(HeaderName::Via, self.via(&ids::branch()));
+        m.push(HeaderName::MaxForwards, max_forwards.to_string());
+        m
+    }
+}
+
+/// The dialog state of one leg as DCE sees it.
+#[derive(Debug, Clone)]
+pub struct Dialog {
+    /// Call-ID.
+    pub call_id: String,
+    /// Our From (UAC) or To (UAS) value, with our tag.
+    pub local: String,
+    /// Their value, with their tag once known.
+    pub remote: String,
+    /// Where in-dialog requests are addressed (their Contact).
+    pub remote_target: String,
+    /// Route set, in the order Route headers are written.
+    pub route: Vec<String>,
+    /// Our next CSeq number.
+    pub cseq: u32,
+}
+
+impl Dialog {
+    /// A new in-dialog request (BYE, relayed INFO/UPDATE/re-INVITE…).
+    pub fn request(&mut self, me: &Me, method: Method) -> MessageBuf {
+        self.cseq += 1;
+        let mut m = me.request(method.clone(), &self.remote_target, 70);
+        m.push(HeaderName::From, self.local.clone())
+            .push(HeaderName::To, self.remote.clone())
+            .push(HeaderName::CallId, self.call_id.clone())
+            .push(HeaderName::CSeq, format!("{} {method}", self.cseq));
+        for r in &self.route {
+            m.push(HeaderName::Route, r.clone());
+        }
+        m
+    }
+}
+
+/// The ACK for a 2xx to our INVITE (RFC 3261 §13.2.2.4): a new transaction, to the remote
+/// target, with the INVITE's CSeq number.
+pub fn ack_for_2xx(me: &Me, dialog: &Dialog, invite_cseq: u32) -> MessageBuf {
+    let mut m = me.request(Method::Ack, &dialog.remote_target, 70);
+    m.push(HeaderName::From, dialog.local.clone())
+        .push(HeaderName::To, dialog.remote.clone())
+        .push(HeaderName::CallId, dialog.call_id.clone())
+        .push(HeaderName::CSeq, format!("{invite_cseq} ACK"));
+    for r in &dialog.route {
+        m.push(HeaderName::Route, r.clone());
+    }
+    m
+}
+
+/// CANCEL for an INVITE we sent (§9.1): same Request-URI, Call-ID, From, To, CSeq number and
+/// top Via (so the same branch), method CANCEL.
+pub fn cancel_for(invite: &MessageBuf) -> MessageBuf {
+    let uri = match &invite.start {
+        dce_sip::StartLineBuf::Request { uri, .. } => uri.clone(),
+        dce_sip::StartLineBuf::Response { .. } => String::new(),
+    };
+    let mut m = MessageBuf::request(Method::Cancel, uri);
+    for name in [
+        HeaderName::Via,
+        HeaderName::MaxForwards,
+        HeaderName::From,
+        HeaderName::To,
+        HeaderName::CallId,
+    ] {
+        if let Some(v) = invite.header(&name) {
+            m.push(name, v);
+        }
+    }
+    let n = invite
+        .header(&HeaderName::CSeq)
+        .and_then(|c| c.split_whitespace().next())
+        .unwrap_or("1");
+    m.push(HeaderName::CSeq, format!("{n} CANCEL"));
+    for (n, v) in &invite.headers {
+        if *n == HeaderName::Route {
+            m.push(HeaderName::Route, v.clone());
+        }
+    }
+    m
+}
+
+/// Copy the body and its Content-Type from `from` into `to` (the only content that crosses
+/// between legs).
+pub fn copy_body(from: &Message, to: &mut MessageBuf) {
+    if !from.body().is_empty() {
+        if let Some(ct) = from.content_type() {
+            to.push(HeaderName::ContentType, ct);
+        }
+        to.body = from.body().clone();
+    }
+}
+
+/// Route set of a dialog from the Record-Route headers of a message: in order for the UAS
+/// side (§12.1.1), reversed for the UAC side (§12.1.2).
+pub fn route_set(msg: &Message, reverse: bool) -> Vec<String> {
+    let mut r: Vec<String> = msg
+        .headers_named(&HeaderName::RecordRoute)
+        .flat_map(|v| dce_sip::scan::split_outside(v, b',').unwrap_or_default())
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if reverse {
+        r.reverse();
+    }
+    r
+}
+
+/// The Contact URI of a message (without brackets), if any.
+pub fn contact_uri(msg: &Message) -> Option<String> {
+    msg.contact().map(|c| c.uri.raw.clone())
+}
