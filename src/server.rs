@@ -208,12 +208,16 @@ impl Core {
                 .edge
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-                .min(report_at);
+                .min(report_at)
+                .min(stopping.unwrap_or(report_at));
             tokio::select! {
                 _ = &mut shutdown, if stopping.is_none() => {
-                    tracing::info!(active_calls = self.edge.calls().active_calls(), "shutting down: ending active calls");
+                    let active = self.edge.calls().active_calls();
+                    tracing::info!(active_calls = active, "shutting down: ending active calls");
                     self.edge.shutdown(Instant::now());
-                    stopping = Some(Instant::now() + Duration::from_secs(2));
+                    // With calls ended by BYE, give the BYEs two seconds to be answered.
+                    let grace = if active > 0 { Duration::from_secs(2) } else { Duration::ZERO };
+                    stopping = Some(Instant::now() + grace);
                 }
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.reload(),
                 item = rx.recv() => match item {
