@@ -79,13 +79,17 @@ impl EdgeCore {
     /// Fire due timers.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.layer.handle_timeout(now);
+        self.calls.handle_timeout(&mut self.layer, now);
         self.process(now);
     }
 
     /// When [`EdgeCore::handle_timeout`] must run next.
     #[must_use]
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        self.layer.poll_timeout()
+        match (self.layer.poll_timeout(), self.calls.poll_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Next bytes to send.
@@ -93,6 +97,7 @@ impl EdgeCore {
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.stateless
             .pop_front()
+            .or_else(|| self.calls.poll_transmit())
             .or_else(|| self.layer.poll_transmit())
     }
 

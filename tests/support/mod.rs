@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dce_process;
+pub mod sim;
 pub mod sipp;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,470 @@
+//! Call routing in process: carrier, DCE and buyers in a simulated network with simulated
+//! time. Every scenario of the call-routing issue, plus exact bookkeeping under overlap.
+
+mod support;
+
+use dce_sip::{HeaderName, Method};
+use std::time::Duration;
+use support::sim::{buyer, config, Mode, Sim};
+
+const S: Duration = Duration::from_secs(1);
+
+fn outcomes(cdr: &dce::call::cdr::Cdr) -> Vec<String> {
+    cdr.bids
+        .iter()
+        .map(|b| format!("{}={}", b.buyer_id, b.outcome))
+        .collect()
+}
+
+fn three_buyers(extra_sip: &str) -> dce::config::Config {
+    let buyers = format!(
+        "{}{}{}",
+        buyer("acme", 5090, 1500, ""),
+        buyer("bravo", 5091, 1200, ""),
+        buyer("cobalt", 5092, 900, "")
+    );
+    config(extra_sip, &buyers)
+}
+
+#[test]
+fn a_call_is_connected_to_the_best_buyer_and_hung_up_by_the_carrier() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(2 * S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(5 * S);
+    assert_eq!(sim.codes(&call), vec![100, 180, 200]);
+    let ok = &sim.carrier[&call].responses[2];
+    assert_eq!(
+        ok.content_type(),
+        Some("application/sdp"),
+        "buyer's SDP relayed"
+    );
+    // Topology hiding: the buyer's INVITE shares nothing with the carrier's.
+    let b = sim.buyer(5090);
+    let (b_call_id, bc) = b
+        .calls
+        .iter()
+        .next()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .unwrap();
+    assert_ne!(b_call_id, call);
+    let inv = &bc.invite;
+    assert_eq!(inv.vias().len(), 1);
+    assert_eq!(inv.via().host(), "127.0.0.1");
+    assert!(inv
+        .header(&HeaderName::Other("X-Carrier-Secret".into()))
+        .is_none());
+    assert_ne!(inv.from().tag(), Some("cf1"));
+    assert!(inv.contact().unwrap().uri.raw.contains("127.0.0.1:5060"));
+    assert_eq!(
+        inv.request_uri().unwrap().raw,
+        "sip:18005550100@127.0.0.1:5090"
+    );
+    assert_eq!(inv.from().uri.user(), Some("13105551234"));
+    let x_id = inv
+        .header(&HeaderName::Other("X-DCE-Call-ID".into()))
+        .unwrap()
+        .to_owned();
+    assert!(
+        bc.requests.iter().any(|r| r.method() == Some(&Method::Ack)),
+        "DCE ACKed the buyer's 200: {:?}",
+        bc.requests
+            .iter()
+            .map(|r| r.method().cloned())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(sim.live.total_active(), 1);
+
+    sim.run_for(100 * S);
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    let b = sim.buyer(5090);
+    assert!(
+        b.calls[&b_call_id]
+            .requests
+            .iter()
+            .any(|r| r.method() == Some(&Method::Bye)),
+        "BYE mirrored"
+    );
+    let cdrs = sim.cdrs();
+    assert_eq!(cdrs.len(), 1);
+    let cdr = &cdrs[0];
+    assert_eq!(cdr.id, x_id);
+    assert_eq!(cdr.disposition, "answered");
+    assert_eq!(cdr.buyer_id.as_deref(), Some("acme"));
+    assert_eq!(
+        (cdr.bid_cents, cdr.payout_cents, cdr.billable),
+        (1500, 1500, true)
+    );
+    assert_eq!(cdr.hangup_by.as_deref(), Some("carrier"));
+    assert_eq!(cdr.caller, "13105551234");
+    assert_eq!(cdr.called, "18005550100");
+    assert_eq!(outcomes(cdr), ["acme=won", "bravo=lost", "cobalt=lost"]);
+    assert!((cdr.duration_s - 103.0).abs() < 0.01, "{}", cdr.duration_s);
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn busy_buyer_fails_over_to_the_next() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Reject(486));
+    sim.add_buyer(5091, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(3 * S);
+    assert_eq!(sim.finals(&call), vec![200]);
+    assert_eq!(sim.buyer(5091).calls.len(), 1);
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(
+        outcomes(cdr),
+        ["acme=attempted:486", "bravo=won", "cobalt=lost"]
+    );
+    assert_eq!(
+        (cdr.billable, cdr.payout_cents),
+        (false, 0),
+        "3 s is not billable"
+    );
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn ring_timeout_cancels_and_fails_over() {
+    let mut sim = Sim::new(&three_buyers("ring_timeout_s = 5"));
+    sim.add_buyer(5090, Mode::Ring);
+    sim.add_buyer(5091, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(10 * S);
+    let a = sim.buyer(5090);
+    let ac = a.calls.values().next().unwrap();
+    assert!(
+        ac.requests
+            .iter()
+            .any(|r| r.method() == Some(&Method::Cancel)),
+        "ringing buyer CANCELled"
+    );
+    assert_eq!(sim.finals(&call), vec![200]);
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(
+        outcomes(cdr)[..2],
+        ["acme=attempted:ring_timeout", "bravo=won"]
+    );
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn silent_buyer_times_out_and_every_attempt_failing_gives_480() {
+    let mut sim = Sim::new(&three_buyers("max_attempts = 2\nring_timeout_s = 60"));
+    sim.add_buyer(5090, Mode::Silent);
+    sim.add_buyer(5091, Mode::Reject(503));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(40 * S);
+    assert_eq!(sim.finals(&call), vec![480]);
+    assert!(
+        sim.buyer(5092).calls.is_empty(),
+        "max_attempts = 2 stops before cobalt"
+    );
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(cdr.disposition, "failed");
+    assert_eq!(
+        outcomes(cdr),
+        [
+            "acme=attempted:timeout",
+            "bravo=attempted:503",
+            "cobalt=lost"
+        ]
+    );
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn carrier_cancel_while_ringing() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Ring);
+    let call = sim.place_call("+13105551234");
+    sim.run_for(S);
+    sim.cancel(&call);
+    sim.run_for(S);
+    assert_eq!(sim.finals(&call), vec![487]);
+    let a = sim.buyer(5090).calls.values().next().unwrap().clone();
+    assert!(a
+        .requests
+        .iter()
+        .any(|r| r.method() == Some(&Method::Cancel)));
+    assert!(
+        sim.buyer(5091).calls.is_empty(),
+        "no failover after a cancel"
+    );
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(cdr.disposition, "cancelled");
+    assert_eq!(cdr.carrier_code, 487);
+    assert_eq!(sim.live.total_active(), 0);
+    assert_eq!(sim.counters.get(dce::counters::Counter::Cancel200), 1);
+}
+
+#[test]
+fn buyer_hangs_up_first() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    let b_call = sim.buyer(5090).calls.keys().next().unwrap().clone();
+    sim.buyer_bye_after(5090, &b_call, 95 * S);
+    sim.run_for(100 * S);
+    let reqs = &sim.carrier[&call].requests;
+    assert!(
+        reqs.iter().any(|r| r.method() == Some(&Method::Bye)),
+        "carrier got BYE"
+    );
+    let bye = reqs
+        .iter()
+        .find(|r| r.method() == Some(&Method::Bye))
+        .unwrap();
+    assert_eq!(bye.call_id(), call);
+    assert_eq!(
+        bye.from().tag(),
+        sim.carrier[&call].responses.last().unwrap().to().tag()
+    );
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(cdr.hangup_by.as_deref(), Some("buyer"));
+    assert!(cdr.billable);
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn rejections_403_404_480_with_cdrs() {
+    // no eligible buyer: everyone excluded
+    let cfg = config("", &buyer("acme", 5090, 50, "states = [\"TX\"]"));
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234"); // CA caller
+    sim.run_for(S);
+    assert_eq!(sim.finals(&call), vec![480]);
+    assert!(sim.buyer(5090).calls.is_empty());
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(cdr.disposition, "rejected");
+    assert_eq!(outcomes(cdr), ["acme=excluded:state"]);
+
+    // unknown source: 403 and no buyer sees an INVITE
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim.carrier_addr = "127.0.0.9:5070".parse().unwrap();
+    let call = sim.place_call("+13105551234");
+    sim.run_for(S);
+    assert_eq!(sim.finals(&call), vec![403]);
+    assert!(sim.buyer(5090).calls.is_empty());
+    assert_eq!(sim.cdrs()[0].reason, "unknown source");
+}
+
+#[test]
+fn unknown_number_gets_404() {
+    let mut sim = Sim::new(&three_buyers(""));
+    let call = sim.place_call("+13105551234");
+    // rewrite: a second call to an unknown number
+    let _ = call;
+    let mut m = dce_sip::MessageBuf::request(Method::Invite, "sip:+18005559999@127.0.0.1");
+    m.push(
+        HeaderName::Via,
+        "SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKx404",
+    )
+    .push(HeaderName::From, "<sip:+13105551234@127.0.0.1>;tag=1")
+    .push(HeaderName::To, "<sip:+18005559999@127.0.0.1>")
+    .push(HeaderName::CallId, "nocampaign")
+    .push(HeaderName::CSeq, "1 INVITE");
+    sim.core.on_bytes(
+        m.print(),
+        dce_sip::transaction::Peer {
+            transport: dce_sip::transaction::Transport::Udp,
+            addr: "127.0.0.1:5070".parse().unwrap(),
+            conn: Some(0),
+        },
+        sim.now,
+    );
+    let mut codes = Vec::new();
+    while let Some(t) = sim.core.poll_transmit() {
+        if let Ok(r) = dce_sip::parse(t.bytes) {
+            if r.call_id() == "nocampaign" {
+                codes.extend(r.code());
+            }
+        }
+    }
+    assert_eq!(codes, vec![100, 404]);
+}
+
+#[test]
+fn max_concurrent_sends_the_overlapping_call_to_the_next_buyer() {
+    let cfg = config(
+        "",
+        &format!(
+            "{}{}",
+            buyer("acme", 5090, 1500, "max_concurrent = 1"),
+            buyer("bravo", 5091, 1000, "")
+        ),
+    );
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim.add_buyer(5091, Mode::Answer(S));
+    let c1 = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    let c2 = sim.place_call("+13105551235");
+    sim.run_for(2 * S);
+    assert_eq!((sim.finals(&c1), sim.finals(&c2)), (vec![200], vec![200]));
+    assert_eq!(sim.buyer(5090).calls.len(), 1);
+    assert_eq!(sim.buyer(5091).calls.len(), 1);
+    sim.carrier_bye(&c1);
+    sim.carrier_bye(&c2);
+    sim.run_for(S);
+    let cdrs = sim.cdrs();
+    assert_eq!(
+        outcomes(&cdrs[1]),
+        ["bravo=won", "acme=excluded:concurrency"]
+    );
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn max_duration_ends_both_legs() {
+    let cfg = config("", &buyer("acme", 5090, 1500, "")).clone();
+    let mut cfg = cfg;
+    cfg.routing.campaigns[0].max_duration_s = 30;
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(40 * S);
+    assert!(sim.carrier[&call]
+        .requests
+        .iter()
+        .any(|r| r.method() == Some(&Method::Bye)));
+    let b = sim.buyer(5090).calls.values().next().unwrap();
+    assert!(b.requests.iter().any(|r| r.method() == Some(&Method::Bye)));
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(
+        (cdr.hangup_by.as_deref(), cdr.reason.as_str()),
+        (Some("dce"), "max_duration")
+    );
+    assert!((cdr.duration_s - 30.0).abs() < 0.01);
+}
+
+#[test]
+fn reload_changes_the_next_auction_and_active_calls_survive() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim.add_buyer(5091, Mode::Answer(S));
+    let c1 = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    // bravo now outbids acme
+    let cfg2 = config(
+        "",
+        &format!(
+            "{}{}",
+            buyer("acme", 5090, 1500, ""),
+            buyer("bravo", 5091, 2500, "")
+        ),
+    );
+    let live = sim.live.clone();
+    let snap = std::sync::Arc::new(dce::server::snapshot_of(&cfg2, &live).unwrap());
+    sim.core.calls().reload(snap, &cfg2.routing.carriers);
+    let c2 = sim.place_call("+13105551235");
+    sim.run_for(2 * S);
+    assert_eq!(
+        sim.buyer(5091).calls.len(),
+        1,
+        "the next call follows the new bid"
+    );
+    assert_eq!(sim.live.total_active(), 2);
+    sim.carrier_bye(&c1);
+    sim.carrier_bye(&c2);
+    sim.run_for(S);
+    let cdrs = sim.cdrs();
+    assert_eq!(
+        cdrs[0].buyer_id.as_deref(),
+        Some("acme"),
+        "the active call kept its snapshot"
+    );
+    assert_eq!(cdrs[0].disposition, "answered");
+    assert_eq!(
+        (cdrs[1].buyer_id.as_deref(), cdrs[1].bid_cents),
+        (Some("bravo"), 2500)
+    );
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn carrier_over_max_cps_gets_503_with_retry_after() {
+    let text = three_buyers("");
+    let mut cfg = text;
+    cfg.routing.carriers[0].max_cps = 2;
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Reject(486));
+    sim.add_buyer(5091, Mode::Reject(486));
+    sim.add_buyer(5092, Mode::Reject(486));
+    let calls: Vec<String> = (0..3)
+        .map(|i| sim.place_call(&format!("+1310555000{i}")))
+        .collect();
+    sim.run_for(S);
+    assert_eq!(sim.finals(&calls[2]), vec![503]);
+    let r = sim.carrier[&calls[2]].responses.last().unwrap();
+    assert_eq!(r.header(&HeaderName::RetryAfter), Some("1"));
+}
+
+#[test]
+fn overlapping_calls_hammered_counters_return_to_zero() {
+    let cfg = config(
+        "ring_timeout_s = 3",
+        &format!(
+            "{}{}{}",
+            buyer("acme", 5090, 1500, "max_concurrent = 3\nhourly_cap = 40"),
+            buyer("bravo", 5091, 1200, "max_concurrent = 5"),
+            buyer("cobalt", 5092, 900, "")
+        ),
+    );
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Answer(2 * S));
+    sim.add_buyer(5091, Mode::Reject(486));
+    sim.add_buyer(5092, Mode::Ring);
+    let mut calls = Vec::new();
+    for i in 0..120 {
+        let c = sim.place_call(&format!("+1310555{i:04}"));
+        match i % 4 {
+            0 => sim.carrier_bye_after(&c, Duration::from_millis(2500 + 37 * i as u64)),
+            1 => {
+                sim.run_for(Duration::from_millis(300));
+                sim.cancel(&c);
+            }
+            _ => sim.carrier_bye_after(&c, 20 * S),
+        }
+        calls.push(c);
+        sim.run_for(Duration::from_millis(200));
+    }
+    sim.run_for(120 * S);
+    // carrier BYEs for answered calls still up
+    for c in &calls {
+        if sim.finals(c).contains(&200) && sim.cdrs().iter().all(|r| r.carrier_call_id != *c) {
+            sim.carrier_bye(c);
+        }
+    }
+    sim.run_for(60 * S);
+    let cdrs = sim.cdrs();
+    assert_eq!(cdrs.len(), 120, "one CDR per call");
+    assert_eq!(sim.live.total_active(), 0, "every slot released");
+    assert_eq!(sim.core.calls().active_calls(), 0);
+    let answered = cdrs.iter().filter(|c| c.disposition == "answered").count();
+    let cancelled = cdrs.iter().filter(|c| c.disposition == "cancelled").count();
+    let failed = cdrs.iter().filter(|c| c.disposition == "failed").count();
+    // acme (3 at once) answers; bravo is busy; cobalt rings out: every end path is exercised.
+    assert!(
+        answered >= 5 && cancelled >= 10 && failed >= 10,
+        "answered {answered}, cancelled {cancelled}, failed {failed}"
+    );
+    let cap_hits = cdrs
+        .iter()
+        .flat_map(|c| c.bids.iter())
+        .filter(|b| b.outcome == "excluded:concurrency")
+        .count();
+    assert!(cap_hits > 0, "acme's max_concurrent was hit");
+    assert!(cdrs
+        .iter()
+        .all(|c| c.disposition != "answered" || c.buyer_id.as_deref() == Some("acme")));
+}

@@ -1,0 +1,609 @@
+//! A simulated network around an in-process `EdgeCore`: a carrier and scripted buyers built
+//! on `dce-sip`, simulated time, no sockets. Whichever side is due next runs next, so a call
+//! with a 20-second ring timeout takes microseconds.
+
+use bytes::Bytes;
+use chrono::{TimeZone, Utc};
+use dce::call::cdr::{Cdr, MemorySink};
+use dce::call::leg::Me;
+use dce::call::{AllowAll, Controller, Settings};
+use dce::clock::FixedClock;
+use dce::counters::Counters;
+use dce::edge::{EdgeCore, Local};
+use dce_routing::Live;
+use dce_sip::transaction::{Peer, TimerConfig, Transport};
+use dce_sip::{parse, HeaderName, Message, MessageBuf, Method};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// DCE's address in the simulation.
+pub const DCE: &str = "127.0.0.1:5060";
+/// The carrier's address (inside carrier-a's sources).
+pub const CARRIER: &str = "127.0.0.1:5070";
+
+/// How a simulated buyer treats an INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// 180, then 200 after `Duration`.
+    Answer(Duration),
+    /// 180, then this final code.
+    Reject(u16),
+    /// 180 and nothing more.
+    Ring,
+    /// Nothing at all.
+    Silent,
+}
+
+/// One call as a buyer saw it.
+#[derive(Debug, Clone)]
+pub struct BuyerCall {
+    /// The INVITE it received.
+    pub invite: Message,
+    /// Its To tag.
+    pub tag: String,
+    /// Requests received in the dialog (ACK, BYE, CANCEL, INFO …).
+    pub requests: Vec<Message>,
+}
+
+/// A scripted buyer.
+#[derive(Debug)]
+pub struct Buyer {
+    /// Behaviour for new INVITEs.
+    pub mode: Mode,
+    /// Calls by Call-ID.
+    pub calls: BTreeMap<String, BuyerCall>,
+}
+
+/// One call as the carrier placed it.
+#[derive(Debug, Clone, Default)]
+pub struct CarrierCall {
+    /// Responses to the INVITE, in order.
+    pub responses: Vec<Message>,
+    /// Requests DCE sent in the dialog (BYE …).
+    pub requests: Vec<Message>,
+    /// Responses to the carrier's BYE/CANCEL/INFO.
+    pub other_responses: Vec<Message>,
+}
+
+#[derive(Debug)]
+enum Action {
+    BuyerAnswer { buyer: SocketAddr, call_id: String },
+    BuyerBye { buyer: SocketAddr, call_id: String },
+    CarrierBye { call_id: String },
+}
+
+/// The simulation.
+pub struct Sim {
+    /// DCE's core.
+    pub core: EdgeCore,
+    /// CDRs written.
+    pub cdrs: MemorySink,
+    /// Counters.
+    pub counters: Arc<Counters>,
+    /// Live buyer counters.
+    pub live: Arc<Live>,
+    /// Simulated monotonic time.
+    pub now: Instant,
+    /// Wall clock.
+    pub clock: Arc<FixedClock>,
+    /// Buyers by address.
+    pub buyers: HashMap<SocketAddr, Buyer>,
+    /// Carrier calls by Call-ID.
+    pub carrier: BTreeMap<String, CarrierCall>,
+    /// Carrier sends from here (set to an unknown address to test 403).
+    pub carrier_addr: SocketAddr,
+    inbox: VecDeque<(SocketAddr, Bytes)>,
+    scheduled: Vec<(Instant, Action)>,
+    /// Carrier's INVITEs by Call-ID (to build CANCEL/ACK/BYE).
+    invites: HashMap<String, MessageBuf>,
+    seq: u64,
+    nobody: Buyer,
+}
+
+/// Config with carrier-a on 127.0.0.1, campaign `auto` on +18005550100, and `buyers` appended.
+pub fn config(extra_sip: &str, buyers: &str) -> dce::config::Config {
+    let text = format!(
+        "[node]\nid = \"sim\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n{extra_sip}\n\
+         [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
+         [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 90\nmax_duration_s = 7200\n{buyers}"
+    );
+    dce::config::parse("sim.toml", &text).unwrap_or_else(|e| panic!("{e:?}"))
+}
+
+/// A `[[buyer]]` section.
+pub fn buyer(id: &str, port: u16, bid: u32, extra: &str) -> String {
+    format!("[[buyer]]\nid = \"{id}\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{port}\"\nbid_cents = {bid}\n{extra}\n")
+}
+
+const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+
+impl Sim {
+    /// A simulation of `cfg` at Wednesday 2026-07-15 12:00 New York time.
+    pub fn new(cfg: &dce::config::Config) -> Sim {
+        let counters = Arc::new(Counters::default());
+        let live = Arc::new(Live::default());
+        let snapshot = Arc::new(dce::server::snapshot_of(cfg, &live).unwrap());
+        let cdrs = MemorySink::default();
+        let clock = Arc::new(FixedClock::new(
+            Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap(),
+        ));
+        let settings = Settings {
+            node_id: "sim".into(),
+            me: Me {
+                host: "127.0.0.1".into(),
+                port: 5060,
+            },
+            ring_timeout: cfg.sip.ring_timeout,
+            max_attempts: cfg.sip.max_attempts,
+            t1: cfg.sip.t1,
+            max_calls: cfg.sip.max_calls,
+            udp_socket: 0,
+        };
+        let controller = Controller::new(
+            settings,
+            snapshot,
+            live.clone(),
+            &cfg.routing.carriers,
+            Box::new(AllowAll),
+            Box::new(cdrs.clone()),
+            clock.clone(),
+            counters.clone(),
+        );
+        let core = EdgeCore::new(
+            TimerConfig::default(),
+            Local {
+                hosts: vec!["127.0.0.1".into()],
+            },
+            "127.0.0.1".into(),
+            counters.clone(),
+            controller,
+        );
+        Sim {
+            core,
+            cdrs,
+            counters,
+            live,
+            now: Instant::now(),
+            clock,
+            buyers: HashMap::new(),
+            carrier: BTreeMap::new(),
+            carrier_addr: CARRIER.parse().unwrap(),
+            inbox: VecDeque::new(),
+            scheduled: Vec::new(),
+            invites: HashMap::new(),
+            seq: 0,
+            nobody: Buyer {
+                mode: Mode::Silent,
+                calls: BTreeMap::new(),
+            },
+        }
+    }
+
+    /// Add a buyer at `127.0.0.1:port`.
+    pub fn add_buyer(&mut self, port: u16, mode: Mode) {
+        self.buyers.insert(
+            SocketAddr::from(([127, 0, 0, 1], port)),
+            Buyer {
+                mode,
+                calls: BTreeMap::new(),
+            },
+        );
+    }
+
+    /// The buyer at `port` (an empty one if none was added there).
+    pub fn buyer(&self, port: u16) -> &Buyer {
+        self.buyers
+            .get(&SocketAddr::from(([127, 0, 0, 1], port)))
+            .unwrap_or(&self.nobody)
+    }
+
+    fn send_to_dce(&mut self, from: SocketAddr, bytes: Bytes) {
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr: from,
+            conn: Some(0),
+        };
+        self.core.on_bytes(bytes, peer, self.now);
+        self.collect();
+    }
+
+    fn collect(&mut self) {
+        while let Some(t) = self.core.poll_transmit() {
+            self.inbox.push_back((t.to.addr, t.bytes));
+        }
+    }
+
+    fn next_id(&mut self) -> u64 {
+        self.seq += 1;
+        self.seq
+    }
+
+    /// The carrier places a call; returns its Call-ID.
+    pub fn place_call(&mut self, caller: &str) -> String {
+        let n = self.next_id();
+        let call_id = format!("carrier-call-{n}@10.9.9.9");
+        let mut m = MessageBuf::request(Method::Invite, "sip:+18005550100@127.0.0.1:5060");
+        m.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bKc{n};rport"),
+        )
+        .push(HeaderName::MaxForwards, "70")
+        .push(
+            HeaderName::From,
+            format!("<sip:{caller}@10.9.9.9>;tag=cf{n}"),
+        )
+        .push(HeaderName::To, "<sip:+18005550100@127.0.0.1>")
+        .push(HeaderName::CallId, call_id.clone())
+        .push(HeaderName::CSeq, "1 INVITE")
+        .push(HeaderName::Contact, "<sip:carrier@127.0.0.1:5070>")
+        .push(
+            HeaderName::Other("X-Carrier-Secret".into()),
+            "internal-route-7",
+        )
+        .push(HeaderName::ContentType, "application/sdp");
+        m.body = Bytes::from_static(SDP.as_bytes());
+        self.invites.insert(call_id.clone(), m.clone());
+        self.carrier.insert(call_id.clone(), CarrierCall::default());
+        let from = self.carrier_addr;
+        self.send_to_dce(from, m.print());
+        call_id
+    }
+
+    /// The carrier cancels a call it placed.
+    pub fn cancel(&mut self, call_id: &str) {
+        let inv = self.invites[call_id].clone();
+        let mut c = MessageBuf::request(Method::Cancel, "sip:+18005550100@127.0.0.1:5060");
+        for name in [
+            HeaderName::Via,
+            HeaderName::MaxForwards,
+            HeaderName::From,
+            HeaderName::To,
+            HeaderName::CallId,
+        ] {
+            c.push(name.clone(), inv.header(&name).unwrap());
+        }
+        c.push(HeaderName::CSeq, "1 CANCEL");
+        let from = self.carrier_addr;
+        self.send_to_dce(from, c.print());
+    }
+
+    /// The carrier hangs up an answered call.
+    pub fn carrier_bye(&mut self, call_id: &str) {
+        let ok = self.carrier[call_id]
+            .responses
+            .iter()
+            .find(|r| r.code() == Some(200))
+            .cloned()
+            .expect("answered");
+        let inv = self.invites[call_id].clone();
+        let target = ok.contact().map(|c| c.uri.raw.clone()).unwrap_or_default();
+        let n = self.next_id();
+        let mut b = MessageBuf::request(Method::Bye, target);
+        b.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bKcb{n};rport"),
+        )
+        .push(HeaderName::MaxForwards, "70")
+        .push(HeaderName::From, inv.header(&HeaderName::From).unwrap())
+        .push(HeaderName::To, ok.header(&HeaderName::To).unwrap())
+        .push(HeaderName::CallId, call_id)
+        .push(HeaderName::CSeq, "2 BYE");
+        let from = self.carrier_addr;
+        self.send_to_dce(from, b.print());
+    }
+
+    /// Schedule the carrier's BYE `after` from now.
+    pub fn carrier_bye_after(&mut self, call_id: &str, after: Duration) {
+        self.scheduled.push((
+            self.now + after,
+            Action::CarrierBye {
+                call_id: call_id.into(),
+            },
+        ));
+    }
+
+    /// Schedule a buyer's BYE for the call it has with `dce_call_id`'s leg `after` from now.
+    pub fn buyer_bye_after(&mut self, port: u16, b_call_id: &str, after: Duration) {
+        let buyer = SocketAddr::from(([127, 0, 0, 1], port));
+        self.scheduled.push((
+            self.now + after,
+            Action::BuyerBye {
+                buyer,
+                call_id: b_call_id.into(),
+            },
+        ));
+    }
+
+    fn carrier_receives(&mut self, bytes: Bytes) {
+        let msg = parse(bytes).expect("DCE sends parseable messages to the carrier");
+        let call_id = msg.call_id().to_owned();
+        if msg.is_request() {
+            // BYE from DCE: answer 200.
+            let resp = msg.response(200, "OK", "", None);
+            if let Some(c) = self.carrier.get_mut(&call_id) {
+                c.requests.push(msg.clone());
+            }
+            let from = self.carrier_addr;
+            self.send_to_dce(from, resp.print());
+            return;
+        }
+        let Some(call) = self.carrier.get_mut(&call_id) else {
+            return;
+        };
+        if msg.cseq_method() != &Method::Invite {
+            call.other_responses.push(msg);
+            return;
+        }
+        let code = msg.code().unwrap_or(0);
+        let first_2xx =
+            (200..300).contains(&code) && !call.responses.iter().any(|r| r.code() == Some(code));
+        let retransmitted = code >= 300 && call.responses.iter().any(|r| r.code() == Some(code));
+        if !retransmitted {
+            call.responses.push(msg.clone());
+        }
+        if code >= 300 {
+            // ACK a non-2xx final inside the INVITE transaction (same branch, §17.1.1.3).
+            let inv = self.invites[&call_id].clone();
+            let mut ack = MessageBuf::request(Method::Ack, "sip:+18005550100@127.0.0.1:5060");
+            ack.push(HeaderName::Via, inv.header(&HeaderName::Via).unwrap())
+                .push(HeaderName::MaxForwards, "70")
+                .push(HeaderName::From, inv.header(&HeaderName::From).unwrap())
+                .push(HeaderName::To, msg.header(&HeaderName::To).unwrap())
+                .push(HeaderName::CallId, call_id.clone())
+                .push(HeaderName::CSeq, "1 ACK");
+            let from = self.carrier_addr;
+            self.send_to_dce(from, ack.print());
+            return;
+        }
+        if first_2xx {
+            // ACK the 2xx (a new transaction to the Contact).
+            let inv = self.invites[&call_id].clone();
+            let target = msg.contact().map(|c| c.uri.raw.clone()).unwrap_or_default();
+            let n = self.next_id();
+            let mut ack = MessageBuf::request(Method::Ack, target);
+            ack.push(
+                HeaderName::Via,
+                format!("SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bKca{n};rport"),
+            )
+            .push(HeaderName::MaxForwards, "70")
+            .push(HeaderName::From, inv.header(&HeaderName::From).unwrap())
+            .push(HeaderName::To, msg.header(&HeaderName::To).unwrap())
+            .push(HeaderName::CallId, call_id.clone())
+            .push(HeaderName::CSeq, "1 ACK");
+            let from = self.carrier_addr;
+            self.send_to_dce(from, ack.print());
+        }
+    }
+
+    fn buyer_receives(&mut self, addr: SocketAddr, bytes: Bytes) {
+        let msg = parse(bytes).expect("DCE sends parseable messages to buyers");
+        let Some(buyer) = self.buyers.get_mut(&addr) else {
+            return;
+        };
+        let call_id = msg.call_id().to_owned();
+        if !msg.is_request() {
+            return; // 200 to a BYE the buyer sent
+        }
+        let method = msg.method().cloned().unwrap();
+        let mut replies = Vec::new();
+        match method {
+            Method::Invite if !buyer.calls.contains_key(&call_id) => {
+                let tag = format!("bt{}", addr.port());
+                buyer.calls.insert(
+                    call_id.clone(),
+                    BuyerCall {
+                        invite: msg.clone(),
+                        tag: tag.clone(),
+                        requests: Vec::new(),
+                    },
+                );
+                let mode = buyer.mode;
+                if mode != Mode::Silent {
+                    let mut ringing = msg.response(180, "Ringing", &tag, None);
+                    ringing.push(HeaderName::Contact, format!("<sip:buyer@{addr}>"));
+                    replies.push(ringing.print());
+                }
+                match mode {
+                    Mode::Answer(d) => self.scheduled.push((
+                        self.now + d,
+                        Action::BuyerAnswer {
+                            buyer: addr,
+                            call_id,
+                        },
+                    )),
+                    Mode::Reject(code) => {
+                        replies.push(msg.response(code, "Nope", &tag, None).print())
+                    }
+                    Mode::Ring | Mode::Silent => {}
+                }
+            }
+            Method::Invite => {}
+            Method::Cancel => {
+                if let Some(c) = buyer.calls.get_mut(&call_id) {
+                    c.requests.push(msg.clone());
+                    let answered = c.requests.iter().any(|r| r.method() == Some(&Method::Ack));
+                    replies.push(msg.response(200, "OK", &c.tag, None).print());
+                    if !answered {
+                        replies.push(
+                            c.invite
+                                .response(487, "Request Terminated", &c.tag, None)
+                                .print(),
+                        );
+                    }
+                }
+            }
+            Method::Ack => {
+                if let Some(c) = buyer.calls.get_mut(&call_id) {
+                    c.requests.push(msg.clone());
+                }
+            }
+            _ => {
+                if let Some(c) = buyer.calls.get_mut(&call_id) {
+                    c.requests.push(msg.clone());
+                }
+                replies.push(msg.response(200, "OK", "", None).print());
+            }
+        }
+        for r in replies {
+            self.send_to_dce(addr, r);
+        }
+    }
+
+    fn run_action(&mut self, a: Action) {
+        match a {
+            Action::BuyerAnswer { buyer, call_id } => {
+                let Some(c) = self
+                    .buyers
+                    .get(&buyer)
+                    .and_then(|b| b.calls.get(&call_id))
+                    .cloned()
+                else {
+                    return;
+                };
+                if c.requests
+                    .iter()
+                    .any(|r| r.method() == Some(&Method::Cancel))
+                {
+                    return;
+                }
+                let mut ok = c.invite.response(200, "OK", &c.tag, None);
+                ok.push(HeaderName::Contact, format!("<sip:buyer@{buyer}>"))
+                    .push(HeaderName::ContentType, "application/sdp");
+                ok.body = Bytes::from_static(SDP.as_bytes());
+                self.send_to_dce(buyer, ok.print());
+            }
+            Action::BuyerBye { buyer, call_id } => {
+                let Some(c) = self
+                    .buyers
+                    .get(&buyer)
+                    .and_then(|b| b.calls.get(&call_id))
+                    .cloned()
+                else {
+                    return;
+                };
+                let n = self.next_id();
+                let target = c
+                    .invite
+                    .contact()
+                    .map(|x| x.uri.raw.clone())
+                    .unwrap_or_default();
+                let mut b = MessageBuf::request(Method::Bye, target);
+                b.push(
+                    HeaderName::Via,
+                    format!("SIP/2.0/UDP {buyer};branch=z9hG4bKbb{n};rport"),
+                )
+                .push(HeaderName::MaxForwards, "70")
+                .push(
+                    HeaderName::From,
+                    format!(
+                        "{};tag={}",
+                        c.invite.header(&HeaderName::To).unwrap(),
+                        c.tag
+                    ),
+                )
+                .push(HeaderName::To, c.invite.header(&HeaderName::From).unwrap())
+                .push(HeaderName::CallId, call_id)
+                .push(HeaderName::CSeq, "1 BYE");
+                self.send_to_dce(buyer, b.print());
+            }
+            Action::CarrierBye { call_id } => {
+                let answered = self.carrier[&call_id]
+                    .responses
+                    .iter()
+                    .any(|r| r.code() == Some(200));
+                if answered {
+                    self.carrier_bye(&call_id);
+                }
+            }
+        }
+    }
+
+    /// Deliver everything and advance time until nothing is due before `until` from now.
+    pub fn run_for(&mut self, d: Duration) {
+        let end = self.now + d;
+        loop {
+            while let Some((to, bytes)) = self.inbox.pop_front() {
+                if std::env::var("SIM_TRACE").is_ok() {
+                    eprintln!(
+                        "-> {to}: {}",
+                        String::from_utf8_lossy(&bytes).lines().next().unwrap_or("")
+                    );
+                }
+                assert!(to.ip().is_loopback(), "DCE sent to {to}");
+                if to == self.carrier_addr || to.port() == 5070 {
+                    self.carrier_receives(bytes);
+                } else {
+                    self.buyer_receives(to, bytes);
+                }
+            }
+            let next_action = self.scheduled.iter().map(|(t, _)| *t).min();
+            let next = [self.core.poll_timeout(), next_action]
+                .into_iter()
+                .flatten()
+                .min();
+            match next {
+                Some(t) if t <= end => {
+                    self.advance_to(t);
+                    if let Some(i) = self.scheduled.iter().position(|(at, _)| *at <= self.now) {
+                        let (_, a) = self.scheduled.remove(i);
+                        self.run_action(a);
+                    }
+                    self.core.handle_timeout(self.now);
+                    self.collect();
+                }
+                _ => {
+                    self.advance_to(end);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn advance_to(&mut self, t: Instant) {
+        if t > self.now {
+            let dt = t - self.now;
+            self.now = t;
+            let wall = self.clock.now_utc_plus(dt);
+            self.clock.set(wall);
+        }
+    }
+
+    /// CDRs so far.
+    pub fn cdrs(&self) -> Vec<Cdr> {
+        self.cdrs.0.lock().unwrap().clone()
+    }
+
+    /// Final status codes the carrier got for a call.
+    pub fn finals(&self, call_id: &str) -> Vec<u16> {
+        self.carrier[call_id]
+            .responses
+            .iter()
+            .filter_map(|r| r.code())
+            .filter(|c| *c >= 200)
+            .collect()
+    }
+
+    /// Every code the carrier got for a call's INVITE.
+    pub fn codes(&self, call_id: &str) -> Vec<u16> {
+        self.carrier[call_id]
+            .responses
+            .iter()
+            .filter_map(|r| r.code())
+            .collect()
+    }
+}
+
+/// Extension: move a fixed clock forward.
+pub trait ClockExt {
+    /// Now plus `d`.
+    fn now_utc_plus(&self, d: Duration) -> chrono::DateTime<Utc>;
+}
+
+impl ClockExt for FixedClock {
+    fn now_utc_plus(&self, d: Duration) -> chrono::DateTime<Utc> {
+        use dce::clock::Clock;
+        self.now_utc() + chrono::Duration::from_std(d).unwrap_or_default()
+    }
+}
