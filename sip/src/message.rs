@@ -355,12 +355,14 @@ fn parse_raw(input: &Bytes) -> Result<RawMessage, (ParseError, Option<Box<RawMes
     let head_end = find_head_end(b).ok_or((ParseError::NoHeaderEnd, None))?;
     let mut head = b[..head_end].to_vec();
     // Unfold: CRLF followed by SP/HT becomes spaces, keeping every offset.
-    let folds: Vec<usize> = memchr::memchr_iter(b'\n', &head)
-        .filter(|&i| i > 0 && head[i - 1] == b'\r' && matches!(head.get(i + 1), Some(b' ' | b'\t')))
-        .collect();
-    for i in folds {
-        head[i - 1] = b' ';
-        head[i] = b' ';
+    let mut i = 0;
+    while let Some(p) = memchr::memchr(b'\n', &head[i..]) {
+        let j = i + p;
+        if j > 0 && head[j - 1] == b'\r' && matches!(head.get(j + 1), Some(b' ' | b'\t')) {
+            head[j - 1] = b' ';
+            head[j] = b' ';
+        }
+        i = j + 1;
     }
     let head = String::from_utf8(head).map_err(|_| (ParseError::NotUtf8, None))?;
     let body = input.slice(offset + head_end + 4..);
@@ -370,10 +372,10 @@ fn parse_raw(input: &Bytes) -> Result<RawMessage, (ParseError, Option<Box<RawMes
     let start = parse_start_line(start_line);
     let mut headers = Vec::with_capacity(16);
     for (off, line) in lines {
-        if line.bytes().any(|c| c == b'\r' || c == b'\n') {
+        if memchr::memchr2(b'\r', b'\n', line.as_bytes()).is_some() {
             return Err((ParseError::HeaderLine, None));
         }
-        let colon = line.find(':').ok_or((ParseError::HeaderLine, None))?;
+        let colon = memchr::memchr(b':', line.as_bytes()).ok_or((ParseError::HeaderLine, None))?;
         let name = trim_lws(&line[..colon]);
         if !is_token(name) {
             return Err((ParseError::HeaderLine, None));

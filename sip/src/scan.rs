@@ -62,8 +62,19 @@ pub fn is_wsp(c: u8) -> bool {
 }
 
 /// Trim SP/HTAB on both sides.
+#[inline]
 pub fn trim_lws(s: &str) -> &str {
-    s.trim_matches(|c| c == ' ' || c == '\t')
+    let b = s.as_bytes();
+    let mut start = 0;
+    let mut end = b.len();
+    while start < end && is_wsp(b[start]) {
+        start += 1;
+    }
+    while end > start && is_wsp(b[end - 1]) {
+        end -= 1;
+    }
+    // SP and HTAB are ASCII, so both ends are char boundaries.
+    s.get(start..end).unwrap_or("")
 }
 
 /// Parse a run of ASCII digits into a value no larger than `max`; `None` when empty, not all

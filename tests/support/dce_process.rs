@@ -31,7 +31,9 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if !self.0.as_os_str().is_empty() {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
     }
 }
 
@@ -57,11 +59,20 @@ pub fn free_port() -> u16 {
 impl Dce {
     /// Start DCE with `[sip]` extras appended to a minimal config.
     pub fn start(sip_extra: &str) -> Dce {
+        Dce::start_with(|port, dir| {
+            format!(
+                "[node]\nid = \"test\"\n\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\", \"tcp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n{sip_extra}\n[cdr]\njsonl_path = \"{}\"\n",
+                dir.join("cdr.jsonl").display()
+            )
+        })
+    }
+
+    /// Start DCE with the config `make(port, dir)` returns (`dir` is a fresh temp directory
+    /// for the CDR file and such).
+    pub fn start_with(make: impl FnOnce(u16, &std::path::Path) -> String) -> Dce {
         let dir = TempDir::new("dce");
         let port = free_port();
-        let config = format!(
-            "[node]\nid = \"test\"\n\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\", \"tcp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n{sip_extra}\n"
-        );
+        let config = make(port, &dir.0);
         let path = dir.0.join("dce.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_dce"))
@@ -92,6 +103,20 @@ impl Dce {
         dce
     }
 
+    /// The temp directory (config, CDRs).
+    pub fn dir(&self) -> &std::path::Path {
+        &self._dir.0
+    }
+
+    /// Send a signal (`HUP`, `TERM` …) to the process.
+    pub fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([&format!("-{sig}"), &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// Everything DCE logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
@@ -109,8 +134,15 @@ impl Dce {
         panic!("dce never logged {needle:?}; log:\n{}", self.log());
     }
 
-    /// SIGTERM, wait for exit, return (exit success, full log).
-    pub fn stop(mut self) -> (bool, String) {
+    /// SIGTERM, wait for exit, return (exit success, full log). The temp directory lives on
+    /// in the returned guard until it is dropped.
+    pub fn stop(self) -> (bool, String) {
+        let (ok, log, _dir) = self.stop_keep();
+        (ok, log)
+    }
+
+    /// Like [`Dce::stop`], also handing back the temp directory.
+    pub fn stop_keep(mut self) -> (bool, String, TempDir) {
         let mut child = self.child.take().expect("running");
         let _ = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -128,7 +160,8 @@ impl Dce {
         };
         // let the reader thread flush the last lines
         std::thread::sleep(Duration::from_millis(100));
-        (status.success(), self.log())
+        let dir = std::mem::replace(&mut self._dir, TempDir(PathBuf::new()));
+        (status.success(), self.log(), dir)
     }
 }
 

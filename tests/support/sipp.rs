@@ -35,3 +35,78 @@ pub fn run(bin: &PathBuf, args: &[String]) -> Output {
         .output()
         .expect("run sipp")
 }
+
+/// A SIPp running in the background (a buyer UAS).
+pub struct Background {
+    child: std::process::Child,
+}
+
+impl Background {
+    /// Start `sipp` with `args` in the background.
+    pub fn start(bin: &PathBuf, args: &[String]) -> Background {
+        let child = Command::new(bin)
+            .args(args)
+            .arg("-nostdin")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn sipp");
+        Background { child }
+    }
+
+    /// Wait up to `secs` for it to finish by itself; kill it otherwise. Returns (exited by
+    /// itself with status 0, stdout+stderr).
+    pub fn finish(mut self, secs: u64) -> (bool, String) {
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+        let status = loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                break Some(s);
+            }
+            if std::time::Instant::now() > end {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let mut text = String::new();
+        use std::io::Read;
+        if let Some(mut o) = self.child.stdout.take() {
+            let _ = o.read_to_string(&mut text);
+        }
+        if let Some(mut e) = self.child.stderr.take() {
+            let _ = e.read_to_string(&mut text);
+        }
+        (status.is_some_and(|s| s.success()), text)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Common arguments: scenario, local port, media port, bounded time.
+pub fn args(scenario_file: &std::path::Path, local_port: u16, extra: &[&str]) -> Vec<String> {
+    let mut a: Vec<String> = vec![
+        "-sf".into(),
+        scenario_file.display().to_string(),
+        "-i".into(),
+        "127.0.0.1".into(),
+        "-p".into(),
+        local_port.to_string(),
+        "-mp".into(),
+        super::dce_process::free_port().to_string(),
+        "-t".into(),
+        "u1".into(),
+        "-timeout".into(),
+        "60s".into(),
+        "-timeout_error".into(),
+        "-max_retrans".into(),
+        "5".into(),
+    ];
+    a.extend(extra.iter().map(|s| s.to_string()));
+    a
+}

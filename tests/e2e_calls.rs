@@ -1,0 +1,385 @@
+//! End-to-end call routing: the real `dce` binary, SIPp as the carrier (UAC) on 127.0.0.1 and
+//! SIPp buyers (UAS) on their own ports; CDRs read back from the JSON-lines file.
+
+mod support;
+
+use serde_json::Value;
+use std::path::Path;
+use support::dce_process::{free_port, Dce};
+use support::sipp::{self, Background};
+
+struct BuyerSpec<'a> {
+    id: &'a str,
+    bid: u32,
+    extra: &'a str,
+    port: u16,
+}
+
+fn config(port: u16, dir: &Path, sip_extra: &str, buyers: &[BuyerSpec<'_>]) -> String {
+    let mut s = format!(
+        "[node]\nid = \"e2e\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n{sip_extra}\n\
+         [cdr]\njsonl_path = \"{}\"\n\
+         [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
+         [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\n",
+        dir.join("cdr.jsonl").display()
+    );
+    for b in buyers {
+        s.push_str(&format!(
+            "[[buyer]]\nid = \"{}\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{}\"\nbid_cents = {}\n{}\n",
+            b.id, b.port, b.bid, b.extra
+        ));
+    }
+    s
+}
+
+fn cdrs(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("cdr.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("CDR line is JSON"))
+        .collect()
+}
+
+fn buyer_bg(bin: &std::path::PathBuf, scenario: &str, port: u16, calls: u32) -> Background {
+    let m = calls.to_string();
+    Background::start(
+        bin,
+        &sipp::args(&sipp::scenario(scenario), port, &["-m", &m]),
+    )
+}
+
+fn carrier(bin: &std::path::PathBuf, scenario: &Path, dce: &Dce, extra: &[&str]) -> (bool, String) {
+    let mut args = sipp::args(scenario, free_port(), &["-s", "+18005550100"]);
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(dce.sip.to_string());
+    let out = sipp::run(bin, &args);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn outcomes(cdr: &Value) -> Vec<String> {
+    cdr["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            format!(
+                "{}={}",
+                b["buyer_id"].as_str().unwrap(),
+                b["outcome"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn two_hundred_calls_connected_and_hung_up() {
+    let Some(bin) = sipp::sipp() else { return };
+    let bp = free_port();
+    let dce = Dce::start_with(|port, dir| {
+        config(
+            port,
+            dir,
+            "",
+            &[BuyerSpec {
+                id: "acme",
+                bid: 1500,
+                extra: "",
+                port: bp,
+            }],
+        )
+    });
+    let buyer = buyer_bg(&bin, "uas_answer.xml", bp, 200);
+    let (ok, out) = carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        &dce,
+        &["-m", "200", "-r", "40", "-l", "60", "-d", "200"],
+    );
+    let (bok, bout) = buyer.finish(30);
+    let (dok, log, dir) = dce.stop_keep();
+    assert!(ok, "carrier sipp failed:\n{out}\nDCE log:\n{log}");
+    assert!(bok, "buyer sipp failed:\n{bout}");
+    assert!(dok);
+    let cdrs = cdrs(&dir.0);
+    assert_eq!(cdrs.len(), 200, "one CDR per call");
+    assert!(cdrs
+        .iter()
+        .all(|c| c["disposition"] == "answered" && c["buyer_id"] == "acme"));
+    assert!(cdrs.iter().all(|c| c["hangup_by"] == "carrier"));
+    assert!(cdrs
+        .iter()
+        .all(|c| c["billable"] == true && c["payout_cents"] == 1500));
+    let counters = log.lines().rev().find(|l| l.contains("stopped")).unwrap();
+    assert!(counters.contains("calls_answered=200"), "{counters}");
+}
+
+#[test]
+fn busy_buyer_fails_over_and_cancel_and_buyer_hangup() {
+    let Some(bin) = sipp::sipp() else { return };
+    let (pa, pb) = (free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        config(
+            port,
+            dir,
+            "",
+            &[
+                BuyerSpec {
+                    id: "acme",
+                    bid: 1500,
+                    extra: "",
+                    port: pa,
+                },
+                BuyerSpec {
+                    id: "bravo",
+                    bid: 1000,
+                    extra: "",
+                    port: pb,
+                },
+            ],
+        )
+    });
+    // 1. acme busy → bravo answers
+    let a = buyer_bg(&bin, "uas_busy.xml", pa, 1);
+    let b = buyer_bg(&bin, "uas_answer.xml", pb, 1);
+    let (ok, out) = carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        &dce,
+        &["-m", "1", "-d", "100"],
+    );
+    assert!(ok, "failover call failed:\n{out}");
+    assert!(
+        a.finish(10).0 && b.finish(10).0,
+        "both buyers saw their part"
+    );
+
+    // 2. carrier cancels while acme rings: acme gets CANCEL, carrier 487, bravo nothing
+    let a = buyer_bg(&bin, "uas_ring_cancel.xml", pa, 1);
+    let (ok, out) = carrier(&bin, &sipp::scenario("uac_cancel.xml"), &dce, &["-m", "1"]);
+    assert!(ok, "cancel scenario failed:\n{out}");
+    let (aok, aout) = a.finish(10);
+    assert!(aok, "acme did not see the CANCEL:\n{aout}");
+
+    // 3. buyer hangs up first
+    let a = buyer_bg(&bin, "uas_answer_bye.xml", pa, 1);
+    let (ok, out) = carrier(
+        &bin,
+        &sipp::scenario("uac_wait_bye.xml"),
+        &dce,
+        &["-m", "1"],
+    );
+    assert!(ok, "buyer-hangup scenario failed:\n{out}");
+    assert!(a.finish(10).0);
+
+    let (dok, log, dir) = dce.stop_keep();
+    assert!(dok, "{log}");
+    let cdrs = cdrs(&dir.0);
+    assert_eq!(cdrs.len(), 3, "{cdrs:#?}");
+    assert_eq!(outcomes(&cdrs[0]), ["acme=attempted:486", "bravo=won"]);
+    assert_eq!(cdrs[1]["disposition"], "cancelled");
+    assert_eq!(cdrs[1]["carrier_code"], 487);
+    assert_eq!(cdrs[2]["hangup_by"], "buyer");
+    assert_eq!(cdrs[2]["buyer_id"], "acme");
+}
+
+fn expect_code(bin: &std::path::PathBuf, dce: &Dce, code: u16, extra: &[&str]) -> (bool, String) {
+    let text = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
+        .unwrap()
+        .replace("EXPECTED_CODE", &code.to_string());
+    let path = dce.dir().join(format!("uac_expect_{code}.xml"));
+    std::fs::write(&path, text).unwrap();
+    carrier(bin, &path, dce, extra)
+}
+
+#[test]
+fn no_eligible_buyer_480_and_unknown_source_403() {
+    let Some(bin) = sipp::sipp() else { return };
+    let pa = free_port();
+    let dce = Dce::start_with(|port, dir| {
+        // acme only takes Texas callers; the SIPp caller is +1 310 (California)
+        config(
+            port,
+            dir,
+            "",
+            &[BuyerSpec {
+                id: "acme",
+                bid: 1500,
+                extra: "states = [\"TX\"]",
+                port: pa,
+            }],
+        )
+    });
+    let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
+    let (ok, out) = expect_code(&bin, &dce, 480, &["-m", "1"]);
+    assert!(ok, "expected 480:\n{out}");
+    // unknown source: the carrier SIPp sends from 127.0.0.2, outside carrier-a's sources
+    let mut args = sipp::args(
+        &dce.dir().join("uac_expect_480.xml"),
+        free_port(),
+        &["-s", "+18005550100", "-m", "1"],
+    );
+    let text = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
+        .unwrap()
+        .replace("EXPECTED_CODE", "403");
+    let p403 = dce.dir().join("uac_expect_403.xml");
+    std::fs::write(&p403, text).unwrap();
+    args[1] = p403.display().to_string();
+    let i = args.iter().position(|a| a == "-i").unwrap();
+    args[i + 1] = "127.0.0.2".into();
+    args.push(dce.sip.to_string());
+    let out = sipp::run(&bin, &args);
+    assert!(
+        out.status.success(),
+        "expected 403:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (aok, _) = a.finish(2);
+    assert!(
+        !aok,
+        "the buyer never saw an INVITE (its sipp timed out waiting)"
+    );
+    let (dok, log, dir) = dce.stop_keep();
+    assert!(dok);
+    let cdrs = cdrs(&dir.0);
+    assert_eq!(cdrs.len(), 2);
+    assert_eq!(outcomes(&cdrs[0]), ["acme=excluded:state"]);
+    assert_eq!(cdrs[1]["reason"], "unknown source");
+    assert!(log.contains("rejected_403_unknown_source=1"), "{log}");
+}
+
+#[test]
+fn max_concurrent_one_sends_the_second_overlapping_call_to_the_next_buyer() {
+    let Some(bin) = sipp::sipp() else { return };
+    let (pa, pb) = (free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        config(
+            port,
+            dir,
+            "",
+            &[
+                BuyerSpec {
+                    id: "acme",
+                    bid: 1500,
+                    extra: "max_concurrent = 1",
+                    port: pa,
+                },
+                BuyerSpec {
+                    id: "bravo",
+                    bid: 1000,
+                    extra: "",
+                    port: pb,
+                },
+            ],
+        )
+    });
+    let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
+    let b = buyer_bg(&bin, "uas_answer.xml", pb, 1);
+    // two calls 200 ms apart, each held 2 s: they overlap
+    let (ok, out) = carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        &dce,
+        &["-m", "2", "-r", "5", "-d", "2000"],
+    );
+    assert!(ok, "{out}");
+    assert!(a.finish(10).0 && b.finish(10).0);
+    let (_, _, dir) = dce.stop_keep();
+    let cdrs = cdrs(&dir.0);
+    let winners: Vec<_> = cdrs
+        .iter()
+        .map(|c| c["buyer_id"].as_str().unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(winners, ["acme", "bravo"]);
+    assert_eq!(
+        outcomes(&cdrs[1]),
+        ["bravo=won", "acme=excluded:concurrency"]
+    );
+}
+
+#[test]
+fn reload_changes_a_bid_and_an_active_call_survives() {
+    let Some(bin) = sipp::sipp() else { return };
+    let (pa, pb) = (free_port(), free_port());
+    let make = |bravo_bid: u32| {
+        move |port: u16, dir: &Path| {
+            config(
+                port,
+                dir,
+                "",
+                &[
+                    BuyerSpec {
+                        id: "acme",
+                        bid: 1500,
+                        extra: "",
+                        port: pa,
+                    },
+                    BuyerSpec {
+                        id: "bravo",
+                        bid: bravo_bid,
+                        extra: "",
+                        port: pb,
+                    },
+                ],
+            )
+        }
+    };
+    let dce = Dce::start_with(make(1000));
+    let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
+    let b = buyer_bg(&bin, "uas_answer.xml", pb, 1);
+    // call 1: long (4 s), goes to acme
+    let scenario = sipp::scenario("uac_call.xml");
+    let dce_addr = dce.sip.to_string();
+    let bin2 = bin.clone();
+    let long = std::thread::spawn(move || {
+        let mut args = sipp::args(
+            &scenario,
+            free_port(),
+            &["-s", "+18005550100", "-m", "1", "-d", "4000"],
+        );
+        args.push(dce_addr);
+        sipp::run(&bin2, &args)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // reload: bravo now outbids acme
+    let text = make(2500)(dce.sip.port(), dce.dir());
+    std::fs::write(dce.dir().join("dce.toml"), text).unwrap();
+    dce.signal("HUP");
+    dce.wait_for_log("config reloaded", std::time::Duration::from_secs(5));
+    let (ok, out) = carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        &dce,
+        &["-m", "1", "-d", "100"],
+    );
+    assert!(ok, "{out}");
+    let long = long.join().unwrap();
+    assert!(
+        long.status.success(),
+        "the active call survived the reload: {}",
+        String::from_utf8_lossy(&long.stdout)
+    );
+    assert!(a.finish(10).0 && b.finish(10).0);
+    let (_, _, dir) = dce.stop_keep();
+    let cdrs = cdrs(&dir.0);
+    let mut winners: Vec<(String, u64)> = cdrs
+        .iter()
+        .map(|c| {
+            (
+                c["buyer_id"].as_str().unwrap_or("").to_owned(),
+                c["bid_cents"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    winners.sort();
+    assert_eq!(
+        winners,
+        [("acme".to_owned(), 1500), ("bravo".to_owned(), 2500)]
+    );
+}
