@@ -14,6 +14,7 @@
 //! | [`transport`] | UDP and TCP socket drivers |
 //! | [`server`] | the core task: transaction layer, edge answers, timers |
 //! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
+//! | [`demo`] | `dce demo`: simulated carrier and buyers, a table of calls |
 //! | [`counters`] | one counter per reason a message was answered or dropped |
 //! | [`ids`] | tags and branches |
 
@@ -21,6 +22,7 @@ pub mod call;
 pub mod clock;
 pub mod config;
 pub mod counters;
+pub mod demo;
 pub mod edge;
 pub mod ids;
 pub mod server;

@@ -23,6 +23,13 @@ enum Command {
         #[arg(long, default_value = "config/dce.toml")]
         config: PathBuf,
     },
+    /// Run DCE with a simulated carrier and three simulated buyers on loopback, place a few
+    /// dozen calls, print what happened, and exit.
+    Demo {
+        /// Config file.
+        #[arg(long, default_value = "config/dce.toml")]
+        config: PathBuf,
+    },
     /// Check a config file; print every problem as file:line: message.
     CheckConfig {
         /// Config file.
@@ -30,9 +37,9 @@ enum Command {
     },
 }
 
-fn init_logging() {
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -56,8 +63,37 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Demo { config } => {
+            init_logging("warn");
+            let cfg = match dce::config::load(&config) {
+                Ok(c) => c,
+                Err(errors) => {
+                    for e in &errors {
+                        eprintln!("{e}");
+                    }
+                    return ExitCode::FAILURE;
+                }
+            };
+            let rt = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(dce::demo::run(cfg)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("demo failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run { config } => {
-            init_logging();
+            init_logging("info");
             let cfg = match dce::config::load(&config) {
                 Ok(c) => c,
                 Err(errors) => {
