@@ -468,3 +468,104 @@ fn overlapping_calls_hammered_counters_return_to_zero() {
         .iter()
         .all(|c| c.disposition != "answered" || c.buyer_id.as_deref() == Some("acme")));
 }
+
+#[test]
+fn invite_retransmissions_never_spawn_a_second_outbound_call() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Ring);
+    let call = sim.place_call("+13105551234");
+    sim.run_for(Duration::from_millis(200));
+    sim.retransmit_invite(&call);
+    sim.retransmit_invite(&call);
+    sim.run_for(S);
+    assert_eq!(
+        sim.buyer(5090).calls.len(),
+        1,
+        "one buyer INVITE for three carrier INVITEs"
+    );
+    assert_eq!(sim.live.total_active(), 1);
+}
+
+#[test]
+fn info_update_and_reinvite_are_mirrored_with_responses_relayed() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    sim.carrier_in_dialog(
+        &call,
+        Method::Info,
+        2,
+        Some(("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n")),
+    );
+    sim.carrier_in_dialog(&call, Method::Options, 3, None);
+    sim.carrier_in_dialog(
+        &call,
+        Method::Update,
+        4,
+        Some(("application/sdp", "v=0\r\n")),
+    );
+    sim.carrier_in_dialog(
+        &call,
+        Method::Invite,
+        5,
+        Some(("application/sdp", "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n")),
+    );
+    sim.run_for(S);
+    let b = sim.buyer(5090).calls.values().next().unwrap().clone();
+    let methods: Vec<Method> = b
+        .requests
+        .iter()
+        .filter_map(|r| r.method().cloned())
+        .collect();
+    for m in [
+        Method::Info,
+        Method::Options,
+        Method::Update,
+        Method::Invite,
+    ] {
+        assert!(
+            methods.contains(&m),
+            "{m} mirrored to the buyer: {methods:?}"
+        );
+    }
+    let info = b
+        .requests
+        .iter()
+        .find(|r| r.method() == Some(&Method::Info))
+        .unwrap();
+    assert_eq!(info.content_type(), Some("application/dtmf-relay"));
+    assert!(info.body().starts_with(b"Signal=5"));
+    assert_eq!(
+        info.call_id(),
+        b.invite.call_id(),
+        "in the buyer's dialog, not the carrier's"
+    );
+    // the buyer's 200s came back to the carrier for each, and the re-INVITE's 200 was ACKed
+    let got: Vec<(String, u16)> = sim.carrier[&call]
+        .other_responses
+        .iter()
+        .map(|r| (r.cseq_method().to_string(), r.code().unwrap()))
+        .collect();
+    for m in ["INFO", "OPTIONS", "UPDATE"] {
+        assert!(got.contains(&(m.to_string(), 200)), "{m} answered: {got:?}");
+    }
+    let reinvite_ok = sim.carrier[&call]
+        .responses
+        .iter()
+        .filter(|r| r.code() == Some(200))
+        .count();
+    assert!(reinvite_ok >= 2, "re-INVITE 200 relayed to the carrier");
+    let acks = b
+        .requests
+        .iter()
+        .filter(|r| r.method() == Some(&Method::Ack))
+        .count();
+    assert_eq!(
+        acks, 2,
+        "DCE ACKed the buyer's 200 to the INVITE and to the re-INVITE"
+    );
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    assert_eq!(sim.live.total_active(), 0);
+}

@@ -269,6 +269,49 @@ impl Sim {
         self.send_to_dce(from, c.print());
     }
 
+    /// The carrier sends its INVITE for `call_id` again (a retransmission).
+    pub fn retransmit_invite(&mut self, call_id: &str) {
+        let inv = self.invites[call_id].clone();
+        let from = self.carrier_addr;
+        self.send_to_dce(from, inv.print());
+    }
+
+    /// The carrier sends an in-dialog request (INFO, UPDATE, re-INVITE, OPTIONS) on an
+    /// answered call, with an optional body.
+    pub fn carrier_in_dialog(
+        &mut self,
+        call_id: &str,
+        method: Method,
+        cseq: u32,
+        body: Option<(&str, &str)>,
+    ) {
+        let ok = self.carrier[call_id]
+            .responses
+            .iter()
+            .find(|r| r.code() == Some(200))
+            .cloned()
+            .expect("answered");
+        let inv = self.invites[call_id].clone();
+        let target = ok.contact().map(|c| c.uri.raw.clone()).unwrap_or_default();
+        let n = self.next_id();
+        let mut b = MessageBuf::request(method.clone(), target);
+        b.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bKcd{n};rport"),
+        )
+        .push(HeaderName::MaxForwards, "70")
+        .push(HeaderName::From, inv.header(&HeaderName::From).unwrap())
+        .push(HeaderName::To, ok.header(&HeaderName::To).unwrap())
+        .push(HeaderName::CallId, call_id)
+        .push(HeaderName::CSeq, format!("{cseq} {method}"));
+        if let Some((ct, text)) = body {
+            b.push(HeaderName::ContentType, ct);
+            b.body = Bytes::from(text.to_owned());
+        }
+        let from = self.carrier_addr;
+        self.send_to_dce(from, b.print());
+    }
+
     /// The carrier hangs up an answered call.
     pub fn carrier_bye(&mut self, call_id: &str) {
         let ok = self.carrier[call_id]
@@ -419,7 +462,18 @@ impl Sim {
                     Mode::Ring | Mode::Silent => {}
                 }
             }
-            Method::Invite => {}
+            Method::Invite if msg.to().tag().is_none() => {} // a retransmission
+            Method::Invite => {
+                // re-INVITE: accept with our SDP
+                if let Some(c) = buyer.calls.get_mut(&call_id) {
+                    c.requests.push(msg.clone());
+                    let mut ok = msg.response(200, "OK", "", None);
+                    ok.push(HeaderName::Contact, format!("<sip:buyer@{addr}>"))
+                        .push(HeaderName::ContentType, "application/sdp");
+                    ok.body = Bytes::from_static(SDP.as_bytes());
+                    replies.push(ok.print());
+                }
+            }
             Method::Cancel => {
                 if let Some(c) = buyer.calls.get_mut(&call_id) {
                     c.requests.push(msg.clone());
