@@ -67,13 +67,47 @@ struct Local {
     tz: Tz,
     hour_key: u32,
     day_key: u32,
+    weekday: u8,
+    minute: u16,
+}
+
+impl Local {
+    fn of(tz: Tz, now: DateTime<Utc>) -> Local {
+        let l = now.with_timezone(&tz);
+        let day = l.date_naive().num_days_from_ce() as u32;
+        Local {
+            tz,
+            hour_key: day * 24 + l.hour(),
+            day_key: day,
+            weekday: l.weekday().num_days_from_monday() as u8,
+            minute: (l.hour() * 60 + l.minute()) as u16,
+        }
+    }
+}
+
+/// Buyers share few zones: each zone's local clock is computed once per auction.
+struct Zones {
+    now: DateTime<Utc>,
+    cache: [Option<Local>; 8],
+}
+
+impl Zones {
+    fn get(&mut self, tz: Tz) -> Local {
+        if let Some(z) = self.cache.iter().flatten().find(|z| z.tz == tz) {
+            return *z;
+        }
+        let z = Local::of(tz, self.now);
+        if let Some(slot) = self.cache.iter_mut().find(|z| z.is_none()) {
+            *slot = Some(z);
+        }
+        z
+    }
 }
 
 /// Keys of the local hour and day of `now` in `tz`, as the live counters stamp them.
 pub fn local_keys(tz: Tz, now: DateTime<Utc>) -> (u32, u32) {
-    let l = now.with_timezone(&tz);
-    let day = l.date_naive().num_days_from_ce() as u32;
-    (day * 24 + l.hour(), day)
+    let l = Local::of(tz, now);
+    (l.hour_key, l.day_key)
 }
 
 /// Run the auction for a call to `campaign` from a caller in `caller_state` at `now`.
@@ -91,8 +125,7 @@ pub fn auction(
 ) -> usize {
     out.clear();
     let floor = snap.campaign(campaign).floor_cents;
-    // Buyers share few zones: compute each zone's local keys once per auction.
-    let mut zones: [Option<Local>; 8] = [None; 8];
+    let mut zones = Zones { now, cache: [None; 8] };
     for &b in snap.buyers_for(campaign) {
         let buyer = snap.buyer(b);
         let live = snap.live(b);
@@ -112,27 +145,15 @@ pub fn auction(
             && !caller_state.is_some_and(|s| buyer.states.contains(s))
         {
             Some(Exclusion::State)
-        } else if buyer.schedule.is_some_and(|s| !s.is_open(now)) {
+        } else if buyer.schedule.is_some_and(|s| {
+            let l = zones.get(s.tz);
+            !s.is_open_local(l.weekday, l.minute)
+        }) {
             Some(Exclusion::Schedule)
         } else if buyer.max_concurrent > 0 && active >= buyer.max_concurrent {
             Some(Exclusion::Concurrency)
         } else if needs_clock {
-            let tz = buyer.tz();
-            let local = match zones.iter().flatten().find(|z| z.tz == tz) {
-                Some(z) => *z,
-                None => {
-                    let (hour_key, day_key) = local_keys(tz, now);
-                    let z = Local {
-                        tz,
-                        hour_key,
-                        day_key,
-                    };
-                    if let Some(slot) = zones.iter_mut().find(|z| z.is_none()) {
-                        *slot = Some(z);
-                    }
-                    z
-                }
-            };
+            let local = zones.get(buyer.tz());
             if buyer.hourly_cap > 0 && live.answered_in_hour(local.hour_key) >= buyer.hourly_cap {
                 Some(Exclusion::HourlyCap)
             } else if buyer.daily_cap > 0 && live.answered_on_day(local.day_key) >= buyer.daily_cap

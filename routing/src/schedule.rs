@@ -104,8 +104,13 @@ impl Schedule {
     /// Open at `now`?
     pub fn is_open(&self, now: DateTime<Utc>) -> bool {
         let local = now.with_timezone(&self.tz);
-        let day = local.weekday().num_days_from_monday();
+        let day = local.weekday().num_days_from_monday() as u8;
         let minute = (local.hour() * 60 + local.minute()) as u16;
+        self.is_open_local(day, minute)
+    }
+
+    /// Open on local weekday `day` (0 = Monday) at local minute `minute`?
+    pub fn is_open_local(&self, day: u8, minute: u16) -> bool {
         self.days.0 & (1 << day) != 0 && minute >= self.open && minute < self.close
     }
 }
