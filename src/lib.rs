@@ -16,7 +16,8 @@
 //! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
 //! | [`demo`] | `dce demo`: simulated carrier and buyers, a table of calls |
 //! | [`counters`] | one counter per reason a message was answered or dropped |
-//! | [`ids`] | tags and branches |
+//! | [`ids`] | tags, branches, call ids |
+//! | [`latency`] | the delay DCE adds to an INVITE, for reports and load runs |
 
 pub mod call;
 pub mod clock;
@@ -25,5 +26,6 @@ pub mod counters;
 pub mod demo;
 pub mod edge;
 pub mod ids;
+pub mod latency;
 pub mod server;
 pub mod transport;

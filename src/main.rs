@@ -124,6 +124,7 @@ fn main() -> ExitCode {
             )) {
                 Ok(counters) => {
                     tracing::info!(counters = %counters.report(), "stopped");
+                    eprintln!("dce: stopped; counters {}", counters.report());
                     ExitCode::SUCCESS
                 }
                 Err(e) => {

@@ -9,6 +9,7 @@ use crate::call::leg::Me;
 use crate::call::{AllowAll, Controller, Settings};
 use crate::clock::SystemClock;
 use crate::config::{Config, ListenProto};
+use crate::latency::Latency;
 use crate::counters::{Counter, Counters};
 use crate::edge::{EdgeCore, Local};
 use crate::transport::tcp::{accept_loop, TcpLimits};
@@ -135,6 +136,7 @@ pub async fn run(
         udp: udp_sockets,
         tcp: HashMap::new(),
         config_path,
+        latency: Latency::default(),
     };
     tracing::info!(
         node = %config.node.id,
@@ -144,6 +146,9 @@ pub async fn run(
         "DCE edge running"
     );
     core.run(core_rx, shutdown).await;
+    let delay = core.latency.report();
+    tracing::info!(invite_delay = %delay, "INVITE in → buyer INVITE out");
+    eprintln!("dce: invite_delay {delay}");
     Ok(counters)
 }
 
@@ -153,6 +158,7 @@ struct Core {
     udp: Vec<Arc<UdpSocket>>,
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
     config_path: Option<PathBuf>,
+    latency: Latency,
 }
 
 impl Core {
@@ -195,6 +201,8 @@ impl Core {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::pin!(shutdown);
         let mut stopping: Option<Instant> = None;
+        // When the message being processed was read from its socket (for the INVITE delay).
+        let mut rx_at: Option<Instant> = None;
         loop {
             if let Some(deadline) = stopping {
                 // After shutdown: let BYEs and their answers go, then leave.
@@ -227,7 +235,10 @@ impl Core {
                     Some(Inbound::TcpClosed { conn }) => {
                         self.tcp.remove(&conn);
                     }
-                    Some(Inbound::Message { bytes, from }) => self.edge.on_bytes(bytes, from, Instant::now()),
+                    Some(Inbound::Message { bytes, from, at }) => {
+                        self.edge.on_bytes(bytes, from, Instant::now());
+                        rx_at = Some(at);
+                    }
                     None => return,
                 },
                 _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
@@ -244,8 +255,13 @@ impl Core {
                 }
             }
             while let Some(t) = self.edge.poll_transmit() {
+                let invite = t.bytes.starts_with(b"INVITE ");
                 self.send(t.to, t.bytes).await;
+                if let (true, Some(at)) = (invite, rx_at) {
+                    self.latency.record(at.elapsed());
+                }
             }
+            rx_at = None;
         }
     }
 

@@ -24,6 +24,8 @@ pub enum Inbound {
         bytes: Bytes,
         /// Where it came from (and through which socket or connection).
         from: Peer,
+        /// When the socket read returned.
+        at: std::time::Instant,
     },
     /// A TCP connection opened; bytes for it go into `tx`.
     TcpOpened {

@@ -145,7 +145,7 @@ async fn connection(
                     match frame(&buf, limits.max_message) {
                         Frame::Message(n) => {
                             let bytes = buf.split_to(n).freeze();
-                            if core.send(Inbound::Message { bytes, from: peer }).await.is_err() {
+                            if core.send(Inbound::Message { bytes, from: peer, at: std::time::Instant::now() }).await.is_err() {
                                 break 'conn "shutdown";
                             }
                         }

@@ -39,6 +39,7 @@ pub async fn receive_loop(
                 addr: from,
                 conn: Some(index),
             },
+            at: std::time::Instant::now(),
         };
         if core.send(item).await.is_err() {
             return;

@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Drive SIPp through DCE at increasing call rates and print, for each rate, the calls placed,
+the calls that failed, and the delay DCE adds between the carrier's INVITE arriving and the
+buyer's INVITE leaving (p50/p99, measured inside DCE from socket read to socket write).
+Stops at the first rate with a failed call and prints the highest rate with none.
+
+Loopback only; every step is bounded in calls and time.
+
+    cargo build --release && python3 scripts/load.py [--rates 100,200,500] [--seconds 10]
+"""
+import argparse
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DCE = os.path.join(ROOT, "target", "release", "dce")
+SCEN = os.path.join(ROOT, "tests", "sipp")
+
+
+def free_port():
+    while True:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.bind(("127.0.0.1", 0))
+        port = u.getsockname()[1]
+        u.close()
+        try:
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            t.bind(("127.0.0.1", port))
+            t.close()
+            return port
+        except OSError:
+            continue
+
+
+def step(rate, seconds, hold_ms):
+    tmp = tempfile.mkdtemp(prefix="dce-load-")
+    port, buyer_port = free_port(), free_port()
+    cfg = os.path.join(tmp, "dce.toml")
+    with open(cfg, "w") as f:
+        f.write(f"""[node]
+id = "load"
+[sip]
+listen = ["udp://127.0.0.1:{port}"]
+advertised_host = "127.0.0.1"
+max_calls = 100000
+[cdr]
+jsonl_path = "{tmp}/cdr.jsonl"
+[[carrier]]
+id = "load"
+sources = ["127.0.0.1/32"]
+[[campaign]]
+id = "auto"
+numbers = ["+18005550100"]
+[[buyer]]
+id = "acme"
+campaigns = ["auto"]
+uri = "sip:{{called}}@127.0.0.1:{buyer_port}"
+bid_cents = 1500
+""")
+    env = dict(os.environ, RUST_LOG="warn")
+    dce = subprocess.Popen([DCE, "run", "--config", cfg], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
+    time.sleep(0.5)
+    calls = rate * seconds
+    limit = str(max(10, int(rate * (hold_ms / 1000.0 + 1) * 3)))
+    common = ["-i", "127.0.0.1", "-t", "u1", "-nostdin", "-timeout", f"{seconds + 30}s", "-timeout_error", "-max_retrans", "5"]
+    buyer = subprocess.Popen(
+        ["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-p", str(buyer_port), "-mp", str(free_port()), "-m", str(calls)] + common,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    stat = os.path.join(tmp, "carrier_stats.csv")
+    carrier = subprocess.run(
+        ["sipp", "-sf", os.path.join(SCEN, "uac_call.xml"), "-s", "+18005550100", "-p", str(free_port()), "-mp", str(free_port()),
+         "-r", str(rate), "-m", str(calls), "-l", limit, "-d", str(hold_ms), "-trace_stat", "-stf", stat, "-fd", "1"] + common
+        + [f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 60)
+    try:
+        buyer.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        buyer.kill()
+    dce.send_signal(signal.SIGTERM)
+    _, err = dce.communicate(timeout=20)
+    failed = None
+    try:
+        with open(stat) as f:
+            rows = [l.strip().split(";") for l in f if l.strip()]
+        head, last = rows[0], rows[-1]
+        failed = int(last[head.index("FailedCall(C)")])
+        ok = int(last[head.index("SuccessfulCall(C)")])
+    except Exception:
+        ok = None
+    m = re.search(r"invite_delay n=(\d+) p50=(\d+)us p99=(\d+)us max=(\d+)us", err)
+    delay = (int(m.group(2)), int(m.group(3)), int(m.group(4))) if m else (None, None, None)
+    return carrier.returncode, calls, ok, failed, delay
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rates", default="50,100,200,300,500,700,1000")
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--hold-ms", type=int, default=1000)
+    a = ap.parse_args()
+    if not os.path.exists(DCE):
+        sys.exit("build first: cargo build --release")
+    print(f"{'calls/s':>8} {'placed':>7} {'ok':>7} {'failed':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
+    best = None
+    for rate in [int(r) for r in a.rates.split(",")]:
+        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms)
+        print(f"{rate:>8} {calls:>7} {ok if ok is not None else '?':>7} {failed if failed is not None else '?':>7} "
+              f"{p50 if p50 is not None else '?':>7} {p99 if p99 is not None else '?':>7} {mx if mx is not None else '?':>7}", flush=True)
+        if rc != 0 or not failed == 0 or ok != calls:
+            break
+        best = rate
+    print(f"highest rate with zero failed calls: {best if best else 'none'} calls/s")
+
+
+if __name__ == "__main__":
+    main()
