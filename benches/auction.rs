@@ -7,7 +7,12 @@ use dce_routing::{auction, Buyer, Campaign, Live, Schedule, Snapshot, State, Sta
 use std::hint::black_box;
 
 fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
-    let tzs = ["America/New_York", "America/Chicago", "America/Denver", "America/Los_Angeles"];
+    let tzs = [
+        "America/New_York",
+        "America/Chicago",
+        "America/Denver",
+        "America/Los_Angeles",
+    ];
     (0..n)
         .map(|i| {
             let mut states = StateSet::default();
@@ -24,7 +29,8 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 daily_cap: if filtered { 1000 } else { 0 },
                 daily_budget_cents: if filtered { 1_000_000 } else { 0 },
                 states,
-                schedule: filtered.then(|| Schedule::parse(tzs[i % 4], "mon-fri", "08:00", "20:00").unwrap()),
+                schedule: filtered
+                    .then(|| Schedule::parse(tzs[i % 4], "mon-fri", "08:00", "20:00").unwrap()),
                 priority: (i % 5) as i32,
             }
         })
@@ -41,13 +47,18 @@ fn bench(c: &mut Criterion) {
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");
-    for (name, filtered) in [("auction_1000_all_eligible", false), ("auction_1000_with_filters", true)] {
+    for (name, filtered) in [
+        ("auction_1000_all_eligible", false),
+        ("auction_1000_with_filters", true),
+    ] {
         let live = Live::default();
         let snap = Snapshot::new(vec![campaign.clone()], buyers(1000, filtered), &live).unwrap();
         let mut out = Vec::with_capacity(1000);
         let ranked = auction(&snap, 0, ca, now, &mut out);
         eprintln!("{name}: {ranked} of 1000 ranked");
-        c.bench_function(name, |b| b.iter(|| auction(black_box(&snap), 0, ca, now, &mut out)));
+        c.bench_function(name, |b| {
+            b.iter(|| auction(black_box(&snap), 0, ca, now, &mut out))
+        });
     }
 }
 

@@ -38,8 +38,14 @@ impl Latency {
 
     /// `n=… p50=…us p99=…us max=…us`, or `n=0`.
     pub fn report(&self) -> String {
-        match (self.percentile(50.0), self.percentile(99.0), self.percentile(100.0)) {
-            (Some(a), Some(b), Some(c)) => format!("n={} p50={a}us p99={b}us max={c}us", self.samples.len()),
+        match (
+            self.percentile(50.0),
+            self.percentile(99.0),
+            self.percentile(100.0),
+        ) {
+            (Some(a), Some(b), Some(c)) => {
+                format!("n={} p50={a}us p99={b}us max={c}us", self.samples.len())
+            }
             _ => "n=0".into(),
         }
     }

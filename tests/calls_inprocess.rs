@@ -569,3 +569,67 @@ fn info_update_and_reinvite_are_mirrored_with_responses_relayed() {
     sim.run_for(S);
     assert_eq!(sim.live.total_active(), 0);
 }
+
+#[test]
+fn buyer_side_info_and_update_reach_the_carrier() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    let b_call = sim.buyer(5090).calls.keys().next().unwrap().clone();
+    sim.buyer_in_dialog(5090, &b_call, Method::Info);
+    sim.buyer_in_dialog(5090, &b_call, Method::Update);
+    sim.run_for(S);
+    let got: Vec<Method> = sim.carrier[&call]
+        .requests
+        .iter()
+        .filter_map(|r| r.method().cloned())
+        .collect();
+    assert_eq!(
+        got,
+        vec![Method::Info, Method::Update],
+        "mirrored to the carrier's dialog"
+    );
+    let req = &sim.carrier[&call].requests[0];
+    assert_eq!(req.call_id(), call);
+    let answers: Vec<(u16, String, u16)> = sim
+        .buyer_responses()
+        .iter()
+        .map(|(p, r)| (*p, r.cseq_method().to_string(), r.code().unwrap()))
+        .collect();
+    assert!(
+        answers.contains(&(5090, "INFO".into(), 200))
+            && answers.contains(&(5090, "UPDATE".into(), 200)),
+        "{answers:?}"
+    );
+}
+
+#[test]
+fn shutdown_ends_every_call_and_releases_every_slot() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim.add_buyer(5091, Mode::Ring);
+    let answered = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    // acme now has one call; a second one rings at acme too (it is ranked first again)
+    let ringing = sim.place_call("+13105551235");
+    sim.run_for(Duration::from_millis(100));
+    assert_eq!(sim.live.total_active(), 2);
+    sim.shutdown();
+    sim.run_for(S);
+    assert!(sim.carrier[&answered]
+        .requests
+        .iter()
+        .any(|r| r.method() == Some(&Method::Bye)));
+    assert_eq!(sim.finals(&ringing).last(), Some(&503));
+    assert_eq!(sim.live.total_active(), 0);
+    let cdrs = sim.cdrs();
+    assert_eq!(cdrs.len(), 2);
+    assert!(cdrs
+        .iter()
+        .all(|c| c.reason == "shutdown" && c.hangup_by.as_deref() == Some("dce")));
+    // and new calls are refused
+    let late = sim.place_call("+13105551236");
+    sim.run_for(S);
+    assert_eq!(sim.finals(&late), vec![503]);
+}

@@ -125,7 +125,10 @@ pub fn auction(
 ) -> usize {
     out.clear();
     let floor = snap.campaign(campaign).floor_cents;
-    let mut zones = Zones { now, cache: [None; 8] };
+    let mut zones = Zones {
+        now,
+        cache: [None; 8],
+    };
     for &b in snap.buyers_for(campaign) {
         let buyer = snap.buyer(b);
         let live = snap.live(b);

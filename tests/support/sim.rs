@@ -100,6 +100,7 @@ pub struct Sim {
     invites: HashMap<String, MessageBuf>,
     seq: u64,
     nobody: Buyer,
+    buyer_responses: Vec<(u16, Message)>,
 }
 
 /// Config with carrier-a on 127.0.0.1, campaign `auto` on +18005550100, and `buyers` appended.
@@ -178,6 +179,7 @@ impl Sim {
                 mode: Mode::Silent,
                 calls: BTreeMap::new(),
             },
+            buyer_responses: Vec::new(),
         }
     }
 
@@ -312,6 +314,47 @@ impl Sim {
         self.send_to_dce(from, b.print());
     }
 
+    /// A buyer sends an in-dialog request (INFO, UPDATE …) on its leg of a call.
+    pub fn buyer_in_dialog(&mut self, port: u16, b_call_id: &str, method: Method) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let c = self.buyers[&addr].calls[b_call_id].clone();
+        let n = self.next_id();
+        let target = c
+            .invite
+            .contact()
+            .map(|x| x.uri.raw.clone())
+            .unwrap_or_default();
+        let mut b = MessageBuf::request(method.clone(), target);
+        b.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP {addr};branch=z9hG4bKbd{n};rport"),
+        )
+        .push(HeaderName::MaxForwards, "70")
+        .push(
+            HeaderName::From,
+            format!(
+                "{};tag={}",
+                c.invite.header(&HeaderName::To).unwrap(),
+                c.tag
+            ),
+        )
+        .push(HeaderName::To, c.invite.header(&HeaderName::From).unwrap())
+        .push(HeaderName::CallId, b_call_id)
+        .push(HeaderName::CSeq, format!("{} {method}", 10 + n));
+        self.send_to_dce(addr, b.print());
+    }
+
+    /// Responses buyers received (to their own in-dialog requests), by buyer port.
+    pub fn buyer_responses(&self) -> &Vec<(u16, Message)> {
+        &self.buyer_responses
+    }
+
+    /// Shut DCE down now (end every call).
+    pub fn shutdown(&mut self) {
+        self.core.shutdown(self.now);
+        self.collect();
+    }
+
     /// The carrier hangs up an answered call.
     pub fn carrier_bye(&mut self, call_id: &str) {
         let ok = self.carrier[call_id]
@@ -427,7 +470,8 @@ impl Sim {
         };
         let call_id = msg.call_id().to_owned();
         if !msg.is_request() {
-            return; // 200 to a BYE the buyer sent
+            self.buyer_responses.push((addr.port(), msg));
+            return;
         }
         let method = msg.method().cloned().unwrap();
         let mut replies = Vec::new();
