@@ -65,24 +65,8 @@ fn main() -> ExitCode {
         },
         Command::Demo { config } => {
             init_logging("warn");
-            let cfg = match dce::config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    for e in &errors {
-                        eprintln!("{e}");
-                    }
-                    return ExitCode::FAILURE;
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some((cfg, rt)) = config_and_runtime(&config) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(dce::demo::run(cfg)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -94,28 +78,8 @@ fn main() -> ExitCode {
         }
         Command::Run { config } => {
             init_logging("info");
-            let cfg = match dce::config::load(&config) {
-                Ok(c) => c,
-                Err(errors) => {
-                    for e in &errors {
-                        eprintln!("{e}");
-                    }
-                    eprintln!(
-                        "refusing to start: {} problem(s) in the config",
-                        errors.len()
-                    );
-                    return ExitCode::FAILURE;
-                }
-            };
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some((cfg, rt)) = config_and_runtime(&config) else {
+                return ExitCode::FAILURE;
             };
             match rt.block_on(dce::server::run(
                 cfg,
@@ -132,6 +96,35 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// Load and check the config (printing every problem) and build the runtime.
+fn config_and_runtime(
+    path: &std::path::Path,
+) -> Option<(dce::config::Config, tokio::runtime::Runtime)> {
+    let cfg = match dce::config::load(path) {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in &errors {
+                eprintln!("{e}");
+            }
+            eprintln!(
+                "refusing to start: {} problem(s) in the config",
+                errors.len()
+            );
+            return None;
+        }
+    };
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some((cfg, rt)),
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            None
         }
     }
 }

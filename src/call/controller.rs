@@ -343,30 +343,25 @@ impl Controller {
     }
 
     /// Reject an INVITE before a call exists, with a CDR.
-    #[allow(clippy::too_many_arguments)]
     fn reject(
         &mut self,
         layer: &mut TransactionLayer,
-        tx: TxId,
-        msg: &Message,
-        via: &str,
-        code: u16,
-        extra: Vec<(HeaderName, String)>,
+        inv: &Incoming<'_>,
+        r: Rejection,
         facts: RejectFacts,
-        counter: Counter,
-        now: Instant,
     ) {
-        let _ = now;
-        self.counters.inc(counter);
-        let mut resp = msg.response(code, reason_phrase(code), &ids::tag(), Some(via));
-        resp.headers.extend(extra);
-        if let Err(e) = layer.respond(tx, &resp, now) {
-            tracing::warn!(error = %e, code, "rejection not sent");
+        self.counters.inc(r.counter);
+        let mut resp = inv
+            .msg
+            .response(r.code, reason_phrase(r.code), &ids::tag(), Some(inv.via));
+        resp.headers.extend(r.extra);
+        if let Err(e) = layer.respond(inv.tx, &resp, inv.now) {
+            tracing::warn!(error = %e, code = r.code, "rejection not sent");
         }
         let wall = self.clock.now_utc();
         let id = ids::uuid();
         let compliance = facts.compliance_or_pass();
-        tracing::info!(call = %id, carrier_call_id = %msg.call_id(), code, reason = facts.reason, "call rejected");
+        tracing::info!(call = %id, carrier_call_id = %inv.msg.call_id(), code = r.code, reason = facts.reason, "call rejected");
         self.cdr.emit(Cdr {
             id,
             node_id: self.settings.node_id.clone(),
@@ -375,7 +370,7 @@ impl Controller {
             campaign: facts.campaign,
             caller: facts.caller,
             called: facts.called,
-            carrier_call_id: msg.call_id().to_owned(),
+            carrier_call_id: inv.msg.call_id().to_owned(),
             buyer_id: None,
             bid_cents: 0,
             payout_cents: 0,
@@ -388,9 +383,87 @@ impl Controller {
             duration_s: 0.0,
             hangup_by: None,
             reason: facts.reason.to_owned(),
-            carrier_code: code,
+            carrier_code: r.code,
             buyer_code: None,
         });
+    }
+
+    /// The admission steps of "Life of a call" up to the auction: overload, carrier, rate,
+    /// campaign, compliance, eligible buyers. Fills `facts` as it goes.
+    fn admit(
+        &mut self,
+        from: Peer,
+        now: Instant,
+        facts: &mut RejectFacts,
+    ) -> Result<Admitted, Rejection> {
+        if !self.accepting || self.calls.len() >= self.settings.max_calls {
+            facts.reason = if self.accepting {
+                "overloaded"
+            } else {
+                "shutting down"
+            };
+            return Err(Rejection::new(503, Counter::Overload503).with(HeaderName::RetryAfter, "5"));
+        }
+        let ident = self
+            .carriers
+            .identify(from.addr.ip())
+            .map(|(c, lim)| (c.id.clone(), lim.admit(now)));
+        let Some((carrier, admitted)) = ident else {
+            facts.reason = "unknown source";
+            return Err(Rejection::new(403, Counter::Invite403));
+        };
+        facts.carrier = carrier;
+        if !admitted {
+            facts.reason = "carrier over max_cps";
+            return Err(
+                Rejection::new(503, Counter::CarrierCps503).with(HeaderName::RetryAfter, "1")
+            );
+        }
+        let snapshot = self.snapshot.clone();
+        let Some(campaign) = snapshot.campaign_for(&facts.called) else {
+            facts.reason = "no campaign for the dialled number";
+            return Err(Rejection::new(404, Counter::NoCampaign404));
+        };
+        facts.campaign = snapshot.campaign(campaign).id.clone();
+        if let Verdict::Reject { rule } =
+            self.compliance
+                .check(&facts.caller, &facts.called, &facts.campaign)
+        {
+            facts.compliance = format!("reject:{rule}");
+            facts.reason = "compliance";
+            let reason = format!("SIP;cause=603;text=\"{rule}\"");
+            return Err(
+                Rejection::new(603, Counter::Compliance603).with(HeaderName::Reason, &reason)
+            );
+        }
+        let wall = self.clock.now_utc();
+        let ranked = auction(
+            &snapshot,
+            campaign,
+            state_of_number(&facts.caller),
+            wall,
+            &mut self.scratch,
+        );
+        let entries = self.scratch.clone();
+        if ranked == 0 {
+            facts.bids = entries
+                .iter()
+                .map(|e| BidRecord {
+                    buyer_id: snapshot.buyer(e.buyer).id.clone(),
+                    amount_cents: e.bid_cents,
+                    outcome: outcome_name(e, None),
+                })
+                .collect();
+            facts.reason = "no eligible buyer";
+            return Err(Rejection::new(480, Counter::NoBuyer480));
+        }
+        Ok(Admitted {
+            snapshot,
+            campaign,
+            entries,
+            ranked,
+            wall,
+        })
     }
 
     /// A new INVITE (outside any dialog) passed the edge checks.
@@ -423,122 +496,24 @@ impl Controller {
             called: called.clone(),
             ..RejectFacts::default()
         };
-        if !self.accepting || self.calls.len() >= self.settings.max_calls {
-            facts.reason = if self.accepting {
-                "overloaded"
-            } else {
-                "shutting down"
-            };
-            let extra = vec![(HeaderName::RetryAfter, "5".to_owned())];
-            return self.reject(
-                layer,
-                tx,
-                &msg,
-                &via,
-                503,
-                extra,
-                facts,
-                Counter::Overload503,
-                now,
-            );
-        }
-        let ident = self
-            .carriers
-            .identify(from.addr.ip())
-            .map(|(c, lim)| (c.id.clone(), lim.admit(now)));
-        let Some((carrier, admitted)) = ident else {
-            facts.reason = "unknown source";
-            return self.reject(
-                layer,
-                tx,
-                &msg,
-                &via,
-                403,
-                vec![],
-                facts,
-                Counter::Invite403,
-                now,
-            );
-        };
-        facts.carrier = carrier;
-        if !admitted {
-            facts.reason = "carrier over max_cps";
-            let extra = vec![(HeaderName::RetryAfter, "1".to_owned())];
-            return self.reject(
-                layer,
-                tx,
-                &msg,
-                &via,
-                503,
-                extra,
-                facts,
-                Counter::CarrierCps503,
-                now,
-            );
-        }
-        let snapshot = self.snapshot.clone();
-        let Some(campaign) = snapshot.campaign_for(&called) else {
-            facts.reason = "no campaign for the dialled number";
-            return self.reject(
-                layer,
-                tx,
-                &msg,
-                &via,
-                404,
-                vec![],
-                facts,
-                Counter::NoCampaign404,
-                now,
-            );
-        };
-        facts.campaign = snapshot.campaign(campaign).id.clone();
-        if let Verdict::Reject { rule } = self.compliance.check(&caller, &called, &facts.campaign) {
-            facts.compliance = format!("reject:{rule}");
-            facts.reason = "compliance";
-            let extra = vec![(HeaderName::Reason, format!("SIP;cause=603;text=\"{rule}\""))];
-            return self.reject(
-                layer,
-                tx,
-                &msg,
-                &via,
-                603,
-                extra,
-                facts,
-                Counter::Compliance603,
-                now,
-            );
-        }
-        let wall = self.clock.now_utc();
-        let ranked = auction(
-            &snapshot,
+        let Admitted {
+            snapshot,
             campaign,
-            state_of_number(&caller),
+            entries,
+            ranked,
             wall,
-            &mut self.scratch,
-        );
-        let entries = self.scratch.clone();
-        if ranked == 0 {
-            facts.bids = entries
-                .iter()
-                .map(|e| BidRecord {
-                    buyer_id: snapshot.buyer(e.buyer).id.clone(),
-                    amount_cents: e.bid_cents,
-                    outcome: outcome_name(e, None),
-                })
-                .collect();
-            facts.reason = "no eligible buyer";
-            return self.reject(
-                layer,
-                tx,
-                &msg,
-                &via,
-                480,
-                vec![],
-                facts,
-                Counter::NoBuyer480,
-                now,
-            );
-        }
+        } = match self.admit(from, now, &mut facts) {
+            Ok(a) => a,
+            Err(r) => {
+                let inv = Incoming {
+                    tx,
+                    msg: &msg,
+                    via: &via,
+                    now,
+                };
+                return self.reject(layer, &inv, r, facts);
+            }
+        };
         let key = self.next_key;
         self.next_key += 1;
         let tag = ids::tag();
@@ -979,16 +954,8 @@ impl Controller {
         self.counters.inc(Counter::CallCancelled);
         if let Some(li) = call.current {
             let leg = &mut call.legs[li];
-            leg.abandoned = true;
             call.outcomes[leg.entry] = Some("attempted:cancelled".into());
-            if leg.provisional {
-                let cancel = cancel_for(&leg.invite);
-                if let Ok(ctx) = layer.send_request(cancel, leg.peer, now) {
-                    self.by_client_tx.insert(ctx, (key, Role::Fire));
-                }
-            } else {
-                leg.cancel_pending = true;
-            }
+            abandon(leg, key, layer, &mut self.by_client_tx, now);
         }
         if layer.state(invite_tx) == Some(TxState::Proceeding) {
             self.respond_a(layer, key, 487, None, now);
@@ -1230,15 +1197,7 @@ impl Controller {
         };
         let leg = &mut call.legs[li];
         tracing::info!(call = %call.id, "buyer did not answer in time");
-        leg.abandoned = true;
-        if leg.provisional {
-            let cancel = cancel_for(&leg.invite);
-            if let Ok(ctx) = layer.send_request(cancel, leg.peer, now) {
-                self.by_client_tx.insert(ctx, (key, Role::Fire));
-            }
-        } else {
-            leg.cancel_pending = true;
-        }
+        abandon(leg, key, layer, &mut self.by_client_tx, now);
         self.leg_failed(layer, key, li, "attempted:ring_timeout".into(), None, now);
     }
 
@@ -1305,12 +1264,7 @@ impl Controller {
                 if let Some(call) = self.calls.get_mut(&key) {
                     call.cancelled = true;
                     if let Some(li) = call.current {
-                        let leg = &mut call.legs[li];
-                        leg.abandoned = true;
-                        if leg.provisional {
-                            let cancel = cancel_for(&leg.invite);
-                            let _ = layer.send_request(cancel, leg.peer, now);
-                        }
+                        abandon(&mut call.legs[li], key, layer, &mut self.by_client_tx, now);
                     }
                 }
                 self.respond_a(layer, key, 503, None, now);
@@ -1445,6 +1399,25 @@ impl Controller {
     }
 }
 
+/// Give up a ringing buyer leg: CANCEL it now if it has sent a provisional, else as soon as it
+/// does (§9.1: no CANCEL before a provisional).
+fn abandon(
+    leg: &mut BLeg,
+    key: u64,
+    layer: &mut TransactionLayer,
+    roles: &mut HashMap<TxId, (u64, Role)>,
+    now: Instant,
+) {
+    leg.abandoned = true;
+    if leg.provisional {
+        if let Ok(ctx) = layer.send_request(cancel_for(&leg.invite), leg.peer, now) {
+            roles.insert(ctx, (key, Role::Fire));
+        }
+    } else {
+        leg.cancel_pending = true;
+    }
+}
+
 fn outcome_name(e: &Entry, recorded: Option<&str>) -> String {
     if let Some(r) = recorded {
         return r.to_owned();
@@ -1453,6 +1426,45 @@ fn outcome_name(e: &Entry, recorded: Option<&str>) -> String {
         Outcome::Ranked(_) => "lost".into(),
         Outcome::Excluded(x) => format!("excluded:{}", x.as_str()),
     }
+}
+
+/// An INVITE being answered: its server transaction, the request, its annotated Via, now.
+struct Incoming<'a> {
+    tx: TxId,
+    msg: &'a Message,
+    via: &'a str,
+    now: Instant,
+}
+
+/// How DCE refuses an INVITE before ringing anyone.
+struct Rejection {
+    code: u16,
+    extra: Vec<(HeaderName, String)>,
+    counter: Counter,
+}
+
+impl Rejection {
+    fn new(code: u16, counter: Counter) -> Self {
+        Rejection {
+            code,
+            extra: Vec::new(),
+            counter,
+        }
+    }
+
+    fn with(mut self, name: HeaderName, value: &str) -> Self {
+        self.extra.push((name, value.to_owned()));
+        self
+    }
+}
+
+/// What admission hands to a new call.
+struct Admitted {
+    snapshot: Arc<Snapshot>,
+    campaign: CampaignId,
+    entries: Vec<Entry>,
+    ranked: usize,
+    wall: DateTime<Utc>,
 }
 
 /// What a rejection's CDR says.
