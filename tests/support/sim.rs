@@ -408,11 +408,14 @@ impl Sim {
         if msg.is_request() {
             // BYE from DCE: answer 200.
             let resp = msg.response(200, "OK", "", None);
+            let is_ack = msg.method() == Some(&Method::Ack);
             if let Some(c) = self.carrier.get_mut(&call_id) {
                 c.requests.push(msg.clone());
             }
-            let from = self.carrier_addr;
-            self.send_to_dce(from, resp.print());
+            if !is_ack {
+                let from = self.carrier_addr;
+                self.send_to_dce(from, resp.print());
+            }
             return;
         }
         let Some(call) = self.carrier.get_mut(&call_id) else {
@@ -470,6 +473,25 @@ impl Sim {
         };
         let call_id = msg.call_id().to_owned();
         if !msg.is_request() {
+            if msg.cseq_method() == &Method::Invite && (200..300).contains(&msg.code().unwrap_or(0))
+            {
+                // 2xx to the buyer's re-INVITE: ACK it
+                let n = self.seq + 1000;
+                let target = msg.contact().map(|c| c.uri.raw.clone()).unwrap_or_default();
+                let mut ack = MessageBuf::request(Method::Ack, target);
+                ack.push(
+                    HeaderName::Via,
+                    format!("SIP/2.0/UDP {addr};branch=z9hG4bKba{n};rport"),
+                )
+                .push(HeaderName::MaxForwards, "70")
+                .push(HeaderName::From, msg.header(&HeaderName::From).unwrap())
+                .push(HeaderName::To, msg.header(&HeaderName::To).unwrap())
+                .push(HeaderName::CallId, msg.call_id())
+                .push(HeaderName::CSeq, format!("{} ACK", msg.cseq()));
+                self.buyer_responses.push((addr.port(), msg));
+                self.send_to_dce(addr, ack.print());
+                return;
+            }
             self.buyer_responses.push((addr.port(), msg));
             return;
         }
