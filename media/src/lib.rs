@@ -1,10 +1,27 @@
-//! # dce-media — SDP rewriting, RTP/RTCP relay, per-stream quality
+//! # dce-media — SDP rewriting, the RTP/RTCP relay, per-stream quality
 //!
-//! This crate will own everything about the media of a call: rewriting SDP offers and answers
-//! so both legs send RTP to DCE, the relay loop (tokio, batched socket I/O), and the quality
-//! statistics of every stream (loss per RFC 3550 A.3, jitter per A.8, an E-model MOS) as pure
-//! code with time passed in.
+//! DCE anchors the media of every call: both parties send RTP and RTCP to DCE's ports, DCE
+//! relays it, and measures each direction on the way through.
 //!
 //! ## Layout
 //!
-//! Empty until the media issue lands; DCE passes SDP through untouched until then.
+//! | file | what it owns |
+//! |---|---|
+//! | `sdp.rs` | offer/answer rewriting (addresses and ports only) on `sdp-types` |
+//! | `ports.rs` | the even/odd RTP/RTCP port-pair pool |
+//! | `stats.rs` | loss (RFC 3550 A.3), jitter (A.8), RTCP RR/SR, E-model MOS — pure, time passed in |
+//! | `engine.rs` | [`MediaEngine`]: what the call controller asks of media, and the call report |
+//! | `relay.rs` | [`Relay`]: the tokio engine — one task per stream, latching, strict source |
+//!
+//! The statistics are pure code; only `relay.rs` touches sockets and the clock.
+
+pub mod engine;
+pub mod ports;
+pub mod relay;
+pub mod sdp;
+pub mod stats;
+
+pub use engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
+pub use relay::{Relay, RelayConfig};
+pub use sdp::{inspect, rewrite, SdpError, Stream};
+pub use stats::{StreamReport, StreamStats};

@@ -1,0 +1,433 @@
+//! The RTP/RTCP relay: one tokio task per stream (m-line) owning its four sockets (RTP and
+//! RTCP facing the carrier, RTP and RTCP facing the buyer) and its statistics. Nothing is shared
+//! on the per-packet path: control messages come in on a channel, the report goes out as an
+//! event when the stream is closed.
+//!
+//! Symmetric RTP with latching: the first packet from the address a side's SDP announced (or
+//! from anywhere with `latch_any_source`) fixes where that side sends from, and DCE sends that
+//! side's media back there. With `strict_source`, packets from any other address are dropped
+//! and counted (RTP bleed, injection).
+
+use crate::engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
+use crate::ports::PortPool;
+use crate::sdp::Stream;
+use crate::stats::StreamStats;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+/// Relay settings (`[media]`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address the media sockets bind to.
+    pub bind_ip: IpAddr,
+    /// RTP ports from here …
+    pub port_min: u16,
+    /// … to here.
+    pub port_max: u16,
+    /// No RTP either way this long after answer: report a timeout.
+    pub rtp_timeout: Duration,
+    /// After latching, drop packets from other addresses.
+    pub strict_source: bool,
+    /// Latch to the first packet from anywhere (peer behind NAT), not only the SDP address.
+    pub latch_any_source: bool,
+}
+
+enum Control {
+    Remote(Side, Stream),
+    Answered,
+    Stop,
+}
+
+struct StreamHandle {
+    tx: mpsc::UnboundedSender<Control>,
+    a_port: u16,
+    b_port: u16,
+    report: Option<oneshot::Receiver<MediaReport>>,
+}
+
+struct Session {
+    streams: Vec<StreamHandle>,
+}
+
+/// The socket-backed [`MediaEngine`]. Must be used from inside a tokio runtime.
+pub struct Relay {
+    cfg: RelayConfig,
+    pool: PortPool,
+    sessions: HashMap<MediaId, Session>,
+    next: MediaId,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    released: mpsc::UnboundedReceiver<u16>,
+    release_tx: mpsc::UnboundedSender<u16>,
+}
+
+impl Relay {
+    /// A relay reporting to `events`.
+    pub fn new(cfg: RelayConfig, events: mpsc::UnboundedSender<MediaEvent>) -> Relay {
+        let (release_tx, released) = mpsc::unbounded_channel();
+        Relay {
+            pool: PortPool::new(cfg.port_min, cfg.port_max),
+            cfg,
+            sessions: HashMap::new(),
+            next: 1,
+            events,
+            released,
+            release_tx,
+        }
+    }
+
+    /// Port pairs free now.
+    pub fn available(&mut self) -> usize {
+        self.reclaim();
+        self.pool.available()
+    }
+
+    fn reclaim(&mut self) {
+        while let Ok(p) = self.released.try_recv() {
+            self.pool.give(p);
+        }
+    }
+
+    fn bind_pair(&mut self) -> Result<(u16, std::net::UdpSocket, std::net::UdpSocket), MediaError> {
+        // A port in the range may be taken by another process: skip it (and keep it out of the
+        // pool) rather than fail the call.
+        for _ in 0..self.pool.total().max(1) {
+            let Some(port) = self.pool.take() else {
+                return Err(MediaError::PortsExhausted);
+            };
+            let rtp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port));
+            let rtcp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port + 1));
+            match (rtp, rtcp) {
+                (Ok(a), Ok(b)) => return Ok((port, a, b)),
+                _ => continue,
+            }
+        }
+        Err(MediaError::PortsExhausted)
+    }
+}
+
+fn to_tokio(s: std::net::UdpSocket) -> Result<UdpSocket, MediaError> {
+    s.set_nonblocking(true).map_err(|e| MediaError::Bind(e.to_string()))?;
+    UdpSocket::from_std(s).map_err(|e| MediaError::Bind(e.to_string()))
+}
+
+impl MediaEngine for Relay {
+    fn open(&mut self, streams: usize) -> Result<MediaId, MediaError> {
+        self.reclaim();
+        if self.pool.available() < streams * 2 {
+            return Err(MediaError::PortsExhausted);
+        }
+        let id = self.next;
+        self.next += 1;
+        let mut handles = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            let (a_port, a_rtp, a_rtcp) = self.bind_pair()?;
+            let (b_port, b_rtp, b_rtcp) = match self.bind_pair() {
+                Ok(p) => p,
+                Err(e) => {
+                    self.pool.give(a_port);
+                    return Err(e);
+                }
+            };
+            let socks = [to_tokio(a_rtp)?, to_tokio(a_rtcp)?, to_tokio(b_rtp)?, to_tokio(b_rtcp)?];
+            let (tx, rx) = mpsc::unbounded_channel();
+            let (report_tx, report_rx) = oneshot::channel();
+            let task = StreamTask::new(self.cfg.clone(), socks, rx, report_tx, [a_port, b_port], self.release_tx.clone(), self.events.clone(), id);
+            tokio::spawn(task.run());
+            handles.push(StreamHandle {
+                tx,
+                a_port,
+                b_port,
+                report: Some(report_rx),
+            });
+        }
+        self.sessions.insert(id, Session { streams: handles });
+        Ok(id)
+    }
+
+    fn ports(&self, id: MediaId, side: Side) -> Vec<u16> {
+        self.sessions
+            .get(&id)
+            .map(|s| {
+                s.streams
+                    .iter()
+                    .map(|h| if side == Side::A { h.a_port } else { h.b_port })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn set_remote(&mut self, id: MediaId, side: Side, streams: &[Stream]) {
+        if let Some(s) = self.sessions.get(&id) {
+            for (h, st) in s.streams.iter().zip(streams) {
+                let _ = h.tx.send(Control::Remote(side, st.clone()));
+            }
+        }
+    }
+
+    fn answered(&mut self, id: MediaId) {
+        if let Some(s) = self.sessions.get(&id) {
+            for h in &s.streams {
+                let _ = h.tx.send(Control::Answered);
+            }
+        }
+    }
+
+    fn close(&mut self, id: MediaId) {
+        let Some(mut s) = self.sessions.remove(&id) else {
+            let _ = self.events.send(MediaEvent::Closed {
+                id,
+                report: MediaReport::default(),
+            });
+            return;
+        };
+        for h in &s.streams {
+            let _ = h.tx.send(Control::Stop);
+        }
+        // The first stream carries the call's report; wait for it off the call path.
+        let first = s.streams.first_mut().and_then(|h| h.report.take());
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            let report = match first {
+                Some(rx) => rx.await.unwrap_or_default(),
+                None => MediaReport::default(),
+            };
+            let _ = events.send(MediaEvent::Closed { id, report });
+        });
+    }
+}
+
+/// Per side: what its SDP announced, where it was latched, what it sent.
+struct Leg {
+    announced: Option<Stream>,
+    rtp_from: Option<SocketAddr>,
+    rtcp_from: Option<SocketAddr>,
+    stats: StreamStats,
+    forwarded_out: u64,
+}
+
+impl Leg {
+    fn new() -> Leg {
+        Leg {
+            announced: None,
+            rtp_from: None,
+            rtcp_from: None,
+            stats: StreamStats::new(8000),
+            forwarded_out: 0,
+        }
+    }
+
+    /// Where to send this side's media: where it sends from, else where its SDP said.
+    fn rtp_dest(&self) -> Option<SocketAddr> {
+        self.rtp_from.or(self.announced.as_ref().and_then(|a| a.rtp))
+    }
+
+    fn rtcp_dest(&self) -> Option<SocketAddr> {
+        self.rtcp_from.or(self.announced.as_ref().and_then(|a| a.rtcp))
+    }
+}
+
+struct StreamTask {
+    socks: [UdpSocket; 4],
+    rx: mpsc::UnboundedReceiver<Control>,
+    report: oneshot::Sender<MediaReport>,
+    ports: [u16; 2],
+    release: mpsc::UnboundedSender<u16>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    id: MediaId,
+    st: TaskState,
+}
+
+/// The per-stream state the packet path reads and writes (task-local, no locks).
+struct TaskState {
+    cfg: RelayConfig,
+    legs: [Leg; 2],
+    foreign: u64,
+    answered: Option<Instant>,
+    last_packet: Option<Instant>,
+    timed_out: bool,
+}
+
+const A: usize = 0;
+const B: usize = 1;
+
+impl StreamTask {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        cfg: RelayConfig,
+        socks: [UdpSocket; 4],
+        rx: mpsc::UnboundedReceiver<Control>,
+        report: oneshot::Sender<MediaReport>,
+        ports: [u16; 2],
+        release: mpsc::UnboundedSender<u16>,
+        events: mpsc::UnboundedSender<MediaEvent>,
+        id: MediaId,
+    ) -> StreamTask {
+        StreamTask {
+            socks,
+            rx,
+            report,
+            ports,
+            release,
+            events,
+            id,
+            st: TaskState {
+                cfg,
+                legs: [Leg::new(), Leg::new()],
+                foreign: 0,
+                answered: None,
+                last_packet: None,
+                timed_out: false,
+            },
+        }
+    }
+
+    async fn run(self) {
+        let StreamTask {
+            socks,
+            mut rx,
+            report,
+            ports,
+            release,
+            events,
+            id,
+            mut st,
+        } = self;
+        let mut bufs = [[0u8; 2048]; 4];
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let [b0, b1, b2, b3] = &mut bufs;
+            // Which socket: 0 = A RTP, 1 = A RTCP, 2 = B RTP, 3 = B RTCP.
+            let got = tokio::select! {
+                c = rx.recv() => {
+                    match c {
+                        Some(Control::Remote(side, stream)) => st.remote(side, stream),
+                        Some(Control::Answered) => st.answered = Some(Instant::now()),
+                        Some(Control::Stop) | None => break,
+                    }
+                    None
+                }
+                _ = tick.tick() => {
+                    if st.check_timeout() {
+                        let _ = events.send(MediaEvent::Timeout { id });
+                    }
+                    None
+                }
+                r = socks[0].recv_from(b0) => r.ok().map(|(n, a)| (0usize, n, a)),
+                r = socks[1].recv_from(b1) => r.ok().map(|(n, a)| (1usize, n, a)),
+                r = socks[2].recv_from(b2) => r.ok().map(|(n, a)| (2usize, n, a)),
+                r = socks[3].recv_from(b3) => r.ok().map(|(n, a)| (3usize, n, a)),
+            };
+            let Some((which, n, src)) = got else { continue };
+            let pkt = &bufs[which][..n];
+            if let Some((dest, out)) = st.on_packet(which, pkt, src) {
+                if socks[out].send_to(pkt, dest).await.is_ok() && out % 2 == 0 && !is_rtcp(which, pkt) {
+                    st.legs[out / 2].forwarded_out += 1;
+                }
+            }
+        }
+        let _ = report.send(st.report());
+        let _ = release.send(ports[0]);
+        let _ = release.send(ports[1]);
+    }
+}
+
+/// RFC 5761: with rtcp-mux, RTCP (PT 200–204) arrives on the RTP port.
+fn is_rtcp(which: usize, pkt: &[u8]) -> bool {
+    which % 2 == 1 || (pkt.len() >= 2 && (200..=204).contains(&pkt[1]))
+}
+
+impl TaskState {
+    fn remote(&mut self, side: Side, stream: Stream) {
+        let leg = &mut self.legs[if side == Side::A { A } else { B }];
+        if leg.announced.as_ref().map(|a| a.rtp) != Some(stream.rtp) {
+            // a new party or address on this side: latch afresh
+            leg.rtp_from = None;
+            leg.rtcp_from = None;
+        }
+        if leg.stats.packets() == 0 {
+            leg.stats = StreamStats::new(stream.clock_rate);
+        }
+        leg.announced = Some(stream);
+    }
+
+    /// True once, when RTP has been missing for the timeout after answer.
+    fn check_timeout(&mut self) -> bool {
+        if let (Some(ans), false) = (self.answered, self.timed_out) {
+            let since = self.last_packet.map(|l| l.max(ans)).unwrap_or(ans);
+            if since.elapsed() >= self.cfg.rtp_timeout {
+                self.timed_out = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Account a packet from `src` on socket `which`; where to send it (and from which socket).
+    fn on_packet(&mut self, which: usize, pkt: &[u8], src: SocketAddr) -> Option<(SocketAddr, usize)> {
+        let side = which / 2;
+        let other = 1 - side;
+        let rtcp = is_rtcp(which, pkt);
+        if !self.admit(side, src, which % 2 == 1) {
+            return None;
+        }
+        let now = Instant::now();
+        if rtcp {
+            self.legs[side].stats.on_rtcp(pkt, None);
+        } else if self.legs[side].stats.on_rtp(pkt, now) {
+            self.last_packet = Some(now);
+        }
+        if which % 2 == 1 {
+            self.legs[other].rtcp_dest().map(|d| (d, 2 * other + 1))
+        } else {
+            self.legs[other].rtp_dest().map(|d| (d, 2 * other))
+        }
+    }
+
+    /// Accept a packet from `src` on side `s`'s RTP (`rtcp` false) or RTCP socket?
+    fn admit(&mut self, s: usize, src: SocketAddr, rtcp: bool) -> bool {
+        let leg = &mut self.legs[s];
+        let latched = if rtcp { leg.rtcp_from } else { leg.rtp_from };
+        match latched {
+            Some(l) if l == src => true,
+            Some(_) if self.cfg.strict_source => {
+                self.foreign += 1;
+                false
+            }
+            _ => {
+                let announced_ip = leg.announced.as_ref().and_then(|a| a.rtp).map(|a| a.ip());
+                if self.cfg.latch_any_source || announced_ip == Some(src.ip()) || latched.is_some() {
+                    if rtcp {
+                        leg.rtcp_from = Some(src);
+                    } else {
+                        leg.rtp_from = Some(src);
+                    }
+                    true
+                } else {
+                    self.foreign += 1;
+                    false
+                }
+            }
+        }
+    }
+
+    fn report(&self) -> MediaReport {
+        let codec = self.legs[A]
+            .announced
+            .as_ref()
+            .and_then(|s| s.codec.clone())
+            .or_else(|| self.legs[B].announced.as_ref().and_then(|s| s.codec.clone()));
+        let c = codec.as_deref().unwrap_or("PCMU");
+        MediaReport {
+            carrier_in: self.legs[A].stats.report(c),
+            buyer_in: self.legs[B].stats.report(c),
+            to_carrier: self.legs[A].forwarded_out,
+            to_buyer: self.legs[B].forwarded_out,
+            foreign_dropped: self.foreign,
+            codec,
+        }
+    }
+}

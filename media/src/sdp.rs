@@ -1,0 +1,240 @@
+//! SDP offer/answer rewriting (RFC 4566, RFC 3264) so both parties send RTP and RTCP to DCE.
+//!
+//! Only addresses and ports change: `o=` and `c=` addresses become DCE's, each m-line's port
+//! becomes DCE's port for that stream, and `a=rtcp` follows. Codecs, payload types, `ptime`,
+//! `telephone-event`, direction attributes and unknown attributes are kept as they are. A held
+//! stream (`c=0.0.0.0`, or port 0) stays held.
+
+use bytes::Bytes;
+use sdp_types::{Attribute, Connection, Session};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+/// Why an SDP body was not usable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SdpError {
+    /// It does not parse as SDP.
+    #[error("SDP does not parse: {0}")]
+    Parse(String),
+    /// The caller gave a different number of ports than the SDP has m-lines.
+    #[error("SDP has {have} m-lines, {given} ports were given")]
+    Ports {
+        /// m-lines in the SDP.
+        have: usize,
+        /// ports given.
+        given: usize,
+    },
+}
+
+/// What one m-line announces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stream {
+    /// `audio`, `video` …
+    pub kind: String,
+    /// Where the party wants RTP (None: held or disabled).
+    pub rtp: Option<SocketAddr>,
+    /// Where it wants RTCP (`a=rtcp`, else RTP port + 1; the RTP address with rtcp-mux).
+    pub rtcp: Option<SocketAddr>,
+    /// `a=rtcp-mux` present.
+    pub rtcp_mux: bool,
+    /// First payload's encoding name (`PCMU`, `PCMA`, `G729`, `opus` …), if known.
+    pub codec: Option<String>,
+    /// RTP clock rate of that payload.
+    pub clock_rate: u32,
+}
+
+fn is_hold_addr(a: &str) -> bool {
+    a == "0.0.0.0" || a == "::"
+}
+
+fn static_payload(pt: u8) -> Option<(&'static str, u32)> {
+    Some(match pt {
+        0 => ("PCMU", 8000),
+        3 => ("GSM", 8000),
+        4 => ("G723", 8000),
+        8 => ("PCMA", 8000),
+        9 => ("G722", 8000),
+        18 => ("G729", 8000),
+        _ => return None,
+    })
+}
+
+fn parse(body: &[u8]) -> Result<Session, SdpError> {
+    Session::parse(body).map_err(|e| SdpError::Parse(e.to_string()))
+}
+
+/// The streams an SDP body announces.
+pub fn inspect(body: &[u8]) -> Result<Vec<Stream>, SdpError> {
+    let s = parse(body)?;
+    Ok(streams(&s))
+}
+
+fn streams(s: &Session) -> Vec<Stream> {
+    s.medias
+        .iter()
+        .map(|m| {
+            let conn = m.connections.first().or(s.connection.as_ref());
+            let ip = conn
+                .filter(|c| !is_hold_addr(&c.connection_address))
+                .and_then(|c| c.connection_address.split('/').next()?.parse::<IpAddr>().ok());
+            let rtp = match (ip, m.port) {
+                (Some(ip), p) if p != 0 => Some(SocketAddr::new(ip, p)),
+                _ => None,
+            };
+            let rtcp_mux = m.attributes.iter().any(|a| a.attribute == "rtcp-mux");
+            let rtcp_attr = m
+                .attributes
+                .iter()
+                .find(|a| a.attribute == "rtcp")
+                .and_then(|a| a.value.as_deref())
+                .and_then(|v| {
+                    let mut parts = v.split_whitespace();
+                    let port: u16 = parts.next()?.parse().ok()?;
+                    let addr = parts.nth(2).and_then(|a| a.parse::<IpAddr>().ok());
+                    Some((port, addr))
+                });
+            let rtcp = rtp.map(|r| {
+                if rtcp_mux {
+                    r
+                } else if let Some((port, addr)) = rtcp_attr {
+                    SocketAddr::new(addr.unwrap_or(r.ip()), port)
+                } else {
+                    SocketAddr::new(r.ip(), r.port().wrapping_add(1))
+                }
+            });
+            let first_pt: Option<u8> = m.fmt.split_whitespace().next().and_then(|p| p.parse().ok());
+            let rtpmap = first_pt.and_then(|pt| {
+                m.attributes.iter().find_map(|a| {
+                    let v = a.value.as_deref()?;
+                    if a.attribute != "rtpmap" {
+                        return None;
+                    }
+                    let (p, rest) = v.split_once(' ')?;
+                    if p.parse::<u8>().ok()? != pt {
+                        return None;
+                    }
+                    let mut it = rest.split('/');
+                    let name = it.next()?.to_owned();
+                    let rate = it.next().and_then(|r| r.parse().ok()).unwrap_or(8000);
+                    Some((name, rate))
+                })
+            });
+            let (codec, clock_rate) = match (rtpmap, first_pt.and_then(static_payload)) {
+                (Some((n, r)), _) => (Some(n), r),
+                (None, Some((n, r))) => (Some(n.to_owned()), r),
+                (None, None) => (None, 8000),
+            };
+            Stream {
+                kind: m.media.clone(),
+                rtp,
+                rtcp,
+                rtcp_mux,
+                codec,
+                clock_rate,
+            }
+        })
+        .collect()
+}
+
+fn rewrite_conn(c: &mut Connection, ip: IpAddr) {
+    if is_hold_addr(&c.connection_address) {
+        return;
+    }
+    c.connection_address = ip.to_string();
+    c.addrtype = if ip.is_ipv4() { sdp_types::AddrType::Ip4 } else { sdp_types::AddrType::Ip6 };
+}
+
+/// Rewrite `body` so every stream goes to `ip` at `ports[i]` (RTCP at `ports[i] + 1`, or the
+/// same port with rtcp-mux). Returns the new body and what the original announced.
+pub fn rewrite(body: &[u8], ip: IpAddr, ports: &[u16]) -> Result<(Bytes, Vec<Stream>), SdpError> {
+    let mut s = parse(body)?;
+    if s.medias.len() != ports.len() {
+        return Err(SdpError::Ports {
+            have: s.medias.len(),
+            given: ports.len(),
+        });
+    }
+    let announced = streams(&s);
+    s.origin.unicast_address = ip.to_string();
+    s.origin.addrtype = if ip.is_ipv4() { sdp_types::AddrType::Ip4 } else { sdp_types::AddrType::Ip6 };
+    if let Some(c) = s.connection.as_mut() {
+        rewrite_conn(c, ip);
+    }
+    for (m, &port) in s.medias.iter_mut().zip(ports) {
+        for c in m.connections.iter_mut() {
+            rewrite_conn(c, ip);
+        }
+        if m.port != 0 {
+            m.port = port;
+        }
+        let mux = m.attributes.iter().any(|a| a.attribute == "rtcp-mux");
+        for a in m.attributes.iter_mut() {
+            if a.attribute == "rtcp" {
+                let rtcp_port = if mux { port } else { port + 1 };
+                *a = Attribute {
+                    attribute: "rtcp".into(),
+                    value: Some(format!("{rtcp_port} IN {} {ip}", if ip.is_ipv4() { "IP4" } else { "IP6" })),
+                };
+            }
+        }
+    }
+    let mut out = Vec::with_capacity(body.len() + 32);
+    s.write(&mut out).map_err(|e| SdpError::Parse(e.to_string()))?;
+    Ok((Bytes::from(out), announced))
+}
+
+/// Unspecified IPv4 address (for callers that need a placeholder).
+pub const UNSPECIFIED: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OFFER: &str = "v=0\r\no=carrier 123 456 IN IP4 10.9.9.9\r\ns=-\r\nc=IN IP4 10.9.9.9\r\nt=0 0\r\n\
+m=audio 31604 RTP/AVP 0 8 18 101\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\n\
+a=ptime:20\r\na=sendrecv\r\na=x-carrier-thing:keep me\r\na=rtcp:31700 IN IP4 10.9.9.8\r\n\
+m=video 31610 RTP/AVP 96\r\nc=IN IP4 10.9.9.7\r\na=rtpmap:96 H264/90000\r\na=rtcp-mux\r\n";
+
+    #[test]
+    fn rewrites_addresses_and_ports_only() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let (body, announced) = rewrite(OFFER.as_bytes(), ip, &[20000, 20002]).unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(!text.contains("10.9.9."), "no carrier address left:\n{text}");
+        assert!(text.contains("o=carrier 123 456 IN IP4 127.0.0.1"));
+        assert!(text.contains("m=audio 20000 RTP/AVP 0 8 18 101"));
+        assert!(text.contains("a=rtcp:20001 IN IP4 127.0.0.1"));
+        assert!(text.contains("m=video 20002 RTP/AVP 96"));
+        for keep in ["a=fmtp:101 0-15", "a=ptime:20", "a=sendrecv", "a=x-carrier-thing:keep me", "a=rtcp-mux", "telephone-event/8000"] {
+            assert!(text.contains(keep), "{keep} kept:\n{text}");
+        }
+        assert_eq!(announced[0].rtp, Some("10.9.9.9:31604".parse().unwrap()));
+        assert_eq!(announced[0].rtcp, Some("10.9.9.8:31700".parse().unwrap()));
+        assert_eq!(announced[0].codec.as_deref(), Some("PCMU"));
+        assert_eq!(announced[1].rtp, Some("10.9.9.7:31610".parse().unwrap()));
+        assert_eq!(announced[1].rtcp, announced[1].rtp, "rtcp-mux");
+        assert_eq!((announced[1].codec.as_deref(), announced[1].clock_rate), (Some("H264"), 90000));
+    }
+
+    #[test]
+    fn hold_stays_hold() {
+        let held = OFFER.replace("c=IN IP4 10.9.9.9", "c=IN IP4 0.0.0.0").replace("a=sendrecv", "a=sendonly");
+        let (body, announced) = rewrite(held.as_bytes(), "127.0.0.1".parse().unwrap(), &[20000, 20002]).unwrap();
+        let text = String::from_utf8(body.to_vec()).unwrap();
+        assert!(text.contains("c=IN IP4 0.0.0.0"));
+        assert!(text.contains("a=sendonly"));
+        assert_eq!(announced[0].rtp, None, "held audio has no destination");
+        let disabled = OFFER.replace("m=video 31610", "m=video 0");
+        let (body, announced) = rewrite(disabled.as_bytes(), "127.0.0.1".parse().unwrap(), &[20000, 20002]).unwrap();
+        assert!(String::from_utf8(body.to_vec()).unwrap().contains("m=video 0 "));
+        assert_eq!(announced[1].rtp, None);
+    }
+
+    #[test]
+    fn errors() {
+        assert!(matches!(rewrite(b"garbage", UNSPECIFIED, &[]), Err(SdpError::Parse(_))));
+        assert_eq!(
+            rewrite(OFFER.as_bytes(), UNSPECIFIED, &[20000]).unwrap_err(),
+            SdpError::Ports { have: 2, given: 1 }
+        );
+    }
+}
