@@ -271,8 +271,9 @@ mod tests {
         assert_eq!(r.packets, 901);
         assert_eq!(r.lost, 100);
         assert!((r.loss_pct - 10.0).abs() < 0.2, "{}", r.loss_pct);
-        // alternate 0/10 ms lateness: |D| = 10 ms each packet → J converges to 10 ms
-        assert!((r.jitter_ms - 10.0).abs() < 1.0, "{}", r.jitter_ms);
+        // alternate 0/10 ms lateness: |D| = 10 ms between neighbours, 0 across a dropped
+        // packet (1 pair in 9) → J settles near 10 × 8/9 ≈ 8.9 ms
+        assert!((8.0..=10.5).contains(&r.jitter_ms), "{}", r.jitter_ms);
         let clean = run(None, 0, 1000);
         assert!(r.mos < clean.mos - 1.0, "{} vs {}", r.mos, clean.mos);
     }
