@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
         billable_after_s: 90,
         floor_cents: 0,
         max_duration_s: 7200,
+        bill_one_way_audio: true,
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

@@ -66,6 +66,12 @@ counters! {
     CarrierCps503 => "rejected_503_carrier_cps",
     /// DCE overloaded or shutting down: 503.
     Overload503 => "rejected_503_overload",
+    /// No RTP ports left for a new call: 503.
+    MediaPorts503 => "rejected_503_media_ports",
+    /// Carrier SDP DCE cannot anchor: 488.
+    BadSdp488 => "rejected_488_sdp",
+    /// Calls ended because no RTP flowed for rtp_timeout_s.
+    RtpTimeout => "calls_rtp_timeout",
     /// Compliance verdict: 603.
     Compliance603 => "rejected_603_compliance",
     /// Calls a buyer answered.

@@ -111,7 +111,20 @@ pub async fn run(
         t1: config.sip.t1,
         max_calls: config.sip.max_calls,
         udp_socket: 0,
+        media_ip: config.media.advertised_ip,
     };
+    let (media_tx, media_rx) = mpsc::unbounded_channel();
+    let relay = dce_media::Relay::new(
+        dce_media::RelayConfig {
+            bind_ip: config.media.bind_ip,
+            port_min: config.media.port_min,
+            port_max: config.media.port_max,
+            rtp_timeout: config.media.rtp_timeout,
+            strict_source: config.media.strict_source,
+            latch_any_source: config.media.latch_any_source,
+        },
+        media_tx,
+    );
     let sink = JsonlSink::open(&config.cdr.jsonl_path)
         .with_context(|| format!("cannot open CDR file {}", config.cdr.jsonl_path.display()))?;
     let controller = Controller::new(
@@ -123,6 +136,7 @@ pub async fn run(
         Box::new(sink),
         Arc::new(SystemClock),
         counters.clone(),
+        Box::new(relay),
     );
     let mut core = Core {
         edge: EdgeCore::new(
@@ -145,7 +159,7 @@ pub async fn run(
         buyers = config.routing.buyers.len(),
         "DCE edge running"
     );
-    core.run(core_rx, shutdown).await;
+    core.run(core_rx, media_rx, shutdown).await;
     let delay = core.latency.report();
     tracing::info!(invite_delay = %delay, "INVITE in → buyer INVITE out");
     eprintln!("dce: invite_delay {delay}");
@@ -195,7 +209,12 @@ impl Core {
         }
     }
 
-    async fn run(&mut self, mut rx: mpsc::Receiver<Inbound>, shutdown: impl Future<Output = ()>) {
+    async fn run(
+        &mut self,
+        mut rx: mpsc::Receiver<Inbound>,
+        mut media: mpsc::UnboundedReceiver<dce_media::MediaEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let mut report_at = Instant::now() + Duration::from_secs(60);
         let mut last_report = String::new();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
@@ -227,6 +246,7 @@ impl Core {
                     let grace = if active > 0 { Duration::from_secs(2) } else { Duration::ZERO };
                     stopping = Some(Instant::now() + grace);
                 }
+                Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.reload(),
                 item = rx.recv() => match item {
                     Some(Inbound::TcpOpened { conn, tx }) => {

@@ -492,24 +492,35 @@ fn info_update_and_reinvite_are_mirrored_with_responses_relayed() {
     sim.add_buyer(5090, Mode::Answer(S));
     let call = sim.place_call("+13105551234");
     sim.run_for(2 * S);
+    let dtmf = "Signal=5\r\nDuration=160\r\n";
     sim.carrier_in_dialog(
         &call,
         Method::Info,
         2,
-        Some(("application/dtmf-relay", "Signal=5\r\nDuration=160\r\n")),
+        Some(("application/dtmf-relay", dtmf)),
     );
     sim.carrier_in_dialog(&call, Method::Options, 3, None);
     sim.carrier_in_dialog(
         &call,
         Method::Update,
         4,
-        Some(("application/sdp", "v=0\r\n")),
+        Some(("application/sdp", support::sim::SDP)),
     );
+    let reoffer = support::sim::SDP
+        .replace("o=- 1 1", "o=- 1 2")
+        .replace("m=audio 40000", "m=audio 40002");
     sim.carrier_in_dialog(
         &call,
         Method::Invite,
         5,
-        Some(("application/sdp", "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\n")),
+        Some(("application/sdp", &reoffer)),
+    );
+    // unparseable SDP in a re-INVITE is refused, not forwarded
+    sim.carrier_in_dialog(
+        &call,
+        Method::Invite,
+        6,
+        Some(("application/sdp", "v=0\r\nnonsense")),
     );
     sim.run_for(S);
     let b = sim.buyer(5090).calls.values().next().unwrap().clone();
@@ -529,6 +540,11 @@ fn info_update_and_reinvite_are_mirrored_with_responses_relayed() {
             "{m} mirrored to the buyer: {methods:?}"
         );
     }
+    assert_eq!(
+        methods.iter().filter(|m| **m == Method::Invite).count(),
+        1,
+        "only the good re-INVITE reached the buyer"
+    );
     let info = b
         .requests
         .iter()
@@ -541,6 +557,22 @@ fn info_update_and_reinvite_are_mirrored_with_responses_relayed() {
         b.invite.call_id(),
         "in the buyer's dialog, not the carrier's"
     );
+    let update = b
+        .requests
+        .iter()
+        .find(|r| r.method() == Some(&Method::Update))
+        .unwrap();
+    let body = String::from_utf8_lossy(update.body());
+    assert!(
+        body.contains("m=audio 20") && !body.contains("40000"),
+        "UPDATE SDP points at DCE: {body}"
+    );
+    let reinvite = b
+        .requests
+        .iter()
+        .find(|r| r.method() == Some(&Method::Invite))
+        .unwrap();
+    assert!(String::from_utf8_lossy(reinvite.body()).contains("o=- 1 2 IN IP4 127.0.0.1"));
     // the buyer's 200s came back to the carrier for each, and the re-INVITE's 200 was ACKed
     let got: Vec<(String, u16)> = sim.carrier[&call]
         .other_responses
@@ -550,12 +582,19 @@ fn info_update_and_reinvite_are_mirrored_with_responses_relayed() {
     for m in ["INFO", "OPTIONS", "UPDATE"] {
         assert!(got.contains(&(m.to_string(), 200)), "{m} answered: {got:?}");
     }
-    let reinvite_ok = sim.carrier[&call]
+    let codes: Vec<u16> = sim.carrier[&call]
         .responses
         .iter()
-        .filter(|r| r.code() == Some(200))
-        .count();
-    assert!(reinvite_ok >= 2, "re-INVITE 200 relayed to the carrier");
+        .filter_map(|r| r.code())
+        .collect();
+    assert!(
+        codes.iter().filter(|c| **c == 200).count() >= 2,
+        "re-INVITE 200 relayed: {codes:?}"
+    );
+    assert!(
+        codes.contains(&488),
+        "unparseable SDP answered 488: {codes:?}"
+    );
     let acks = b
         .requests
         .iter()
@@ -632,4 +671,158 @@ fn shutdown_ends_every_call_and_releases_every_slot() {
     let late = sim.place_call("+13105551236");
     sim.run_for(S);
     assert_eq!(sim.finals(&late), vec![503]);
+}
+
+fn sdp_of(m: &dce_sip::Message) -> String {
+    String::from_utf8_lossy(m.body()).into_owned()
+}
+
+#[test]
+fn media_is_anchored_both_ways_and_the_relay_learns_both_parties() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    let b = sim.buyer(5090).calls.values().next().unwrap().clone();
+    let offer = sdp_of(&b.invite);
+    assert!(
+        offer.contains("c=IN IP4 127.0.0.1") && offer.contains("m=audio 20012 RTP/AVP 0"),
+        "{offer}"
+    );
+    let ok = sim.carrier[&call]
+        .responses
+        .iter()
+        .find(|r| r.code() == Some(200))
+        .unwrap();
+    assert!(
+        sdp_of(ok).contains("m=audio 20008 RTP/AVP 0"),
+        "{}",
+        sdp_of(ok)
+    );
+    let remotes = sim.media.remotes.lock().unwrap().clone();
+    let sides: Vec<(dce_media::Side, Option<std::net::SocketAddr>)> =
+        remotes.iter().map(|(_, s, st)| (*s, st[0].rtp)).collect();
+    assert!(sides.contains(&(dce_media::Side::A, Some("127.0.0.1:40000".parse().unwrap()))));
+    assert!(sides.contains(&(dce_media::Side::B, Some("127.0.0.1:40000".parse().unwrap()))));
+    assert_eq!(sim.media.answered.lock().unwrap().len(), 1);
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    assert!(
+        sim.cdrs()[0].quality.is_some(),
+        "the CDR carries the media report"
+    );
+}
+
+#[test]
+fn late_offer_goes_through_the_acks() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call_late_offer("+13105551234");
+    sim.run_for(2 * S);
+    let b = sim.buyer(5090).calls.values().next().unwrap().clone();
+    assert!(b.invite.body().is_empty(), "no offer to the buyer either");
+    let ok = sim.carrier[&call]
+        .responses
+        .iter()
+        .find(|r| r.code() == Some(200))
+        .unwrap();
+    assert!(
+        sdp_of(ok).contains("m=audio 200"),
+        "buyer's offer rewritten for the carrier: {}",
+        sdp_of(ok)
+    );
+    let ack = b
+        .requests
+        .iter()
+        .find(|r| r.method() == Some(&Method::Ack))
+        .expect("buyer ACKed");
+    let answer = sdp_of(ack);
+    assert!(
+        answer.contains("m=audio 200") && !answer.contains("41000"),
+        "carrier's answer rewritten: {answer}"
+    );
+    let remotes = sim.media.remotes.lock().unwrap().clone();
+    assert!(remotes.iter().any(|(_, s, st)| *s == dce_media::Side::A
+        && st[0].rtp == Some("127.0.0.1:41000".parse().unwrap())));
+}
+
+#[test]
+fn port_exhaustion_rejects_with_503_and_counts() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim.media
+        .exhausted
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let call = sim.place_call("+13105551234");
+    sim.run_for(S);
+    assert_eq!(sim.finals(&call), vec![503]);
+    assert!(sim.buyer(5090).calls.is_empty());
+    assert_eq!(sim.counters.get(dce::counters::Counter::MediaPorts503), 1);
+    assert_eq!(sim.live.total_active(), 0);
+}
+
+#[test]
+fn rtp_timeout_hangs_up_both_legs() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    let id = sim.media.answered.lock().unwrap()[0];
+    sim.rtp_timeout(id);
+    sim.run_for(S);
+    assert!(sim.carrier[&call]
+        .requests
+        .iter()
+        .any(|r| r.method() == Some(&Method::Bye)));
+    let b = sim.buyer(5090).calls.values().next().unwrap().clone();
+    assert!(b.requests.iter().any(|r| r.method() == Some(&Method::Bye)));
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(
+        (cdr.reason.as_str(), cdr.hangup_by.as_deref()),
+        ("rtp_timeout", Some("dce"))
+    );
+}
+
+#[test]
+fn one_way_audio_is_not_billable_when_the_campaign_says_so() {
+    let mut cfg = three_buyers("");
+    cfg.routing.campaigns[0].bill_one_way_audio = false;
+    cfg.routing.campaigns[0].billable_after_s = 5;
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Answer(S));
+    *sim.media.report.lock().unwrap() = dce_media::MediaReport {
+        carrier_in: dce_media::StreamReport {
+            packets: 500,
+            ..Default::default()
+        },
+        buyer_in: dce_media::StreamReport {
+            packets: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let call = sim.place_call("+13105551234");
+    sim.run_for(10 * S);
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    let cdr = &sim.cdrs()[0];
+    let q = cdr.quality.as_ref().unwrap();
+    assert!(q.one_way_audio);
+    assert_eq!((cdr.billable, cdr.payout_cents), (false, 0));
+    // and with the default (bill it), the same call pays
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    *sim.media.report.lock().unwrap() = dce_media::MediaReport {
+        carrier_in: dce_media::StreamReport {
+            packets: 500,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let call = sim.place_call("+13105551234");
+    sim.run_for(100 * S);
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    let cdr = &sim.cdrs()[0];
+    assert!(cdr.quality.as_ref().unwrap().one_way_audio && cdr.billable);
 }

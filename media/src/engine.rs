@@ -35,7 +35,7 @@ pub enum MediaEvent {
         /// The call's media.
         id: MediaId,
         /// What flowed.
-        report: MediaReport,
+        report: Box<MediaReport>,
     },
     /// No RTP either way for the configured timeout after answer.
     Timeout {

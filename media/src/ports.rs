@@ -12,8 +12,11 @@ pub struct PortPool {
 impl PortPool {
     /// Pairs from `min..=max` (both rounded inwards to whole even/odd pairs).
     pub fn new(min: u16, max: u16) -> PortPool {
-        let start = if min % 2 == 0 { min } else { min + 1 };
-        let free: VecDeque<u16> = (start..max).step_by(2).filter(|p| p.checked_add(1).is_some_and(|q| q <= max)).collect();
+        let start = if min.is_multiple_of(2) { min } else { min + 1 };
+        let free: VecDeque<u16> = (start..max)
+            .step_by(2)
+            .filter(|p| p.checked_add(1).is_some_and(|q| q <= max))
+            .collect();
         let total = free.len();
         PortPool { free, total }
     }
@@ -25,7 +28,7 @@ impl PortPool {
 
     /// Give a pair back (least recently used ports are reused last).
     pub fn give(&mut self, port: u16) {
-        debug_assert!(port % 2 == 0);
+        debug_assert!(port.is_multiple_of(2));
         self.free.push_back(port);
     }
 

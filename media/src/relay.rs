@@ -109,7 +109,8 @@ impl Relay {
 }
 
 fn to_tokio(s: std::net::UdpSocket) -> Result<UdpSocket, MediaError> {
-    s.set_nonblocking(true).map_err(|e| MediaError::Bind(e.to_string()))?;
+    s.set_nonblocking(true)
+        .map_err(|e| MediaError::Bind(e.to_string()))?;
     UdpSocket::from_std(s).map_err(|e| MediaError::Bind(e.to_string()))
 }
 
@@ -131,10 +132,24 @@ impl MediaEngine for Relay {
                     return Err(e);
                 }
             };
-            let socks = [to_tokio(a_rtp)?, to_tokio(a_rtcp)?, to_tokio(b_rtp)?, to_tokio(b_rtcp)?];
+            let socks = [
+                to_tokio(a_rtp)?,
+                to_tokio(a_rtcp)?,
+                to_tokio(b_rtp)?,
+                to_tokio(b_rtcp)?,
+            ];
             let (tx, rx) = mpsc::unbounded_channel();
             let (report_tx, report_rx) = oneshot::channel();
-            let task = StreamTask::new(self.cfg.clone(), socks, rx, report_tx, [a_port, b_port], self.release_tx.clone(), self.events.clone(), id);
+            let task = StreamTask::new(
+                self.cfg.clone(),
+                socks,
+                rx,
+                report_tx,
+                [a_port, b_port],
+                self.release_tx.clone(),
+                self.events.clone(),
+                id,
+            );
             tokio::spawn(task.run());
             handles.push(StreamHandle {
                 tx,
@@ -179,7 +194,7 @@ impl MediaEngine for Relay {
         let Some(mut s) = self.sessions.remove(&id) else {
             let _ = self.events.send(MediaEvent::Closed {
                 id,
-                report: MediaReport::default(),
+                report: Box::default(),
             });
             return;
         };
@@ -194,7 +209,10 @@ impl MediaEngine for Relay {
                 Some(rx) => rx.await.unwrap_or_default(),
                 None => MediaReport::default(),
             };
-            let _ = events.send(MediaEvent::Closed { id, report });
+            let _ = events.send(MediaEvent::Closed {
+                id,
+                report: Box::new(report),
+            });
         });
     }
 }
@@ -221,11 +239,13 @@ impl Leg {
 
     /// Where to send this side's media: where it sends from, else where its SDP said.
     fn rtp_dest(&self) -> Option<SocketAddr> {
-        self.rtp_from.or(self.announced.as_ref().and_then(|a| a.rtp))
+        self.rtp_from
+            .or(self.announced.as_ref().and_then(|a| a.rtp))
     }
 
     fn rtcp_dest(&self) -> Option<SocketAddr> {
-        self.rtcp_from.or(self.announced.as_ref().and_then(|a| a.rtcp))
+        self.rtcp_from
+            .or(self.announced.as_ref().and_then(|a| a.rtcp))
     }
 }
 
@@ -324,7 +344,10 @@ impl StreamTask {
             let Some((which, n, src)) = got else { continue };
             let pkt = &bufs[which][..n];
             if let Some((dest, out)) = st.on_packet(which, pkt, src) {
-                if socks[out].send_to(pkt, dest).await.is_ok() && out % 2 == 0 && !is_rtcp(which, pkt) {
+                if socks[out].send_to(pkt, dest).await.is_ok()
+                    && out % 2 == 0
+                    && !is_rtcp(which, pkt)
+                {
                     st.legs[out / 2].forwarded_out += 1;
                 }
             }
@@ -367,7 +390,12 @@ impl TaskState {
     }
 
     /// Account a packet from `src` on socket `which`; where to send it (and from which socket).
-    fn on_packet(&mut self, which: usize, pkt: &[u8], src: SocketAddr) -> Option<(SocketAddr, usize)> {
+    fn on_packet(
+        &mut self,
+        which: usize,
+        pkt: &[u8],
+        src: SocketAddr,
+    ) -> Option<(SocketAddr, usize)> {
         let side = which / 2;
         let other = 1 - side;
         let rtcp = is_rtcp(which, pkt);
@@ -399,7 +427,8 @@ impl TaskState {
             }
             _ => {
                 let announced_ip = leg.announced.as_ref().and_then(|a| a.rtp).map(|a| a.ip());
-                if self.cfg.latch_any_source || announced_ip == Some(src.ip()) || latched.is_some() {
+                if self.cfg.latch_any_source || announced_ip == Some(src.ip()) || latched.is_some()
+                {
                     if rtcp {
                         leg.rtcp_from = Some(src);
                     } else {
@@ -419,7 +448,12 @@ impl TaskState {
             .announced
             .as_ref()
             .and_then(|s| s.codec.clone())
-            .or_else(|| self.legs[B].announced.as_ref().and_then(|s| s.codec.clone()));
+            .or_else(|| {
+                self.legs[B]
+                    .announced
+                    .as_ref()
+                    .and_then(|s| s.codec.clone())
+            });
         let c = codec.as_deref().unwrap_or("PCMU");
         MediaReport {
             carrier_in: self.legs[A].stats.report(c),

@@ -75,7 +75,13 @@ fn streams(s: &Session) -> Vec<Stream> {
             let conn = m.connections.first().or(s.connection.as_ref());
             let ip = conn
                 .filter(|c| !is_hold_addr(&c.connection_address))
-                .and_then(|c| c.connection_address.split('/').next()?.parse::<IpAddr>().ok());
+                .and_then(|c| {
+                    c.connection_address
+                        .split('/')
+                        .next()?
+                        .parse::<IpAddr>()
+                        .ok()
+                });
             let rtp = match (ip, m.port) {
                 (Some(ip), p) if p != 0 => Some(SocketAddr::new(ip, p)),
                 _ => None,
@@ -140,7 +146,11 @@ fn rewrite_conn(c: &mut Connection, ip: IpAddr) {
         return;
     }
     c.connection_address = ip.to_string();
-    c.addrtype = if ip.is_ipv4() { sdp_types::AddrType::Ip4 } else { sdp_types::AddrType::Ip6 };
+    c.addrtype = if ip.is_ipv4() {
+        sdp_types::AddrType::Ip4
+    } else {
+        sdp_types::AddrType::Ip6
+    };
 }
 
 /// Rewrite `body` so every stream goes to `ip` at `ports[i]` (RTCP at `ports[i] + 1`, or the
@@ -155,7 +165,11 @@ pub fn rewrite(body: &[u8], ip: IpAddr, ports: &[u16]) -> Result<(Bytes, Vec<Str
     }
     let announced = streams(&s);
     s.origin.unicast_address = ip.to_string();
-    s.origin.addrtype = if ip.is_ipv4() { sdp_types::AddrType::Ip4 } else { sdp_types::AddrType::Ip6 };
+    s.origin.addrtype = if ip.is_ipv4() {
+        sdp_types::AddrType::Ip4
+    } else {
+        sdp_types::AddrType::Ip6
+    };
     if let Some(c) = s.connection.as_mut() {
         rewrite_conn(c, ip);
     }
@@ -172,13 +186,17 @@ pub fn rewrite(body: &[u8], ip: IpAddr, ports: &[u16]) -> Result<(Bytes, Vec<Str
                 let rtcp_port = if mux { port } else { port + 1 };
                 *a = Attribute {
                     attribute: "rtcp".into(),
-                    value: Some(format!("{rtcp_port} IN {} {ip}", if ip.is_ipv4() { "IP4" } else { "IP6" })),
+                    value: Some(format!(
+                        "{rtcp_port} IN {} {ip}",
+                        if ip.is_ipv4() { "IP4" } else { "IP6" }
+                    )),
                 };
             }
         }
     }
     let mut out = Vec::with_capacity(body.len() + 32);
-    s.write(&mut out).map_err(|e| SdpError::Parse(e.to_string()))?;
+    s.write(&mut out)
+        .map_err(|e| SdpError::Parse(e.to_string()))?;
     Ok((Bytes::from(out), announced))
 }
 
@@ -199,12 +217,22 @@ m=video 31610 RTP/AVP 96\r\nc=IN IP4 10.9.9.7\r\na=rtpmap:96 H264/90000\r\na=rtc
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
         let (body, announced) = rewrite(OFFER.as_bytes(), ip, &[20000, 20002]).unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
-        assert!(!text.contains("10.9.9."), "no carrier address left:\n{text}");
+        assert!(
+            !text.contains("10.9.9."),
+            "no carrier address left:\n{text}"
+        );
         assert!(text.contains("o=carrier 123 456 IN IP4 127.0.0.1"));
         assert!(text.contains("m=audio 20000 RTP/AVP 0 8 18 101"));
         assert!(text.contains("a=rtcp:20001 IN IP4 127.0.0.1"));
         assert!(text.contains("m=video 20002 RTP/AVP 96"));
-        for keep in ["a=fmtp:101 0-15", "a=ptime:20", "a=sendrecv", "a=x-carrier-thing:keep me", "a=rtcp-mux", "telephone-event/8000"] {
+        for keep in [
+            "a=fmtp:101 0-15",
+            "a=ptime:20",
+            "a=sendrecv",
+            "a=x-carrier-thing:keep me",
+            "a=rtcp-mux",
+            "telephone-event/8000",
+        ] {
             assert!(text.contains(keep), "{keep} kept:\n{text}");
         }
         assert_eq!(announced[0].rtp, Some("10.9.9.9:31604".parse().unwrap()));
@@ -212,26 +240,46 @@ m=video 31610 RTP/AVP 96\r\nc=IN IP4 10.9.9.7\r\na=rtpmap:96 H264/90000\r\na=rtc
         assert_eq!(announced[0].codec.as_deref(), Some("PCMU"));
         assert_eq!(announced[1].rtp, Some("10.9.9.7:31610".parse().unwrap()));
         assert_eq!(announced[1].rtcp, announced[1].rtp, "rtcp-mux");
-        assert_eq!((announced[1].codec.as_deref(), announced[1].clock_rate), (Some("H264"), 90000));
+        assert_eq!(
+            (announced[1].codec.as_deref(), announced[1].clock_rate),
+            (Some("H264"), 90000)
+        );
     }
 
     #[test]
     fn hold_stays_hold() {
-        let held = OFFER.replace("c=IN IP4 10.9.9.9", "c=IN IP4 0.0.0.0").replace("a=sendrecv", "a=sendonly");
-        let (body, announced) = rewrite(held.as_bytes(), "127.0.0.1".parse().unwrap(), &[20000, 20002]).unwrap();
+        let held = OFFER
+            .replace("c=IN IP4 10.9.9.9", "c=IN IP4 0.0.0.0")
+            .replace("a=sendrecv", "a=sendonly");
+        let (body, announced) = rewrite(
+            held.as_bytes(),
+            "127.0.0.1".parse().unwrap(),
+            &[20000, 20002],
+        )
+        .unwrap();
         let text = String::from_utf8(body.to_vec()).unwrap();
         assert!(text.contains("c=IN IP4 0.0.0.0"));
         assert!(text.contains("a=sendonly"));
         assert_eq!(announced[0].rtp, None, "held audio has no destination");
         let disabled = OFFER.replace("m=video 31610", "m=video 0");
-        let (body, announced) = rewrite(disabled.as_bytes(), "127.0.0.1".parse().unwrap(), &[20000, 20002]).unwrap();
-        assert!(String::from_utf8(body.to_vec()).unwrap().contains("m=video 0 "));
+        let (body, announced) = rewrite(
+            disabled.as_bytes(),
+            "127.0.0.1".parse().unwrap(),
+            &[20000, 20002],
+        )
+        .unwrap();
+        assert!(String::from_utf8(body.to_vec())
+            .unwrap()
+            .contains("m=video 0 "));
         assert_eq!(announced[1].rtp, None);
     }
 
     #[test]
     fn errors() {
-        assert!(matches!(rewrite(b"garbage", UNSPECIFIED, &[]), Err(SdpError::Parse(_))));
+        assert!(matches!(
+            rewrite(b"garbage", UNSPECIFIED, &[]),
+            Err(SdpError::Parse(_))
+        ));
         assert_eq!(
             rewrite(OFFER.as_bytes(), UNSPECIFIED, &[20000]).unwrap_err(),
             SdpError::Ports { have: 2, given: 1 }

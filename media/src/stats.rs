@@ -175,8 +175,10 @@ impl StreamStats {
                         break;
                     }
                     self.remote_fraction_lost = Some(pkt[b + 4]);
-                    let lsr = u32::from_be_bytes([pkt[b + 16], pkt[b + 17], pkt[b + 18], pkt[b + 19]]);
-                    let dlsr = u32::from_be_bytes([pkt[b + 20], pkt[b + 21], pkt[b + 22], pkt[b + 23]]);
+                    let lsr =
+                        u32::from_be_bytes([pkt[b + 16], pkt[b + 17], pkt[b + 18], pkt[b + 19]]);
+                    let dlsr =
+                        u32::from_be_bytes([pkt[b + 20], pkt[b + 21], pkt[b + 22], pkt[b + 23]]);
                     if let (Some(now), true) = (now_ntp_compact, lsr != 0) {
                         let rtt = now.wrapping_sub(lsr).wrapping_sub(dlsr);
                         if rtt < 65536 * 10 {
@@ -203,14 +205,23 @@ impl StreamStats {
     /// The report for the CDR; `codec` names the codec for the MOS estimate.
     pub fn report(&self, codec: &str) -> StreamReport {
         let expected = if self.started {
-            (self.cycles as u64 * 65536 + self.max_seq as u64).saturating_sub(self.base_seq as u64) + 1
+            (self.cycles as u64 * 65536 + self.max_seq as u64).saturating_sub(self.base_seq as u64)
+                + 1
         } else {
             0
         };
         let lost = expected.saturating_sub(self.packets);
-        let loss_pct = if expected > 0 { lost as f64 * 100.0 / expected as f64 } else { 0.0 };
+        let loss_pct = if expected > 0 {
+            lost as f64 * 100.0 / expected as f64
+        } else {
+            0.0
+        };
         let jitter_ms = self.jitter * 1000.0 / self.clock_rate as f64;
-        let mos = if self.packets == 0 { 0.0 } else { estimate_mos(codec, loss_pct, jitter_ms, self.rtt_ms) };
+        let mos = if self.packets == 0 {
+            0.0
+        } else {
+            estimate_mos(codec, loss_pct, jitter_ms, self.rtt_ms)
+        };
         StreamReport {
             packets: self.packets,
             bytes: self.bytes,
@@ -251,7 +262,10 @@ mod tests {
             // every other packet arrives `jitter_ms` late
             let late = if i % 2 == 1 { jitter_ms } else { 0 };
             let at = t0 + Duration::from_millis(20 * i as u64 + late);
-            s.on_rtp(&rtp_packet(0, i.wrapping_add(65000), 160 * i as u32, 1, 160), at);
+            s.on_rtp(
+                &rtp_packet(0, i.wrapping_add(65000), 160 * i as u32, 1, 160),
+                at,
+            );
         }
         s.report("PCMU")
     }

@@ -220,6 +220,7 @@ mod tests {
             billable_after_s: 90,
             floor_cents: floor,
             max_duration_s: 7200,
+            bill_one_way_audio: true,
         }
     }
 

@@ -25,6 +25,8 @@ pub struct Campaign {
     pub floor_cents: u32,
     /// Calls are ended after this long.
     pub max_duration_s: u32,
+    /// A call with one-way audio is still billable (`false`: it is not).
+    pub bill_one_way_audio: bool,
 }
 
 /// A buyer: where its calls go, what it bids, and its limits. `0` means unlimited everywhere.

@@ -67,6 +67,85 @@ pub struct Cdr {
     pub carrier_code: u16,
     /// Final SIP code of the last buyer leg, if any.
     pub buyer_code: Option<u16>,
+    /// Media quality per leg and direction (calls with anchored media).
+    pub quality: Option<Quality>,
+}
+
+/// One direction of one leg, as DCE received it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Direction {
+    /// RTP packets.
+    pub packets: u64,
+    /// RTP payload bytes.
+    pub bytes: u64,
+    /// Packets lost (sequence gaps).
+    pub lost: u64,
+    /// Loss, percent.
+    pub loss_pct: f64,
+    /// Interarrival jitter, ms.
+    pub jitter_ms: f64,
+    /// MOS estimate (E-model), 0 when nothing was received.
+    pub mos: f64,
+    /// RTT from RTCP, ms.
+    pub rtt_ms: Option<f64>,
+    /// Loss the far end reported in RTCP, percent.
+    pub remote_loss_pct: Option<f64>,
+    /// Longest silence between packets, seconds.
+    pub longest_gap_s: f64,
+}
+
+impl From<&dce_media::StreamReport> for Direction {
+    fn from(r: &dce_media::StreamReport) -> Self {
+        let round = |x: f64| (x * 100.0).round() / 100.0;
+        Direction {
+            packets: r.packets,
+            bytes: r.bytes,
+            lost: r.lost,
+            loss_pct: round(r.loss_pct),
+            jitter_ms: round(r.jitter_ms),
+            mos: round(r.mos),
+            rtt_ms: r.rtt_ms.map(round),
+            remote_loss_pct: r.remote_loss_pct.map(round),
+            longest_gap_s: round(r.longest_gap_s),
+        }
+    }
+}
+
+/// The media of a call (its first audio stream).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Quality {
+    /// Codec (first payload of the offer).
+    pub codec: Option<String>,
+    /// Carrier → DCE (what the buyer heard).
+    pub carrier_to_dce: Direction,
+    /// Buyer → DCE (what the caller heard).
+    pub buyer_to_dce: Direction,
+    /// Packets DCE relayed to the carrier.
+    pub dce_to_carrier_packets: u64,
+    /// Packets DCE relayed to the buyer.
+    pub dce_to_buyer_packets: u64,
+    /// Packets from unexpected sources dropped (strict source).
+    pub foreign_dropped: u64,
+    /// One side sent audio and the other (almost) none.
+    pub one_way_audio: bool,
+    /// A side went silent for 10 s or more.
+    pub dead_air: bool,
+}
+
+impl Quality {
+    /// From the relay's report.
+    pub fn from_report(r: &dce_media::MediaReport) -> Quality {
+        Quality {
+            codec: r.codec.clone(),
+            carrier_to_dce: (&r.carrier_in).into(),
+            buyer_to_dce: (&r.buyer_in).into(),
+            dce_to_carrier_packets: r.to_carrier,
+            dce_to_buyer_packets: r.to_buyer,
+            foreign_dropped: r.foreign_dropped,
+            one_way_audio: r.one_way_audio(),
+            dead_air: r.carrier_in.longest_gap_s >= 10.0 || r.buyer_in.longest_gap_s >= 10.0,
+        }
+    }
 }
 
 /// Where CDRs go. Must not block the call path.

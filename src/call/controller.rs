@@ -3,8 +3,8 @@
 //! passed in, time is passed in, sends are queued.
 
 use super::carrier::Carriers;
-use super::cdr::{BidRecord, Cdr, CdrSink};
-use super::leg::{ack_for_2xx, cancel_for, contact_uri, copy_body, route_set, Dialog, Me};
+use super::cdr::{BidRecord, Cdr, CdrSink, Quality};
+use super::leg::{ack_for_2xx, cancel_for, contact_uri, route_set, Dialog, Me};
 use super::{Compliance, Verdict};
 use crate::clock::Clock;
 use crate::config::routing::target_of;
@@ -13,6 +13,7 @@ use crate::counters::{Counter, Counters};
 use crate::ids;
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
+use dce_media::{MediaEngine, MediaEvent, MediaId};
 use dce_routing::{
     auction, local_keys, normalize, state_of_number, BuyerLive, CampaignId, Entry, Live, Outcome,
     Snapshot,
@@ -22,6 +23,7 @@ use dce_sip::transaction::{Peer, State as TxState, TransactionLayer, Transmit, T
 use dce_sip::{HeaderName, Message, MessageBuf, Method};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +44,25 @@ pub struct Settings {
     pub max_calls: usize,
     /// UDP socket index buyer legs leave from.
     pub udp_socket: u64,
+    /// The address DCE puts in SDP `c=` lines.
+    pub media_ip: IpAddr,
+}
+
+/// A message body to send: content type and bytes.
+type Body = Option<(String, Bytes)>;
+
+fn push_body(m: &mut MessageBuf, body: Body) {
+    if let Some((ct, b)) = body {
+        m.push(HeaderName::ContentType, ct);
+        m.body = b;
+    }
+}
+
+fn media_side(s: Side) -> dce_media::Side {
+    match s {
+        Side::A => dce_media::Side::A,
+        Side::B => dce_media::Side::B,
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -143,6 +164,12 @@ struct Call {
     max_deadline: Option<Instant>,
     pending: [Option<Pending2xx>; 2],
     cancelled: bool,
+    /// The call's media in the relay.
+    media: Option<MediaId>,
+    /// The carrier's offer rewritten for buyers (every attempt gets it).
+    offer_b: Body,
+    /// Late offer: the ACK for the buyer's 2xx waits for the carrier's ACK with the answer.
+    held_b_ack: Option<(Dialog, Peer)>,
 }
 
 /// The call controller. See the module docs.
@@ -166,6 +193,18 @@ pub struct Controller {
     counters: Arc<Counters>,
     scratch: Vec<Entry>,
     accepting: bool,
+    media: Box<dyn MediaEngine>,
+    by_media: HashMap<MediaId, u64>,
+    /// CDRs of ended calls waiting for their media report.
+    awaiting_media: HashMap<MediaId, PendingCdr>,
+}
+
+/// A finished call's CDR, completed when its media report arrives.
+struct PendingCdr {
+    cdr: Cdr,
+    bill_one_way_audio: bool,
+    /// The winner's counters and the local day its bid was committed to, for a refund.
+    refund: Option<(Arc<BuyerLive>, u32)>,
 }
 
 type Timers = BinaryHeap<Reverse<(Instant, u64, u8, usize)>>;
@@ -211,6 +250,7 @@ impl Controller {
         cdr: Box<dyn CdrSink>,
         clock: Arc<dyn Clock>,
         counters: Arc<Counters>,
+        media: Box<dyn MediaEngine>,
     ) -> Self {
         Controller {
             settings,
@@ -231,7 +271,49 @@ impl Controller {
             counters,
             scratch: Vec::new(),
             accepting: true,
+            media,
+            by_media: HashMap::new(),
+            awaiting_media: HashMap::new(),
         }
+    }
+
+    /// The SDP-aware body to send on the other leg for `msg`, which came from `from`: SDP is
+    /// rewritten to DCE's ports facing the other side (opening the call's media on the first
+    /// SDP) and what `from` announced goes to the relay; other bodies pass as they are.
+    /// `Err` when the SDP is unusable or no ports are left.
+    fn body_for_other_side(
+        &mut self,
+        key: u64,
+        from: Side,
+        msg: &Message,
+    ) -> Result<Body, dce_media::MediaError> {
+        if msg.body().is_empty() {
+            return Ok(None);
+        }
+        let ct = msg.content_type().unwrap_or("application/sdp").to_owned();
+        if !ct.to_ascii_lowercase().starts_with("application/sdp") {
+            return Ok(Some((ct, msg.body().clone())));
+        }
+        let streams = dce_media::inspect(msg.body())
+            .map_err(|e| dce_media::MediaError::Bind(e.to_string()))?;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return Ok(None);
+        };
+        let id = match call.media {
+            Some(id) => id,
+            None => {
+                let id = self.media.open(streams.len())?;
+                call.media = Some(id);
+                self.by_media.insert(id, key);
+                id
+            }
+        };
+        let other = if from == Side::A { Side::B } else { Side::A };
+        let ports = self.media.ports(id, media_side(other));
+        let (body, announced) = dce_media::rewrite(msg.body(), self.settings.media_ip, &ports)
+            .map_err(|e| dce_media::MediaError::Bind(e.to_string()))?;
+        self.media.set_remote(id, media_side(from), &announced);
+        Ok(Some(("application/sdp".into(), body)))
     }
 
     /// Swap in a new snapshot and carrier list (reload). Calls in progress keep theirs.
@@ -297,7 +379,7 @@ impl Controller {
         layer: &mut TransactionLayer,
         key: u64,
         code: u16,
-        body_from: Option<&Message>,
+        body: Body,
         now: Instant,
     ) {
         let me = self.settings.me.clone();
@@ -311,9 +393,7 @@ impl Controller {
         if (101..300).contains(&code) {
             resp.push(HeaderName::Contact, me.contact());
         }
-        if let Some(src) = body_from {
-            copy_body(src, &mut resp);
-        }
+        push_body(&mut resp, body);
         call.carrier_code = code;
         if (200..300).contains(&code) {
             let bytes = resp.print();
@@ -385,6 +465,7 @@ impl Controller {
             reason: facts.reason.to_owned(),
             carrier_code: r.code,
             buyer_code: None,
+            quality: None,
         });
     }
 
@@ -568,8 +649,31 @@ impl Controller {
                 max_deadline: None,
                 pending: [None, None],
                 cancelled: false,
+                media: None,
+                offer_b: None,
+                held_b_ack: None,
             },
         );
+        // Anchor the media: the buyers get the carrier's offer pointing at DCE.
+        let inv = self.calls[&key].a.invite.clone();
+        match self.body_for_other_side(key, Side::A, &inv) {
+            Ok(body) => {
+                if let Some(c) = self.calls.get_mut(&key) {
+                    c.offer_b = body;
+                }
+            }
+            Err(e) => {
+                let (code, counter) = match e {
+                    dce_media::MediaError::PortsExhausted => (503, Counter::MediaPorts503),
+                    _ => (488, Counter::BadSdp488),
+                };
+                tracing::warn!(error = %e, code, "cannot anchor the media of a new call");
+                self.counters.inc(counter);
+                self.respond_a(layer, key, code, None, now);
+                self.end(layer, key, None, &format!("media: {e}"), now);
+                return;
+            }
+        }
         if !self.try_next(layer, key, now) {
             self.counters.inc(Counter::AllFailed480);
             self.respond_a(layer, key, 480, None, now);
@@ -626,7 +730,7 @@ impl Controller {
                 .push(HeaderName::Contact, me.contact())
                 .push(HeaderName::Allow, crate::edge::ALLOW)
                 .push(HeaderName::Other("X-DCE-Call-ID".into()), call.id.clone());
-            copy_body(&call.a.invite, &mut invite);
+            push_body(&mut invite, call.offer_b.clone());
             let peer = Peer {
                 transport: Transport::Udp,
                 addr,
@@ -754,19 +858,29 @@ impl Controller {
                         self.relay_response(layer, key, server_tx, &req, &via, side, &msg, now);
                     }
                 } else if code > 100 {
-                    if let Some((
-                        _,
-                        Role::Relay {
-                            server_tx,
-                            req,
-                            via,
-                            ..
-                        },
-                    )) = self.by_client_tx.get(&tx)
-                    {
-                        let mut resp = req.response(code, reason_phrase(code), "", Some(via));
-                        copy_body(&msg, &mut resp);
-                        let _ = layer.respond(*server_tx, &resp, now);
+                    let relay = match self.by_client_tx.get(&tx) {
+                        Some((
+                            _,
+                            Role::Relay {
+                                server_tx,
+                                req,
+                                via,
+                                side,
+                            },
+                        )) => Some((
+                            *server_tx,
+                            req.response(code, reason_phrase(code), "", Some(via)),
+                            *side,
+                        )),
+                        _ => None,
+                    };
+                    if let Some((server_tx, mut resp, side)) = relay {
+                        let from = if side == Side::A { Side::B } else { Side::A };
+                        push_body(
+                            &mut resp,
+                            self.body_for_other_side(key, from, &msg).unwrap_or(None),
+                        );
+                        let _ = layer.respond(server_tx, &resp, now);
                     }
                 }
             }
@@ -832,6 +946,10 @@ impl Controller {
         };
         let current = call.current == Some(li);
         let ringing = current && !call.cancelled && call.state == CallState::Ringing;
+        // Late offer: the carrier's INVITE had no SDP, the buyer's 2xx carries the offer, and
+        // the answer comes in the carrier's ACK — so our ACK to the buyer waits for it.
+        let late_offer = call.offer_b.is_none() && !msg.body().is_empty();
+        let held = call.held_b_ack.is_some();
         let leg = &mut call.legs[li];
         match code {
             100 => {}
@@ -844,17 +962,20 @@ impl Controller {
                     }
                 } else if ringing {
                     let code = if code == 183 { 183 } else { 180 };
-                    self.respond_a(layer, key, code, Some(&msg), now);
+                    let body = self.body_for_other_side(key, Side::B, &msg).unwrap_or(None);
+                    self.respond_a(layer, key, code, body, now);
                 }
             }
             200..=299 => {
                 if leg.answered {
-                    // A retransmitted 2xx: our ACK was lost.
-                    let ack = ack_for_2xx(&me, &leg.dialog, 1);
-                    self.out.push_back(Transmit {
-                        to: leg.peer,
-                        bytes: ack.print(),
-                    });
+                    // A retransmitted 2xx: our ACK was lost (unless it is still held).
+                    if !held {
+                        let ack = ack_for_2xx(&me, &leg.dialog, 1);
+                        self.out.push_back(Transmit {
+                            to: leg.peer,
+                            bytes: ack.print(),
+                        });
+                    }
                     return;
                 }
                 leg.answered = true;
@@ -863,11 +984,15 @@ impl Controller {
                     leg.dialog.remote_target = c;
                 }
                 leg.dialog.route = route_set(&msg, true);
-                let ack = ack_for_2xx(&me, &leg.dialog, 1);
-                self.out.push_back(Transmit {
-                    to: leg.peer,
-                    bytes: ack.print(),
-                });
+                if late_offer && ringing {
+                    call.held_b_ack = Some((leg.dialog.clone(), leg.peer));
+                } else {
+                    let ack = ack_for_2xx(&me, &leg.dialog, 1);
+                    self.out.push_back(Transmit {
+                        to: leg.peer,
+                        bytes: ack.print(),
+                    });
+                }
                 if !ringing {
                     // Too late: this buyer was abandoned. Hang it up.
                     let bye = leg.dialog.request(&me, Method::Bye);
@@ -900,13 +1025,52 @@ impl Controller {
                 tracing::info!(call = %call.id, buyer = %buyer.id, "call answered");
                 self.counters.inc(Counter::CallAnswered);
                 arm(&mut self.timers, key, Timer::MaxDuration, now + max);
-                self.respond_a(layer, key, 200, Some(&msg), now);
+                let media = call.media;
+                match self.body_for_other_side(key, Side::B, &msg) {
+                    Ok(body) => {
+                        if let Some(id) = self.calls.get(&key).and_then(|c| c.media).or(media) {
+                            self.media.answered(id);
+                        }
+                        self.respond_a(layer, key, 200, body, now);
+                    }
+                    Err(e) => {
+                        // The buyer's SDP cannot be anchored: hang it up and try the next one.
+                        tracing::warn!(error = %e, "buyer answered with SDP DCE cannot anchor");
+                        self.unanswer(layer, key, li, now);
+                    }
+                }
             }
             _ => {
                 tracing::info!(call = %call.id, code, "buyer declined");
                 self.leg_failed(layer, key, li, format!("attempted:{code}"), Some(code), now);
             }
         }
+    }
+
+    /// Undo an answer that cannot be used (buyer SDP unusable): BYE the buyer, give back what
+    /// the answer took, and move on to the next buyer.
+    fn unanswer(&mut self, layer: &mut TransactionLayer, key: u64, li: usize, now: Instant) {
+        let me = self.settings.me.clone();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.state = CallState::Ringing;
+        call.answered_at = None;
+        call.winner = None;
+        call.max_deadline = None;
+        call.held_b_ack = None;
+        let leg = &mut call.legs[li];
+        let e = call.entries[leg.entry];
+        let bye = leg.dialog.request(&me, Method::Bye);
+        if let Ok(btx) = layer.send_request(bye, leg.peer, now) {
+            self.by_client_tx.insert(btx, (key, Role::Fire));
+        }
+        let buyer = call.snapshot.buyer(e.buyer);
+        let wall = call.wall0 + chrono::Duration::from_std(now - call.t0).unwrap_or_default();
+        call.snapshot
+            .live(e.buyer)
+            .refund(local_keys(buyer.tz(), wall).1, e.bid_cents);
+        self.leg_failed(layer, key, li, "attempted:bad_sdp".into(), None, now);
     }
 
     /// A client transaction timed out (Timer B or F).
@@ -975,12 +1139,29 @@ impl Controller {
         else {
             return false;
         };
+        let mut held = None;
         if let Some(call) = self.calls.get_mut(&key) {
             call.pending[side as usize] = None;
             if side == Side::A && call.state == CallState::Answered {
                 call.state = CallState::Connected;
                 tracing::debug!(call = %call.id, "carrier ACKed; connected");
             }
+            if side == Side::A {
+                held = call.held_b_ack.take();
+            }
+        }
+        if let Some((dialog, peer)) = held {
+            // Late offer: the carrier's ACK carries the answer; it goes to the buyer in ours.
+            let me = self.settings.me.clone();
+            let mut ack = ack_for_2xx(&me, &dialog, 1);
+            push_body(
+                &mut ack,
+                self.body_for_other_side(key, Side::A, msg).unwrap_or(None),
+            );
+            self.out.push_back(Transmit {
+                to: peer,
+                bytes: ack.print(),
+            });
         }
         true
     }
@@ -1072,7 +1253,15 @@ impl Controller {
             let _ = layer.respond(tx, &resp, now);
             return;
         };
-        copy_body(&msg, &mut req);
+        match self.body_for_other_side(key, side, &msg) {
+            Ok(body) => push_body(&mut req, body),
+            Err(e) => {
+                tracing::info!(error = %e, "in-dialog SDP cannot be anchored; 488");
+                let resp = msg.response(488, reason_phrase(488), "", Some(&via));
+                let _ = layer.respond(tx, &resp, now);
+                return;
+            }
+        }
         if method == Method::Invite || method == Method::Update {
             req.push(HeaderName::Contact, me.contact());
         }
@@ -1126,7 +1315,11 @@ impl Controller {
         if (200..300).contains(&code) && req.method() == Some(&Method::Invite) {
             resp.push(HeaderName::Contact, me.contact());
         }
-        copy_body(resp_in, &mut resp);
+        let from = if side == Side::A { Side::B } else { Side::A };
+        push_body(
+            &mut resp,
+            self.body_for_other_side(key, from, resp_in).unwrap_or(None),
+        );
         if (200..300).contains(&code) && req.method() == Some(&Method::Invite) {
             // We are the UAC of the other leg: ACK its 2xx; and the UAS of this side: keep
             // our 2xx going until its ACK.
@@ -1299,6 +1492,7 @@ impl Controller {
             && duration.as_secs() >= u64::from(campaign.billable_after_s);
         let mut winner_bid = 0;
         let mut winner_id = None;
+        let mut refund = None;
         for (li, leg) in call.legs.iter_mut().enumerate() {
             let tag = leg
                 .dialog
@@ -1310,12 +1504,18 @@ impl Controller {
             self.by_dialog.remove(&(leg.dialog.call_id.clone(), tag));
             let e = call.entries[leg.entry];
             if let Some(slot) = leg.slot.take() {
-                if call.winner == Some(li) && !billable {
+                if call.winner == Some(li) {
                     let buyer = call.snapshot.buyer(e.buyer);
                     let at = call.wall0
                         + chrono::Duration::from_std(call.answered_at.unwrap_or(now) - call.t0)
                             .unwrap_or_default();
-                    slot.refund(local_keys(buyer.tz(), at).1, e.bid_cents);
+                    let day = local_keys(buyer.tz(), at).1;
+                    if billable {
+                        // kept for a refund should the media report make it non-billable
+                        refund = Some((slot.clone(), day));
+                    } else {
+                        slot.refund(day, e.bid_cents);
+                    }
                 }
                 slot.release();
             }
@@ -1372,7 +1572,7 @@ impl Controller {
             })
             .collect();
         tracing::info!(call = %call.id, disposition, reason, duration_s = duration.as_secs_f64(), billable, "call ended");
-        self.cdr.emit(Cdr {
+        let cdr = Cdr {
             id: call.id.clone(),
             node_id: self.settings.node_id.clone(),
             disposition: disposition.into(),
@@ -1395,7 +1595,60 @@ impl Controller {
             reason: reason.to_owned(),
             carrier_code: call.carrier_code,
             buyer_code: call.buyer_code,
-        });
+            quality: None,
+        };
+        match call.media {
+            Some(id) => {
+                // The CDR is written when the relay reports the call's media.
+                self.by_media.remove(&id);
+                self.awaiting_media.insert(
+                    id,
+                    PendingCdr {
+                        cdr,
+                        bill_one_way_audio: campaign.bill_one_way_audio,
+                        refund,
+                    },
+                );
+                self.media.close(id);
+            }
+            None => self.cdr.emit(cdr),
+        }
+    }
+
+    /// Something the media relay reports.
+    pub fn on_media_event(&mut self, layer: &mut TransactionLayer, ev: MediaEvent, now: Instant) {
+        match ev {
+            MediaEvent::Timeout { id } => {
+                if let Some(&key) = self.by_media.get(&id) {
+                    self.counters.inc(Counter::RtpTimeout);
+                    if let Some(call) = self.calls.get(&key) {
+                        tracing::info!(call = %call.id, "no RTP either way; hanging up");
+                    }
+                    self.hang_up_both(layer, key, "rtp_timeout", now);
+                }
+            }
+            MediaEvent::Closed { id, report } => {
+                let Some(PendingCdr {
+                    mut cdr,
+                    bill_one_way_audio,
+                    refund,
+                }) = self.awaiting_media.remove(&id)
+                else {
+                    return;
+                };
+                let q = Quality::from_report(&report);
+                if q.one_way_audio && cdr.billable && !bill_one_way_audio {
+                    cdr.billable = false;
+                    cdr.payout_cents = 0;
+                    if let Some((slot, day)) = refund {
+                        slot.refund(day, cdr.bid_cents);
+                    }
+                    tracing::info!(call = %cdr.id, "one-way audio: not billable for this campaign");
+                }
+                cdr.quality = Some(q);
+                self.cdr.emit(cdr);
+            }
+        }
     }
 }
 

@@ -13,7 +13,7 @@ mod model;
 pub mod routing;
 mod walk;
 
-pub use model::{CdrConfig, Config, ListenAddr, ListenProto, NodeConfig, SipConfig};
+pub use model::{CdrConfig, Config, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig};
 pub use routing::{CarrierConfig, Cidr, RoutingConfig};
 pub use walk::ConfigError;
 

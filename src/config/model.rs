@@ -17,6 +17,27 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[cdr]`
     pub cdr: CdrConfig,
+    /// `[media]`
+    pub media: MediaConfig,
+}
+
+/// `[media]`: the RTP relay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaConfig {
+    /// Address media sockets bind to.
+    pub bind_ip: std::net::IpAddr,
+    /// Address written into SDP `c=` lines.
+    pub advertised_ip: std::net::IpAddr,
+    /// Lowest RTP port.
+    pub port_min: u16,
+    /// Highest RTP port.
+    pub port_max: u16,
+    /// No RTP either way this long after answer: both legs get BYE.
+    pub rtp_timeout: Duration,
+    /// After latching, drop packets from any other address.
+    pub strict_source: bool,
+    /// Latch to the first packet from anywhere (peers behind NAT), not only the SDP address.
+    pub latch_any_source: bool,
 }
 
 /// `[cdr]`: where call records go until the database sink lands.
@@ -116,7 +137,9 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     };
     w.unknown_keys(
         root,
-        &["node", "sip", "carrier", "campaign", "buyer", "cdr"],
+        &[
+            "node", "sip", "carrier", "campaign", "buyer", "cdr", "media",
+        ],
     );
     let node = w
         .table(root, "node", "node", true)
@@ -140,12 +163,14 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             jsonl_path: "cdr.jsonl".into(),
         },
     };
-    match (node, sip) {
-        (Some(node), Some(sip)) if w.errors.is_empty() => Ok(Config {
+    let media = media(&mut w, root, sip.as_ref());
+    match (node, sip, media) {
+        (Some(node), Some(sip), Some(media)) if w.errors.is_empty() => Ok(Config {
             node,
             sip,
             routing,
             cdr,
+            media,
         }),
         _ => {
             let mut errors = w.errors;
@@ -153,6 +178,83 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             Err(errors)
         }
     }
+}
+
+fn media(w: &mut Walk<'_>, root: Table<'_, '_>, sip: Option<&SipConfig>) -> Option<MediaConfig> {
+    let t = w.table(root, "media", "media", false);
+    let ip = |w: &mut Walk<'_>, key: &str| -> Option<Option<std::net::IpAddr>> {
+        let t = t?;
+        let (v, span) = w.string(t, key, false)?;
+        match v.parse() {
+            Ok(ip) => Some(Some(ip)),
+            Err(_) => {
+                w.error(span, format!("`media.{key}` must be an IP address"));
+                Some(None)
+            }
+        }
+    };
+    if let Some(t) = t {
+        w.unknown_keys(
+            t,
+            &[
+                "bind_ip",
+                "advertised_ip",
+                "port_min",
+                "port_max",
+                "rtp_timeout_s",
+                "strict_source",
+                "latch_any_source",
+            ],
+        );
+    }
+    let bind_ip = ip(w, "bind_ip")
+        .flatten()
+        .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
+    let advertised_ip = match ip(w, "advertised_ip").flatten() {
+        Some(a) => a,
+        None => match sip.and_then(|s| s.advertised_host.parse().ok()) {
+            Some(a) => a,
+            None => {
+                if sip.is_some() {
+                    w.error(0..0, "`media.advertised_ip` is required when `sip.advertised_host` is not an IP address");
+                }
+                return None;
+            }
+        },
+    };
+    let (mut port_min, mut port_max, mut timeout, mut strict, mut latch_any) =
+        (20_000, 29_999, 30, true, false);
+    if let Some(t) = t {
+        port_min = w
+            .int(t, "port_min", 1024, 65_534)
+            .map(|(v, _)| v as u16)
+            .unwrap_or(port_min);
+        port_max = w
+            .int(t, "port_max", 1025, 65_535)
+            .map(|(v, _)| v as u16)
+            .unwrap_or(port_max);
+        timeout = w
+            .int(t, "rtp_timeout_s", 1, 86_400)
+            .map(|(v, _)| v as u64)
+            .unwrap_or(timeout);
+        strict = w.boolean(t, "strict_source").unwrap_or(strict);
+        latch_any = w.boolean(t, "latch_any_source").unwrap_or(latch_any);
+        if port_max < port_min + 3 {
+            w.error(
+                w.span_of(t, "port_max"),
+                "`media.port_max` must leave room for two RTP/RTCP pairs above `port_min`",
+            );
+        }
+    }
+    Some(MediaConfig {
+        bind_ip,
+        advertised_ip,
+        port_min,
+        port_max,
+        rtp_timeout: Duration::from_secs(timeout),
+        strict_source: strict,
+        latch_any_source: latch_any,
+    })
 }
 
 fn node(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<NodeConfig> {
@@ -397,6 +499,54 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
         assert_eq!(c.routing.buyers[0].campaigns, vec![0]);
         assert_eq!(c.sip.ring_timeout.as_secs(), 20);
         assert_eq!(c.sip.max_attempts, 3);
+    }
+
+    #[test]
+    fn media_section_defaults_and_errors() {
+        let c = parse("dce.toml", GOOD).unwrap();
+        assert_eq!(
+            c.media.advertised_ip.to_string(),
+            "127.0.0.1",
+            "defaults to sip.advertised_host"
+        );
+        assert_eq!((c.media.port_min, c.media.port_max), (20_000, 29_999));
+        assert!(c.media.strict_source && !c.media.latch_any_source);
+        let bad = format!(
+            "{GOOD}[media]\nbind_ip = \"nowhere\"\nport_min = 30000\nport_max = 30001\nspeed = 3\n"
+        );
+        let errs: Vec<String> = parse("m.toml", &bad)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("unknown key `speed` in [media]")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("`media.bind_ip` must be an IP address")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("`media.port_max` must leave room")),
+            "{errs:?}"
+        );
+        let host = GOOD.replace(
+            "advertised_host = \"127.0.0.1\"",
+            "advertised_host = \"sbc.example.com\"",
+        );
+        let errs = parse("h.toml", &host).unwrap_err();
+        assert!(
+            errs[0]
+                .to_string()
+                .contains("media.advertised_ip` is required"),
+            "{errs:?}"
+        );
+        let ok = parse("c.toml", &format!("{GOOD}[[campaign]]\nid = \"a\"\nnumbers = [\"8005550100\"]\nbill_one_way_audio = false\n")).unwrap();
+        assert!(!ok.routing.campaigns[0].bill_one_way_audio);
     }
 
     #[test]

@@ -161,6 +161,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "billable_after_s",
                 "floor_cents",
                 "max_duration_s",
+                "bill_one_way_audio",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -189,6 +190,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
         }
         let billable_after_s = u32_key(w, t, "billable_after_s", 90);
         let floor_cents = u32_key(w, t, "floor_cents", 0);
+        let bill_one_way_audio = w.boolean(t, "bill_one_way_audio").unwrap_or(true);
         let max_duration_s = w
             .int(t, "max_duration_s", 1, 86_400)
             .map(|(v, _)| v as u32)
@@ -201,6 +203,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 billable_after_s,
                 floor_cents,
                 max_duration_s,
+                bill_one_way_audio,
             });
         }
     }

@@ -48,6 +48,12 @@ impl EdgeCore {
         &mut self.calls
     }
 
+    /// The media relay reported something.
+    pub fn on_media_event(&mut self, ev: dce_media::MediaEvent, now: Instant) {
+        self.calls.on_media_event(&mut self.layer, ev, now);
+        self.process(now);
+    }
+
     /// Stop taking calls and end the ones in progress (shutdown).
     pub fn shutdown(&mut self, now: Instant) {
         self.calls.stop_accepting();

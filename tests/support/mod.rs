@@ -354,6 +354,7 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         t1: Duration::from_millis(500),
         max_calls: 10_000,
         udp_socket: 0,
+        media_ip: "127.0.0.1".parse().unwrap(),
     };
     let controller = Controller::new(
         settings,
@@ -364,6 +365,7 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         Box::new(NullSink),
         Arc::new(dce::clock::SystemClock),
         counters.clone(),
+        Box::new(FakeMedia::default()),
     );
     dce::edge::EdgeCore::new(
         dce_sip::transaction::TimerConfig::default(),
@@ -374,4 +376,65 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         counters,
         controller,
     )
+}
+
+/// What one side announced for a call's media.
+pub type Announced = (dce_media::MediaId, dce_media::Side, Vec<dce_media::Stream>);
+
+/// An in-memory media engine: hands out ports, remembers what each side announced, and on
+/// close queues a `Closed` event with `report` (so tests can pump it into the core).
+#[derive(Clone, Default)]
+pub struct FakeMedia {
+    /// Events to deliver to the core.
+    pub events: std::sync::Arc<std::sync::Mutex<std::collections::VecDeque<dce_media::MediaEvent>>>,
+    /// What each side announced, by media id.
+    pub remotes: std::sync::Arc<std::sync::Mutex<Vec<Announced>>>,
+    /// The report every closed call gets.
+    pub report: std::sync::Arc<std::sync::Mutex<dce_media::MediaReport>>,
+    /// Calls answered, by media id.
+    pub answered: std::sync::Arc<std::sync::Mutex<Vec<dce_media::MediaId>>>,
+    next: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Fail `open` (port exhaustion).
+    pub exhausted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl dce_media::MediaEngine for FakeMedia {
+    fn open(&mut self, _streams: usize) -> Result<dce_media::MediaId, dce_media::MediaError> {
+        if self.exhausted.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(dce_media::MediaError::PortsExhausted);
+        }
+        Ok(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+    }
+    fn ports(&self, id: dce_media::MediaId, side: dce_media::Side) -> Vec<u16> {
+        let base = 20000 + (id as u16 % 1000) * 8;
+        vec![if side == dce_media::Side::A {
+            base
+        } else {
+            base + 4
+        }]
+    }
+    fn set_remote(
+        &mut self,
+        id: dce_media::MediaId,
+        side: dce_media::Side,
+        streams: &[dce_media::Stream],
+    ) {
+        self.remotes
+            .lock()
+            .unwrap()
+            .push((id, side, streams.to_vec()));
+    }
+    fn answered(&mut self, id: dce_media::MediaId) {
+        self.answered.lock().unwrap().push(id);
+    }
+    fn close(&mut self, id: dce_media::MediaId) {
+        let report = self.report.lock().unwrap().clone();
+        self.events
+            .lock()
+            .unwrap()
+            .push_back(dce_media::MediaEvent::Closed {
+                id,
+                report: Box::new(report),
+            });
+    }
 }

@@ -94,11 +94,14 @@ pub struct Sim {
     pub carrier: BTreeMap<String, CarrierCall>,
     /// Carrier sends from here (set to an unknown address to test 403).
     pub carrier_addr: SocketAddr,
+    /// The media engine.
+    pub media: super::FakeMedia,
     inbox: VecDeque<(SocketAddr, Bytes)>,
     scheduled: Vec<(Instant, Action)>,
     /// Carrier's INVITEs by Call-ID (to build CANCEL/ACK/BYE).
     invites: HashMap<String, MessageBuf>,
     seq: u64,
+    late_offer: bool,
     nobody: Buyer,
     buyer_responses: Vec<(u16, Message)>,
 }
@@ -118,7 +121,7 @@ pub fn buyer(id: &str, port: u16, bid: u32, extra: &str) -> String {
     format!("[[buyer]]\nid = \"{id}\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{port}\"\nbid_cents = {bid}\n{extra}\n")
 }
 
-const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
+pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 40000 RTP/AVP 0\r\n";
 
 impl Sim {
     /// A simulation of `cfg` at Wednesday 2026-07-15 12:00 New York time.
@@ -141,7 +144,9 @@ impl Sim {
             t1: cfg.sip.t1,
             max_calls: cfg.sip.max_calls,
             udp_socket: 0,
+            media_ip: "127.0.0.1".parse().unwrap(),
         };
+        let media = super::FakeMedia::default();
         let controller = Controller::new(
             settings,
             snapshot,
@@ -151,6 +156,7 @@ impl Sim {
             Box::new(cdrs.clone()),
             clock.clone(),
             counters.clone(),
+            Box::new(media.clone()),
         );
         let core = EdgeCore::new(
             TimerConfig::default(),
@@ -171,10 +177,12 @@ impl Sim {
             buyers: HashMap::new(),
             carrier: BTreeMap::new(),
             carrier_addr: CARRIER.parse().unwrap(),
+            media,
             inbox: VecDeque::new(),
             scheduled: Vec::new(),
             invites: HashMap::new(),
             seq: 0,
+            late_offer: false,
             nobody: Buyer {
                 mode: Mode::Silent,
                 calls: BTreeMap::new(),
@@ -212,6 +220,13 @@ impl Sim {
     }
 
     fn collect(&mut self) {
+        loop {
+            let ev = self.media.events.lock().unwrap().pop_front();
+            match ev {
+                Some(ev) => self.core.on_media_event(ev, self.now),
+                None => break,
+            }
+        }
         while let Some(t) = self.core.poll_transmit() {
             self.inbox.push_back((t.to.addr, t.bytes));
         }
@@ -220,6 +235,14 @@ impl Sim {
     fn next_id(&mut self) -> u64 {
         self.seq += 1;
         self.seq
+    }
+
+    /// The carrier places a call without SDP (late offer); its ACK will carry the answer.
+    pub fn place_call_late_offer(&mut self, caller: &str) -> String {
+        self.late_offer = true;
+        let id = self.place_call(caller);
+        self.late_offer = false;
+        id
     }
 
     /// The carrier places a call; returns its Call-ID.
@@ -243,9 +266,11 @@ impl Sim {
         .push(
             HeaderName::Other("X-Carrier-Secret".into()),
             "internal-route-7",
-        )
-        .push(HeaderName::ContentType, "application/sdp");
-        m.body = Bytes::from_static(SDP.as_bytes());
+        );
+        if !self.late_offer {
+            m.push(HeaderName::ContentType, "application/sdp");
+            m.body = Bytes::from_static(SDP.as_bytes());
+        }
         self.invites.insert(call_id.clone(), m.clone());
         self.carrier.insert(call_id.clone(), CarrierCall::default());
         let from = self.carrier_addr;
@@ -355,6 +380,13 @@ impl Sim {
         self.collect();
     }
 
+    /// The relay reports no RTP on the call with media `id`.
+    pub fn rtp_timeout(&mut self, id: dce_media::MediaId) {
+        self.core
+            .on_media_event(dce_media::MediaEvent::Timeout { id }, self.now);
+        self.collect();
+    }
+
     /// The carrier hangs up an answered call.
     pub fn carrier_bye(&mut self, call_id: &str) {
         let ok = self.carrier[call_id]
@@ -461,6 +493,10 @@ impl Sim {
             .push(HeaderName::To, msg.header(&HeaderName::To).unwrap())
             .push(HeaderName::CallId, call_id.clone())
             .push(HeaderName::CSeq, "1 ACK");
+            if inv.body.is_empty() {
+                ack.push(HeaderName::ContentType, "application/sdp");
+                ack.body = Bytes::from(SDP.replace("40000", "41000"));
+            }
             let from = self.carrier_addr;
             self.send_to_dce(from, ack.print());
         }
