@@ -43,7 +43,12 @@ async fn closed(events: &mut mpsc::UnboundedReceiver<MediaEvent>) -> MediaReport
 
 /// Send `n` packets carrier → DCE, every `drop_every`-th skipped, odd ones `jitter_ms` late;
 /// the buyer counts what arrives. Returns (report, packets the buyer received).
-async fn call(port_min: u16, n: u16, drop_every: Option<u16>, jitter_ms: u64) -> (MediaReport, usize) {
+async fn call(
+    port_min: u16,
+    n: u16,
+    drop_every: Option<u16>,
+    jitter_ms: u64,
+) -> (MediaReport, usize) {
     let (tx, mut events) = mpsc::unbounded_channel();
     let mut relay = Relay::new(config(port_min, 30), tx);
     let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -59,7 +64,9 @@ async fn call(port_min: u16, n: u16, drop_every: Option<u16>, jitter_ms: u64) ->
     let receiver = tokio::spawn(async move {
         let mut got = 0usize;
         let mut buf = [0u8; 2048];
-        while let Ok(Ok((len, from))) = tokio::time::timeout(Duration::from_millis(800), buyer.recv_from(&mut buf)).await {
+        while let Ok(Ok((len, from))) =
+            tokio::time::timeout(Duration::from_millis(800), buyer.recv_from(&mut buf)).await
+        {
             assert_eq!(from, dce_b, "the buyer only ever hears DCE");
             assert!(len >= 12);
             got += 1;
@@ -75,7 +82,10 @@ async fn call(port_min: u16, n: u16, drop_every: Option<u16>, jitter_ms: u64) ->
         if drop_every.is_some_and(|d| i % d == d - 1) {
             continue;
         }
-        carrier.send_to(&rtp_packet(0, i, 160 * i as u32, 7, 160), dce_a).await.unwrap();
+        carrier
+            .send_to(&rtp_packet(0, i, 160 * i as u32, 7, 160), dce_a)
+            .await
+            .unwrap();
     }
     let got = receiver.await.unwrap();
     relay.close(id);
@@ -89,21 +99,34 @@ async fn loss_and_added_jitter_are_measured_and_lower_the_mos() {
     assert_eq!(clean_got, 201, "every packet crossed DCE");
     assert_eq!(clean.to_buyer, 201);
     assert_eq!(clean.carrier_in.lost, 0);
-    assert!(clean.buyer_in.packets > 190, "the buyer's echo came back through DCE");
+    assert!(
+        clean.buyer_in.packets > 190,
+        "the buyer's echo came back through DCE"
+    );
     let (lossy, got) = call(31200, 201, Some(10), 10).await;
     assert_eq!(lossy.carrier_in.packets, 181);
     assert_eq!(got, 181);
     assert_eq!(lossy.carrier_in.lost, 20);
-    assert!((lossy.carrier_in.loss_pct - 10.0).abs() < 0.5, "{}", lossy.carrier_in.loss_pct);
+    assert!(
+        (lossy.carrier_in.loss_pct - 10.0).abs() < 0.5,
+        "{}",
+        lossy.carrier_in.loss_pct
+    );
     // 10 ms added on every other packet: RFC 3550 jitter settles near 9 ms; the scheduler adds
     // its own, so the bounds are wide, but clearly above the clean call's
     assert!(
-        (5.0..30.0).contains(&lossy.carrier_in.jitter_ms) && lossy.carrier_in.jitter_ms > clean.carrier_in.jitter_ms,
+        (5.0..30.0).contains(&lossy.carrier_in.jitter_ms)
+            && lossy.carrier_in.jitter_ms > clean.carrier_in.jitter_ms,
         "lossy {} clean {}",
         lossy.carrier_in.jitter_ms,
         clean.carrier_in.jitter_ms
     );
-    assert!(lossy.carrier_in.mos < clean.carrier_in.mos - 1.0, "{} vs {}", lossy.carrier_in.mos, clean.carrier_in.mos);
+    assert!(
+        lossy.carrier_in.mos < clean.carrier_in.mos - 1.0,
+        "{} vs {}",
+        lossy.carrier_in.mos,
+        clean.carrier_in.mos
+    );
     assert_eq!(lossy.codec.as_deref(), Some("PCMU"));
 }
 
@@ -115,13 +138,23 @@ async fn strangers_spraying_rtp_never_reach_either_party() {
     let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
     let id = relay.open(1).unwrap();
-    let dce_a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0]).parse().unwrap();
-    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0]).parse().unwrap();
+    let dce_a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0])
+        .parse()
+        .unwrap();
+    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0])
+        .parse()
+        .unwrap();
     relay.set_remote(id, Side::A, &[stream(carrier.local_addr().unwrap())]);
     relay.set_remote(id, Side::B, &[stream(buyer.local_addr().unwrap())]);
     // both parties latch
-    carrier.send_to(&rtp_packet(0, 1, 160, 1, 160), dce_a).await.unwrap();
-    buyer.send_to(&rtp_packet(0, 1, 160, 2, 160), dce_b).await.unwrap();
+    carrier
+        .send_to(&rtp_packet(0, 1, 160, 1, 160), dce_a)
+        .await
+        .unwrap();
+    buyer
+        .send_to(&rtp_packet(0, 1, 160, 2, 160), dce_b)
+        .await
+        .unwrap();
     let mut buf = [0u8; 2048];
     let (_, from) = buyer.recv_from(&mut buf).await.unwrap();
     assert_eq!(from, dce_b);
@@ -133,11 +166,19 @@ async fn strangers_spraying_rtp_never_reach_either_party() {
         p[12..16].copy_from_slice(b"EVIL");
         stranger.send_to(&p, dce_a).await.unwrap();
         stranger.send_to(&p, dce_b).await.unwrap();
-        stranger.send_to(&p, SocketAddr::new(dce_a.ip(), dce_a.port() + 1)).await.unwrap();
+        stranger
+            .send_to(&p, SocketAddr::new(dce_a.ip(), dce_a.port() + 1))
+            .await
+            .unwrap();
     }
     for sock in [&buyer, &carrier] {
-        if let Ok(Ok((n, _))) = tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await {
-            assert!(!buf[..n].windows(4).any(|w| w == b"EVIL"), "spray leaked through");
+        if let Ok(Ok((n, _))) =
+            tokio::time::timeout(Duration::from_millis(300), sock.recv_from(&mut buf)).await
+        {
+            assert!(
+                !buf[..n].windows(4).any(|w| w == b"EVIL"),
+                "spray leaked through"
+            );
         }
     }
     relay.close(id);
