@@ -1,9 +1,16 @@
 //! # dce-compliance — Do-Not-Call, TCPA calling hours, frequency caps, consent
 //!
-//! This crate will own the checks run on the consumer's number before every auction: national
-//! and internal DNC sets, calling hours in the number's time zones, per-number frequency caps
-//! and consent. The checks do no I/O and take the time as an argument; loaders may read files.
+//! The checks run on the consumer's number before every auction, from memory. They do no I/O
+//! and take the time as an argument; loaders may read files.
 //!
 //! ## Layout
 //!
-//! Empty until the compliance issue lands; the call controller's compliance hook passes.
+//! | file | what it owns |
+//! |---|---|
+//! | `dnc.rs` | the national registry in < 2 bytes per number (exact), the internal list |
+//!
+//! Calling hours, frequency caps and consent, and the verdict wiring, are still to come.
+
+pub mod dnc;
+
+pub use dnc::{nanp10, DncError, InternalDnc, NationalDnc};
