@@ -8,9 +8,13 @@
 //! | file | what it owns |
 //! |---|---|
 //! | `dnc.rs` | the national registry in < 2 bytes per number (exact), the internal list |
-//!
-//! Calling hours, frequency caps and consent, and the verdict wiring, are still to come.
+//! | `hours.rs` | TCPA calling hours from the number's zones (`data/nanp_tz.tsv`), state overrides |
+//! | `checks.rs` | the verdict: DNC, hours, consent, frequency cap (in process) |
 
+pub mod checks;
 pub mod dnc;
+pub mod hours;
 
+pub use checks::{CampaignRules, Compliance, Consent, FrequencyCap, Rule, Verdict};
 pub use dnc::{nanp10, DncError, InternalDnc, NationalDnc};
+pub use hours::{CallingHours, Window};
