@@ -45,6 +45,9 @@ fn bench(c: &mut Criterion) {
         floor_cents: 0,
         max_duration_s: 7200,
         bill_one_way_audio: true,
+        dnc: true,
+        tcpa_hours: true,
+        require_consent: false,
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

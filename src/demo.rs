@@ -35,6 +35,12 @@ enum Kind {
 /// scripted.
 pub async fn run(mut config: Config) -> anyhow::Result<()> {
     config.sip.ring_timeout = Duration::from_secs(2);
+    // The demo must work at any hour: calling hours are opened to the whole day.
+    config.compliance.calling_hours = dce_compliance::Window {
+        start: 0,
+        end: 24 * 60,
+    };
+    config.compliance.state_hours.clear();
     for c in &mut config.routing.campaigns {
         c.billable_after_s = c.billable_after_s.min(2);
     }
@@ -117,7 +123,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         Kind::NoBuyer,
     ];
     let plan: Vec<Kind> = round.iter().copied().cycle().take(32).collect();
-    println!("DCE demo: {} calls through {dce_addr} (ring timeout 2 s, billable after 2 s for the demo)\n", plan.len());
+    println!("DCE demo: {} calls through {dce_addr} (ring timeout 2 s, billable after 2 s, calling hours all day — for the demo)\n", plan.len());
     let mut calls = Vec::new();
     for (i, kind) in plan.iter().enumerate() {
         let code = match kind {

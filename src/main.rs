@@ -16,6 +16,17 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum DncCommand {
+    /// Turn a registry list (10-digit lines, or E.164) into the compact file DCE loads.
+    Build {
+        /// Input list.
+        input: PathBuf,
+        /// Output file.
+        output: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run DCE.
     Run {
@@ -29,6 +40,11 @@ enum Command {
         /// Config file.
         #[arg(long, default_value = "config/dce.toml")]
         config: PathBuf,
+    },
+    /// Do-Not-Call files.
+    Dnc {
+        #[command(subcommand)]
+        command: DncCommand,
     },
     /// Check a config file; print every problem as file:line: message.
     CheckConfig {
@@ -63,6 +79,27 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Dnc {
+            command: DncCommand::Build { input, output },
+        } => {
+            let started = std::time::Instant::now();
+            match dce_compliance::NationalDnc::build_file(&input, &output) {
+                Ok(n) => {
+                    let size = std::fs::metadata(&output).map(|m| m.len()).unwrap_or(0);
+                    println!(
+                        "{}: {n} numbers, {size} bytes ({:.2} bytes per number), {:.1} s",
+                        output.display(),
+                        size as f64 / n.max(1) as f64,
+                        started.elapsed().as_secs_f64()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Demo { config } => {
             init_logging("warn");
             let Some((cfg, rt)) = config_and_runtime(&config) else {

@@ -6,7 +6,7 @@
 
 use crate::call::cdr::JsonlSink;
 use crate::call::leg::Me;
-use crate::call::{AllowAll, Controller, Settings};
+use crate::call::{Controller, Settings};
 use crate::clock::SystemClock;
 use crate::config::{Config, ListenProto};
 use crate::counters::{Counter, Counters};
@@ -25,6 +25,54 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
+
+/// The compliance checks a config asks for. Files are read here (at start and on reload), never
+/// on the call path. Frequency counts are not part of the config: `apply` keeps them.
+pub struct ComplianceSetup {
+    national: Option<Arc<dce_compliance::NationalDnc>>,
+    internal: dce_compliance::InternalDnc,
+    hours: dce_compliance::CallingHours,
+    max_calls_per_day: u32,
+}
+
+impl ComplianceSetup {
+    /// Load what `[compliance]` names.
+    pub fn load(cfg: &crate::config::ComplianceConfig) -> anyhow::Result<ComplianceSetup> {
+        let national = match &cfg.national_dnc {
+            Some(p) => Some(Arc::new(dce_compliance::NationalDnc::load(p)?)),
+            None => None,
+        };
+        let internal = match &cfg.internal_dnc {
+            Some(p) => dce_compliance::InternalDnc::load(p)?,
+            None => dce_compliance::InternalDnc::default(),
+        };
+        Ok(ComplianceSetup {
+            national,
+            internal,
+            hours: dce_compliance::CallingHours {
+                default: cfg.calling_hours,
+                states: cfg.state_hours.clone(),
+            },
+            max_calls_per_day: cfg.max_calls_per_day,
+        })
+    }
+
+    /// Put it in place (the national list swaps whole; counts stay).
+    pub fn apply(self, c: &mut dce_compliance::Compliance) {
+        tracing::info!(
+            national_dnc = self.national.as_ref().map(|n| n.len()).unwrap_or(0),
+            internal_dnc = self.internal.len(),
+            max_calls_per_day = self.max_calls_per_day,
+            "compliance checks loaded"
+        );
+        c.national = self.national;
+        if let Ok(mut i) = c.internal.write() {
+            *i = self.internal;
+        }
+        c.hours = Some(self.hours);
+        c.max_calls_per_day = self.max_calls_per_day;
+    }
+}
 
 /// Build the routing snapshot of a config over `live`.
 pub fn snapshot_of(config: &Config, live: &Live) -> anyhow::Result<Snapshot> {
@@ -125,6 +173,10 @@ pub async fn run(
         },
         media_tx,
     );
+    let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
+    if let Ok(mut c) = compliance.lock() {
+        ComplianceSetup::load(&config.compliance)?.apply(&mut c);
+    }
     let sink = JsonlSink::open(&config.cdr.jsonl_path)
         .with_context(|| format!("cannot open CDR file {}", config.cdr.jsonl_path.display()))?;
     let controller = Controller::new(
@@ -132,7 +184,7 @@ pub async fn run(
         snapshot,
         live,
         &config.routing.carriers,
-        Box::new(AllowAll),
+        Box::new(compliance.clone()),
         Box::new(sink),
         Arc::new(SystemClock),
         counters.clone(),
@@ -151,6 +203,7 @@ pub async fn run(
         tcp: HashMap::new(),
         config_path,
         latency: Latency::default(),
+        compliance,
     };
     tracing::info!(
         node = %config.node.id,
@@ -173,6 +226,7 @@ struct Core {
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
     config_path: Option<PathBuf>,
     latency: Latency,
+    compliance: Arc<std::sync::Mutex<dce_compliance::Compliance>>,
 }
 
 impl Core {
@@ -185,8 +239,18 @@ impl Core {
         match crate::config::load(&path) {
             Ok(cfg) => {
                 let live = self.edge.calls().live().clone();
+                let setup = match ComplianceSetup::load(&cfg.compliance) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::error!(file = %path.display(), error = %e, "reload refused; the running config stays");
+                        return;
+                    }
+                };
                 match snapshot_of(&cfg, &live) {
                     Ok(snap) => {
+                        if let Ok(mut c) = self.compliance.lock() {
+                            setup.apply(&mut c);
+                        }
                         self.edge
                             .calls()
                             .reload(Arc::new(snap), &cfg.routing.carriers);

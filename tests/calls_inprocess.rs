@@ -826,3 +826,110 @@ fn one_way_audio_is_not_billable_when_the_campaign_says_so() {
     let cdr = &sim.cdrs()[0];
     assert!(cdr.quality.as_ref().unwrap().one_way_audio && cdr.billable);
 }
+
+fn compliance_sim(extra: &str) -> Sim {
+    let mut cfg = three_buyers("");
+    let text = format!("[node]\nid = \"x\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n[compliance]\n{extra}\n");
+    cfg.compliance = dce::config::parse("c.toml", &text).unwrap().compliance;
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim
+}
+
+fn reason(sim: &Sim, call: &str) -> Option<String> {
+    sim.carrier[call]
+        .responses
+        .iter()
+        .find(|r| r.code() == Some(603))
+        .and_then(|r| r.header(&dce_sip::HeaderName::Reason).map(str::to_owned))
+}
+
+#[test]
+fn dnc_listed_caller_gets_603_and_no_buyer_rings() {
+    let mut sim = compliance_sim("");
+    sim.compliance
+        .lock()
+        .unwrap()
+        .internal
+        .write()
+        .unwrap()
+        .add("+13105551234")
+        .unwrap();
+    let call = sim.place_call("+13105551234");
+    sim.run_for(S);
+    assert_eq!(sim.finals(&call), vec![603]);
+    assert_eq!(
+        reason(&sim, &call).as_deref(),
+        Some("SIP;cause=603;text=\"DNC\"")
+    );
+    assert!(sim.buyer(5090).calls.is_empty());
+    let cdr = &sim.cdrs()[0];
+    assert_eq!(
+        (cdr.compliance.as_str(), cdr.disposition.as_str()),
+        ("reject:DNC", "rejected")
+    );
+    // removed from the list: effective on the next call
+    sim.compliance
+        .lock()
+        .unwrap()
+        .internal
+        .write()
+        .unwrap()
+        .remove("3105551234")
+        .unwrap();
+    let call = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    assert_eq!(sim.finals(&call), vec![200]);
+}
+
+#[test]
+fn outside_calling_hours_in_the_callers_zone_gets_tcpa_hours() {
+    use chrono::TimeZone;
+    let mut sim = compliance_sim("state_hours = { CA = { start = \"09:00\", end = \"20:00\" } }");
+    // 15:30 UTC = 08:30 in Los Angeles (caller +1 310): inside 08:00–21:00, outside CA's 09:00
+    sim.clock.set(
+        chrono::Utc
+            .with_ymd_and_hms(2026, 7, 15, 15, 30, 0)
+            .unwrap(),
+    );
+    let call = sim.place_call("+13105551234");
+    sim.run_for(S);
+    assert_eq!(
+        reason(&sim, &call).as_deref(),
+        Some("SIP;cause=603;text=\"TCPA_HOURS\"")
+    );
+    // a New York caller at the same instant (11:30) is fine
+    let ny = sim.place_call("+12125551234");
+    sim.run_for(2 * S);
+    assert_eq!(sim.finals(&ny), vec![200]);
+}
+
+#[test]
+fn fourth_call_in_a_day_gets_tcpa_frequency_and_allowed_calls_record_the_checks() {
+    let mut sim = compliance_sim("max_calls_per_day = 3");
+    let mut calls = Vec::new();
+    for _ in 0..4 {
+        let c = sim.place_call("+13105551234");
+        sim.run_for(2 * S);
+        calls.push(c);
+    }
+    for c in &calls[..3] {
+        assert_eq!(sim.finals(c), vec![200]);
+    }
+    assert_eq!(
+        reason(&sim, &calls[3]).as_deref(),
+        Some("SIP;cause=603;text=\"TCPA_FREQUENCY\"")
+    );
+    for c in &calls[..3] {
+        sim.carrier_bye(c);
+    }
+    sim.run_for(S);
+    let cdrs = sim.cdrs();
+    let answered: Vec<&str> = cdrs
+        .iter()
+        .filter(|c| c.disposition == "answered")
+        .map(|c| c.compliance.as_str())
+        .collect();
+    assert_eq!(answered, vec!["pass:dnc,tcpa_hours,frequency"; 3]);
+    assert_eq!(sim.counters.get(dce::counters::Counter::Compliance603), 1);
+}

@@ -18,6 +18,7 @@ struct BuyerSpec<'a> {
 fn config(port: u16, dir: &Path, sip_extra: &str, buyers: &[BuyerSpec<'_>]) -> String {
     let mut s = format!(
         "[node]\nid = \"e2e\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n{sip_extra}\n\
+                  [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
          [cdr]\njsonl_path = \"{}\"\n\
          [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
          [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\n",

@@ -221,6 +221,9 @@ mod tests {
             floor_cents: floor,
             max_duration_s: 7200,
             bill_one_way_audio: true,
+            dnc: true,
+            tcpa_hours: true,
+            require_consent: false,
         }
     }
 

@@ -27,6 +27,12 @@ pub struct Campaign {
     pub max_duration_s: u32,
     /// A call with one-way audio is still billable (`false`: it is not).
     pub bill_one_way_audio: bool,
+    /// Check the DNC lists for this campaign's callers.
+    pub dnc: bool,
+    /// Check TCPA calling hours.
+    pub tcpa_hours: bool,
+    /// Route only callers with live consent.
+    pub require_consent: bool,
 }
 
 /// A buyer: where its calls go, what it bids, and its limits. `0` means unlimited everywhere.

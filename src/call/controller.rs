@@ -170,6 +170,8 @@ struct Call {
     offer_b: Body,
     /// Late offer: the ACK for the buyer's 2xx waits for the carrier's ACK with the answer.
     held_b_ack: Option<(Dialog, Peer)>,
+    /// The compliance verdict (`pass:<checks>`).
+    compliance: String,
 }
 
 /// The call controller. See the module docs.
@@ -506,18 +508,39 @@ impl Controller {
             return Err(Rejection::new(404, Counter::NoCampaign404));
         };
         facts.campaign = snapshot.campaign(campaign).id.clone();
-        if let Verdict::Reject { rule } =
-            self.compliance
-                .check(&facts.caller, &facts.called, &facts.campaign)
-        {
-            facts.compliance = format!("reject:{rule}");
-            facts.reason = "compliance";
-            let reason = format!("SIP;cause=603;text=\"{rule}\"");
-            return Err(
-                Rejection::new(603, Counter::Compliance603).with(HeaderName::Reason, &reason)
-            );
-        }
         let wall = self.clock.now_utc();
+        let state = state_of_number(&facts.caller);
+        let c = snapshot.campaign(campaign);
+        let verdict = self.compliance.check(&super::CallFacts {
+            caller: &facts.caller,
+            called: &facts.called,
+            campaign: &facts.campaign,
+            state: state.map(|s| s.code()),
+            rules: dce_compliance::CampaignRules {
+                dnc: c.dnc,
+                tcpa_hours: c.tcpa_hours,
+                require_consent: c.require_consent,
+            },
+            now: wall,
+        });
+        match verdict {
+            Verdict::Reject(rule) => {
+                let rule = rule.as_str();
+                facts.compliance = format!("reject:{rule}");
+                facts.reason = "compliance";
+                let reason = format!("SIP;cause=603;text=\"{rule}\"");
+                return Err(
+                    Rejection::new(603, Counter::Compliance603).with(HeaderName::Reason, &reason)
+                );
+            }
+            Verdict::Allow { ran } => {
+                facts.compliance = if ran.is_empty() {
+                    "pass".into()
+                } else {
+                    format!("pass:{}", ran.join(","))
+                };
+            }
+        }
         let ranked = auction(
             &snapshot,
             campaign,
@@ -595,6 +618,7 @@ impl Controller {
                 return self.reject(layer, &inv, r, facts);
             }
         };
+        let compliance = facts.compliance_or_pass();
         let key = self.next_key;
         self.next_key += 1;
         let tag = ids::tag();
@@ -652,6 +676,7 @@ impl Controller {
                 media: None,
                 offer_b: None,
                 held_b_ack: None,
+                compliance,
             },
         );
         // Anchor the media: the buyers get the carrier's offer pointing at DCE.
@@ -1585,7 +1610,7 @@ impl Controller {
             bid_cents: winner_bid,
             payout_cents: if billable { winner_bid } else { 0 },
             billable,
-            compliance: "pass".into(),
+            compliance: call.compliance.clone(),
             bids,
             invite_at: call.wall0.to_rfc3339(),
             answer_at: call.answered_at.map(wall),

@@ -22,30 +22,48 @@ pub mod leg;
 
 pub use controller::{Controller, Settings};
 
-/// A compliance verdict.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Verdict {
-    /// Route the call.
-    Allow,
-    /// Refuse it with 603, naming the rule.
-    Reject {
-        /// Rule name (e.g. `dnc`).
-        rule: String,
-    },
+/// What the compliance check is told about a call.
+#[derive(Debug, Clone)]
+pub struct CallFacts<'a> {
+    /// Caller, E.164 digits (as received when not a number).
+    pub caller: &'a str,
+    /// Called, E.164 digits.
+    pub called: &'a str,
+    /// Campaign id.
+    pub campaign: &'a str,
+    /// The caller's US state from its area code, if known.
+    pub state: Option<&'a str>,
+    /// What the campaign asks to be checked.
+    pub rules: dce_compliance::CampaignRules,
+    /// Now.
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
-/// The compliance hook, run before the auction. The compliance issue fills it.
+pub use dce_compliance::Verdict;
+
+/// The compliance hook, run before the auction.
 pub trait Compliance: Send {
-    /// Check a call from `caller` to `called` for `campaign`.
-    fn check(&mut self, caller: &str, called: &str, campaign: &str) -> Verdict;
+    /// The verdict for a call.
+    fn check(&mut self, call: &CallFacts<'_>) -> Verdict;
 }
 
-/// Allows everything (until the compliance checks land).
+/// Allows everything (tests that are not about compliance).
 #[derive(Debug, Default)]
 pub struct AllowAll;
 
 impl Compliance for AllowAll {
-    fn check(&mut self, _caller: &str, _called: &str, _campaign: &str) -> Verdict {
-        Verdict::Allow
+    fn check(&mut self, _call: &CallFacts<'_>) -> Verdict {
+        Verdict::Allow { ran: Vec::new() }
+    }
+}
+
+/// The real checks (`dce-compliance`), shared with whoever edits the internal DNC or reloads.
+impl Compliance for std::sync::Arc<std::sync::Mutex<dce_compliance::Compliance>> {
+    fn check(&mut self, call: &CallFacts<'_>) -> Verdict {
+        match self.lock() {
+            Ok(mut c) => c.check(call.caller, call.state, call.campaign, call.rules, call.now),
+            // a poisoned lock means a checker panicked: refuse rather than route unchecked
+            Err(_) => Verdict::Reject(dce_compliance::Rule::Dnc),
+        }
     }
 }

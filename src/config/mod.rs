@@ -7,12 +7,15 @@
 //! |---|---|
 //! | `walk.rs` | a span-aware walk over the TOML tree that collects every error with its line |
 //! | `model.rs` | the typed configuration DCE runs on, its defaults, `[node]`, `[sip]`, `[cdr]` |
+//! | `compliance.rs` | `[compliance]`: DNC files, calling hours, state overrides, frequency cap |
 //! | `routing.rs` | `[[carrier]]`, `[[campaign]]`, `[[buyer]]`: CIDRs, numbers, targeting, schedules |
 
+pub mod compliance;
 mod model;
 pub mod routing;
 mod walk;
 
+pub use compliance::{ComplianceConfig, OnLookupError};
 pub use model::{CdrConfig, Config, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig};
 pub use routing::{CarrierConfig, Cidr, RoutingConfig};
 pub use walk::ConfigError;

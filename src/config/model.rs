@@ -19,6 +19,8 @@ pub struct Config {
     pub cdr: CdrConfig,
     /// `[media]`
     pub media: MediaConfig,
+    /// `[compliance]`
+    pub compliance: super::ComplianceConfig,
 }
 
 /// `[media]`: the RTP relay.
@@ -138,7 +140,14 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     w.unknown_keys(
         root,
         &[
-            "node", "sip", "carrier", "campaign", "buyer", "cdr", "media",
+            "node",
+            "sip",
+            "carrier",
+            "campaign",
+            "buyer",
+            "cdr",
+            "media",
+            "compliance",
         ],
     );
     let node = w
@@ -164,6 +173,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
         },
     };
     let media = media(&mut w, root, sip.as_ref());
+    let compliance = super::compliance::read(&mut w, root);
     match (node, sip, media) {
         (Some(node), Some(sip), Some(media)) if w.errors.is_empty() => Ok(Config {
             node,
@@ -171,6 +181,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             routing,
             cdr,
             media,
+            compliance,
         }),
         _ => {
             let mut errors = w.errors;
@@ -499,6 +510,49 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
         assert_eq!(c.routing.buyers[0].campaigns, vec![0]);
         assert_eq!(c.sip.ring_timeout.as_secs(), 20);
         assert_eq!(c.sip.max_attempts, 3);
+    }
+
+    #[test]
+    fn compliance_section() {
+        let c = parse("dce.toml", GOOD).unwrap();
+        assert_eq!(
+            c.compliance.calling_hours,
+            dce_compliance::Window {
+                start: 480,
+                end: 1260
+            }
+        );
+        let text = format!(
+            "{GOOD}[compliance]\nnational_dnc = \"n.dnc\"\ncalling_hours = {{ start = \"09:00\", end = \"20:00\" }}\nstate_hours = {{ FL = {{ start = \"08:00\", end = \"20:00\" }}, XX = {{ start = \"1\", end = \"2\" }} }}\nmax_calls_per_day = 3\non_lookup_error = \"maybe\"\n"
+        );
+        let errs: Vec<String> = parse("c.toml", &text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        assert_eq!(errs.len(), 2, "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("`XX` in compliance.state_hours is not a US state code")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("on_lookup_error")),
+            "{errs:?}"
+        );
+        let ok = parse(
+            "c.toml",
+            &text
+                .replace(", XX = { start = \"1\", end = \"2\" }", "")
+                .replace("maybe", "allow_and_flag"),
+        )
+        .unwrap();
+        assert_eq!(ok.compliance.state_hours["FL"].end, 1200);
+        assert_eq!(ok.compliance.max_calls_per_day, 3);
+        assert_eq!(
+            ok.compliance.national_dnc.as_deref(),
+            Some(std::path::Path::new("n.dnc"))
+        );
     }
 
     #[test]

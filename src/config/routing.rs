@@ -162,6 +162,9 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "floor_cents",
                 "max_duration_s",
                 "bill_one_way_audio",
+                "dnc",
+                "tcpa_hours",
+                "require_consent",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -191,6 +194,9 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
         let billable_after_s = u32_key(w, t, "billable_after_s", 90);
         let floor_cents = u32_key(w, t, "floor_cents", 0);
         let bill_one_way_audio = w.boolean(t, "bill_one_way_audio").unwrap_or(true);
+        let dnc = w.boolean(t, "dnc").unwrap_or(true);
+        let tcpa_hours = w.boolean(t, "tcpa_hours").unwrap_or(true);
+        let require_consent = w.boolean(t, "require_consent").unwrap_or(false);
         let max_duration_s = w
             .int(t, "max_duration_s", 1, 86_400)
             .map(|(v, _)| v as u32)
@@ -204,6 +210,9 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 floor_cents,
                 max_duration_s,
                 bill_one_way_audio,
+                dnc,
+                tcpa_hours,
+                require_consent,
             });
         }
     }

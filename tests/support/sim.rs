@@ -6,7 +6,7 @@ use bytes::Bytes;
 use chrono::{TimeZone, Utc};
 use dce::call::cdr::{Cdr, MemorySink};
 use dce::call::leg::Me;
-use dce::call::{AllowAll, Controller, Settings};
+use dce::call::{Controller, Settings};
 use dce::clock::FixedClock;
 use dce::counters::Counters;
 use dce::edge::{EdgeCore, Local};
@@ -96,6 +96,8 @@ pub struct Sim {
     pub carrier_addr: SocketAddr,
     /// The media engine.
     pub media: super::FakeMedia,
+    /// The compliance checks.
+    pub compliance: Arc<std::sync::Mutex<dce_compliance::Compliance>>,
     inbox: VecDeque<(SocketAddr, Bytes)>,
     scheduled: Vec<(Instant, Action)>,
     /// Carrier's INVITEs by Call-ID (to build CANCEL/ACK/BYE).
@@ -147,12 +149,16 @@ impl Sim {
             media_ip: "127.0.0.1".parse().unwrap(),
         };
         let media = super::FakeMedia::default();
+        let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
+        dce::server::ComplianceSetup::load(&cfg.compliance)
+            .unwrap()
+            .apply(&mut compliance.lock().unwrap());
         let controller = Controller::new(
             settings,
             snapshot,
             live.clone(),
             &cfg.routing.carriers,
-            Box::new(AllowAll),
+            Box::new(compliance.clone()),
             Box::new(cdrs.clone()),
             clock.clone(),
             counters.clone(),
@@ -178,6 +184,7 @@ impl Sim {
             carrier: BTreeMap::new(),
             carrier_addr: CARRIER.parse().unwrap(),
             media,
+            compliance,
             inbox: VecDeque::new(),
             scheduled: Vec::new(),
             invites: HashMap::new(),
