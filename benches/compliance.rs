@@ -17,10 +17,11 @@ fn bench(c: &mut Criterion) {
         2_000_000_000 + x % 7_999_999_999
     };
     let listed: Vec<u64> = (0..10_000_000).map(|_| next()).collect();
-    let national = NationalDnc::from_bytes(NationalDnc::build(listed), std::path::Path::new("bench")).unwrap();
+    let national =
+        NationalDnc::from_bytes(NationalDnc::build(listed), std::path::Path::new("bench")).unwrap();
     let mut states = HashMap::new();
     states.insert("FL".to_owned(), Window::parse("08:00", "20:00").unwrap());
-        let mut comp = Compliance::default();
+    let mut comp = Compliance::default();
     comp.national = Some(Arc::new(national));
     comp.hours = Some(CallingHours {
         default: Window::parse("08:00", "21:00").unwrap(),
@@ -28,12 +29,20 @@ fn bench(c: &mut Criterion) {
     });
     comp.max_calls_per_day = 3;
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 18, 0, 0).unwrap();
-    let callers: Vec<String> = (0..100_000u64).map(|i| format!("1310{:07}", (i * 7919) % 10_000_000)).collect();
+    let callers: Vec<String> = (0..100_000u64)
+        .map(|i| format!("1310{:07}", (i * 7919) % 10_000_000))
+        .collect();
     let mut i = 0;
     c.bench_function("compliance_check_dnc_hours_frequency", |b| {
         b.iter(|| {
             i = (i + 1) % callers.len();
-            black_box(comp.check(&callers[i], Some("CA"), "auto", CampaignRules::default(), now))
+            black_box(comp.check(
+                &callers[i],
+                Some("CA"),
+                "auto",
+                CampaignRules::default(),
+                now,
+            ))
         })
     });
 }

@@ -72,6 +72,8 @@ counters! {
     BadSdp488 => "rejected_488_sdp",
     /// Calls ended because no RTP flowed for rtp_timeout_s.
     RtpTimeout => "calls_rtp_timeout",
+        /// A shared (Redis) compliance lookup failed or missed its deadline.
+    LookupError => "compliance_lookup_errors",
     /// Compliance verdict: 603.
     Compliance603 => "rejected_603_compliance",
     /// Calls a buyer answered.

@@ -12,6 +12,7 @@
 //! | [`call`] | the B2BUA call controller, carriers, CDRs |
 //! | [`clock`] | the injected wall clock |
 //! | [`transport`] | UDP and TCP socket drivers |
+//! | [`shared`] | fleet-wide state in Redis: frequency cap, internal DNC overlay |
 //! | [`server`] | the core task: transaction layer, edge answers, timers |
 //! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
 //! | [`demo`] | `dce demo`: simulated carrier and buyers, a table of calls |
@@ -28,4 +29,5 @@ pub mod edge;
 pub mod ids;
 pub mod latency;
 pub mod server;
+pub mod shared;
 pub mod transport;

@@ -57,8 +57,9 @@ impl ComplianceSetup {
         })
     }
 
-    /// Put it in place (the national list swaps whole; counts stay).
-    pub fn apply(self, c: &mut dce_compliance::Compliance) {
+    /// Put it in place (the national list swaps whole; counts stay). With `shared` state the
+    /// frequency cap is counted in Redis, not here.
+    pub fn apply(self, c: &mut dce_compliance::Compliance, shared: bool) {
         tracing::info!(
             national_dnc = self.national.as_ref().map(|n| n.len()).unwrap_or(0),
             internal_dnc = self.internal.len(),
@@ -70,7 +71,7 @@ impl ComplianceSetup {
             *i = self.internal;
         }
         c.hours = Some(self.hours);
-        c.max_calls_per_day = self.max_calls_per_day;
+        c.max_calls_per_day = if shared { 0 } else { self.max_calls_per_day };
     }
 }
 
@@ -174,8 +175,19 @@ pub async fn run(
         media_tx,
     );
     let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
+    let shared = match &config.storage.redis_url {
+        Some(url) => Some(
+            crate::shared::Shared::connect(
+                url,
+                &config.storage.redis_key_prefix,
+                config.storage.redis_timeout,
+            )
+            .await,
+        ),
+        None => None,
+    };
     if let Ok(mut c) = compliance.lock() {
-        ComplianceSetup::load(&config.compliance)?.apply(&mut c);
+        ComplianceSetup::load(&config.compliance)?.apply(&mut c, shared.is_some());
     }
     let sink = JsonlSink::open(&config.cdr.jsonl_path)
         .with_context(|| format!("cannot open CDR file {}", config.cdr.jsonl_path.display()))?;
@@ -191,6 +203,7 @@ pub async fn run(
         Box::new(relay),
     );
     let mut core = Core {
+        shared,
         edge: EdgeCore::new(
             timers,
             Local { hosts: local_hosts },
@@ -212,6 +225,15 @@ pub async fn run(
         buyers = config.routing.buyers.len(),
         "DCE edge running"
     );
+    if core.shared.is_some() {
+        core.edge
+            .calls()
+            .set_shared(Some(crate::call::SharedChecks {
+                max_calls_per_day: config.compliance.max_calls_per_day,
+                allow_on_error: config.compliance.on_lookup_error
+                    == crate::config::OnLookupError::AllowAndFlag,
+            }));
+    }
     core.run(core_rx, media_rx, shutdown).await;
     let delay = core.latency.report();
     tracing::info!(invite_delay = %delay, "INVITE in → buyer INVITE out");
@@ -227,6 +249,7 @@ struct Core {
     config_path: Option<PathBuf>,
     latency: Latency,
     compliance: Arc<std::sync::Mutex<dce_compliance::Compliance>>,
+    shared: Option<crate::shared::Shared>,
 }
 
 impl Core {
@@ -248,8 +271,18 @@ impl Core {
                 };
                 match snapshot_of(&cfg, &live) {
                     Ok(snap) => {
+                        let max = setup.max_calls_per_day;
                         if let Ok(mut c) = self.compliance.lock() {
-                            setup.apply(&mut c);
+                            setup.apply(&mut c, self.shared.is_some());
+                        }
+                        if self.shared.is_some() {
+                            self.edge
+                                .calls()
+                                .set_shared(Some(crate::call::SharedChecks {
+                                    max_calls_per_day: max,
+                                    allow_on_error: cfg.compliance.on_lookup_error
+                                        == crate::config::OnLookupError::AllowAndFlag,
+                                }));
                         }
                         self.edge
                             .calls()
@@ -284,6 +317,8 @@ impl Core {
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::pin!(shutdown);
         let mut stopping: Option<Instant> = None;
+        let (verdict_tx, mut verdicts) =
+            mpsc::unbounded_channel::<(u64, crate::call::RemoteResult)>();
         // When the message being processed was read from its socket (for the INVITE delay).
         let mut rx_at: Option<Instant> = None;
         loop {
@@ -310,7 +345,8 @@ impl Core {
                     let grace = if active > 0 { Duration::from_secs(2) } else { Duration::ZERO };
                     stopping = Some(Instant::now() + grace);
                 }
-                Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
+                                Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
+                Some((token, result)) = verdicts.recv() => self.edge.on_remote_verdict(token, result, Instant::now()),
                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.reload(),
                 item = rx.recv() => match item {
                     Some(Inbound::TcpOpened { conn, tx }) => {
@@ -335,6 +371,23 @@ impl Core {
                             last_report = r;
                         }
                         report_at = now + Duration::from_secs(60);
+                    }
+                }
+            }
+            while let Some(check) = self.edge.poll_remote_check() {
+                match &self.shared {
+                    Some(shared) => {
+                        let (shared, tx) = (shared.clone(), verdict_tx.clone());
+                        tokio::spawn(async move {
+                            let r = shared.check(&check).await;
+                            let _ = tx.send((check.token, r));
+                        });
+                    }
+                    None => {
+                        let _ = verdict_tx.send((
+                            check.token,
+                            crate::call::RemoteResult::Error("no Redis".into()),
+                        ));
                     }
                 }
             }

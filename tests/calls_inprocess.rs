@@ -933,3 +933,114 @@ fn fourth_call_in_a_day_gets_tcpa_frequency_and_allowed_calls_record_the_checks(
     assert_eq!(answered, vec!["pass:dnc,tcpa_hours,frequency"; 3]);
     assert_eq!(sim.counters.get(dce::counters::Counter::Compliance603), 1);
 }
+
+fn shared_sim(allow_on_error: bool) -> Sim {
+    let mut sim = compliance_sim("max_calls_per_day = 2");
+    // as `dce run` does with Redis configured: the cap is counted in Redis, not in process
+    sim.compliance.lock().unwrap().max_calls_per_day = 0;
+    sim.core.calls().set_shared(Some(dce::call::SharedChecks {
+        max_calls_per_day: 2,
+        allow_on_error,
+    }));
+    sim
+}
+
+#[test]
+fn shared_checks_decide_dnc_and_frequency_for_the_fleet() {
+    use dce::call::RemoteResult;
+    let mut sim = shared_sim(false);
+    let counts = std::rc::Rc::new(std::cell::Cell::new(0i64));
+    let c2 = counts.clone();
+    sim.responder = Some(Box::new(move |check: &dce::call::RemoteCheck| {
+        assert_eq!(
+            (check.campaign.as_str(), check.max_calls_per_day),
+            ("auto", 2)
+        );
+        if check.caller == "13105550000" {
+            return RemoteResult::Listed;
+        }
+        c2.set(c2.get() + 1);
+        RemoteResult::Count(c2.get())
+    }));
+    let listed = sim.place_call("+13105550000");
+    sim.run_for(S);
+    assert_eq!(
+        reason(&sim, &listed).as_deref(),
+        Some("SIP;cause=603;text=\"DNC\"")
+    );
+    let calls: Vec<String> = (0..3).map(|_| sim.place_call("+13105551234")).collect();
+    sim.run_for(2 * S);
+    assert_eq!(
+        (sim.finals(&calls[0]), sim.finals(&calls[1])),
+        (vec![200], vec![200])
+    );
+    assert_eq!(
+        reason(&sim, &calls[2]).as_deref(),
+        Some("SIP;cause=603;text=\"TCPA_FREQUENCY\"")
+    );
+    for c in &calls[..2] {
+        sim.carrier_bye(c);
+    }
+    sim.run_for(S);
+    let verdicts: Vec<String> = sim.cdrs().iter().map(|c| c.compliance.clone()).collect();
+    assert!(
+        verdicts.contains(&"pass:dnc,tcpa_hours,frequency".to_string()),
+        "{verdicts:?}"
+    );
+    let local = sim.compliance.lock().unwrap().frequency.clone_counts();
+    assert_eq!(
+        local, 0,
+        "the frequency cap was counted in Redis, not in process"
+    );
+}
+
+#[test]
+fn lookup_errors_follow_the_policy_and_cancel_while_waiting_ends_cleanly() {
+    use dce::call::RemoteResult;
+    let mut sim = shared_sim(false);
+    let call = sim.place_call("+13105551234");
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(
+        sim.codes(&call),
+        vec![100],
+        "the INVITE waits for the lookup"
+    );
+    sim.answer_remote(RemoteResult::Error("timeout".into()));
+    sim.run_for(S);
+    assert_eq!(sim.finals(&call), vec![503]);
+    assert_eq!(sim.cdrs()[0].compliance, "reject:LOOKUP_ERROR");
+    assert_eq!(sim.counters.get(dce::counters::Counter::LookupError), 1);
+
+    let mut sim = shared_sim(true);
+    let call = sim.place_call("+13105551234");
+    sim.run_for(Duration::from_millis(10));
+    sim.answer_remote(RemoteResult::Error("timeout".into()));
+    sim.run_for(2 * S);
+    assert_eq!(
+        sim.finals(&call),
+        vec![200],
+        "allow_and_flag routes the call"
+    );
+    sim.carrier_bye(&call);
+    sim.run_for(S);
+    assert!(
+        sim.cdrs()[0].compliance.ends_with(";flagged:lookup_error"),
+        "{}",
+        sim.cdrs()[0].compliance
+    );
+
+    // cancelled while the lookup is out: 487, no buyer, and the late verdict is ignored
+    let call = sim.place_call("+13105551235");
+    sim.run_for(Duration::from_millis(10));
+    sim.cancel(&call);
+    sim.run_for(S);
+    assert_eq!(sim.finals(&call), vec![487]);
+    sim.answer_remote(RemoteResult::Count(1));
+    sim.run_for(S);
+    assert_eq!(
+        sim.buyer(5090).calls.len(),
+        1,
+        "only the first call reached the buyer"
+    );
+    assert_eq!(sim.live.total_active(), 0);
+}

@@ -101,6 +101,11 @@ impl FrequencyCap {
         true
     }
 
+    /// Calls counted in process (all numbers, all campaigns).
+    pub fn clone_counts(&self) -> usize {
+        self.seen.values().map(VecDeque::len).sum()
+    }
+
     /// Forget numbers with no call in the last 24 h (call from a periodic timer).
     pub fn prune(&mut self, now: DateTime<Utc>) {
         let cutoff = now.timestamp() - 86_400;

@@ -199,6 +199,57 @@ pub struct Controller {
     by_media: HashMap<MediaId, u64>,
     /// CDRs of ended calls waiting for their media report.
     awaiting_media: HashMap<MediaId, PendingCdr>,
+    /// Fleet-wide checks (Redis), when configured.
+    shared: Option<SharedChecks>,
+    remote_out: VecDeque<RemoteCheck>,
+    pending_checks: HashMap<u64, PendingInvite>,
+    pending_by_tx: HashMap<TxId, u64>,
+}
+
+/// How the fleet-wide checks are run.
+#[derive(Debug, Clone, Copy)]
+pub struct SharedChecks {
+    /// Calls per number per campaign per 24 h across the fleet; 0 = off.
+    pub max_calls_per_day: u32,
+    /// `on_lookup_error = "allow_and_flag"`.
+    pub allow_on_error: bool,
+}
+
+/// A fleet-wide check for the driver to run against Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCheck {
+    /// Hand this back with the result.
+    pub token: u64,
+    /// Caller, E.164 digits.
+    pub caller: String,
+    /// Campaign id.
+    pub campaign: String,
+    /// Look the caller up in the shared internal DNC.
+    pub check_dnc: bool,
+    /// Count the call against this cap (0 = do not count).
+    pub max_calls_per_day: u32,
+}
+
+/// What Redis said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteResult {
+    /// The caller is on the shared internal DNC.
+    Listed,
+    /// Calls counted for this number and campaign in the window, this one included.
+    Count(i64),
+    /// Redis failed or missed the deadline.
+    Error(String),
+}
+
+/// An INVITE waiting for its fleet-wide verdict.
+struct PendingInvite {
+    tx: TxId,
+    msg: Message,
+    from: Peer,
+    via: String,
+    facts: RejectFacts,
+    admitted: Admitted,
+    max: u32,
 }
 
 /// A finished call's CDR, completed when its media report arrives.
@@ -276,6 +327,10 @@ impl Controller {
             media,
             by_media: HashMap::new(),
             awaiting_media: HashMap::new(),
+            shared: None,
+            remote_out: VecDeque::new(),
+            pending_checks: HashMap::new(),
+            pending_by_tx: HashMap::new(),
         }
     }
 
@@ -322,6 +377,11 @@ impl Controller {
     pub fn reload(&mut self, snapshot: Arc<Snapshot>, carriers: &[CarrierConfig]) {
         self.snapshot = snapshot;
         self.carriers = Carriers::new(carriers, Some(&self.carriers));
+    }
+
+    /// Run the fleet-wide checks through the driver (Redis configured).
+    pub fn set_shared(&mut self, shared: Option<SharedChecks>) {
+        self.shared = shared;
     }
 
     /// Stop taking new calls (they get 503).
@@ -600,13 +660,7 @@ impl Controller {
             called: called.clone(),
             ..RejectFacts::default()
         };
-        let Admitted {
-            snapshot,
-            campaign,
-            entries,
-            ranked,
-            wall,
-        } = match self.admit(from, now, &mut facts) {
+        let admitted = match self.admit(from, now, &mut facts) {
             Ok(a) => a,
             Err(r) => {
                 let inv = Incoming {
@@ -618,6 +672,132 @@ impl Controller {
                 return self.reject(layer, &inv, r, facts);
             }
         };
+        if let Some(shared) = &self.shared {
+            // The fleet-wide checks (internal DNC overlay, frequency) are a Redis round trip:
+            // the INVITE waits for the verdict off the call path, other calls go on.
+            let c = admitted.snapshot.campaign(admitted.campaign);
+            let check = RemoteCheck {
+                token: self.next_key,
+                caller: facts.caller.clone(),
+                campaign: facts.campaign.clone(),
+                check_dnc: c.dnc,
+                max_calls_per_day: shared.max_calls_per_day,
+            };
+            self.next_key += 1;
+            self.pending_by_tx.insert(tx, check.token);
+            self.pending_checks.insert(
+                check.token,
+                PendingInvite {
+                    tx,
+                    msg,
+                    from,
+                    via,
+                    facts,
+                    admitted,
+                    max: check.max_calls_per_day,
+                },
+            );
+            self.remote_out.push_back(check);
+            return;
+        }
+        self.start_call(layer, tx, msg, from, via, facts, admitted, now);
+    }
+
+    /// Fleet-wide checks to run (Redis), for the driver.
+    pub fn poll_remote_check(&mut self) -> Option<RemoteCheck> {
+        self.remote_out.pop_front()
+    }
+
+    /// The answer to a [`RemoteCheck`]: finish admitting the call, or refuse it.
+    pub fn on_remote_verdict(
+        &mut self,
+        layer: &mut TransactionLayer,
+        token: u64,
+        result: RemoteResult,
+        now: Instant,
+    ) {
+        let Some(PendingInvite {
+            tx,
+            msg,
+            from,
+            via,
+            mut facts,
+            admitted,
+            max,
+        }) = self.pending_checks.remove(&token)
+        else {
+            return;
+        };
+        self.pending_by_tx.remove(&tx);
+        let inv = Incoming {
+            tx,
+            msg: &msg,
+            via: &via,
+            now,
+        };
+        let refuse = |facts: &mut RejectFacts, rule: &str| {
+            facts.compliance = format!("reject:{rule}");
+            facts.reason = "compliance";
+            let reason = format!("SIP;cause=603;text=\"{rule}\"");
+            Rejection::new(603, Counter::Compliance603).with(HeaderName::Reason, &reason)
+        };
+        match result {
+            RemoteResult::Listed => {
+                let r = refuse(&mut facts, "DNC");
+                return self.reject(layer, &inv, r, facts);
+            }
+            RemoteResult::Count(n) if max > 0 && n > i64::from(max) => {
+                let r = refuse(&mut facts, "TCPA_FREQUENCY");
+                return self.reject(layer, &inv, r, facts);
+            }
+            RemoteResult::Count(_) => {
+                if max > 0 {
+                    let pass = facts.compliance_or_pass();
+                    facts.compliance = if pass == "pass" {
+                        "pass:frequency".into()
+                    } else {
+                        format!("{pass},frequency")
+                    };
+                }
+            }
+            RemoteResult::Error(e) => {
+                self.counters.inc(Counter::LookupError);
+                let allow = self.shared.as_ref().is_some_and(|s| s.allow_on_error);
+                tracing::warn!(carrier_call_id = %msg.call_id(), error = %e, allow, "shared compliance lookup failed");
+                if !allow {
+                    facts.compliance = "reject:LOOKUP_ERROR".into();
+                    facts.reason = "compliance lookup failed";
+                    let r =
+                        Rejection::new(503, Counter::Overload503).with(HeaderName::RetryAfter, "5");
+                    return self.reject(layer, &inv, r, facts);
+                }
+                facts.compliance = format!("{};flagged:lookup_error", facts.compliance_or_pass());
+            }
+        }
+        self.start_call(layer, tx, msg, from, via, facts, admitted, now);
+    }
+
+    /// Admitted and checked: create the call and ring the first buyer.
+    #[allow(clippy::too_many_arguments)]
+    fn start_call(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        msg: Message,
+        from: Peer,
+        via: String,
+        facts: RejectFacts,
+        admitted: Admitted,
+        now: Instant,
+    ) {
+        let Admitted {
+            snapshot,
+            campaign,
+            entries,
+            ranked,
+            wall,
+        } = admitted;
+        let (caller, called) = (facts.caller.clone(), facts.called.clone());
         let compliance = facts.compliance_or_pass();
         let key = self.next_key;
         self.next_key += 1;
@@ -1129,6 +1309,26 @@ impl Controller {
         invite_tx: TxId,
         now: Instant,
     ) -> bool {
+        if let Some(token) = self.pending_by_tx.remove(&invite_tx) {
+            // Cancelled while its compliance lookup was out: 487, and the call never starts.
+            if let Some(p) = self.pending_checks.remove(&token) {
+                let mut facts = p.facts;
+                facts.reason = "cancelled by carrier";
+                let inv = Incoming {
+                    tx: p.tx,
+                    msg: &p.msg,
+                    via: &p.via,
+                    now,
+                };
+                self.reject(
+                    layer,
+                    &inv,
+                    Rejection::new(487, Counter::CallCancelled),
+                    facts,
+                );
+            }
+            return true;
+        }
         let Some(&key) = self.by_a_tx.get(&invite_tx) else {
             return false;
         };

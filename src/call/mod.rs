@@ -20,7 +20,7 @@ pub mod cdr;
 mod controller;
 pub mod leg;
 
-pub use controller::{Controller, Settings};
+pub use controller::{Controller, RemoteCheck, RemoteResult, Settings, SharedChecks};
 
 /// What the compliance check is told about a call.
 #[derive(Debug, Clone)]

@@ -16,7 +16,9 @@ pub mod routing;
 mod walk;
 
 pub use compliance::{ComplianceConfig, OnLookupError};
-pub use model::{CdrConfig, Config, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig};
+pub use model::{
+    CdrConfig, Config, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig, StorageConfig,
+};
 pub use routing::{CarrierConfig, Cidr, RoutingConfig};
 pub use walk::ConfigError;
 

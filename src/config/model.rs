@@ -21,6 +21,49 @@ pub struct Config {
     pub media: MediaConfig,
     /// `[compliance]`
     pub compliance: super::ComplianceConfig,
+    /// `[storage]`
+    pub storage: StorageConfig,
+}
+
+/// `[storage]` (the parts in use so far: the shared state in Redis).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageConfig {
+    /// `redis://…`; none = single node, in-process state.
+    pub redis_url: Option<String>,
+    /// Prefix of every key DCE writes (several fleets can share one Redis).
+    pub redis_key_prefix: String,
+    /// Deadline of a Redis round trip on the call path.
+    pub redis_timeout: Duration,
+}
+
+fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
+    let mut c = StorageConfig {
+        redis_url: None,
+        redis_key_prefix: "dce".into(),
+        redis_timeout: Duration::from_millis(5),
+    };
+    let Some(t) = w.table(root, "storage", "storage", false) else {
+        return c;
+    };
+    w.unknown_keys(t, &["redis_url", "redis_key_prefix", "redis_timeout_ms"]);
+    if let Some((url, span)) = w.string(t, "redis_url", false) {
+        if !url.is_empty() {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                w.error(
+                    span,
+                    "`storage.redis_url` must start with redis:// (or be empty)",
+                );
+            }
+            c.redis_url = Some(url);
+        }
+    }
+    if let Some((p, _)) = w.string(t, "redis_key_prefix", false) {
+        c.redis_key_prefix = p;
+    }
+    if let Some((ms, _)) = w.int(t, "redis_timeout_ms", 1, 10_000) {
+        c.redis_timeout = Duration::from_millis(ms as u64);
+    }
+    c
 }
 
 /// `[media]`: the RTP relay.
@@ -148,6 +191,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             "cdr",
             "media",
             "compliance",
+            "storage",
         ],
     );
     let node = w
@@ -174,6 +218,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     };
     let media = media(&mut w, root, sip.as_ref());
     let compliance = super::compliance::read(&mut w, root);
+    let storage = storage(&mut w, root);
     match (node, sip, media) {
         (Some(node), Some(sip), Some(media)) if w.errors.is_empty() => Ok(Config {
             node,
@@ -182,6 +227,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             cdr,
             media,
             compliance,
+            storage,
         }),
         _ => {
             let mut errors = w.errors;

@@ -48,6 +48,23 @@ impl EdgeCore {
         &mut self.calls
     }
 
+    /// A fleet-wide compliance check to run (Redis), for the driver.
+    pub fn poll_remote_check(&mut self) -> Option<crate::call::RemoteCheck> {
+        self.calls.poll_remote_check()
+    }
+
+    /// The result of a fleet-wide compliance check.
+    pub fn on_remote_verdict(
+        &mut self,
+        token: u64,
+        result: crate::call::RemoteResult,
+        now: Instant,
+    ) {
+        self.calls
+            .on_remote_verdict(&mut self.layer, token, result, now);
+        self.process(now);
+    }
+
     /// The media relay reported something.
     pub fn on_media_event(&mut self, ev: dce_media::MediaEvent, now: Instant) {
         self.calls.on_media_event(&mut self.layer, ev, now);

@@ -18,6 +18,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// Answers a fleet-wide check in tests.
+pub type Responder = Box<dyn FnMut(&dce::call::RemoteCheck) -> dce::call::RemoteResult>;
+
 /// DCE's address in the simulation.
 pub const DCE: &str = "127.0.0.1:5060";
 /// The carrier's address (inside carrier-a's sources).
@@ -98,6 +101,10 @@ pub struct Sim {
     pub media: super::FakeMedia,
     /// The compliance checks.
     pub compliance: Arc<std::sync::Mutex<dce_compliance::Compliance>>,
+    /// Answers fleet-wide (Redis) checks as they come; `None` leaves them queued in `remote`.
+    pub responder: Option<Responder>,
+    /// Fleet-wide checks not answered yet.
+    pub remote: Vec<dce::call::RemoteCheck>,
     inbox: VecDeque<(SocketAddr, Bytes)>,
     scheduled: Vec<(Instant, Action)>,
     /// Carrier's INVITEs by Call-ID (to build CANCEL/ACK/BYE).
@@ -152,7 +159,7 @@ impl Sim {
         let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
         dce::server::ComplianceSetup::load(&cfg.compliance)
             .unwrap()
-            .apply(&mut compliance.lock().unwrap());
+            .apply(&mut compliance.lock().unwrap(), false);
         let controller = Controller::new(
             settings,
             snapshot,
@@ -185,6 +192,8 @@ impl Sim {
             carrier_addr: CARRIER.parse().unwrap(),
             media,
             compliance,
+            responder: None,
+            remote: Vec::new(),
             inbox: VecDeque::new(),
             scheduled: Vec::new(),
             invites: HashMap::new(),
@@ -234,9 +243,25 @@ impl Sim {
                 None => break,
             }
         }
+        while let Some(check) = self.core.poll_remote_check() {
+            match self.responder.as_mut() {
+                Some(answer) => {
+                    let r = answer(&check);
+                    self.core.on_remote_verdict(check.token, r, self.now);
+                }
+                None => self.remote.push(check),
+            }
+        }
         while let Some(t) = self.core.poll_transmit() {
             self.inbox.push_back((t.to.addr, t.bytes));
         }
+    }
+
+    /// Answer the oldest queued fleet-wide check.
+    pub fn answer_remote(&mut self, result: dce::call::RemoteResult) {
+        let check = self.remote.remove(0);
+        self.core.on_remote_verdict(check.token, result, self.now);
+        self.collect();
     }
 
     fn next_id(&mut self) -> u64 {

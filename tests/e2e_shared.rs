@@ -1,0 +1,130 @@
+//! Two DCE nodes sharing one Redis: the frequency cap counts calls across the fleet, and a
+//! number added to the shared internal DNC is refused by every node on its next call.
+
+mod support;
+
+use std::path::Path;
+use support::dce_process::{free_port, Dce};
+use support::sipp::{self, Background};
+
+const REDIS: &str = "redis://127.0.0.1:6379/";
+
+fn redis() -> Option<redis::Connection> {
+    let c = redis::Client::open(REDIS).ok()?;
+    match c.get_connection_with_timeout(std::time::Duration::from_secs(2)) {
+        Ok(con) => Some(con),
+        Err(e) => {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("Redis at {REDIS} is required under CI=true: {e}");
+            }
+            eprintln!("NOT RUN: Redis unreachable at {REDIS}: {e}");
+            None
+        }
+    }
+}
+
+fn config(port: u16, dir: &Path, prefix: &str, buyer_port: u16) -> String {
+    format!(
+        "[node]\nid = \"n{port}\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+         [storage]\nredis_url = \"{REDIS}\"\nredis_key_prefix = \"{prefix}\"\nredis_timeout_ms = 200\n\
+         [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\nmax_calls_per_day = 2\n\
+         [cdr]\njsonl_path = \"{}\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
+         [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\n\
+         [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{buyer_port}\"\nbid_cents = 1500\n",
+        dir.join("cdr.jsonl").display()
+    )
+}
+
+fn expect_603(dce: &Dce, text: &str) -> std::path::PathBuf {
+    let s = std::fs::read_to_string(sipp::scenario("uac_expect.xml")).unwrap().replace(
+        "<recv response=\"EXPECTED_CODE\"/>",
+        &format!("<recv response=\"603\"><action><ereg regexp=\"text=.{text}.\" search_in=\"hdr\" header=\"Reason:\" check_it=\"true\" assign_to=\"r\"/></action></recv>\n  <Reference variables=\"r\"/>"),
+    );
+    let p = dce.dir().join(format!("expect_{text}.xml"));
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn call(bin: &std::path::PathBuf, scenario: &Path, dce: &Dce) -> (bool, String) {
+    let mut args = sipp::args(
+        scenario,
+        free_port(),
+        &["-s", "+18005550100", "-m", "1", "-d", "100"],
+    );
+    args.push(dce.sip.to_string());
+    let out = sipp::run(bin, &args);
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[test]
+fn two_nodes_share_the_frequency_cap_and_the_internal_dnc() {
+    let Some(bin) = sipp::sipp() else { return };
+    let Some(mut con) = redis() else { return };
+    let prefix = format!("dce-test-{}-{}", std::process::id(), free_port());
+    let bp = free_port();
+    let a = Dce::start_with(|port, dir| config(port, dir, &prefix, bp));
+    let b = Dce::start_with(|port, dir| config(port, dir, &prefix, bp));
+    let buyer = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_answer.xml"), bp, &["-m", "2"]),
+    );
+    // the SIPp caller is +1 310 555 1234: two calls, one through each node, are the day's cap
+    let (ok, out) = call(&bin, &sipp::scenario("uac_call.xml"), &a);
+    assert!(ok, "call 1 via node A:\n{out}");
+    let (ok, out) = call(&bin, &sipp::scenario("uac_call.xml"), &b);
+    assert!(ok, "call 2 via node B:\n{out}");
+    assert!(buyer.finish(10).0);
+    let (ok, out) = call(&bin, &expect_603(&a, "TCPA_FREQUENCY"), &a);
+    assert!(ok, "call 3 via node A is over the fleet's cap:\n{out}");
+    let count: i64 = redis::cmd("GET")
+        .arg(format!("{prefix}:freq:auto:3105551234"))
+        .query(&mut con)
+        .unwrap();
+    assert_eq!(count, 3, "one counter for the fleet");
+
+    // another number, put on the shared internal DNC (as another node's API would)
+    let shared_dnc = format!("{prefix}:dnc:internal");
+    let _: i64 = redis::cmd("SADD")
+        .arg(&shared_dnc)
+        .arg("3105551234")
+        .query(&mut con)
+        .unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}:freq:auto:3105551234"))
+        .query(&mut con)
+        .unwrap();
+    let (ok, out) = call(&bin, &expect_603(&b, "DNC"), &b);
+    assert!(ok, "node B refuses the number on the shared DNC:\n{out}");
+
+    let (_, log_a, dir_a) = a.stop_keep();
+    let (_, _, dir_b) = b.stop_keep();
+    let _: () = redis::cmd("DEL")
+        .arg(&shared_dnc)
+        .arg(format!("{prefix}:freq:auto:3105551234"))
+        .query(&mut con)
+        .unwrap();
+    let verdicts = |d: &Path| -> Vec<String> {
+        std::fs::read_to_string(d.join("cdr.jsonl"))
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["compliance"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    assert_eq!(
+        verdicts(&dir_a.0),
+        vec!["pass:dnc,tcpa_hours,frequency", "reject:TCPA_FREQUENCY"],
+        "{log_a}"
+    );
+    assert_eq!(
+        verdicts(&dir_b.0),
+        vec!["pass:dnc,tcpa_hours,frequency", "reject:DNC"]
+    );
+}
