@@ -87,11 +87,17 @@ fn two_nodes_share_the_frequency_cap_and_the_internal_dnc() {
 
     // another number, put on the shared internal DNC (as another node's API would)
     let shared_dnc = format!("{prefix}:dnc:internal");
-    let _: i64 = redis::cmd("SADD")
-        .arg(&shared_dnc)
-        .arg("3105551234")
-        .query(&mut con)
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
         .unwrap();
+    let added = rt.block_on(async {
+        let shared =
+            dce::shared::Shared::connect(REDIS, &prefix, std::time::Duration::from_millis(500))
+                .await;
+        shared.dnc_add("+1 (310) 555-1234").await
+    });
+    assert_eq!(added, Ok(true));
     let _: () = redis::cmd("DEL")
         .arg(format!("{prefix}:freq:auto:3105551234"))
         .query(&mut con)
