@@ -66,7 +66,13 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         (Some(a), Some(b)) => (a.1.clone(), b.1.clone()),
         _ => bail!("the demo needs two campaigns (see config/dce.toml)"),
     };
-    let cdr_path = config.cdr.jsonl_path.clone();
+    // The demo reads its table back from the JSON-lines copy of the CDRs.
+    let cdr_path = config
+        .cdr
+        .jsonl_path
+        .clone()
+        .unwrap_or_else(|| "cdr.jsonl".into());
+    config.cdr.jsonl_path = Some(cdr_path.clone());
     let cdrs_before = std::fs::read_to_string(&cdr_path)
         .map(|t| t.lines().count())
         .unwrap_or(0);

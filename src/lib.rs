@@ -12,6 +12,7 @@
 //! | [`call`] | the B2BUA call controller, carriers, CDRs |
 //! | [`clock`] | the injected wall clock |
 //! | [`transport`] | UDP and TCP socket drivers |
+//! | [`store`] | CDRs in PostgreSQL or SQLite, the spool, the writer |
 //! | [`shared`] | fleet-wide state in Redis: frequency cap, internal DNC overlay |
 //! | [`server`] | the core task: transaction layer, edge answers, timers |
 //! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
@@ -30,4 +31,5 @@ pub mod ids;
 pub mod latency;
 pub mod server;
 pub mod shared;
+pub mod store;
 pub mod transport;

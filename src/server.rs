@@ -189,8 +189,18 @@ pub async fn run(
     if let Ok(mut c) = compliance.lock() {
         ComplianceSetup::load(&config.compliance)?.apply(&mut c, shared.is_some());
     }
-    let sink = JsonlSink::open(&config.cdr.jsonl_path)
-        .with_context(|| format!("cannot open CDR file {}", config.cdr.jsonl_path.display()))?;
+    let db = crate::store::Db::connect(&config.storage.database_url)
+        .with_context(|| format!("bad storage.database_url {}", config.storage.database_url))?;
+    let spool = crate::store::Spool::new(&config.storage.spool_dir);
+    let (db_sink, writer, _stats) =
+        crate::store::start(db, spool, config.storage.auto_migrate, 10_000);
+    let mut sinks: Vec<Box<dyn crate::call::cdr::CdrSink>> = vec![Box::new(db_sink)];
+    if let Some(path) = &config.cdr.jsonl_path {
+        sinks.push(Box::new(JsonlSink::open(path).with_context(|| {
+            format!("cannot open CDR file {}", path.display())
+        })?));
+    }
+    let sink = crate::call::cdr::Tee(sinks);
     let controller = Controller::new(
         settings,
         snapshot,
@@ -236,6 +246,15 @@ pub async fn run(
     }
     core.run(core_rx, media_rx, shutdown).await;
     let delay = core.latency.report();
+    // Dropping the core drops the CDR sinks; the writer then stores (or spools) what it holds.
+    drop(core);
+    if tokio::time::timeout(Duration::from_secs(15), writer)
+        .await
+        .is_err()
+    {
+        tracing::error!("CDR writer did not finish in 15 s; what it held is in the spool or lost");
+    }
+
     tracing::info!(invite_delay = %delay, "INVITE in → buyer INVITE out");
     eprintln!("dce: invite_delay {delay}");
     Ok(counters)

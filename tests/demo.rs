@@ -21,6 +21,7 @@ fn demo_shows_win_failovers_cancel_and_no_buyer() {
     let cfg = dir.0.join("dce.toml");
     std::fs::write(&cfg, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_dce"))
+        .current_dir(&dir.0)
         .args(["demo", "--config"])
         .arg(&cfg)
         .output()

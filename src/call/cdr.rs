@@ -4,13 +4,13 @@
 //! sink lands, [`JsonlSink`] appends one JSON object per line to a file from its own thread,
 //! flushing after each batch.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
 
 /// One auction entry with its outcome.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BidRecord {
     /// Buyer id.
     pub buyer_id: String,
@@ -21,7 +21,7 @@ pub struct BidRecord {
 }
 
 /// A call detail record.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cdr {
     /// DCE's id of the call (also sent to the buyer as `X-DCE-Call-ID`).
     pub id: String,
@@ -72,7 +72,7 @@ pub struct Cdr {
 }
 
 /// One direction of one leg, as DCE received it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Direction {
     /// RTP packets.
     pub packets: u64,
@@ -112,7 +112,7 @@ impl From<&dce_media::StreamReport> for Direction {
 }
 
 /// The media of a call (its first audio stream).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Quality {
     /// Codec (first payload of the offer).
     pub codec: Option<String>,
@@ -152,6 +152,20 @@ impl Quality {
 pub trait CdrSink: Send {
     /// Take a finished record.
     fn emit(&mut self, cdr: Cdr);
+}
+
+/// Hands every CDR to several sinks (the database and an optional JSON-lines file).
+pub struct Tee(pub Vec<Box<dyn CdrSink>>);
+
+impl CdrSink for Tee {
+    fn emit(&mut self, cdr: Cdr) {
+        if let Some((last, rest)) = self.0.split_last_mut() {
+            for s in rest {
+                s.emit(cdr.clone());
+            }
+            last.emit(cdr);
+        }
+    }
 }
 
 /// Keeps CDRs in memory (tests).

@@ -34,6 +34,14 @@ pub struct StorageConfig {
     pub redis_key_prefix: String,
     /// Deadline of a Redis round trip on the call path.
     pub redis_timeout: Duration,
+    /// `sqlite://…` (default `sqlite://dce.db`) or `postgres://…`.
+    pub database_url: String,
+    /// Where CDRs wait while the database is away.
+    pub spool_dir: PathBuf,
+    /// Apply migrations at start.
+    pub auto_migrate: bool,
+    /// Anonymise caller and called numbers older than this many days (0 = never).
+    pub anonymize_after_days: u32,
 }
 
 fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
@@ -41,11 +49,53 @@ fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
         redis_url: None,
         redis_key_prefix: "dce".into(),
         redis_timeout: Duration::from_millis(5),
+        database_url: "sqlite://dce.db".into(),
+        spool_dir: "spool".into(),
+        auto_migrate: true,
+        anonymize_after_days: 180,
     };
     let Some(t) = w.table(root, "storage", "storage", false) else {
         return c;
     };
-    w.unknown_keys(t, &["redis_url", "redis_key_prefix", "redis_timeout_ms"]);
+    w.unknown_keys(
+        t,
+        &[
+            "redis_url",
+            "redis_key_prefix",
+            "redis_timeout_ms",
+            "database_url",
+            "spool_dir",
+            "auto_migrate",
+            "retention",
+        ],
+    );
+    if let Some((url, span)) = w.string(t, "database_url", false) {
+        if url.is_empty() {
+            // keep the default
+        } else if url.starts_with("sqlite:")
+            || url.starts_with("postgres://")
+            || url.starts_with("postgresql://")
+        {
+            c.database_url = url;
+        } else {
+            w.error(
+                span,
+                "`storage.database_url` must be sqlite://FILE or postgres://…",
+            );
+        }
+    }
+    if let Some((d, _)) = w.string(t, "spool_dir", false) {
+        c.spool_dir = d.into();
+    }
+    if let Some(b) = w.boolean(t, "auto_migrate") {
+        c.auto_migrate = b;
+    }
+    if let Some(r) = w.table(t, "retention", "storage.retention", false) {
+        w.unknown_keys(r, &["anonymize_after_days"]);
+        if let Some((d, _)) = w.int(r, "anonymize_after_days", 0, 36_500) {
+            c.anonymize_after_days = d as u32;
+        }
+    }
     if let Some((url, span)) = w.string(t, "redis_url", false) {
         if !url.is_empty() {
             if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
@@ -85,11 +135,11 @@ pub struct MediaConfig {
     pub latch_any_source: bool,
 }
 
-/// `[cdr]`: where call records go until the database sink lands.
+/// `[cdr]`: an optional JSON-lines copy of every CDR (the database is the record).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CdrConfig {
-    /// JSON-lines file, appended to.
-    pub jsonl_path: PathBuf,
+    /// JSON-lines file, appended to; none by default.
+    pub jsonl_path: Option<PathBuf>,
 }
 
 /// `[node]`
@@ -204,17 +254,11 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let cdr = match w.table(root, "cdr", "cdr", false) {
         Some(t) => {
             w.unknown_keys(t, &["jsonl_path"]);
-            let path = w
-                .string(t, "jsonl_path", false)
-                .map(|(p, _)| p)
-                .unwrap_or_else(|| "cdr.jsonl".into());
             CdrConfig {
-                jsonl_path: path.into(),
+                jsonl_path: w.string(t, "jsonl_path", false).map(|(p, _)| p.into()),
             }
         }
-        None => CdrConfig {
-            jsonl_path: "cdr.jsonl".into(),
-        },
+        None => CdrConfig { jsonl_path: None },
     };
     let media = media(&mut w, root, sip.as_ref());
     let compliance = super::compliance::read(&mut w, root);

@@ -76,6 +76,7 @@ impl Dce {
         let path = dir.0.join("dce.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_dce"))
+            .current_dir(&dir.0)
             .args(["run", "--config"])
             .arg(&path)
             .env("RUST_LOG", "info")

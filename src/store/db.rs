@@ -1,0 +1,313 @@
+//! The CDR database: PostgreSQL, or the embedded SQLite default. Migrations are embedded
+//! (`migrations/postgres`, `migrations/sqlite`, sqlx's format and bookkeeping table).
+
+use crate::call::cdr::Cdr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, Row, SqlSafeStr, SqlitePool};
+use std::borrow::Cow;
+use std::str::FromStr;
+
+/// A connection pool to the CDR database.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// PostgreSQL.
+    Pg(PgPool),
+    /// SQLite.
+    Sqlite(SqlitePool),
+}
+
+fn migrator(sql: &'static str) -> Migrator {
+    Migrator {
+        migrations: Cow::Owned(vec![Migration::new(
+            1,
+            "cdr".into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )]),
+        ..Migrator::DEFAULT
+    }
+}
+
+fn ms(d: f64) -> i64 {
+    (d * 1000.0).round() as i64
+}
+
+/// One row of `dce cdr export`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct ExportRow {
+    /// Call id.
+    pub id: String,
+    /// INVITE time (RFC 3339).
+    pub created_at: String,
+    /// Disposition.
+    pub disposition: String,
+    /// Carrier.
+    pub carrier: String,
+    /// Campaign.
+    pub campaign: String,
+    /// Caller.
+    pub caller: String,
+    /// Called.
+    pub called: String,
+    /// Winner.
+    pub buyer_id: Option<String>,
+    /// Winner's bid.
+    pub bid_cents: i64,
+    /// Payout.
+    pub payout_cents: i64,
+    /// Billable.
+    pub billable: bool,
+    /// Duration, ms.
+    pub duration_ms: i64,
+}
+
+impl Db {
+    /// Connect lazily (a database that is down at start is retried by the writer).
+    pub fn connect(url: &str) -> Result<Db, sqlx::Error> {
+        if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Ok(Db::Pg(
+                PgPoolOptions::new()
+                    .max_connections(4)
+                    .acquire_timeout(std::time::Duration::from_secs(3))
+                    .connect_lazy(url)?,
+            ))
+        } else {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .foreign_keys(true);
+            Ok(Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .connect_lazy_with(opts),
+            ))
+        }
+    }
+
+    /// Apply the embedded migrations.
+    pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
+        match self {
+            Db::Pg(p) => {
+                migrator(include_str!("../../migrations/postgres/0001_cdr.sql"))
+                    .run(p)
+                    .await
+            }
+            Db::Sqlite(p) => {
+                migrator(include_str!("../../migrations/sqlite/0001_cdr.sql"))
+                    .run(p)
+                    .await
+            }
+        }
+    }
+
+    /// Insert CDRs and their bids in one transaction; a CDR already stored is skipped
+    /// (replays never duplicate).
+    pub async fn insert(&self, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
+        if cdrs.is_empty() {
+            return Ok(());
+        }
+        match self {
+            Db::Pg(p) => insert_pg(p, cdrs).await,
+            Db::Sqlite(p) => insert_sqlite(p, cdrs).await,
+        }
+    }
+
+    /// Rows in `calls`.
+    pub async fn count_calls(&self) -> Result<i64, sqlx::Error> {
+        match self {
+            Db::Pg(p) => {
+                sqlx::query_scalar("SELECT count(*) FROM calls")
+                    .fetch_one(p)
+                    .await
+            }
+            Db::Sqlite(p) => {
+                sqlx::query_scalar("SELECT count(*) FROM calls")
+                    .fetch_one(p)
+                    .await
+            }
+        }
+    }
+
+    /// Calls with `from <= created_at < to` (RFC 3339), oldest first.
+    pub async fn export(&self, from: &str, to: &str) -> Result<Vec<ExportRow>, sqlx::Error> {
+        let rows = match self {
+            Db::Pg(p) => {
+                sqlx::query(
+                    "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
+                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms \
+                     FROM calls WHERE created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz ORDER BY created_at",
+                )
+                .bind(from)
+                .bind(to)
+                .fetch_all(p)
+                .await?
+                .into_iter()
+                .map(|r| ExportRow {
+                    id: r.get("id"),
+                    created_at: r.get("created_at"),
+                    disposition: r.get("disposition"),
+                    carrier: r.get("carrier"),
+                    campaign: r.get("campaign"),
+                    caller: r.get("caller"),
+                    called: r.get("called"),
+                    buyer_id: r.get("buyer_id"),
+                    bid_cents: r.get("bid_cents"),
+                    payout_cents: r.get("payout_cents"),
+                    billable: r.get("billable"),
+                    duration_ms: r.get("duration_ms"),
+                })
+                .collect()
+            }
+            Db::Sqlite(p) => sqlx::query(
+                "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms \
+                 FROM calls WHERE created_at >= ? AND created_at < ? ORDER BY created_at",
+            )
+            .bind(from)
+            .bind(to)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(|r| ExportRow {
+                id: r.get("id"),
+                created_at: r.get("created_at"),
+                disposition: r.get("disposition"),
+                carrier: r.get("carrier"),
+                campaign: r.get("campaign"),
+                caller: r.get("caller"),
+                called: r.get("called"),
+                buyer_id: r.get("buyer_id"),
+                bid_cents: r.get("bid_cents"),
+                payout_cents: r.get("payout_cents"),
+                billable: r.get::<i64, _>("billable") != 0,
+                duration_ms: r.get("duration_ms"),
+            })
+            .collect(),
+        };
+        Ok(rows)
+    }
+}
+
+/// Times as UTC RFC 3339 so SQLite's text comparison orders them.
+fn utc(t: &str) -> String {
+    chrono::DateTime::parse_from_rfc3339(t)
+        .map(|d| {
+            d.with_timezone(&chrono::Utc)
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+        })
+        .unwrap_or_else(|_| t.to_owned())
+}
+
+async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
+    let col = |f: fn(&Cdr) -> String| cdrs.iter().map(f).collect::<Vec<String>>();
+    let opt = |f: fn(&Cdr) -> Option<String>| cdrs.iter().map(f).collect::<Vec<Option<String>>>();
+    let mut tx = p.begin().await?;
+    sqlx::query(
+        "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, payout_cents, \
+         billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, answered_at, ended_at, \
+         duration_ms, quality) \
+         SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+         $9::int8[], $10::int8[], $11::bool[], $12::text[], $12::text[], $13::int4[], $14::int4[], $15::text[], $16::text[], $17::text[], \
+         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[]) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(col(|c| c.id.clone()))
+    .bind(col(|c| c.node_id.clone()))
+    .bind(col(|c| c.carrier.clone()))
+    .bind(col(|c| c.campaign.clone()))
+    .bind(col(|c| c.caller.clone()))
+    .bind(col(|c| c.called.clone()))
+    .bind(col(|c| c.carrier_call_id.clone()))
+    .bind(opt(|c| c.buyer_id.clone()))
+    .bind(cdrs.iter().map(|c| i64::from(c.bid_cents)).collect::<Vec<i64>>())
+    .bind(cdrs.iter().map(|c| i64::from(c.payout_cents)).collect::<Vec<i64>>())
+    .bind(cdrs.iter().map(|c| c.billable).collect::<Vec<bool>>())
+    .bind(col(|c| c.disposition.clone()))
+    .bind(cdrs.iter().map(|c| i32::from(c.carrier_code)).collect::<Vec<i32>>())
+    .bind(cdrs.iter().map(|c| c.buyer_code.map(i32::from)).collect::<Vec<Option<i32>>>())
+    .bind(col(|c| c.compliance.clone()))
+    .bind(opt(|c| c.hangup_by.clone()))
+    .bind(col(|c| c.reason.clone()))
+    .bind(col(|c| c.invite_at.clone()))
+    .bind(opt(|c| c.answer_at.clone()))
+    .bind(col(|c| c.end_at.clone()))
+    .bind(cdrs.iter().map(|c| ms(c.duration_s)).collect::<Vec<i64>>())
+    .bind(opt(|c| c.quality.as_ref().and_then(|q| serde_json::to_string(q).ok())))
+    .execute(&mut *tx)
+    .await?;
+    let (mut ids, mut pos, mut buyers, mut amounts, mut outcomes) =
+        (vec![], vec![], vec![], vec![], vec![]);
+    for c in cdrs {
+        for (i, b) in c.bids.iter().enumerate() {
+            ids.push(c.id.clone());
+            pos.push(i as i32);
+            buyers.push(b.buyer_id.clone());
+            amounts.push(i64::from(b.amount_cents));
+            outcomes.push(b.outcome.clone());
+        }
+    }
+    sqlx::query(
+        "INSERT INTO bids (call_id, position, buyer_id, amount_cents, outcome) \
+         SELECT * FROM UNNEST($1::text[]::uuid[], $2::int4[], $3::text[], $4::int8[], $5::text[]) ON CONFLICT DO NOTHING",
+    )
+    .bind(ids)
+    .bind(pos)
+    .bind(buyers)
+    .bind(amounts)
+    .bind(outcomes)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await
+}
+
+async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
+    let mut tx = p.begin().await?;
+    for c in cdrs {
+        let done = sqlx::query(
+            "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
+             payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
+             answered_at, ended_at, duration_ms, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.id)
+        .bind(&c.node_id)
+        .bind(&c.carrier)
+        .bind(&c.campaign)
+        .bind(&c.caller)
+        .bind(&c.called)
+        .bind(&c.carrier_call_id)
+        .bind(&c.buyer_id)
+        .bind(i64::from(c.bid_cents))
+        .bind(i64::from(c.payout_cents))
+        .bind(c.billable)
+        .bind(&c.disposition)
+        .bind(&c.disposition)
+        .bind(i64::from(c.carrier_code))
+        .bind(c.buyer_code.map(i64::from))
+        .bind(&c.compliance)
+        .bind(&c.hangup_by)
+        .bind(&c.reason)
+        .bind(utc(&c.invite_at))
+        .bind(c.answer_at.as_deref().map(utc))
+        .bind(utc(&c.end_at))
+        .bind(ms(c.duration_s))
+        .bind(c.quality.as_ref().and_then(|q| serde_json::to_string(q).ok()))
+        .execute(&mut *tx)
+        .await?;
+        if done.rows_affected() == 0 {
+            continue; // stored before: a replay
+        }
+        for (i, b) in c.bids.iter().enumerate() {
+            sqlx::query("INSERT OR IGNORE INTO bids (call_id, position, buyer_id, amount_cents, outcome) VALUES (?, ?, ?, ?, ?)")
+                .bind(&c.id)
+                .bind(i as i64)
+                .bind(&b.buyer_id)
+                .bind(i64::from(b.amount_cents))
+                .bind(&b.outcome)
+                .execute(&mut *tx)
+                .await?;
+        }
+    }
+    tx.commit().await
+}
