@@ -165,6 +165,8 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
             problems.push(e.to_string());
         }
     }
+    // let DCE finish the last hangups before it is stopped
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = stop_tx.send(());
     server.await??;
 

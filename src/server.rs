@@ -343,9 +343,11 @@ impl Core {
         loop {
             if let Some(deadline) = stopping {
                 // After shutdown: let BYEs and their answers go, then leave.
-                if Instant::now() >= deadline
-                    || self.edge.calls().active_calls() == 0 && self.edge.poll_timeout().is_none()
-                {
+                let idle =
+                    self.edge.calls().active_calls() == 0 && self.edge.calls().pending_cdrs() == 0;
+                if Instant::now() >= deadline || idle {
+                    // Whatever still waits for a media report is written without it.
+                    self.edge.calls().flush_cdrs();
                     return;
                 }
             }
@@ -361,7 +363,8 @@ impl Core {
                     tracing::info!(active_calls = active, "shutting down: ending active calls");
                     self.edge.shutdown(Instant::now());
                     // With calls ended by BYE, give the BYEs two seconds to be answered.
-                    let grace = if active > 0 { Duration::from_secs(2) } else { Duration::ZERO };
+                                        let busy = active > 0 || self.edge.calls().pending_cdrs() > 0;
+                    let grace = if busy { Duration::from_secs(3) } else { Duration::ZERO };
                     stopping = Some(Instant::now() + grace);
                 }
                                 Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),

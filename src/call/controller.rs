@@ -394,6 +394,19 @@ impl Controller {
         self.calls.len()
     }
 
+    /// Ended calls whose CDR waits for the media report.
+    pub fn pending_cdrs(&self) -> usize {
+        self.awaiting_media.len()
+    }
+
+    /// Write every CDR still waiting for its media report, without it (shutdown).
+    pub fn flush_cdrs(&mut self) {
+        for (_, p) in self.awaiting_media.drain() {
+            tracing::warn!(call = %p.cdr.id, "CDR written without its media report (shutdown)");
+            self.cdr.emit(p.cdr);
+        }
+    }
+
     /// The live counters.
     pub fn live(&self) -> &Arc<Live> {
         &self.live
