@@ -16,6 +16,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum CdrCommand {
+    /// Print the calls of a time range as CSV or JSON lines.
+    Export {
+        /// From (RFC 3339 or YYYY-MM-DD), inclusive.
+        #[arg(long)]
+        from: String,
+        /// To (RFC 3339 or YYYY-MM-DD), exclusive.
+        #[arg(long)]
+        to: String,
+        /// csv or jsonl.
+        #[arg(long, default_value = "csv")]
+        format: String,
+        /// Config file.
+        #[arg(long, default_value = "config/dce.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum DncCommand {
     /// Turn a registry list (10-digit lines, or E.164) into the compact file DCE loads.
     Build {
@@ -40,6 +59,17 @@ enum Command {
         /// Config file.
         #[arg(long, default_value = "config/dce.toml")]
         config: PathBuf,
+    },
+    /// Apply the database migrations of `[storage] database_url`.
+    Migrate {
+        /// Config file.
+        #[arg(long, default_value = "config/dce.toml")]
+        config: PathBuf,
+    },
+    /// Call detail records.
+    Cdr {
+        #[command(subcommand)]
+        command: CdrCommand,
     },
     /// Do-Not-Call files.
     Dnc {
@@ -79,6 +109,84 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Migrate { config } => {
+            let Some((cfg, rt)) = config_and_runtime(&config) else {
+                return ExitCode::FAILURE;
+            };
+            match rt.block_on(async {
+                let db = dce::store::Db::connect(&cfg.storage.database_url)?;
+                db.migrate().await?;
+                anyhow::Ok(())
+            }) {
+                Ok(()) => {
+                    println!("{}: migrated", cfg.storage.database_url);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("migration failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Cdr {
+            command:
+                CdrCommand::Export {
+                    from,
+                    to,
+                    format,
+                    config,
+                },
+        } => {
+            let Some((cfg, rt)) = config_and_runtime(&config) else {
+                return ExitCode::FAILURE;
+            };
+            let (Some(from), Some(to)) = (instant(&from), instant(&to)) else {
+                eprintln!("--from and --to must be RFC 3339 times or YYYY-MM-DD dates");
+                return ExitCode::FAILURE;
+            };
+            if format != "csv" && format != "jsonl" {
+                eprintln!("--format must be csv or jsonl");
+                return ExitCode::FAILURE;
+            }
+            match rt.block_on(async {
+                dce::store::Db::connect(&cfg.storage.database_url)?
+                    .export(&from, &to)
+                    .await
+                    .map_err(anyhow::Error::from)
+            }) {
+                Ok(rows) => {
+                    if format == "csv" {
+                        println!("id,created_at,disposition,carrier,campaign,caller,called,buyer_id,bid_cents,payout_cents,billable,duration_ms");
+                        for r in rows {
+                            println!(
+                                "{},{},{},{},{},{},{},{},{},{},{},{}",
+                                r.id,
+                                r.created_at,
+                                r.disposition,
+                                csv(&r.carrier),
+                                csv(&r.campaign),
+                                r.caller,
+                                r.called,
+                                csv(r.buyer_id.as_deref().unwrap_or("")),
+                                r.bid_cents,
+                                r.payout_cents,
+                                r.billable,
+                                r.duration_ms
+                            );
+                        }
+                    } else {
+                        for r in rows {
+                            println!("{}", serde_json::to_string(&r).unwrap_or_default());
+                        }
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("export failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Dnc {
             command: DncCommand::Build { input, output },
         } => {
@@ -134,6 +242,30 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// RFC 3339, or a date (midnight UTC), as UTC RFC 3339 with milliseconds.
+fn instant(s: &str) -> Option<String> {
+    use chrono::{NaiveDate, SecondsFormat, TimeZone, Utc};
+    let t = chrono::DateTime::parse_from_rfc3339(s)
+        .map(|d| d.with_timezone(&Utc))
+        .ok()
+        .or_else(|| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d")
+                .ok()
+                .and_then(|d| d.and_hms_opt(0, 0, 0))
+                .map(|d| Utc.from_utc_datetime(&d))
+        })?;
+    Some(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// A CSV field, quoted when it needs to be.
+fn csv(s: &str) -> String {
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_owned()
     }
 }
 
