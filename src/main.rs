@@ -35,6 +35,18 @@ enum CdrCommand {
 }
 
 #[derive(Subcommand)]
+enum GdprCommand {
+    /// Replace NUMBER by its keyed hash in every call record, and log the erasure.
+    Erase {
+        /// The number (E.164 or 10-digit).
+        number: String,
+        /// Config file.
+        #[arg(long, default_value = "config/dce.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum DncCommand {
     /// Turn a registry list (10-digit lines, or E.164) into the compact file DCE loads.
     Build {
@@ -70,6 +82,11 @@ enum Command {
     Cdr {
         #[command(subcommand)]
         command: CdrCommand,
+    },
+    /// GDPR: anonymise every record of a number.
+    Gdpr {
+        #[command(subcommand)]
+        command: GdprCommand,
     },
     /// Do-Not-Call files.
     Dnc {
@@ -183,6 +200,32 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("export failed: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Gdpr {
+            command: GdprCommand::Erase { number, config },
+        } => {
+            init_logging("info");
+            let Some((cfg, rt)) = config_and_runtime(&config) else {
+                return ExitCode::FAILURE;
+            };
+            let key_file = cfg.storage.spool_dir.join("anon.key");
+            let result = rt.block_on(async {
+                std::fs::create_dir_all(&cfg.storage.spool_dir)?;
+                let key = dce::store::anonymize::key(&key_file)?;
+                let db = dce::store::Db::connect(&cfg.storage.database_url)?;
+                anyhow::Ok(db.erase_number(&key, &number).await?)
+            });
+            match result {
+                Ok(n) => {
+                    tracing::info!(calls = n, "GDPR erasure of one number done");
+                    println!("erased: {n} call record(s) anonymised");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("erasure failed: {e:#}");
                     ExitCode::FAILURE
                 }
             }

@@ -192,8 +192,12 @@ pub async fn run(
     let db = crate::store::Db::connect(&config.storage.database_url)
         .with_context(|| format!("bad storage.database_url {}", config.storage.database_url))?;
     let spool = crate::store::Spool::new(&config.storage.spool_dir);
+    let retention = crate::store::Retention {
+        days: config.storage.anonymize_after_days,
+        key_file: config.storage.spool_dir.join("anon.key"),
+    };
     let (db_sink, writer, _stats) =
-        crate::store::start(db, spool, config.storage.auto_migrate, 10_000);
+        crate::store::start(db, spool, config.storage.auto_migrate, 10_000, retention);
     let mut sinks: Vec<Box<dyn crate::call::cdr::CdrSink>> = vec![Box::new(db_sink)];
     if let Some(path) = &config.cdr.jsonl_path {
         sinks.push(Box::new(JsonlSink::open(path).with_context(|| {

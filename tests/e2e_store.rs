@@ -242,6 +242,43 @@ fn sqlite_default_same_rows_and_migrate_and_export() {
         1,
         "only the header outside the range"
     );
+
+    // GDPR: the caller's number disappears from every record, replaced by one stable pseudonym
+    let out = std::process::Command::new(dce_bin)
+        .current_dir(&dir.0)
+        .args(["gdpr", "erase", "+1 310 555 1234", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("erased: 10 call record(s)"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("GDPR erasure"),
+        "the erasure is logged"
+    );
+    let csv = export("csv");
+    assert!(!csv.contains("13105551234"));
+    let pseudonyms: std::collections::HashSet<&str> = csv
+        .lines()
+        .skip(1)
+        .map(|l| l.split(',').nth(5).unwrap())
+        .collect();
+    assert_eq!(pseudonyms.len(), 1, "one caller's calls stay linkable");
+    assert!(pseudonyms.iter().all(|p| p.starts_with("anon:")));
+
+    // retention: calls older than the cutoff are anonymised (called numbers too)
+    let changed = rt.block_on(async {
+        let db = dce::store::Db::connect(&format!("sqlite://{}", db.display())).unwrap();
+        db.anonymize_before(b"0123456789abcdef", "2100-01-01T00:00:00.000Z")
+            .await
+            .unwrap()
+    });
+    assert_eq!(changed, 10, "called numbers were still clear");
+    assert!(!export("csv").contains("18005550100"));
 }
 
 #[test]

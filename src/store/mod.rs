@@ -5,14 +5,16 @@
 //!
 //! | file | what it owns |
 //! |---|---|
+//! | `anonymize.rs` | retention and GDPR erasure by keyed hash |
 //! | `db.rs` | pools, embedded migrations, batched idempotent inserts, export |
 //! | `spool.rs` | the checksummed, fsync'd spool file and its torn-tail detection |
 //! | `writer.rs` | the sink the call path writes to, the batching task, replay |
 
+pub mod anonymize;
 pub mod db;
 pub mod spool;
 pub mod writer;
 
 pub use db::Db;
 pub use spool::Spool;
-pub use writer::{start, DbSink, WriterStats};
+pub use writer::{start, DbSink, Retention, WriterStats};

@@ -72,6 +72,7 @@ pub fn start(
     spool: Spool,
     auto_migrate: bool,
     capacity: usize,
+    retention: Retention,
 ) -> (DbSink, JoinHandle<()>, Arc<WriterStats>) {
     let (tx, rx) = mpsc::channel(capacity);
     let lock = Arc::new(Mutex::new(()));
@@ -83,6 +84,7 @@ pub fn start(
         stats.clone(),
         auto_migrate,
         rx,
+        retention,
     ));
     (
         DbSink {
@@ -163,6 +165,36 @@ impl Writer {
     }
 }
 
+/// The retention job's settings.
+#[derive(Debug, Clone)]
+pub struct Retention {
+    /// Anonymise numbers of calls older than this many days; 0 = never.
+    pub days: u32,
+    /// The hash key file.
+    pub key_file: std::path::PathBuf,
+}
+
+async fn retention_pass(db: &Db, r: &Retention) {
+    if r.days == 0 {
+        return;
+    }
+    let key = match super::anonymize::key(&r.key_file) {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::error!(file = %r.key_file.display(), error = %e, "retention: no hash key");
+            return;
+        }
+    };
+    let cutoff = (chrono::Utc::now() - chrono::Duration::days(i64::from(r.days)))
+        .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    match db.anonymize_before(&key, &cutoff).await {
+        Ok(0) => {}
+        Ok(n) => tracing::info!(calls = n, before = %cutoff, "retention: numbers anonymised"),
+        Err(e) => tracing::warn!(error = %e, "retention pass failed; retried next hour"),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn run(
     db: Db,
     spool: Spool,
@@ -170,7 +202,9 @@ async fn run(
     stats: Arc<WriterStats>,
     auto_migrate: bool,
     mut rx: mpsc::Receiver<Cdr>,
+    retention: Retention,
 ) {
+    let mut retention_at = tokio::time::Instant::now() + Duration::from_secs(60);
     let mut w = Writer {
         db,
         spool,
@@ -185,9 +219,16 @@ async fn run(
     loop {
         let first = tokio::select! {
             c = rx.recv() => c,
-            _ = tokio::time::sleep_until(replay_at) => {
+                        _ = tokio::time::sleep_until(replay_at) => {
                 w.replay().await;
                 replay_at = tokio::time::Instant::now() + REPLAY_EVERY;
+                continue;
+            }
+            _ = tokio::time::sleep_until(retention_at) => {
+                if w.migrated || !w.auto_migrate {
+                    retention_pass(&w.db, &retention).await;
+                }
+                retention_at = tokio::time::Instant::now() + Duration::from_secs(3600);
                 continue;
             }
         };
