@@ -75,6 +75,35 @@ impl ComplianceSetup {
     }
 }
 
+/// Consent records from the database into the in-memory check (at start, after migrating when
+/// `auto_migrate`, and on reload). A database that is away leaves the current records.
+pub async fn load_consent(
+    db: &crate::store::Db,
+    migrate: bool,
+    compliance: &std::sync::Mutex<dce_compliance::Compliance>,
+) {
+    let deadline = Duration::from_secs(5);
+    if migrate {
+        match tokio::time::timeout(deadline, db.migrate()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "migration at start failed; consent not loaded")
+            }
+            Err(_) => tracing::warn!("database did not answer at start; consent not loaded"),
+        }
+    }
+    match tokio::time::timeout(deadline, db.load_consent()).await {
+        Ok(Ok(records)) => {
+            tracing::info!(records = records.len(), "consent loaded");
+            if let Ok(mut c) = compliance.lock() {
+                c.set_consent(records);
+            }
+        }
+        Ok(Err(e)) => tracing::warn!(error = %e, "consent not loaded"),
+        Err(_) => tracing::warn!("database did not answer; consent not loaded"),
+    }
+}
+
 /// Build the routing snapshot of a config over `live`.
 pub fn snapshot_of(config: &Config, live: &Live) -> anyhow::Result<Snapshot> {
     Ok(Snapshot::new(
@@ -192,6 +221,8 @@ pub async fn run(
     let db = crate::store::Db::connect(&config.storage.database_url)
         .with_context(|| format!("bad storage.database_url {}", config.storage.database_url))?;
     let spool = crate::store::Spool::new(&config.storage.spool_dir);
+    load_consent(&db, config.storage.auto_migrate, &compliance).await;
+    let consent_db = db.clone();
     let retention = crate::store::Retention {
         days: config.storage.anonymize_after_days,
         key_file: config.storage.spool_dir.join("anon.key"),
@@ -231,6 +262,7 @@ pub async fn run(
         config_path,
         latency: Latency::default(),
         compliance,
+        db: consent_db,
     };
     tracing::info!(
         node = %config.node.id,
@@ -273,11 +305,12 @@ struct Core {
     latency: Latency,
     compliance: Arc<std::sync::Mutex<dce_compliance::Compliance>>,
     shared: Option<crate::shared::Shared>,
+    db: crate::store::Db,
 }
 
 impl Core {
     /// SIGHUP: re-read the config; a bad file is logged and the running config stays.
-    fn reload(&mut self) {
+    async fn reload(&mut self) {
         let Some(path) = self.config_path.clone() else {
             tracing::warn!("SIGHUP ignored: no config file to reload");
             return;
@@ -298,6 +331,7 @@ impl Core {
                         if let Ok(mut c) = self.compliance.lock() {
                             setup.apply(&mut c, self.shared.is_some());
                         }
+                        load_consent(&self.db, false, &self.compliance).await;
                         if self.shared.is_some() {
                             self.edge
                                 .calls()
@@ -373,7 +407,7 @@ impl Core {
                 }
                                 Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
                 Some((token, result)) = verdicts.recv() => self.edge.on_remote_verdict(token, result, Instant::now()),
-                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.reload(),
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.reload().await,
                 item = rx.recv() => match item {
                     Some(Inbound::TcpOpened { conn, tx }) => {
                         self.tcp.insert(conn, tx);

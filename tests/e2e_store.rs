@@ -334,3 +334,48 @@ fn database_away_cdrs_spool_and_replay_exactly_once() {
     );
     assert_eq!(left, 0, "the spool is empty after the replay");
 }
+
+#[test]
+fn consent_comes_from_the_database_and_a_reload_refreshes_it() {
+    let Some(bin) = sipp::sipp() else { return };
+    let (acme, bravo) = (free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        config(port, dir, "", acme, bravo).replace(
+            "billable_after_s = 0\n",
+            "billable_after_s = 0\nrequire_consent = true\n",
+        )
+    });
+    // no consent yet: 603 CONSENT, no buyer rings
+    let s = std::fs::read_to_string(sipp::scenario("uac_expect.xml")).unwrap().replace(
+        "<recv response=\"EXPECTED_CODE\"/>",
+        "<recv response=\"603\"><action><ereg regexp=\"text=.CONSENT.\" search_in=\"hdr\" header=\"Reason:\" check_it=\"true\" assign_to=\"r\"/></action></recv>\n  <Reference variables=\"r\"/>",
+    );
+    let p = dce.dir().join("expect_consent.xml");
+    std::fs::write(&p, s).unwrap();
+    let mut args = sipp::args(&p, free_port(), &["-s", "+18005550100", "-m", "1"]);
+    args.push(dce.sip.to_string());
+    let out = sipp::run(&bin, &args);
+    assert!(
+        out.status.success(),
+        "expected 603 CONSENT: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    // consent is granted in the database; a reload picks it up
+    let rt = rt();
+    rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", dce.dir().join("dce.db").display())).await.unwrap();
+        sqlx::query("INSERT INTO consent (number, campaign, granted_at, expires_at, source) VALUES ('3105551234', 'auto', '2020-01-01T00:00:00Z', NULL, 'web form')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+    });
+    dce.signal("HUP");
+    dce.wait_for_log(
+        "consent loaded records=1",
+        std::time::Duration::from_secs(5),
+    );
+    run_calls(&bin, &dce, acme, bravo, 1);
+    let (ok, log) = dce.stop();
+    assert!(ok, "{log}");
+}

@@ -115,6 +115,52 @@ impl Db {
         }
     }
 
+    /// Every consent record (for the in-memory consent check).
+    pub async fn load_consent(&self) -> Result<Vec<dce_compliance::Consent>, sqlx::Error> {
+        let parse = |t: Option<String>| {
+            t.and_then(|t| {
+                chrono::DateTime::parse_from_rfc3339(&t)
+                    .ok()
+                    .or_else(|| {
+                        chrono::DateTime::parse_from_str(
+                            &format!("{t} +0000"),
+                            "%Y-%m-%d %H:%M:%S%.f %z",
+                        )
+                        .ok()
+                    })
+                    .map(|d| d.with_timezone(&chrono::Utc))
+            })
+        };
+        let rows: Vec<(String, String, Option<String>, Option<String>, String)> = match self {
+            Db::Pg(p) => sqlx::query(
+                "SELECT number, campaign, to_char(granted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS granted,                  to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS expires, source FROM consent",
+            )
+            .fetch_all(p)
+            .await?
+            .iter()
+            .map(|r| (r.get("number"), r.get("campaign"), r.get("granted"), r.get("expires"), r.get("source")))
+            .collect(),
+            Db::Sqlite(p) => sqlx::query("SELECT number, campaign, granted_at AS granted, expires_at AS expires, source FROM consent")
+                .fetch_all(p)
+                .await?
+                .iter()
+                .map(|r| (r.get("number"), r.get("campaign"), r.get("granted"), r.get("expires"), r.get("source")))
+                .collect(),
+        };
+        Ok(rows
+            .into_iter()
+            .filter_map(|(number, campaign, granted, expires, source)| {
+                Some(dce_compliance::Consent {
+                    number: dce_compliance::nanp10(&number)?,
+                    campaign,
+                    granted: parse(granted)?,
+                    expires: parse(expires),
+                    source,
+                })
+            })
+            .collect())
+    }
+
     /// Rows in `calls`.
     pub async fn count_calls(&self) -> Result<i64, sqlx::Error> {
         match self {
