@@ -35,6 +35,9 @@ fn ms(d: f64) -> i64 {
     (d * 1000.0).round() as i64
 }
 
+/// number, campaign, granted, expires, source — as text.
+type ConsentRow = (String, String, Option<String>, Option<String>, String);
+
 /// One row of `dce cdr export`.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 pub struct ExportRow {
@@ -131,7 +134,7 @@ impl Db {
                     .map(|d| d.with_timezone(&chrono::Utc))
             })
         };
-        let rows: Vec<(String, String, Option<String>, Option<String>, String)> = match self {
+        let rows: Vec<ConsentRow> = match self {
             Db::Pg(p) => sqlx::query(
                 "SELECT number, campaign, to_char(granted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS granted,                  to_char(expires_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"') AS expires, source FROM consent",
             )
