@@ -87,9 +87,13 @@ pub async fn load_consent(
         match tokio::time::timeout(deadline, db.migrate()).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, "migration at start failed; consent not loaded")
+                tracing::warn!(error = %e, "migration at start failed; consent not loaded");
+                return;
             }
-            Err(_) => tracing::warn!("database did not answer at start; consent not loaded"),
+            Err(_) => {
+                tracing::warn!("database did not answer at start; consent not loaded");
+                return;
+            }
         }
     }
     match tokio::time::timeout(deadline, db.load_consent()).await {

@@ -247,3 +247,52 @@ impl CdrSink for JsonlSink {
         }
     }
 }
+
+impl Cdr {
+    /// A made-up answered call with three bids, number `i` (distinct ids), for benchmarks and
+    /// tests that need many CDRs.
+    #[doc(hidden)]
+    pub fn synthetic(i: usize) -> Cdr {
+        Cdr {
+            id: format!("{:08x}-0000-4000-8000-{:012x}", i as u32, i),
+            node_id: "bench".into(),
+            disposition: "answered".into(),
+            carrier: "carrier-a".into(),
+            campaign: "auto".into(),
+            caller: format!("1310555{:04}", i % 10_000),
+            called: "18005550100".into(),
+            carrier_call_id: format!("c{i}"),
+            buyer_id: Some("bravo".into()),
+            bid_cents: 1200,
+            payout_cents: 1200,
+            billable: true,
+            compliance: "pass:dnc,tcpa_hours".into(),
+            bids: vec![
+                BidRecord {
+                    buyer_id: "acme".into(),
+                    amount_cents: 1500,
+                    outcome: "attempted:486".into(),
+                },
+                BidRecord {
+                    buyer_id: "bravo".into(),
+                    amount_cents: 1200,
+                    outcome: "won".into(),
+                },
+                BidRecord {
+                    buyer_id: "cobalt".into(),
+                    amount_cents: 900,
+                    outcome: "excluded:state".into(),
+                },
+            ],
+            invite_at: "2026-07-15T16:00:00.000Z".into(),
+            answer_at: Some("2026-07-15T16:00:02.000Z".into()),
+            end_at: "2026-07-15T16:02:00.000Z".into(),
+            duration_s: 118.0,
+            hangup_by: Some("carrier".into()),
+            reason: "carrier hung up".into(),
+            carrier_code: 200,
+            buyer_code: Some(200),
+            quality: None,
+        }
+    }
+}

@@ -1,12 +1,14 @@
 //! The CDR writer: the call path hands a CDR to a bounded channel and moves on; a task batches
 //! them into the database (by count or every 100 ms). When the database errors, is slow or the
-//! channel is full, CDRs go to the fsync'd spool; a replay loop puts them in the database once it
-//! answers again, and only then removes them from the spool.
+//! channel is full, CDRs go to the fsync'd spool; a replay loop (its own task, so a dead
+//! database never holds up the batching) puts them in the database once it answers again, and
+//! only then removes them from the spool. Inserts are idempotent on the call id, so a replay
+//! interrupted between commit and file removal cannot duplicate a call.
 
 use super::db::Db;
 use super::spool::Spool;
 use crate::call::cdr::{Cdr, CdrSink};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -98,37 +100,21 @@ pub fn start(
     )
 }
 
-struct Writer {
+/// What the batching loop and the replay loop share.
+struct Shared {
     db: Db,
     spool: Spool,
     lock: Arc<Mutex<()>>,
     stats: Arc<WriterStats>,
-    auto_migrate: bool,
-    migrated: bool,
+    /// False while the database is known to be away (a write failed, or it has not answered
+    /// since start): new batches then go straight to the fsync'd spool, so a crash during an
+    /// outage loses at most one linger's worth of CDRs, and the batching loop never waits on a
+    /// dead database. The replay loop sets it again once the database takes the spool.
+    healthy: AtomicBool,
 }
 
-impl Writer {
-    async fn ready(&mut self) -> bool {
-        if self.migrated || !self.auto_migrate {
-            return true;
-        }
-        match tokio::time::timeout(WRITE_DEADLINE, self.db.migrate()).await {
-            Ok(Ok(())) => {
-                self.migrated = true;
-                true
-            }
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "database migration failed; CDRs are spooled");
-                false
-            }
-            Err(_) => false,
-        }
-    }
-
-    async fn write(&mut self, batch: &[Cdr]) -> bool {
-        if !self.ready().await {
-            return false;
-        }
+impl Shared {
+    async fn write(&self, batch: &[Cdr]) -> bool {
         match tokio::time::timeout(WRITE_DEADLINE, self.db.insert(batch)).await {
             Ok(Ok(())) => {
                 self.stats
@@ -137,30 +123,56 @@ impl Writer {
                 true
             }
             Ok(Err(e)) => {
-                tracing::warn!(error = %e, cdrs = batch.len(), "database write failed; spooling");
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(error = %e, cdrs = batch.len(), "database write failed; spooling until it answers");
+                }
                 false
             }
             Err(_) => {
-                tracing::warn!(cdrs = batch.len(), "database write too slow; spooling");
+                if self.healthy.swap(false, Ordering::Relaxed) {
+                    tracing::warn!(
+                        cdrs = batch.len(),
+                        "database write too slow; spooling until it answers"
+                    );
+                }
                 false
             }
         }
     }
 
-    async fn replay(&mut self) {
+    /// Put every spool file into the database; true when the spool is empty afterwards.
+    async fn replay(&self) -> bool {
         let batches = {
             let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             self.spool.take()
         };
         for b in batches {
-            if b.cdrs.is_empty() || self.write(&b.cdrs).await {
-                if !b.cdrs.is_empty() {
-                    tracing::info!(cdrs = b.cdrs.len(), file = %b.path.display(), "spool replayed");
+            // In transactions of BATCH; a crash part-way leaves the file, and the next replay's
+            // inserts of the rows already in skip them (idempotent on the call id).
+            for chunk in b.cdrs.chunks(BATCH) {
+                if !self.write(chunk).await {
+                    return false; // still down: the file stays for the next round
                 }
-                self.spool.done(&b);
-            } else {
-                break; // still down: the file stays for the next round
             }
+            if !b.cdrs.is_empty() {
+                tracing::info!(cdrs = b.cdrs.len(), file = %b.path.display(), "spool replayed");
+            }
+            self.spool.done(&b);
+        }
+        true
+    }
+}
+
+async fn migrate(db: &Db) -> bool {
+    match tokio::time::timeout(WRITE_DEADLINE, db.migrate()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "database migration failed; CDRs are spooled");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("database migration too slow; CDRs are spooled");
+            false
         }
     }
 }
@@ -194,7 +206,38 @@ async fn retention_pass(db: &Db, r: &Retention) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Every [`REPLAY_EVERY`]: migrate (once, when asked to), replay the spool and mark the database
+/// healthy when it took everything; hourly retention. A last replay when told to stop.
+async fn replay_loop(
+    sh: Arc<Shared>,
+    auto_migrate: bool,
+    retention: Retention,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
+) {
+    let mut migrated = !auto_migrate;
+    let mut retention_at = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if !migrated {
+            migrated = migrate(&sh.db).await;
+        }
+        if migrated && sh.replay().await && !sh.healthy.swap(true, Ordering::Relaxed) {
+            tracing::info!("database answers; CDRs are written directly");
+        }
+        if migrated && tokio::time::Instant::now() >= retention_at {
+            retention_pass(&sh.db, &retention).await;
+            retention_at = tokio::time::Instant::now() + Duration::from_secs(3600);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(REPLAY_EVERY) => {}
+            _ = &mut stop => break,
+        }
+    }
+    // Shutting down: one last attempt to empty the spool.
+    if migrated || migrate(&sh.db).await {
+        sh.replay().await;
+    }
+}
+
 async fn run(
     db: Db,
     spool: Spool,
@@ -204,35 +247,16 @@ async fn run(
     mut rx: mpsc::Receiver<Cdr>,
     retention: Retention,
 ) {
-    let mut retention_at = tokio::time::Instant::now() + Duration::from_secs(60);
-    let mut w = Writer {
+    let sh = Arc::new(Shared {
         db,
         spool,
         lock,
         stats,
-        auto_migrate,
-        migrated: false,
-    };
-    w.ready().await;
-    w.replay().await;
-    let mut replay_at = tokio::time::Instant::now() + REPLAY_EVERY;
-    loop {
-        let first = tokio::select! {
-            c = rx.recv() => c,
-                        _ = tokio::time::sleep_until(replay_at) => {
-                w.replay().await;
-                replay_at = tokio::time::Instant::now() + REPLAY_EVERY;
-                continue;
-            }
-            _ = tokio::time::sleep_until(retention_at) => {
-                if w.migrated || !w.auto_migrate {
-                    retention_pass(&w.db, &retention).await;
-                }
-                retention_at = tokio::time::Instant::now() + Duration::from_secs(3600);
-                continue;
-            }
-        };
-        let Some(first) = first else { break };
+        healthy: AtomicBool::new(false),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let replayer = tokio::spawn(replay_loop(sh.clone(), auto_migrate, retention, stop_rx));
+    while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + LINGER;
         while batch.len() < BATCH {
@@ -241,10 +265,10 @@ async fn run(
                 _ => break,
             }
         }
-        if !w.write(&batch).await {
-            spool_or_log(&w.spool, &w.lock, &w.stats, &batch);
+        if !sh.healthy.load(Ordering::Relaxed) || !sh.write(&batch).await {
+            spool_or_log(&sh.spool, &sh.lock, &sh.stats, &batch);
         }
     }
-    // Shutting down: one last attempt to empty the spool.
-    w.replay().await;
+    let _ = stop_tx.send(());
+    let _ = replayer.await;
 }
