@@ -38,7 +38,7 @@ def free_port():
             continue
 
 
-def step(rate, seconds, hold_ms):
+def step(rate, seconds, hold_ms, storage=None):
     tmp = tempfile.mkdtemp(prefix="dce-load-")
     port, buyer_port = free_port(), free_port()
     cfg = os.path.join(tmp, "dce.toml")
@@ -51,6 +51,9 @@ advertised_host = "127.0.0.1"
 max_calls = 100000
 [cdr]
 jsonl_path = "{tmp}/cdr.jsonl"
+[storage]
+{storage or f'database_url = "sqlite://{tmp}/dce.db"'}
+spool_dir = "{tmp}/spool"
 [[carrier]]
 id = "load"
 sources = ["127.0.0.1/32"]

@@ -225,14 +225,31 @@ pub async fn run(
     let db = crate::store::Db::connect(&config.storage.database_url)
         .with_context(|| format!("bad storage.database_url {}", config.storage.database_url))?;
     let spool = crate::store::Spool::new(&config.storage.spool_dir);
-    load_consent(&db, config.storage.auto_migrate, &compliance).await;
+    // The database may be away: calls are served from the start regardless. Consent arrives
+    // when it answers (calls of consent-gated campaigns are refused until then), and the CDR
+    // writer spools until it has migrated.
+    let (gate_tx, gate) = tokio::sync::oneshot::channel();
+    {
+        let (db, compliance, migrate) =
+            (db.clone(), compliance.clone(), config.storage.auto_migrate);
+        tokio::spawn(async move {
+            load_consent(&db, migrate, &compliance).await;
+            let _ = gate_tx.send(());
+        });
+    }
     let consent_db = db.clone();
     let retention = crate::store::Retention {
         days: config.storage.anonymize_after_days,
         key_file: config.storage.spool_dir.join("anon.key"),
     };
-    let (db_sink, writer, _stats) =
-        crate::store::start(db, spool, config.storage.auto_migrate, 10_000, retention);
+    let (db_sink, writer, _stats) = crate::store::start(
+        db,
+        spool,
+        config.storage.auto_migrate,
+        10_000,
+        retention,
+        gate,
+    );
     let mut sinks: Vec<Box<dyn crate::call::cdr::CdrSink>> = vec![Box::new(db_sink)];
     if let Some(path) = &config.cdr.jsonl_path {
         sinks.push(Box::new(JsonlSink::open(path).with_context(|| {
@@ -335,7 +352,9 @@ impl Core {
                         if let Ok(mut c) = self.compliance.lock() {
                             setup.apply(&mut c, self.shared.is_some());
                         }
-                        load_consent(&self.db, false, &self.compliance).await;
+                        // In the background: a database that is away must not hold up calls.
+                        let (db, compliance) = (self.db.clone(), self.compliance.clone());
+                        tokio::spawn(async move { load_consent(&db, false, &compliance).await });
                         if self.shared.is_some() {
                             self.edge
                                 .calls()

@@ -68,13 +68,16 @@ fn spool_or_log(spool: &Spool, lock: &Mutex<()>, stats: &WriterStats, cdrs: &[Cd
 }
 
 /// Start the writer. Dropping the returned sink (and every clone of its sender) ends the task
-/// after it has written or spooled everything it was given; await the handle for that.
+/// after it has written or spooled everything it was given; await the handle for that. The
+/// database is not touched before `gate` fires (so start-up work such as loading consent can
+/// migrate first); CDRs handed over before then are spooled.
 pub fn start(
     db: Db,
     spool: Spool,
     auto_migrate: bool,
     capacity: usize,
     retention: Retention,
+    gate: tokio::sync::oneshot::Receiver<()>,
 ) -> (DbSink, JoinHandle<()>, Arc<WriterStats>) {
     let (tx, rx) = mpsc::channel(capacity);
     let lock = Arc::new(Mutex::new(()));
@@ -87,6 +90,7 @@ pub fn start(
         auto_migrate,
         rx,
         retention,
+        gate,
     ));
     (
         DbSink {
@@ -212,8 +216,13 @@ async fn replay_loop(
     sh: Arc<Shared>,
     auto_migrate: bool,
     retention: Retention,
+    gate: tokio::sync::oneshot::Receiver<()>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
+    tokio::select! {
+        _ = gate => {}
+        _ = &mut stop => {}
+    }
     let mut migrated = !auto_migrate;
     let mut retention_at = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
@@ -238,6 +247,7 @@ async fn replay_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn run(
     db: Db,
     spool: Spool,
@@ -246,6 +256,7 @@ async fn run(
     auto_migrate: bool,
     mut rx: mpsc::Receiver<Cdr>,
     retention: Retention,
+    gate: tokio::sync::oneshot::Receiver<()>,
 ) {
     let sh = Arc::new(Shared {
         db,
@@ -255,7 +266,13 @@ async fn run(
         healthy: AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
-    let replayer = tokio::spawn(replay_loop(sh.clone(), auto_migrate, retention, stop_rx));
+    let replayer = tokio::spawn(replay_loop(
+        sh.clone(),
+        auto_migrate,
+        retention,
+        gate,
+        stop_rx,
+    ));
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
         let until = tokio::time::Instant::now() + LINGER;
