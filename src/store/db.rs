@@ -67,6 +67,26 @@ pub struct ExportRow {
     pub duration_ms: i64,
 }
 
+/// An export row from a query row of either database (they differ in how `billable` is stored).
+macro_rules! export_row {
+    ($r:ident, $billable:expr) => {
+        ExportRow {
+            id: $r.get("id"),
+            created_at: $r.get("created_at"),
+            disposition: $r.get("disposition"),
+            carrier: $r.get("carrier"),
+            campaign: $r.get("campaign"),
+            caller: $r.get("caller"),
+            called: $r.get("called"),
+            buyer_id: $r.get("buyer_id"),
+            bid_cents: $r.get("bid_cents"),
+            payout_cents: $r.get("payout_cents"),
+            billable: $billable,
+            duration_ms: $r.get("duration_ms"),
+        }
+    };
+}
+
 impl Db {
     /// Connect lazily (a database that is down at start is retried by the writer).
     pub fn connect(url: &str) -> Result<Db, sqlx::Error> {
@@ -194,20 +214,7 @@ impl Db {
                 .fetch_all(p)
                 .await?
                 .into_iter()
-                .map(|r| ExportRow {
-                    id: r.get("id"),
-                    created_at: r.get("created_at"),
-                    disposition: r.get("disposition"),
-                    carrier: r.get("carrier"),
-                    campaign: r.get("campaign"),
-                    caller: r.get("caller"),
-                    called: r.get("called"),
-                    buyer_id: r.get("buyer_id"),
-                    bid_cents: r.get("bid_cents"),
-                    payout_cents: r.get("payout_cents"),
-                    billable: r.get("billable"),
-                    duration_ms: r.get("duration_ms"),
-                })
+                .map(|r| export_row!(r, r.get("billable")))
                 .collect()
             }
             Db::Sqlite(p) => sqlx::query(
@@ -219,20 +226,7 @@ impl Db {
             .fetch_all(p)
             .await?
             .into_iter()
-            .map(|r| ExportRow {
-                id: r.get("id"),
-                created_at: r.get("created_at"),
-                disposition: r.get("disposition"),
-                carrier: r.get("carrier"),
-                campaign: r.get("campaign"),
-                caller: r.get("caller"),
-                called: r.get("called"),
-                buyer_id: r.get("buyer_id"),
-                bid_cents: r.get("bid_cents"),
-                payout_cents: r.get("payout_cents"),
-                billable: r.get::<i64, _>("billable") != 0,
-                duration_ms: r.get("duration_ms"),
-            })
+            .map(|r| export_row!(r, r.get::<i64, _>("billable") != 0))
             .collect(),
         };
         Ok(rows)

@@ -147,31 +147,10 @@ fn read_records(path: &Path) -> (Vec<Cdr>, bool) {
 mod tests {
     use super::*;
 
-    pub(crate) fn cdr(id: &str) -> Cdr {
+    fn cdr(id: &str) -> Cdr {
         Cdr {
             id: id.into(),
-            node_id: "n".into(),
-            disposition: "answered".into(),
-            carrier: "c".into(),
-            campaign: "auto".into(),
-            caller: "13105551234".into(),
-            called: "18005550100".into(),
-            carrier_call_id: "x".into(),
-            buyer_id: Some("acme".into()),
-            bid_cents: 1500,
-            payout_cents: 1500,
-            billable: true,
-            compliance: "pass".into(),
-            bids: vec![],
-            invite_at: "2026-07-15T16:00:00+00:00".into(),
-            answer_at: Some("2026-07-15T16:00:02+00:00".into()),
-            end_at: "2026-07-15T16:02:00+00:00".into(),
-            duration_s: 118.0,
-            hangup_by: Some("carrier".into()),
-            reason: "carrier hung up".into(),
-            carrier_code: 200,
-            buyer_code: Some(200),
-            quality: None,
+            ..Cdr::synthetic(0)
         }
     }
 
