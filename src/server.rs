@@ -317,6 +317,34 @@ pub async fn run(
     Ok(counters)
 }
 
+/// A config and its compliance files, read for a reload.
+struct Reloaded {
+    path: PathBuf,
+    cfg: Config,
+    setup: ComplianceSetup,
+}
+
+/// Read the config and the files it names; `None` (with the reasons logged) when it is bad, and
+/// the running config stays.
+fn prepare_reload(path: PathBuf) -> Option<Reloaded> {
+    match crate::config::load(&path) {
+        Ok(cfg) => match ComplianceSetup::load(&cfg.compliance) {
+            Ok(setup) => Some(Reloaded { path, cfg, setup }),
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "reload refused; the running config stays");
+                None
+            }
+        },
+        Err(errors) => {
+            for e in &errors {
+                tracing::error!("{e}");
+            }
+            tracing::error!(file = %path.display(), problems = errors.len(), "reload refused; the running config stays");
+            None
+        }
+    }
+}
+
 struct Core {
     edge: EdgeCore,
     counters: Arc<Counters>,
@@ -330,60 +358,54 @@ struct Core {
 }
 
 impl Core {
-    /// SIGHUP: re-read the config; a bad file is logged and the running config stays.
-    async fn reload(&mut self) {
+    /// SIGHUP: re-read the config and its files off the event loop (a national DNC file is
+    /// hundreds of MB; calls keep flowing meanwhile); the result comes back on `done`.
+    fn start_reload(&self, done: mpsc::UnboundedSender<Option<Reloaded>>) {
         let Some(path) = self.config_path.clone() else {
             tracing::warn!("SIGHUP ignored: no config file to reload");
             return;
         };
-        match crate::config::load(&path) {
-            Ok(cfg) => {
-                let live = self.edge.calls().live().clone();
-                let setup = match ComplianceSetup::load(&cfg.compliance) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        tracing::error!(file = %path.display(), error = %e, "reload refused; the running config stays");
-                        return;
-                    }
-                };
-                match snapshot_of(&cfg, &live) {
-                    Ok(snap) => {
-                        let max = setup.max_calls_per_day;
-                        if let Ok(mut c) = self.compliance.lock() {
-                            setup.apply(&mut c, self.shared.is_some());
-                        }
-                        // In the background: a database that is away must not hold up calls.
-                        let (db, compliance) = (self.db.clone(), self.compliance.clone());
-                        tokio::spawn(async move { load_consent(&db, false, &compliance).await });
-                        if self.shared.is_some() {
-                            self.edge
-                                .calls()
-                                .set_shared(Some(crate::call::SharedChecks {
-                                    max_calls_per_day: max,
-                                    allow_on_error: cfg.compliance.on_lookup_error
-                                        == crate::config::OnLookupError::AllowAndFlag,
-                                }));
-                        }
-                        self.edge
-                            .calls()
-                            .reload(Arc::new(snap), &cfg.routing.carriers);
-                        tracing::info!(
-                            file = %path.display(),
-                            campaigns = cfg.routing.campaigns.len(),
-                            buyers = cfg.routing.buyers.len(),
-                            "config reloaded; new calls use it, active calls keep theirs"
-                        );
-                    }
-                    Err(e) => tracing::error!(file = %path.display(), error = %e, "reload refused"),
-                }
+        tokio::task::spawn_blocking(move || {
+            let _ = done.send(prepare_reload(path));
+        });
+    }
+
+    /// Apply a config read by [`prepare_reload`].
+    fn reload(&mut self, r: Reloaded) {
+        let Reloaded { path, cfg, setup } = r;
+        let live = self.edge.calls().live().clone();
+        let snap = match snapshot_of(&cfg, &live) {
+            Ok(snap) => snap,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "reload refused");
+                return;
             }
-            Err(errors) => {
-                for e in &errors {
-                    tracing::error!("{e}");
-                }
-                tracing::error!(file = %path.display(), problems = errors.len(), "reload refused; the running config stays");
-            }
+        };
+        let max = setup.max_calls_per_day;
+        if let Ok(mut c) = self.compliance.lock() {
+            setup.apply(&mut c, self.shared.is_some());
         }
+        // In the background: a database that is away must not hold up calls.
+        let (db, compliance) = (self.db.clone(), self.compliance.clone());
+        tokio::spawn(async move { load_consent(&db, false, &compliance).await });
+        if self.shared.is_some() {
+            self.edge
+                .calls()
+                .set_shared(Some(crate::call::SharedChecks {
+                    max_calls_per_day: max,
+                    allow_on_error: cfg.compliance.on_lookup_error
+                        == crate::config::OnLookupError::AllowAndFlag,
+                }));
+        }
+        self.edge
+            .calls()
+            .reload(Arc::new(snap), &cfg.routing.carriers);
+        tracing::info!(
+            file = %path.display(),
+            campaigns = cfg.routing.campaigns.len(),
+            buyers = cfg.routing.buyers.len(),
+            "config reloaded; new calls use it, active calls keep theirs"
+        );
     }
 
     async fn run(
@@ -395,6 +417,7 @@ impl Core {
         let mut report_at = Instant::now() + Duration::from_secs(60);
         let mut last_report = String::new();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        let (reload_tx, mut reloaded) = mpsc::unbounded_channel::<Option<Reloaded>>();
         tokio::pin!(shutdown);
         let mut stopping: Option<Instant> = None;
         let (verdict_tx, mut verdicts) =
@@ -430,7 +453,8 @@ impl Core {
                 }
                                 Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
                 Some((token, result)) = verdicts.recv() => self.edge.on_remote_verdict(token, result, Instant::now()),
-                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.reload().await,
+                                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.start_reload(reload_tx.clone()),
+                Some(r) = reloaded.recv() => if let Some(r) = r { self.reload(r) },
                 item = rx.recv() => match item {
                     Some(Inbound::TcpOpened { conn, tx }) => {
                         self.tcp.insert(conn, tx);

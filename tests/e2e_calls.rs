@@ -348,6 +348,15 @@ fn reload_changes_a_bid_and_an_active_call_survives() {
         sipp::run(&bin2, &args)
     });
     std::thread::sleep(std::time::Duration::from_millis(1000));
+    // a broken file first: refused with the line, the running config stays
+    std::fs::write(dce.dir().join("dce.toml"), "[node\nid = 1\n").unwrap();
+    dce.signal("HUP");
+    dce.wait_for_log("reload refused", std::time::Duration::from_secs(5));
+    assert!(
+        dce.log().contains("dce.toml:1: TOML syntax"),
+        "{}",
+        dce.log()
+    );
     // reload: bravo now outbids acme
     let text = make(2500)(dce.sip.port(), dce.dir());
     std::fs::write(dce.dir().join("dce.toml"), text).unwrap();
