@@ -20,6 +20,7 @@
 //! | [`counters`] | one counter per reason a message was answered or dropped |
 //! | [`ids`] | tags, branches, call ids |
 //! | [`latency`] | the delay DCE adds to an INVITE, for reports and load runs |
+//! | [`http`] | the control API: keys, roles, limits, `/health`, `/metrics` |
 
 pub mod call;
 pub mod clock;
@@ -27,6 +28,8 @@ pub mod config;
 pub mod counters;
 pub mod demo;
 pub mod edge;
+pub mod http;
+
 pub mod ids;
 pub mod latency;
 pub mod server;

@@ -242,7 +242,8 @@ pub async fn run(
         days: config.storage.anonymize_after_days,
         key_file: config.storage.spool_dir.join("anon.key"),
     };
-    let (db_sink, writer, _stats) = crate::store::start(
+    let http_db = db.clone();
+    let (db_sink, writer, writer_stats) = crate::store::start(
         db,
         spool,
         config.storage.auto_migrate,
@@ -301,7 +302,28 @@ pub async fn run(
                     == crate::config::OnLookupError::AllowAndFlag,
             }));
     }
+    let http = match config.http.listen {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen for the HTTP API on {addr}"))?;
+            tracing::info!(listen = %addr, "HTTP API listening");
+            let st = Arc::new(crate::http::ApiState::new(
+                &config.http,
+                counters.clone(),
+                http_db,
+                config.storage.spool_dir.clone(),
+                core.shared.clone(),
+                writer_stats,
+            ));
+            Some(tokio::spawn(crate::http::serve(listener, st)))
+        }
+        None => None,
+    };
     core.run(core_rx, media_rx, shutdown).await;
+    if let Some(h) = http {
+        h.abort();
+    }
     let delay = core.latency.report();
     // Dropping the core drops the CDR sinks; the writer then stores (or spools) what it holds.
     drop(core);

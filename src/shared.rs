@@ -93,6 +93,21 @@ impl Shared {
         }
     }
 
+    /// One `PING` round trip (1 s deadline), for health checks.
+    pub async fn ping(&self) -> Result<(), String> {
+        let mut con = self.con.clone().ok_or("Redis not connected")?;
+        match tokio::time::timeout(
+            Duration::from_secs(1),
+            redis::cmd("PING").query_async::<String>(&mut con),
+        )
+        .await
+        {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 1 s".into()),
+        }
+    }
+
     /// Add a number to the shared internal DNC (every node sees it on its next call).
     pub async fn dnc_add(&self, number: &str) -> Result<bool, String> {
         self.dnc_edit(number, true).await

@@ -8,14 +8,18 @@
 //! | `walk.rs` | a span-aware walk over the TOML tree that collects every error with its line |
 //! | `model.rs` | the typed configuration DCE runs on, its defaults, `[node]`, `[sip]`, `[cdr]` |
 //! | `compliance.rs` | `[compliance]`: DNC files, calling hours, state overrides, frequency cap |
+//! | `http.rs` | `[http]`: the control API's address, keys (SHA-256, role), open paths, limits |
 //! | `routing.rs` | `[[carrier]]`, `[[campaign]]`, `[[buyer]]`: CIDRs, numbers, targeting, schedules |
 
 pub mod compliance;
+pub mod http;
+
 mod model;
 pub mod routing;
 mod walk;
 
 pub use compliance::{ComplianceConfig, OnLookupError};
+pub use http::{ApiKey, HttpConfig, Role};
 pub use model::{
     CdrConfig, Config, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig, StorageConfig,
 };

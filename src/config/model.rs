@@ -23,6 +23,8 @@ pub struct Config {
     pub compliance: super::ComplianceConfig,
     /// `[storage]`
     pub storage: StorageConfig,
+    /// `[http]`
+    pub http: super::HttpConfig,
 }
 
 /// `[storage]` (the parts in use so far: the shared state in Redis).
@@ -242,6 +244,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             "media",
             "compliance",
             "storage",
+            "http",
         ],
     );
     let node = w
@@ -263,6 +266,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let media = media(&mut w, root, sip.as_ref());
     let compliance = super::compliance::read(&mut w, root);
     let storage = storage(&mut w, root);
+    let http = super::http::read(&mut w, root);
     match (node, sip, media) {
         (Some(node), Some(sip), Some(media)) if w.errors.is_empty() => Ok(Config {
             node,
@@ -272,6 +276,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             media,
             compliance,
             storage,
+            http,
         }),
         _ => {
             let mut errors = w.errors;

@@ -110,6 +110,14 @@ impl Db {
         }
     }
 
+    /// One round trip (`SELECT 1`), for health checks.
+    pub async fn ping(&self) -> Result<(), sqlx::Error> {
+        match self {
+            Db::Pg(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+            Db::Sqlite(p) => sqlx::query("SELECT 1").execute(p).await.map(|_| ()),
+        }
+    }
+
     /// Apply the embedded migrations.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {

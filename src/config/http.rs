@@ -1,0 +1,186 @@
+//! `[http]`: the control API's address, its keys and the paths it serves without one.
+
+use super::walk::{Table, Walk};
+use std::net::SocketAddr;
+
+/// What a key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Role {
+    /// Read-only routes.
+    Read,
+    /// Everything.
+    Admin,
+}
+
+/// One API key, stored as the SHA-256 of the key (never the key itself).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiKey {
+    /// Who holds it (logged with every request it makes).
+    pub name: String,
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// What it may do.
+    pub role: Role,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// Where the API listens; none (no `[http]` table) = no API.
+    pub listen: Option<SocketAddr>,
+    /// The keys.
+    pub api_keys: Vec<ApiKey>,
+    /// Paths served without a key (default `/health`, `/metrics`).
+    pub open_paths: Vec<String>,
+    /// Requests per second per key (and per source address on open paths).
+    pub rate_limit_per_s: u32,
+    /// Largest request body, bytes.
+    pub max_body_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: None,
+            api_keys: Vec::new(),
+            open_paths: vec!["/health".into(), "/metrics".into()],
+            rate_limit_per_s: 50,
+            max_body_bytes: 64 * 1024,
+        }
+    }
+}
+
+fn hex32(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> HttpConfig {
+    let mut c = HttpConfig::default();
+    let Some(t) = w.table(root, "http", "http", false) else {
+        return c;
+    };
+    w.unknown_keys(
+        t,
+        &[
+            "listen",
+            "api_keys",
+            "open_paths",
+            "rate_limit_per_s",
+            "max_body_bytes",
+        ],
+    );
+    if let Some((l, span)) = w.string(t, "listen", true) {
+        match l.parse() {
+            Ok(a) => c.listen = Some(a),
+            Err(_) => w.error(
+                span,
+                "`http.listen` must be IP:PORT, e.g. \"127.0.0.1:8080\"",
+            ),
+        }
+    }
+    for k in w.tables(t, "api_keys", "http.api_keys") {
+        w.unknown_keys(k, &["name", "sha256", "role"]);
+        let name = w.string(k, "name", true).map(|(n, _)| n);
+        let sha = w.string(k, "sha256", true).and_then(|(h, span)| {
+            let v = hex32(&h.to_ascii_lowercase());
+            if v.is_none() {
+                w.error(
+                    span,
+                    "`sha256` must be the 64 hex digits of the key's SHA-256 (e.g. `printf %s KEY | sha256sum`)",
+                );
+            }
+            v
+        });
+        let role = w
+            .string(k, "role", true)
+            .and_then(|(r, span)| match r.as_str() {
+                "read" => Some(Role::Read),
+                "admin" => Some(Role::Admin),
+                _ => {
+                    w.error(span, "`role` must be \"read\" or \"admin\"");
+                    None
+                }
+            });
+        if let (Some(name), Some(sha256), Some(role)) = (name, sha, role) {
+            c.api_keys.push(ApiKey { name, sha256, role });
+        }
+    }
+    if let Some(paths) = w.strings(t, "open_paths", false) {
+        c.open_paths = Vec::new();
+        for (p, span) in paths {
+            if !p.starts_with('/') {
+                w.error(span, "each of `http.open_paths` must start with /");
+            }
+            c.open_paths.push(p);
+        }
+    }
+    if let Some((n, _)) = w.int(t, "rate_limit_per_s", 1, 1_000_000) {
+        c.rate_limit_per_s = n as u32;
+    }
+    if let Some((n, _)) = w.int(t, "max_body_bytes", 1, 64 * 1024 * 1024) {
+        c.max_body_bytes = n as usize;
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::Role;
+
+    const BASE: &str = "[node]\nid = \"n\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n";
+    const SHA: &str = "2bb80d537b1da3e38bd30361aa855686bde0eacd7162fef6a25fe97bf527a25b";
+
+    #[test]
+    fn no_table_no_api_and_the_defaults() {
+        let c = parse("dce.toml", BASE).unwrap();
+        assert_eq!(c.http.listen, None);
+        assert_eq!(c.http.open_paths, ["/health", "/metrics"]);
+        assert_eq!(c.http.rate_limit_per_s, 50);
+    }
+
+    #[test]
+    fn keys_roles_and_paths() {
+        let text = format!(
+            "{BASE}[http]\nlisten = \"127.0.0.1:8080\"\napi_keys = [{{ name = \"ops\", sha256 = \"{SHA}\", role = \"admin\" }}, {{ name = \"grafana\", sha256 = \"{}\", role = \"read\" }}]\nopen_paths = [\"/health\"]\nrate_limit_per_s = 5\n",
+            SHA.to_uppercase()
+        );
+        let c = parse("dce.toml", &text).unwrap();
+        assert_eq!(c.http.listen, Some("127.0.0.1:8080".parse().unwrap()));
+        assert_eq!(c.http.api_keys.len(), 2);
+        assert_eq!(c.http.api_keys[0].role, Role::Admin);
+        assert_eq!(c.http.api_keys[1].name, "grafana");
+        assert_eq!(c.http.api_keys[0].sha256, c.http.api_keys[1].sha256);
+        assert_eq!(c.http.api_keys[0].sha256[0], 0x2b);
+        assert_eq!(c.http.open_paths, ["/health"]);
+        assert_eq!(c.http.rate_limit_per_s, 5);
+    }
+
+    #[test]
+    fn bad_values_are_named_with_their_line() {
+        let text = format!(
+            "{BASE}[http]\nlisten = \"localhost\"\napi_keys = [\n  {{ name = \"ops\", sha256 = \"abc\", role = \"admin\" }},\n  {{ name = \"x\", sha256 = \"{SHA}\", role = \"root\" }},\n  {{ sha256 = \"{SHA}\", role = \"read\" }},\n]\nopen_paths = [\"metrics\"]\n"
+        );
+        let errs: Vec<String> = parse("dce.toml", &text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let has = |line: usize, what: &str| {
+            errs.iter()
+                .any(|e| e.starts_with(&format!("dce.toml:{line}: ")) && e.contains(what))
+        };
+        assert!(has(7, "IP:PORT"), "{errs:#?}");
+        assert!(has(9, "64 hex digits"), "{errs:#?}");
+        assert!(has(10, "\"read\" or \"admin\""), "{errs:#?}");
+        assert!(has(11, "name"), "{errs:#?}");
+        assert!(has(13, "must start with /"), "{errs:#?}");
+    }
+}

@@ -1,0 +1,293 @@
+//! The control API (axum): API keys checked against stored SHA-256 hashes in constant time,
+//! roles (`GET`/`HEAD` need `read`, anything else `admin`), per-key rate limits, a body limit,
+//! and JSON errors `{ "error": { "code", "message" } }`. So far it serves `/health` and
+//! `/metrics`; the call, CDR, buyer and DNC routes come with the rest of the API.
+//!
+//! `/health` answers 200 whether the dependencies are `ok` or `degraded`: a node whose database
+//! is down still routes calls (CDRs go to the spool), so a load balancer must keep sending it
+//! traffic; the body says what is wrong.
+
+use crate::config::{ApiKey, HttpConfig, Role};
+use crate::counters::{Counter, Counters};
+use crate::store::{Db, WriterStats};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// What the API reads.
+pub struct ApiState {
+    keys: Vec<ApiKey>,
+    open: Vec<String>,
+    rate: f64,
+    max_body: usize,
+    buckets: Mutex<HashMap<String, Bucket>>,
+    /// Edge and call counters.
+    pub counters: Arc<Counters>,
+    /// The CDR database.
+    pub db: Db,
+    /// The spool directory (its size is the backlog).
+    pub spool_dir: PathBuf,
+    /// Redis, when configured.
+    pub redis: Option<crate::shared::Shared>,
+    /// The CDR writer's counters.
+    pub writer: Arc<WriterStats>,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+impl ApiState {
+    /// The state for `cfg`.
+    pub fn new(
+        cfg: &HttpConfig,
+        counters: Arc<Counters>,
+        db: Db,
+        spool_dir: PathBuf,
+        redis: Option<crate::shared::Shared>,
+        writer: Arc<WriterStats>,
+    ) -> ApiState {
+        ApiState {
+            keys: cfg.api_keys.clone(),
+            open: cfg.open_paths.clone(),
+            rate: f64::from(cfg.rate_limit_per_s),
+            max_body: cfg.max_body_bytes,
+            buckets: Mutex::new(HashMap::new()),
+            counters,
+            db,
+            spool_dir,
+            redis,
+            writer,
+        }
+    }
+
+    /// The key whose hash matches, comparing against every key without stopping early.
+    fn key(&self, presented: &str) -> Option<&ApiKey> {
+        let h: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let mut found = None;
+        for k in &self.keys {
+            let diff = k
+                .sha256
+                .iter()
+                .zip(h.iter())
+                .fold(0u8, |d, (a, b)| d | (a ^ b));
+            if diff == 0 {
+                found = Some(k);
+            }
+        }
+        found
+    }
+
+    /// A token from `who`'s bucket (capacity one second of the rate); false when empty.
+    fn allow(&self, who: &str) -> bool {
+        let mut b = self.buckets.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if b.len() > 10_000 {
+            // open paths hit from many addresses: forget the idle ones
+            b.retain(|_, v| now.duration_since(v.at) < Duration::from_secs(10));
+        }
+        let e = b.entry(who.to_owned()).or_insert(Bucket {
+            tokens: self.rate,
+            at: now,
+        });
+        e.tokens = (e.tokens + now.duration_since(e.at).as_secs_f64() * self.rate).min(self.rate);
+        e.at = now;
+        if e.tokens >= 1.0 {
+            e.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// A JSON error response.
+pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Response {
+    let body = serde_json::json!({ "error": { "code": code, "message": message.into() } });
+    (status, Json(body)).into_response()
+}
+
+async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_owned();
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "local".into());
+    let too_big = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .is_some_and(|n| n > st.max_body as u64);
+    if too_big {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "body_too_large",
+            format!("request bodies are limited to {} bytes", st.max_body),
+        );
+    }
+    let who = if st.open.contains(&path) {
+        format!("ip:{peer}")
+    } else {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(key) = presented.and_then(|p| st.key(p)) else {
+            tracing::warn!(%peer, %path, "API request without a valid key");
+            let mut r = error(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "send `Authorization: Bearer <key>` with a valid key",
+            );
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return r;
+        };
+        let needs = if matches!(*req.method(), Method::GET | Method::HEAD) {
+            Role::Read
+        } else {
+            Role::Admin
+        };
+        if key.role < needs {
+            tracing::warn!(key = %key.name, %path, method = %req.method(), "API request refused: read-only key");
+            return error(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                format!("key `{}` is read-only", key.name),
+            );
+        }
+        format!("key:{}", key.name)
+    };
+    if !st.allow(&who) {
+        let mut r = error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            format!("more than {} requests per second", st.rate),
+        );
+        r.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return r;
+    }
+    next.run(req).await
+}
+
+/// The router (also used by tests without a socket).
+pub fn router(st: Arc<ApiState>) -> Router {
+    let limit = st.max_body;
+    Router::new()
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::from_fn_with_state(st.clone(), guard))
+        .with_state(st)
+}
+
+/// Serve on a bound listener until the task is dropped or aborted.
+pub async fn serve(listener: tokio::net::TcpListener, st: Arc<ApiState>) {
+    let addr = listener.local_addr().ok();
+    if let Err(e) = axum::serve(
+        listener,
+        router(st).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    {
+        tracing::error!(listen = ?addr, error = %e, "HTTP API stopped");
+    }
+}
+
+/// Bytes waiting in the spool.
+fn spool_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().starts_with("cdr.spool"))
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+async fn health(State(st): State<Arc<ApiState>>) -> Response {
+    let db = match tokio::time::timeout(Duration::from_secs(1), st.db.ping()).await {
+        Ok(Ok(())) => serde_json::json!({ "status": "ok" }),
+        Ok(Err(e)) => serde_json::json!({ "status": "down", "error": e.to_string() }),
+        Err(_) => serde_json::json!({ "status": "down", "error": "no answer within 1 s" }),
+    };
+    let redis = match &st.redis {
+        None => serde_json::json!({ "status": "not_configured" }),
+        Some(r) => match r.ping().await {
+            Ok(()) => serde_json::json!({ "status": "ok" }),
+            Err(e) => serde_json::json!({ "status": "down", "error": e }),
+        },
+    };
+    let spooled = spool_bytes(&st.spool_dir);
+    let spool = serde_json::json!({
+        "status": if spooled == 0 { "ok" } else { "backlog" },
+        "bytes": spooled,
+    });
+    let ok = db["status"] == "ok" && redis["status"] != "down" && spooled == 0;
+    Json(serde_json::json!({
+        "status": if ok { "ok" } else { "degraded" },
+        "database": db,
+        "redis": redis,
+        "spool": spool,
+    }))
+    .into_response()
+}
+
+async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+    let mut out = String::new();
+    out.push_str("# HELP dce_events_total What the SIP edge and the call controller did, by event.\n# TYPE dce_events_total counter\n");
+    for c in Counter::ALL {
+        let _ = writeln!(
+            out,
+            "dce_events_total{{event=\"{}\"}} {}",
+            c.name(),
+            st.counters.get(*c)
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP dce_cdrs_written_total CDRs stored in the database (directly or by replay).\n# TYPE dce_cdrs_written_total counter\ndce_cdrs_written_total {}",
+        st.writer.written.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dce_cdrs_spooled_total CDRs appended to the spool.\n# TYPE dce_cdrs_spooled_total counter\ndce_cdrs_spooled_total {}",
+        st.writer.spooled.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP dce_spool_bytes Bytes of CDRs waiting in the spool.\n# TYPE dce_spool_bytes gauge\ndce_spool_bytes {}",
+        spool_bytes(&st.spool_dir)
+    );
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        out,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,254 @@
+use super::*;
+use axum::body::Body;
+use tower::ServiceExt;
+
+const READ_KEY: &str = "read-secret";
+const ADMIN_KEY: &str = "admin-secret";
+
+fn key(name: &str, secret: &str, role: Role) -> ApiKey {
+    ApiKey {
+        name: name.into(),
+        sha256: Sha256::digest(secret.as_bytes()).into(),
+        role,
+    }
+}
+
+struct Fixture {
+    router: Router,
+    st: Arc<ApiState>,
+    _dir: PathBuf,
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self._dir);
+    }
+}
+
+async fn fixture(rate: u32) -> Fixture {
+    let dir = std::env::temp_dir().join(format!(
+        "dce-http-{}-{}",
+        std::process::id(),
+        crate::ids::uuid()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = Db::connect(&format!("sqlite://{}/t.db", dir.display())).unwrap();
+    let cfg = HttpConfig {
+        api_keys: vec![
+            key("grafana", READ_KEY, Role::Read),
+            key("ops", ADMIN_KEY, Role::Admin),
+        ],
+        rate_limit_per_s: rate,
+        max_body_bytes: 100,
+        ..HttpConfig::default()
+    };
+    let counters = Arc::new(Counters::default());
+    counters.inc(Counter::RxRequest);
+    counters.inc(Counter::RxRequest);
+    let st = Arc::new(ApiState::new(
+        &cfg,
+        counters,
+        db,
+        dir.join("spool"),
+        None,
+        Arc::new(WriterStats::default()),
+    ));
+    Fixture {
+        router: router(st.clone()),
+        st,
+        _dir: dir,
+    }
+}
+
+async fn call(
+    r: &Router,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (StatusCode, axum::http::HeaderMap, String) {
+    let mut b = axum::http::Request::builder().method(method).uri(path);
+    if let Some(k) = key {
+        b = b.header("authorization", format!("Bearer {k}"));
+    }
+    if !body.is_empty() {
+        b = b.header("content-length", body.len().to_string());
+    }
+    let resp = r
+        .clone()
+        .oneshot(b.body(Body::from(body.to_owned())).unwrap())
+        .await
+        .unwrap();
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        headers,
+        String::from_utf8_lossy(&bytes).into_owned(),
+    )
+}
+
+fn error_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).expect("a JSON error body");
+    assert!(v["error"]["message"].is_string(), "{body}");
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn open_paths_need_no_key_and_report_health_and_metrics() {
+    let f = fixture(100).await;
+    let (s, _, body) = call(&f.router, "GET", "/health", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "ok", "{body}");
+    assert_eq!(v["database"]["status"], "ok");
+    assert_eq!(v["redis"]["status"], "not_configured");
+    assert_eq!(v["spool"]["bytes"], 0);
+
+    let (s, h, body) = call(&f.router, "GET", "/metrics", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    assert!(
+        body.contains("dce_events_total{event=\"rx_request\"} 2\n"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE dce_spool_bytes gauge\ndce_spool_bytes 0\n"),
+        "{body}"
+    );
+    assert!(body.contains("dce_cdrs_written_total 0\n"), "{body}");
+}
+
+#[tokio::test]
+async fn a_spool_backlog_and_a_dead_database_make_health_degraded_but_200() {
+    let f = fixture(100).await;
+    crate::store::Spool::new(&f.st.spool_dir)
+        .append(&[crate::call::cdr::Cdr::synthetic(1)])
+        .unwrap();
+    let (s, _, body) = call(&f.router, "GET", "/health", None, "").await;
+    assert_eq!(
+        s,
+        StatusCode::OK,
+        "calls still flow: a load balancer keeps the node"
+    );
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(v["spool"]["status"], "backlog");
+    assert!(v["spool"]["bytes"].as_u64().unwrap() > 0);
+
+    let mut cfg = HttpConfig::default();
+    cfg.api_keys.clear();
+    let dead = Arc::new(ApiState::new(
+        &cfg,
+        Arc::new(Counters::default()),
+        Db::connect("postgres://postgres@127.0.0.1:9/none").unwrap(),
+        f.st.spool_dir.join("nothing-here"),
+        None,
+        Arc::new(WriterStats::default()),
+    ));
+    let (s, _, body) = call(&router(dead), "GET", "/health", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["status"], "degraded");
+    assert_eq!(v["database"]["status"], "down", "{body}");
+    assert!(v["database"]["error"].is_string());
+}
+
+#[tokio::test]
+async fn keys_and_roles() {
+    let f = fixture(100).await;
+    // no key, a wrong key, a malformed header: 401 with the JSON shape
+    for k in [None, Some("wrong"), Some("")] {
+        let (s, h, body) = call(&f.router, "GET", "/v1/calls", k, "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{k:?}");
+        assert_eq!(h[header::WWW_AUTHENTICATE], "Bearer");
+        assert_eq!(error_code(&body), "unauthorized");
+    }
+    // a read key reads (the route itself does not exist yet: 404 after auth)
+    let (s, _, body) = call(&f.router, "GET", "/v1/calls", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "not_found");
+    // ... but may not change anything
+    for m in ["POST", "PUT", "PATCH", "DELETE"] {
+        let (s, _, body) = call(&f.router, m, "/v1/reload", Some(READ_KEY), "").await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{m}");
+        assert_eq!(error_code(&body), "forbidden");
+    }
+    let (s, _, _) = call(&f.router, "POST", "/v1/reload", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND, "an admin key passes");
+    // open paths stay open only where configured: /metrics with a key works too
+    let (s, _, _) = call(&f.router, "GET", "/metrics", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn closed_health_needs_a_key() {
+    let dir = std::env::temp_dir().join(format!("dce-http-closed-{}", std::process::id()));
+    let cfg = HttpConfig {
+        api_keys: vec![key("grafana", READ_KEY, Role::Read)],
+        open_paths: vec![],
+        ..HttpConfig::default()
+    };
+    let st = Arc::new(ApiState::new(
+        &cfg,
+        Arc::new(Counters::default()),
+        Db::connect("sqlite::memory:").unwrap(),
+        dir,
+        None,
+        Arc::new(WriterStats::default()),
+    ));
+    let r = router(st);
+    let (s, _, _) = call(&r, "GET", "/health", None, "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let (s, _, _) = call(&r, "GET", "/health", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn body_limit_and_rate_limit() {
+    let f = fixture(3).await;
+    let big = "x".repeat(101);
+    let (s, _, body) = call(&f.router, "POST", "/v1/reload", Some(ADMIN_KEY), &big).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(error_code(&body), "body_too_large");
+    // 3 per second per key: the fourth at once is refused, another key is not affected
+    for _ in 0..3 {
+        let (s, _, _) = call(&f.router, "GET", "/v1/calls", Some(READ_KEY), "").await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+    }
+    let (s, h, body) = call(&f.router, "GET", "/v1/calls", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(h[header::RETRY_AFTER], "1");
+    assert_eq!(error_code(&body), "rate_limited");
+    let (s, _, _) = call(&f.router, "GET", "/v1/calls", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn key_lookup_compares_hashes() {
+    let cfg = HttpConfig {
+        api_keys: vec![
+            key("a", "alpha", Role::Read),
+            key("b", "bravo", Role::Admin),
+        ],
+        ..HttpConfig::default()
+    };
+    let st = ApiState::new(
+        &cfg,
+        Arc::new(Counters::default()),
+        Db::connect("sqlite::memory:").unwrap(),
+        PathBuf::from("/nonexistent"),
+        None,
+        Arc::new(WriterStats::default()),
+    );
+    assert_eq!(st.key("alpha").map(|k| k.name.as_str()), Some("a"));
+    assert_eq!(st.key("bravo").map(|k| k.role), Some(Role::Admin));
+    assert!(st.key("alph").is_none());
+    assert!(st.key("").is_none());
+}

@@ -1,0 +1,93 @@
+//! The control API of the real binary over a real socket: open `/health` and `/metrics`, keys
+//! on everything else, metrics that move with SIP traffic.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, UdpSocket};
+use std::time::{Duration, Instant};
+use support::dce_process::{free_port, Dce};
+
+/// SHA-256 of "ops-secret".
+const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";
+
+fn get(port: u16, path: &str, key: Option<&str>) -> (u16, String) {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > end => panic!("HTTP API not reachable: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+#[test]
+fn health_metrics_and_keys_on_the_real_binary() {
+    let http = free_port();
+    let dce = Dce::start_with(|port, dir| {
+        format!(
+            "[node]\nid = \"http\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+             [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\napi_keys = [{{ name = \"ops\", sha256 = \"{OPS_SHA}\", role = \"admin\" }}]\n",
+            d = dir.display()
+        )
+    });
+    let (code, body) = get(http, "/health", None);
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["database"]["status"], "ok", "{body}");
+
+    let (code, body) = get(http, "/v1/calls", None);
+    assert_eq!(code, 401, "{body}");
+    assert!(body.contains("\"code\":\"unauthorized\""), "{body}");
+    let (code, body) = get(http, "/v1/calls", Some("ops-secret"));
+    assert_eq!(
+        code, 404,
+        "the key is accepted (the route comes later): {body}"
+    );
+
+    // one OPTIONS over UDP moves the counters
+    let u = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let me = u.local_addr().unwrap();
+    let msg = format!(
+        "OPTIONS sip:{sip} SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bK-http-1\r\nMax-Forwards: 70\r\n\
+         From: <sip:probe@127.0.0.1>;tag=1\r\nTo: <sip:{sip}>\r\nCall-ID: http-1@test\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n",
+        sip = dce.sip
+    );
+    u.send_to(msg.as_bytes(), dce.sip).unwrap();
+    u.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, _) = u.recv_from(&mut buf).unwrap();
+    assert!(buf[..n].starts_with(b"SIP/2.0 200"));
+    let (code, body) = get(http, "/metrics", None);
+    assert_eq!(code, 200);
+    assert!(
+        body.contains("dce_events_total{event=\"answered_200_options\"} 1\n"),
+        "{body}"
+    );
+    let (ok, log) = dce.stop();
+    assert!(ok, "{log}");
+    assert!(log.contains("HTTP API listening"), "{log}");
+}
