@@ -302,6 +302,7 @@ pub async fn run(
                     == crate::config::OnLookupError::AllowAndFlag,
             }));
     }
+    let (api_reload_tx, api_reloads) = mpsc::unbounded_channel();
     let http = match config.http.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -315,12 +316,13 @@ pub async fn run(
                 config.storage.spool_dir.clone(),
                 core.shared.clone(),
                 writer_stats,
+                api_reload_tx,
             ));
             Some(tokio::spawn(crate::http::serve(listener, st)))
         }
         None => None,
     };
-    core.run(core_rx, media_rx, shutdown).await;
+    core.run(core_rx, media_rx, api_reloads, shutdown).await;
     if let Some(h) = http {
         h.abort();
     }
@@ -348,13 +350,13 @@ struct Reloaded {
 
 /// Read the config and the files it names; `None` (with the reasons logged) when it is bad, and
 /// the running config stays.
-fn prepare_reload(path: PathBuf) -> Option<Reloaded> {
+fn prepare_reload(path: PathBuf) -> Result<Reloaded, Vec<String>> {
     match crate::config::load(&path) {
         Ok(cfg) => match ComplianceSetup::load(&cfg.compliance) {
-            Ok(setup) => Some(Reloaded { path, cfg, setup }),
+            Ok(setup) => Ok(Reloaded { path, cfg, setup }),
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "reload refused; the running config stays");
-                None
+                Err(vec![format!("{}: {e}", path.display())])
             }
         },
         Err(errors) => {
@@ -362,10 +364,14 @@ fn prepare_reload(path: PathBuf) -> Option<Reloaded> {
                 tracing::error!("{e}");
             }
             tracing::error!(file = %path.display(), problems = errors.len(), "reload refused; the running config stays");
-            None
+            Err(errors.iter().map(|e| e.to_string()).collect())
         }
     }
 }
+
+/// Where the outcome of an API-requested reload goes: what was loaded, or every problem.
+pub type ReloadReply = tokio::sync::oneshot::Sender<Result<String, Vec<String>>>;
+type ReloadDone = (Result<Reloaded, Vec<String>>, Option<ReloadReply>);
 
 struct Core {
     edge: EdgeCore,
@@ -380,27 +386,39 @@ struct Core {
 }
 
 impl Core {
-    /// SIGHUP: re-read the config and its files off the event loop (a national DNC file is
-    /// hundreds of MB; calls keep flowing meanwhile); the result comes back on `done`.
-    fn start_reload(&self, done: mpsc::UnboundedSender<Option<Reloaded>>) {
+    /// SIGHUP or `POST /v1/reload`: re-read the config and its files off the event loop (a
+    /// national DNC file is hundreds of MB; calls keep flowing meanwhile); the result comes
+    /// back on `done`, with `reply` for the API caller.
+    fn start_reload(&self, done: mpsc::UnboundedSender<ReloadDone>, reply: Option<ReloadReply>) {
         let Some(path) = self.config_path.clone() else {
-            tracing::warn!("SIGHUP ignored: no config file to reload");
+            tracing::warn!("reload ignored: no config file to reload");
+            if let Some(r) = reply {
+                let _ = r.send(Err(vec!["DCE was started without a config file".into()]));
+            }
             return;
         };
         tokio::task::spawn_blocking(move || {
-            let _ = done.send(prepare_reload(path));
+            let _ = done.send((prepare_reload(path), reply));
         });
     }
 
+    /// Apply a config read by [`prepare_reload`] and answer the caller, if any.
+    fn finish_reload(&mut self, (r, reply): ReloadDone) {
+        let outcome = r.and_then(|r| self.reload(r).map_err(|e| vec![e]));
+        if let Some(reply) = reply {
+            let _ = reply.send(outcome);
+        }
+    }
+
     /// Apply a config read by [`prepare_reload`].
-    fn reload(&mut self, r: Reloaded) {
+    fn reload(&mut self, r: Reloaded) -> Result<String, String> {
         let Reloaded { path, cfg, setup } = r;
         let live = self.edge.calls().live().clone();
         let snap = match snapshot_of(&cfg, &live) {
             Ok(snap) => snap,
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "reload refused");
-                return;
+                return Err(format!("{}: {e}", path.display()));
             }
         };
         let max = setup.max_calls_per_day;
@@ -426,20 +444,27 @@ impl Core {
             file = %path.display(),
             campaigns = cfg.routing.campaigns.len(),
             buyers = cfg.routing.buyers.len(),
-            "config reloaded; new calls use it, active calls keep theirs"
+                        "config reloaded; new calls use it, active calls keep theirs"
         );
+        Ok(format!(
+            "{}: {} campaigns, {} buyers",
+            path.display(),
+            cfg.routing.campaigns.len(),
+            cfg.routing.buyers.len()
+        ))
     }
 
     async fn run(
         &mut self,
         mut rx: mpsc::Receiver<Inbound>,
         mut media: mpsc::UnboundedReceiver<dce_media::MediaEvent>,
+        mut api_reloads: mpsc::UnboundedReceiver<ReloadReply>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut report_at = Instant::now() + Duration::from_secs(60);
         let mut last_report = String::new();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        let (reload_tx, mut reloaded) = mpsc::unbounded_channel::<Option<Reloaded>>();
+        let (reload_tx, mut reloaded) = mpsc::unbounded_channel::<ReloadDone>();
         tokio::pin!(shutdown);
         let mut stopping: Option<Instant> = None;
         let (verdict_tx, mut verdicts) =
@@ -475,8 +500,9 @@ impl Core {
                 }
                                 Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
                 Some((token, result)) = verdicts.recv() => self.edge.on_remote_verdict(token, result, Instant::now()),
-                                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.start_reload(reload_tx.clone()),
-                Some(r) = reloaded.recv() => if let Some(r) = r { self.reload(r) },
+                                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.start_reload(reload_tx.clone(), None),
+                Some(reply) = api_reloads.recv() => self.start_reload(reload_tx.clone(), Some(reply)),
+                Some(done) = reloaded.recv() => self.finish_reload(done),
                 item = rx.recv() => match item {
                     Some(Inbound::TcpOpened { conn, tx }) => {
                         self.tcp.insert(conn, tx);

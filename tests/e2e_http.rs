@@ -12,6 +12,10 @@ use support::dce_process::{free_port, Dce};
 const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";
 
 fn get(port: u16, path: &str, key: Option<&str>) -> (u16, String) {
+    request(port, "GET", path, key)
+}
+
+fn request(port: u16, method: &str, path: &str, key: Option<&str>) -> (u16, String) {
     let end = Instant::now() + Duration::from_secs(5);
     let mut s = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -24,11 +28,7 @@ fn get(port: u16, path: &str, key: Option<&str>) -> (u16, String) {
     let auth = key
         .map(|k| format!("Authorization: Bearer {k}\r\n"))
         .unwrap_or_default();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Connection: close\r\n\r\n"
-    )
-    .unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n").unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     let code = out
@@ -87,7 +87,24 @@ fn health_metrics_and_keys_on_the_real_binary() {
         body.contains("dce_events_total{event=\"answered_200_options\"} 1\n"),
         "{body}"
     );
+
+    // POST /v1/reload takes the SIGHUP path: a broken file is refused with its problems...
+    let cfg = dce.dir().join("dce.toml");
+    let good = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(&cfg, "[node\n").unwrap();
+    let (code, body) = request(http, "POST", "/v1/reload", Some("ops-secret"));
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body.contains("config_refused") && body.contains("dce.toml:1: TOML syntax"),
+        "{body}"
+    );
+    // ... and a good one is in force when the answer comes
+    std::fs::write(&cfg, &good).unwrap();
+    let (code, body) = request(http, "POST", "/v1/reload", Some("ops-secret"));
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"reloaded\":true"), "{body}");
     let (ok, log) = dce.stop();
     assert!(ok, "{log}");
     assert!(log.contains("HTTP API listening"), "{log}");
+    assert!(log.contains("config reloaded"), "{log}");
 }

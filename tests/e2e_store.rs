@@ -132,11 +132,27 @@ fn postgresql_gets_one_row_per_call_with_its_bids() {
     run_calls(&bin, &dce, acme, bravo, 20);
     let (ok, log) = dce.stop();
     assert!(ok, "{log}");
-    let got = rt.block_on(async {
+    let (got, paged) = rt.block_on(async {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         let r = check_rows(&pool).await;
         pool.close().await;
-        r
+        // the API's keyset search on PostgreSQL: pages of 7, newest first, each call once
+        let db = dce::store::Db::connect(&url).unwrap();
+        let mut q = dce::store::CdrQuery {
+            buyer: Some("bravo".into()),
+            limit: 7,
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        loop {
+            let page = db.search(&q).await.unwrap();
+            seen.extend(page.iter().map(|r| (r.created_at.clone(), r.id.clone())));
+            match page.last() {
+                Some(l) if page.len() == 7 => q.after = Some((l.created_at.clone(), l.id.clone())),
+                _ => break,
+            }
+        }
+        (r, seen)
     });
     rt.block_on(
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -150,6 +166,12 @@ fn postgresql_gets_one_row_per_call_with_its_bids() {
         (20, 40, 20, 0),
         "calls, bids, answered by bravo, calls with wrong bids"
     );
+    let mut sorted = paged.clone();
+    sorted.sort();
+    sorted.dedup();
+    sorted.reverse();
+    assert_eq!(paged.len(), 20, "{paged:?}");
+    assert_eq!(paged, sorted, "newest first, no call twice");
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The control API (axum): API keys checked against stored SHA-256 hashes in constant time,
 //! roles (`GET`/`HEAD` need `read`, anything else `admin`), per-key rate limits, a body limit,
-//! and JSON errors `{ "error": { "code", "message" } }`. So far it serves `/health` and
-//! `/metrics`; the call, CDR, buyer and DNC routes come with the rest of the API.
+//! and JSON errors `{ "error": { "code", "message" } }`. So far it serves `/health`,
+//! `/metrics`, `GET /v1/cdrs` and `POST /v1/reload`; the call, buyer, DNC and stats routes
+//! come with the rest of the API.
 //!
 //! `/health` answers 200 whether the dependencies are `ok` or `degraded`: a node whose database
 //! is down still routes calls (CDRs go to the spool), so a load balancer must keep sending it
@@ -42,6 +43,8 @@ pub struct ApiState {
     pub redis: Option<crate::shared::Shared>,
     /// The CDR writer's counters.
     pub writer: Arc<WriterStats>,
+    /// Asks the core for a reload (the path SIGHUP takes).
+    reload: tokio::sync::mpsc::UnboundedSender<crate::server::ReloadReply>,
 }
 
 struct Bucket {
@@ -58,6 +61,7 @@ impl ApiState {
         spool_dir: PathBuf,
         redis: Option<crate::shared::Shared>,
         writer: Arc<WriterStats>,
+        reload: tokio::sync::mpsc::UnboundedSender<crate::server::ReloadReply>,
     ) -> ApiState {
         ApiState {
             keys: cfg.api_keys.clone(),
@@ -70,6 +74,7 @@ impl ApiState {
             spool_dir,
             redis,
             writer,
+            reload,
         }
     }
 
@@ -193,6 +198,8 @@ pub fn router(st: Arc<ApiState>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
+        .route("/v1/cdrs", get(cdrs))
+        .route("/v1/reload", axum::routing::post(reload))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(st.clone(), guard))
@@ -251,6 +258,132 @@ async fn health(State(st): State<Arc<ApiState>>) -> Response {
         "spool": spool,
     }))
     .into_response()
+}
+
+/// `POST /v1/reload`: the SIGHUP path; answers once the new config is in force (or refused).
+async fn reload(State(st): State<Arc<ApiState>>) -> Response {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if st.reload.send(tx).is_err() {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "DCE is shutting down",
+        );
+    }
+    match tokio::time::timeout(Duration::from_secs(60), rx).await {
+        Ok(Ok(Ok(loaded))) => {
+            Json(serde_json::json!({ "reloaded": true, "config": loaded })).into_response()
+        }
+        Ok(Ok(Err(problems))) => {
+            let body = serde_json::json!({ "error": {
+                "code": "config_refused",
+                "message": "the config was refused; the running config stays",
+                "problems": problems,
+            } });
+            (StatusCode::UNPROCESSABLE_ENTITY, Json(body)).into_response()
+        }
+        Ok(Err(_)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting_down",
+            "DCE is shutting down",
+        ),
+        Err(_) => error(
+            StatusCode::GATEWAY_TIMEOUT,
+            "reload_timeout",
+            "the reload did not finish within 60 s",
+        ),
+    }
+}
+
+/// `GET /v1/cdrs` parameters.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CdrParams {
+    from: Option<String>,
+    to: Option<String>,
+    buyer: Option<String>,
+    campaign: Option<String>,
+    disposition: Option<String>,
+    caller: Option<String>,
+    cursor: Option<String>,
+    limit: Option<u32>,
+}
+
+/// The 400 for a parameter that is not an RFC 3339 time, if it is not.
+fn bad_time(name: &str, v: &Option<String>) -> Option<Response> {
+    match v {
+        Some(t) if chrono::DateTime::parse_from_rfc3339(t).is_err() => Some(error(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            format!("`{name}` must be an RFC 3339 time, e.g. 2026-11-26T00:00:00Z"),
+        )),
+        _ => None,
+    }
+}
+
+/// Calls newest first, filtered, in pages: `next` is the `cursor` of the following page.
+async fn cdrs(
+    State(st): State<Arc<ApiState>>,
+    q: Result<axum::extract::Query<CdrParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(axum::extract::Query(p)) = q else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            "unknown or malformed query parameter",
+        );
+    };
+    if let Some(r) = bad_time("from", &p.from).or_else(|| bad_time("to", &p.to)) {
+        return r;
+    }
+    let after = match &p.cursor {
+        None => None,
+        Some(c) => match c.split_once(',') {
+            Some((at, id))
+                if chrono::DateTime::parse_from_rfc3339(at).is_ok()
+                    && id.len() == 36
+                    && id.chars().all(|ch| ch.is_ascii_hexdigit() || ch == '-') =>
+            {
+                Some((at.to_owned(), id.to_owned()))
+            }
+            _ => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "bad_parameter",
+                    "`cursor` must be the `next` of a previous page",
+                )
+            }
+        },
+    };
+    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    let query = crate::store::CdrQuery {
+        from: p.from,
+        to: p.to,
+        buyer: p.buyer,
+        campaign: p.campaign,
+        disposition: p.disposition,
+        caller: p.caller.map(|c| c.trim_start_matches('+').to_owned()),
+        after,
+        limit,
+    };
+    match tokio::time::timeout(Duration::from_secs(10), st.db.search(&query)).await {
+        Ok(Ok(rows)) => {
+            let next = (rows.len() == limit as usize)
+                .then(|| rows.last().map(|r| format!("{},{}", r.created_at, r.id)))
+                .flatten();
+            Json(serde_json::json!({ "cdrs": rows, "next": next })).into_response()
+        }
+        Ok(Err(e)) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            e.to_string(),
+        ),
+        Err(_) => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database_unavailable",
+            "the database did not answer within 10 s",
+        ),
+    }
 }
 
 async fn metrics(State(st): State<Arc<ApiState>>) -> Response {

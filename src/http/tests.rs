@@ -13,6 +13,17 @@ fn key(name: &str, secret: &str, role: Role) -> ApiKey {
     }
 }
 
+/// A stand-in for the core: every reload request is answered as done.
+fn reload_sink() -> tokio::sync::mpsc::UnboundedSender<crate::server::ReloadReply> {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::server::ReloadReply>();
+    tokio::spawn(async move {
+        while let Some(reply) = rx.recv().await {
+            let _ = reply.send(Ok("dce.toml: 1 campaigns, 2 buyers".into()));
+        }
+    });
+    tx
+}
+
 struct Fixture {
     router: Router,
     st: Arc<ApiState>,
@@ -52,6 +63,7 @@ async fn fixture(rate: u32) -> Fixture {
         dir.join("spool"),
         None,
         Arc::new(WriterStats::default()),
+        reload_sink(),
     ));
     Fixture {
         router: router(st.clone()),
@@ -151,6 +163,7 @@ async fn a_spool_backlog_and_a_dead_database_make_health_degraded_but_200() {
         f.st.spool_dir.join("nothing-here"),
         None,
         Arc::new(WriterStats::default()),
+        reload_sink(),
     ));
     let (s, _, body) = call(&router(dead), "GET", "/health", None, "").await;
     assert_eq!(s, StatusCode::OK);
@@ -180,8 +193,11 @@ async fn keys_and_roles() {
         assert_eq!(s, StatusCode::FORBIDDEN, "{m}");
         assert_eq!(error_code(&body), "forbidden");
     }
-    let (s, _, _) = call(&f.router, "POST", "/v1/reload", Some(ADMIN_KEY), "").await;
-    assert_eq!(s, StatusCode::NOT_FOUND, "an admin key passes");
+    let (s, _, body) = call(&f.router, "POST", "/v1/reload", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::OK, "an admin key reloads: {body}");
+    assert!(body.contains("\"reloaded\":true"), "{body}");
+    let (s, _, _) = call(&f.router, "POST", "/v1/nothing", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
     // open paths stay open only where configured: /metrics with a key works too
     let (s, _, _) = call(&f.router, "GET", "/metrics", Some(ADMIN_KEY), "").await;
     assert_eq!(s, StatusCode::OK);
@@ -202,6 +218,7 @@ async fn closed_health_needs_a_key() {
         dir,
         None,
         Arc::new(WriterStats::default()),
+        reload_sink(),
     ));
     let r = router(st);
     let (s, _, _) = call(&r, "GET", "/health", None, "").await;
@@ -246,9 +263,105 @@ async fn key_lookup_compares_hashes() {
         PathBuf::from("/nonexistent"),
         None,
         Arc::new(WriterStats::default()),
+        reload_sink(),
     );
     assert_eq!(st.key("alpha").map(|k| k.name.as_str()), Some("a"));
     assert_eq!(st.key("bravo").map(|k| k.role), Some(Role::Admin));
     assert!(st.key("alph").is_none());
     assert!(st.key("").is_none());
+}
+
+#[tokio::test]
+async fn cdrs_filtered_and_paged_by_keyset() {
+    let f = fixture(1000).await;
+    f.st.db.migrate().await.unwrap();
+    let cdrs: Vec<_> = (0..25)
+        .map(|i| {
+            let mut c = crate::call::cdr::Cdr::synthetic(i);
+            // five distinct times, five calls each: pages must break ties by id
+            c.invite_at = format!("2026-07-15T16:00:0{}.000Z", i % 5);
+            if i % 10 == 0 {
+                c.disposition = "rejected".into();
+            }
+            c
+        })
+        .collect();
+    f.st.db.insert(&cdrs).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let path = match &cursor {
+            None => "/v1/cdrs?limit=10".to_owned(),
+            Some(c) => format!("/v1/cdrs?limit=10&cursor={c}"),
+        };
+        let (s, _, body) = call(&f.router, "GET", &path, Some(READ_KEY), "").await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let rows = v["cdrs"].as_array().unwrap();
+        pages += 1;
+        for r in rows {
+            seen.push((
+                r["created_at"].as_str().unwrap().to_owned(),
+                r["id"].as_str().unwrap().to_owned(),
+            ));
+        }
+        match v["next"].as_str() {
+            Some(n) => cursor = Some(n.to_owned()),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert_eq!(seen.len(), 25, "every call exactly once across pages");
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.reverse();
+    assert_eq!(seen, sorted, "newest first, ties by id");
+
+    let (_, _, body) = call(
+        &f.router,
+        "GET",
+        "/v1/cdrs?disposition=rejected",
+        Some(READ_KEY),
+        "",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cdrs"].as_array().unwrap().len(), 3, "{body}");
+    assert!(v["next"].is_null());
+    let (_, _, body) = call(
+        &f.router,
+        "GET",
+        "/v1/cdrs?caller=%2B13105550007&buyer=bravo",
+        Some(READ_KEY),
+        "",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cdrs"].as_array().unwrap().len(), 1, "{body}");
+    assert_eq!(v["cdrs"][0]["caller"], "13105550007");
+    let (_, _, body) = call(
+        &f.router,
+        "GET",
+        "/v1/cdrs?from=2026-07-15T16:00:03Z&to=2026-07-15T16:00:04Z",
+        Some(READ_KEY),
+        "",
+    )
+    .await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["cdrs"].as_array().unwrap().len(), 5, "{body}");
+
+    for bad in [
+        "/v1/cdrs?from=yesterday",
+        "/v1/cdrs?cursor=nonsense",
+        "/v1/cdrs?buyer_id=acme",
+        "/v1/cdrs?limit=-1",
+    ] {
+        let (s, _, body) = call(&f.router, "GET", bad, Some(READ_KEY), "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(error_code(&body), "bad_parameter");
+    }
+    let (s, _, _) = call(&f.router, "GET", "/v1/cdrs", None, "").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
 }

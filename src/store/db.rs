@@ -241,6 +241,97 @@ impl Db {
     }
 }
 
+/// A CDR search: every field narrows it; newest first; `after` is the last row of the previous
+/// page (keyset pagination on `(created_at, id)`, so pages stay stable while calls arrive).
+#[derive(Debug, Default, Clone)]
+pub struct CdrQuery {
+    /// `created_at >= from` (RFC 3339).
+    pub from: Option<String>,
+    /// `created_at < to` (RFC 3339).
+    pub to: Option<String>,
+    /// Winning buyer.
+    pub buyer: Option<String>,
+    /// Campaign.
+    pub campaign: Option<String>,
+    /// Disposition.
+    pub disposition: Option<String>,
+    /// Caller, E.164 digits.
+    pub caller: Option<String>,
+    /// `(created_at, id)` of the last row already seen.
+    pub after: Option<(String, String)>,
+    /// Page size.
+    pub limit: u32,
+}
+
+impl Db {
+    /// One page of [`CdrQuery`].
+    pub async fn search(&self, q: &CdrQuery) -> Result<Vec<ExportRow>, sqlx::Error> {
+        use sqlx::QueryBuilder;
+        fn filters<DB: sqlx::Database>(b: &mut QueryBuilder<DB>, q: &CdrQuery, ts: &str, uuid: &str)
+        where
+            for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+            for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        {
+            b.push(" WHERE 1=1");
+            if let Some(v) = &q.from {
+                b.push(" AND created_at >= ").push_bind(utc(v)).push(ts);
+            }
+            if let Some(v) = &q.to {
+                b.push(" AND created_at < ").push_bind(utc(v)).push(ts);
+            }
+            for (col, v) in [
+                ("buyer_id", &q.buyer),
+                ("campaign", &q.campaign),
+                ("disposition", &q.disposition),
+                ("caller", &q.caller),
+            ] {
+                if let Some(v) = v {
+                    b.push(format!(" AND {col} = ")).push_bind(v.clone());
+                }
+            }
+            if let Some((at, id)) = &q.after {
+                b.push(" AND (created_at, id) < (")
+                    .push_bind(utc(at))
+                    .push(ts)
+                    .push(", ")
+                    .push_bind(id.clone())
+                    .push(uuid)
+                    .push(")");
+            }
+            b.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                .push_bind(i64::from(q.limit));
+        }
+        let rows = match self {
+            Db::Pg(p) => {
+                let mut b = QueryBuilder::new(
+                    "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
+                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms FROM calls",
+                );
+                filters(&mut b, q, "::text::timestamptz", "::text::uuid");
+                b.build()
+                    .fetch_all(p)
+                    .await?
+                    .into_iter()
+                    .map(|r| export_row!(r, r.get("billable")))
+                    .collect()
+            }
+            Db::Sqlite(p) => {
+                let mut b = QueryBuilder::new(
+                    "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms FROM calls",
+                );
+                filters(&mut b, q, "", "");
+                b.build()
+                    .fetch_all(p)
+                    .await?
+                    .into_iter()
+                    .map(|r| export_row!(r, r.get::<i64, _>("billable") != 0))
+                    .collect()
+            }
+        };
+        Ok(rows)
+    }
+}
+
 /// Times as UTC RFC 3339 so SQLite's text comparison orders them.
 fn utc(t: &str) -> String {
     chrono::DateTime::parse_from_rfc3339(t)
