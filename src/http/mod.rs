@@ -154,6 +154,10 @@ async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Res
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
         let Some(key) = presented.and_then(|p| st.key(p)) else {
+            // Guessing keys is limited per source address like any open path.
+            if !st.allow(&format!("ip:{peer}")) {
+                return too_many(&st);
+            }
             tracing::warn!(%peer, %path, "API request without a valid key");
             let mut r = error(
                 StatusCode::UNAUTHORIZED,
@@ -180,16 +184,20 @@ async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Res
         format!("key:{}", key.name)
     };
     if !st.allow(&who) {
-        let mut r = error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            format!("more than {} requests per second", st.rate),
-        );
-        r.headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        return r;
+        return too_many(&st);
     }
     next.run(req).await
+}
+
+fn too_many(st: &ApiState) -> Response {
+    let mut r = error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        format!("more than {} requests per second", st.rate),
+    );
+    r.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    r
 }
 
 /// The router (also used by tests without a socket).

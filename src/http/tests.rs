@@ -245,6 +245,14 @@ async fn body_limit_and_rate_limit() {
     assert_eq!(error_code(&body), "rate_limited");
     let (s, _, _) = call(&f.router, "GET", "/v1/calls", Some(ADMIN_KEY), "").await;
     assert_eq!(s, StatusCode::NOT_FOUND);
+    // guessing keys is limited per source address too
+    for _ in 0..3 {
+        let (s, _, _) = call(&f.router, "GET", "/v1/calls", Some("guess"), "").await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let (s, _, body) = call(&f.router, "GET", "/v1/calls", Some("guess"), "").await;
+    assert_eq!(s, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(error_code(&body), "rate_limited");
 }
 
 #[tokio::test]
