@@ -285,6 +285,7 @@ pub async fn run(
         latency: Latency::default(),
         compliance,
         db: consent_db,
+        drain: config.node.drain_timeout,
     };
     tracing::info!(
         node = %config.node.id,
@@ -383,6 +384,8 @@ struct Core {
     compliance: Arc<std::sync::Mutex<dce_compliance::Compliance>>,
     shared: Option<crate::shared::Shared>,
     db: crate::store::Db,
+    /// SIGTERM: how long active calls may finish.
+    drain: Duration,
 }
 
 impl Core {
@@ -400,6 +403,21 @@ impl Core {
         tokio::task::spawn_blocking(move || {
             let _ = done.send((prepare_reload(path), reply));
         });
+    }
+
+    /// End every call with BYE; returns how long to wait for the BYEs' answers.
+    fn end_calls(&mut self) -> Instant {
+        let active = self.edge.calls().active_calls();
+        tracing::info!(active_calls = active, "shutting down: ending active calls");
+        self.edge.shutdown(Instant::now());
+        // With calls ended by BYE, give the BYEs time to be answered.
+        let busy = active > 0 || self.edge.calls().pending_cdrs() > 0;
+        Instant::now()
+            + if busy {
+                Duration::from_secs(3)
+            } else {
+                Duration::ZERO
+            }
     }
 
     /// Apply a config read by [`prepare_reload`] and answer the caller, if any.
@@ -467,11 +485,18 @@ impl Core {
         let (reload_tx, mut reloaded) = mpsc::unbounded_channel::<ReloadDone>();
         tokio::pin!(shutdown);
         let mut stopping: Option<Instant> = None;
+        // SIGTERM with calls up: they may finish until then.
+        let mut draining: Option<Instant> = None;
         let (verdict_tx, mut verdicts) =
             mpsc::unbounded_channel::<(u64, crate::call::RemoteResult)>();
         // When the message being processed was read from its socket (for the INVITE delay).
         let mut rx_at: Option<Instant> = None;
         loop {
+            if let (Some(until), None) = (draining, stopping) {
+                if self.edge.calls().active_calls() == 0 || Instant::now() >= until {
+                    stopping = Some(self.end_calls());
+                }
+            }
             if let Some(deadline) = stopping {
                 // After shutdown: let BYEs and their answers go, then leave.
                 let idle =
@@ -487,16 +512,19 @@ impl Core {
                 .poll_timeout()
                 .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
                 .min(report_at)
-                .min(stopping.unwrap_or(report_at));
+                .min(stopping.unwrap_or(report_at))
+                .min(draining.unwrap_or(report_at));
             tokio::select! {
-                _ = &mut shutdown, if stopping.is_none() => {
+                                _ = &mut shutdown, if stopping.is_none() && draining.is_none() => {
                     let active = self.edge.calls().active_calls();
-                    tracing::info!(active_calls = active, "shutting down: ending active calls");
-                    self.edge.shutdown(Instant::now());
-                    // With calls ended by BYE, give the BYEs two seconds to be answered.
-                                        let busy = active > 0 || self.edge.calls().pending_cdrs() > 0;
-                    let grace = if busy { Duration::from_secs(3) } else { Duration::ZERO };
-                    stopping = Some(Instant::now() + grace);
+                    if active == 0 || self.drain.is_zero() {
+                        stopping = Some(self.end_calls());
+                    } else {
+                        // New calls get 503 from now on; the active ones may finish.
+                        self.edge.calls().stop_accepting();
+                        tracing::info!(active_calls = active, drain_timeout_s = self.drain.as_secs(), "shutting down: no new calls; waiting for active calls to finish");
+                        draining = Some(Instant::now() + self.drain);
+                    }
                 }
                                 Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
                 Some((token, result)) = verdicts.recv() => self.edge.on_remote_verdict(token, result, Instant::now()),

@@ -393,3 +393,66 @@ fn reload_changes_a_bid_and_an_active_call_survives() {
         [("acme".to_owned(), 1500), ("bravo".to_owned(), 2500)]
     );
 }
+
+#[test]
+fn sigterm_drains_active_calls_refuses_new_ones_and_exits_0() {
+    let Some(bin) = sipp::sipp() else { return };
+    let pa = free_port();
+    let dce = Dce::start_with(|port, dir| {
+        config(
+            port,
+            dir,
+            "",
+            &[BuyerSpec {
+                id: "acme",
+                bid: 1000,
+                extra: "",
+                port: pa,
+            }],
+        )
+        .replace("id = \"e2e\"\n", "id = \"e2e\"\ndrain_timeout_s = 10\n")
+    });
+    let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
+    // a 3 s call; SIGTERM 1 s into it
+    let scenario = sipp::scenario("uac_call.xml");
+    let dce_addr = dce.sip.to_string();
+    let bin2 = bin.clone();
+    let long = std::thread::spawn(move || {
+        let mut args = sipp::args(
+            &scenario,
+            free_port(),
+            &["-s", "+18005550100", "-m", "1", "-d", "3000"],
+        );
+        args.push(dce_addr);
+        sipp::run(&bin2, &args)
+    });
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    dce.signal("TERM");
+    dce.wait_for_log(
+        "waiting for active calls to finish",
+        std::time::Duration::from_secs(5),
+    );
+    // a new call while draining: 503
+    let (ok, out) = expect_code(&bin, &dce, 503, &["-m", "1"]);
+    assert!(ok, "a new call during the drain gets 503: {out}");
+    let long = long.join().unwrap();
+    assert!(
+        long.status.success(),
+        "the active call was not cut: {}",
+        String::from_utf8_lossy(&long.stdout)
+    );
+    assert!(a.finish(10).0);
+    let (ok, log, dir) = dce.stop_keep();
+    assert!(ok, "exit 0 after the drain: {log}");
+    let cdrs = cdrs(&dir.0);
+    let answered: Vec<_> = cdrs
+        .iter()
+        .filter(|c| c["disposition"] == "answered")
+        .collect();
+    assert_eq!(answered.len(), 1, "{cdrs:?}");
+    assert_eq!(
+        answered[0]["hangup_by"], "carrier",
+        "the carrier ended it, not DCE"
+    );
+    assert!(answered[0]["duration_s"].as_f64().unwrap() >= 2.5);
+}

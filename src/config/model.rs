@@ -149,6 +149,8 @@ pub struct CdrConfig {
 pub struct NodeConfig {
     /// Node id, written into CDRs and logs.
     pub id: String,
+    /// SIGTERM: how long active calls may go on (new calls get 503) before they get BYE.
+    pub drain_timeout: Duration,
 }
 
 /// Transport protocol of a listener.
@@ -364,7 +366,12 @@ fn media(w: &mut Walk<'_>, root: Table<'_, '_>, sip: Option<&SipConfig>) -> Opti
 }
 
 fn node(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<NodeConfig> {
-    w.unknown_keys(t, &["id"]);
+    w.unknown_keys(t, &["id", "drain_timeout_s"]);
+    let drain_timeout = w
+        .int(t, "drain_timeout_s", 0, 86_400)
+        .map_or(Duration::from_secs(30), |(n, _)| {
+            Duration::from_secs(n as u64)
+        });
     let (id, span) = w.string(t, "id", true)?;
     if id.is_empty()
         || !id
@@ -377,7 +384,7 @@ fn node(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<NodeConfig> {
         );
         return None;
     }
-    Some(NodeConfig { id })
+    Some(NodeConfig { id, drain_timeout })
 }
 
 fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
