@@ -190,6 +190,23 @@ fn busy_buyer_fails_over_and_cancel_and_buyer_hangup() {
     assert_eq!(cdrs[2]["buyer_id"], "acme");
 }
 
+/// One carrier call held `hold_ms`, in the background; join for SIPp's output.
+fn long_call(
+    bin: &std::path::Path,
+    dce: &Dce,
+    hold_ms: u32,
+) -> std::thread::JoinHandle<std::process::Output> {
+    let hold = hold_ms.to_string();
+    let mut args = sipp::args(
+        &sipp::scenario("uac_call.xml"),
+        free_port(),
+        &["-s", "+18005550100", "-m", "1", "-d", &hold],
+    );
+    args.push(dce.sip.to_string());
+    let bin = bin.to_path_buf();
+    std::thread::spawn(move || sipp::run(&bin, &args))
+}
+
 fn expect_code(bin: &std::path::PathBuf, dce: &Dce, code: u16, extra: &[&str]) -> (bool, String) {
     let text = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
         .unwrap()
@@ -335,18 +352,7 @@ fn reload_changes_a_bid_and_an_active_call_survives() {
     let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
     let b = buyer_bg(&bin, "uas_answer.xml", pb, 1);
     // call 1: long (4 s), goes to acme
-    let scenario = sipp::scenario("uac_call.xml");
-    let dce_addr = dce.sip.to_string();
-    let bin2 = bin.clone();
-    let long = std::thread::spawn(move || {
-        let mut args = sipp::args(
-            &scenario,
-            free_port(),
-            &["-s", "+18005550100", "-m", "1", "-d", "4000"],
-        );
-        args.push(dce_addr);
-        sipp::run(&bin2, &args)
-    });
+    let long = long_call(&bin, &dce, 4000);
     std::thread::sleep(std::time::Duration::from_millis(1000));
     // a broken file first: refused with the line, the running config stays
     std::fs::write(dce.dir().join("dce.toml"), "[node\nid = 1\n").unwrap();
@@ -414,18 +420,7 @@ fn sigterm_drains_active_calls_refuses_new_ones_and_exits_0() {
     });
     let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
     // a 3 s call; SIGTERM 1 s into it
-    let scenario = sipp::scenario("uac_call.xml");
-    let dce_addr = dce.sip.to_string();
-    let bin2 = bin.clone();
-    let long = std::thread::spawn(move || {
-        let mut args = sipp::args(
-            &scenario,
-            free_port(),
-            &["-s", "+18005550100", "-m", "1", "-d", "3000"],
-        );
-        args.push(dce_addr);
-        sipp::run(&bin2, &args)
-    });
+    let long = long_call(&bin, &dce, 3000);
     std::thread::sleep(std::time::Duration::from_millis(1000));
     dce.signal("TERM");
     dce.wait_for_log(
