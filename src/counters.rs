@@ -110,12 +110,15 @@ counters! {
 #[derive(Debug)]
 pub struct Counters {
     values: Vec<AtomicU64>,
+    /// Labelled figures (outcomes, rules, SIP by method and code, auction latency, RTP).
+    pub m: crate::metrics::Metrics,
 }
 
 impl Default for Counters {
     fn default() -> Self {
         Counters {
             values: Counter::ALL.iter().map(|_| AtomicU64::new(0)).collect(),
+            m: crate::metrics::Metrics::default(),
         }
     }
 }

@@ -19,6 +19,9 @@
 //! | [`demo`] | `dce demo`: simulated carrier and buyers, a table of calls |
 //! | [`counters`] | one counter per reason a message was answered or dropped |
 //! | [`ids`] | tags, branches, call ids |
+//! | [`metrics`] | labelled figures for `/metrics`: outcomes, rules, SIP codes, auction histogram |
+//! | [`logging`] | text or JSON logs, masked phone numbers |
+//! | [`events`] | live call events for the WebSocket and the live page |
 //! | [`latency`] | the delay DCE adds to an INVITE, for reports and load runs |
 //! | [`http`] | the control API: keys, roles, limits, `/health`, `/metrics` |
 
@@ -30,8 +33,11 @@ pub mod demo;
 pub mod edge;
 pub mod http;
 
+pub mod events;
 pub mod ids;
 pub mod latency;
+pub mod logging;
+pub mod metrics;
 pub mod server;
 pub mod shared;
 pub mod store;

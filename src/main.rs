@@ -101,13 +101,7 @@ enum Command {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    dce::logging::init(false, default);
 }
 
 fn main() -> ExitCode {
@@ -265,10 +259,11 @@ fn main() -> ExitCode {
             }
         }
         Command::Run { config } => {
-            init_logging("info");
             let Some((cfg, rt)) = config_and_runtime(&config) else {
                 return ExitCode::FAILURE;
             };
+            dce::logging::set_mask(cfg.log.mask_numbers);
+            dce::logging::init(cfg.log.json, "info");
             match rt.block_on(dce::server::run(
                 cfg,
                 Some(config.clone()),

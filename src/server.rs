@@ -207,6 +207,7 @@ pub async fn run(
         },
         media_tx,
     );
+    let port_gauge = relay.port_gauge();
     let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
     let shared = match &config.storage.redis_url {
         Some(url) => Some(
@@ -286,6 +287,7 @@ pub async fn run(
         compliance,
         db: consent_db,
         drain: config.node.drain_timeout,
+        draining_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
     };
     tracing::info!(
         node = %config.node.id,
@@ -303,27 +305,38 @@ pub async fn run(
                     == crate::config::OnLookupError::AllowAndFlag,
             }));
     }
-    let (api_reload_tx, api_reloads) = mpsc::unbounded_channel();
+    let (api_tx, api_rx) = mpsc::unbounded_channel();
+    let events = crate::events::Bus::default();
+    core.edge.calls().set_events(events.clone());
+    let draining = core.draining_flag.clone();
     let http = match config.http.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen for the HTTP API on {addr}"))?;
             tracing::info!(listen = %addr, "HTTP API listening");
-            let st = Arc::new(crate::http::ApiState::new(
+            let mut st = crate::http::ApiState::new(
                 &config.http,
                 counters.clone(),
                 http_db,
                 config.storage.spool_dir.clone(),
                 core.shared.clone(),
                 writer_stats,
-                api_reload_tx,
-            ));
-            Some(tokio::spawn(crate::http::serve(listener, st)))
+                api_tx,
+            );
+            st.events = events;
+            st.compliance = Some(core.compliance.clone());
+            st.ports = Some(port_gauge);
+            st.draining = draining;
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                Arc::new(st),
+                config.http.header_timeout,
+            )))
         }
         None => None,
     };
-    core.run(core_rx, media_rx, api_reloads, shutdown).await;
+    core.run(core_rx, media_rx, api_rx, shutdown).await;
     if let Some(h) = http {
         h.abort();
     }
@@ -372,6 +385,29 @@ fn prepare_reload(path: PathBuf) -> Result<Reloaded, Vec<String>> {
 
 /// Where the outcome of an API-requested reload goes: what was loaded, or every problem.
 pub type ReloadReply = tokio::sync::oneshot::Sender<Result<String, Vec<String>>>;
+
+/// What the HTTP API asks of the core task (which owns the calls); each carries its reply.
+pub enum ApiRequest {
+    /// `POST /v1/reload`.
+    Reload(ReloadReply),
+    /// `GET /v1/calls`.
+    Calls(tokio::sync::oneshot::Sender<Vec<crate::call::view::CallView>>),
+    /// `GET /v1/calls/{id}`.
+    Call(
+        String,
+        tokio::sync::oneshot::Sender<Option<crate::call::view::CallView>>,
+    ),
+    /// `POST /v1/calls/{id}/hangup`: true when the call existed.
+    Hangup(String, tokio::sync::oneshot::Sender<bool>),
+    /// `GET /v1/buyers`.
+    Buyers(tokio::sync::oneshot::Sender<Vec<crate::call::view::BuyerView>>),
+    /// `PATCH /v1/buyers/{id}`.
+    PatchBuyer(
+        String,
+        crate::call::view::BuyerPatch,
+        tokio::sync::oneshot::Sender<Option<crate::call::view::BuyerView>>,
+    ),
+}
 type ReloadDone = (Result<Reloaded, Vec<String>>, Option<ReloadReply>);
 
 struct Core {
@@ -386,6 +422,8 @@ struct Core {
     db: crate::store::Db,
     /// SIGTERM: how long active calls may finish.
     drain: Duration,
+    /// Set while draining (for `/health`).
+    draining_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Core {
@@ -418,6 +456,29 @@ impl Core {
             } else {
                 Duration::ZERO
             }
+    }
+
+    /// A request from the HTTP API.
+    fn on_api(&mut self, req: ApiRequest, reload_tx: &mpsc::UnboundedSender<ReloadDone>) {
+        let now = Instant::now();
+        match req {
+            ApiRequest::Reload(reply) => self.start_reload(reload_tx.clone(), Some(reply)),
+            ApiRequest::Calls(reply) => {
+                let _ = reply.send(self.edge.calls().calls_view(now));
+            }
+            ApiRequest::Call(id, reply) => {
+                let _ = reply.send(self.edge.calls().call_view(&id, now));
+            }
+            ApiRequest::Hangup(id, reply) => {
+                let _ = reply.send(self.edge.hang_up(&id, now));
+            }
+            ApiRequest::Buyers(reply) => {
+                let _ = reply.send(self.edge.calls().buyers_view());
+            }
+            ApiRequest::PatchBuyer(id, patch, reply) => {
+                let _ = reply.send(self.edge.calls().patch_buyer(&id, &patch));
+            }
+        }
     }
 
     /// Apply a config read by [`prepare_reload`] and answer the caller, if any.
@@ -476,7 +537,7 @@ impl Core {
         &mut self,
         mut rx: mpsc::Receiver<Inbound>,
         mut media: mpsc::UnboundedReceiver<dce_media::MediaEvent>,
-        mut api_reloads: mpsc::UnboundedReceiver<ReloadReply>,
+        mut api: mpsc::UnboundedReceiver<ApiRequest>,
         shutdown: impl Future<Output = ()>,
     ) {
         let mut report_at = Instant::now() + Duration::from_secs(60);
@@ -487,6 +548,8 @@ impl Core {
         let mut stopping: Option<Instant> = None;
         // SIGTERM with calls up: they may finish until then.
         let mut draining: Option<Instant> = None;
+        // While draining, a second SIGTERM (or Ctrl-C) cuts the drain short.
+        let mut again: Option<tokio::signal::unix::Signal> = None;
         let (verdict_tx, mut verdicts) =
             mpsc::unbounded_channel::<(u64, crate::call::RemoteResult)>();
         // When the message being processed was read from its socket (for the INVITE delay).
@@ -522,14 +585,21 @@ impl Core {
                     } else {
                         // New calls get 503 from now on; the active ones may finish.
                         self.edge.calls().stop_accepting();
-                        tracing::info!(active_calls = active, drain_timeout_s = self.drain.as_secs(), "shutting down: no new calls; waiting for active calls to finish");
+                        tracing::info!(active_calls = active, drain_timeout_s = self.drain.as_secs(), "shutting down: no new calls; waiting for active calls to finish (a second SIGTERM ends them now)");
                         draining = Some(Instant::now() + self.drain);
+                        self.draining_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                        again = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                     }
                 }
-                                Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
+                _ = async { match again.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } }, if stopping.is_none() => {
+                    tracing::warn!(active_calls = self.edge.calls().active_calls(), "second SIGTERM: ending active calls now");
+                    again = None;
+                    stopping = Some(self.end_calls());
+                }
+                Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
                 Some((token, result)) = verdicts.recv() => self.edge.on_remote_verdict(token, result, Instant::now()),
                                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.start_reload(reload_tx.clone(), None),
-                Some(reply) = api_reloads.recv() => self.start_reload(reload_tx.clone(), Some(reply)),
+                Some(req) = api.recv() => self.on_api(req, &reload_tx),
                 Some(done) = reloaded.recv() => self.finish_reload(done),
                 item = rx.recv() => match item {
                     Some(Inbound::TcpOpened { conn, tx }) => {

@@ -118,6 +118,20 @@ impl Shared {
         self.dnc_edit(number, false).await
     }
 
+    /// Is the number on the shared internal DNC?
+    pub async fn dnc_contains(&self, number: &str) -> Result<bool, String> {
+        let n = dce_compliance::nanp10(number)
+            .ok_or_else(|| format!("`{number}` is not a NANP number"))?;
+        let mut con = self.con.clone().ok_or("Redis not connected")?;
+        let mut cmd = redis::cmd("SISMEMBER");
+        cmd.arg(self.dnc_key()).arg(format!("{n:010}"));
+        match tokio::time::timeout(Duration::from_secs(1), cmd.query_async::<i64>(&mut con)).await {
+            Ok(Ok(v)) => Ok(v == 1),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 1 s".into()),
+        }
+    }
+
     async fn dnc_edit(&self, number: &str, add: bool) -> Result<bool, String> {
         let n = dce_compliance::nanp10(number)
             .ok_or_else(|| format!("`{number}` is not a NANP number"))?;

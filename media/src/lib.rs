@@ -22,6 +22,6 @@ pub mod sdp;
 pub mod stats;
 
 pub use engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
-pub use relay::{Relay, RelayConfig};
+pub use relay::{PortGauge, Relay, RelayConfig};
 pub use sdp::{inspect, rewrite, SdpError, Stream};
 pub use stats::{StreamReport, StreamStats};

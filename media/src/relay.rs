@@ -14,6 +14,8 @@ use crate::sdp::Stream;
 use crate::stats::StreamStats;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -60,13 +62,50 @@ pub struct Relay {
     next: MediaId,
     events: mpsc::UnboundedSender<MediaEvent>,
     released: mpsc::UnboundedReceiver<u16>,
-    release_tx: mpsc::UnboundedSender<u16>,
+    release_tx: Releaser,
+}
+
+/// Port pairs in use, readable from other threads (health checks).
+#[derive(Debug, Clone)]
+pub struct PortGauge {
+    in_use: Arc<AtomicUsize>,
+    total: usize,
+}
+
+impl PortGauge {
+    /// Pairs bound to calls now.
+    pub fn in_use(&self) -> usize {
+        self.in_use.load(Ordering::Relaxed)
+    }
+
+    /// Pairs in the configured range.
+    pub fn total(&self) -> usize {
+        self.total
+    }
+}
+
+/// Hands a stream's ports back to the pool and counts them out of use.
+#[derive(Debug, Clone)]
+struct Releaser {
+    tx: mpsc::UnboundedSender<u16>,
+    in_use: Arc<AtomicUsize>,
+}
+
+impl Releaser {
+    fn send(&self, port: u16) {
+        self.in_use.fetch_sub(1, Ordering::Relaxed);
+        let _ = self.tx.send(port);
+    }
 }
 
 impl Relay {
     /// A relay reporting to `events`.
     pub fn new(cfg: RelayConfig, events: mpsc::UnboundedSender<MediaEvent>) -> Relay {
-        let (release_tx, released) = mpsc::unbounded_channel();
+        let (tx, released) = mpsc::unbounded_channel();
+        let release_tx = Releaser {
+            tx,
+            in_use: Arc::new(AtomicUsize::new(0)),
+        };
         Relay {
             pool: PortPool::new(cfg.port_min, cfg.port_max),
             cfg,
@@ -75,6 +114,14 @@ impl Relay {
             events,
             released,
             release_tx,
+        }
+    }
+
+    /// A gauge of the pairs in use, for health checks.
+    pub fn port_gauge(&self) -> PortGauge {
+        PortGauge {
+            in_use: self.release_tx.in_use.clone(),
+            total: self.pool.total(),
         }
     }
 
@@ -100,7 +147,10 @@ impl Relay {
             let rtp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port));
             let rtcp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port + 1));
             match (rtp, rtcp) {
-                (Ok(a), Ok(b)) => return Ok((port, a, b)),
+                (Ok(a), Ok(b)) => {
+                    self.release_tx.in_use.fetch_add(1, Ordering::Relaxed);
+                    return Ok((port, a, b));
+                }
                 _ => continue,
             }
         }
@@ -254,7 +304,7 @@ struct StreamTask {
     rx: mpsc::UnboundedReceiver<Control>,
     report: oneshot::Sender<MediaReport>,
     ports: [u16; 2],
-    release: mpsc::UnboundedSender<u16>,
+    release: Releaser,
     events: mpsc::UnboundedSender<MediaEvent>,
     id: MediaId,
     st: TaskState,
@@ -281,7 +331,7 @@ impl StreamTask {
         rx: mpsc::UnboundedReceiver<Control>,
         report: oneshot::Sender<MediaReport>,
         ports: [u16; 2],
-        release: mpsc::UnboundedSender<u16>,
+        release: Releaser,
         events: mpsc::UnboundedSender<MediaEvent>,
         id: MediaId,
     ) -> StreamTask {
@@ -353,8 +403,8 @@ impl StreamTask {
             }
         }
         let _ = report.send(st.report());
-        let _ = release.send(ports[0]);
-        let _ = release.send(ports[1]);
+        release.send(ports[0]);
+        release.send(ports[1]);
     }
 }
 

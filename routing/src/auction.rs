@@ -22,6 +22,8 @@ pub enum Exclusion {
     DailyCap,
     /// Today's spend plus this bid would exceed `daily_budget_cents`.
     Budget,
+    /// Paused by an operator (`PATCH /v1/buyers/{id}`).
+    Paused,
 }
 
 impl Exclusion {
@@ -35,6 +37,7 @@ impl Exclusion {
             Exclusion::HourlyCap => "hourly_cap",
             Exclusion::DailyCap => "daily_cap",
             Exclusion::Budget => "budget",
+            Exclusion::Paused => "paused",
         }
     }
 }
@@ -133,16 +136,19 @@ pub fn auction(
         let buyer = snap.buyer(b);
         let live = snap.live(b);
         let active = live.active();
+        let bid_cents = live.bid_override().unwrap_or(buyer.bid_cents);
         let mut entry = Entry {
             buyer: b,
-            bid_cents: buyer.bid_cents,
+            bid_cents,
             outcome: Outcome::Ranked(0),
             active,
             priority: buyer.priority,
         };
         let needs_clock =
             buyer.hourly_cap > 0 || buyer.daily_cap > 0 || buyer.daily_budget_cents > 0;
-        let excluded = if buyer.bid_cents < floor {
+        let excluded = if live.paused() {
+            Some(Exclusion::Paused)
+        } else if bid_cents < floor {
             Some(Exclusion::Floor)
         } else if !buyer.states.is_empty()
             && !caller_state.is_some_and(|s| buyer.states.contains(s))
@@ -163,7 +169,7 @@ pub fn auction(
             {
                 Some(Exclusion::DailyCap)
             } else if buyer.daily_budget_cents > 0
-                && live.spend_on_day(local.day_key) + u64::from(buyer.bid_cents)
+                && live.spend_on_day(local.day_key) + u64::from(bid_cents)
                     > buyer.daily_budget_cents
             {
                 Some(Exclusion::Budget)
@@ -280,6 +286,30 @@ mod tests {
             names(&snap, &out),
             ["top#0", "prio#1", "b#2", "a#3", "low#4"]
         );
+    }
+
+    #[test]
+    fn paused_buyers_are_excluded_and_overrides_rank_by_the_new_bid() {
+        let live = Live::default();
+        let snap = Snapshot::new(
+            vec![campaign(800)],
+            vec![buyer("a", 1000), buyer("b", 900), buyer("c", 1200)],
+            &live,
+        )
+        .unwrap();
+        live.get("c").set_paused(true);
+        live.get("b").set_bid_override(Some(1500));
+        let mut out = Vec::new();
+        assert_eq!(auction(&snap, 0, None, now(), &mut out), 2);
+        assert_eq!(names(&snap, &out), ["b#0", "a#1", "c:paused"]);
+        assert_eq!(out[0].bid_cents, 1500, "the CDR records the bid in force");
+        live.get("a").set_bid_override(Some(500));
+        auction(&snap, 0, None, now(), &mut out);
+        assert_eq!(names(&snap, &out), ["b#0", "a:floor", "c:paused"]);
+        live.clear_bid_overrides();
+        live.get("c").set_paused(false);
+        auction(&snap, 0, None, now(), &mut out);
+        assert_eq!(names(&snap, &out), ["c#0", "a#1", "b#2"]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! that is not the current one reads as zero, so counters roll over without a timer.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// Counters of one buyer.
@@ -17,6 +17,10 @@ pub struct BuyerLive {
     day: AtomicU64,
     /// (day key << 40) | cents
     spend: AtomicU64,
+    /// Paused by an operator: excluded from auctions.
+    paused: AtomicBool,
+    /// Operator's bid override plus one; 0 = none (the config's bid applies).
+    bid_override: AtomicU64,
 }
 
 const SPEND_BITS: u32 = 40;
@@ -39,6 +43,30 @@ fn bump(cell: &AtomicU64, key: u32, shift: u32, mask: u64, delta: i64) {
 }
 
 impl BuyerLive {
+    /// Paused by an operator?
+    pub fn paused(&self) -> bool {
+        self.paused.load(Ordering::Acquire)
+    }
+
+    /// Pause (excluded from auctions) or resume.
+    pub fn set_paused(&self, paused: bool) {
+        self.paused.store(paused, Ordering::Release);
+    }
+
+    /// The operator's bid override, if any.
+    pub fn bid_override(&self) -> Option<u32> {
+        match self.bid_override.load(Ordering::Acquire) {
+            0 => None,
+            v => Some((v - 1) as u32),
+        }
+    }
+
+    /// Set or clear the bid override.
+    pub fn set_bid_override(&self, bid_cents: Option<u32>) {
+        self.bid_override
+            .store(bid_cents.map_or(0, |b| u64::from(b) + 1), Ordering::Release);
+    }
+
     /// Calls ringing or connected now.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
@@ -119,6 +147,14 @@ impl Live {
     pub fn get(&self, id: &str) -> Arc<BuyerLive> {
         let mut m = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
         m.entry(id.to_owned()).or_default().clone()
+    }
+
+    /// Clear every bid override (a reload puts the config's bids back).
+    pub fn clear_bid_overrides(&self) {
+        let m = self.by_id.lock().unwrap_or_else(|p| p.into_inner());
+        for b in m.values() {
+            b.set_bid_override(None);
+        }
     }
 
     /// Sum of active calls over every buyer (for tests and health).

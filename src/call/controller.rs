@@ -204,6 +204,8 @@ pub struct Controller {
     remote_out: VecDeque<RemoteCheck>,
     pending_checks: HashMap<u64, PendingInvite>,
     pending_by_tx: HashMap<TxId, u64>,
+    /// Live events for the API's WebSocket.
+    events: crate::events::Bus,
 }
 
 /// How the fleet-wide checks are run.
@@ -331,7 +333,13 @@ impl Controller {
             remote_out: VecDeque::new(),
             pending_checks: HashMap::new(),
             pending_by_tx: HashMap::new(),
+            events: crate::events::Bus::default(),
         }
+    }
+
+    /// Publish live events on `bus`.
+    pub fn set_events(&mut self, bus: crate::events::Bus) {
+        self.events = bus;
     }
 
     /// The SDP-aware body to send on the other leg for `msg`, which came from `from`: SDP is
@@ -375,6 +383,8 @@ impl Controller {
 
     /// Swap in a new snapshot and carrier list (reload). Calls in progress keep theirs.
     pub fn reload(&mut self, snapshot: Arc<Snapshot>, carriers: &[CarrierConfig]) {
+        // Bid overrides last until the next reload; pauses stay (operational state).
+        self.live.clear_bid_overrides();
         self.snapshot = snapshot;
         self.carriers = Carriers::new(carriers, Some(&self.carriers));
     }
@@ -517,6 +527,33 @@ impl Controller {
         let id = ids::uuid();
         let compliance = facts.compliance_or_pass();
         tracing::info!(call = %id, carrier_call_id = %inv.msg.call_id(), code = r.code, reason = facts.reason, "call rejected");
+        self.counters.m.call_outcome("rejected");
+        if let Some(rule) = compliance.strip_prefix("reject:") {
+            self.counters.m.compliance_rejection(rule);
+        }
+        let bidders = || facts.bids.iter().map(|b| b.buyer_id.clone()).collect();
+        if !facts.bids.is_empty() {
+            self.events
+                .emit("auction.completed", &facts.campaign, bidders, || {
+                    serde_json::json!({
+                        "call_id": id,
+                        "bids": bids_json(&facts.bids),
+                        "winner": null,
+                    })
+                });
+        }
+        self.events
+            .emit("call.rejected", &facts.campaign, bidders, || {
+                serde_json::json!({
+                    "call_id": id,
+                    "carrier": facts.carrier,
+                    "caller": crate::logging::num(&facts.caller),
+                    "called": facts.called,
+                    "code": r.code,
+                    "reason": facts.reason,
+                    "compliance": compliance,
+                })
+            });
         self.cdr.emit(Cdr {
             id,
             node_id: self.settings.node_id.clone(),
@@ -614,6 +651,7 @@ impl Controller {
                 };
             }
         }
+        let started = Instant::now();
         let ranked = auction(
             &snapshot,
             campaign,
@@ -621,6 +659,7 @@ impl Controller {
             wall,
             &mut self.scratch,
         );
+        self.counters.m.auction(started.elapsed());
         let entries = self.scratch.clone();
         if ranked == 0 {
             facts.bids = entries
@@ -659,6 +698,7 @@ impl Controller {
             .map(dce_sip::uri::unescape)
             .unwrap_or_default();
         let called = normalize(&ruri_user).unwrap_or(ruri_user);
+        self.counters.m.call_offered();
         let caller_raw = msg
             .header(&HeaderName::PAssertedIdentity)
             .and_then(|v| {
@@ -827,7 +867,38 @@ impl Controller {
             cseq: 0,
         };
         let id = ids::uuid();
-        tracing::info!(call = %id, carrier = %facts.carrier, campaign = %facts.campaign, caller = %caller, called = %called, eligible = ranked, "call started");
+        tracing::info!(call = %id, carrier = %facts.carrier, campaign = %facts.campaign, caller = %crate::logging::num(&caller), called = %called, eligible = ranked, "call started");
+        {
+            let names: Vec<(String, u32, String)> = entries
+                .iter()
+                .map(|e| {
+                    (
+                        snapshot.buyer(e.buyer).id.clone(),
+                        e.bid_cents,
+                        outcome_name(e, None),
+                    )
+                })
+                .collect();
+            let bidders = || names.iter().map(|n| n.0.clone()).collect::<Vec<_>>();
+            self.events
+                .emit("call.started", &facts.campaign, bidders, || {
+                    serde_json::json!({
+                        "call_id": id,
+                        "carrier": facts.carrier,
+                        "caller": crate::logging::num(&caller),
+                        "called": called,
+                    })
+                });
+            self.events.emit("auction.completed", &facts.campaign, bidders, || {
+                serde_json::json!({
+                    "call_id": id,
+                    "eligible": ranked,
+                    "bids": names.iter().map(|(b, c, o)| serde_json::json!({
+                        "buyer": b, "bid_cents": c, "outcome": if o == "lost" { "ranked" } else { o.as_str() },
+                    })).collect::<Vec<_>>(),
+                })
+            });
+        }
         self.by_a_tx.insert(tx, key);
         self.by_dialog
             .insert((a_dialog.call_id.clone(), tag.clone()), (key, Side::A));
@@ -872,6 +943,7 @@ impl Controller {
                 compliance,
             },
         );
+        self.counters.m.set_active_calls(self.calls.len());
         // Anchor the media: the buyers get the carrier's offer pointing at DCE.
         let inv = self.calls[&key].a.invite.clone();
         match self.body_for_other_side(key, Side::A, &inv) {
@@ -1242,6 +1314,20 @@ impl Controller {
                 call.max_deadline = Some(now + max);
                 tracing::info!(call = %call.id, buyer = %buyer.id, "call answered");
                 self.counters.inc(Counter::CallAnswered);
+                let campaign = &snap.campaign(call.campaign).id;
+                self.events.emit(
+                    "call.answered",
+                    campaign,
+                    || vec![buyer.id.clone()],
+                    || {
+                        serde_json::json!({
+                            "call_id": call.id,
+                            "buyer": buyer.id,
+                            "bid_cents": e.bid_cents,
+                            "ring_ms": now.saturating_duration_since(call.t0).as_millis() as u64,
+                        })
+                    },
+                );
                 arm(&mut self.timers, key, Timer::MaxDuration, now + max);
                 let media = call.media;
                 match self.body_for_other_side(key, Side::B, &msg) {
@@ -1687,23 +1773,114 @@ impl Controller {
     pub fn end_all(&mut self, layer: &mut TransactionLayer, now: Instant) {
         let keys: Vec<u64> = self.calls.keys().copied().collect();
         for key in keys {
-            let ringing = self
-                .calls
-                .get(&key)
-                .is_some_and(|c| c.state == CallState::Ringing);
-            if ringing {
-                if let Some(call) = self.calls.get_mut(&key) {
-                    call.cancelled = true;
-                    if let Some(li) = call.current {
-                        abandon(&mut call.legs[li], key, layer, &mut self.by_client_tx, now);
-                    }
-                }
-                self.respond_a(layer, key, 503, None, now);
-                self.end(layer, key, Some("dce"), "shutdown", now);
-            } else {
-                self.hang_up_both(layer, key, "shutdown", now);
-            }
+            self.end_one(layer, key, 503, "shutdown", now);
         }
+    }
+
+    /// End one call: BYE both legs when answered, else `code` to the carrier and CANCEL the
+    /// buyer being rung.
+    fn end_one(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: u64,
+        code: u16,
+        reason: &str,
+        now: Instant,
+    ) {
+        let ringing = self
+            .calls
+            .get(&key)
+            .is_some_and(|c| c.state == CallState::Ringing);
+        if ringing {
+            if let Some(call) = self.calls.get_mut(&key) {
+                call.cancelled = true;
+                if let Some(li) = call.current {
+                    abandon(&mut call.legs[li], key, layer, &mut self.by_client_tx, now);
+                }
+            }
+            self.respond_a(layer, key, code, None, now);
+            self.end(layer, key, Some("dce"), reason, now);
+        } else {
+            self.hang_up_both(layer, key, reason, now);
+        }
+    }
+
+    /// An operator ends call `id` (`POST /v1/calls/{id}/hangup`). False when no such call.
+    pub fn hang_up(&mut self, layer: &mut TransactionLayer, id: &str, now: Instant) -> bool {
+        let Some(key) = self.calls.iter().find(|(_, c)| c.id == id).map(|(k, _)| *k) else {
+            return false;
+        };
+        tracing::info!(call = %id, "hangup requested through the API");
+        self.end_one(layer, key, 480, "api_hangup", now);
+        true
+    }
+
+    /// Calls in progress, oldest first.
+    pub fn calls_view(&self, now: Instant) -> Vec<super::view::CallView> {
+        let mut v: Vec<&Call> = self.calls.values().collect();
+        v.sort_by_key(|c| c.t0);
+        v.into_iter().map(|c| call_view(c, now)).collect()
+    }
+
+    /// One call in progress.
+    pub fn call_view(&self, id: &str, now: Instant) -> Option<super::view::CallView> {
+        self.calls
+            .values()
+            .find(|c| c.id == id)
+            .map(|c| call_view(c, now))
+    }
+
+    /// Every buyer of the running config with its live state.
+    pub fn buyers_view(&self) -> Vec<super::view::BuyerView> {
+        let snap = &self.snapshot;
+        let now = self.clock.now_utc();
+        snap.buyers()
+            .iter()
+            .enumerate()
+            .map(|(i, b)| {
+                let live = snap.live(i as dce_routing::BuyerId);
+                let (hk, dk) = local_keys(b.tz(), now);
+                super::view::BuyerView {
+                    id: b.id.clone(),
+                    campaigns: b
+                        .campaigns
+                        .iter()
+                        .map(|c| snap.campaign(*c).id.clone())
+                        .collect(),
+                    bid_cents: live.bid_override().unwrap_or(b.bid_cents),
+                    config_bid_cents: b.bid_cents,
+                    bid_override: live.bid_override().is_some(),
+                    paused: live.paused(),
+                    active_calls: live.active(),
+                    max_concurrent: b.max_concurrent,
+                    answered_this_hour: live.answered_in_hour(hk),
+                    hourly_cap: b.hourly_cap,
+                    answered_today: live.answered_on_day(dk),
+                    daily_cap: b.daily_cap,
+                    spend_today_cents: live.spend_on_day(dk),
+                    daily_budget_cents: b.daily_budget_cents,
+                }
+            })
+            .collect()
+    }
+
+    /// Pause, resume or override the bid of buyer `id`; `None` when there is no such buyer.
+    pub fn patch_buyer(
+        &mut self,
+        id: &str,
+        patch: &super::view::BuyerPatch,
+    ) -> Option<super::view::BuyerView> {
+        let i = self.snapshot.buyers().iter().position(|b| b.id == id)?;
+        let live = self.snapshot.live(i as dce_routing::BuyerId);
+        if let Some(p) = patch.paused {
+            live.set_paused(p);
+            tracing::info!(buyer = %id, paused = p, "buyer {} through the API", if p { "paused" } else { "resumed" });
+        }
+        if let Some(bid) = patch.bid_cents {
+            live.set_bid_override(bid);
+            tracing::info!(buyer = %id, bid_cents = ?bid, "bid override set through the API (until the next reload)");
+        }
+        self.buyers_view().into_iter().find(|b| b.id == id)
     }
 
     /// The call is over: release everything it holds and write its CDR.
@@ -1810,6 +1987,25 @@ impl Controller {
             })
             .collect();
         tracing::info!(call = %call.id, disposition, reason, duration_s = duration.as_secs_f64(), billable, "call ended");
+        self.counters.m.call_outcome(disposition);
+        self.counters.m.set_active_calls(self.calls.len());
+        self.events.emit(
+            "call.completed",
+            &campaign.id,
+            || winner_id.iter().cloned().collect(),
+            || {
+                serde_json::json!({
+                    "call_id": call.id,
+                    "disposition": disposition,
+                    "reason": reason,
+                    "buyer": winner_id,
+                    "duration_s": (duration.as_secs_f64() * 1000.0).round() / 1000.0,
+                    "billable": billable,
+                    "payout_cents": if billable { winner_bid } else { 0 },
+                    "hangup_by": hangup_by,
+                })
+            },
+        );
         let cdr = Cdr {
             id: call.id.clone(),
             node_id: self.settings.node_id.clone(),
@@ -1875,6 +2071,10 @@ impl Controller {
                     return;
                 };
                 let q = Quality::from_report(&report);
+                self.counters.m.rtp(
+                    q.carrier_to_dce.packets + q.buyer_to_dce.packets,
+                    q.carrier_to_dce.lost + q.buyer_to_dce.lost,
+                );
                 if q.one_way_audio && cdr.billable && !bill_one_way_audio {
                     cdr.billable = false;
                     cdr.payout_cents = 0;
@@ -1907,6 +2107,69 @@ fn abandon(
     } else {
         leg.cancel_pending = true;
     }
+}
+
+fn call_view(c: &Call, now: Instant) -> super::view::CallView {
+    let secs = |d: Duration| (d.as_secs_f64() * 10.0).round() / 10.0;
+    let legs = c
+        .legs
+        .iter()
+        .enumerate()
+        .map(|(li, l)| {
+            let e = c.entries[l.entry];
+            let outcome = c.outcomes[l.entry].as_deref().unwrap_or("");
+            let state = if l.answered {
+                "answered"
+            } else if c.current == Some(li) && !l.abandoned && c.state == CallState::Ringing {
+                "ringing"
+            } else {
+                "ended"
+            };
+            super::view::LegView {
+                buyer: c.snapshot.buyer(e.buyer).id.clone(),
+                bid_cents: e.bid_cents,
+                state: state.into(),
+                code: outcome
+                    .strip_prefix("attempted:")
+                    .and_then(|x| x.parse().ok())
+                    .or(if l.answered { Some(200) } else { None }),
+            }
+        })
+        .collect::<Vec<_>>();
+    let buyer = c.winner.or(c.current).map(|li| {
+        c.snapshot
+            .buyer(c.entries[c.legs[li].entry].buyer)
+            .id
+            .clone()
+    });
+    super::view::CallView {
+        id: c.id.clone(),
+        carrier_call_id: c.a.dialog.call_id.clone(),
+        carrier: c.carrier.clone(),
+        campaign: c.snapshot.campaign(c.campaign).id.clone(),
+        caller: c.caller.clone(),
+        called: c.called.clone(),
+        state: match c.state {
+            CallState::Ringing => "ringing",
+            CallState::Answered => "answered",
+            CallState::Connected => "connected",
+        }
+        .into(),
+        age_s: secs(now.saturating_duration_since(c.t0)),
+        talk_s: c
+            .answered_at
+            .map(|a| secs(now.saturating_duration_since(a))),
+        buyer,
+        attempts: c.attempts,
+        compliance: c.compliance.clone(),
+        legs,
+    }
+}
+
+fn bids_json(bids: &[BidRecord]) -> Vec<serde_json::Value> {
+    bids.iter()
+        .map(|b| serde_json::json!({ "buyer": b.buyer_id, "bid_cents": b.amount_cents, "outcome": b.outcome }))
+        .collect()
 }
 
 fn outcome_name(e: &Entry, recorded: Option<&str>) -> String {

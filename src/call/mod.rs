@@ -19,6 +19,7 @@ pub mod carrier;
 pub mod cdr;
 mod controller;
 pub mod leg;
+pub mod view;
 
 pub use controller::{Controller, RemoteCheck, RemoteResult, Settings, SharedChecks};
 

@@ -36,6 +36,10 @@ pub struct HttpConfig {
     pub rate_limit_per_s: u32,
     /// Largest request body, bytes.
     pub max_body_bytes: usize,
+    /// Time a client has to send its request line and headers.
+    pub header_timeout: std::time::Duration,
+    /// Time a client has to send its body.
+    pub body_timeout: std::time::Duration,
 }
 
 impl Default for HttpConfig {
@@ -46,6 +50,8 @@ impl Default for HttpConfig {
             open_paths: vec!["/health".into(), "/metrics".into()],
             rate_limit_per_s: 50,
             max_body_bytes: 64 * 1024,
+            header_timeout: std::time::Duration::from_secs(10),
+            body_timeout: std::time::Duration::from_secs(10),
         }
     }
 }
@@ -74,6 +80,8 @@ pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> HttpConfig {
             "open_paths",
             "rate_limit_per_s",
             "max_body_bytes",
+            "header_timeout_s",
+            "body_timeout_s",
         ],
     );
     if let Some((l, span)) = w.string(t, "listen", true) {
@@ -126,6 +134,12 @@ pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> HttpConfig {
     }
     if let Some((n, _)) = w.int(t, "max_body_bytes", 1, 64 * 1024 * 1024) {
         c.max_body_bytes = n as usize;
+    }
+    if let Some((n, _)) = w.int(t, "header_timeout_s", 1, 3600) {
+        c.header_timeout = std::time::Duration::from_secs(n as u64);
+    }
+    if let Some((n, _)) = w.int(t, "body_timeout_s", 1, 3600) {
+        c.body_timeout = std::time::Duration::from_secs(n as u64);
     }
     c
 }

@@ -25,6 +25,48 @@ pub struct Config {
     pub storage: StorageConfig,
     /// `[http]`
     pub http: super::HttpConfig,
+    /// `[log]`
+    pub log: LogConfig,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogConfig {
+    /// `format = "json"`: one JSON object per line (default `"text"`).
+    pub json: bool,
+    /// Mask phone numbers in logs and live events (default true).
+    pub mask_numbers: bool,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            json: false,
+            mask_numbers: true,
+        }
+    }
+}
+
+fn log(w: &mut Walk<'_>, root: Table<'_, '_>) -> LogConfig {
+    let Some(t) = w.table(root, "log", "log", false) else {
+        return LogConfig::default();
+    };
+    w.unknown_keys(t, &["format", "mask_numbers"]);
+    let json = match w.string(t, "format", false) {
+        None => false,
+        Some((f, span)) => match f.as_str() {
+            "text" => false,
+            "json" => true,
+            _ => {
+                w.error(span, "`log.format` must be \"text\" or \"json\"");
+                false
+            }
+        },
+    };
+    LogConfig {
+        json,
+        mask_numbers: w.boolean(t, "mask_numbers").unwrap_or(true),
+    }
 }
 
 /// `[storage]` (the parts in use so far: the shared state in Redis).
@@ -247,6 +289,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             "compliance",
             "storage",
             "http",
+            "log",
         ],
     );
     let node = w
@@ -269,6 +312,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let compliance = super::compliance::read(&mut w, root);
     let storage = storage(&mut w, root);
     let http = super::http::read(&mut w, root);
+    let log = log(&mut w, root);
     match (node, sip, media) {
         (Some(node), Some(sip), Some(media)) if w.errors.is_empty() => Ok(Config {
             node,
@@ -279,6 +323,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             compliance,
             storage,
             http,
+            log,
         }),
         _ => {
             let mut errors = w.errors;

@@ -85,6 +85,7 @@ impl EdgeCore {
 
     /// Bytes of one datagram or framed stream message arrived from `from`.
     pub fn on_bytes(&mut self, bytes: Bytes, from: Peer, now: Instant) {
+        self.counters.m.sip("in", &bytes[..bytes.len().min(40)]);
         match dce_sip::parse(bytes) {
             Ok(msg) => {
                 self.counters.inc(if msg.is_request() {
@@ -118,10 +119,22 @@ impl EdgeCore {
     /// Next bytes to send.
     #[must_use]
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.stateless
+        let t = self
+            .stateless
             .pop_front()
             .or_else(|| self.calls.poll_transmit())
-            .or_else(|| self.layer.poll_transmit())
+            .or_else(|| self.layer.poll_transmit())?;
+        self.counters
+            .m
+            .sip("out", &t.bytes[..t.bytes.len().min(40)]);
+        Some(t)
+    }
+
+    /// End call `id` on an operator's request (BYE, or a final response while it rings).
+    pub fn hang_up(&mut self, id: &str, now: Instant) -> bool {
+        let found = self.calls.hang_up(&mut self.layer, id, now);
+        self.process(now);
+        found
     }
 
     fn process(&mut self, now: Instant) {

@@ -1,8 +1,10 @@
 //! The control API (axum): API keys checked against stored SHA-256 hashes in constant time,
 //! roles (`GET`/`HEAD` need `read`, anything else `admin`), per-key rate limits, a body limit,
-//! and JSON errors `{ "error": { "code", "message" } }`. So far it serves `/health`,
-//! `/metrics`, `GET /v1/cdrs` and `POST /v1/reload`; the call, buyer, DNC and stats routes
-//! come with the rest of the API.
+//! header and body read timeouts, and JSON errors `{ "error": { "code", "message" } }`.
+//! Routes that read or change calls and buyers ask the core task (which owns them) over a
+//! channel and wait for its answer; `/v1/events` streams live events over a WebSocket; the
+//! OpenAPI document at `/openapi.json` is generated from the handlers ([`doc`]); `/` is the
+//! live page ([`page`]).
 //!
 //! `/health` answers 200 whether the dependencies are `ok` or `degraded`: a node whose database
 //! is down still routes calls (CDRs go to the spool), so a load balancer must keep sending it
@@ -43,8 +45,18 @@ pub struct ApiState {
     pub redis: Option<crate::shared::Shared>,
     /// The CDR writer's counters.
     pub writer: Arc<WriterStats>,
-    /// Asks the core for a reload (the path SIGHUP takes).
-    reload: tokio::sync::mpsc::UnboundedSender<crate::server::ReloadReply>,
+    /// Asks the core task: reloads (the path SIGHUP takes), calls, buyers.
+    core: tokio::sync::mpsc::UnboundedSender<crate::server::ApiRequest>,
+    /// Live events.
+    pub events: crate::events::Bus,
+    /// The compliance lists (for `/v1/dnc`).
+    pub compliance: Option<Arc<Mutex<dce_compliance::Compliance>>>,
+    /// The media port pool.
+    pub ports: Option<dce_media::PortGauge>,
+    /// Set when SIGTERM is draining calls.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// How long a client may take to send its body.
+    body_timeout: Duration,
 }
 
 struct Bucket {
@@ -61,7 +73,7 @@ impl ApiState {
         spool_dir: PathBuf,
         redis: Option<crate::shared::Shared>,
         writer: Arc<WriterStats>,
-        reload: tokio::sync::mpsc::UnboundedSender<crate::server::ReloadReply>,
+        core: tokio::sync::mpsc::UnboundedSender<crate::server::ApiRequest>,
     ) -> ApiState {
         ApiState {
             keys: cfg.api_keys.clone(),
@@ -74,7 +86,37 @@ impl ApiState {
             spool_dir,
             redis,
             writer,
-            reload,
+            core,
+            events: crate::events::Bus::default(),
+            compliance: None,
+            ports: None,
+            draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            body_timeout: cfg.body_timeout,
+        }
+    }
+
+    /// Ask the core task and wait (10 s) for its answer; `Err` is the response to send.
+    pub(crate) async fn ask<T>(
+        &self,
+        req: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::server::ApiRequest,
+    ) -> Result<T, Response> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let gone = || {
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "DCE is shutting down",
+            )
+        };
+        self.core.send(req(tx)).map_err(|_| gone())?;
+        match tokio::time::timeout(Duration::from_secs(10), rx).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(_)) => Err(gone()),
+            Err(_) => Err(error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "core_busy",
+                "the call core did not answer within 10 s",
+            )),
         }
     }
 
@@ -144,7 +186,9 @@ async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Res
             format!("request bodies are limited to {} bytes", st.max_body),
         );
     }
-    let who = if st.open.contains(&path) {
+    // The live page's files hold no data: always served (rate limited per address).
+    let static_file = matches!(path.as_str(), "/" | "/app.js");
+    let who = if st.open.contains(&path) || static_file {
         format!("ip:{peer}")
     } else {
         let presented = req
@@ -152,7 +196,8 @@ async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Res
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::trim);
+            .map(str::trim)
+            .or_else(|| subprotocol_key(&req));
         let Some(key) = presented.and_then(|p| st.key(p)) else {
             // Guessing keys is limited per source address like any open path.
             if !st.allow(&format!("ip:{peer}")) {
@@ -186,7 +231,48 @@ async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Res
     if !st.allow(&who) {
         return too_many(&st);
     }
-    next.run(req).await
+    // Read the whole body now, within the body timeout and the size limit (a chunked body has
+    // no Content-Length to refuse early).
+    let (parts, body) = req.into_parts();
+    let body = match tokio::time::timeout(st.body_timeout, axum::body::to_bytes(body, st.max_body))
+        .await
+    {
+        Ok(Ok(b)) => b,
+        Ok(Err(_)) => {
+            return error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("request bodies are limited to {} bytes", st.max_body),
+            )
+        }
+        Err(_) => {
+            return error(
+                StatusCode::REQUEST_TIMEOUT,
+                "body_timeout",
+                format!(
+                    "the request body did not arrive within {} s",
+                    st.body_timeout.as_secs()
+                ),
+            )
+        }
+    };
+    next.run(Request::from_parts(parts, axum::body::Body::from(body)))
+        .await
+}
+
+/// A browser cannot set headers on a WebSocket: the live page offers its key as the
+/// subprotocol `bearer.<key>` next to `dce.events` (only on `/v1/events`).
+fn subprotocol_key(req: &Request) -> Option<&str> {
+    if req.uri().path() != "/v1/events" {
+        return None;
+    }
+    req.headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)?
+        .to_str()
+        .ok()?
+        .split(',')
+        .map(str::trim)
+        .find_map(|p| p.strip_prefix("bearer."))
 }
 
 fn too_many(st: &ApiState) -> Response {
@@ -204,26 +290,74 @@ fn too_many(st: &ApiState) -> Response {
 pub fn router(st: Arc<ApiState>) -> Router {
     let limit = st.max_body;
     Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/openapi.json", get(doc::openapi_json))
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .route("/v1/cdrs", get(cdrs))
         .route("/v1/reload", axum::routing::post(reload))
+        .route("/v1/calls", get(routes::calls))
+        .route("/v1/calls/{id}", get(routes::call))
+        .route("/v1/calls/{id}/hangup", axum::routing::post(routes::hangup))
+        .route("/v1/buyers", get(routes::buyers))
+        .route("/v1/buyers/{id}", axum::routing::patch(routes::patch_buyer))
+        .route(
+            "/v1/dnc/{number}",
+            get(routes::dnc_get)
+                .put(routes::dnc_put)
+                .delete(routes::dnc_delete),
+        )
+        .route("/v1/stats", get(routes::stats))
+        .route("/v1/events", get(ws::events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "this route does not take that method",
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::max(limit))
         .layer(axum::middleware::from_fn_with_state(st.clone(), guard))
         .with_state(st)
 }
 
-/// Serve on a bound listener until the task is dropped or aborted.
-pub async fn serve(listener: tokio::net::TcpListener, st: Arc<ApiState>) {
+/// Serve on a bound listener until the task is dropped or aborted. A client gets
+/// `header_timeout` to send its request line and headers (then the connection is closed),
+/// and the body timeout (in the guard) for its body.
+pub async fn serve(listener: tokio::net::TcpListener, st: Arc<ApiState>, header_timeout: Duration) {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::Service as _;
     let addr = listener.local_addr().ok();
-    if let Err(e) = axum::serve(
-        listener,
-        router(st).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .await
-    {
-        tracing::error!(listen = ?addr, error = %e, "HTTP API stopped");
+    let app = router(st);
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of file descriptors and the like: wait rather than spin.
+                tracing::warn!(listen = ?addr, error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(ConnectInfo(peer));
+                    app.clone().call(req.map(axum::body::Body::new))
+                },
+            );
+            let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(header_timeout)
+                .serve_connection(TokioIo::new(stream), svc)
+                .with_upgrades();
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended with an error");
+            }
+        });
     }
 }
 
@@ -240,7 +374,12 @@ fn spool_bytes(dir: &std::path::Path) -> u64 {
         .unwrap_or(0)
 }
 
-async fn health(State(st): State<Arc<ApiState>>) -> Response {
+/// Dependencies: database, Redis, spool backlog, port pool. 200 when `ok` or `degraded`
+/// (calls still flow), 503 while draining.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "Serving", body = doc::Health),
+              (status = 503, description = "Draining (SIGTERM): take the node out of the pool", body = doc::Health)))]
+pub async fn health(State(st): State<Arc<ApiState>>) -> Response {
     let db = match tokio::time::timeout(Duration::from_secs(1), st.db.ping()).await {
         Ok(Ok(())) => serde_json::json!({ "status": "ok" }),
         Ok(Err(e)) => serde_json::json!({ "status": "down", "error": e.to_string() }),
@@ -258,20 +397,56 @@ async fn health(State(st): State<Arc<ApiState>>) -> Response {
         "status": if spooled == 0 { "ok" } else { "backlog" },
         "bytes": spooled,
     });
-    let ok = db["status"] == "ok" && redis["status"] != "down" && spooled == 0;
-    Json(serde_json::json!({
-        "status": if ok { "ok" } else { "degraded" },
+    let ports = match &st.ports {
+        None => serde_json::json!({ "status": "not_configured" }),
+        Some(g) => {
+            let (used, total) = (g.in_use(), g.total());
+            // Below 10 % free, new calls may soon get 503.
+            let low = total > 0 && (total - used.min(total)) * 10 < total;
+            serde_json::json!({
+                "status": if low { "low" } else { "ok" },
+                "in_use": used,
+                "total": total,
+            })
+        }
+    };
+    let draining = st.draining.load(Ordering::Relaxed);
+    let ok = db["status"] == "ok"
+        && redis["status"] != "down"
+        && spooled == 0
+        && ports["status"] != "low"
+        && !draining;
+    let status = if draining {
+        "draining"
+    } else if ok {
+        "ok"
+    } else {
+        "degraded"
+    };
+    let body = Json(serde_json::json!({
+        "status": status,
         "database": db,
         "redis": redis,
         "spool": spool,
-    }))
-    .into_response()
+        "port_pool": ports,
+        "active_calls": st.counters.m.active_calls(),
+    }));
+    // A draining node must leave the load balancer's pool: 503.
+    if draining {
+        (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
+    } else {
+        body.into_response()
+    }
 }
 
 /// `POST /v1/reload`: the SIGHUP path; answers once the new config is in force (or refused).
-async fn reload(State(st): State<Arc<ApiState>>) -> Response {
+#[utoipa::path(post, path = "/v1/reload", tag = "operations",
+    responses((status = 200, description = "The new config is in force", body = doc::Reloaded),
+              (status = 422, description = "Refused, with every problem; the running config stays", body = routes::ErrorBody),
+              (status = 504, description = "The reload did not finish in 60 s", body = routes::ErrorBody)))]
+pub async fn reload(State(st): State<Arc<ApiState>>) -> Response {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if st.reload.send(tx).is_err() {
+    if st.core.send(crate::server::ApiRequest::Reload(tx)).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -304,16 +479,26 @@ async fn reload(State(st): State<Arc<ApiState>>) -> Response {
 }
 
 /// `GET /v1/cdrs` parameters.
-#[derive(Debug, serde::Deserialize)]
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
-struct CdrParams {
+#[into_params(parameter_in = Query)]
+pub struct CdrParams {
+    /// Created at or after (RFC 3339).
     from: Option<String>,
+    /// Created before (RFC 3339).
     to: Option<String>,
+    /// Winning buyer.
     buyer: Option<String>,
+    /// Campaign.
     campaign: Option<String>,
+    /// answered, rejected, cancelled or failed.
     disposition: Option<String>,
+    /// Caller, E.164 digits.
     caller: Option<String>,
+    /// The `next` of the previous page.
     cursor: Option<String>,
+    /// Page size, 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u32>,
 }
 
@@ -330,7 +515,10 @@ fn bad_time(name: &str, v: &Option<String>) -> Option<Response> {
 }
 
 /// Calls newest first, filtered, in pages: `next` is the `cursor` of the following page.
-async fn cdrs(
+#[utoipa::path(get, path = "/v1/cdrs", tag = "cdrs", params(CdrParams),
+    responses((status = 200, description = "One page of CDRs", body = doc::CdrPage),
+              (status = 400, description = "Bad parameter", body = routes::ErrorBody)))]
+pub async fn cdrs(
     State(st): State<Arc<ApiState>>,
     q: Result<axum::extract::Query<CdrParams>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
@@ -394,7 +582,10 @@ async fn cdrs(
     }
 }
 
-async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
+/// Prometheus text exposition.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text", content_type = "text/plain", body = String)))]
+pub async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     let mut out = String::new();
     out.push_str("# HELP dce_events_total What the SIP edge and the call controller did, by event.\n# TYPE dce_events_total counter\n");
     for c in Counter::ALL {
@@ -417,6 +608,12 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     );
     let _ = writeln!(
         out,
+        "# HELP dce_cdr_queue_depth CDRs handed to the writer and not yet stored or spooled.\n# TYPE dce_cdr_queue_depth gauge\ndce_cdr_queue_depth {}",
+        st.writer.queue_depth()
+    );
+    st.counters.m.render(&mut out);
+    let _ = writeln!(
+        out,
         "# HELP dce_spool_bytes Bytes of CDRs waiting in the spool.\n# TYPE dce_spool_bytes gauge\ndce_spool_bytes {}",
         spool_bytes(&st.spool_dir)
     );
@@ -429,6 +626,11 @@ async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     )
         .into_response()
 }
+
+pub mod doc;
+pub mod page;
+mod routes;
+mod ws;
 
 #[cfg(test)]
 mod tests;

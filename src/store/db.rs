@@ -39,7 +39,7 @@ fn ms(d: f64) -> i64 {
 type ConsentRow = (String, String, Option<String>, Option<String>, String);
 
 /// One row of `dce cdr export`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
 pub struct ExportRow {
     /// Call id.
     pub id: String,
@@ -452,4 +452,75 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
         }
     }
     tx.commit().await
+}
+
+/// Totals of one group of calls in a window (see [`Db::stats`]).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, utoipa::ToSchema)]
+pub struct StatRow {
+    /// Campaign.
+    pub campaign: String,
+    /// Winning buyer (none for calls nobody answered).
+    pub buyer_id: Option<String>,
+    /// Calls (every disposition).
+    pub calls: i64,
+    /// Calls refused before any buyer was rung (compliance, no buyer, overload…).
+    pub rejected: i64,
+    /// Calls a buyer answered.
+    pub answered: i64,
+    /// Answered calls that became billable.
+    pub billable: i64,
+    /// Sum of payouts, cents.
+    pub revenue_cents: i64,
+    /// Talk time of answered calls, ms.
+    pub talk_ms: i64,
+}
+
+impl Db {
+    /// Calls created in `[from, to)` grouped by campaign and winning buyer.
+    pub async fn stats(&self, from: &str, to: &str) -> Result<Vec<StatRow>, sqlx::Error> {
+        const COLS: &str = "SELECT campaign, buyer_id, COUNT(*) AS calls, \
+            CAST(SUM(CASE WHEN disposition = 'rejected' THEN 1 ELSE 0 END) AS BIGINT) AS rejected, \
+            CAST(SUM(CASE WHEN disposition = 'answered' THEN 1 ELSE 0 END) AS BIGINT) AS answered, \
+            CAST(SUM(CASE WHEN billable THEN 1 ELSE 0 END) AS BIGINT) AS billable, \
+            CAST(SUM(payout_cents) AS BIGINT) AS revenue, \
+            CAST(SUM(CASE WHEN disposition = 'answered' THEN duration_ms ELSE 0 END) AS BIGINT) AS talk_ms \
+            FROM calls ";
+        const GROUP: &str = " GROUP BY campaign, buyer_id ORDER BY campaign, buyer_id";
+        macro_rules! row {
+            ($r:ident) => {
+                StatRow {
+                    campaign: $r.get("campaign"),
+                    buyer_id: $r.get("buyer_id"),
+                    calls: $r.get("calls"),
+                    rejected: $r.get("rejected"),
+                    answered: $r.get("answered"),
+                    billable: $r.get("billable"),
+                    revenue_cents: $r.get("revenue"),
+                    talk_ms: $r.get("talk_ms"),
+                }
+            };
+        }
+        Ok(match self {
+            Db::Pg(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLS}WHERE created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz{GROUP}"
+            )))
+            .bind(utc(from))
+            .bind(utc(to))
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(|r| row!(r))
+            .collect(),
+            Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{COLS}WHERE created_at >= ?1 AND created_at < ?2{GROUP}"
+            )))
+            .bind(utc(from))
+            .bind(utc(to))
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(|r| row!(r))
+            .collect(),
+        })
+    }
 }

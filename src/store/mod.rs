@@ -15,6 +15,6 @@ pub mod db;
 pub mod spool;
 pub mod writer;
 
-pub use db::{CdrQuery, Db};
+pub use db::{CdrQuery, Db, StatRow};
 pub use spool::Spool;
 pub use writer::{start, DbSink, Retention, WriterStats};

@@ -30,6 +30,19 @@ pub struct WriterStats {
     pub written: AtomicU64,
     /// CDRs appended to the spool.
     pub spooled: AtomicU64,
+    /// The writer's queue, for its depth.
+    queue: std::sync::OnceLock<mpsc::WeakSender<Cdr>>,
+}
+
+impl WriterStats {
+    /// CDRs handed to the writer and not yet taken from its queue.
+    pub fn queue_depth(&self) -> usize {
+        self.queue
+            .get()
+            .and_then(|w| w.upgrade())
+            .map(|tx| tx.max_capacity() - tx.capacity())
+            .unwrap_or(0)
+    }
 }
 
 /// The sink the call controller writes to.
@@ -82,6 +95,7 @@ pub fn start(
     let (tx, rx) = mpsc::channel(capacity);
     let lock = Arc::new(Mutex::new(()));
     let stats = Arc::new(WriterStats::default());
+    let _ = stats.queue.set(tx.downgrade());
     let task = tokio::spawn(run(
         db,
         spool.clone(),

@@ -1,0 +1,120 @@
+//! What the control API shows of live state: calls in progress and buyers. Built by the call
+//! controller on the core task and handed to the API as plain data.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// A call in progress.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct CallView {
+    /// DCE's call id (the CDR's id).
+    pub id: String,
+    /// The carrier's SIP Call-ID.
+    pub carrier_call_id: String,
+    /// Carrier id.
+    pub carrier: String,
+    /// Campaign id.
+    pub campaign: String,
+    /// Caller, E.164 digits.
+    pub caller: String,
+    /// Dialled number, E.164 digits.
+    pub called: String,
+    /// `ringing`, `answered` (awaiting the carrier's ACK) or `connected`.
+    pub state: String,
+    /// Seconds since the INVITE arrived.
+    pub age_s: f64,
+    /// Seconds since the buyer answered.
+    pub talk_s: Option<f64>,
+    /// The buyer being rung, or the one that answered.
+    pub buyer: Option<String>,
+    /// Buyers tried so far.
+    pub attempts: u32,
+    /// The compliance verdict.
+    pub compliance: String,
+    /// The buyer legs, in the order they were tried.
+    pub legs: Vec<LegView>,
+}
+
+/// One buyer leg of a call.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct LegView {
+    /// Buyer id.
+    pub buyer: String,
+    /// Its bid, cents.
+    pub bid_cents: u32,
+    /// `ringing`, `answered` or `ended` (declined, timed out, cancelled).
+    pub state: String,
+    /// The final SIP code the buyer sent, when it did.
+    pub code: Option<u16>,
+}
+
+/// A buyer as the auction sees it now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct BuyerView {
+    /// Buyer id.
+    pub id: String,
+    /// Campaigns it buys.
+    pub campaigns: Vec<String>,
+    /// The bid in force, cents (the override when set).
+    pub bid_cents: u32,
+    /// The bid in the config, cents.
+    pub config_bid_cents: u32,
+    /// An operator's override is in force (until the next reload).
+    pub bid_override: bool,
+    /// Paused by an operator (excluded from auctions).
+    pub paused: bool,
+    /// Calls ringing or connected now.
+    pub active_calls: u32,
+    /// `max_concurrent` (0 = unlimited).
+    pub max_concurrent: u32,
+    /// Answered calls in the buyer's current local hour.
+    pub answered_this_hour: u32,
+    /// `hourly_cap` (0 = none).
+    pub hourly_cap: u32,
+    /// Answered calls on the buyer's current local day.
+    pub answered_today: u32,
+    /// `daily_cap` (0 = none).
+    pub daily_cap: u32,
+    /// Cents committed today.
+    pub spend_today_cents: u64,
+    /// `daily_budget_cents` (0 = none).
+    pub daily_budget_cents: u64,
+}
+
+/// `PATCH /v1/buyers/{id}`: every field is optional; what is present is changed.
+#[derive(Debug, Clone, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BuyerPatch {
+    /// `true` pauses the buyer (no new calls), `false` resumes it.
+    pub paused: Option<bool>,
+    /// A bid in cents that replaces the config's until the next reload; `null` clears it.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10000000)]
+    pub bid_cents: Option<Option<u32>>,
+}
+
+/// `Some(v)` for a field that is present (even `null`), `None` when absent.
+fn present<'de, D, T>(d: D) -> Result<Option<Option<T>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Option::<T>::deserialize(d).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_tells_absent_from_null() {
+        let p: BuyerPatch = serde_json::from_str(r#"{"paused":true}"#).unwrap();
+        assert_eq!((p.paused, p.bid_cents), (Some(true), None));
+        let p: BuyerPatch = serde_json::from_str(r#"{"bid_cents":null}"#).unwrap();
+        assert_eq!(p.bid_cents, Some(None));
+        let p: BuyerPatch = serde_json::from_str(r#"{"bid_cents":1500}"#).unwrap();
+        assert_eq!(p.bid_cents, Some(Some(1500)));
+        assert!(serde_json::from_str::<BuyerPatch>(r#"{"bid":1}"#).is_err());
+        assert!(serde_json::from_str::<BuyerPatch>(r#"{"bid_cents":-1}"#).is_err());
+    }
+}

@@ -1,0 +1,182 @@
+//! The OpenAPI document, generated from the handlers' `utoipa::path` annotations and the
+//! response types, served at `/openapi.json`. Answers every route can give (401, 403, 408,
+//! 413, 429) are added here once rather than on each handler.
+
+use super::routes::{
+    BuyerList, CallList, DncEntry, ErrorBody, ErrorDetail, Figures, GroupFigures, HangupDone, Stats,
+};
+use crate::call::view::{BuyerPatch, BuyerView, CallView, LegView};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use utoipa::openapi::path::Operation;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::{RefOr, ResponseBuilder};
+use utoipa::{Modify, OpenApi, ToSchema};
+
+/// One dependency in `/health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct DependencyHealth {
+    /// `ok`, `down`, `backlog`, `low` or `not_configured`.
+    pub status: String,
+    /// What failed.
+    pub error: Option<String>,
+    /// Spool: bytes waiting.
+    pub bytes: Option<u64>,
+    /// Port pool: pairs in use.
+    pub in_use: Option<u64>,
+    /// Port pool: pairs in the range.
+    pub total: Option<u64>,
+}
+
+/// `GET /health`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Health {
+    /// `ok`, `degraded` (a dependency is down; calls still flow) or `draining` (SIGTERM).
+    pub status: String,
+    /// The CDR database.
+    pub database: DependencyHealth,
+    /// Redis (fleet-wide state).
+    pub redis: DependencyHealth,
+    /// CDRs waiting in the spool.
+    pub spool: DependencyHealth,
+    /// RTP ports.
+    pub port_pool: DependencyHealth,
+    /// Calls in progress.
+    pub active_calls: u64,
+}
+
+/// `POST /v1/reload`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Reloaded {
+    /// Always true.
+    pub reloaded: bool,
+    /// What was loaded (file, campaigns, buyers).
+    pub config: String,
+}
+
+/// `GET /v1/cdrs`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CdrPage {
+    /// Calls, newest first.
+    pub cdrs: Vec<crate::store::db::ExportRow>,
+    /// The `cursor` of the next page; null on the last page.
+    pub next: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "DCE control API",
+        description = "Dependable Call Exchange edge: calls, buyers, CDRs, DNC, stats, live events. \
+            Send `Authorization: Bearer <key>`; GET needs a read key, everything else an admin key.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        super::health, super::metrics, super::cdrs, super::reload,
+        super::routes::calls, super::routes::call, super::routes::hangup,
+        super::routes::buyers, super::routes::patch_buyer,
+        super::routes::dnc_get, super::routes::dnc_put, super::routes::dnc_delete,
+        super::routes::stats, super::ws::events,
+    ),
+    components(schemas(
+        ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView,
+        BuyerPatch, DncEntry, Stats, Figures, GroupFigures, Health, DependencyHealth, Reloaded,
+        CdrPage, crate::store::db::ExportRow,
+    )),
+    modifiers(&Common)
+)]
+pub struct ApiDoc;
+
+/// Adds the bearer scheme and the answers any route can give.
+struct Common;
+
+fn err(desc: &str) -> RefOr<utoipa::openapi::Response> {
+    ResponseBuilder::new()
+        .description(desc)
+        .content(
+            "application/json",
+            utoipa::openapi::ContentBuilder::new()
+                .schema(Some(RefOr::Ref(utoipa::openapi::Ref::from_schema_name(
+                    "ErrorBody",
+                ))))
+                .build(),
+        )
+        .build()
+        .into()
+}
+
+impl Modify for Common {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        let comps = api.components.get_or_insert_with(Default::default);
+        comps.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        for (path, item) in api.paths.paths.iter_mut() {
+            let open = path == "/health" || path == "/metrics";
+            let ops: [&mut Option<Operation>; 5] = [
+                &mut item.get,
+                &mut item.put,
+                &mut item.post,
+                &mut item.delete,
+                &mut item.patch,
+            ];
+            for op in ops.into_iter().flatten() {
+                let r = &mut op.responses.responses;
+                let mut put = |code: &str, desc: &str| {
+                    r.entry(code.to_owned()).or_insert_with(|| err(desc));
+                };
+                put("401", "No key, or a wrong one");
+                put("403", "A read key on an admin route");
+                put("408", "The body did not arrive in time");
+                put("413", "Body too large");
+                put("429", "Rate limited (see Retry-After)");
+                put("503", "DCE is shutting down or a dependency did not answer");
+                if !open {
+                    op.security = Some(vec![utoipa::openapi::security::SecurityRequirement::new(
+                        "bearer",
+                        Vec::<String>::new(),
+                    )]);
+                }
+            }
+        }
+    }
+}
+
+/// `GET /openapi.json`.
+pub async fn openapi_json() -> Response {
+    axum::Json(ApiDoc::openapi()).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_with_its_errors() {
+        let doc = serde_json::to_value(ApiDoc::openapi()).unwrap();
+        let paths = doc["paths"].as_object().unwrap();
+        for p in [
+            "/health",
+            "/metrics",
+            "/v1/cdrs",
+            "/v1/reload",
+            "/v1/calls",
+            "/v1/calls/{id}",
+            "/v1/calls/{id}/hangup",
+            "/v1/buyers",
+            "/v1/buyers/{id}",
+            "/v1/dnc/{number}",
+            "/v1/stats",
+            "/v1/events",
+        ] {
+            assert!(paths.contains_key(p), "{p} missing from the document");
+        }
+        let patch = &doc["paths"]["/v1/buyers/{id}"]["patch"];
+        assert!(patch["responses"]["401"].is_object());
+        assert!(patch["responses"]["404"].is_object());
+        assert_eq!(patch["security"][0]["bearer"], serde_json::json!([]));
+        assert!(doc["paths"]["/health"]["get"]["security"].is_null());
+        assert!(doc["components"]["schemas"]["CallView"].is_object());
+    }
+}
