@@ -132,7 +132,7 @@ fn postgresql_gets_one_row_per_call_with_its_bids() {
     run_calls(&bin, &dce, acme, bravo, 20);
     let (ok, log) = dce.stop();
     assert!(ok, "{log}");
-    let (got, paged) = rt.block_on(async {
+    let (got, paged, stats) = rt.block_on(async {
         let pool = sqlx::PgPool::connect(&url).await.unwrap();
         let r = check_rows(&pool).await;
         pool.close().await;
@@ -152,7 +152,17 @@ fn postgresql_gets_one_row_per_call_with_its_bids() {
                 _ => break,
             }
         }
-        (r, seen)
+        // GET /v1/stats's query: grouped by campaign and winner
+        let stats = db
+            .stats("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let none = db
+            .stats("2000-01-01T00:00:00Z", "2000-01-02T00:00:00Z")
+            .await
+            .unwrap();
+        assert!(none.is_empty(), "{none:?}");
+        (r, seen, stats)
     });
     rt.block_on(
         sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -172,6 +182,14 @@ fn postgresql_gets_one_row_per_call_with_its_bids() {
     sorted.reverse();
     assert_eq!(paged.len(), 20, "{paged:?}");
     assert_eq!(paged, sorted, "newest first, no call twice");
+    let calls: i64 = stats.iter().map(|r| r.calls).sum();
+    let bravo = stats
+        .iter()
+        .find(|r| r.buyer_id.as_deref() == Some("bravo"))
+        .expect("a row for bravo");
+    assert_eq!(calls, 20, "{stats:?}");
+    assert_eq!((bravo.answered, bravo.rejected), (20, 0), "{stats:?}");
+    assert!(bravo.talk_ms > 0, "{stats:?}");
 }
 
 #[test]

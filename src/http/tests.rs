@@ -209,6 +209,19 @@ async fn open_paths_need_no_key_and_report_health_and_metrics() {
         "{body}"
     );
     assert!(body.contains("dce_cdrs_written_total 0\n"), "{body}");
+    for name in [
+        "dce_cdr_queue_depth 0\n",
+        "# TYPE dce_auction_duration_seconds histogram",
+        "dce_active_calls 0\n",
+        "# TYPE dce_calls_per_second gauge",
+        "# TYPE dce_rtp_lost_total counter",
+        "# TYPE dce_sip_messages_total counter",
+        "# TYPE dce_compliance_rejections_total counter",
+    ] {
+        assert!(body.contains(name), "{name} missing:\n{body}");
+    }
+    // the port pool is reported once the server wires it in
+    assert_eq!(v["port_pool"]["status"], "not_configured");
 }
 
 #[tokio::test]
@@ -445,4 +458,273 @@ async fn cdrs_filtered_and_paged_by_keyset() {
     }
     let (s, _, _) = call(&f.router, "GET", "/v1/cdrs", None, "").await;
     assert_eq!(s, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn calls_hangup_and_buyers_go_through_the_core() {
+    let f = fixture(1000).await;
+    let (s, _, body) = call(&f.router, "GET", "/v1/calls", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::OK);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["calls"][0]["id"], "c1");
+    assert_eq!(v["calls"][0]["legs"][0]["buyer"], "b1");
+    let (s, _, body) = call(&f.router, "GET", "/v1/calls/c1", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("\"state\":\"connected\""), "{body}");
+    let (s, _, body) = call(&f.router, "GET", "/v1/calls/nope", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "not_found");
+    // hangup is an admin action
+    let (s, _, _) = call(&f.router, "POST", "/v1/calls/c1/hangup", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::FORBIDDEN);
+    let (s, _, body) = call(
+        &f.router,
+        "POST",
+        "/v1/calls/c1/hangup",
+        Some(ADMIN_KEY),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("\"hung_up\":true"));
+    let (s, _, _) = call(&f.router, "POST", "/v1/calls/x/hangup", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    // a GET on an admin-only route: 405 in the JSON shape
+    let (s, _, body) = call(&f.router, "GET", "/v1/calls/c1/hangup", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(error_code(&body), "method_not_allowed");
+
+    let (s, _, body) = call(&f.router, "GET", "/v1/buyers", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("\"paused\":false"), "{body}");
+    let patch = |b: &'static str| {
+        let r = f.router.clone();
+        async move { call(&r, "PATCH", "/v1/buyers/b1", Some(ADMIN_KEY), b).await }
+    };
+    let (s, _, body) = patch(r#"{"paused":true,"bid_cents":2100}"#).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        (v["paused"].clone(), v["bid_cents"].clone()),
+        (true.into(), 2100.into())
+    );
+    let (_, _, body) = patch(r#"{"bid_cents":null}"#).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["bid_override"], false, "null clears the override");
+    assert_eq!(v["paused"], true, "absent fields are left alone");
+    for bad in [
+        r#"{"bid":1}"#,
+        "not json",
+        r#"{"bid_cents":-5}"#,
+        r#"{"bid_cents":99999999}"#,
+    ] {
+        let (s, _, body) = patch(bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_code(&body), "bad_body");
+    }
+    let (s, _, _) = call(&f.router, "PATCH", "/v1/buyers/zz", Some(ADMIN_KEY), "{}").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn dnc_get_put_delete_persist_to_the_internal_file() {
+    let f = fixture(1000).await;
+    // without compliance lists loaded: 503, not a panic
+    let (s, _, body) = call(&f.router, "GET", "/v1/dnc/3105551234", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let file = f.st.spool_dir.with_file_name("internal.txt");
+    let c = dce_compliance::Compliance::default();
+    *c.internal.write().unwrap() = dce_compliance::InternalDnc::load(&file).unwrap();
+    let mut st = ApiState::new(
+        &HttpConfig {
+            api_keys: vec![key("ops", ADMIN_KEY, Role::Admin)],
+            ..HttpConfig::default()
+        },
+        Arc::new(Counters::default()),
+        f.st.db.clone(),
+        f.st.spool_dir.clone(),
+        None,
+        Arc::new(WriterStats::default()),
+        core_sink(),
+    );
+    let lists = Arc::new(Mutex::new(c));
+    st.compliance = Some(lists.clone());
+    let r = router(Arc::new(st));
+    let get = |n: &'static str| {
+        let r = r.clone();
+        async move { call(&r, "GET", &format!("/v1/dnc/{n}"), Some(ADMIN_KEY), "").await }
+    };
+    let (s, _, body) = get("%2B1%20(310)%20555-1234").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["number"], "3105551234");
+    assert_eq!(
+        (v["internal"].clone(), v["national"].clone()),
+        (false.into(), false.into())
+    );
+    assert!(v["shared"].is_null(), "no Redis configured");
+    let (s, _, body) = call(&r, "PUT", "/v1/dnc/13105551234", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("\"internal\":true"));
+    // the call path sees it at once, and the file has it for the next start
+    assert!(lists
+        .lock()
+        .unwrap()
+        .internal
+        .read()
+        .unwrap()
+        .contains_str("3105551234"));
+    let saved = std::fs::read_to_string(&file).unwrap();
+    assert!(saved.contains("3105551234"), "{saved}");
+    let (s, _, _) = call(&r, "DELETE", "/v1/dnc/3105551234", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::OK);
+    let (s, _, body) = call(&r, "DELETE", "/v1/dnc/3105551234", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    assert_eq!(error_code(&body), "not_listed");
+    assert!(!std::fs::read_to_string(&file)
+        .unwrap()
+        .contains("3105551234"));
+    let (s, _, body) = get("12345").await;
+    assert_eq!(s, StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&body), "bad_number");
+    let _ = std::fs::remove_file(&file);
+}
+
+#[tokio::test]
+async fn stats_over_a_window() {
+    let f = fixture(1000).await;
+    f.st.db.migrate().await.unwrap();
+    let cdrs: Vec<_> = (0..10)
+        .map(|i| {
+            let mut c = crate::call::cdr::Cdr::synthetic(i);
+            c.invite_at = format!("2026-07-15T16:00:0{i}.000Z");
+            if i >= 6 {
+                c.disposition = "rejected".into();
+                c.buyer_id = None;
+                c.billable = false;
+                c.payout_cents = 0;
+                c.duration_s = 0.0;
+            }
+            c
+        })
+        .collect();
+    f.st.db.insert(&cdrs).await.unwrap();
+    let (s, _, body) = call(
+        &f.router,
+        "GET",
+        "/v1/stats?from=2026-07-15T00:00:00Z&to=2026-07-16T00:00:00Z",
+        Some(READ_KEY),
+        "",
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["total"]["calls"], 10);
+    assert_eq!(v["total"]["rejected"], 4);
+    assert_eq!(v["total"]["connected"], 6);
+    assert_eq!(v["total"]["asr"], 1.0);
+    assert_eq!(v["total"]["acd_s"], 118.0);
+    assert_eq!(v["total"]["revenue_cents"], 7200);
+    assert_eq!(v["buyers"][0]["id"], "bravo");
+    assert_eq!(v["campaigns"][0]["id"], "auto");
+    // the default window (the last 24 h) holds none of these
+    let (_, _, body) = call(&f.router, "GET", "/v1/stats", Some(READ_KEY), "").await;
+    assert!(body.contains("\"calls\":0"), "{body}");
+    for bad in [
+        "/v1/stats?from=nope",
+        "/v1/stats?window=1h",
+        "/v1/stats?from=2026-07-16T00:00:00Z&to=2026-07-15T00:00:00Z",
+    ] {
+        let (s, _, body) = call(&f.router, "GET", bad, Some(READ_KEY), "").await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}");
+        assert_eq!(error_code(&body), "bad_parameter");
+    }
+}
+
+#[tokio::test]
+async fn slow_and_chunked_bodies_and_the_static_page() {
+    let mut cfg = HttpConfig {
+        api_keys: vec![key("ops", ADMIN_KEY, Role::Admin)],
+        max_body_bytes: 100,
+        ..HttpConfig::default()
+    };
+    cfg.body_timeout = Duration::from_millis(200);
+    let st = Arc::new(ApiState::new(
+        &cfg,
+        Arc::new(Counters::default()),
+        Db::connect("sqlite::memory:").unwrap(),
+        std::env::temp_dir().join("dce-none"),
+        None,
+        Arc::new(WriterStats::default()),
+        core_sink(),
+    ));
+    let r = router(st.clone());
+    // a body that never arrives: 408 after the body timeout
+    let stalled = futures_stream(None);
+    let req = axum::http::Request::builder()
+        .method("PATCH")
+        .uri("/v1/buyers/b1")
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let resp = r.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::REQUEST_TIMEOUT);
+    // a chunked body (no Content-Length) over the limit: 413
+    let big = futures_stream(Some(vec![b'x'; 500]));
+    let req = axum::http::Request::builder()
+        .method("PATCH")
+        .uri("/v1/buyers/b1")
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .body(Body::from_stream(big))
+        .unwrap();
+    let resp = r.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    // the page and its script need no key; the document is generated and served
+    let (s, h, body) = call(&r, "GET", "/", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(h[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    assert!(body.contains("/app.js"));
+    let (s, _, body) = call(&r, "GET", "/app.js", None, "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(body.contains("/v1/events"));
+    let (s, _, _) = call(&r, "GET", "/openapi.json", None, "").await;
+    assert_eq!(
+        s,
+        StatusCode::UNAUTHORIZED,
+        "the document is behind a key unless opened"
+    );
+    let (s, _, body) = call(&r, "GET", "/openapi.json", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::OK);
+    assert!(
+        body.contains("\"openapi\":\"3."),
+        "{}",
+        &body[..100.min(body.len())]
+    );
+    // /v1/events without an upgrade: 426 in the JSON shape
+    let (s, _, body) = call(&r, "GET", "/v1/events", Some(ADMIN_KEY), "").await;
+    assert_eq!(s, StatusCode::UPGRADE_REQUIRED);
+    assert_eq!(error_code(&body), "websocket_required");
+    // draining: /health says so with 503 so load balancers take the node out
+    st.draining.store(true, Ordering::Relaxed);
+    let (s, _, body) = call(&r, "GET", "/health", None, "").await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body.contains("\"status\":\"draining\""), "{body}");
+}
+
+/// A body stream: one chunk then the end, or (None) nothing ever.
+fn futures_stream(
+    chunk: Option<Vec<u8>>,
+) -> impl futures_util::Stream<Item = Result<bytes::Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::unfold(chunk, |c| async move {
+        match c {
+            Some(v) => Some((Ok(bytes::Bytes::from(v)), None)),
+            None => {
+                std::future::pending::<()>().await;
+                None
+            }
+        }
+    })
 }

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dce_process;
+pub mod http;
 pub mod sim;
 pub mod sipp;
 

@@ -1,0 +1,108 @@
+//! A tiny blocking HTTP/1.1 client for the control API of the real binary, and a WebSocket
+//! client for its events.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// `method path` with an optional bearer key and body; (status, body). Retries the connect
+/// for 5 s while the API comes up.
+pub fn request(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, String) {
+    let end = Instant::now() + Duration::from_secs(5);
+    let mut s = loop {
+        match TcpStream::connect(("127.0.0.1", port)) {
+            Ok(s) => break s,
+            Err(e) if Instant::now() > end => panic!("HTTP API not reachable: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let auth = key
+        .map(|k| format!("Authorization: Bearer {k}\r\n"))
+        .unwrap_or_default();
+    let ct = if body.is_empty() {
+        ""
+    } else {
+        "Content-Type: application/json\r\n"
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (code, body)
+}
+
+/// GET, parsed as JSON.
+pub fn get_json(port: u16, path: &str, key: &str) -> serde_json::Value {
+    let (code, body) = request(port, "GET", path, Some(key), "");
+    assert_eq!(code, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+}
+
+/// Open `/v1/events` (with `query`, e.g. `?buyer=x`) and collect events in a background
+/// thread until `stop` returns true for one of them or `secs` pass.
+pub fn collect_events(
+    port: u16,
+    query: &str,
+    key: &str,
+    secs: u64,
+    stop: impl Fn(&serde_json::Value) -> bool + Send + 'static,
+) -> std::thread::JoinHandle<Vec<serde_json::Value>> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://127.0.0.1:{port}/v1/events{query}")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let (mut ws, _) = tokio_tungstenite::connect_async(req)
+                .await
+                .expect("WebSocket upgrade");
+            let _ = ready_tx.send(());
+            let mut got = Vec::new();
+            let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+            while let Ok(Some(Ok(m))) = tokio::time::timeout_at(end, ws.next()).await {
+                if let Ok(t) = m.to_text() {
+                    if let Ok(v) = serde_json::from_str::<serde_json::Value>(t) {
+                        let done = stop(&v);
+                        got.push(v);
+                        if done {
+                            break;
+                        }
+                    }
+                }
+            }
+            got
+        })
+    });
+    ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("WebSocket connected");
+    h
+}
