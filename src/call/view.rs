@@ -89,8 +89,46 @@ pub struct BuyerPatch {
     pub paused: Option<bool>,
     /// A bid in cents that replaces the config's until the next reload; `null` clears it.
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<u32>, minimum = 0, maximum = 10000000)]
+    #[schema(value_type = Option<u64>, minimum = 0, maximum = 10000000)]
     pub bid_cents: Option<Option<u32>>,
+}
+
+impl BuyerPatch {
+    /// From a JSON object: `paused` a boolean (or null: unchanged), `bid_cents` an integer
+    /// 0–10,000,000 (`1500.0` counts as an integer, as in JSON Schema) or null (clears the
+    /// override); nothing else.
+    pub fn from_json(v: &serde_json::Value) -> Result<BuyerPatch, String> {
+        let obj = v.as_object().ok_or("the body must be a JSON object")?;
+        let mut p = BuyerPatch::default();
+        for (k, v) in obj {
+            match k.as_str() {
+                "paused" => {
+                    p.paused = match v {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::Bool(b) => Some(*b),
+                        _ => return Err("`paused` must be true or false".into()),
+                    }
+                }
+                "bid_cents" => {
+                    p.bid_cents = Some(match v {
+                        serde_json::Value::Null => None,
+                        serde_json::Value::Number(n) => {
+                            let f = n.as_f64().unwrap_or(-1.0);
+                            if f.fract() != 0.0 || !(0.0..=10_000_000.0).contains(&f) {
+                                return Err(
+                                    "`bid_cents` must be a whole number from 0 to 10000000".into(),
+                                );
+                            }
+                            Some(f as u32)
+                        }
+                        _ => return Err("`bid_cents` must be a number or null".into()),
+                    })
+                }
+                other => return Err(format!("unknown field `{other}`")),
+            }
+        }
+        Ok(p)
+    }
 }
 
 /// `Some(v)` for a field that is present (even `null`), `None` when absent.
@@ -116,5 +154,21 @@ mod tests {
         assert_eq!(p.bid_cents, Some(Some(1500)));
         assert!(serde_json::from_str::<BuyerPatch>(r#"{"bid":1}"#).is_err());
         assert!(serde_json::from_str::<BuyerPatch>(r#"{"bid_cents":-1}"#).is_err());
+        let j = |t: &str| BuyerPatch::from_json(&serde_json::from_str(t).unwrap());
+        assert_eq!(
+            j(r#"{"bid_cents":1500.0}"#).unwrap().bid_cents,
+            Some(Some(1500))
+        );
+        assert_eq!(j(r#"{"paused":null}"#).unwrap().paused, None);
+        for bad in [
+            "[null, null]",
+            r#"{"bid_cents":1.5}"#,
+            r#"{"bid_cents":10000001}"#,
+            r#"{"bid_cents":"5"}"#,
+            r#"{"paused":1}"#,
+            r#"{"x":1}"#,
+        ] {
+            assert!(j(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -484,18 +484,22 @@ pub async fn reload(State(st): State<Arc<ApiState>>) -> Response {
 #[into_params(parameter_in = Query)]
 pub struct CdrParams {
     /// Created at or after (RFC 3339).
+    #[param(format = DateTime)]
     from: Option<String>,
     /// Created before (RFC 3339).
+    #[param(format = DateTime)]
     to: Option<String>,
     /// Winning buyer.
     buyer: Option<String>,
     /// Campaign.
     campaign: Option<String>,
     /// answered, rejected, cancelled or failed.
+    #[param(pattern = "^(answered|rejected|cancelled|failed)$")]
     disposition: Option<String>,
     /// Caller, E.164 digits.
     caller: Option<String>,
-    /// The `next` of the previous page.
+    /// The `next` of the previous page: `<ms since 1970>.<call id as 32 hex digits>`.
+    #[param(pattern = "^[0-9]{1,13}\\.[0-9a-f]{32}$")]
     cursor: Option<String>,
     /// Page size, 1–1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -534,15 +538,9 @@ pub async fn cdrs(
     }
     let after = match &p.cursor {
         None => None,
-        Some(c) => match c.split_once(',') {
-            Some((at, id))
-                if chrono::DateTime::parse_from_rfc3339(at).is_ok()
-                    && id.len() == 36
-                    && id.chars().all(|ch| ch.is_ascii_hexdigit() || ch == '-') =>
-            {
-                Some((at.to_owned(), id.to_owned()))
-            }
-            _ => {
+        Some(c) => match decode_cursor(c) {
+            Some(k) => Some(k),
+            None => {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "bad_parameter",
@@ -551,7 +549,23 @@ pub async fn cdrs(
             }
         },
     };
-    let limit = p.limit.unwrap_or(100).clamp(1, 1000);
+    if let Some(d) = &p.disposition {
+        if !["answered", "rejected", "cancelled", "failed"].contains(&d.as_str()) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "bad_parameter",
+                "`disposition` must be answered, rejected, cancelled or failed",
+            );
+        }
+    }
+    let limit = p.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_parameter",
+            "`limit` must be from 1 to 1000",
+        );
+    }
     let query = crate::store::CdrQuery {
         from: p.from,
         to: p.to,
@@ -565,7 +579,10 @@ pub async fn cdrs(
     match tokio::time::timeout(Duration::from_secs(10), st.db.search(&query)).await {
         Ok(Ok(rows)) => {
             let next = (rows.len() == limit as usize)
-                .then(|| rows.last().map(|r| format!("{},{}", r.created_at, r.id)))
+                .then(|| {
+                    rows.last()
+                        .and_then(|r| encode_cursor(&r.created_at, &r.id))
+                })
                 .flatten();
             Json(serde_json::json!({ "cdrs": rows, "next": next })).into_response()
         }
@@ -580,6 +597,39 @@ pub async fn cdrs(
             "the database did not answer within 10 s",
         ),
     }
+}
+
+/// The keyset cursor of a row: `<ms since 1970>.<id as 32 hex digits>`. Every string of that
+/// shape is a valid cursor (the API document says so with a pattern).
+fn encode_cursor(created_at: &str, id: &str) -> Option<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(created_at).ok()?;
+    let hex: String = id.chars().filter(|c| *c != '-').collect();
+    (hex.len() == 32).then(|| format!("{}.{}", t.timestamp_millis(), hex.to_ascii_lowercase()))
+}
+
+/// `(created_at RFC 3339, id with dashes)` of a cursor.
+fn decode_cursor(c: &str) -> Option<(String, String)> {
+    let (ms, hex) = c.split_once('.')?;
+    if ms.is_empty()
+        || ms.len() > 13
+        || !ms.bytes().all(|b| b.is_ascii_digit())
+        || hex.len() != 32
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        return None;
+    }
+    let t = chrono::DateTime::from_timestamp_millis(ms.parse().ok()?)?;
+    let id = format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    );
+    Some((t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true), id))
 }
 
 /// Prometheus text exposition.

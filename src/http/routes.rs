@@ -127,7 +127,10 @@ pub async fn patch_buyer(
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Response {
-    let patch: BuyerPatch = match serde_json::from_slice(&body) {
+    let patch = match serde_json::from_slice::<serde_json::Value>(&body)
+        .map_err(|e| e.to_string())
+        .and_then(|v| BuyerPatch::from_json(&v))
+    {
         Ok(p) => p,
         Err(e) => {
             return error(
@@ -137,15 +140,6 @@ pub async fn patch_buyer(
             )
         }
     };
-    if let Some(Some(b)) = patch.bid_cents {
-        if b > 10_000_000 {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "bad_body",
-                "`bid_cents` must be at most 10000000",
-            );
-        }
-    }
     match st
         .ask(|tx| ApiRequest::PatchBuyer(id.clone(), patch, tx))
         .await
@@ -173,9 +167,15 @@ pub struct DncEntry {
     pub shared: Option<bool>,
 }
 
-/// The 10-digit NANP form of a path number, or the 400.
+/// The 10-digit NANP form of a path number (`[+][1]` and ten digits), or the 400.
 fn nanp(number: &str) -> Result<String, Response> {
-    dce_compliance::nanp10(number)
+    let digits = number.strip_prefix('+').unwrap_or(number);
+    let strict = (digits.len() == 10 || (digits.len() == 11 && digits.starts_with('1')))
+        && digits.bytes().all(|b| b.is_ascii_digit())
+        && (number.len() == digits.len() || digits.len() == 11);
+    strict
+        .then(|| dce_compliance::nanp10(digits))
+        .flatten()
         .map(|n| format!("{n:010}"))
         .ok_or_else(|| {
             error(
@@ -220,7 +220,7 @@ async fn dnc_state(st: &ApiState, n: &str) -> Result<DncEntry, Response> {
 
 /// Whether a number is on the internal, national and fleet-wide lists.
 #[utoipa::path(get, path = "/v1/dnc/{number}", tag = "dnc",
-    params(("number" = String, Path, description = "Phone number, NANP")),
+    params(("number" = String, Path, description = "Phone number, NANP: ten digits, optionally after 1 or +1", pattern = r"^(\+1|1)?[0-9]{10}$")),
     responses((status = 200, description = "Where the number is listed", body = DncEntry),
               (status = 400, description = "Not a NANP number", body = ErrorBody)))]
 pub async fn dnc_get(State(st): State<Arc<ApiState>>, Path(number): Path<String>) -> Response {
@@ -291,7 +291,7 @@ async fn dnc_edit(st: &ApiState, n: &str, add: bool) -> Result<bool, Response> {
 
 /// Put a number on the do-not-call list.
 #[utoipa::path(put, path = "/v1/dnc/{number}", tag = "dnc",
-    params(("number" = String, Path, description = "Phone number, NANP")),
+    params(("number" = String, Path, description = "Phone number, NANP: ten digits, optionally after 1 or +1", pattern = r"^(\+1|1)?[0-9]{10}$")),
     responses((status = 200, description = "Listed (now or already)", body = DncEntry),
               (status = 400, description = "Not a NANP number", body = ErrorBody)))]
 pub async fn dnc_put(State(st): State<Arc<ApiState>>, Path(number): Path<String>) -> Response {
@@ -311,7 +311,7 @@ pub async fn dnc_put(State(st): State<Arc<ApiState>>, Path(number): Path<String>
 /// Take a number off the internal (and fleet-wide) do-not-call list. The national registry
 /// is not editable here.
 #[utoipa::path(delete, path = "/v1/dnc/{number}", tag = "dnc",
-    params(("number" = String, Path, description = "Phone number, NANP")),
+    params(("number" = String, Path, description = "Phone number, NANP: ten digits, optionally after 1 or +1", pattern = r"^(\+1|1)?[0-9]{10}$")),
     responses((status = 200, description = "Removed", body = DncEntry),
               (status = 400, description = "Not a NANP number", body = ErrorBody),
               (status = 404, description = "Not on the internal list", body = ErrorBody)))]
@@ -339,9 +339,12 @@ pub async fn dnc_delete(State(st): State<Arc<ApiState>>, Path(number): Path<Stri
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct StatsParams {
-    /// Start (RFC 3339, inclusive); default `to` minus 24 h.
+    /// Start (RFC 3339, inclusive); default `to` minus 24 h. A window that ends before it
+    /// starts is empty.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// End (RFC 3339, exclusive); default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
 }
 
@@ -453,14 +456,10 @@ pub async fn stats(
         (Err(r), _) | (_, Err(r)) => return r,
     };
     let to = to.unwrap_or_else(chrono::Utc::now);
-    let from = from.unwrap_or(to - chrono::Duration::hours(24));
-    if from >= to {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_parameter",
-            "`from` must be before `to`",
-        );
-    }
+    let from = from.unwrap_or_else(|| {
+        to.checked_sub_signed(chrono::Duration::hours(24))
+            .unwrap_or(chrono::DateTime::<chrono::Utc>::MIN_UTC)
+    });
     let fmt =
         |t: chrono::DateTime<chrono::Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
     let rows = match tokio::time::timeout(
