@@ -31,7 +31,7 @@ fn config(port: u16, dir: &Path, http: u16, acme: u16, bravo: u16) -> String {
 }
 
 fn carrier(
-    bin: &std::path::PathBuf,
+    bin: &std::path::Path,
     scenario: &str,
     dce: &Dce,
 ) -> std::thread::JoinHandle<(bool, String)> {
@@ -41,7 +41,7 @@ fn carrier(
         &["-s", "+18005550100", "-m", "1", "-d", "500"],
     );
     args.push(dce.sip.to_string());
-    let bin = bin.clone();
+    let bin = bin.to_path_buf();
     std::thread::spawn(move || {
         let out = sipp::run(&bin, &args);
         (

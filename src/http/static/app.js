@@ -12,6 +12,9 @@
   const $ = (id) => document.getElementById(id);
   const esc = (s) => String(s == null ? "" : s).replace(/[&<>"]/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;" }[c]));
   const hhmmss = (t) => new Date(t).toLocaleTimeString();
+  // Events arrive with numbers masked; /v1/calls gives them whole: a wall screen masks them
+  // the same way (all but the first four and last two characters).
+  const mask = (n) => { n = String(n || ""); const h = n.length > 8 ? 4 : 0; return [...n].map((c, i) => (i < h || i + 2 >= n.length ? c : "*")).join(""); };
 
   function render() {
     const rows = [...calls.values()].sort((a, b) => a.since - b.since).map((c) =>
@@ -62,7 +65,7 @@
       if (!r.ok) throw new Error("HTTP " + r.status);
       const body = await r.json();
       for (const c of body.calls) {
-        if (!calls.has(c.id)) calls.set(c.id, { id: c.id, campaign: c.campaign, caller: c.caller, buyer: c.buyer, state: c.state, since: Date.now() - c.age_s * 1000 });
+        if (!calls.has(c.id)) calls.set(c.id, { id: c.id, campaign: c.campaign, caller: mask(c.caller), buyer: c.buyer, state: c.state, since: Date.now() - c.age_s * 1000 });
       }
       render();
     } catch (err) {
