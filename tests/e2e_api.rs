@@ -283,3 +283,61 @@ fn json_logs_carry_the_call_id_and_mask_numbers() {
     assert!(!log.contains("13105551234"), "{log}");
     assert!(log.contains("1310*****34"), "{log}");
 }
+
+#[test]
+fn a_second_sigterm_ends_a_drain_and_health_says_draining() {
+    let Some(bin) = sipp::sipp() else { return };
+    let (http, acme, bravo) = (free_port(), free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        config(port, dir, http, acme, bravo)
+            .replace("id = \"api\"\n", "id = \"api\"\ndrain_timeout_s = 60\n")
+    });
+    let a = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_answer.xml"), acme, &["-m", "1"]),
+    );
+    // A call only DCE's BYE ends.
+    let call = carrier(&bin, "uac_wait_bye.xml", &dce);
+    wait_for("a connected call", 15, || {
+        let v = get_json(http, "/v1/calls", KEY);
+        (v["calls"][0]["state"] == "connected").then_some(v)
+    });
+    let (code, body) = request(http, "GET", "/health", None, "");
+    assert_eq!(code, 200, "{body}");
+    dce.signal("TERM");
+    dce.wait_for_log("waiting for active calls to finish", Duration::from_secs(5));
+    let (code, body) = request(http, "GET", "/health", None, "");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("\"status\":\"draining\""), "{body}");
+    assert!(body.contains("\"active_calls\":1"), "{body}");
+    // The call is not cut by the drain itself...
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!call.is_finished(), "the drain must not end the call");
+    // ... but a second SIGTERM ends it with BYE at once.
+    let t = Instant::now();
+    dce.signal("TERM");
+    let (ok, out) = call.join().unwrap();
+    assert!(ok, "the carrier got DCE's BYE:\n{out}");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "long before the 60 s drain timeout"
+    );
+    assert!(a.finish(10).0, "the buyer got BYE too");
+    let (ok, log, dir) = dce.stop_keep();
+    assert!(ok, "exit 0: {log}");
+    assert!(
+        log.contains("second SIGTERM: ending active calls now"),
+        "{log}"
+    );
+    let cdr: Value = serde_json::from_str(
+        std::fs::read_to_string(dir.0.join("cdr.jsonl"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(cdr["disposition"], "answered");
+    assert_eq!(cdr["hangup_by"], "dce");
+    assert_eq!(cdr["reason"], "shutdown");
+}

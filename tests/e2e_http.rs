@@ -81,3 +81,38 @@ fn health_metrics_and_keys_on_the_real_binary() {
     assert!(log.contains("HTTP API listening"), "{log}");
     assert!(log.contains("config reloaded"), "{log}");
 }
+
+#[test]
+fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use std::io::{Read, Write};
+    let http = free_port();
+    let dce = Dce::start_with(|port, dir| {
+        format!(
+            "[node]\nid = \"http\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+             [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\nheader_timeout_s = 1\n",
+            d = dir.display()
+        )
+    });
+    let _ = get(http, "/health", None);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", http)).unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = Vec::new();
+    let r = s.read_to_end(&mut buf);
+    assert!(
+        r.is_ok(),
+        "the server closed the connection rather than letting the read time out: {r:?}"
+    );
+    let text = String::from_utf8_lossy(&buf);
+    assert!(
+        text.is_empty() || text.starts_with("HTTP/1.1 408"),
+        "nothing or a 408: {text}"
+    );
+    // a well-behaved client right after is served
+    let (code, _) = get(http, "/health", None);
+    assert_eq!(code, 200);
+    let (ok, log) = dce.stop();
+    assert!(ok, "{log}");
+}

@@ -36,9 +36,10 @@ fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
     let sent = pcap_packets(PCAP);
     let bp = free_port();
     let mp = free_port();
+    let http = free_port();
     let dce = Dce::start_with(|port, dir| {
         format!(
-            "[node]\nid = \"media\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+            "[http]\nlisten = \"127.0.0.1:{http}\"\n[node]\nid = \"media\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
              [media]\nbind_ip = \"127.0.0.1\"\nadvertised_ip = \"127.0.0.1\"\nport_min = {mp0}\nport_max = {mp1}\n\
                           [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
              [cdr]\njsonl_path = \"{}\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
@@ -76,6 +77,21 @@ fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
     args.push(dce.sip.to_string());
     let out = sipp::run(&bin, &args);
     let (bok, bout) = buyer.finish(20);
+    // The relay's report reaches /metrics once the call's media is closed.
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let metrics = loop {
+        let (_, m) = support::http::request(http, "GET", "/metrics", None, "");
+        if metric(&m, "dce_rtp_packets_total") > 0 || std::time::Instant::now() > end {
+            break m;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
     let (ok, log, dir) = dce.stop_keep();
     assert!(
         out.status.success(),
@@ -117,6 +133,17 @@ fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
     );
     assert!(q["carrier_to_dce"]["mos"].as_f64().unwrap() > 4.0, "{q:#}");
     assert_eq!(q["one_way_audio"], false);
+    let received = q["carrier_to_dce"]["packets"].as_u64().unwrap()
+        + q["buyer_to_dce"]["packets"].as_u64().unwrap();
+    assert_eq!(
+        metric(&metrics, "dce_rtp_packets_total"),
+        received,
+        "/metrics counts the RTP of the call: {metrics}"
+    );
+    assert_eq!(
+        metric(&metrics, "dce_rtp_lost_total"),
+        q["carrier_to_dce"]["lost"].as_u64().unwrap() + q["buyer_to_dce"]["lost"].as_u64().unwrap()
+    );
     assert_eq!(q["foreign_dropped"], 0);
     assert_eq!(cdr["billable"], true);
 }

@@ -23,14 +23,18 @@ fn redis() -> Option<redis::Connection> {
     }
 }
 
-fn config(port: u16, dir: &Path, prefix: &str, buyer_port: u16) -> String {
+/// SHA-256 of "ops-secret".
+const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";
+
+fn config(port: u16, dir: &Path, prefix: &str, buyer_port: u16, http: u16) -> String {
     format!(
         "[node]\nid = \"n{port}\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
          [storage]\nredis_url = \"{REDIS}\"\nredis_key_prefix = \"{prefix}\"\nredis_timeout_ms = 200\n\
          [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\nmax_calls_per_day = 2\n\
          [cdr]\njsonl_path = \"{}\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
          [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\n\
-         [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{buyer_port}\"\nbid_cents = 1500\n",
+         [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{buyer_port}\"\nbid_cents = 1500\n\
+         [http]\nlisten = \"127.0.0.1:{http}\"\napi_keys = [{{ name = \"ops\", sha256 = \"{OPS_SHA}\", role = \"admin\" }}]\n",
         dir.join("cdr.jsonl").display()
     )
 }
@@ -65,8 +69,9 @@ fn two_nodes_share_the_frequency_cap_and_the_internal_dnc() {
     let Some(mut con) = redis() else { return };
     let prefix = format!("dce-test-{}-{}", std::process::id(), free_port());
     let bp = free_port();
-    let a = Dce::start_with(|port, dir| config(port, dir, &prefix, bp));
-    let b = Dce::start_with(|port, dir| config(port, dir, &prefix, bp));
+    let (http_a, http_b) = (free_port(), free_port());
+    let a = Dce::start_with(|port, dir| config(port, dir, &prefix, bp, http_a));
+    let b = Dce::start_with(|port, dir| config(port, dir, &prefix, bp, http_b));
     let buyer = Background::start(
         &bin,
         &sipp::args(&sipp::scenario("uas_answer.xml"), bp, &["-m", "2"]),
@@ -85,19 +90,28 @@ fn two_nodes_share_the_frequency_cap_and_the_internal_dnc() {
         .unwrap();
     assert_eq!(count, 3, "one counter for the fleet");
 
-    // another number, put on the shared internal DNC (as another node's API would)
+    // the number put on the DNC through node A's API: the fleet-wide list in Redis has it
     let shared_dnc = format!("{prefix}:dnc:internal");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let (code, body) = support::http::request(
+        http_a,
+        "PUT",
+        "/v1/dnc/+13105551234",
+        Some("ops-secret"),
+        "",
+    );
+    assert_eq!(code, 200, "{body}");
+    let on_b = support::http::get_json(http_b, "/v1/dnc/3105551234", "ops-secret");
+    assert_eq!(on_b["shared"], true, "node B sees it in Redis: {on_b}");
+    assert_eq!(
+        on_b["internal"], false,
+        "node B's own file does not have it: {on_b}"
+    );
+    let member: i64 = redis::cmd("SISMEMBER")
+        .arg(&shared_dnc)
+        .arg("3105551234")
+        .query(&mut con)
         .unwrap();
-    let added = rt.block_on(async {
-        let shared =
-            dce::shared::Shared::connect(REDIS, &prefix, std::time::Duration::from_millis(500))
-                .await;
-        shared.dnc_add("+1 (310) 555-1234").await
-    });
-    assert_eq!(added, Ok(true));
+    assert_eq!(member, 1);
     let _: () = redis::cmd("DEL")
         .arg(format!("{prefix}:freq:auto:3105551234"))
         .query(&mut con)

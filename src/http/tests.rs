@@ -748,3 +748,85 @@ fn futures_stream(
         }
     })
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_event_client_is_dropped_and_never_holds_up_events() {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut st = ApiState::new(
+        &HttpConfig {
+            api_keys: vec![key("ops", ADMIN_KEY, Role::Admin)],
+            ..HttpConfig::default()
+        },
+        Arc::new(Counters::default()),
+        Db::connect("sqlite::memory:").unwrap(),
+        std::env::temp_dir().join("dce-none"),
+        None,
+        Arc::new(WriterStats::default()),
+        core_sink(),
+    );
+    let bus = crate::events::Bus::default();
+    st.events = bus.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(serve(listener, Arc::new(st), Duration::from_secs(5)));
+    let mut req = format!("ws://{addr}/v1/events")
+        .into_client_request()
+        .unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {ADMIN_KEY}").parse().unwrap(),
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    // wait until the server side has subscribed
+    let end = Instant::now() + Duration::from_secs(5);
+    while bus.subscribe().len() == 0 && Instant::now() < end {
+        bus.emit(
+            "call.started",
+            "c",
+            Vec::new,
+            || serde_json::json!({ "warmup": true }),
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The client reads nothing while 20,000 events of 1 kB go out: emitting never waits.
+    let pad = "x".repeat(1000);
+    let sent = 20_000;
+    for i in 0..sent {
+        bus.emit(
+            "call.completed",
+            "c",
+            Vec::new,
+            || serde_json::json!({ "n": i, "pad": pad }),
+        );
+    }
+    // Emitting returned although nobody read. Now read: what was buffered arrives, then the
+    // server ends the connection (a 1008 close when it could still send one).
+    let mut got = 0;
+    let ended = loop {
+        match tokio::time::timeout(Duration::from_secs(15), ws.next()).await {
+            Err(_) => break false,
+            Ok(None) | Ok(Some(Err(_))) => break true,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Close(f)))) => {
+                if let Some(f) = f {
+                    assert_eq!(u16::from(f.code), 1008, "{f:?}");
+                }
+                break true;
+            }
+            Ok(Some(Ok(_))) => got += 1,
+        }
+    };
+    assert!(
+        ended,
+        "the server dropped the slow client (after {got} events)"
+    );
+    assert!(
+        got < sent,
+        "the slow client was dropped before it had everything ({got})"
+    );
+    // The bus still serves others.
+    let mut fresh = bus.subscribe();
+    bus.emit("call.started", "c", Vec::new, || serde_json::json!({}));
+    assert_eq!(fresh.try_recv().unwrap().kind, "call.started");
+    server.abort();
+}
