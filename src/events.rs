@@ -78,6 +78,11 @@ impl Bus {
         }));
     }
 
+    /// Subscribers now.
+    pub fn subscribers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     /// A new subscriber.
     pub fn subscribe(&self) -> broadcast::Receiver<Arc<Event>> {
         self.tx.subscribe()
