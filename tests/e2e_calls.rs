@@ -451,3 +451,115 @@ fn sigterm_drains_active_calls_refuses_new_ones_and_exits_0() {
     );
     assert!(answered[0]["duration_s"].as_f64().unwrap() >= 2.5);
 }
+
+#[test]
+fn sigterm_during_a_sipp_run_cuts_no_call_refuses_new_ones_and_writes_every_cdr() {
+    let Some(bin) = sipp::sipp() else { return };
+    let pa = free_port();
+    let dce = Dce::start_with(|port, dir| {
+        config(
+            port,
+            dir,
+            "",
+            &[BuyerSpec {
+                id: "acme",
+                bid: 1000,
+                extra: "",
+                port: pa,
+            }],
+        )
+        .replace("id = \"e2e\"\n", "id = \"e2e\"\ndrain_timeout_s = 30\n")
+    });
+    let buyer = buyer_bg(&bin, "uas_answer.xml", pa, 20);
+    // 20 calls of 2.5 s at 10 per second; SIGTERM one second in.
+    let mut args = sipp::args(
+        &sipp::scenario("uac_call.xml"),
+        free_port(),
+        &["-s", "+18005550100", "-m", "20", "-r", "10", "-d", "2500"],
+    );
+    args.push(dce.sip.to_string());
+    let sipp_bin = bin.clone();
+    let run = std::thread::spawn(move || sipp::run(&sipp_bin, &args));
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    dce.signal("TERM");
+    let out = run.join().unwrap();
+    let _ = buyer.finish(10);
+    let (ok, log, dir) = dce.stop_keep();
+    assert!(ok, "exit 0 after the drain: {log}");
+    let cdrs = cdrs(&dir.0);
+    let answered: Vec<_> = cdrs
+        .iter()
+        .filter(|c| c["disposition"] == "answered")
+        .collect();
+    let refused: Vec<_> = cdrs
+        .iter()
+        .filter(|c| c["disposition"] == "rejected")
+        .collect();
+    assert_eq!(
+        answered.len() + refused.len(),
+        20,
+        "a CDR for every INVITE: {cdrs:?}\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(!answered.is_empty() && !refused.is_empty(), "{cdrs:?}");
+    for c in &answered {
+        assert_eq!(c["hangup_by"], "carrier", "no call was cut: {c}");
+        assert!(c["duration_s"].as_f64().unwrap() >= 2.4, "{c}");
+    }
+    for c in &refused {
+        assert_eq!(c["carrier_code"], 503, "{c}");
+        assert_eq!(c["reason"], "shutting down", "{c}");
+    }
+}
+
+#[test]
+fn the_drain_timeout_ends_the_calls_still_up_with_bye() {
+    let Some(bin) = sipp::sipp() else { return };
+    let pa = free_port();
+    let dce = Dce::start_with(|port, dir| {
+        config(
+            port,
+            dir,
+            "",
+            &[BuyerSpec {
+                id: "acme",
+                bid: 1000,
+                extra: "",
+                port: pa,
+            }],
+        )
+        .replace("id = \"e2e\"\n", "id = \"e2e\"\ndrain_timeout_s = 2\n")
+    });
+    let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
+    // A call that only DCE's BYE ends.
+    let mut args = sipp::args(
+        &sipp::scenario("uac_wait_bye.xml"),
+        free_port(),
+        &["-s", "+18005550100", "-m", "1"],
+    );
+    args.push(dce.sip.to_string());
+    let sipp_bin = bin.clone();
+    let call = std::thread::spawn(move || sipp::run(&sipp_bin, &args));
+    dce.wait_for_log("call answered", std::time::Duration::from_secs(10));
+    dce.signal("TERM");
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    assert!(!call.is_finished(), "not cut before the drain timeout");
+    let out = call.join().unwrap();
+    assert!(
+        out.status.success(),
+        "the carrier got BYE when the drain timed out: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(a.finish(10).0, "the buyer got BYE too");
+    let (ok, log, dir) = dce.stop_keep();
+    assert!(ok, "{log}");
+    let cdrs = cdrs(&dir.0);
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    assert_eq!(cdrs[0]["hangup_by"], "dce");
+    assert_eq!(cdrs[0]["reason"], "shutdown");
+    assert!(
+        cdrs[0]["duration_s"].as_f64().unwrap() >= 1.9,
+        "{}",
+        cdrs[0]
+    );
+}

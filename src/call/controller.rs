@@ -520,11 +520,11 @@ impl Controller {
             .msg
             .response(r.code, reason_phrase(r.code), &ids::tag(), Some(inv.via));
         resp.headers.extend(r.extra);
+        let id = ids::uuid();
         if let Err(e) = layer.respond(inv.tx, &resp, inv.now) {
-            tracing::warn!(error = %e, code = r.code, "rejection not sent");
+            tracing::warn!(call = %id, error = %e, code = r.code, "rejection not sent");
         }
         let wall = self.clock.now_utc();
-        let id = ids::uuid();
         let compliance = facts.compliance_or_pass();
         tracing::info!(call = %id, carrier_call_id = %inv.msg.call_id(), code = r.code, reason = facts.reason, "call rejected");
         self.counters.m.call_outcome("rejected");
@@ -957,7 +957,12 @@ impl Controller {
                     dce_media::MediaError::PortsExhausted => (503, Counter::MediaPorts503),
                     _ => (488, Counter::BadSdp488),
                 };
-                tracing::warn!(error = %e, code, "cannot anchor the media of a new call");
+                let call = self
+                    .calls
+                    .get(&key)
+                    .map(|c| c.id.clone())
+                    .unwrap_or_default();
+                tracing::warn!(%call, error = %e, code, "cannot anchor the media of a new call");
                 self.counters.inc(counter);
                 self.respond_a(layer, key, code, None, now);
                 self.end(layer, key, None, &format!("media: {e}"), now);
@@ -1339,7 +1344,12 @@ impl Controller {
                     }
                     Err(e) => {
                         // The buyer's SDP cannot be anchored: hang it up and try the next one.
-                        tracing::warn!(error = %e, "buyer answered with SDP DCE cannot anchor");
+                        let call = self
+                            .calls
+                            .get(&key)
+                            .map(|c| c.id.clone())
+                            .unwrap_or_default();
+                        tracing::warn!(%call, error = %e, "buyer answered with SDP DCE cannot anchor");
                         self.unanswer(layer, key, li, now);
                     }
                 }
@@ -1580,7 +1590,12 @@ impl Controller {
         match self.body_for_other_side(key, side, &msg) {
             Ok(body) => push_body(&mut req, body),
             Err(e) => {
-                tracing::info!(error = %e, "in-dialog SDP cannot be anchored; 488");
+                let call = self
+                    .calls
+                    .get(&key)
+                    .map(|c| c.id.clone())
+                    .unwrap_or_default();
+                tracing::info!(%call, error = %e, "in-dialog SDP cannot be anchored; 488");
                 let resp = msg.response(488, reason_phrase(488), "", Some(&via));
                 let _ = layer.respond(tx, &resp, now);
                 return;
