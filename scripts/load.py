@@ -7,6 +7,10 @@ Stops at the first rate with a failed call and prints the highest rate with none
 Loopback only; every step is bounded in calls and time.
 
     cargo build --release && python3 scripts/load.py [--rates 100,200,500] [--seconds 10]
+
+With --watchers N the HTTP API is on, N WebSocket clients follow /v1/events (as live pages
+would) and a scraper reads /metrics and /v1/calls once a second: the delay then includes what
+events, metrics and the API cost the call path.
 """
 import argparse
 import os
@@ -16,7 +20,11 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+
+# SHA-256 of "load-secret".
+LOAD_SHA = "8437689df75dcde060e825e21c816fc47e00cfc488f908040f82c1e85a73c827"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DCE = os.path.join(ROOT, "target", "release", "dce")
@@ -38,9 +46,46 @@ def free_port():
             continue
 
 
-def step(rate, seconds, hold_ms, storage=None):
+def watch(http, stop, got):
+    """A WebSocket client on /v1/events that reads everything (bytes counted in got[0])."""
+    s = socket.create_connection(("127.0.0.1", http), timeout=5)
+    s.sendall((f"GET /v1/events HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+               f"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+               f"Authorization: Bearer load-secret\r\n\r\n").encode())
+    s.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            b = s.recv(65536)
+        except socket.timeout:
+            continue
+        if not b:
+            break
+        got[0] += len(b)
+    s.close()
+
+
+def scrape(http, stop):
+    while not stop.is_set():
+        for path in ("/metrics", "/v1/calls"):
+            try:
+                c = socket.create_connection(("127.0.0.1", http), timeout=5)
+                c.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer load-secret\r\nConnection: close\r\n\r\n".encode())
+                while c.recv(65536):
+                    pass
+                c.close()
+            except OSError:
+                pass
+        stop.wait(1.0)
+
+
+def step(rate, seconds, hold_ms, storage=None, watchers=0):
     tmp = tempfile.mkdtemp(prefix="dce-load-")
-    port, buyer_port = free_port(), free_port()
+    port, buyer_port, http = free_port(), free_port(), free_port()
+    api = f"""[http]
+listen = "127.0.0.1:{http}"
+rate_limit_per_s = 1000
+api_keys = [{{ name = "load", sha256 = "{LOAD_SHA}", role = "read" }}]
+""" if watchers else ""
     cfg = os.path.join(tmp, "dce.toml")
     with open(cfg, "w") as f:
         f.write(f"""[node]
@@ -65,10 +110,17 @@ id = "acme"
 campaigns = ["auto"]
 uri = "sip:{{called}}@127.0.0.1:{buyer_port}"
 bid_cents = 1500
-""")
+{api}""")
     env = dict(os.environ, RUST_LOG="warn")
     dce = subprocess.Popen([DCE, "run", "--config", cfg], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     time.sleep(0.5)
+    stop, got, threads = threading.Event(), [0], []
+    for _ in range(watchers):
+        threads.append(threading.Thread(target=watch, args=(http, stop, got), daemon=True))
+    if watchers:
+        threads.append(threading.Thread(target=scrape, args=(http, stop), daemon=True))
+    for t in threads:
+        t.start()
     calls = rate * seconds
     limit = str(max(10, int(rate * (hold_ms / 1000.0 + 1) * 3)))
     common = ["-i", "127.0.0.1", "-t", "u1", "-nostdin", "-timeout", f"{seconds + 30}s", "-timeout_error", "-max_retrans", "5"]
@@ -85,6 +137,11 @@ bid_cents = 1500
         buyer.wait(timeout=15)
     except subprocess.TimeoutExpired:
         buyer.kill()
+    stop.set()
+    for t in threads:
+        t.join(timeout=5)
+    if watchers:
+        print(f"  ({watchers} event clients received {got[0] // watchers} bytes each)", flush=True)
     dce.send_signal(signal.SIGTERM)
     _, err = dce.communicate(timeout=20)
     failed = None
@@ -106,13 +163,14 @@ def main():
     ap.add_argument("--rates", default="50,100,200,300,500,700,1000")
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--hold-ms", type=int, default=1000)
+    ap.add_argument("--watchers", type=int, default=0, help="WebSocket event clients (and a scraper)")
     a = ap.parse_args()
     if not os.path.exists(DCE):
         sys.exit("build first: cargo build --release")
     print(f"{'calls/s':>8} {'placed':>7} {'ok':>7} {'failed':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     best = None
     for rate in [int(r) for r in a.rates.split(",")]:
-        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms)
+        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers)
         print(f"{rate:>8} {calls:>7} {ok if ok is not None else '?':>7} {failed if failed is not None else '?':>7} "
               f"{p50 if p50 is not None else '?':>7} {p99 if p99 is not None else '?':>7} {mx if mx is not None else '?':>7}", flush=True)
         if rc != 0 or not failed == 0 or ok != calls:

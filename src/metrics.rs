@@ -191,7 +191,7 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP dce_calls_per_second Calls offered per second over the last ten seconds.\n# TYPE dce_calls_per_second gauge\ndce_calls_per_second {:.3}",
+            "# HELP dce_calls_per_second Calls offered per second over the last ten seconds (or since the previous scrape, when scrapes are further apart).\n# TYPE dce_calls_per_second gauge\ndce_calls_per_second {:.3}",
             self.calls_per_second()
         );
         out.push_str("# HELP dce_auction_duration_seconds Time to run one auction.\n# TYPE dce_auction_duration_seconds histogram\n");

@@ -751,6 +751,36 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
     }
 
     #[test]
+    fn log_format_and_masking() {
+        let c = parse("c.toml", GOOD).unwrap();
+        assert_eq!(c.log, super::LogConfig::default());
+        assert!(c.log.mask_numbers && !c.log.json);
+        let c = parse(
+            "c.toml",
+            &format!("{GOOD}[log]\nformat = \"json\"\nmask_numbers = false\n"),
+        )
+        .unwrap();
+        assert!(c.log.json && !c.log.mask_numbers);
+        let errs = parse(
+            "c.toml",
+            &format!("{GOOD}[log]\nformat = \"xml\"\ncolour = 1\n"),
+        )
+        .unwrap_err();
+        let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+        let line = GOOD.lines().count() + 2;
+        assert!(
+            text.iter()
+                .any(|e| e.starts_with(&format!("c.toml:{line}: `log.format` must be"))),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|e| e.contains("unknown key `colour` in [log]")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
     fn missing_sections_and_syntax_errors() {
         let errs = parse("x.toml", "[node]\nid = \"a\"\n").unwrap_err();
         assert!(errs[0]

@@ -267,11 +267,16 @@ async fn dnc_edit(st: &ApiState, n: &str, add: bool) -> Result<bool, Response> {
     })?;
     let mut shared_changed = false;
     if let Some(r) = &st.redis {
-        let res = if add {
-            r.dnc_add(n).await
-        } else {
-            r.dnc_remove(n).await
+        let edit = async {
+            if add {
+                r.dnc_add(n).await
+            } else {
+                r.dnc_remove(n).await
+            }
         };
+        let res = tokio::time::timeout(Duration::from_secs(2), edit)
+            .await
+            .unwrap_or_else(|_| Err("Redis did not answer within 2 s".into()));
         match res {
             Ok(c) => shared_changed = c,
             Err(e) => {
