@@ -580,6 +580,7 @@ impl Core {
             tokio::select! {
                                 _ = &mut shutdown, if stopping.is_none() && draining.is_none() => {
                     let active = self.edge.calls().active_calls();
+                    self.draining_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                     if active == 0 || self.drain.is_zero() {
                         stopping = Some(self.end_calls());
                     } else {
@@ -587,7 +588,6 @@ impl Core {
                         self.edge.calls().stop_accepting();
                         tracing::info!(active_calls = active, drain_timeout_s = self.drain.as_secs(), "shutting down: no new calls; waiting for active calls to finish (a second SIGTERM ends them now)");
                         draining = Some(Instant::now() + self.drain);
-                        self.draining_flag.store(true, std::sync::atomic::Ordering::Relaxed);
                         again = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                     }
                 }

@@ -211,6 +211,31 @@ fn calls_hangup_buyers_events_and_metrics_over_sipp_calls() {
         for_other.join().unwrap().is_empty(),
         "no event of campaign `other`"
     );
+    // A reload puts the config's bids back; a pause stays until resumed.
+    let (code, body) = request(http, "POST", "/v1/reload", Some(KEY), "");
+    assert_eq!(code, 200, "{body}");
+    let buyers = get_json(http, "/v1/buyers", KEY);
+    let find = |id: &str| {
+        buyers["buyers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["id"] == id)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(find("bravo")["bid_cents"], 1000, "{buyers}");
+    assert_eq!(find("bravo")["bid_override"], false, "{buyers}");
+    assert_eq!(find("acme")["paused"], true, "{buyers}");
+    let (code, body) = request(
+        http,
+        "PATCH",
+        "/v1/buyers/acme",
+        Some(KEY),
+        r#"{"paused":false}"#,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"paused\":false"), "{body}");
 
     // Metrics saw both calls.
     let (_, m) = request(http, "GET", "/metrics", None, "");
