@@ -15,6 +15,18 @@ use support::sipp::{self, Background};
 const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";
 const KEY: &str = "ops-secret";
 
+/// The events of an answered call, in order.
+const LIFE: [&str; 4] = [
+    "call.started",
+    "auction.completed",
+    "call.answered",
+    "call.completed",
+];
+
+fn kinds(events: &[Value]) -> Vec<&str> {
+    events.iter().map(|e| e["type"].as_str().unwrap()).collect()
+}
+
 fn config(port: u16, dir: &Path, http: u16, acme: u16, bravo: u16) -> String {
     format!(
         "[node]\nid = \"api\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
@@ -125,17 +137,7 @@ fn calls_hangup_buyers_events_and_metrics_over_sipp_calls() {
 
     // The events of that call, in order, all with its id.
     let events = events.join().unwrap();
-    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds,
-        [
-            "call.started",
-            "auction.completed",
-            "call.answered",
-            "call.completed"
-        ],
-        "{events:?}"
-    );
+    assert_eq!(kinds(&events), LIFE, "{events:?}");
     assert!(
         events.iter().all(|e| e["call_id"] == id.as_str()),
         "{events:?}"
@@ -178,17 +180,7 @@ fn calls_hangup_buyers_events_and_metrics_over_sipp_calls() {
     assert!(ok, "second call:\n{out}");
     assert!(b.finish(10).0);
     let ev = for_bravo.join().unwrap();
-    let kinds: Vec<&str> = ev.iter().map(|e| e["type"].as_str().unwrap()).collect();
-    assert_eq!(
-        kinds,
-        [
-            "call.started",
-            "auction.completed",
-            "call.answered",
-            "call.completed"
-        ],
-        "{ev:?}"
-    );
+    assert_eq!(kinds(&ev), LIFE, "{ev:?}");
     let bids: Vec<String> = ev[1]["bids"]
         .as_array()
         .unwrap()
@@ -253,11 +245,7 @@ fn calls_hangup_buyers_events_and_metrics_over_sipp_calls() {
     assert!(ok, "{log}");
     assert!(log.contains("hangup requested through the API"), "{log}");
     assert!(!log.contains("13105551234"), "numbers are masked in logs");
-    let cdrs: Vec<Value> = std::fs::read_to_string(dir.0.join("cdr.jsonl"))
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let cdrs = support::dce_process::jsonl_cdrs(&dir.0);
     assert_eq!(cdrs.len(), 2);
     assert_eq!(cdrs[0]["reason"], "api_hangup");
     assert_eq!(cdrs[1]["buyer_id"], "bravo");
@@ -354,14 +342,7 @@ fn a_second_sigterm_ends_a_drain_and_health_says_draining() {
         log.contains("second SIGTERM: ending active calls now"),
         "{log}"
     );
-    let cdr: Value = serde_json::from_str(
-        std::fs::read_to_string(dir.0.join("cdr.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let cdr: Value = support::dce_process::jsonl_cdrs(&dir.0).remove(0);
     assert_eq!(cdr["disposition"], "answered");
     assert_eq!(cdr["hangup_by"], "dce");
     assert_eq!(cdr["reason"], "shutdown");

@@ -34,11 +34,7 @@ fn config(port: u16, dir: &Path, sip_extra: &str, buyers: &[BuyerSpec<'_>]) -> S
 }
 
 fn cdrs(dir: &Path) -> Vec<Value> {
-    std::fs::read_to_string(dir.join("cdr.jsonl"))
-        .unwrap_or_default()
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("CDR line is JSON"))
-        .collect()
+    support::dce_process::jsonl_cdrs(dir)
 }
 
 fn buyer_bg(bin: &std::path::PathBuf, scenario: &str, port: u16, calls: u32) -> Background {
@@ -404,20 +400,7 @@ fn reload_changes_a_bid_and_an_active_call_survives() {
 fn sigterm_drains_active_calls_refuses_new_ones_and_exits_0() {
     let Some(bin) = sipp::sipp() else { return };
     let pa = free_port();
-    let dce = Dce::start_with(|port, dir| {
-        config(
-            port,
-            dir,
-            "",
-            &[BuyerSpec {
-                id: "acme",
-                bid: 1000,
-                extra: "",
-                port: pa,
-            }],
-        )
-        .replace("id = \"e2e\"\n", "id = \"e2e\"\ndrain_timeout_s = 10\n")
-    });
+    let dce = draining_dce(pa, 10);
     let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
     // a 3 s call; SIGTERM 1 s into it
     let long = long_call(&bin, &dce, 3000);
@@ -456,20 +439,7 @@ fn sigterm_drains_active_calls_refuses_new_ones_and_exits_0() {
 fn sigterm_during_a_sipp_run_cuts_no_call_refuses_new_ones_and_writes_every_cdr() {
     let Some(bin) = sipp::sipp() else { return };
     let pa = free_port();
-    let dce = Dce::start_with(|port, dir| {
-        config(
-            port,
-            dir,
-            "",
-            &[BuyerSpec {
-                id: "acme",
-                bid: 1000,
-                extra: "",
-                port: pa,
-            }],
-        )
-        .replace("id = \"e2e\"\n", "id = \"e2e\"\ndrain_timeout_s = 30\n")
-    });
+    let dce = draining_dce(pa, 30);
     let buyer = buyer_bg(&bin, "uas_answer.xml", pa, 20);
     // 20 calls of 2.5 s at 10 per second; SIGTERM one second in.
     let mut args = sipp::args(
@@ -516,20 +486,7 @@ fn sigterm_during_a_sipp_run_cuts_no_call_refuses_new_ones_and_writes_every_cdr(
 fn the_drain_timeout_ends_the_calls_still_up_with_bye() {
     let Some(bin) = sipp::sipp() else { return };
     let pa = free_port();
-    let dce = Dce::start_with(|port, dir| {
-        config(
-            port,
-            dir,
-            "",
-            &[BuyerSpec {
-                id: "acme",
-                bid: 1000,
-                extra: "",
-                port: pa,
-            }],
-        )
-        .replace("id = \"e2e\"\n", "id = \"e2e\"\ndrain_timeout_s = 2\n")
-    });
+    let dce = draining_dce(pa, 2);
     let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
     // A call that only DCE's BYE ends.
     let mut args = sipp::args(
@@ -562,4 +519,25 @@ fn the_drain_timeout_ends_the_calls_still_up_with_bye() {
         "{}",
         cdrs[0]
     );
+}
+
+/// DCE with one buyer `acme` on `pa` and `[node] drain_timeout_s = drain`.
+fn draining_dce(pa: u16, drain: u32) -> Dce {
+    Dce::start_with(|port, dir| {
+        config(
+            port,
+            dir,
+            "",
+            &[BuyerSpec {
+                id: "acme",
+                bid: 1000,
+                extra: "",
+                port: pa,
+            }],
+        )
+        .replace(
+            "id = \"e2e\"\n",
+            &format!("id = \"e2e\"\ndrain_timeout_s = {drain}\n"),
+        )
+    })
 }

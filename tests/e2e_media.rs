@@ -101,14 +101,7 @@ fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
     );
     assert!(bok, "buyer: {bout}");
     assert!(ok);
-    let cdr: Value = serde_json::from_str(
-        std::fs::read_to_string(dir.0.join("cdr.jsonl"))
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let cdr: Value = support::dce_process::jsonl_cdrs(&dir.0).remove(0);
     let q = &cdr["quality"];
     assert_eq!(q["codec"], "PCMA", "{cdr:#}");
     assert_eq!(

@@ -174,3 +174,12 @@ impl Drop for Dce {
         }
     }
 }
+
+/// The CDRs of the JSON-lines file `dir/cdr.jsonl`, in order (none when it is missing).
+pub fn jsonl_cdrs(dir: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(dir.join("cdr.jsonl"))
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("CDR line is JSON"))
+        .collect()
+}
