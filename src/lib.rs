@@ -23,7 +23,7 @@
 //! | [`logging`] | text or JSON logs, masked phone numbers |
 //! | [`events`] | live call events for the WebSocket and the live page |
 //! | [`latency`] | the delay DCE adds to an INVITE, for reports and load runs |
-//! | [`http`] | the control API: keys, roles, limits, `/health`, `/metrics` |
+//! | [`http`] | the control API: keys, roles, limits, timeouts, routes, WebSocket events, OpenAPI, live page |
 
 pub mod call;
 pub mod clock;

@@ -11,6 +11,7 @@ mod support;
 
 use std::path::PathBuf;
 use support::dce_process::{free_port, Dce};
+use support::sipp::{self, Background};
 
 /// SHA-256 of "ops-secret".
 const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";
@@ -40,22 +41,44 @@ fn schemathesis() -> Option<PathBuf> {
 #[test]
 fn the_api_keeps_its_openapi_contract() {
     let Some(st) = schemathesis() else { return };
-    let http = free_port();
+    let Some(sipp_bin) = sipp::sipp() else { return };
+    let (http, buyer) = (free_port(), free_port());
     let dce = Dce::start_with(|port, dir| {
         format!(
             "[node]\nid = \"contract\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
              [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
-             [compliance]\ninternal_dnc = \"{d}/internal_dnc.txt\"\n\
+             [compliance]\ninternal_dnc = \"{d}/internal_dnc.txt\"\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\nrate_limit_per_s = 100000\n\
              api_keys = [{{ name = \"ops\", sha256 = \"{OPS_SHA}\", role = \"admin\" }}]\n\
              [[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
              [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\n\
-             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:9\"\nbid_cents = 1500\n",
+             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{buyer}\"\nbid_cents = 1500\n",
             d = dir.display()
         )
     });
     // wait for the API
     let _ = support::http::request(http, "GET", "/health", None, "");
+    // Live calls for the call routes to find (GET /v1/calls links to them); the run may hang
+    // them up, which is what the hangup route is for.
+    let answering = Background::start(
+        &sipp_bin,
+        &sipp::args(&sipp::scenario("uas_answer.xml"), buyer, &["-m", "3"]),
+    );
+    let mut args = sipp::args(
+        &sipp::scenario("uac_call.xml"),
+        free_port(),
+        &["-s", "+18005550100", "-m", "3", "-r", "10", "-d", "120000"],
+    );
+    args.push(dce.sip.to_string());
+    let calling = Background::start(&sipp_bin, &args);
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while support::http::get_json(http, "/v1/calls", "ops-secret")["calls"]
+        .as_array()
+        .is_none_or(|c| c.len() != 3)
+    {
+        assert!(std::time::Instant::now() < end, "three calls up");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let seed = std::env::var("DCE_CONTRACT_SEED").unwrap_or_else(|_| "20261126".into());
     let out = std::process::Command::new(&st)
         .args([
@@ -83,6 +106,9 @@ fn the_api_keeps_its_openapi_contract() {
         String::from_utf8_lossy(&out.stderr)
     );
     let (ok, log) = dce.stop();
+    // Their outcome is not the point here (the run may have hung them up).
+    let _ = calling.finish(1);
+    let _ = answering.finish(1);
     println!("{text}");
     assert!(out.status.success(), "schemathesis found problems:\n{text}");
     assert!(text.contains("passed"), "{text}");
