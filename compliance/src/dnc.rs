@@ -351,6 +351,11 @@ impl InternalDnc {
         self.numbers.len()
     }
 
+    /// Are changes written to a file?
+    pub fn is_persistent(&self) -> bool {
+        self.path.is_some()
+    }
+
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.numbers.is_empty()

@@ -248,6 +248,11 @@ async fn dnc_edit(st: &ApiState, n: &str, add: bool) -> Result<bool, Response> {
     let number = n.to_owned();
     let changed = tokio::task::spawn_blocking(move || {
         let mut i = internal.write().unwrap_or_else(|p| p.into_inner());
+        if !i.is_persistent() {
+            tracing::warn!(
+                "no [compliance] internal_dnc file: this DNC change lasts until DCE restarts"
+            );
+        }
         let before = i.contains_str(&number);
         let r = if add {
             i.add(&number)
