@@ -92,6 +92,19 @@ fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
     };
+    // Every port pair is back in the pool once the call is over.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let health: Value = loop {
+        let h: Value =
+            serde_json::from_str(&support::http::request(http, "GET", "/health", None, "").1)
+                .unwrap();
+        if h["port_pool"]["in_use"] == 0 || std::time::Instant::now() > end {
+            break h;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(health["port_pool"]["total"], 10, "{health}");
+    assert_eq!(health["port_pool"]["in_use"], 0, "{health}");
     let (ok, log, dir) = dce.stop_keep();
     assert!(
         out.status.success(),
