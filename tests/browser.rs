@@ -247,6 +247,34 @@ fn a_live_call_appears_on_the_page_and_leaves_it() {
             assert!(Instant::now() < end, "the call did not leave the page: {t:?} {asr:?}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        let auctions = page
+            .eval("document.getElementById('auctions').innerText")
+            .await;
+        assert!(
+            auctions.as_str().unwrap_or("").contains("acme 15.00"),
+            "the auction is listed: {auctions}"
+        );
+        // A call to a number no campaign has: 404, listed under rejections.
+        let scenario = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
+            .unwrap()
+            .replace("EXPECTED_CODE", "404");
+        let path = dce.dir().join("uac_expect_404.xml");
+        std::fs::write(&path, scenario).unwrap();
+        let mut args = sipp::args(&path, free_port(), &["-s", "+18005550199", "-m", "1"]);
+        args.push(dce.sip.to_string());
+        let out = sipp::run(&bin, &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let end = until(10);
+        loop {
+            let r = page
+                .eval("document.getElementById('rejections').innerText")
+                .await;
+            if r.as_str().is_some_and(|t| t.contains("404")) {
+                break;
+            }
+            assert!(Instant::now() < end, "the rejection never appeared: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         png
     });
     assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");
