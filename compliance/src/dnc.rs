@@ -356,27 +356,55 @@ impl InternalDnc {
         self.path.is_some()
     }
 
+    /// Add (`add`) or remove a number in memory only; whether the list changed (`None` for a
+    /// non-number). Pair with [`InternalDnc::pending_save`] to write the file outside the lock
+    /// the call path reads through.
+    pub fn edit(&mut self, number: &str, add: bool) -> Option<bool> {
+        let n = nanp10(number)?;
+        Some(if add {
+            self.numbers.insert(n)
+        } else {
+            self.numbers.remove(&n)
+        })
+    }
+
+    /// What [`save`] needs to write the list as it is now (nothing without a file).
+    pub fn pending_save(&self) -> Option<(PathBuf, Vec<u64>)> {
+        self.path
+            .clone()
+            .map(|p| (p, self.numbers.iter().copied().collect()))
+    }
+
     /// True when empty.
     pub fn is_empty(&self) -> bool {
         self.numbers.is_empty()
     }
 
     fn persist(&self) -> Result<(), DncError> {
-        let Some(path) = &self.path else {
-            return Ok(());
-        };
-        let tmp = path.with_extension("tmp");
-        let io = |p: &Path| {
-            let p = p.to_path_buf();
-            move |source| DncError::Io { path: p, source }
-        };
-        let mut f = std::fs::File::create(&tmp).map_err(io(&tmp))?;
-        for n in &self.numbers {
-            writeln!(f, "{n:010}").map_err(io(&tmp))?;
+        match &self.path {
+            Some(path) => save(path, self.numbers.iter().copied()),
+            None => Ok(()),
         }
-        f.sync_all().map_err(io(&tmp))?;
-        std::fs::rename(&tmp, path).map_err(io(path))
     }
+}
+
+/// Write an internal list to `path` atomically (temporary file, fsync, rename).
+pub fn save(path: &Path, numbers: impl IntoIterator<Item = u64>) -> Result<(), DncError> {
+    let tmp = path.with_extension("tmp");
+    let io = |p: &Path| {
+        let p = p.to_path_buf();
+        move |source| DncError::Io { path: p, source }
+    };
+    let mut f = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(io(&tmp))?);
+    for n in numbers {
+        writeln!(f, "{n:010}").map_err(io(&tmp))?;
+    }
+    let f = f.into_inner().map_err(|e| DncError::Io {
+        path: tmp.clone(),
+        source: e.into_error(),
+    })?;
+    f.sync_all().map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 #[cfg(test)]
@@ -468,6 +496,12 @@ mod tests {
         let reloaded = InternalDnc::load(&path).unwrap();
         assert!(reloaded.contains_str("3105550000"), "persisted");
         assert!(internal.remove("3105550000").unwrap());
+        assert_eq!(internal.edit("3105550001", true), Some(true));
+        assert_eq!(internal.edit("3105550001", true), Some(false));
+        assert_eq!(internal.edit("nope", true), None);
+        let (p, numbers) = internal.pending_save().expect("a file");
+        save(&p, numbers).unwrap();
+        assert!(InternalDnc::load(&p).unwrap().contains_str("3105550001"));
         assert!(!InternalDnc::load(&path).unwrap().contains_str("3105550000"));
         let _ = std::fs::remove_dir_all(&dir);
     }

@@ -16,5 +16,5 @@ pub mod dnc;
 pub mod hours;
 
 pub use checks::{CampaignRules, Compliance, Consent, FrequencyCap, Rule, Verdict};
-pub use dnc::{nanp10, DncError, InternalDnc, NationalDnc};
+pub use dnc::{nanp10, save as save_internal_dnc, DncError, InternalDnc, NationalDnc};
 pub use hours::{CallingHours, Window};

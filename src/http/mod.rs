@@ -57,6 +57,8 @@ pub struct ApiState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// How long a client may take to send its body.
     body_timeout: Duration,
+    /// Orders writes of the internal DNC file.
+    dnc_save: Arc<Mutex<()>>,
 }
 
 struct Bucket {
@@ -92,6 +94,7 @@ impl ApiState {
             ports: None,
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             body_timeout: cfg.body_timeout,
+            dnc_save: Arc::new(Mutex::new(())),
         }
     }
 

@@ -246,20 +246,27 @@ async fn dnc_edit(st: &ApiState, n: &str, add: bool) -> Result<bool, Response> {
     };
     let internal = c.lock().unwrap_or_else(|p| p.into_inner()).internal.clone();
     let number = n.to_owned();
+    let saving = st.dnc_save.clone();
+    // The call path reads the list through `internal`: hold its write lock only for the
+    // in-memory change; the file is written after, under a lock of its own that keeps saves
+    // in the order of the changes.
     let changed = tokio::task::spawn_blocking(move || {
-        let mut i = internal.write().unwrap_or_else(|p| p.into_inner());
-        if !i.is_persistent() {
-            tracing::warn!(
-                "no [compliance] internal_dnc file: this DNC change lasts until DCE restarts"
-            );
-        }
-        let before = i.contains_str(&number);
-        let r = if add {
-            i.add(&number)
-        } else {
-            i.remove(&number)
+        let _order = saving.lock().unwrap_or_else(|p| p.into_inner());
+        let (changed, pending) = {
+            let mut i = internal.write().unwrap_or_else(|p| p.into_inner());
+            (i.edit(&number, add).unwrap_or(false), i.pending_save())
         };
-        r.map(|_| before != add)
+        match pending {
+            Some((path, numbers)) => {
+                dce_compliance::save_internal_dnc(&path, numbers).map(|()| changed)
+            }
+            None => {
+                tracing::warn!(
+                    "no [compliance] internal_dnc file: this DNC change lasts until DCE restarts"
+                );
+                Ok(changed)
+            }
+        }
     })
     .await
     .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
@@ -267,7 +274,7 @@ async fn dnc_edit(st: &ApiState, n: &str, add: bool) -> Result<bool, Response> {
         error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "dnc_not_saved",
-            format!("the internal DNC file could not be written: {e}"),
+            format!("changed in memory, but the internal DNC file could not be written: {e}"),
         )
     })?;
     let mut shared_changed = false;
