@@ -486,41 +486,37 @@ impl Db {
             CAST(SUM(CASE WHEN disposition = 'answered' THEN duration_ms ELSE 0 END) AS BIGINT) AS talk_ms \
             FROM calls ";
         const GROUP: &str = " GROUP BY campaign, buyer_id ORDER BY campaign, buyer_id";
-        macro_rules! row {
-            ($r:ident) => {
-                StatRow {
-                    campaign: $r.get("campaign"),
-                    buyer_id: $r.get("buyer_id"),
-                    calls: $r.get("calls"),
-                    rejected: $r.get("rejected"),
-                    answered: $r.get("answered"),
-                    billable: $r.get("billable"),
-                    revenue_cents: $r.get("revenue"),
-                    talk_ms: $r.get("talk_ms"),
-                }
+        // One query on either pool: only the placeholders differ.
+        macro_rules! grouped {
+            ($pool:expr, $window:expr) => {
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{COLS}WHERE {}{GROUP}",
+                    $window
+                )))
+                .bind(utc(from))
+                .bind(utc(to))
+                .fetch_all($pool)
+                .await?
+                .into_iter()
+                .map(|r| StatRow {
+                    campaign: r.get("campaign"),
+                    buyer_id: r.get("buyer_id"),
+                    calls: r.get("calls"),
+                    rejected: r.get("rejected"),
+                    answered: r.get("answered"),
+                    billable: r.get("billable"),
+                    revenue_cents: r.get("revenue"),
+                    talk_ms: r.get("talk_ms"),
+                })
+                .collect()
             };
         }
         Ok(match self {
-            Db::Pg(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{COLS}WHERE created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz{GROUP}"
-            )))
-            .bind(utc(from))
-            .bind(utc(to))
-            .fetch_all(p)
-            .await?
-            .into_iter()
-            .map(|r| row!(r))
-            .collect(),
-            Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                "{COLS}WHERE created_at >= ?1 AND created_at < ?2{GROUP}"
-            )))
-            .bind(utc(from))
-            .bind(utc(to))
-            .fetch_all(p)
-            .await?
-            .into_iter()
-            .map(|r| row!(r))
-            .collect(),
+            Db::Pg(p) => grouped!(
+                p,
+                "created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz"
+            ),
+            Db::Sqlite(p) => grouped!(p, "created_at >= ?1 AND created_at < ?2"),
         })
     }
 }
