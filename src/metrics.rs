@@ -19,7 +19,8 @@ pub const AUCTION_BUCKETS_US: [u64; 10] = [5, 10, 20, 50, 100, 200, 500, 1_000, 
 pub struct Metrics {
     outcomes: Mutex<BTreeMap<String, u64>>,
     compliance: Mutex<BTreeMap<String, u64>>,
-    sip: Mutex<BTreeMap<(&'static str, String), u64>>,
+    /// In requests, in responses, out requests, out responses: by method or code.
+    sip: Mutex<[BTreeMap<String, u64>; 4]>,
     auction_buckets: [AtomicU64; AUCTION_BUCKETS_US.len()],
     auction_count: AtomicU64,
     auction_sum_ns: AtomicU64,
@@ -95,17 +96,18 @@ impl Metrics {
         self.rtp_lost.fetch_add(lost, Ordering::Relaxed);
     }
 
-    /// A SIP message in or out: a request by its method, a response by its code.
+    /// A SIP message in (`"in"`) or out: a request by its method, a response by its code.
+    /// Allocates only the first time a method or code is seen (this is the SIP hot path).
     pub fn sip(&self, dir: &'static str, first_line: &[u8]) {
-        let key = match sip_label(first_line) {
-            Some(k) => k,
-            None => return,
+        let Some((response, name)) = sip_label(first_line) else {
+            return;
         };
-        let mut m = self.sip.lock().unwrap_or_else(|p| p.into_inner());
-        match m.get_mut(&(dir, key.clone())) {
+        let i = usize::from(dir != "in") * 2 + usize::from(response);
+        let mut maps = self.sip.lock().unwrap_or_else(|p| p.into_inner());
+        match maps[i].get_mut(name) {
             Some(v) => *v += 1,
             None => {
-                m.insert((dir, key), 1);
+                maps[i].insert(name.to_owned(), 1);
             }
         }
     }
@@ -163,22 +165,23 @@ impl Metrics {
             );
         }
         out.push_str("# HELP dce_sip_messages_total SIP messages received and sent: requests by method, responses by code.\n# TYPE dce_sip_messages_total counter\n");
-        for ((dir, k), v) in self.sip.lock().unwrap_or_else(|p| p.into_inner()).iter() {
-            let (kind, name) = k.split_once(':').unwrap_or(("request", k));
-            let _ = if kind == "response" {
-                writeln!(
-                    out,
-                    "dce_sip_messages_total{{direction=\"{dir}\",kind=\"response\",code=\"{}\"}} {v}",
-                    label(name)
-                )
+        let maps = self.sip.lock().unwrap_or_else(|p| p.into_inner());
+        for (i, m) in maps.iter().enumerate() {
+            let dir = if i < 2 { "in" } else { "out" };
+            let (kind, what) = if i % 2 == 1 {
+                ("response", "code")
             } else {
-                writeln!(
-                    out,
-                    "dce_sip_messages_total{{direction=\"{dir}\",kind=\"request\",method=\"{}\"}} {v}",
-                    label(name)
-                )
+                ("request", "method")
             };
+            for (name, v) in m {
+                let _ = writeln!(
+                    out,
+                    "dce_sip_messages_total{{direction=\"{dir}\",kind=\"{kind}\",{what}=\"{}\"}} {v}",
+                    label(name)
+                );
+            }
         }
+        drop(maps);
         let _ = writeln!(
             out,
             "# HELP dce_active_calls Calls in progress.\n# TYPE dce_active_calls gauge\ndce_active_calls {}",
@@ -223,20 +226,21 @@ impl Metrics {
     }
 }
 
-/// `request:INVITE` or `response:200` from a message's first line.
-fn sip_label(first: &[u8]) -> Option<String> {
+/// `(false, "INVITE")` for a request or `(true, "200")` for a response, from a message's
+/// first line.
+fn sip_label(first: &[u8]) -> Option<(bool, &str)> {
     let line = first.split(|&b| b == b'\r' || b == b'\n').next()?;
-    let line = std::str::from_utf8(line).ok()?;
-    if let Some(rest) = line.strip_prefix("SIP/2.0 ") {
-        let code = rest.get(..3)?;
-        code.bytes()
-            .all(|b| b.is_ascii_digit())
-            .then(|| format!("response:{code}"))
+    let (response, name) = match line.strip_prefix(b"SIP/2.0 ") {
+        Some(rest) => (true, rest.get(..3)?),
+        None => (false, line.split(|&b| b == b' ').next()?),
+    };
+    let ok = if response {
+        name.iter().all(u8::is_ascii_digit)
     } else {
-        let m = line.split(' ').next()?;
-        (!m.is_empty() && m.len() <= 16 && m.bytes().all(|b| b.is_ascii_uppercase()))
-            .then(|| format!("request:{m}"))
-    }
+        !name.is_empty() && name.len() <= 16 && name.iter().all(u8::is_ascii_uppercase)
+    };
+    // ASCII by the checks above
+    ok.then(|| (response, std::str::from_utf8(name).unwrap_or("")))
 }
 
 #[cfg(test)]
@@ -246,13 +250,10 @@ mod tests {
     #[test]
     fn labels_sip_first_lines() {
         assert_eq!(
-            sip_label(b"INVITE sip:x@y SIP/2.0\r\n").as_deref(),
-            Some("request:INVITE")
+            sip_label(b"INVITE sip:x@y SIP/2.0\r\n"),
+            Some((false, "INVITE"))
         );
-        assert_eq!(
-            sip_label(b"SIP/2.0 486 Busy Here\r\n").as_deref(),
-            Some("response:486")
-        );
+        assert_eq!(sip_label(b"SIP/2.0 486 Busy Here\r\n"), Some((true, "486")));
         assert_eq!(sip_label(b"\x00garbage"), None);
         assert_eq!(sip_label(b"SIP/2.0 4x6 Busy\r\n"), None);
     }

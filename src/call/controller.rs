@@ -337,6 +337,14 @@ impl Controller {
         }
     }
 
+    /// The id of call `key` for a log line (empty once it is gone).
+    fn call_id(&self, key: u64) -> String {
+        self.calls
+            .get(&key)
+            .map(|c| c.id.clone())
+            .unwrap_or_default()
+    }
+
     /// Publish live events on `bus`.
     pub fn set_events(&mut self, bus: crate::events::Bus) {
         self.events = bus;
@@ -662,14 +670,7 @@ impl Controller {
         self.counters.m.auction(started.elapsed());
         let entries = self.scratch.clone();
         if ranked == 0 {
-            facts.bids = entries
-                .iter()
-                .map(|e| BidRecord {
-                    buyer_id: snapshot.buyer(e.buyer).id.clone(),
-                    amount_cents: e.bid_cents,
-                    outcome: outcome_name(e, None),
-                })
-                .collect();
+            facts.bids = bid_records(&snapshot, &entries, &[]);
             facts.reason = "no eligible buyer";
             return Err(Rejection::new(480, Counter::NoBuyer480));
         }
@@ -868,18 +869,10 @@ impl Controller {
         };
         let id = ids::uuid();
         tracing::info!(call = %id, carrier = %facts.carrier, campaign = %facts.campaign, caller = %crate::logging::num(&caller), called = %called, eligible = ranked, "call started");
-        {
-            let names: Vec<(String, u32, String)> = entries
-                .iter()
-                .map(|e| {
-                    (
-                        snapshot.buyer(e.buyer).id.clone(),
-                        e.bid_cents,
-                        outcome_name(e, None),
-                    )
-                })
-                .collect();
-            let bidders = || names.iter().map(|n| n.0.clone()).collect::<Vec<_>>();
+        if self.events.subscribers() > 0 {
+            // Built only for listeners: this is the call path.
+            let bids = bid_records(&snapshot, &entries, &[]);
+            let bidders = || bids.iter().map(|b| b.buyer_id.clone()).collect();
             self.events
                 .emit("call.started", &facts.campaign, bidders, || {
                     serde_json::json!({
@@ -889,15 +882,14 @@ impl Controller {
                         "called": called,
                     })
                 });
-            self.events.emit("auction.completed", &facts.campaign, bidders, || {
-                serde_json::json!({
-                    "call_id": id,
-                    "eligible": ranked,
-                    "bids": names.iter().map(|(b, c, o)| serde_json::json!({
-                        "buyer": b, "bid_cents": c, "outcome": if o == "lost" { "ranked" } else { o.as_str() },
-                    })).collect::<Vec<_>>(),
-                })
-            });
+            self.events
+                .emit("auction.completed", &facts.campaign, bidders, || {
+                    serde_json::json!({
+                        "call_id": id,
+                        "eligible": ranked,
+                        "bids": bids_json(&bids),
+                    })
+                });
         }
         self.by_a_tx.insert(tx, key);
         self.by_dialog
@@ -957,11 +949,7 @@ impl Controller {
                     dce_media::MediaError::PortsExhausted => (503, Counter::MediaPorts503),
                     _ => (488, Counter::BadSdp488),
                 };
-                let call = self
-                    .calls
-                    .get(&key)
-                    .map(|c| c.id.clone())
-                    .unwrap_or_default();
+                let call = self.call_id(key);
                 tracing::warn!(%call, error = %e, code, "cannot anchor the media of a new call");
                 self.counters.inc(counter);
                 self.respond_a(layer, key, code, None, now);
@@ -1344,11 +1332,7 @@ impl Controller {
                     }
                     Err(e) => {
                         // The buyer's SDP cannot be anchored: hang it up and try the next one.
-                        let call = self
-                            .calls
-                            .get(&key)
-                            .map(|c| c.id.clone())
-                            .unwrap_or_default();
+                        let call = self.call_id(key);
                         tracing::warn!(%call, error = %e, "buyer answered with SDP DCE cannot anchor");
                         self.unanswer(layer, key, li, now);
                     }
@@ -1590,11 +1574,7 @@ impl Controller {
         match self.body_for_other_side(key, side, &msg) {
             Ok(body) => push_body(&mut req, body),
             Err(e) => {
-                let call = self
-                    .calls
-                    .get(&key)
-                    .map(|c| c.id.clone())
-                    .unwrap_or_default();
+                let call = self.call_id(key);
                 tracing::info!(%call, error = %e, "in-dialog SDP cannot be anchored; 488");
                 let resp = msg.response(488, reason_phrase(488), "", Some(&via));
                 let _ = layer.respond(tx, &resp, now);
@@ -1847,36 +1827,39 @@ impl Controller {
 
     /// Every buyer of the running config with its live state.
     pub fn buyers_view(&self) -> Vec<super::view::BuyerView> {
-        let snap = &self.snapshot;
         let now = self.clock.now_utc();
-        snap.buyers()
-            .iter()
-            .enumerate()
-            .map(|(i, b)| {
-                let live = snap.live(i as dce_routing::BuyerId);
-                let (hk, dk) = local_keys(b.tz(), now);
-                super::view::BuyerView {
-                    id: b.id.clone(),
-                    campaigns: b
-                        .campaigns
-                        .iter()
-                        .map(|c| snap.campaign(*c).id.clone())
-                        .collect(),
-                    bid_cents: live.bid_override().unwrap_or(b.bid_cents),
-                    config_bid_cents: b.bid_cents,
-                    bid_override: live.bid_override().is_some(),
-                    paused: live.paused(),
-                    active_calls: live.active(),
-                    max_concurrent: b.max_concurrent,
-                    answered_this_hour: live.answered_in_hour(hk),
-                    hourly_cap: b.hourly_cap,
-                    answered_today: live.answered_on_day(dk),
-                    daily_cap: b.daily_cap,
-                    spend_today_cents: live.spend_on_day(dk),
-                    daily_budget_cents: b.daily_budget_cents,
-                }
-            })
+        (0..self.snapshot.buyers().len())
+            .map(|i| self.buyer_view(i, now))
             .collect()
+    }
+
+    /// Buyer `i` of the running config with its live state at `now`.
+    fn buyer_view(&self, i: usize, now: DateTime<Utc>) -> super::view::BuyerView {
+        let snap = &self.snapshot;
+        let b = &snap.buyers()[i];
+        let live = snap.live(i as dce_routing::BuyerId);
+        let (hk, dk) = local_keys(b.tz(), now);
+        let bid_override = live.bid_override();
+        super::view::BuyerView {
+            id: b.id.clone(),
+            campaigns: b
+                .campaigns
+                .iter()
+                .map(|c| snap.campaign(*c).id.clone())
+                .collect(),
+            bid_cents: bid_override.unwrap_or(b.bid_cents),
+            config_bid_cents: b.bid_cents,
+            bid_override: bid_override.is_some(),
+            paused: live.paused(),
+            active_calls: live.active(),
+            max_concurrent: b.max_concurrent,
+            answered_this_hour: live.answered_in_hour(hk),
+            hourly_cap: b.hourly_cap,
+            answered_today: live.answered_on_day(dk),
+            daily_cap: b.daily_cap,
+            spend_today_cents: live.spend_on_day(dk),
+            daily_budget_cents: b.daily_budget_cents,
+        }
     }
 
     /// Pause, resume or override the bid of buyer `id`; `None` when there is no such buyer.
@@ -1895,7 +1878,7 @@ impl Controller {
             live.set_bid_override(bid);
             tracing::info!(buyer = %id, bid_cents = ?bid, "bid override set through the API (until the next reload)");
         }
-        self.buyers_view().into_iter().find(|b| b.id == id)
+        Some(self.buyer_view(i, self.clock.now_utc()))
     }
 
     /// The call is over: release everything it holds and write its CDR.
@@ -1991,16 +1974,7 @@ impl Controller {
                     .unwrap_or_default())
             .to_rfc3339()
         };
-        let bids = call
-            .entries
-            .iter()
-            .enumerate()
-            .map(|(i, e)| BidRecord {
-                buyer_id: call.snapshot.buyer(e.buyer).id.clone(),
-                amount_cents: e.bid_cents,
-                outcome: outcome_name(e, call.outcomes[i].as_deref()),
-            })
-            .collect();
+        let bids = bid_records(&call.snapshot, &call.entries, &call.outcomes);
         tracing::info!(call = %call.id, disposition, reason, duration_s = duration.as_secs_f64(), billable, "call ended");
         self.counters.m.call_outcome(disposition);
         self.counters.m.set_active_calls(self.calls.len());
@@ -2181,9 +2155,27 @@ fn call_view(c: &Call, now: Instant) -> super::view::CallView {
     }
 }
 
+/// Every auction entry with its buyer, bid and outcome (a `recorded` outcome wins).
+fn bid_records(snap: &Snapshot, entries: &[Entry], recorded: &[Option<String>]) -> Vec<BidRecord> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| BidRecord {
+            buyer_id: snap.buyer(e.buyer).id.clone(),
+            amount_cents: e.bid_cents,
+            outcome: outcome_name(e, recorded.get(i).and_then(|o| o.as_deref())),
+        })
+        .collect()
+}
+
+/// Bids as events show them: before any buyer is tried, a ranked entry is `ranked` (its CDR
+/// says `lost` only once the call is over).
 fn bids_json(bids: &[BidRecord]) -> Vec<serde_json::Value> {
     bids.iter()
-        .map(|b| serde_json::json!({ "buyer": b.buyer_id, "bid_cents": b.amount_cents, "outcome": b.outcome }))
+        .map(|b| {
+            let outcome = if b.outcome == "lost" { "ranked" } else { b.outcome.as_str() };
+            serde_json::json!({ "buyer": b.buyer_id, "bid_cents": b.amount_cents, "outcome": outcome })
+        })
         .collect()
 }
 

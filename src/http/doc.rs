@@ -13,19 +13,41 @@ use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::{RefOr, ResponseBuilder};
 use utoipa::{Modify, OpenApi, ToSchema};
 
-/// One dependency in `/health`.
-#[derive(Debug, Serialize, ToSchema)]
+/// One dependency in `/health` (fields that do not apply are left out).
+#[derive(Debug, Default, Serialize, ToSchema)]
 pub struct DependencyHealth {
     /// `ok`, `down`, `backlog`, `low` or `not_configured`.
     pub status: String,
     /// What failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
     /// Spool: bytes waiting.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub bytes: Option<u64>,
     /// Port pool: pairs in use.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub in_use: Option<u64>,
     /// Port pool: pairs in the range.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub total: Option<u64>,
+}
+
+impl DependencyHealth {
+    /// Just a status.
+    pub fn status(status: &str) -> Self {
+        DependencyHealth {
+            status: status.into(),
+            ..Default::default()
+        }
+    }
+
+    /// Down, and why.
+    pub fn down(error: String) -> Self {
+        DependencyHealth {
+            error: Some(error),
+            ..Self::status("down")
+        }
+    }
 }
 
 /// `GET /health`.

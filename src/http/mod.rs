@@ -383,41 +383,42 @@ fn spool_bytes(dir: &std::path::Path) -> u64 {
     responses((status = 200, description = "Serving", body = doc::Health),
               (status = 503, description = "Draining (SIGTERM): take the node out of the pool", body = doc::Health)))]
 pub async fn health(State(st): State<Arc<ApiState>>) -> Response {
+    use doc::DependencyHealth as Dep;
     let db = match tokio::time::timeout(Duration::from_secs(1), st.db.ping()).await {
-        Ok(Ok(())) => serde_json::json!({ "status": "ok" }),
-        Ok(Err(e)) => serde_json::json!({ "status": "down", "error": e.to_string() }),
-        Err(_) => serde_json::json!({ "status": "down", "error": "no answer within 1 s" }),
+        Ok(Ok(())) => Dep::status("ok"),
+        Ok(Err(e)) => Dep::down(e.to_string()),
+        Err(_) => Dep::down("no answer within 1 s".into()),
     };
     let redis = match &st.redis {
-        None => serde_json::json!({ "status": "not_configured" }),
+        None => Dep::status("not_configured"),
         Some(r) => match r.ping().await {
-            Ok(()) => serde_json::json!({ "status": "ok" }),
-            Err(e) => serde_json::json!({ "status": "down", "error": e }),
+            Ok(()) => Dep::status("ok"),
+            Err(e) => Dep::down(e),
         },
     };
     let spooled = spool_bytes(&st.spool_dir);
-    let spool = serde_json::json!({
-        "status": if spooled == 0 { "ok" } else { "backlog" },
-        "bytes": spooled,
-    });
-    let ports = match &st.ports {
-        None => serde_json::json!({ "status": "not_configured" }),
+    let spool = Dep {
+        bytes: Some(spooled),
+        ..Dep::status(if spooled == 0 { "ok" } else { "backlog" })
+    };
+    let port_pool = match &st.ports {
+        None => Dep::status("not_configured"),
         Some(g) => {
             let (used, total) = (g.in_use(), g.total());
             // Below 10 % free, new calls may soon get 503.
             let low = total > 0 && (total - used.min(total)) * 10 < total;
-            serde_json::json!({
-                "status": if low { "low" } else { "ok" },
-                "in_use": used,
-                "total": total,
-            })
+            Dep {
+                in_use: Some(used as u64),
+                total: Some(total as u64),
+                ..Dep::status(if low { "low" } else { "ok" })
+            }
         }
     };
     let draining = st.draining.load(Ordering::Relaxed);
-    let ok = db["status"] == "ok"
-        && redis["status"] != "down"
+    let ok = db.status == "ok"
+        && redis.status != "down"
         && spooled == 0
-        && ports["status"] != "low"
+        && port_pool.status != "low"
         && !draining;
     let status = if draining {
         "draining"
@@ -426,14 +427,14 @@ pub async fn health(State(st): State<Arc<ApiState>>) -> Response {
     } else {
         "degraded"
     };
-    let body = Json(serde_json::json!({
-        "status": status,
-        "database": db,
-        "redis": redis,
-        "spool": spool,
-        "port_pool": ports,
-        "active_calls": st.counters.m.active_calls(),
-    }));
+    let body = Json(doc::Health {
+        status: status.into(),
+        database: db,
+        redis,
+        spool,
+        port_pool,
+        active_calls: st.counters.m.active_calls(),
+    });
     // A draining node must leave the load balancer's pool: 503.
     if draining {
         (StatusCode::SERVICE_UNAVAILABLE, body).into_response()
@@ -457,9 +458,11 @@ pub async fn reload(State(st): State<Arc<ApiState>>) -> Response {
         );
     }
     match tokio::time::timeout(Duration::from_secs(60), rx).await {
-        Ok(Ok(Ok(loaded))) => {
-            Json(serde_json::json!({ "reloaded": true, "config": loaded })).into_response()
-        }
+        Ok(Ok(Ok(loaded))) => Json(doc::Reloaded {
+            reloaded: true,
+            config: loaded,
+        })
+        .into_response(),
         Ok(Ok(Err(problems))) => {
             let body = serde_json::json!({ "error": {
                 "code": "config_refused",
@@ -587,7 +590,7 @@ pub async fn cdrs(
                         .and_then(|r| encode_cursor(&r.created_at, &r.id))
                 })
                 .flatten();
-            Json(serde_json::json!({ "cdrs": rows, "next": next })).into_response()
+            Json(doc::CdrPage { cdrs: rows, next }).into_response()
         }
         Ok(Err(e)) => error(
             StatusCode::SERVICE_UNAVAILABLE,
