@@ -119,6 +119,20 @@ fn two_nodes_share_the_frequency_cap_and_the_internal_dnc() {
     let (ok, out) = call(&bin, &expect_603(&b, "DNC"), &b);
     assert!(ok, "node B refuses the number on the shared DNC:\n{out}");
 
+    // each node counts its refusals by rule
+    for (http, rule) in [(http_a, "TCPA_FREQUENCY"), (http_b, "DNC")] {
+        let (_, m) = support::http::request(http, "GET", "/metrics", None, "");
+        assert!(
+            m.contains(&format!(
+                "dce_compliance_rejections_total{{rule=\"{rule}\"}} 1\n"
+            )),
+            "{m}"
+        );
+        assert!(
+            m.contains("dce_calls_total{outcome=\"rejected\"} 1\n"),
+            "{m}"
+        );
+    }
     let (_, log_a, dir_a) = a.stop_keep();
     let (_, _, dir_b) = b.stop_keep();
     let _: () = redis::cmd("DEL")
