@@ -9,6 +9,12 @@ use std::sync::Mutex;
 pub trait Clock: Send + Sync {
     /// Now.
     fn now_utc(&self) -> DateTime<Utc>;
+
+    /// A monotonic reading, for measuring how long work took (metrics only; protocol time
+    /// is the `now` the driver passes in).
+    fn instant(&self) -> std::time::Instant {
+        std::time::Instant::now()
+    }
 }
 
 /// The system clock.

@@ -68,6 +68,12 @@ counters! {
     Overload503 => "rejected_503_overload",
     /// No RTP ports left for a new call: 503.
     MediaPorts503 => "rejected_503_media_ports",
+    /// In-dialog request (or ACK) with a leg's dialog ids from another address: 403/dropped.
+    ForeignInDialog403 => "rejected_403_foreign_in_dialog",
+    /// In-dialog request on a leg that is not part of the established dialog: 481.
+    NotEstablished481 => "rejected_481_not_established",
+    /// A buyer INVITE over the UDP size limit (RFC 3261 §18.1.1): attempt skipped.
+    TooLargeForUdp => "buyer_invite_too_large_for_udp",
     /// Carrier SDP DCE cannot anchor: 488.
     BadSdp488 => "rejected_488_sdp",
     /// Calls ended because no RTP flowed for rtp_timeout_s.

@@ -194,6 +194,7 @@ pub async fn run(
         max_calls: config.sip.max_calls,
         udp_socket: 0,
         media_ip: config.media.advertised_ip,
+        max_udp_request: config.sip.max_udp_request_bytes,
     };
     let (media_tx, media_rx) = mpsc::unbounded_channel();
     let relay = dce_media::Relay::new(
@@ -265,12 +266,13 @@ pub async fn run(
         live,
         &config.routing.carriers,
         Box::new(compliance.clone()),
-        Box::new(sink),
         Arc::new(SystemClock),
+        crate::ids::Ids::os(),
         counters.clone(),
         Box::new(relay),
     );
     let mut core = Core {
+        sink: Box::new(sink),
         shared,
         edge: EdgeCore::new(
             timers,
@@ -303,6 +305,7 @@ pub async fn run(
                 max_calls_per_day: config.compliance.max_calls_per_day,
                 allow_on_error: config.compliance.on_lookup_error
                     == crate::config::OnLookupError::AllowAndFlag,
+                deadline: config.storage.redis_timeout,
             }));
     }
     let (api_tx, api_rx) = mpsc::unbounded_channel();
@@ -412,6 +415,8 @@ type ReloadDone = (Result<Reloaded, Vec<String>>, Option<ReloadReply>);
 
 struct Core {
     edge: EdgeCore,
+    /// Where CDRs go (the database writer, and the JSON-lines copy).
+    sink: Box<dyn crate::call::cdr::CdrSink>,
     counters: Arc<Counters>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
@@ -447,7 +452,8 @@ impl Core {
     fn end_calls(&mut self) -> Instant {
         let active = self.edge.calls().active_calls();
         tracing::info!(active_calls = active, "shutting down: ending active calls");
-        self.edge.shutdown(Instant::now());
+        self.edge
+            .handle_input(crate::edge::Input::Shutdown, Instant::now());
         // With calls ended by BYE, give the BYEs time to be answered.
         let busy = active > 0 || self.edge.calls().pending_cdrs() > 0;
         Instant::now()
@@ -514,6 +520,7 @@ impl Core {
                     max_calls_per_day: max,
                     allow_on_error: cfg.compliance.on_lookup_error
                         == crate::config::OnLookupError::AllowAndFlag,
+                    deadline: cfg.storage.redis_timeout,
                 }));
         }
         self.edge
@@ -551,7 +558,7 @@ impl Core {
         // While draining, a second SIGTERM (or Ctrl-C) cuts the drain short.
         let mut again: Option<tokio::signal::unix::Signal> = None;
         let (verdict_tx, mut verdicts) =
-            mpsc::unbounded_channel::<(u64, crate::call::RemoteResult)>();
+            mpsc::unbounded_channel::<(crate::call::LookupId, crate::call::Answer)>();
         // When the message being processed was read from its socket (for the INVITE delay).
         let mut rx_at: Option<Instant> = None;
         loop {
@@ -567,6 +574,7 @@ impl Core {
                 if Instant::now() >= deadline || idle {
                     // Whatever still waits for a media report is written without it.
                     self.edge.calls().flush_cdrs();
+                    self.drain_outputs(&verdict_tx, None).await;
                     return;
                 }
             }
@@ -596,8 +604,8 @@ impl Core {
                     again = None;
                     stopping = Some(self.end_calls());
                 }
-                Some(ev) = media.recv() => self.edge.on_media_event(ev, Instant::now()),
-                Some((token, result)) = verdicts.recv() => self.edge.on_remote_verdict(token, result, Instant::now()),
+                Some(ev) = media.recv() => self.edge.handle_input(crate::edge::Input::Media(ev), Instant::now()),
+                Some((id, answer)) = verdicts.recv() => self.edge.handle_input(crate::edge::Input::Lookup { id, answer }, Instant::now()),
                                 _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.start_reload(reload_tx.clone(), None),
                 Some(req) = api.recv() => self.on_api(req, &reload_tx),
                 Some(done) = reloaded.recv() => self.finish_reload(done),
@@ -609,7 +617,7 @@ impl Core {
                         self.tcp.remove(&conn);
                     }
                     Some(Inbound::Message { bytes, from, at }) => {
-                        self.edge.on_bytes(bytes, from, Instant::now());
+                        self.edge.handle_input(crate::edge::Input::Bytes { bytes, from }, Instant::now());
                         rx_at = Some(at);
                     }
                     None => return,
@@ -627,31 +635,50 @@ impl Core {
                     }
                 }
             }
-            while let Some(check) = self.edge.poll_remote_check() {
-                match &self.shared {
-                    Some(shared) => {
-                        let (shared, tx) = (shared.clone(), verdict_tx.clone());
-                        tokio::spawn(async move {
-                            let r = shared.check(&check).await;
-                            let _ = tx.send((check.token, r));
-                        });
-                    }
-                    None => {
-                        let _ = verdict_tx.send((
-                            check.token,
-                            crate::call::RemoteResult::Error("no Redis".into()),
-                        ));
-                    }
-                }
-            }
-            while let Some(t) = self.edge.poll_transmit() {
-                let invite = t.bytes.starts_with(b"INVITE ");
-                self.send(t.to, t.bytes).await;
-                if let (true, Some(at)) = (invite, rx_at) {
-                    self.latency.record(at.elapsed());
-                }
-            }
+            self.drain_outputs(&verdict_tx, rx_at).await;
             rx_at = None;
+        }
+    }
+
+    /// Carry out everything the core asked for: sends, CDRs, lookups. `rx_at` is when the
+    /// message being handled was read (for the INVITE-in → INVITE-out delay).
+    async fn drain_outputs(
+        &mut self,
+        answers: &mpsc::UnboundedSender<(crate::call::LookupId, crate::call::Answer)>,
+        rx_at: Option<Instant>,
+    ) {
+        while let Some(out) = self.edge.poll_output() {
+            match out {
+                crate::edge::Output::Transmit(t) => {
+                    let invite = t.bytes.starts_with(b"INVITE ");
+                    self.send(t.to, t.bytes).await;
+                    if let (true, Some(at)) = (invite, rx_at) {
+                        self.latency.record(at.elapsed());
+                    }
+                }
+                crate::edge::Output::Cdr(cdr) => self.sink.emit(*cdr),
+                crate::edge::Output::Lookup(req) => {
+                    let crate::call::Query::Shared(check) = req.query;
+                    let tx = answers.clone();
+                    match &self.shared {
+                        Some(shared) => {
+                            let shared = shared.clone();
+                            tokio::spawn(async move {
+                                let r = shared.check(&check).await;
+                                let _ = tx.send((req.id, crate::call::Answer::Shared(r)));
+                            });
+                        }
+                        None => {
+                            let _ = tx.send((
+                                req.id,
+                                crate::call::Answer::Shared(crate::call::RemoteResult::Error(
+                                    "no Redis".into(),
+                                )),
+                            ));
+                        }
+                    }
+                }
+            }
         }
     }
 

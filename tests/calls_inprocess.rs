@@ -273,7 +273,8 @@ fn unknown_number_gets_404() {
     .push(HeaderName::To, "<sip:+18005559999@127.0.0.1>")
     .push(HeaderName::CallId, "nocampaign")
     .push(HeaderName::CSeq, "1 INVITE");
-    sim.core.on_bytes(
+    support::feed(
+        &mut sim.core,
         m.print(),
         dce_sip::transaction::Peer {
             transport: dce_sip::transaction::Transport::Udp,
@@ -283,7 +284,7 @@ fn unknown_number_gets_404() {
         sim.now,
     );
     let mut codes = Vec::new();
-    while let Some(t) = sim.core.poll_transmit() {
+    while let Some(t) = support::next_transmit(&mut sim.core) {
         if let Ok(r) = dce_sip::parse(t.bytes) {
             if r.call_id() == "nocampaign" {
                 codes.extend(r.code());
@@ -941,6 +942,7 @@ fn shared_sim(allow_on_error: bool) -> Sim {
     sim.core.calls().set_shared(Some(dce::call::SharedChecks {
         max_calls_per_day: 2,
         allow_on_error,
+        deadline: Duration::from_secs(1),
     }));
     sim
 }

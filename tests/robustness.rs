@@ -179,12 +179,12 @@ fn hundred_thousand_mutations_never_panic_and_every_answer_is_framed() {
             addr: "127.0.0.9:40000".parse().unwrap(),
             conn: Some(1),
         };
-        core.on_bytes(Bytes::from(msg), from, now);
+        support::feed(&mut core, Bytes::from(msg), from, now);
         if i % 500 == 0 {
             now += Duration::from_millis(700);
             core.handle_timeout(now);
         }
-        while let Some(t) = core.poll_transmit() {
+        while let Some(t) = support::next_transmit(&mut core) {
             sent += 1;
             assert!(
                 t.to.addr.ip().is_loopback(),
@@ -206,7 +206,7 @@ fn hundred_thousand_mutations_never_panic_and_every_answer_is_framed() {
     // let every transaction run out
     now += Duration::from_secs(120);
     core.handle_timeout(now);
-    while core.poll_transmit().is_some() {}
+    while support::next_transmit(&mut core).is_some() {}
     assert_eq!(core.poll_timeout(), None, "all transactions ended");
     eprintln!("{sent} answers; counters: {}", counters.report());
     assert!(sent > 1000, "the mutations exercised the answer paths");

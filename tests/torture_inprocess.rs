@@ -27,10 +27,10 @@ fn answer(
         addr: "127.0.0.7:40000".parse().unwrap(),
         conn: Some(0),
     };
-    core.on_bytes(Bytes::copy_from_slice(wire), from, now);
+    support::feed(core, Bytes::copy_from_slice(wire), from, now);
     let mut result = Expect::Silence;
     let mut dests = Vec::new();
-    while let Some(t) = core.poll_transmit() {
+    while let Some(t) = support::next_transmit(core) {
         dests.push(t.to);
         if let Some(code) = status_code(&t.bytes) {
             if code >= 200 {
@@ -142,8 +142,8 @@ fn answers_carry_received_rport_and_a_to_tag() {
         conn: Some(0),
     };
     let req = "OPTIONS sip:127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1:5070;branch=z9hG4bKz;rport\r\nVia: SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKy\r\nFrom: <sip:p@x>;tag=1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: abc\r\nCSeq: 7 OPTIONS\r\nContent-Length: 0\r\n\r\n";
-    core.on_bytes(Bytes::from(req), from, Instant::now());
-    let t = core.poll_transmit().expect("an answer");
+    support::feed(&mut core, Bytes::from(req), from, Instant::now());
+    let t = support::next_transmit(&mut core).expect("an answer");
     let resp = dce_sip::parse(t.bytes).expect("our answer parses");
     assert_eq!(resp.code(), Some(200));
     assert_eq!(resp.vias().len(), 2);

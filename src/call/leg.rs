@@ -3,7 +3,6 @@
 //! gets its own Call-ID, tags, Via and Contact; nothing of the carrier's headers is copied but
 //! the body and its Content-Type.
 
-use crate::ids;
 use dce_sip::{HeaderName, Message, MessageBuf, Method};
 
 /// What DCE puts in Via and Contact.
@@ -28,10 +27,11 @@ impl Me {
         )
     }
 
-    /// A request with DCE's Via (fresh branch) and Max-Forwards.
-    pub fn request(&self, method: Method, uri: &str, max_forwards: u8) -> MessageBuf {
+    /// A request with DCE's Via (with `branch`, fresh from the core's [`crate::ids::Ids`]) and
+    /// Max-Forwards.
+    pub fn request(&self, method: Method, uri: &str, max_forwards: u8, branch: &str) -> MessageBuf {
         let mut m = MessageBuf::request(method, uri);
-        m.push(HeaderName::Via, self.via(&ids::branch()));
+        m.push(HeaderName::Via, self.via(branch));
         m.push(HeaderName::MaxForwards, max_forwards.to_string());
         m
     }
@@ -56,9 +56,9 @@ pub struct Dialog {
 
 impl Dialog {
     /// A new in-dialog request (BYE, relayed INFO/UPDATE/re-INVITE…).
-    pub fn request(&mut self, me: &Me, method: Method) -> MessageBuf {
+    pub fn request(&mut self, me: &Me, method: Method, branch: &str) -> MessageBuf {
         self.cseq += 1;
-        let mut m = me.request(method.clone(), &self.remote_target, 70);
+        let mut m = me.request(method.clone(), &self.remote_target, 70, branch);
         m.push(HeaderName::From, self.local.clone())
             .push(HeaderName::To, self.remote.clone())
             .push(HeaderName::CallId, self.call_id.clone())
@@ -72,8 +72,8 @@ impl Dialog {
 
 /// The ACK for a 2xx to our INVITE (RFC 3261 §13.2.2.4): a new transaction, to the remote
 /// target, with the INVITE's CSeq number.
-pub fn ack_for_2xx(me: &Me, dialog: &Dialog, invite_cseq: u32) -> MessageBuf {
-    let mut m = me.request(Method::Ack, &dialog.remote_target, 70);
+pub fn ack_for_2xx(me: &Me, dialog: &Dialog, invite_cseq: u32, branch: &str) -> MessageBuf {
+    let mut m = me.request(Method::Ack, &dialog.remote_target, 70, branch);
     m.push(HeaderName::From, dialog.local.clone())
         .push(HeaderName::To, dialog.remote.clone())
         .push(HeaderName::CallId, dialog.call_id.clone())
@@ -145,4 +145,54 @@ pub fn route_set(msg: &Message, reverse: bool) -> Vec<String> {
 /// The Contact URI of a message (without brackets), if any.
 pub fn contact_uri(msg: &Message) -> Option<String> {
     msg.contact().map(|c| c.uri.raw.clone())
+}
+
+/// Put `body` (content type and bytes) into `m`.
+pub fn push_body(m: &mut MessageBuf, body: super::state::Body) {
+    if let Some((ct, b)) = body {
+        m.push(HeaderName::ContentType, ct);
+        m.body = b;
+    }
+}
+
+/// `s` as a SIP URI user part (RFC 3261 §25.1 `user`): unreserved and user-unreserved
+/// characters as they are, everything else percent-escaped, so nothing a carrier sent can
+/// break out of the URI or the header it is written into.
+pub fn sip_user(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        let keep = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'_'
+                    | b'.'
+                    | b'!'
+                    | b'~'
+                    | b'*'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'&'
+                    | b'='
+                    | b'+'
+                    | b'$'
+                    | b','
+            );
+        if keep {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sip_user_escapes_what_could_break_out() {
+        assert_eq!(super::sip_user("13105551234"), "13105551234");
+        assert_eq!(super::sip_user("+1 (310)"), "+1%20(310)");
+        assert_eq!(super::sip_user("a>b\r\nX: y@z"), "a%3Eb%0D%0AX%3A%20y%40z");
+    }
 }

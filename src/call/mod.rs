@@ -1,27 +1,47 @@
 //! The B2BUA call controller: routes each carrier INVITE to buyers in auction order.
 //!
-//! ## Layout
+//! ## Layout (the call path, in order; see `docs/architecture.md`)
 //!
 //! | file | what it owns |
 //! |---|---|
-//! | `controller.rs` | [`Controller`]: calls, their two legs, ring tree, mirroring, bookkeeping, CDRs |
+//! | `controller.rs` | [`Controller`]: the call table, the router, the timer index, outputs; dispatch |
+//! | `state.rs` | one call: its state, leg states, timer table, pending lookups |
+//! | `router.rs` | (Call-ID, our tag) → (call, leg); transactions → what they are for; orphans |
+//! | `admit.rs` | overload, carrier, rate, campaign, compliance, auction; lookups; refusals |
+//! | `lookup.rs` | lookup requests and answers under a deadline (the fleet-wide check) |
+//! | `ring.rs` | the ring tree: buyer INVITEs, failover, ring timeout, CANCEL, the answer |
+//! | `mirror.rs` | in-dialog requests (peer and leg checked), ACKs, 2xx retransmission, SDP |
+//! | `end.rs` | every end path, bookkeeping, the CDR, the media report; API views |
+//! | `vocab.rs` | outcomes, dispositions, end reasons, verdicts as enums |
 //! | `leg.rs` | building each leg's messages (topology hiding lives here) |
 //! | `carrier.rs` | carriers by source address, calls-per-second limiters |
 //! | `cdr.rs` | the CDR record, the sink trait, the JSON-lines sink |
+//! | `view.rs` | what the API shows of calls and buyers |
 //!
-//! Life of a call (DESIGN.md): identify the carrier by source (`403`), rate-limit it (`503`),
-//! find the campaign by the dialled number (`404`), ask [`Compliance`] (`603`), run the auction
-//! (`480` when nobody is eligible), ring the best buyer with a fresh INVITE, fall back to the
-//! next on a failure, timeout or ring timeout (`480` when all fail), mirror the dialog once
-//! answered, and write one CDR when it ends.
+//! Life of a call: identify the carrier by source (`403`), rate-limit it (`503`), find the
+//! campaign by the dialled number (`404`), ask [`Compliance`] (`603`), run the auction (`480`
+//! when nobody is eligible); the call exists from here, in `Checking` while its lookups (the
+//! fleet-wide check) are out under a deadline; then it rings the best buyer with a fresh
+//! INVITE, falls back to the next on a failure, timeout or ring timeout (`480` when all fail),
+//! mirrors the dialog once answered, and writes one CDR when it ends.
 
+mod admit;
 pub mod carrier;
 pub mod cdr;
 mod controller;
+mod end;
 pub mod leg;
+pub mod lookup;
+mod mirror;
+mod ring;
+pub mod router;
+pub mod state;
 pub mod view;
+pub mod vocab;
 
-pub use controller::{Controller, RemoteCheck, RemoteResult, Settings, SharedChecks};
+pub use admit::{caller_of, MAX_CALLER};
+pub use controller::{Controller, Held, Output, Settings, SharedChecks};
+pub use lookup::{Answer, LookupId, LookupRequest, Query, RemoteCheck, RemoteResult};
 
 /// What the compliance check is told about a call.
 #[derive(Debug, Clone)]

@@ -19,7 +19,8 @@ pub struct CallView {
     pub caller: String,
     /// Dialled number, E.164 digits.
     pub called: String,
-    /// `ringing`, `answered` (awaiting the carrier's ACK) or `connected`.
+    /// `checking` (waiting for fleet-wide lookups), `ringing`, `answered` (awaiting the
+    /// carrier's ACK) or `connected`.
     pub state: String,
     /// Seconds since the INVITE arrived.
     pub age_s: f64,
@@ -79,6 +80,38 @@ pub struct BuyerView {
     pub spend_today_cents: u64,
     /// `daily_budget_cents` (0 = none).
     pub daily_budget_cents: u64,
+}
+
+/// Buyer `i` of `snap` with its live state at `now`.
+pub fn buyer_view(
+    snap: &dce_routing::Snapshot,
+    i: usize,
+    now: chrono::DateTime<chrono::Utc>,
+) -> BuyerView {
+    let b = &snap.buyers()[i];
+    let live = snap.live(i as dce_routing::BuyerId);
+    let (hk, dk) = dce_routing::local_keys(b.tz(), now);
+    let bid_override = live.bid_override();
+    BuyerView {
+        id: b.id.clone(),
+        campaigns: b
+            .campaigns
+            .iter()
+            .map(|c| snap.campaign(*c).id.clone())
+            .collect(),
+        bid_cents: bid_override.unwrap_or(b.bid_cents),
+        config_bid_cents: b.bid_cents,
+        bid_override: bid_override.is_some(),
+        paused: live.paused(),
+        active_calls: live.active(),
+        max_concurrent: b.max_concurrent,
+        answered_this_hour: live.answered_in_hour(hk),
+        hourly_cap: b.hourly_cap,
+        answered_today: live.answered_on_day(dk),
+        daily_cap: b.daily_cap,
+        spend_today_cents: live.spend_on_day(dk),
+        daily_budget_cents: b.daily_budget_cents,
+    }
 }
 
 /// `PATCH /v1/buyers/{id}`: every field is optional; what is present is changed.

@@ -246,6 +246,8 @@ pub struct SipConfig {
     pub max_attempts: u32,
     /// Calls at once; more get 503.
     pub max_calls: usize,
+    /// Largest request sent to a buyer over UDP (RFC 3261 §18.1.1).
+    pub max_udp_request_bytes: usize,
 }
 
 /// Defaults for the optional `[sip]` keys.
@@ -266,6 +268,8 @@ pub mod defaults {
     pub const MAX_ATTEMPTS: i64 = 3;
     /// Calls at once.
     pub const MAX_CALLS: i64 = 10_000;
+    /// RFC 3261 §18.1.1: over 1300 bytes (path MTU unknown) a request must not go over UDP.
+    pub const MAX_UDP_REQUEST_BYTES: i64 = 1300;
 }
 
 pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
@@ -446,6 +450,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             "ring_timeout_s",
             "max_attempts",
             "max_calls",
+            "max_udp_request_bytes",
         ],
     );
     // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
@@ -507,6 +512,12 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
     let ring_timeout = int("ring_timeout_s", 1, 600, defaults::RING_TIMEOUT_S) as u64;
     let max_attempts = int("max_attempts", 1, 20, defaults::MAX_ATTEMPTS) as u32;
     let max_calls = int("max_calls", 1, 1_000_000, defaults::MAX_CALLS) as usize;
+    let max_udp_request_bytes = int(
+        "max_udp_request_bytes",
+        512,
+        65_535,
+        defaults::MAX_UDP_REQUEST_BYTES,
+    ) as usize;
     Some(SipConfig {
         listen,
         advertised_host,
@@ -518,6 +529,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         ring_timeout: Duration::from_secs(ring_timeout),
         max_attempts,
         max_calls,
+        max_udp_request_bytes,
     })
 }
 

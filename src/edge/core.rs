@@ -1,9 +1,12 @@
-//! [`EdgeCore`]: the sans-IO heart of the process.
+//! [`EdgeCore`]: the sans-IO heart of the process, behind one input/output contract (as
+//! str0m's): feed an [`Input`] (bytes from the network, a lookup's answer, a media report)
+//! or a timeout, then drain [`EdgeCore::poll_output`] (bytes to send, CDRs, lookups to run)
+//! and sleep until [`EdgeCore::poll_timeout`]. No clock, no RNG, no sockets inside: the
+//! driver passes `now` and gave the controller its wall clock and id generator.
 
 use super::policy::{decide, Decision, Local};
-use crate::call::Controller;
+use crate::call::{Answer, Controller, LookupId, Output};
 use crate::counters::{Counter, Counters};
-use crate::ids;
 use bytes::Bytes;
 use dce_sip::build::reason_phrase;
 use dce_sip::transaction::{Event, Peer, TimerConfig, TransactionLayer, Transmit, TxId};
@@ -11,6 +14,29 @@ use dce_sip::{HeaderName, Message, MessageBuf, Method, ParseError, ParseFailure}
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
+
+/// What the driver feeds the core.
+#[derive(Debug)]
+pub enum Input {
+    /// One datagram, or one framed stream message, from `from`.
+    Bytes {
+        /// The bytes.
+        bytes: Bytes,
+        /// Who sent them.
+        from: Peer,
+    },
+    /// The answer to a lookup the core asked for ([`Output::Lookup`]).
+    Lookup {
+        /// The request's id.
+        id: LookupId,
+        /// What was found.
+        answer: Answer,
+    },
+    /// The media relay reported something.
+    Media(dce_media::MediaEvent),
+    /// Stop taking calls and end the ones in progress (shutdown).
+    Shutdown,
+}
 
 /// Parses what arrives, runs the transaction layer, answers at the edge.
 pub struct EdgeCore {
@@ -48,33 +74,35 @@ impl EdgeCore {
         &mut self.calls
     }
 
-    /// A fleet-wide compliance check to run (Redis), for the driver.
-    pub fn poll_remote_check(&mut self) -> Option<crate::call::RemoteCheck> {
-        self.calls.poll_remote_check()
+    /// Transactions the layer holds (leak checks).
+    pub fn transactions(&self) -> usize {
+        self.layer.len()
     }
 
-    /// The result of a fleet-wide compliance check.
-    pub fn on_remote_verdict(
-        &mut self,
-        token: u64,
-        result: crate::call::RemoteResult,
-        now: Instant,
-    ) {
-        self.calls
-            .on_remote_verdict(&mut self.layer, token, result, now);
-        self.process(now);
+    /// The live transactions, for a leak report.
+    pub fn transactions_live(
+        &self,
+    ) -> Vec<(
+        dce_sip::transaction::TxId,
+        dce_sip::transaction::Kind,
+        dce_sip::transaction::State,
+    )> {
+        self.layer.live()
     }
 
-    /// The media relay reported something.
-    pub fn on_media_event(&mut self, ev: dce_media::MediaEvent, now: Instant) {
-        self.calls.on_media_event(&mut self.layer, ev, now);
-        self.process(now);
-    }
-
-    /// Stop taking calls and end the ones in progress (shutdown).
-    pub fn shutdown(&mut self, now: Instant) {
-        self.calls.stop_accepting();
-        self.calls.end_all(&mut self.layer, now);
+    /// Feed one input.
+    pub fn handle_input(&mut self, input: Input, now: Instant) {
+        match input {
+            Input::Bytes { bytes, from } => self.on_bytes(bytes, from, now),
+            Input::Lookup { id, answer } => {
+                self.calls.on_lookup(&mut self.layer, id, answer, now);
+            }
+            Input::Media(ev) => self.calls.on_media_event(&mut self.layer, ev, now),
+            Input::Shutdown => {
+                self.calls.stop_accepting();
+                self.calls.end_all(&mut self.layer, now);
+            }
+        }
         self.process(now);
     }
 
@@ -84,7 +112,7 @@ impl EdgeCore {
     }
 
     /// Bytes of one datagram or framed stream message arrived from `from`.
-    pub fn on_bytes(&mut self, bytes: Bytes, from: Peer, now: Instant) {
+    fn on_bytes(&mut self, bytes: Bytes, from: Peer, now: Instant) {
         self.counters.m.sip("in", &bytes[..bytes.len().min(40)]);
         match dce_sip::parse(bytes) {
             Ok(msg) => {
@@ -97,7 +125,6 @@ impl EdgeCore {
             }
             Err(failure) => self.on_malformed(failure, from),
         }
-        self.process(now);
     }
 
     /// Fire due timers.
@@ -116,18 +143,22 @@ impl EdgeCore {
         }
     }
 
-    /// Next bytes to send.
+    /// Next output: bytes to send, a CDR, a lookup to run.
     #[must_use]
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        let t = self
-            .stateless
-            .pop_front()
-            .or_else(|| self.calls.poll_transmit())
-            .or_else(|| self.layer.poll_transmit())?;
-        self.counters
-            .m
-            .sip("out", &t.bytes[..t.bytes.len().min(40)]);
-        Some(t)
+    pub fn poll_output(&mut self) -> Option<Output> {
+        let out = match self.stateless.pop_front() {
+            Some(t) => Output::Transmit(t),
+            None => match self.calls.poll_output() {
+                Some(o) => o,
+                None => Output::Transmit(self.layer.poll_transmit()?),
+            },
+        };
+        if let Output::Transmit(t) = &out {
+            self.counters
+                .m
+                .sip("out", &t.bytes[..t.bytes.len().min(40)]);
+        }
+        Some(out)
     }
 
     /// End call `id` on an operator's request (BYE, or a final response while it rings).
@@ -175,7 +206,8 @@ impl EdgeCore {
         // A Via whose parameters are broken is echoed as it came; only a sound one is annotated.
         let annotated =
             complete.then(|| via.annotated(&from.addr.ip().to_string(), from.addr.port()));
-        let mut resp = raw.response(code, reason_phrase(code), &ids::tag(), annotated.as_deref());
+        let tag = self.calls.ids().tag();
+        let mut resp = raw.response(code, reason_phrase(code), &tag, annotated.as_deref());
         resp.push(
             HeaderName::Other("Warning".into()),
             format!("399 {} \"{}\"", self.host, error),
@@ -190,7 +222,8 @@ impl EdgeCore {
         match ev {
             Event::Request { tx, msg, from, via } => {
                 if msg.method() != Some(&Method::Cancel) && self.calls.owns_dialog(&msg) {
-                    self.calls.on_in_dialog(&mut self.layer, tx, msg, via, now);
+                    self.calls
+                        .on_in_dialog(&mut self.layer, tx, msg, from, via, now);
                     return;
                 }
                 match decide(&msg, &self.local) {
@@ -201,8 +234,8 @@ impl EdgeCore {
                     } => {
                         self.counters.inc(counter);
                         tracing::debug!(from = %from.addr, method = %msg.method().map(|m| m.as_str()).unwrap_or(""), code, "answered at the edge");
-                        let mut resp =
-                            msg.response(code, reason_phrase(code), &ids::tag(), Some(&via));
+                        let tag = self.calls.ids().tag();
+                        let mut resp = msg.response(code, reason_phrase(code), &tag, Some(&via));
                         resp.headers.extend(headers);
                         self.respond(tx, &resp, now);
                     }
@@ -214,7 +247,7 @@ impl EdgeCore {
                 }
             }
             Event::Ack { msg, from } => {
-                if !self.calls.on_ack(&msg) {
+                if !self.calls.on_ack(&msg, &from) {
                     self.counters.inc(Counter::DroppedStrayAck);
                     tracing::debug!(from = %from.addr, call_id = %msg.call_id(), "ACK for no dialog dropped");
                 }
@@ -240,7 +273,8 @@ impl EdgeCore {
         } else {
             Counter::NoDialog481
         });
-        let resp = cancel.response(code, reason_phrase(code), &ids::tag(), Some(&via));
+        let tag = self.calls.ids().tag();
+        let resp = cancel.response(code, reason_phrase(code), &tag, Some(&via));
         self.respond(tx, &resp, now);
         if let Some(inv) = invite {
             self.calls.on_cancel(&mut self.layer, inv, now);

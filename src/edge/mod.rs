@@ -13,5 +13,6 @@
 mod core;
 mod policy;
 
-pub use self::core::EdgeCore;
+pub use self::core::{EdgeCore, Input};
+pub use crate::call::Output;
 pub use policy::{decide, Decision, Local, ACCEPT, ALLOW, SUPPORTED};

@@ -337,7 +337,6 @@ fn sha256(data: &[u8]) -> [u8; 32] {
 /// An edge core with no carriers, campaigns or buyers (every INVITE is from an unknown
 /// source), CDRs dropped.
 pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge::EdgeCore {
-    use dce::call::cdr::NullSink;
     use dce::call::leg::Me;
     use dce::call::{AllowAll, Controller, Settings};
     use std::sync::Arc;
@@ -356,6 +355,7 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         max_calls: 10_000,
         udp_socket: 0,
         media_ip: "127.0.0.1".parse().unwrap(),
+        max_udp_request: 1300,
     };
     let controller = Controller::new(
         settings,
@@ -363,8 +363,8 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         live,
         &[],
         Box::new(AllowAll),
-        Box::new(NullSink),
         Arc::new(dce::clock::SystemClock),
+        dce::ids::Ids::deterministic(1),
         counters.clone(),
         Box::new(FakeMedia::default()),
     );
@@ -377,6 +377,29 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         counters,
         controller,
     )
+}
+
+/// Feed `bytes` from `from` to `core` at `now`.
+#[allow(dead_code)]
+pub fn feed(
+    core: &mut dce::edge::EdgeCore,
+    bytes: bytes::Bytes,
+    from: dce_sip::transaction::Peer,
+    now: std::time::Instant,
+) {
+    core.handle_input(dce::edge::Input::Bytes { bytes, from }, now);
+}
+
+/// The next transmit `core` has (other outputs — CDRs, lookups — are dropped: tests of the
+/// edge only).
+#[allow(dead_code)]
+pub fn next_transmit(core: &mut dce::edge::EdgeCore) -> Option<dce_sip::transaction::Transmit> {
+    loop {
+        match core.poll_output()? {
+            dce::edge::Output::Transmit(t) => return Some(t),
+            _ => continue,
+        }
+    }
 }
 
 /// What one side announced for a call's media.
@@ -397,6 +420,8 @@ pub struct FakeMedia {
     next: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// Fail `open` (port exhaustion).
     pub exhausted: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Media sessions opened and not closed (leak checks).
+    pub open: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<dce_media::MediaId>>>,
 }
 
 impl dce_media::MediaEngine for FakeMedia {
@@ -404,7 +429,9 @@ impl dce_media::MediaEngine for FakeMedia {
         if self.exhausted.load(std::sync::atomic::Ordering::Relaxed) {
             return Err(dce_media::MediaError::PortsExhausted);
         }
-        Ok(self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1)
+        let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        self.open.lock().unwrap().insert(id);
+        Ok(id)
     }
     fn ports(&self, id: dce_media::MediaId, side: dce_media::Side) -> Vec<u16> {
         let base = 20000 + (id as u16 % 1000) * 8;
@@ -429,6 +456,10 @@ impl dce_media::MediaEngine for FakeMedia {
         self.answered.lock().unwrap().push(id);
     }
     fn close(&mut self, id: dce_media::MediaId) {
+        assert!(
+            self.open.lock().unwrap().remove(&id),
+            "media {id} closed twice or never opened"
+        );
         let report = self.report.lock().unwrap().clone();
         self.events
             .lock()

@@ -104,7 +104,9 @@ pub struct Sim {
     /// Answers fleet-wide (Redis) checks as they come; `None` leaves them queued in `remote`.
     pub responder: Option<Responder>,
     /// Fleet-wide checks not answered yet.
-    pub remote: Vec<dce::call::RemoteCheck>,
+    pub remote: Vec<(dce::call::LookupId, dce::call::RemoteCheck)>,
+    /// What DCE sent to addresses that are neither the carrier nor a buyer.
+    pub strangers: Vec<(SocketAddr, Message)>,
     inbox: VecDeque<(SocketAddr, Bytes)>,
     scheduled: Vec<(Instant, Action)>,
     /// Carrier's INVITEs by Call-ID (to build CANCEL/ACK/BYE).
@@ -154,6 +156,7 @@ impl Sim {
             max_calls: cfg.sip.max_calls,
             udp_socket: 0,
             media_ip: "127.0.0.1".parse().unwrap(),
+            max_udp_request: cfg.sip.max_udp_request_bytes,
         };
         let media = super::FakeMedia::default();
         let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
@@ -166,8 +169,8 @@ impl Sim {
             live.clone(),
             &cfg.routing.carriers,
             Box::new(compliance.clone()),
-            Box::new(cdrs.clone()),
             clock.clone(),
+            dce::ids::Ids::deterministic(42),
             counters.clone(),
             Box::new(media.clone()),
         );
@@ -194,6 +197,7 @@ impl Sim {
             compliance,
             responder: None,
             remote: Vec::new(),
+            strangers: Vec::new(),
             inbox: VecDeque::new(),
             scheduled: Vec::new(),
             invites: HashMap::new(),
@@ -231,37 +235,84 @@ impl Sim {
             addr: from,
             conn: Some(0),
         };
-        self.core.on_bytes(bytes, peer, self.now);
+        self.core
+            .handle_input(dce::edge::Input::Bytes { bytes, from: peer }, self.now);
         self.collect();
     }
 
     fn collect(&mut self) {
         loop {
             let ev = self.media.events.lock().unwrap().pop_front();
-            match ev {
-                Some(ev) => self.core.on_media_event(ev, self.now),
-                None => break,
+            if let Some(ev) = ev {
+                self.core
+                    .handle_input(dce::edge::Input::Media(ev), self.now);
+                continue;
             }
-        }
-        while let Some(check) = self.core.poll_remote_check() {
-            match self.responder.as_mut() {
-                Some(answer) => {
-                    let r = answer(&check);
-                    self.core.on_remote_verdict(check.token, r, self.now);
+            let Some(out) = self.core.poll_output() else {
+                break;
+            };
+            match out {
+                dce::edge::Output::Transmit(t) => self.inbox.push_back((t.to.addr, t.bytes)),
+                dce::edge::Output::Cdr(cdr) => self.cdrs.0.lock().unwrap().push(*cdr),
+                dce::edge::Output::Lookup(req) => {
+                    let dce::call::Query::Shared(check) = req.query;
+                    match self.responder.as_mut() {
+                        Some(answer) => {
+                            let r = answer(&check);
+                            self.core.handle_input(
+                                dce::edge::Input::Lookup {
+                                    id: req.id,
+                                    answer: dce::call::Answer::Shared(r),
+                                },
+                                self.now,
+                            );
+                        }
+                        None => self.remote.push((req.id, check)),
+                    }
                 }
-                None => self.remote.push(check),
             }
-        }
-        while let Some(t) = self.core.poll_transmit() {
-            self.inbox.push_back((t.to.addr, t.bytes));
         }
     }
 
     /// Answer the oldest queued fleet-wide check.
     pub fn answer_remote(&mut self, result: dce::call::RemoteResult) {
-        let check = self.remote.remove(0);
-        self.core.on_remote_verdict(check.token, result, self.now);
+        let (id, _) = self.remote.remove(0);
+        self.core.handle_input(
+            dce::edge::Input::Lookup {
+                id,
+                answer: dce::call::Answer::Shared(result),
+            },
+            self.now,
+        );
         self.collect();
+    }
+
+    /// Assert that DCE holds nothing of any call: no transaction, call, router entry, timer,
+    /// media session or concurrency slot (run time past Timer B/F/K first).
+    pub fn assert_nothing_held(&mut self) {
+        assert_eq!(
+            self.core.transactions(),
+            0,
+            "transactions left: {:?}",
+            self.core.transactions_live()
+        );
+        let held = self.core.calls().held();
+        assert_eq!(held, dce::call::Held::default(), "controller state left");
+        assert_eq!(self.live.total_active(), 0, "concurrency slots left");
+        assert!(
+            self.media.open.lock().unwrap().is_empty(),
+            "media sessions left open"
+        );
+    }
+
+    /// Send raw bytes to DCE from `from` (a probe, an attacker).
+    pub fn send_raw(&mut self, from: SocketAddr, bytes: Bytes) {
+        self.send_to_dce(from, bytes);
+    }
+
+    /// The carrier's INVITE of `call_id`.
+    pub fn carrier_invite(&self, call_id: &str) -> MessageBuf {
+        self.invites[call_id].clone()
     }
 
     fn next_id(&mut self) -> u64 {
@@ -401,6 +452,86 @@ impl Sim {
         self.send_to_dce(addr, b.print());
     }
 
+    /// A request in buyer `port`'s dialog of `b_call_id`, sent from `from` (the buyer itself
+    /// when `None`), with an optional SDP body.
+    pub fn buyer_request(
+        &mut self,
+        port: u16,
+        b_call_id: &str,
+        method: Method,
+        from: Option<SocketAddr>,
+        sdp: Option<&str>,
+    ) {
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let c = self.buyers[&addr].calls[b_call_id].clone();
+        let n = self.next_id();
+        let target = c
+            .invite
+            .contact()
+            .map(|x| x.uri.raw.clone())
+            .unwrap_or_default();
+        let src = from.unwrap_or(addr);
+        let mut b = MessageBuf::request(method.clone(), target);
+        b.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP {src};branch=z9hG4bKbr{n};rport"),
+        )
+        .push(HeaderName::MaxForwards, "70")
+        .push(
+            HeaderName::From,
+            format!(
+                "{};tag={}",
+                c.invite.header(&HeaderName::To).unwrap(),
+                c.tag
+            ),
+        )
+        .push(HeaderName::To, c.invite.header(&HeaderName::From).unwrap())
+        .push(HeaderName::CallId, b_call_id)
+        .push(HeaderName::CSeq, format!("{} {method}", 100 + n))
+        .push(HeaderName::Contact, format!("<sip:buyer@{src}>"));
+        if let Some(sdp) = sdp {
+            b.push(HeaderName::ContentType, "application/sdp");
+            b.body = Bytes::from(sdp.to_owned());
+        }
+        self.send_to_dce(src, b.print());
+    }
+
+    /// A request from the carrier in the dialog DCE's response `code` to `call_id` set up
+    /// (180: the early dialog; 200: the confirmed one), sent from `from` (the carrier when
+    /// `None`).
+    pub fn carrier_request(
+        &mut self,
+        call_id: &str,
+        code: u16,
+        method: Method,
+        from: Option<SocketAddr>,
+    ) {
+        let resp = self.carrier[call_id]
+            .responses
+            .iter()
+            .find(|r| r.code() == Some(code))
+            .cloned()
+            .expect("that response");
+        let inv = self.invites[call_id].clone();
+        let target = resp
+            .contact()
+            .map(|c| c.uri.raw.clone())
+            .unwrap_or_default();
+        let n = self.next_id();
+        let src = from.unwrap_or(self.carrier_addr);
+        let mut b = MessageBuf::request(method.clone(), target);
+        b.push(
+            HeaderName::Via,
+            format!("SIP/2.0/UDP 10.9.9.9:5070;branch=z9hG4bKcr{n};rport"),
+        )
+        .push(HeaderName::MaxForwards, "70")
+        .push(HeaderName::From, inv.header(&HeaderName::From).unwrap())
+        .push(HeaderName::To, resp.header(&HeaderName::To).unwrap())
+        .push(HeaderName::CallId, call_id)
+        .push(HeaderName::CSeq, format!("{} {method}", 2 + n));
+        self.send_to_dce(src, b.print());
+    }
+
     /// Responses buyers received (to their own in-dialog requests), by buyer port.
     pub fn buyer_responses(&self) -> &Vec<(u16, Message)> {
         &self.buyer_responses
@@ -408,14 +539,16 @@ impl Sim {
 
     /// Shut DCE down now (end every call).
     pub fn shutdown(&mut self) {
-        self.core.shutdown(self.now);
+        self.core.handle_input(dce::edge::Input::Shutdown, self.now);
         self.collect();
     }
 
     /// The relay reports no RTP on the call with media `id`.
     pub fn rtp_timeout(&mut self, id: dce_media::MediaId) {
-        self.core
-            .on_media_event(dce_media::MediaEvent::Timeout { id }, self.now);
+        self.core.handle_input(
+            dce::edge::Input::Media(dce_media::MediaEvent::Timeout { id }),
+            self.now,
+        );
         self.collect();
     }
 
@@ -537,6 +670,7 @@ impl Sim {
     fn buyer_receives(&mut self, addr: SocketAddr, bytes: Bytes) {
         let msg = parse(bytes).expect("DCE sends parseable messages to buyers");
         let Some(buyer) = self.buyers.get_mut(&addr) else {
+            self.strangers.push((addr, msg));
             return;
         };
         let call_id = msg.call_id().to_owned();
@@ -793,5 +927,23 @@ impl ClockExt for FixedClock {
     fn now_utc_plus(&self, d: Duration) -> chrono::DateTime<Utc> {
         use dce::clock::Clock;
         self.now_utc() + chrono::Duration::from_std(d).unwrap_or_default()
+    }
+}
+
+/// Every scenario ends with the leak check: time runs past every SIP timer (Timer B/F/H/J/K/L/M
+/// are at most 64·T1), calls still up are ended (shutdown), and then DCE must hold nothing —
+/// no transaction, call, router entry, timer, media session or concurrency slot.
+impl Drop for Sim {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            return;
+        }
+        self.run_for(Duration::from_secs(70));
+        if self.core.calls().active_calls() > 0 {
+            self.shutdown();
+        }
+        // Legs abandoned late in the first stretch still wait for their Timer B.
+        self.run_for(Duration::from_secs(70));
+        self.assert_nothing_held();
     }
 }

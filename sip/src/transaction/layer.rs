@@ -183,6 +183,17 @@ impl TransactionLayer {
         self.txs.is_empty()
     }
 
+    /// Every live transaction with its kind and state (leak reports).
+    pub fn live(&self) -> Vec<(TxId, Kind, State)> {
+        let mut v: Vec<_> = self
+            .txs
+            .iter()
+            .map(|(id, t)| (*id, t.machine.kind, t.machine.state))
+            .collect();
+        v.sort_by_key(|(id, _, _)| *id);
+        v
+    }
+
     /// State of a transaction, `None` once it is gone.
     pub fn state(&self, tx: TxId) -> Option<State> {
         self.txs.get(&tx).map(|t| t.machine.state)

@@ -1,0 +1,611 @@
+//! Admission — "life of a call" up to the first ring: overload, carrier, rate, campaign,
+//! compliance, auction; then the call waits in `Checking` for its lookups (the fleet-wide
+//! check) under a deadline, and on their answers goes on to ring or is refused.
+
+use super::cdr::{BidRecord, Cdr};
+use super::controller::{Controller, Output};
+use super::leg::{contact_uri, route_set, Dialog};
+use super::lookup::{Answer, LookupId, LookupRequest, Lookups, Query, RemoteCheck, RemoteResult};
+use super::state::{ALeg, AState, Call, CallKey, CallState, LegRef, Timer, TimerTable};
+use super::vocab::{BidOutcome, ComplianceVerdict, Disposition, EndReason, RefusedBy};
+use super::Verdict;
+use crate::counters::Counter;
+use chrono::{DateTime, Utc};
+use dce_routing::{auction, normalize, state_of_number, CampaignId, Entry, Outcome, Snapshot};
+use dce_sip::build::reason_phrase;
+use dce_sip::transaction::{Peer, TransactionLayer, TxId};
+use dce_sip::{HeaderName, Message};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// The longest caller DCE keeps (CDR, logs, the buyer's From) when it is not a number.
+pub const MAX_CALLER: usize = 64;
+
+/// How DCE refuses an INVITE before ringing anyone.
+pub(super) struct Rejection {
+    pub code: u16,
+    pub extra: Vec<(HeaderName, String)>,
+    pub counter: Counter,
+    pub reason: EndReason,
+}
+
+impl Rejection {
+    pub fn new(code: u16, counter: Counter, reason: EndReason) -> Self {
+        Rejection {
+            code,
+            extra: Vec::new(),
+            counter,
+            reason,
+        }
+    }
+
+    pub fn with(mut self, name: HeaderName, value: &str) -> Self {
+        self.extra.push((name, value.to_owned()));
+        self
+    }
+
+    /// `603` naming the rule.
+    fn compliance(rule: RefusedBy) -> Self {
+        let reason = format!("SIP;cause=603;text=\"{}\"", rule.as_str());
+        Rejection::new(603, Counter::Compliance603, EndReason::Compliance)
+            .with(HeaderName::Reason, &reason)
+    }
+}
+
+/// What a refused call's CDR says.
+#[derive(Default)]
+pub(super) struct Facts {
+    pub carrier: String,
+    pub campaign: String,
+    pub caller: String,
+    pub called: String,
+    pub compliance: ComplianceVerdict,
+    pub bids: Vec<BidRecord>,
+}
+
+/// What admission hands to a new call.
+pub(super) struct Admitted {
+    snapshot: Arc<Snapshot>,
+    campaign: CampaignId,
+    entries: Vec<Entry>,
+    ranked: usize,
+    wall: DateTime<Utc>,
+}
+
+/// The user part of a URI inside a header value (`"x" <sip:user@host>;tag=…`).
+fn user_of(value: &str) -> Option<String> {
+    let na = dce_sip::NameAddr::parse(value).ok()?;
+    na.uri.user().map(dce_sip::uri::unescape)
+}
+
+/// The caller as DCE keeps it: E.164 digits when it is a number, else what was received, cut
+/// to [`MAX_CALLER`] characters (a 40,000-character From user is not worth keeping whole).
+pub fn caller_of(raw: &str) -> String {
+    match normalize(raw) {
+        Some(n) => n,
+        None => match raw.char_indices().nth(MAX_CALLER) {
+            Some((i, _)) => raw[..i].to_owned(),
+            None => raw.to_owned(),
+        },
+    }
+}
+
+/// Every auction entry with its buyer, bid and outcome (a `recorded` outcome wins).
+pub(super) fn bid_records(
+    snap: &Snapshot,
+    entries: &[Entry],
+    recorded: &[Option<BidOutcome>],
+) -> Vec<BidRecord> {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| BidRecord {
+            buyer_id: snap.buyer(e.buyer).id.clone(),
+            amount_cents: e.bid_cents,
+            outcome: recorded
+                .get(i)
+                .copied()
+                .flatten()
+                .unwrap_or(match e.outcome {
+                    Outcome::Ranked(_) => BidOutcome::Lost,
+                    Outcome::Excluded(x) => BidOutcome::Excluded(x),
+                })
+                .to_string(),
+        })
+        .collect()
+}
+
+/// Bids as events show them: before any buyer is tried, a ranked entry is `ranked` (its CDR
+/// says `lost` only once the call is over).
+pub(super) fn bids_json(bids: &[BidRecord]) -> Vec<serde_json::Value> {
+    bids.iter()
+        .map(|b| {
+            let outcome = if b.outcome == "lost" { "ranked" } else { b.outcome.as_str() };
+            serde_json::json!({ "buyer": b.buyer_id, "bid_cents": b.amount_cents, "outcome": outcome })
+        })
+        .collect()
+}
+
+impl Controller {
+    /// A new INVITE (outside any dialog) passed the edge checks.
+    pub fn on_invite(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        msg: Message,
+        from: Peer,
+        via: String,
+        now: Instant,
+    ) {
+        let ruri_user = msg
+            .request_uri()
+            .and_then(|u| u.user())
+            .map(dce_sip::uri::unescape)
+            .unwrap_or_default();
+        let called = caller_of(&ruri_user);
+        self.counters.m.call_offered();
+        let caller_raw = msg
+            .header(&HeaderName::PAssertedIdentity)
+            .and_then(|v| {
+                dce_sip::scan::split_outside(v, b',')
+                    .and_then(|l| l.first().and_then(|f| user_of(f)))
+            })
+            .or_else(|| msg.from().uri.user().map(dce_sip::uri::unescape))
+            .unwrap_or_default();
+        let mut facts = Facts {
+            caller: caller_of(&caller_raw),
+            called,
+            ..Facts::default()
+        };
+        match self.admit(from, now, &mut facts) {
+            Ok(admitted) => self.create_call(layer, tx, msg, from, via, facts, admitted, now),
+            Err(r) => self.refuse(layer, tx, &msg, &via, r, facts, None, now),
+        }
+    }
+
+    /// Refuse an INVITE with a final response and a CDR (`rejected`). `id` is the call's id
+    /// when a call object existed.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn refuse(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        msg: &Message,
+        via: &str,
+        r: Rejection,
+        facts: Facts,
+        id: Option<String>,
+        now: Instant,
+    ) {
+        self.counters.inc(r.counter);
+        let tag = self.ids.tag();
+        let mut resp = msg.response(r.code, reason_phrase(r.code), &tag, Some(via));
+        resp.headers.extend(r.extra);
+        let id = id.unwrap_or_else(|| self.ids.uuid());
+        if let Err(e) = layer.respond(tx, &resp, now) {
+            tracing::warn!(call = %id, error = %e, code = r.code, "rejection not sent");
+        }
+        let wall = self.clock.now_utc();
+        let reason = r.reason.to_string();
+        let compliance = facts.compliance.to_string();
+        tracing::info!(call = %id, carrier_call_id = %msg.call_id(), code = r.code, %reason, "call rejected");
+        self.counters.m.call_outcome(Disposition::Rejected.as_str());
+        if let ComplianceVerdict::Reject(rule) = facts.compliance {
+            self.counters.m.compliance_rejection(rule.as_str());
+        }
+        let bidders = || facts.bids.iter().map(|b| b.buyer_id.clone()).collect();
+        if !facts.bids.is_empty() {
+            self.events
+                .emit("auction.completed", &facts.campaign, bidders, || {
+                    serde_json::json!({
+                        "call_id": id,
+                        "bids": bids_json(&facts.bids),
+                        "winner": null,
+                    })
+                });
+        }
+        self.events
+            .emit("call.rejected", &facts.campaign, bidders, || {
+                serde_json::json!({
+                    "call_id": id,
+                    "carrier": facts.carrier,
+                    "caller": crate::logging::num(&facts.caller),
+                    "called": facts.called,
+                    "code": r.code,
+                    "reason": reason,
+                    "compliance": compliance,
+                })
+            });
+        self.out.push_back(Output::Cdr(Box::new(Cdr {
+            id,
+            node_id: self.settings.node_id.clone(),
+            disposition: Disposition::Rejected.as_str().into(),
+            carrier: facts.carrier,
+            campaign: facts.campaign,
+            caller: facts.caller,
+            called: facts.called,
+            carrier_call_id: msg.call_id().to_owned(),
+            buyer_id: None,
+            bid_cents: 0,
+            payout_cents: 0,
+            billable: false,
+            compliance,
+            bids: facts.bids,
+            invite_at: wall.to_rfc3339(),
+            answer_at: None,
+            end_at: wall.to_rfc3339(),
+            duration_s: 0.0,
+            hangup_by: None,
+            reason,
+            carrier_code: r.code,
+            buyer_code: None,
+            quality: None,
+        })));
+    }
+
+    /// The admission steps of "Life of a call" up to the auction: overload, carrier, rate,
+    /// campaign, compliance, eligible buyers. Fills `facts` as it goes.
+    fn admit(
+        &mut self,
+        from: Peer,
+        now: Instant,
+        facts: &mut Facts,
+    ) -> Result<Admitted, Rejection> {
+        if !self.accepting || self.calls.len() >= self.settings.max_calls {
+            let reason = if self.accepting {
+                EndReason::Overloaded
+            } else {
+                EndReason::ShuttingDown
+            };
+            return Err(
+                Rejection::new(503, Counter::Overload503, reason).with(HeaderName::RetryAfter, "5")
+            );
+        }
+        let ident = self
+            .carriers
+            .identify(from.addr.ip())
+            .map(|(c, lim)| (c.id.clone(), lim.admit(now)));
+        let Some((carrier, admitted)) = ident else {
+            return Err(Rejection::new(
+                403,
+                Counter::Invite403,
+                EndReason::UnknownSource,
+            ));
+        };
+        facts.carrier = carrier;
+        if !admitted {
+            return Err(
+                Rejection::new(503, Counter::CarrierCps503, EndReason::CarrierOverCps)
+                    .with(HeaderName::RetryAfter, "1"),
+            );
+        }
+        let snapshot = self.snapshot.clone();
+        let Some(campaign) = snapshot.campaign_for(&facts.called) else {
+            return Err(Rejection::new(
+                404,
+                Counter::NoCampaign404,
+                EndReason::NoCampaign,
+            ));
+        };
+        facts.campaign = snapshot.campaign(campaign).id.clone();
+        let wall = self.clock.now_utc();
+        let state = state_of_number(&facts.caller);
+        let c = snapshot.campaign(campaign);
+        let verdict = self.compliance.check(&super::CallFacts {
+            caller: &facts.caller,
+            called: &facts.called,
+            campaign: &facts.campaign,
+            state: state.map(|s| s.code()),
+            rules: dce_compliance::CampaignRules {
+                dnc: c.dnc,
+                tcpa_hours: c.tcpa_hours,
+                require_consent: c.require_consent,
+            },
+            now: wall,
+        });
+        match verdict {
+            Verdict::Reject(rule) => {
+                facts.compliance = ComplianceVerdict::Reject(RefusedBy::Rule(rule));
+                return Err(Rejection::compliance(RefusedBy::Rule(rule)));
+            }
+            Verdict::Allow { ran } => {
+                facts.compliance = ComplianceVerdict::Pass {
+                    ran,
+                    flagged: false,
+                };
+            }
+        }
+        let started = self.clock.instant();
+        let ranked = auction(&snapshot, campaign, state, wall, &mut self.scratch);
+        self.counters
+            .m
+            .auction(self.clock.instant().saturating_duration_since(started));
+        let entries = self.scratch.clone();
+        if ranked == 0 {
+            facts.bids = bid_records(&snapshot, &entries, &[]);
+            return Err(Rejection::new(
+                480,
+                Counter::NoBuyer480,
+                EndReason::NoEligibleBuyer,
+            ));
+        }
+        Ok(Admitted {
+            snapshot,
+            campaign,
+            entries,
+            ranked,
+            wall,
+        })
+    }
+
+    /// Admitted: the call exists from here. It waits for its lookups, if any, then rings.
+    #[allow(clippy::too_many_arguments)]
+    fn create_call(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        msg: Message,
+        from: Peer,
+        via: String,
+        facts: Facts,
+        admitted: Admitted,
+        now: Instant,
+    ) {
+        let Admitted {
+            snapshot,
+            campaign,
+            entries,
+            ranked,
+            wall,
+        } = admitted;
+        let key = self.next_key;
+        self.next_key += 1;
+        let tag = self.ids.tag();
+        let a_dialog = Dialog {
+            call_id: msg.call_id().to_owned(),
+            local: format!(
+                "{};tag={tag}",
+                msg.header(&HeaderName::To).unwrap_or_default()
+            ),
+            remote: msg.header(&HeaderName::From).unwrap_or_default().to_owned(),
+            remote_target: contact_uri(&msg).unwrap_or_else(|| msg.from().uri.raw.clone()),
+            route: route_set(&msg, false),
+            cseq: 0,
+        };
+        let id = self.ids.uuid();
+        self.router.add_server_invite(tx, key);
+        self.router
+            .add_dialog(&a_dialog.call_id, &tag, key, LegRef::A);
+        let n = entries.len();
+        let mut lookups = Lookups::default();
+        let mut requests = Vec::new();
+        if let Some(shared) = self.shared {
+            // The fleet-wide checks (internal DNC overlay, frequency) are a Redis round trip:
+            // the call waits in `Checking`, other calls go on.
+            let lid = LookupId(self.next_lookup);
+            self.next_lookup += 1;
+            let q = Query::Shared(RemoteCheck {
+                caller: facts.caller.clone(),
+                campaign: facts.campaign.clone(),
+                check_dnc: snapshot.campaign(campaign).dnc,
+                max_calls_per_day: shared.max_calls_per_day,
+            });
+            lookups.outstanding.push((lid, q.clone()));
+            requests.push(LookupRequest {
+                id: lid,
+                query: q,
+                deadline: now + shared.deadline,
+            });
+            self.router.add_lookup(lid, key);
+        }
+        let deadline = requests.first().map(|r| r.deadline);
+        self.calls.insert(
+            key,
+            Call {
+                id,
+                snapshot,
+                carrier: facts.carrier,
+                campaign,
+                caller: facts.caller,
+                called: facts.called,
+                a: ALeg {
+                    tx,
+                    invite: msg,
+                    via,
+                    peer: from,
+                    tag,
+                    dialog: a_dialog,
+                    state: AState::Proceeding,
+                },
+                legs: Vec::new(),
+                entries,
+                outcomes: vec![None; n],
+                next: 0,
+                attempts: 0,
+                state: CallState::Checking,
+                t0: now,
+                wall0: wall,
+                answered_at: None,
+                carrier_code: 100,
+                buyer_code: None,
+                pending: [None, None],
+                media: None,
+                offer_b: None,
+                held_b_ack: None,
+                compliance: facts.compliance,
+                timers: TimerTable::default(),
+                indexed: None,
+                lookups,
+            },
+        );
+        self.counters.m.set_active_calls(self.calls.len());
+        match deadline {
+            Some(at) => {
+                for r in requests {
+                    self.out.push_back(Output::Lookup(r));
+                }
+                self.arm(key, Timer::Lookups, at);
+            }
+            None => self.start_ringing(layer, key, ranked, now),
+        }
+    }
+
+    /// Every lookup of call `key` is answered (or missed): apply the answers under the
+    /// policy, then ring or refuse.
+    pub(super) fn checks_done(&mut self, layer: &mut TransactionLayer, key: CallKey, now: Instant) {
+        let allow_on_error = self.shared.is_some_and(|s| s.allow_on_error);
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.state != CallState::Checking {
+            return;
+        }
+        let max = self.shared.map(|s| s.max_calls_per_day).unwrap_or(0);
+        let mut refusal = None;
+        for a in std::mem::take(&mut call.lookups.answers) {
+            match a {
+                Answer::Shared(RemoteResult::Listed) => {
+                    refusal = Some(Rejection::compliance(RefusedBy::Rule(
+                        dce_compliance::Rule::Dnc,
+                    )));
+                    call.compliance =
+                        ComplianceVerdict::Reject(RefusedBy::Rule(dce_compliance::Rule::Dnc));
+                }
+                Answer::Shared(RemoteResult::Count(n)) if max > 0 && n > i64::from(max) => {
+                    let rule = RefusedBy::Rule(dce_compliance::Rule::TcpaFrequency);
+                    refusal = Some(Rejection::compliance(rule));
+                    call.compliance = ComplianceVerdict::Reject(rule);
+                }
+                Answer::Shared(RemoteResult::Count(_)) => {
+                    if max > 0 {
+                        call.compliance.ran("frequency");
+                    }
+                }
+                Answer::Shared(RemoteResult::Error(e)) => {
+                    self.counters.inc(Counter::LookupError);
+                    tracing::warn!(call = %call.id, carrier_call_id = %call.a.dialog.call_id, error = %e, allow = allow_on_error, "shared compliance lookup failed");
+                    if allow_on_error {
+                        call.compliance.flag();
+                    } else {
+                        call.compliance = ComplianceVerdict::Reject(RefusedBy::LookupError);
+                        refusal = Some(
+                            Rejection::new(503, Counter::Overload503, EndReason::LookupFailed)
+                                .with(HeaderName::RetryAfter, "5"),
+                        );
+                    }
+                }
+            }
+            if refusal.is_some() {
+                break;
+            }
+        }
+        match refusal {
+            Some(r) => self.refuse_call(layer, key, r, now),
+            None => {
+                let ranked = call
+                    .entries
+                    .iter()
+                    .filter(|e| matches!(e.outcome, Outcome::Ranked(_)))
+                    .count();
+                self.start_ringing(layer, key, ranked, now)
+            }
+        }
+    }
+
+    /// Refuse call `key` before any buyer rang: the final response, a `rejected` CDR, and
+    /// the call is gone.
+    pub(super) fn refuse_call(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        r: Rejection,
+        now: Instant,
+    ) {
+        let Some(call) = self.remove_call(key) else {
+            return;
+        };
+        self.forget_call_routes(&call);
+        self.counters.m.set_active_calls(self.calls.len());
+        let facts = Facts {
+            carrier: call.carrier,
+            campaign: call.snapshot.campaign(call.campaign).id.clone(),
+            caller: call.caller,
+            called: call.called,
+            compliance: call.compliance,
+            bids: Vec::new(),
+        };
+        let (tx, via) = (call.a.tx, call.a.via);
+        self.refuse(
+            layer,
+            tx,
+            &call.a.invite,
+            &via,
+            r,
+            facts,
+            Some(call.id),
+            now,
+        );
+    }
+
+    /// Checked: announce the call, anchor its media and ring the first buyer.
+    fn start_ringing(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        ranked: usize,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
+        let campaign = call.snapshot.campaign(call.campaign).id.clone();
+        tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign, caller = %crate::logging::num(&call.caller), called = %call.called, eligible = ranked, "call started");
+        if self.events.subscribers() > 0 {
+            // Built only for listeners: this is the call path.
+            let bids = bid_records(&call.snapshot, &call.entries, &[]);
+            let bidders = || bids.iter().map(|b| b.buyer_id.clone()).collect();
+            self.events.emit("call.started", &campaign, bidders, || {
+                serde_json::json!({
+                    "call_id": call.id,
+                    "carrier": call.carrier,
+                    "caller": crate::logging::num(&call.caller),
+                    "called": call.called,
+                })
+            });
+            self.events
+                .emit("auction.completed", &campaign, bidders, || {
+                    serde_json::json!({
+                        "call_id": call.id,
+                        "eligible": ranked,
+                        "bids": bids_json(&bids),
+                    })
+                });
+        }
+        // Anchor the media: the buyers get the carrier's offer pointing at DCE.
+        let inv = call.a.invite.clone();
+        match self.body_for_other_side(key, LegRef::A, &inv) {
+            Ok(body) => {
+                if let Some(c) = self.calls.get_mut(&key) {
+                    c.offer_b = body;
+                }
+            }
+            Err(e) => {
+                let (code, counter) = match e {
+                    dce_media::MediaError::PortsExhausted => (503, Counter::MediaPorts503),
+                    _ => (488, Counter::BadSdp488),
+                };
+                let call = self.call_id(key);
+                tracing::warn!(%call, error = %e, code, "cannot anchor the media of a new call");
+                self.counters.inc(counter);
+                self.respond_a(layer, key, code, None, now);
+                self.end(key, None, EndReason::Media(e.to_string()), now);
+                return;
+            }
+        }
+        if !self.try_next(layer, key, now) {
+            self.counters.inc(Counter::AllFailed480);
+            self.respond_a(layer, key, 480, None, now);
+            self.end(key, None, EndReason::NoBuyerTried, now);
+        }
+    }
+}

@@ -1,0 +1,144 @@
+//! Lookups: what a call asks of the outside world (today the fleet-wide Redis check; DNS, bid
+//! requests and certificate fetches later) without waiting inside the core.
+//!
+//! A call in `Checking` emits one [`LookupRequest`] per question, all at once, and arms one
+//! core timer (`Timer::Lookups`) at the deadline. The driver performs the I/O and feeds each
+//! [`LookupResult`] back with the request's [`LookupId`]. When every answer is in, or the
+//! deadline fires first (unanswered questions count as failed), the call goes on under the
+//! configured policy. A result for a lookup that is no longer outstanding (the call ended, the
+//! deadline passed) is ignored. Because the deadline is a core timer, simulated time sees it.
+
+use std::time::Instant;
+
+/// A lookup's id, unique per controller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LookupId(pub u64);
+
+/// The fleet-wide compliance check (Redis): one round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteCheck {
+    /// Caller, E.164 digits.
+    pub caller: String,
+    /// Campaign id.
+    pub campaign: String,
+    /// Look the caller up in the shared internal DNC.
+    pub check_dnc: bool,
+    /// Count the call against this cap (0 = do not count).
+    pub max_calls_per_day: u32,
+}
+
+/// What Redis said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RemoteResult {
+    /// The caller is on the shared internal DNC.
+    Listed,
+    /// Calls counted for this number and campaign in the window, this one included.
+    Count(i64),
+    /// Redis failed or missed the deadline.
+    Error(String),
+}
+
+/// A question for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Query {
+    /// The fleet-wide compliance check.
+    Shared(RemoteCheck),
+}
+
+/// Its answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Answer {
+    /// The fleet-wide compliance check's result.
+    Shared(RemoteResult),
+}
+
+impl Answer {
+    /// The answer a question gets when its deadline passes unanswered.
+    pub fn missed(q: &Query) -> Answer {
+        match q {
+            Query::Shared(_) => Answer::Shared(RemoteResult::Error("deadline passed".into())),
+        }
+    }
+}
+
+/// A lookup for the driver to run: hand the answer back with `id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LookupRequest {
+    /// Hand this back with the answer.
+    pub id: LookupId,
+    /// What to find out.
+    pub query: Query,
+    /// The core stops waiting at this instant; answering later is harmless but useless.
+    pub deadline: Instant,
+}
+
+/// A call's outstanding lookups and the answers so far.
+#[derive(Debug, Default)]
+pub struct Lookups {
+    /// Asked and not answered.
+    pub outstanding: Vec<(LookupId, Query)>,
+    /// Answered (or missed), in arrival order.
+    pub answers: Vec<Answer>,
+}
+
+impl Lookups {
+    /// Record the answer to `id`; false when `id` is not outstanding.
+    pub fn answer(&mut self, id: LookupId, a: Answer) -> bool {
+        match self.outstanding.iter().position(|(i, _)| *i == id) {
+            Some(i) => {
+                self.outstanding.swap_remove(i);
+                self.answers.push(a);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The deadline passed: every outstanding question counts as failed. Returns their ids.
+    pub fn expire(&mut self) -> Vec<LookupId> {
+        let ids = self.outstanding.iter().map(|(i, _)| *i).collect();
+        for (_, q) in std::mem::take(&mut self.outstanding) {
+            self.answers.push(Answer::missed(&q));
+        }
+        ids
+    }
+
+    /// Every question answered.
+    pub fn complete(&self) -> bool {
+        self.outstanding.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q() -> Query {
+        Query::Shared(RemoteCheck {
+            caller: "1".into(),
+            campaign: "c".into(),
+            check_dnc: true,
+            max_calls_per_day: 0,
+        })
+    }
+
+    #[test]
+    fn answers_and_expiry() {
+        let mut l = Lookups::default();
+        l.outstanding.push((LookupId(1), q()));
+        l.outstanding.push((LookupId(2), q()));
+        assert!(!l.answer(LookupId(9), Answer::Shared(RemoteResult::Listed)));
+        assert!(l.answer(LookupId(1), Answer::Shared(RemoteResult::Count(1))));
+        assert!(!l.complete());
+        assert_eq!(l.expire(), vec![LookupId(2)]);
+        assert!(l.complete());
+        assert_eq!(
+            l.answers,
+            vec![
+                Answer::Shared(RemoteResult::Count(1)),
+                Answer::Shared(RemoteResult::Error("deadline passed".into()))
+            ]
+        );
+        assert!(!l.answer(LookupId(2), Answer::Shared(RemoteResult::Listed)));
+    }
+}

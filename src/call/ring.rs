@@ -1,0 +1,626 @@
+//! Ringing buyers: the ring tree. One buyer leg at a time, in auction order; a failure, a
+//! timeout or a ring timeout moves on to the next; the carrier's CANCEL (or BYE on the early
+//! dialog) ends it all; a buyer's answer makes it the winner.
+
+use super::controller::Controller;
+use super::leg::{ack_for_2xx, cancel_for, contact_uri, push_body, route_set, sip_user, Dialog};
+use super::router::{Orphan, TxRole};
+use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Pending2xx, Timer};
+use super::vocab::{AttemptEnd, BidOutcome, EndReason, HangupBy};
+use crate::config::routing::target_of;
+use crate::counters::Counter;
+use dce_routing::{local_keys, Outcome};
+use dce_sip::build::reason_phrase;
+use dce_sip::transaction::{Peer, State as TxState, TransactionLayer, Transmit, Transport, TxId};
+use dce_sip::{HeaderName, Message, Method};
+use std::time::{Duration, Instant};
+
+impl Controller {
+    /// Answer the carrier's INVITE of call `key` with `code` (and `body`). A 2xx is kept and
+    /// retransmitted until its ACK (§13.3.1.4).
+    pub(super) fn respond_a(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        code: u16,
+        body: super::state::Body,
+        now: Instant,
+    ) {
+        let contact = self.settings.me.contact();
+        let t1 = self.settings.t1;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let mut resp =
+            call.a
+                .invite
+                .response(code, reason_phrase(code), &call.a.tag, Some(&call.a.via));
+        if (101..300).contains(&code) {
+            resp.push(HeaderName::Contact, contact);
+        }
+        push_body(&mut resp, body);
+        call.carrier_code = code;
+        if let Err(e) = layer.respond(call.a.tx, &resp, now) {
+            tracing::warn!(call = %call.id, error = %e, code, "response to carrier not sent");
+        }
+        if (200..300).contains(&code) {
+            call.a.state = AState::Accepted;
+            let reliable = call.a.peer.reliable();
+            call.pending[0] = Some(Pending2xx {
+                bytes: resp.print(),
+                peer: call.a.peer,
+                interval: t1,
+            });
+            if !reliable {
+                self.arm(key, Timer::Retransmit2xxA, now + t1);
+            }
+            self.arm(key, Timer::GiveUp2xxA, now + t1 * 64);
+        }
+    }
+
+    /// Start an attempt on the next ranked buyer. False when none is left.
+    pub(super) fn try_next(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        now: Instant,
+    ) -> bool {
+        let me = self.settings.me.clone();
+        let max_attempts = self.settings.max_attempts;
+        let max_udp = self.settings.max_udp_request;
+        let udp_socket = self.settings.udp_socket;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        while call.attempts < max_attempts && call.next < call.entries.len() {
+            let idx = call.next;
+            call.next += 1;
+            let entry = call.entries[idx];
+            if !matches!(entry.outcome, Outcome::Ranked(_)) {
+                continue;
+            }
+            let snap = call.snapshot.clone();
+            let buyer = snap.buyer(entry.buyer);
+            let live = snap.live(entry.buyer).clone();
+            // The ranking may be a few milliseconds old: the slot is the authority.
+            if !live.try_reserve(buyer.max_concurrent) {
+                call.outcomes[idx] =
+                    Some(BidOutcome::Excluded(dce_routing::Exclusion::Concurrency));
+                continue;
+            }
+            // Nothing of the carrier's crosses unescaped: the caller goes into the buyer's
+            // URI and From as a SIP user part, bounded (admission cut it to 64 characters).
+            let caller = sip_user(&call.caller);
+            let (uri, addr) = match target_of(&buyer.uri, &sip_user(&call.called), &caller) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::warn!(call = %call.id, buyer = %buyer.id, error = %e, "buyer target unusable");
+                    live.release();
+                    call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::BadUri));
+                    continue;
+                }
+            };
+            let tag = self.ids.tag();
+            let b_call_id = self.ids.call_id(&me.host);
+            let local = format!("<sip:{caller}@{}>;tag={tag}", me.host);
+            let mf = call
+                .a
+                .invite
+                .max_forwards()
+                .unwrap_or(70)
+                .saturating_sub(1)
+                .min(70);
+            let mut invite = me.request(Method::Invite, &uri, mf, &self.ids.branch());
+            invite
+                .push(HeaderName::From, local.clone())
+                .push(HeaderName::To, format!("<{uri}>"))
+                .push(HeaderName::CallId, b_call_id.clone())
+                .push(HeaderName::CSeq, "1 INVITE")
+                .push(HeaderName::Contact, me.contact())
+                .push(HeaderName::Allow, crate::edge::ALLOW)
+                .push(HeaderName::Other("X-DCE-Call-ID".into()), call.id.clone());
+            push_body(&mut invite, call.offer_b.clone());
+            let peer = Peer {
+                transport: Transport::Udp,
+                addr,
+                conn: Some(udp_socket),
+            };
+            let size = invite.print().len();
+            if size > max_udp {
+                // RFC 3261 §18.1.1: a request over 1300 bytes (path MTU unknown) must not go
+                // over UDP; buyer trunks are UDP, so this attempt cannot be made.
+                tracing::warn!(call = %call.id, buyer = %buyer.id, bytes = size, max = max_udp, "buyer INVITE too large for UDP; trying the next buyer");
+                self.counters.inc(Counter::TooLargeForUdp);
+                live.release();
+                call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::TooLarge));
+                continue;
+            }
+            let tx = match layer.send_request(invite.clone(), peer, now) {
+                Ok(tx) => tx,
+                Err(e) => {
+                    tracing::warn!(call = %call.id, error = %e, "buyer INVITE not sent");
+                    live.release();
+                    call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::SendFailed));
+                    continue;
+                }
+            };
+            tracing::info!(call = %call.id, buyer = %buyer.id, bid = entry.bid_cents, attempt = call.attempts + 1, target = %uri, "ringing buyer");
+            call.legs.push(BLeg {
+                entry: idx,
+                tx,
+                invite,
+                peer,
+                tag: tag.clone(),
+                dialog: Dialog {
+                    call_id: b_call_id.clone(),
+                    local,
+                    remote: format!("<{uri}>"),
+                    remote_target: uri,
+                    route: Vec::new(),
+                    cseq: 1,
+                },
+                slot: Some(live),
+                state: BState::Calling,
+            });
+            let li = call.legs.len() - 1;
+            call.state = CallState::Ringing { current: li };
+            call.attempts += 1;
+            self.router.add_client(tx, key, TxRole::Invite(li));
+            self.router.add_dialog(&b_call_id, &tag, key, LegRef::B(li));
+            let deadline = now + self.settings.ring_timeout;
+            self.arm(key, Timer::Ring, deadline);
+            return true;
+        }
+        false
+    }
+
+    /// Buyer leg `li` is over (failure, timeout, unusable answer): release what it holds and,
+    /// when it was the one ringing, move on — or fail the call when nobody is left.
+    pub(super) fn leg_failed(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        li: usize,
+        outcome: BidOutcome,
+        code: Option<u16>,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let leg = &mut call.legs[li];
+        if let Some(slot) = leg.slot.take() {
+            slot.release();
+        }
+        let given_up = matches!(leg.state, BState::CancelPending | BState::Cancelled);
+        // An abandoned leg keeps the reason it was abandoned for (ring timeout, cancel).
+        if !given_up || call.outcomes[leg.entry].is_none() {
+            call.outcomes[leg.entry] = Some(outcome);
+        }
+        // A leg given up on stays pending until its INVITE has a final response.
+        if !given_up || outcome != BidOutcome::Attempted(AttemptEnd::RingTimeout) {
+            leg.state = BState::Done;
+        }
+        if code.is_some() {
+            call.buyer_code = code;
+        }
+        if call.state != (CallState::Ringing { current: li }) {
+            return;
+        }
+        self.disarm(key, Timer::Ring);
+        if !self.try_next(layer, key, now) {
+            self.counters.inc(Counter::AllFailed480);
+            self.respond_a(layer, key, 480, None, now);
+            self.end(key, None, EndReason::EveryAttemptFailed, now);
+        }
+    }
+
+    /// Give up buyer leg `li` while it rings: CANCEL it now if it has sent a provisional,
+    /// else as soon as it does (§9.1: no CANCEL before a provisional).
+    pub(super) fn abandon(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        li: usize,
+        now: Instant,
+    ) {
+        let Some(leg) = self.calls.get_mut(&key).map(|c| &mut c.legs[li]) else {
+            return;
+        };
+        match leg.state {
+            BState::Early => {
+                leg.state = BState::Cancelled;
+                if let Ok(ctx) = layer.send_request(cancel_for(&leg.invite), leg.peer, now) {
+                    self.router.add_client(ctx, key, TxRole::Fire);
+                }
+            }
+            BState::Calling => leg.state = BState::CancelPending,
+            _ => {}
+        }
+    }
+
+    /// The current buyer did not answer in time.
+    pub(super) fn ring_timeout(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        now: Instant,
+    ) {
+        let Some(li) = self.calls.get(&key).and_then(|c| c.current()) else {
+            return;
+        };
+        tracing::info!(call = %self.call_id(key), "buyer did not answer in time");
+        self.abandon(layer, key, li, now);
+        self.leg_failed(
+            layer,
+            key,
+            li,
+            BidOutcome::Attempted(AttemptEnd::RingTimeout),
+            None,
+            now,
+        );
+    }
+
+    /// The carrier gave up on a ringing call (CANCEL, or BYE on the early dialog): 487 to its
+    /// INVITE, CANCEL to the buyer ringing, and the call ends `cancelled`.
+    pub(super) fn cancel_ringing(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        tracing::info!(call = %call.id, "carrier cancelled while ringing");
+        self.counters.inc(Counter::CallCancelled);
+        let a_tx = call.a.tx;
+        if let Some(li) = call.current() {
+            let entry = call.legs[li].entry;
+            call.outcomes[entry] = Some(BidOutcome::Attempted(AttemptEnd::Cancelled));
+            self.abandon(layer, key, li, now);
+        }
+        if layer.state(a_tx) == Some(TxState::Proceeding) {
+            self.respond_a(layer, key, 487, None, now);
+        }
+        self.end(
+            key,
+            Some(HangupBy::Carrier),
+            EndReason::CancelledByCarrier,
+            now,
+        );
+    }
+
+    /// CANCEL matched the INVITE of server transaction `invite_tx`. Returns false when that
+    /// INVITE is not a call of ours.
+    pub fn on_cancel(
+        &mut self,
+        layer: &mut TransactionLayer,
+        invite_tx: TxId,
+        now: Instant,
+    ) -> bool {
+        let Some(key) = self.router.server_invite(invite_tx) else {
+            return false;
+        };
+        let Some(state) = self.calls.get(&key).map(|c| c.state) else {
+            return false;
+        };
+        match state {
+            CallState::Checking => {
+                // Cancelled while its lookups were out: 487, and the call never rings.
+                let r = super::admit::Rejection::new(
+                    487,
+                    Counter::CallCancelled,
+                    EndReason::CancelledByCarrier,
+                );
+                self.refuse_call(layer, key, r, now);
+            }
+            CallState::Ringing { .. } => self.cancel_ringing(layer, key, now),
+            CallState::Answered { .. } | CallState::Connected { .. } => {}
+        }
+        true
+    }
+
+    /// A response on one of our client transactions.
+    pub fn on_response(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        msg: Message,
+        now: Instant,
+    ) {
+        let code = msg.code().unwrap_or(0);
+        if self.router.orphan_mut(tx).is_some() {
+            self.on_orphan_response(layer, tx, &msg, now);
+            return;
+        }
+        let (key, invite) = match self.router.client(tx) {
+            None => return,
+            Some((k, TxRole::Invite(li))) => (*k, Some(*li)),
+            Some((k, _)) => (*k, None),
+        };
+        match invite {
+            Some(li) => {
+                if code >= 300 {
+                    self.router.remove_client(tx);
+                }
+                self.on_invite_response(layer, key, li, msg, now);
+            }
+            None if code >= 200 => {
+                if let Some((_, TxRole::Relay(r))) = self.router.remove_client(tx) {
+                    self.relay_response(layer, key, &r, &msg, now);
+                }
+            }
+            None if code > 100 => self.relay_provisional(layer, key, tx, &msg, now),
+            None => {}
+        }
+    }
+
+    /// A response for the INVITE of a call that has ended: CANCEL it once it rings, ACK and
+    /// hang up a late 2xx.
+    fn on_orphan_response(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        msg: &Message,
+        now: Instant,
+    ) {
+        let code = msg.code().unwrap_or(0);
+        let me = self.settings.me.clone();
+        if code < 200 {
+            if let Some(o) = self.router.orphan_mut(tx) {
+                if code > 100 && o.cancel_pending {
+                    o.cancel_pending = false;
+                    let _ = layer.send_request(cancel_for(&o.invite), o.peer, now);
+                }
+            }
+            return;
+        }
+        let Some(mut o) = self.router.remove_orphan(tx) else {
+            return;
+        };
+        if code < 300 {
+            o.dialog.remote = msg.header(&HeaderName::To).unwrap_or_default().to_owned();
+            if let Some(c) = contact_uri(msg) {
+                o.dialog.remote_target = c;
+            }
+            o.dialog.route = route_set(msg, true);
+            let ack = ack_for_2xx(&me, &o.dialog, 1, &self.ids.branch());
+            self.transmit(Transmit {
+                to: o.peer,
+                bytes: ack.print(),
+            });
+            let bye = o.dialog.request(&me, Method::Bye, &self.ids.branch());
+            let _ = layer.send_request(bye, o.peer, now);
+        }
+    }
+
+    fn on_invite_response(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        li: usize,
+        msg: Message,
+        now: Instant,
+    ) {
+        let code = msg.code().unwrap_or(0);
+        let me = self.settings.me.clone();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let ringing = call.state == (CallState::Ringing { current: li });
+        // Late offer: the carrier's INVITE had no SDP, the buyer's 2xx carries the offer, and
+        // the answer comes in the carrier's ACK — so our ACK to the buyer waits for it.
+        let late_offer = call.offer_b.is_none() && !msg.body().is_empty();
+        let held = call.held_b_ack.is_some();
+        let leg = &mut call.legs[li];
+        match code {
+            100 => {}
+            101..=199 => match leg.state {
+                BState::CancelPending => {
+                    leg.state = BState::Cancelled;
+                    if let Ok(ctx) = layer.send_request(cancel_for(&leg.invite), leg.peer, now) {
+                        self.router.add_client(ctx, key, TxRole::Fire);
+                    }
+                }
+                BState::Calling | BState::Early => {
+                    leg.state = BState::Early;
+                    if ringing {
+                        let code = if code == 183 { 183 } else { 180 };
+                        let body = self
+                            .body_for_other_side(key, LegRef::B(li), &msg)
+                            .unwrap_or(None);
+                        self.respond_a(layer, key, code, body, now);
+                    }
+                }
+                _ => {}
+            },
+            200..=299 => {
+                if leg.state == BState::Confirmed {
+                    // A retransmitted 2xx: our ACK was lost (unless it is still held).
+                    if !held {
+                        let ack = ack_for_2xx(&me, &leg.dialog, 1, &self.ids.branch());
+                        let to = leg.peer;
+                        self.transmit(Transmit {
+                            to,
+                            bytes: ack.print(),
+                        });
+                    }
+                    return;
+                }
+                leg.dialog.remote = msg.header(&HeaderName::To).unwrap_or_default().to_owned();
+                if let Some(c) = contact_uri(&msg) {
+                    leg.dialog.remote_target = c;
+                }
+                leg.dialog.route = route_set(&msg, true);
+                let (dialog, peer) = (leg.dialog.clone(), leg.peer);
+                if !ringing {
+                    // Too late: this buyer was abandoned (or another won). ACK, then BYE.
+                    leg.state = BState::Done;
+                    if let Some(slot) = leg.slot.take() {
+                        slot.release();
+                    }
+                    let mut d = dialog;
+                    let ack = ack_for_2xx(&me, &d, 1, &self.ids.branch());
+                    let bye = d.request(&me, Method::Bye, &self.ids.branch());
+                    self.transmit(Transmit {
+                        to: peer,
+                        bytes: ack.print(),
+                    });
+                    if let Ok(btx) = layer.send_request(bye, peer, now) {
+                        self.router.add_client(btx, key, TxRole::Fire);
+                    }
+                    return;
+                }
+                leg.state = BState::Confirmed;
+                let entry = leg.entry;
+                if late_offer {
+                    call.held_b_ack = Some((dialog, peer));
+                } else {
+                    let ack = ack_for_2xx(&me, &dialog, 1, &self.ids.branch());
+                    self.transmit(Transmit {
+                        to: peer,
+                        bytes: ack.print(),
+                    });
+                }
+                self.answered(layer, key, li, entry, code, &msg, now);
+            }
+            _ => {
+                tracing::info!(call = %call.id, code, "buyer declined");
+                self.leg_failed(
+                    layer,
+                    key,
+                    li,
+                    BidOutcome::Attempted(AttemptEnd::Code(code)),
+                    Some(code),
+                    now,
+                );
+            }
+        }
+    }
+
+    /// Buyer leg `li` answered the ringing call: it wins.
+    #[allow(clippy::too_many_arguments)]
+    fn answered(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        li: usize,
+        entry: usize,
+        code: u16,
+        msg: &Message,
+        now: Instant,
+    ) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.outcomes[entry] = Some(BidOutcome::Won);
+        call.state = CallState::Answered { winner: li };
+        call.answered_at = Some(now);
+        call.buyer_code = Some(code);
+        let e = call.entries[entry];
+        let snap = call.snapshot.clone();
+        let buyer = snap.buyer(e.buyer);
+        let (hk, dk) = local_keys(buyer.tz(), call.wall(now));
+        snap.live(e.buyer).answered(hk, dk, e.bid_cents);
+        let max = Duration::from_secs(u64::from(snap.campaign(call.campaign).max_duration_s));
+        tracing::info!(call = %call.id, buyer = %buyer.id, "call answered");
+        self.counters.inc(Counter::CallAnswered);
+        let campaign = &snap.campaign(call.campaign).id;
+        self.events.emit(
+            "call.answered",
+            campaign,
+            || vec![buyer.id.clone()],
+            || {
+                serde_json::json!({
+                    "call_id": call.id,
+                    "buyer": buyer.id,
+                    "bid_cents": e.bid_cents,
+                    "ring_ms": now.saturating_duration_since(call.t0).as_millis() as u64,
+                })
+            },
+        );
+        self.disarm(key, Timer::Ring);
+        self.arm(key, Timer::MaxDuration, now + max);
+        match self.body_for_other_side(key, LegRef::B(li), msg) {
+            Ok(body) => {
+                if let Some(id) = self.calls.get(&key).and_then(|c| c.media) {
+                    self.media.answered(id);
+                }
+                self.respond_a(layer, key, 200, body, now);
+            }
+            Err(e) => {
+                // The buyer's SDP cannot be anchored: hang it up and try the next one.
+                tracing::warn!(call = %self.call_id(key), error = %e, "buyer answered with SDP DCE cannot anchor");
+                self.unanswer(layer, key, li, now);
+            }
+        }
+    }
+
+    /// Undo an answer that cannot be used (buyer SDP unusable): BYE the buyer, give back what
+    /// the answer took, and move on to the next buyer.
+    fn unanswer(&mut self, layer: &mut TransactionLayer, key: CallKey, li: usize, now: Instant) {
+        let me = self.settings.me.clone();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.state = CallState::Ringing { current: li };
+        call.answered_at = None;
+        call.held_b_ack = None;
+        let branch = self.ids.branch();
+        let leg = &mut call.legs[li];
+        let e = call.entries[leg.entry];
+        let bye = leg.dialog.request(&me, Method::Bye, &branch);
+        if let Ok(btx) = layer.send_request(bye, leg.peer, now) {
+            self.router.add_client(btx, key, TxRole::Fire);
+        }
+        let buyer = call.snapshot.buyer(e.buyer);
+        let day = local_keys(buyer.tz(), call.wall(now)).1;
+        call.snapshot.live(e.buyer).refund(day, e.bid_cents);
+        self.disarm(key, Timer::MaxDuration);
+        self.leg_failed(
+            layer,
+            key,
+            li,
+            BidOutcome::Attempted(AttemptEnd::BadSdp),
+            None,
+            now,
+        );
+    }
+
+    /// A client transaction timed out (Timer B or F).
+    pub fn on_tx_timeout(&mut self, layer: &mut TransactionLayer, tx: TxId, now: Instant) {
+        self.router.remove_orphan(tx);
+        let Some((key, role)) = self.router.remove_client(tx) else {
+            return;
+        };
+        match role {
+            TxRole::Invite(li) => self.leg_failed(
+                layer,
+                key,
+                li,
+                BidOutcome::Attempted(AttemptEnd::Timeout),
+                Some(408),
+                now,
+            ),
+            TxRole::Relay(r) => {
+                let resp = r.req.response(408, reason_phrase(408), "", Some(&r.via));
+                let _ = layer.respond(r.server_tx, &resp, now);
+            }
+            TxRole::Fire => {}
+        }
+    }
+
+    /// Keep buyer leg `leg`, still pending, after its call is gone.
+    pub(super) fn orphan(&mut self, leg: &BLeg) {
+        self.router.add_orphan(
+            leg.tx,
+            Orphan {
+                invite: leg.invite.clone(),
+                peer: leg.peer,
+                dialog: leg.dialog.clone(),
+                cancel_pending: leg.state == BState::CancelPending,
+            },
+        );
+    }
+}

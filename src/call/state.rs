@@ -1,0 +1,330 @@
+//! One call as an object: its state, its two kinds of leg with a state each, its timers, its
+//! pending lookups. Everything a call holds is here, so ending a call is dropping one value
+//! (plus the router's entries that point at it, which `Controller::end` removes).
+
+use super::leg::Dialog;
+use super::lookup::Lookups;
+use super::vocab::{BidOutcome, ComplianceVerdict};
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+use dce_media::MediaId;
+use dce_routing::{BuyerLive, CampaignId, Entry, Snapshot};
+use dce_sip::transaction::{Peer, TxId};
+use dce_sip::{Message, MessageBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A call's key in the call table.
+pub type CallKey = u64;
+
+/// A message body to send: content type and bytes.
+pub type Body = Option<(String, Bytes)>;
+
+/// Which leg of a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum LegRef {
+    /// The carrier's leg.
+    A,
+    /// Buyer leg `n` (in the order they were rung).
+    B(usize),
+}
+
+/// Where a call is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallState {
+    /// Admitted; waiting for lookups (fleet-wide checks) before any buyer is rung.
+    Checking,
+    /// Buyers are being tried; `current` is the leg ringing now.
+    Ringing {
+        /// The buyer leg being rung.
+        current: usize,
+    },
+    /// A buyer answered; the carrier has our 2xx but has not ACKed it.
+    Answered {
+        /// The winning buyer leg.
+        winner: usize,
+    },
+    /// Both legs up.
+    Connected {
+        /// The winning buyer leg.
+        winner: usize,
+    },
+}
+
+impl CallState {
+    /// The winning leg once answered.
+    pub fn winner(self) -> Option<usize> {
+        match self {
+            CallState::Answered { winner } | CallState::Connected { winner } => Some(winner),
+            _ => None,
+        }
+    }
+
+    /// The name the API shows.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallState::Checking => "checking",
+            CallState::Ringing { .. } => "ringing",
+            CallState::Answered { .. } => "answered",
+            CallState::Connected { .. } => "connected",
+        }
+    }
+}
+
+/// The carrier leg, as DCE's UAS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AState {
+    /// The INVITE is being answered (100, maybe 18x sent).
+    Proceeding,
+    /// Our 2xx is out, not yet ACKed.
+    Accepted,
+    /// ACKed: the dialog is confirmed.
+    Confirmed,
+}
+
+/// A buyer leg, as DCE's UAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BState {
+    /// INVITE sent; nothing but `100` back.
+    Calling,
+    /// A provisional (101–199) arrived.
+    Early,
+    /// Given up before any provisional: the CANCEL leaves when one arrives (§9.1).
+    CancelPending,
+    /// Given up and CANCEL sent; a late 2xx is ACKed and hung up.
+    Cancelled,
+    /// It answered (2xx): this is, or was, the winner.
+    Confirmed,
+    /// Over: a final non-2xx, a timeout, or hung up after an unusable answer.
+    Done,
+}
+
+impl BState {
+    /// Still waiting for the INVITE's final response.
+    pub fn pending(self) -> bool {
+        matches!(
+            self,
+            BState::Calling | BState::Early | BState::CancelPending | BState::Cancelled
+        )
+    }
+}
+
+/// The carrier's leg.
+#[derive(Debug)]
+pub struct ALeg {
+    /// The server INVITE transaction.
+    pub tx: TxId,
+    /// The carrier's INVITE.
+    pub invite: Message,
+    /// Its top Via as answered (rport/received filled in).
+    pub via: String,
+    /// Where it came from.
+    pub peer: Peer,
+    /// Our To tag.
+    pub tag: String,
+    /// The dialog as DCE's UAS sees it.
+    pub dialog: Dialog,
+    /// Where the leg is.
+    pub state: AState,
+}
+
+/// One buyer leg.
+#[derive(Debug)]
+pub struct BLeg {
+    /// Index of the buyer in the call's auction entries.
+    pub entry: usize,
+    /// The client INVITE transaction.
+    pub tx: TxId,
+    /// The INVITE we sent (for CANCEL).
+    pub invite: MessageBuf,
+    /// Where it goes.
+    pub peer: Peer,
+    /// Our tag on this leg.
+    pub tag: String,
+    /// The dialog as DCE's UAC sees it.
+    pub dialog: Dialog,
+    /// The buyer's concurrency slot while this leg holds it.
+    pub slot: Option<Arc<BuyerLive>>,
+    /// Where the leg is.
+    pub state: BState,
+}
+
+/// A 2xx we sent to an INVITE, retransmitted until its ACK (§13.3.1.4).
+#[derive(Debug)]
+pub struct Pending2xx {
+    /// The response as sent.
+    pub bytes: Bytes,
+    /// Where to.
+    pub peer: Peer,
+    /// The next retransmission interval.
+    pub interval: Duration,
+}
+
+/// A call's timers, as data (quinn-proto's `TimerTable`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Timer {
+    /// The current buyer's ring timeout.
+    Ring,
+    /// Retransmit our 2xx to the carrier (UDP only).
+    Retransmit2xxA,
+    /// Retransmit our 2xx to the buyer (a relayed buyer re-INVITE; UDP only).
+    Retransmit2xxB,
+    /// No ACK for our 2xx to the carrier in 64·T1.
+    GiveUp2xxA,
+    /// No ACK for our 2xx to the buyer in 64·T1.
+    GiveUp2xxB,
+    /// The campaign's `max_duration_s` after the answer.
+    MaxDuration,
+    /// The deadline of the call's outstanding lookups.
+    Lookups,
+}
+
+impl Timer {
+    /// Every timer, in table order.
+    pub const ALL: [Timer; 7] = [
+        Timer::Ring,
+        Timer::Retransmit2xxA,
+        Timer::Retransmit2xxB,
+        Timer::GiveUp2xxA,
+        Timer::GiveUp2xxB,
+        Timer::MaxDuration,
+        Timer::Lookups,
+    ];
+}
+
+/// When each of a call's timers fires (at most one deadline per timer).
+#[derive(Debug, Default, Clone)]
+pub struct TimerTable([Option<Instant>; 7]);
+
+impl TimerTable {
+    /// Arm `t` at `at` (replacing an earlier arming).
+    pub fn set(&mut self, t: Timer, at: Instant) {
+        self.0[t as usize] = Some(at);
+    }
+
+    /// Disarm `t`.
+    pub fn stop(&mut self, t: Timer) {
+        self.0[t as usize] = None;
+    }
+
+    /// When `t` fires.
+    pub fn get(&self, t: Timer) -> Option<Instant> {
+        self.0[t as usize]
+    }
+
+    /// The earliest deadline.
+    pub fn next(&self) -> Option<Instant> {
+        self.0.iter().flatten().min().copied()
+    }
+
+    /// Timers due at `now`, disarmed as they are returned.
+    pub fn take_due(&mut self, now: Instant) -> Vec<Timer> {
+        let mut due = Vec::new();
+        for t in Timer::ALL {
+            if self.0[t as usize].is_some_and(|at| at <= now) {
+                self.0[t as usize] = None;
+                due.push(t);
+            }
+        }
+        due
+    }
+
+    /// Armed timers.
+    pub fn armed(&self) -> usize {
+        self.0.iter().flatten().count()
+    }
+}
+
+/// One call.
+pub struct Call {
+    /// DCE's id (CDRs, logs, `X-DCE-Call-ID`).
+    pub id: String,
+    /// The routing snapshot it started with (a reload does not change a call in progress).
+    pub snapshot: Arc<Snapshot>,
+    /// Carrier id.
+    pub carrier: String,
+    /// Campaign.
+    pub campaign: CampaignId,
+    /// Caller, E.164 digits (as received, bounded, when not a number).
+    pub caller: String,
+    /// Called, E.164 digits.
+    pub called: String,
+    /// The carrier leg.
+    pub a: ALeg,
+    /// Buyer legs, in the order they were rung.
+    pub legs: Vec<BLeg>,
+    /// The auction's entries.
+    pub entries: Vec<Entry>,
+    /// What happened to each entry so far (`None`: its auction outcome stands).
+    pub outcomes: Vec<Option<BidOutcome>>,
+    /// Next entry to try.
+    pub next: usize,
+    /// Buyers rung so far.
+    pub attempts: u32,
+    /// Where the call is.
+    pub state: CallState,
+    /// INVITE received (monotonic).
+    pub t0: Instant,
+    /// INVITE received (wall clock).
+    pub wall0: DateTime<Utc>,
+    /// Answered at.
+    pub answered_at: Option<Instant>,
+    /// Last final code sent to the carrier (100 until then).
+    pub carrier_code: u16,
+    /// Final code of the last buyer leg.
+    pub buyer_code: Option<u16>,
+    /// Our 2xx to the carrier (`[0]`) and to the buyer (`[1]`), until ACKed.
+    pub pending: [Option<Pending2xx>; 2],
+    /// The call's media in the relay.
+    pub media: Option<MediaId>,
+    /// The carrier's offer rewritten for buyers (every attempt gets it).
+    pub offer_b: Body,
+    /// Late offer: the ACK for the buyer's 2xx waits for the carrier's ACK with the answer.
+    pub held_b_ack: Option<(Dialog, Peer)>,
+    /// The compliance verdict.
+    pub compliance: ComplianceVerdict,
+    /// Its timers.
+    pub timers: TimerTable,
+    /// What `Controller`'s timer index holds for this call (its earliest deadline).
+    pub indexed: Option<Instant>,
+    /// Lookups it waits for (state `Checking`).
+    pub lookups: Lookups,
+}
+
+impl Call {
+    /// The wall-clock time at monotonic `t`.
+    pub fn wall(&self, t: Instant) -> DateTime<Utc> {
+        self.wall0
+            + chrono::Duration::from_std(t.saturating_duration_since(self.t0)).unwrap_or_default()
+    }
+
+    /// The buyer leg ringing now, if any.
+    pub fn current(&self) -> Option<usize> {
+        match self.state {
+            CallState::Ringing { current } => Some(current),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timer_table_keeps_one_deadline_per_timer() {
+        let t0 = Instant::now();
+        let mut t = TimerTable::default();
+        assert_eq!(t.next(), None);
+        t.set(Timer::Ring, t0 + Duration::from_secs(20));
+        t.set(Timer::MaxDuration, t0 + Duration::from_secs(7200));
+        t.set(Timer::Ring, t0 + Duration::from_secs(5));
+        assert_eq!(t.armed(), 2);
+        assert_eq!(t.next(), Some(t0 + Duration::from_secs(5)));
+        assert!(t.take_due(t0 + Duration::from_secs(4)).is_empty());
+        assert_eq!(t.take_due(t0 + Duration::from_secs(5)), vec![Timer::Ring]);
+        assert_eq!(t.armed(), 1);
+        t.stop(Timer::MaxDuration);
+        assert_eq!((t.armed(), t.next()), (0, None));
+    }
+}
