@@ -137,9 +137,10 @@ impl Relay {
         }
     }
 
+    /// Take a pair from the pool and bind its RTP and RTCP sockets. A port in the range may be
+    /// taken by another process: that pair goes to the back of the pool (it is retried when its
+    /// turn comes again) and the next one is tried, rather than failing the call.
     fn bind_pair(&mut self) -> Result<(u16, std::net::UdpSocket, std::net::UdpSocket), MediaError> {
-        // A port in the range may be taken by another process: skip it (and keep it out of the
-        // pool) rather than fail the call.
         for _ in 0..self.pool.total().max(1) {
             let Some(port) = self.pool.take() else {
                 return Err(MediaError::PortsExhausted);
@@ -147,47 +148,68 @@ impl Relay {
             let rtp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port));
             let rtcp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port + 1));
             match (rtp, rtcp) {
-                (Ok(a), Ok(b)) => {
-                    self.release_tx.in_use.fetch_add(1, Ordering::Relaxed);
-                    return Ok((port, a, b));
-                }
-                _ => continue,
+                (Ok(a), Ok(b)) => return Ok((port, a, b)),
+                _ => self.pool.give(port),
             }
         }
         Err(MediaError::PortsExhausted)
     }
-}
 
-fn to_tokio(s: std::net::UdpSocket) -> Result<UdpSocket, MediaError> {
-    s.set_nonblocking(true)
-        .map_err(|e| MediaError::Bind(e.to_string()))?;
-    UdpSocket::from_std(s).map_err(|e| MediaError::Bind(e.to_string()))
-}
+    /// Bind and register every socket of `streams` streams. Every pair taken is pushed to
+    /// `taken` as soon as it is bound, so that the caller can give all of them back on error.
+    fn bind_streams(
+        &mut self,
+        streams: usize,
+        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
+        taken: &mut Vec<u16>,
+    ) -> Result<Vec<[UdpSocket; 4]>, MediaError> {
+        let mut bound = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            let (a_port, a_rtp, a_rtcp) = self.bind_pair()?;
+            taken.push(a_port);
+            let (b_port, b_rtp, b_rtcp) = self.bind_pair()?;
+            taken.push(b_port);
+            bound.push([
+                register(a_rtp)?,
+                register(a_rtcp)?,
+                register(b_rtp)?,
+                register(b_rtcp)?,
+            ]);
+        }
+        Ok(bound)
+    }
 
-impl MediaEngine for Relay {
-    fn open(&mut self, streams: usize) -> Result<MediaId, MediaError> {
+    /// [`MediaEngine::open`] with the step that registers a socket with the runtime passed in
+    /// (tests make it fail). Nothing is spawned until every port is bound and every socket
+    /// registered; on any error every pair taken goes back to the pool.
+    fn open_with(
+        &mut self,
+        streams: usize,
+        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
+    ) -> Result<MediaId, MediaError> {
         self.reclaim();
         if self.pool.available() < streams * 2 {
             return Err(MediaError::PortsExhausted);
         }
+        let mut taken = Vec::with_capacity(streams * 2);
+        let bound = match self.bind_streams(streams, register, &mut taken) {
+            Ok(b) => b,
+            Err(e) => {
+                // the sockets bound so far were closed when `bind_streams` returned
+                for p in taken {
+                    self.pool.give(p);
+                }
+                return Err(e);
+            }
+        };
+        self.release_tx
+            .in_use
+            .fetch_add(taken.len(), Ordering::Relaxed);
         let id = self.next;
         self.next += 1;
         let mut handles = Vec::with_capacity(streams);
-        for _ in 0..streams {
-            let (a_port, a_rtp, a_rtcp) = self.bind_pair()?;
-            let (b_port, b_rtp, b_rtcp) = match self.bind_pair() {
-                Ok(p) => p,
-                Err(e) => {
-                    self.pool.give(a_port);
-                    return Err(e);
-                }
-            };
-            let socks = [
-                to_tokio(a_rtp)?,
-                to_tokio(a_rtcp)?,
-                to_tokio(b_rtp)?,
-                to_tokio(b_rtcp)?,
-            ];
+        for (socks, ports) in bound.into_iter().zip(taken.chunks_exact(2)) {
+            let (a_port, b_port) = (ports[0], ports[1]);
             let (tx, rx) = mpsc::unbounded_channel();
             let (report_tx, report_rx) = oneshot::channel();
             let task = StreamTask::new(
@@ -210,6 +232,18 @@ impl MediaEngine for Relay {
         }
         self.sessions.insert(id, Session { streams: handles });
         Ok(id)
+    }
+}
+
+fn to_tokio(s: std::net::UdpSocket) -> Result<UdpSocket, MediaError> {
+    s.set_nonblocking(true)
+        .map_err(|e| MediaError::Bind(e.to_string()))?;
+    UdpSocket::from_std(s).map_err(|e| MediaError::Bind(e.to_string()))
+}
+
+impl MediaEngine for Relay {
+    fn open(&mut self, streams: usize) -> Result<MediaId, MediaError> {
+        self.open_with(streams, &mut to_tokio)
     }
 
     fn ports(&self, id: MediaId, side: Side) -> Vec<u16> {
@@ -513,5 +547,60 @@ impl TaskState {
             foreign_dropped: self.foreign,
             codec,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(port_min: u16, pairs: u16) -> Relay {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Relay::new(
+            RelayConfig {
+                bind_ip: "127.0.0.1".parse().unwrap(),
+                port_min,
+                port_max: port_min + 2 * pairs - 1,
+                rtp_timeout: Duration::from_secs(30),
+                strict_source: true,
+                latch_any_source: false,
+            },
+            tx,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_registration_gives_every_port_back() {
+        // two streams = four pairs = eight sockets; fail the registration of each in turn
+        let mut r = relay(30400, 4);
+        let gauge = r.port_gauge();
+        assert_eq!(r.available(), 4);
+        for fail_at in 1..=8 {
+            let mut calls = 0;
+            let mut register = |s: std::net::UdpSocket| {
+                calls += 1;
+                if calls == fail_at {
+                    Err(MediaError::Bind("injected".into()))
+                } else {
+                    to_tokio(s)
+                }
+            };
+            assert_eq!(
+                r.open_with(2, &mut register),
+                Err(MediaError::Bind("injected".into())),
+                "failing socket {fail_at}"
+            );
+            assert_eq!(
+                r.available(),
+                4,
+                "every pair back after failing socket {fail_at}"
+            );
+            assert_eq!(gauge.in_use(), 0, "gauge after failing socket {fail_at}");
+            assert!(r.sessions.is_empty());
+        }
+        // and the sockets were closed: the same ports bind again
+        let id = r.open(2).expect("all four pairs bind again");
+        assert_eq!((r.available(), gauge.in_use()), (0, 4));
+        r.close(id);
     }
 }

@@ -222,3 +222,33 @@ async fn silence_after_answer_is_reported() {
     }
     relay.close(id);
 }
+
+#[tokio::test]
+async fn a_second_stream_failing_gives_the_first_streams_ports_back() {
+    // exactly four pairs for a two-stream call; another process holds the last pair's RTCP port
+    let (tx, _events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(
+        RelayConfig {
+            port_max: 30507,
+            ..config(30500, 30)
+        },
+        tx,
+    );
+    let gauge = relay.port_gauge();
+    assert_eq!(relay.available(), 4);
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:30507").unwrap();
+    assert_eq!(relay.open(2), Err(dce_media::MediaError::PortsExhausted));
+    assert_eq!(
+        relay.available(),
+        4,
+        "the first stream's pairs and the busy one are back"
+    );
+    assert_eq!(gauge.in_use(), 0);
+    // the pairs really were released (their sockets closed) and the busy pair is retried
+    drop(squatter);
+    let id = relay
+        .open(2)
+        .expect("all four pairs bind once the port is free");
+    assert_eq!((relay.available(), gauge.in_use()), (0, 4));
+    relay.close(id);
+}
