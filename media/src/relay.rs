@@ -3,10 +3,19 @@
 //! on the per-packet path: control messages come in on a channel, the report goes out as an
 //! event when the stream is closed.
 //!
-//! Symmetric RTP with latching: the first packet from the address a side's SDP announced (or
-//! from anywhere with `latch_any_source`) fixes where that side sends from, and DCE sends that
-//! side's media back there. With `strict_source`, packets from any other address are dropped
-//! and counted (RTP bleed, injection).
+//! Which packets a side's sockets accept (per socket: RTP and RTCP separately):
+//!
+//! - By default only packets from the exact address *and port* that side's SDP signalled: RTP
+//!   from the m-line's port, RTCP from `a=rtcp` if present, else RTP port + 1 (the RTP port with
+//!   rtcp-mux). Anyone else — even on the signalled IP — is dropped and counted, before or after
+//!   the party's first packet, so nobody can latch a leg by spraying DCE's ports first
+//!   (the class of rtpengine's CVE-2025-53399).
+//! - With `latch_any_source` (peers behind NAT) the first packet from anywhere latches the
+//!   socket, and DCE sends that side's media there. A packet from the signalled address always
+//!   takes the latch back. After that, `strict_source` drops (and counts) packets from any other
+//!   address; without it the latch follows the latest sender.
+//!
+//! A dropped packet is never forwarded to a party nor answered.
 
 use crate::engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
 use crate::ports::PortPool;
@@ -31,9 +40,12 @@ pub struct RelayConfig {
     pub port_max: u16,
     /// No RTP either way this long after answer: report a timeout.
     pub rtp_timeout: Duration,
-    /// After latching, drop packets from other addresses.
+    /// With `latch_any_source`: once a socket is latched, drop (and count) packets from any
+    /// other address instead of moving the latch to them. Without `latch_any_source` a socket
+    /// only ever accepts the signalled address, whatever this says.
     pub strict_source: bool,
-    /// Latch to the first packet from anywhere (peer behind NAT), not only the SDP address.
+    /// Accept and latch to the first packet from anywhere (peers behind NAT), not only from the
+    /// address and port the SDP signalled.
     pub latch_any_source: bool,
 }
 
@@ -377,14 +389,7 @@ impl StreamTask {
             release,
             events,
             id,
-            st: TaskState {
-                cfg,
-                legs: [Leg::new(), Leg::new()],
-                foreign: 0,
-                answered: None,
-                last_packet: None,
-                timed_out: false,
-            },
+            st: TaskState::new(cfg),
         }
     }
 
@@ -447,10 +452,26 @@ fn is_rtcp(which: usize, pkt: &[u8]) -> bool {
     which % 2 == 1 || (pkt.len() >= 2 && (200..=204).contains(&pkt[1]))
 }
 
+/// The same transport address (an IPv4-mapped IPv6 address equals its IPv4 form).
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
 impl TaskState {
+    fn new(cfg: RelayConfig) -> TaskState {
+        TaskState {
+            cfg,
+            legs: [Leg::new(), Leg::new()],
+            foreign: 0,
+            answered: None,
+            last_packet: None,
+            timed_out: false,
+        }
+    }
+
     fn remote(&mut self, side: Side, stream: Stream) {
         let leg = &mut self.legs[if side == Side::A { A } else { B }];
-        if leg.announced.as_ref().map(|a| a.rtp) != Some(stream.rtp) {
+        if leg.announced.as_ref().map(|a| (a.rtp, a.rtcp)) != Some((stream.rtp, stream.rtcp)) {
             // a new party or address on this side: latch afresh
             leg.rtp_from = None;
             leg.rtcp_from = None;
@@ -499,32 +520,40 @@ impl TaskState {
         }
     }
 
-    /// Accept a packet from `src` on side `s`'s RTP (`rtcp` false) or RTCP socket?
-    fn admit(&mut self, s: usize, src: SocketAddr, rtcp: bool) -> bool {
+    /// Accept a packet from `src` on side `s`'s RTP socket (`rtcp_socket` false) or RTCP
+    /// socket, latching as the module doc says? A packet refused is counted.
+    fn admit(&mut self, s: usize, src: SocketAddr, rtcp_socket: bool) -> bool {
+        let (latch_any, strict) = (self.cfg.latch_any_source, self.cfg.strict_source);
         let leg = &mut self.legs[s];
-        let latched = if rtcp { leg.rtcp_from } else { leg.rtp_from };
-        match latched {
-            Some(l) if l == src => true,
-            Some(_) if self.cfg.strict_source => {
-                self.foreign += 1;
-                false
-            }
-            _ => {
-                let announced_ip = leg.announced.as_ref().and_then(|a| a.rtp).map(|a| a.ip());
-                if self.cfg.latch_any_source || announced_ip == Some(src.ip()) || latched.is_some()
-                {
-                    if rtcp {
-                        leg.rtcp_from = Some(src);
-                    } else {
-                        leg.rtp_from = Some(src);
-                    }
+        let signalled = leg
+            .announced
+            .as_ref()
+            .and_then(|a| if rtcp_socket { a.rtcp } else { a.rtp });
+        let latched = if rtcp_socket {
+            &mut leg.rtcp_from
+        } else {
+            &mut leg.rtp_from
+        };
+        let accept = if signalled.is_some_and(|sig| same_addr(sig, src)) {
+            // the signalled address is always good, and takes the latch back
+            *latched = Some(src);
+            true
+        } else if !latch_any {
+            false
+        } else {
+            match *latched {
+                Some(l) if same_addr(l, src) => true,
+                Some(_) if strict => false,
+                _ => {
+                    *latched = Some(src);
                     true
-                } else {
-                    self.foreign += 1;
-                    false
                 }
             }
+        };
+        if !accept {
+            self.foreign += 1;
         }
+        accept
     }
 
     fn report(&self) -> MediaReport {
@@ -602,5 +631,140 @@ mod tests {
         let id = r.open(2).expect("all four pairs bind again");
         assert_eq!((r.available(), gauge.in_use()), (0, 4));
         r.close(id);
+    }
+
+    fn cfg(strict_source: bool, latch_any_source: bool) -> RelayConfig {
+        RelayConfig {
+            bind_ip: "127.0.0.1".parse().unwrap(),
+            port_min: 30400,
+            port_max: 30499,
+            rtp_timeout: Duration::from_secs(30),
+            strict_source,
+            latch_any_source,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn stream(rtp: &str, rtcp: &str) -> Stream {
+        Stream {
+            kind: "audio".into(),
+            rtp: Some(addr(rtp)),
+            rtcp: Some(addr(rtcp)),
+            rtcp_mux: false,
+            codec: Some("PCMU".into()),
+            clock_rate: 8000,
+        }
+    }
+
+    /// A relay's stream state with the carrier at 10.0.0.1:4000 (RTCP at `a_rtcp`) and the
+    /// buyer at 10.0.0.2:5000/5001.
+    fn state(strict: bool, latch_any: bool, a_rtcp: &str) -> TaskState {
+        let mut st = TaskState::new(cfg(strict, latch_any));
+        st.remote(Side::A, stream("10.0.0.1:4000", a_rtcp));
+        st.remote(Side::B, stream("10.0.0.2:5000", "10.0.0.2:5001"));
+        st
+    }
+
+    const RTP: &[u8] = &[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+    const RTCP: &[u8] = &[0x80, 201, 0, 1, 0, 0, 0, 9];
+
+    #[test]
+    fn only_the_signalled_address_and_port_is_accepted() {
+        for strict in [true, false] {
+            let mut st = state(strict, false, "10.0.0.1:4001");
+            // before the carrier sent anything: same IP, other ports, on both sockets
+            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
+            assert_eq!(
+                st.on_packet(1, RTCP, addr("10.0.0.1:4000")),
+                None,
+                "RTP port to RTCP"
+            );
+            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:9")), None);
+            assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5002")), None);
+            assert_eq!(st.on_packet(3, RTCP, addr("10.0.0.2:5003")), None);
+            assert_eq!(
+                (st.foreign, st.legs[A].rtp_from, st.legs[A].rtcp_from),
+                (5, None, None)
+            );
+            // the parties themselves
+            assert_eq!(
+                st.on_packet(0, RTP, addr("10.0.0.1:4000")),
+                Some((addr("10.0.0.2:5000"), 2))
+            );
+            assert_eq!(
+                st.on_packet(1, RTCP, addr("10.0.0.1:4001")),
+                Some((addr("10.0.0.2:5001"), 3))
+            );
+            assert_eq!(
+                st.on_packet(2, RTP, addr("10.0.0.2:5000")),
+                Some((addr("10.0.0.1:4000"), 0))
+            );
+            // after latching, the same stranger is still refused and nothing moved
+            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
+            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4002")), None);
+            assert_eq!(st.foreign, 7, "strict_source {strict}");
+            assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
+            assert_eq!(st.legs[A].rtcp_dest(), Some(addr("10.0.0.1:4001")));
+            assert_eq!(st.legs[A].stats.packets() + st.legs[B].stats.packets(), 2);
+        }
+    }
+
+    #[test]
+    fn rtcp_is_expected_where_a_rtcp_says() {
+        let mut st = state(true, false, "10.0.0.1:7000");
+        assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4001")), None);
+        assert_eq!(
+            st.on_packet(1, RTCP, addr("10.0.0.1:7000")),
+            Some((addr("10.0.0.2:5001"), 3))
+        );
+        assert_eq!(st.foreign, 1);
+    }
+
+    #[test]
+    fn latch_any_source_latches_the_first_and_the_signalled_address_takes_it_back() {
+        let mut st = state(true, true, "10.0.0.1:4001");
+        // the carrier behind NAT sends from elsewhere: latched, the buyer's media goes there
+        let nat = addr("203.0.113.9:30000");
+        assert!(st.on_packet(0, RTP, nat).is_some());
+        assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5000")), Some((nat, 0)));
+        // strict: another sender is refused
+        assert_eq!(st.on_packet(0, RTP, addr("198.51.100.7:1234")), None);
+        assert_eq!(st.legs[A].rtp_dest(), Some(nat));
+        // the signalled address takes the latch back; then the first latch is a stranger
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
+        assert_eq!(st.on_packet(0, RTP, nat), None);
+        assert_eq!(st.foreign, 2);
+        // RTCP latches on its own socket
+        assert!(st.on_packet(1, RTCP, addr("203.0.113.9:30001")).is_some());
+        assert_eq!(st.legs[A].rtcp_dest(), Some(addr("203.0.113.9:30001")));
+    }
+
+    #[test]
+    fn without_strict_source_the_any_source_latch_follows_the_latest_sender() {
+        let mut st = state(false, true, "10.0.0.1:4001");
+        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30000")).is_some());
+        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30002")).is_some());
+        assert_eq!(st.legs[A].rtp_dest(), Some(addr("203.0.113.9:30002")));
+        assert_eq!(st.foreign, 0);
+    }
+
+    #[test]
+    fn a_new_sdp_moves_the_accepted_address() {
+        let mut st = state(true, false, "10.0.0.1:4001");
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        // re-INVITE: the carrier moved to another port
+        st.remote(Side::A, stream("10.0.0.1:4100", "10.0.0.1:4101"));
+        assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4000")), None);
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4100")).is_some());
+        assert!(st.on_packet(1, RTCP, addr("10.0.0.1:4101")).is_some());
+        // an IPv4-mapped source on a dual-stack socket is the same address
+        assert!(st
+            .on_packet(0, RTP, addr("[::ffff:10.0.0.1]:4100"))
+            .is_some());
+        assert_eq!(st.foreign, 1);
     }
 }
