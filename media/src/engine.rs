@@ -55,7 +55,8 @@ pub struct MediaReport {
     pub to_carrier: u64,
     /// Packets DCE sent to the buyer.
     pub to_buyer: u64,
-    /// Packets from addresses other than the latched ones, dropped (strict source).
+    /// Packets dropped because they came from an address a socket does not accept (not the
+    /// signalled one, or not the latched one with `strict_source`).
     pub foreign_dropped: u64,
     /// Codec of the first audio stream.
     pub codec: Option<String>,

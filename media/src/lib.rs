@@ -9,9 +9,9 @@
 //! |---|---|
 //! | `sdp.rs` | offer/answer rewriting (addresses and ports only) on `sdp-types` |
 //! | `ports.rs` | the even/odd RTP/RTCP port-pair pool |
-//! | `stats.rs` | loss (RFC 3550 A.3), jitter (A.8), RTCP RR/SR, E-model MOS — pure, time passed in |
+//! | `stats.rs` | loss (RFC 3550 A.1 `update_seq`, A.3), jitter (A.8), RTCP RR/SR, E-model MOS — pure, time passed in |
 //! | `engine.rs` | [`MediaEngine`]: what the call controller asks of media, and the call report |
-//! | `relay.rs` | [`Relay`]: the tokio engine — one task per stream, latching, strict source |
+//! | `relay.rs` | [`Relay`]: the tokio engine — one task per stream, source checks and latching |
 //!
 //! The statistics are pure code; only `relay.rs` touches sockets and the clock.
 

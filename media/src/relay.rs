@@ -3,10 +3,19 @@
 //! on the per-packet path: control messages come in on a channel, the report goes out as an
 //! event when the stream is closed.
 //!
-//! Symmetric RTP with latching: the first packet from the address a side's SDP announced (or
-//! from anywhere with `latch_any_source`) fixes where that side sends from, and DCE sends that
-//! side's media back there. With `strict_source`, packets from any other address are dropped
-//! and counted (RTP bleed, injection).
+//! Which packets a side's sockets accept (per socket: RTP and RTCP separately):
+//!
+//! - By default only packets from the exact address *and port* that side's SDP signalled: RTP
+//!   from the m-line's port, RTCP from `a=rtcp` if present, else RTP port + 1 (the RTP port with
+//!   rtcp-mux). Anyone else — even on the signalled IP — is dropped and counted, before or after
+//!   the party's first packet, so nobody can latch a leg by spraying DCE's ports first
+//!   (the class of rtpengine's CVE-2025-53399).
+//! - With `latch_any_source` (peers behind NAT) the first packet from anywhere latches the
+//!   socket, and DCE sends that side's media there. A packet from the signalled address always
+//!   takes the latch back. After that, `strict_source` drops (and counts) packets from any other
+//!   address; without it the latch follows the latest sender.
+//!
+//! A dropped packet is never forwarded to a party nor answered.
 
 use crate::engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
 use crate::ports::PortPool;
@@ -31,9 +40,12 @@ pub struct RelayConfig {
     pub port_max: u16,
     /// No RTP either way this long after answer: report a timeout.
     pub rtp_timeout: Duration,
-    /// After latching, drop packets from other addresses.
+    /// With `latch_any_source`: once a socket is latched, drop (and count) packets from any
+    /// other address instead of moving the latch to them. Without `latch_any_source` a socket
+    /// only ever accepts the signalled address, whatever this says.
     pub strict_source: bool,
-    /// Latch to the first packet from anywhere (peer behind NAT), not only the SDP address.
+    /// Accept and latch to the first packet from anywhere (peers behind NAT), not only from the
+    /// address and port the SDP signalled.
     pub latch_any_source: bool,
 }
 
@@ -137,9 +149,10 @@ impl Relay {
         }
     }
 
+    /// Take a pair from the pool and bind its RTP and RTCP sockets. A port in the range may be
+    /// taken by another process: that pair goes to the back of the pool (it is retried when its
+    /// turn comes again) and the next one is tried, rather than failing the call.
     fn bind_pair(&mut self) -> Result<(u16, std::net::UdpSocket, std::net::UdpSocket), MediaError> {
-        // A port in the range may be taken by another process: skip it (and keep it out of the
-        // pool) rather than fail the call.
         for _ in 0..self.pool.total().max(1) {
             let Some(port) = self.pool.take() else {
                 return Err(MediaError::PortsExhausted);
@@ -147,47 +160,68 @@ impl Relay {
             let rtp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port));
             let rtcp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port + 1));
             match (rtp, rtcp) {
-                (Ok(a), Ok(b)) => {
-                    self.release_tx.in_use.fetch_add(1, Ordering::Relaxed);
-                    return Ok((port, a, b));
-                }
-                _ => continue,
+                (Ok(a), Ok(b)) => return Ok((port, a, b)),
+                _ => self.pool.give(port),
             }
         }
         Err(MediaError::PortsExhausted)
     }
-}
 
-fn to_tokio(s: std::net::UdpSocket) -> Result<UdpSocket, MediaError> {
-    s.set_nonblocking(true)
-        .map_err(|e| MediaError::Bind(e.to_string()))?;
-    UdpSocket::from_std(s).map_err(|e| MediaError::Bind(e.to_string()))
-}
+    /// Bind and register every socket of `streams` streams. Every pair taken is pushed to
+    /// `taken` as soon as it is bound, so that the caller can give all of them back on error.
+    fn bind_streams(
+        &mut self,
+        streams: usize,
+        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
+        taken: &mut Vec<u16>,
+    ) -> Result<Vec<[UdpSocket; 4]>, MediaError> {
+        let mut bound = Vec::with_capacity(streams);
+        for _ in 0..streams {
+            let (a_port, a_rtp, a_rtcp) = self.bind_pair()?;
+            taken.push(a_port);
+            let (b_port, b_rtp, b_rtcp) = self.bind_pair()?;
+            taken.push(b_port);
+            bound.push([
+                register(a_rtp)?,
+                register(a_rtcp)?,
+                register(b_rtp)?,
+                register(b_rtcp)?,
+            ]);
+        }
+        Ok(bound)
+    }
 
-impl MediaEngine for Relay {
-    fn open(&mut self, streams: usize) -> Result<MediaId, MediaError> {
+    /// [`MediaEngine::open`] with the step that registers a socket with the runtime passed in
+    /// (tests make it fail). Nothing is spawned until every port is bound and every socket
+    /// registered; on any error every pair taken goes back to the pool.
+    fn open_with(
+        &mut self,
+        streams: usize,
+        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
+    ) -> Result<MediaId, MediaError> {
         self.reclaim();
         if self.pool.available() < streams * 2 {
             return Err(MediaError::PortsExhausted);
         }
+        let mut taken = Vec::with_capacity(streams * 2);
+        let bound = match self.bind_streams(streams, register, &mut taken) {
+            Ok(b) => b,
+            Err(e) => {
+                // the sockets bound so far were closed when `bind_streams` returned
+                for p in taken {
+                    self.pool.give(p);
+                }
+                return Err(e);
+            }
+        };
+        self.release_tx
+            .in_use
+            .fetch_add(taken.len(), Ordering::Relaxed);
         let id = self.next;
         self.next += 1;
         let mut handles = Vec::with_capacity(streams);
-        for _ in 0..streams {
-            let (a_port, a_rtp, a_rtcp) = self.bind_pair()?;
-            let (b_port, b_rtp, b_rtcp) = match self.bind_pair() {
-                Ok(p) => p,
-                Err(e) => {
-                    self.pool.give(a_port);
-                    return Err(e);
-                }
-            };
-            let socks = [
-                to_tokio(a_rtp)?,
-                to_tokio(a_rtcp)?,
-                to_tokio(b_rtp)?,
-                to_tokio(b_rtcp)?,
-            ];
+        for (socks, ports) in bound.into_iter().zip(taken.chunks_exact(2)) {
+            let (a_port, b_port) = (ports[0], ports[1]);
             let (tx, rx) = mpsc::unbounded_channel();
             let (report_tx, report_rx) = oneshot::channel();
             let task = StreamTask::new(
@@ -210,6 +244,18 @@ impl MediaEngine for Relay {
         }
         self.sessions.insert(id, Session { streams: handles });
         Ok(id)
+    }
+}
+
+fn to_tokio(s: std::net::UdpSocket) -> Result<UdpSocket, MediaError> {
+    s.set_nonblocking(true)
+        .map_err(|e| MediaError::Bind(e.to_string()))?;
+    UdpSocket::from_std(s).map_err(|e| MediaError::Bind(e.to_string()))
+}
+
+impl MediaEngine for Relay {
+    fn open(&mut self, streams: usize) -> Result<MediaId, MediaError> {
+        self.open_with(streams, &mut to_tokio)
     }
 
     fn ports(&self, id: MediaId, side: Side) -> Vec<u16> {
@@ -343,14 +389,7 @@ impl StreamTask {
             release,
             events,
             id,
-            st: TaskState {
-                cfg,
-                legs: [Leg::new(), Leg::new()],
-                foreign: 0,
-                answered: None,
-                last_packet: None,
-                timed_out: false,
-            },
+            st: TaskState::new(cfg),
         }
     }
 
@@ -413,10 +452,26 @@ fn is_rtcp(which: usize, pkt: &[u8]) -> bool {
     which % 2 == 1 || (pkt.len() >= 2 && (200..=204).contains(&pkt[1]))
 }
 
+/// The same transport address (an IPv4-mapped IPv6 address equals its IPv4 form).
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
 impl TaskState {
+    fn new(cfg: RelayConfig) -> TaskState {
+        TaskState {
+            cfg,
+            legs: [Leg::new(), Leg::new()],
+            foreign: 0,
+            answered: None,
+            last_packet: None,
+            timed_out: false,
+        }
+    }
+
     fn remote(&mut self, side: Side, stream: Stream) {
         let leg = &mut self.legs[if side == Side::A { A } else { B }];
-        if leg.announced.as_ref().map(|a| a.rtp) != Some(stream.rtp) {
+        if leg.announced.as_ref().map(|a| (a.rtp, a.rtcp)) != Some((stream.rtp, stream.rtcp)) {
             // a new party or address on this side: latch afresh
             leg.rtp_from = None;
             leg.rtcp_from = None;
@@ -465,32 +520,40 @@ impl TaskState {
         }
     }
 
-    /// Accept a packet from `src` on side `s`'s RTP (`rtcp` false) or RTCP socket?
-    fn admit(&mut self, s: usize, src: SocketAddr, rtcp: bool) -> bool {
+    /// Accept a packet from `src` on side `s`'s RTP socket (`rtcp_socket` false) or RTCP
+    /// socket, latching as the module doc says? A packet refused is counted.
+    fn admit(&mut self, s: usize, src: SocketAddr, rtcp_socket: bool) -> bool {
+        let (latch_any, strict) = (self.cfg.latch_any_source, self.cfg.strict_source);
         let leg = &mut self.legs[s];
-        let latched = if rtcp { leg.rtcp_from } else { leg.rtp_from };
-        match latched {
-            Some(l) if l == src => true,
-            Some(_) if self.cfg.strict_source => {
-                self.foreign += 1;
-                false
-            }
-            _ => {
-                let announced_ip = leg.announced.as_ref().and_then(|a| a.rtp).map(|a| a.ip());
-                if self.cfg.latch_any_source || announced_ip == Some(src.ip()) || latched.is_some()
-                {
-                    if rtcp {
-                        leg.rtcp_from = Some(src);
-                    } else {
-                        leg.rtp_from = Some(src);
-                    }
+        let signalled = leg
+            .announced
+            .as_ref()
+            .and_then(|a| if rtcp_socket { a.rtcp } else { a.rtp });
+        let latched = if rtcp_socket {
+            &mut leg.rtcp_from
+        } else {
+            &mut leg.rtp_from
+        };
+        let accept = if signalled.is_some_and(|sig| same_addr(sig, src)) {
+            // the signalled address is always good, and takes the latch back
+            *latched = Some(src);
+            true
+        } else if !latch_any {
+            false
+        } else {
+            match *latched {
+                Some(l) if same_addr(l, src) => true,
+                Some(_) if strict => false,
+                _ => {
+                    *latched = Some(src);
                     true
-                } else {
-                    self.foreign += 1;
-                    false
                 }
             }
+        };
+        if !accept {
+            self.foreign += 1;
         }
+        accept
     }
 
     fn report(&self) -> MediaReport {
@@ -513,5 +576,195 @@ impl TaskState {
             foreign_dropped: self.foreign,
             codec,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn relay(port_min: u16, pairs: u16) -> Relay {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        Relay::new(
+            RelayConfig {
+                bind_ip: "127.0.0.1".parse().unwrap(),
+                port_min,
+                port_max: port_min + 2 * pairs - 1,
+                rtp_timeout: Duration::from_secs(30),
+                strict_source: true,
+                latch_any_source: false,
+            },
+            tx,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_registration_gives_every_port_back() {
+        // two streams = four pairs = eight sockets; fail the registration of each in turn
+        let mut r = relay(30400, 4);
+        let gauge = r.port_gauge();
+        assert_eq!(r.available(), 4);
+        for fail_at in 1..=8 {
+            let mut calls = 0;
+            let mut register = |s: std::net::UdpSocket| {
+                calls += 1;
+                if calls == fail_at {
+                    Err(MediaError::Bind("injected".into()))
+                } else {
+                    to_tokio(s)
+                }
+            };
+            assert_eq!(
+                r.open_with(2, &mut register),
+                Err(MediaError::Bind("injected".into())),
+                "failing socket {fail_at}"
+            );
+            assert_eq!(
+                r.available(),
+                4,
+                "every pair back after failing socket {fail_at}"
+            );
+            assert_eq!(gauge.in_use(), 0, "gauge after failing socket {fail_at}");
+            assert!(r.sessions.is_empty());
+        }
+        // and the sockets were closed: the same ports bind again
+        let id = r.open(2).expect("all four pairs bind again");
+        assert_eq!((r.available(), gauge.in_use()), (0, 4));
+        r.close(id);
+    }
+
+    fn cfg(strict_source: bool, latch_any_source: bool) -> RelayConfig {
+        RelayConfig {
+            bind_ip: "127.0.0.1".parse().unwrap(),
+            port_min: 30400,
+            port_max: 30499,
+            rtp_timeout: Duration::from_secs(30),
+            strict_source,
+            latch_any_source,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn stream(rtp: &str, rtcp: &str) -> Stream {
+        Stream {
+            kind: "audio".into(),
+            rtp: Some(addr(rtp)),
+            rtcp: Some(addr(rtcp)),
+            rtcp_mux: false,
+            codec: Some("PCMU".into()),
+            clock_rate: 8000,
+        }
+    }
+
+    /// A relay's stream state with the carrier at 10.0.0.1:4000 (RTCP at `a_rtcp`) and the
+    /// buyer at 10.0.0.2:5000/5001.
+    fn state(strict: bool, latch_any: bool, a_rtcp: &str) -> TaskState {
+        let mut st = TaskState::new(cfg(strict, latch_any));
+        st.remote(Side::A, stream("10.0.0.1:4000", a_rtcp));
+        st.remote(Side::B, stream("10.0.0.2:5000", "10.0.0.2:5001"));
+        st
+    }
+
+    const RTP: &[u8] = &[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+    const RTCP: &[u8] = &[0x80, 201, 0, 1, 0, 0, 0, 9];
+
+    #[test]
+    fn only_the_signalled_address_and_port_is_accepted() {
+        for strict in [true, false] {
+            let mut st = state(strict, false, "10.0.0.1:4001");
+            // before the carrier sent anything: same IP, other ports, on both sockets
+            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
+            assert_eq!(
+                st.on_packet(1, RTCP, addr("10.0.0.1:4000")),
+                None,
+                "RTP port to RTCP"
+            );
+            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:9")), None);
+            assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5002")), None);
+            assert_eq!(st.on_packet(3, RTCP, addr("10.0.0.2:5003")), None);
+            assert_eq!(
+                (st.foreign, st.legs[A].rtp_from, st.legs[A].rtcp_from),
+                (5, None, None)
+            );
+            // the parties themselves
+            assert_eq!(
+                st.on_packet(0, RTP, addr("10.0.0.1:4000")),
+                Some((addr("10.0.0.2:5000"), 2))
+            );
+            assert_eq!(
+                st.on_packet(1, RTCP, addr("10.0.0.1:4001")),
+                Some((addr("10.0.0.2:5001"), 3))
+            );
+            assert_eq!(
+                st.on_packet(2, RTP, addr("10.0.0.2:5000")),
+                Some((addr("10.0.0.1:4000"), 0))
+            );
+            // after latching, the same stranger is still refused and nothing moved
+            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
+            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4002")), None);
+            assert_eq!(st.foreign, 7, "strict_source {strict}");
+            assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
+            assert_eq!(st.legs[A].rtcp_dest(), Some(addr("10.0.0.1:4001")));
+            assert_eq!(st.legs[A].stats.packets() + st.legs[B].stats.packets(), 2);
+        }
+    }
+
+    #[test]
+    fn rtcp_is_expected_where_a_rtcp_says() {
+        let mut st = state(true, false, "10.0.0.1:7000");
+        assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4001")), None);
+        assert_eq!(
+            st.on_packet(1, RTCP, addr("10.0.0.1:7000")),
+            Some((addr("10.0.0.2:5001"), 3))
+        );
+        assert_eq!(st.foreign, 1);
+    }
+
+    #[test]
+    fn latch_any_source_latches_the_first_and_the_signalled_address_takes_it_back() {
+        let mut st = state(true, true, "10.0.0.1:4001");
+        // the carrier behind NAT sends from elsewhere: latched, the buyer's media goes there
+        let nat = addr("203.0.113.9:30000");
+        assert!(st.on_packet(0, RTP, nat).is_some());
+        assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5000")), Some((nat, 0)));
+        // strict: another sender is refused
+        assert_eq!(st.on_packet(0, RTP, addr("198.51.100.7:1234")), None);
+        assert_eq!(st.legs[A].rtp_dest(), Some(nat));
+        // the signalled address takes the latch back; then the first latch is a stranger
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
+        assert_eq!(st.on_packet(0, RTP, nat), None);
+        assert_eq!(st.foreign, 2);
+        // RTCP latches on its own socket
+        assert!(st.on_packet(1, RTCP, addr("203.0.113.9:30001")).is_some());
+        assert_eq!(st.legs[A].rtcp_dest(), Some(addr("203.0.113.9:30001")));
+    }
+
+    #[test]
+    fn without_strict_source_the_any_source_latch_follows_the_latest_sender() {
+        let mut st = state(false, true, "10.0.0.1:4001");
+        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30000")).is_some());
+        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30002")).is_some());
+        assert_eq!(st.legs[A].rtp_dest(), Some(addr("203.0.113.9:30002")));
+        assert_eq!(st.foreign, 0);
+    }
+
+    #[test]
+    fn a_new_sdp_moves_the_accepted_address() {
+        let mut st = state(true, false, "10.0.0.1:4001");
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        // re-INVITE: the carrier moved to another port
+        st.remote(Side::A, stream("10.0.0.1:4100", "10.0.0.1:4101"));
+        assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4000")), None);
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4100")).is_some());
+        assert!(st.on_packet(1, RTCP, addr("10.0.0.1:4101")).is_some());
+        // an IPv4-mapped source on a dual-stack socket is the same address
+        assert!(st
+            .on_packet(0, RTP, addr("[::ffff:10.0.0.1]:4100"))
+            .is_some());
+        assert_eq!(st.foreign, 1);
     }
 }

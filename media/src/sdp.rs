@@ -285,4 +285,42 @@ m=video 31610 RTP/AVP 96\r\nc=IN IP4 10.9.9.7\r\na=rtpmap:96 H264/90000\r\na=rtc
             SdpError::Ports { have: 2, given: 1 }
         );
     }
+
+    /// What the fuzz target checks (`fuzz/fuzz_targets/sdp.rs`), on inputs at the edges of what
+    /// `inspect` reads: the rewrite re-reads with the same streams, and the active ones point
+    /// at DCE.
+    #[test]
+    fn odd_inputs_rewrite_to_dce_only() {
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let head = "v=0\r\no=- 1 1 IN IP4 10.1.1.1\r\ns=-\r\nt=0 0\r\n";
+        let mut read = 0;
+        for media in [
+            "c=IN IP4 10.1.1.1\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp\r\n",
+            "c=IN IP4 10.1.1.1\r\nm=audio 4000 RTP/AVP 0\r\na=rtcp:notaport\r\n",
+            "c=IN IP4 10.1.1.1\r\nm=audio 65535 RTP/AVP 0\r\n",
+            "c=IN IP4 carrier.example\r\nm=audio 4000 RTP/AVP 0\r\n",
+            "c=IN IP4 224.2.1.1/127/3\r\nm=audio 4000/2 RTP/AVP 0\r\n",
+            "m=audio 4000 RTP/AVP 0\r\nc=IN IP6 2001:db8::1\r\nc=IN IP6 2001:db8::2\r\n",
+            "m=audio 4000 RTP/AVP 0\r\nm=video 0 RTP/AVP 96\r\n",
+        ] {
+            let body = format!("{head}{media}");
+            let Ok(before) = inspect(body.as_bytes()) else {
+                continue;
+            };
+            read += 1;
+            let ports: Vec<u16> = (0..before.len() as u16).map(|i| 20000 + 2 * i).collect();
+            let (out, announced) = rewrite(body.as_bytes(), ip, &ports).unwrap();
+            assert_eq!(announced, before);
+            let after = inspect(&out).unwrap();
+            assert_eq!(after.len(), before.len(), "{media}");
+            for ((a, b), &port) in after.iter().zip(&before).zip(&ports) {
+                if b.rtp.is_some() {
+                    assert_eq!(a.rtp, Some(SocketAddr::new(ip, port)), "{media}");
+                }
+                assert!(a.rtp.is_none_or(|r| r.ip() == ip), "{media}");
+                assert!(a.rtcp.is_none_or(|r| r.ip() == ip), "{media}");
+            }
+        }
+        assert_eq!(read, 7, "every case is one inspect reads");
+    }
 }

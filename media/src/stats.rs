@@ -1,7 +1,15 @@
 //! Quality of one RTP stream (one direction of one leg), as pure code with time passed in:
-//! packets, bytes, loss from sequence numbers (RFC 3550 A.3), interarrival jitter (A.8), RTT
-//! and remote loss from RTCP receiver/sender reports when present, and a MOS estimate from a
+//! packets, bytes, loss from sequence numbers (RFC 3550 A.1 and A.3), interarrival jitter (A.8),
+//! RTT and remote loss from RTCP receiver/sender reports when present, and a MOS estimate from a
 //! simplified ITU-T G.107 E-model that needs no RTCP at all.
+//!
+//! Loss follows RFC 3550 A.1 (`update_seq`): a source is valid after `MIN_SEQUENTIAL` packets in
+//! sequence; a jump of `MAX_DROPOUT` or more ahead (or more than `MAX_MISORDER` behind) is not
+//! believed until the next packet follows it in sequence, which restarts the count (a replayed
+//! stream, a restarted encoder); a new SSRC restarts it too. Each restart closes a segment whose
+//! expected and lost packets are kept, so the stream's loss is the sum over its segments.
+//! Unlike plain A.1, a packet that arrives twice is counted once (a window of the last 128
+//! sequence numbers), so duplicates cannot hide real loss.
 
 use std::time::{Duration, Instant};
 
@@ -10,10 +18,7 @@ use std::time::{Duration, Instant};
 pub struct StreamStats {
     packets: u64,
     bytes: u64,
-    base_seq: u16,
-    max_seq: u16,
-    cycles: u32,
-    started: bool,
+    seq: Sequence,
     jitter: f64,
     last_transit: Option<f64>,
     clock_rate: u32,
@@ -33,7 +38,7 @@ pub struct StreamReport {
     pub packets: u64,
     /// RTP payload bytes received.
     pub bytes: u64,
-    /// Packets lost, from sequence numbers.
+    /// Packets lost, from sequence numbers (RFC 3550 A.1/A.3, summed over restarts).
     pub lost: u64,
     /// Loss in percent of expected.
     pub loss_pct: f64,
@@ -86,6 +91,210 @@ pub fn estimate_mos(codec: &str, loss_pct: f64, jitter_ms: f64, rtt_ms: Option<f
     mos_from_r(93.2 - id - ie_eff)
 }
 
+/// RFC 3550 A.1: a jump of this many sequence numbers or more ahead is not believed at once.
+const MAX_DROPOUT: u16 = 3000;
+/// RFC 3550 A.1: a packet up to this many behind the highest is late (or a duplicate).
+const MAX_MISORDER: u16 = 100;
+/// RFC 3550 A.1: packets in sequence before a new source counts.
+const MIN_SEQUENTIAL: u32 = 2;
+/// RFC 3550 A.1: `RTP_SEQ_MOD`.
+const RTP_SEQ_MOD: u64 = 1 << 16;
+
+/// What one packet did to the sequence state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SeqOutcome {
+    /// Received (in order, with a gap, or late): counted.
+    Counted,
+    /// A sequence number already received: not counted again.
+    Duplicate,
+    /// Not counted: the source is on probation, the packet is a jump not (yet) believed, or it
+    /// is older than the segment's first packet.
+    NotCounted,
+    /// A new segment started with this packet (new SSRC, or a jump confirmed); counted in it.
+    Restarted,
+}
+
+/// RFC 3550 A.1 `source`: the sequence state of one segment of a stream.
+#[derive(Debug, Clone, Default)]
+struct SeqState {
+    /// Highest sequence number seen.
+    max_seq: u16,
+    /// Shifted count of sequence number cycles (a multiple of `RTP_SEQ_MOD`).
+    cycles: u64,
+    /// First sequence number counted.
+    base_seq: u16,
+    /// Last 'bad' sequence number + 1 (None: none pending; A.1 uses `RTP_SEQ_MOD + 1`).
+    bad_seq: Option<u16>,
+    /// Sequential packets still needed before the source is valid.
+    probation: u32,
+    /// Packets counted (each sequence number once).
+    received: u64,
+    /// Bit `i`: the packet `i` behind `max_seq` was received (duplicate detection).
+    window: u128,
+}
+
+impl SeqState {
+    /// A.1 `init_seq`: the segment starts at `seq`.
+    fn init(seq: u16) -> SeqState {
+        SeqState {
+            max_seq: seq,
+            cycles: 0,
+            base_seq: seq,
+            bad_seq: None,
+            probation: 0,
+            received: 0,
+            window: 0,
+        }
+    }
+
+    /// A source heard for the first time: on probation until `MIN_SEQUENTIAL` in sequence.
+    fn probation(seq: u16) -> SeqState {
+        SeqState {
+            max_seq: seq.wrapping_sub(1),
+            probation: MIN_SEQUENTIAL,
+            ..SeqState::init(seq)
+        }
+    }
+
+    /// A.1 `update_seq`, except that a confirmed jump is returned as `Restarted` for the caller
+    /// to close this segment, and a duplicate is not counted.
+    fn update(&mut self, seq: u16) -> SeqOutcome {
+        let udelta = seq.wrapping_sub(self.max_seq);
+        if self.probation > 0 {
+            if seq == self.max_seq.wrapping_add(1) {
+                self.probation -= 1;
+                self.max_seq = seq;
+                if self.probation == 0 {
+                    *self = SeqState::init(seq);
+                    self.received = 1;
+                    self.window = 1;
+                    return SeqOutcome::Counted;
+                }
+            } else {
+                self.probation = MIN_SEQUENTIAL - 1;
+                self.max_seq = seq;
+            }
+            return SeqOutcome::NotCounted;
+        }
+        if udelta < MAX_DROPOUT {
+            // in order, with a permissible gap
+            if udelta == 0 {
+                return SeqOutcome::Duplicate;
+            }
+            if seq < self.max_seq {
+                self.cycles += RTP_SEQ_MOD;
+            }
+            self.max_seq = seq;
+            self.window = if udelta >= 128 {
+                1
+            } else {
+                (self.window << udelta) | 1
+            };
+        } else if udelta as u64 <= RTP_SEQ_MOD - MAX_MISORDER as u64 {
+            // a very large jump: believe it only if the next packet follows it
+            if self.bad_seq == Some(seq) {
+                return SeqOutcome::Restarted;
+            }
+            self.bad_seq = Some(seq.wrapping_add(1));
+            return SeqOutcome::NotCounted;
+        } else {
+            // late or duplicate: `behind` is 1..MAX_MISORDER
+            let behind = self.max_seq.wrapping_sub(seq);
+            let extended = (self.cycles + self.max_seq as u64).checked_sub(behind as u64);
+            if extended.is_none_or(|e| e < self.base_seq as u64) {
+                return SeqOutcome::NotCounted;
+            }
+            let bit = 1u128 << behind;
+            if self.window & bit != 0 {
+                return SeqOutcome::Duplicate;
+            }
+            self.window |= bit;
+        }
+        self.received += 1;
+        SeqOutcome::Counted
+    }
+
+    /// A.3: (expected, lost) of this segment; nothing before the source is valid.
+    fn expected_and_lost(&self) -> (u64, u64) {
+        if self.probation > 0 {
+            return (0, 0);
+        }
+        let expected = self.cycles + self.max_seq as u64 - self.base_seq as u64 + 1;
+        (expected, expected.saturating_sub(self.received))
+    }
+}
+
+/// A stream's sequence numbers across restarts: the current segment and the closed ones.
+#[derive(Debug, Clone, Default)]
+struct Sequence {
+    /// The current segment; None before the first packet.
+    current: Option<SeqState>,
+    /// SSRC of the current segment.
+    ssrc: u32,
+    /// Expected packets of the closed segments.
+    closed_expected: u64,
+    /// Lost packets of the closed segments.
+    closed_lost: u64,
+    /// Packets received more than once.
+    duplicates: u64,
+}
+
+impl Sequence {
+    fn on_packet(&mut self, ssrc: u32, seq: u16) -> SeqOutcome {
+        let outcome = match self.current.as_mut() {
+            Some(cur) if self.ssrc == ssrc => cur.update(seq),
+            Some(_) => {
+                self.close_segment(SeqState::probation(seq));
+                self.ssrc = ssrc;
+                self.current_update(seq);
+                return SeqOutcome::Restarted;
+            }
+            None => {
+                self.ssrc = ssrc;
+                self.current = Some(SeqState::probation(seq));
+                self.current_update(seq)
+            }
+        };
+        match outcome {
+            SeqOutcome::Restarted => {
+                let mut fresh = SeqState::init(seq);
+                fresh.received = 1;
+                fresh.window = 1;
+                self.close_segment(fresh);
+            }
+            SeqOutcome::Duplicate => self.duplicates += 1,
+            SeqOutcome::Counted | SeqOutcome::NotCounted => {}
+        }
+        outcome
+    }
+
+    fn current_update(&mut self, seq: u16) -> SeqOutcome {
+        match self.current.as_mut() {
+            Some(cur) => cur.update(seq),
+            None => SeqOutcome::NotCounted,
+        }
+    }
+
+    /// Keep the current segment's figures and start `next`.
+    fn close_segment(&mut self, next: SeqState) {
+        if let Some(cur) = self.current.replace(next) {
+            let (expected, lost) = cur.expected_and_lost();
+            self.closed_expected += expected;
+            self.closed_lost += lost;
+        }
+    }
+
+    /// (expected, lost) over the whole stream.
+    fn expected_and_lost(&self) -> (u64, u64) {
+        let (e, l) = self
+            .current
+            .as_ref()
+            .map(SeqState::expected_and_lost)
+            .unwrap_or((0, 0));
+        (self.closed_expected + e, self.closed_lost + l)
+    }
+}
+
 impl StreamStats {
     /// A stream whose RTP clock runs at `clock_rate` Hz.
     pub fn new(clock_rate: u32) -> StreamStats {
@@ -110,19 +319,10 @@ impl StreamStats {
         if self.payload_type.is_none() {
             self.payload_type = Some(pkt[1] & 0x7f);
         }
-        // RFC 3550 A.1/A.3: extended highest sequence number (no probation: DCE relays known streams).
-        if !self.started {
-            self.started = true;
-            self.base_seq = seq;
-            self.max_seq = seq;
-        } else {
-            let delta = seq.wrapping_sub(self.max_seq);
-            if delta != 0 && delta < 0x8000 {
-                if seq < self.max_seq {
-                    self.cycles += 1;
-                }
-                self.max_seq = seq;
-            }
+        let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+        if self.seq.on_packet(ssrc, seq) == SeqOutcome::Restarted {
+            // a new source or a restarted one: its timestamps have nothing to do with the old
+            self.last_transit = None;
         }
         // RFC 3550 A.8: interarrival jitter in timestamp units.
         let origin = *self.origin.get_or_insert(now);
@@ -202,15 +402,14 @@ impl StreamStats {
         self.packets
     }
 
+    /// Packets that arrived more than once (counted once for loss).
+    pub fn duplicates(&self) -> u64 {
+        self.seq.duplicates
+    }
+
     /// The report for the CDR; `codec` names the codec for the MOS estimate.
     pub fn report(&self, codec: &str) -> StreamReport {
-        let expected = if self.started {
-            (self.cycles as u64 * 65536 + self.max_seq as u64).saturating_sub(self.base_seq as u64)
-                + 1
-        } else {
-            0
-        };
-        let lost = expected.saturating_sub(self.packets);
+        let (expected, lost) = self.seq.expected_and_lost();
         let loss_pct = if expected > 0 {
             lost as f64 * 100.0 / expected as f64
         } else {
@@ -322,5 +521,177 @@ mod tests {
         assert!(!s.on_rtp(b"hello", Instant::now()));
         assert!(!s.on_rtp(&[0u8; 20], Instant::now()));
         assert_eq!(s.packets(), 0);
+    }
+
+    /// Feed `seqs` from `ssrc`, one packet each 20 ms after `t0 + at_ms`, timestamps following.
+    fn feed(
+        s: &mut StreamStats,
+        t0: Instant,
+        at_ms: u64,
+        ssrc: u32,
+        seqs: impl IntoIterator<Item = u16>,
+    ) {
+        for (i, seq) in seqs.into_iter().enumerate() {
+            let at = t0 + Duration::from_millis(at_ms + 20 * i as u64);
+            assert!(s.on_rtp(&rtp_packet(0, seq, 160 * i as u32, ssrc, 160), at));
+        }
+    }
+
+    /// `n` sequence numbers from `start` (wrapping), without those at the indices in `drop`.
+    fn seqs(start: u16, n: u16, drop: &[u16]) -> Vec<u16> {
+        (0..n)
+            .filter(|i| !drop.contains(i))
+            .map(|i| start.wrapping_add(i))
+            .collect()
+    }
+
+    #[test]
+    fn a_replayed_stream_has_the_loss_it_really_had() {
+        let t0 = Instant::now();
+        // the same 1000 packets twice (seq restarts from the beginning), none lost
+        let mut s = StreamStats::new(8000);
+        feed(&mut s, t0, 0, 7, seqs(60000, 1000, &[]));
+        feed(&mut s, t0, 20_000, 7, seqs(60000, 1000, &[]));
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (2000, 0));
+        assert_eq!(r.loss_pct, 0.0);
+        assert!(r.mos > 4.3, "{}", r.mos);
+        // the same, with 5 lost in the first run and 3 in the replay
+        let mut s = StreamStats::new(8000);
+        feed(
+            &mut s,
+            t0,
+            0,
+            7,
+            seqs(60000, 1000, &[100, 200, 300, 400, 500]),
+        );
+        feed(&mut s, t0, 20_000, 7, seqs(60000, 1000, &[10, 20, 990]));
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (1992, 8));
+        assert!((r.loss_pct - 0.4).abs() < 0.01, "{}", r.loss_pct);
+        // a short prompt replayed: its packets are seen again, nothing is lost
+        let mut s = StreamStats::new(8000);
+        feed(&mut s, t0, 0, 7, seqs(500, 50, &[]));
+        feed(&mut s, t0, 1_000, 7, seqs(500, 1000, &[]));
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (1050, 0));
+        assert_eq!(
+            s.duplicates(),
+            49,
+            "the first packet predates the validated stream"
+        );
+    }
+
+    #[test]
+    fn a_restarted_encoder_with_a_new_random_sequence() {
+        let t0 = Instant::now();
+        // same SSRC, the sequence jumps 18,500 ahead (well under half the space)
+        let mut s = StreamStats::new(8000);
+        feed(&mut s, t0, 0, 7, seqs(1000, 500, &[]));
+        feed(&mut s, t0, 10_000, 7, seqs(20000, 1000, &[]));
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (1500, 0));
+        assert!(r.mos > 4.3, "{}", r.mos);
+        // same SSRC, the sequence jumps back, and the new run loses 4 packets
+        let mut s = StreamStats::new(8000);
+        feed(&mut s, t0, 0, 7, seqs(40000, 500, &[]));
+        feed(
+            &mut s,
+            t0,
+            10_000,
+            7,
+            seqs(123, 1000, &[100, 101, 102, 500]),
+        );
+        assert_eq!(s.report("PCMU").lost, 4);
+        // a new SSRC whose sequence lands just ahead of the old one: no phantom gap
+        let mut s = StreamStats::new(8000);
+        feed(&mut s, t0, 0, 7, seqs(5000, 500, &[]));
+        feed(&mut s, t0, 10_000, 8, seqs(5600, 500, &[250]));
+        assert_eq!(s.report("PCMU").lost, 1);
+    }
+
+    #[test]
+    fn loss_across_the_wrap_at_65535() {
+        let t0 = Instant::now();
+        let mut s = StreamStats::new(8000);
+        // 65400 … 65535, 0 … 263; lost: 65535 and 0 (indices 135, 136) and 10 (index 146)
+        feed(&mut s, t0, 0, 7, seqs(65400, 400, &[135, 136, 146]));
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (397, 3));
+        // twice round the space, nothing lost
+        let mut s = StreamStats::new(8000);
+        feed(&mut s, t0, 0, 7, seqs(30000, 65535, &[]));
+        feed(&mut s, t0, 65535 * 20, 7, seqs(29999, 65535, &[]));
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (131_070, 0));
+    }
+
+    #[test]
+    fn real_loss_is_counted_and_a_lone_jump_is_not_believed() {
+        let t0 = Instant::now();
+        // a burst of 50 lost, then 2,998 lost (a jump of 2,999: just under MAX_DROPOUT)
+        let burst = |jump: u16| {
+            let mut all = seqs(0, 1000, &[]);
+            all.retain(|&q| !(300..350).contains(&q));
+            all.extend(seqs(999 + jump, 100, &[]));
+            let mut s = StreamStats::new(8000);
+            feed(&mut s, t0, 0, 7, all);
+            s.report("PCMU").lost
+        };
+        assert_eq!(burst(2999), 50 + 2998);
+        // a jump of MAX_DROPOUT (60 s of 20 ms packets) followed in sequence is a restart
+        assert_eq!(burst(3000), 50);
+        // one stray packet far ahead does not restart the count, nor add loss
+        let mut s = StreamStats::new(8000);
+        let mut all = seqs(0, 500, &[]);
+        all.push(30_000);
+        all.extend(seqs(500, 500, &[]));
+        feed(&mut s, t0, 0, 7, all);
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (1001, 0));
+        // 10 % loss stays 10 %
+        let r = run(Some(10), 0, 2001);
+        assert_eq!(r.lost, 200);
+        assert!((r.loss_pct - 10.0).abs() < 0.01, "{}", r.loss_pct);
+    }
+
+    #[test]
+    fn misordered_packets_are_not_loss() {
+        let t0 = Instant::now();
+        let mut s = StreamStats::new(8000);
+        // pairs swapped, and one packet 50 late
+        let mut order: Vec<u16> = (0..1000u16)
+            .map(|i| if i % 2 == 0 { i + 1 } else { i - 1 })
+            .collect();
+        order.retain(|&q| q != 400);
+        order.insert(450, 400);
+        feed(&mut s, t0, 0, 7, order);
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (1000, 0));
+        // a packet more than MAX_MISORDER late is lost for the listener and counted so
+        let mut s = StreamStats::new(8000);
+        let mut order = seqs(0, 1000, &[400]);
+        order.insert(550, 400);
+        feed(&mut s, t0, 0, 7, order);
+        assert_eq!(s.report("PCMU").lost, 1);
+    }
+
+    #[test]
+    fn duplicates_do_not_hide_loss() {
+        let t0 = Instant::now();
+        let mut s = StreamStats::new(8000);
+        // every packet sent twice, 3 packets lost (both copies)
+        let once = seqs(65000, 1000, &[100, 600, 601]);
+        let twice: Vec<u16> = once.iter().flat_map(|&q| [q, q]).collect();
+        feed(&mut s, t0, 0, 7, twice);
+        let r = s.report("PCMU");
+        assert_eq!((r.packets, r.lost), (2 * 997, 3));
+        assert_eq!(s.duplicates(), 996, "the first packet is on probation");
+        // a late duplicate (the copy of a packet 20 back) is not a packet received
+        let mut s = StreamStats::new(8000);
+        let mut order = seqs(0, 500, &[300]);
+        order.insert(350, 320);
+        feed(&mut s, t0, 0, 7, order);
+        assert_eq!((s.report("PCMU").lost, s.duplicates()), (1, 1));
     }
 }

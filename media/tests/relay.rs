@@ -222,3 +222,193 @@ async fn silence_after_answer_is_reported() {
     }
     relay.close(id);
 }
+
+#[tokio::test]
+async fn a_second_stream_failing_gives_the_first_streams_ports_back() {
+    // exactly four pairs for a two-stream call; another process holds the last pair's RTCP port
+    let (tx, _events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(
+        RelayConfig {
+            port_max: 30507,
+            ..config(30500, 30)
+        },
+        tx,
+    );
+    let gauge = relay.port_gauge();
+    assert_eq!(relay.available(), 4);
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:30507").unwrap();
+    assert_eq!(relay.open(2), Err(dce_media::MediaError::PortsExhausted));
+    assert_eq!(
+        relay.available(),
+        4,
+        "the first stream's pairs and the busy one are back"
+    );
+    assert_eq!(gauge.in_use(), 0);
+    // the pairs really were released (their sockets closed) and the busy pair is retried
+    drop(squatter);
+    let id = relay
+        .open(2)
+        .expect("all four pairs bind once the port is free");
+    assert_eq!((relay.available(), gauge.in_use()), (0, 4));
+    relay.close(id);
+}
+
+/// An RTP socket and, when `rtcp_next` is set, an RTCP socket on the next port (found by trying
+/// ephemeral ports until the next one is free); otherwise RTCP on any port.
+async fn party_sockets(rtcp_next: bool) -> (UdpSocket, UdpSocket) {
+    for _ in 0..100 {
+        let rtp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let port = rtp.local_addr().unwrap().port();
+        let rtcp = if rtcp_next {
+            match port.checked_add(1) {
+                Some(p) => UdpSocket::bind(("127.0.0.1", p)).await,
+                None => continue,
+            }
+        } else {
+            UdpSocket::bind("127.0.0.1:0").await
+        };
+        if let Ok(rtcp) = rtcp {
+            return (rtp, rtcp);
+        }
+    }
+    panic!("no free port pair on 127.0.0.1");
+}
+
+/// What a party signals, through the SDP parser: `a=rtcp:` when given, else RTCP is RTP + 1.
+fn signalled(rtp: &UdpSocket, rtcp_attr: Option<&UdpSocket>) -> Stream {
+    let port = rtp.local_addr().unwrap().port();
+    let mut sdp = format!(
+        "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+         m=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
+    );
+    if let Some(r) = rtcp_attr {
+        sdp.push_str(&format!("a=rtcp:{}\r\n", r.local_addr().unwrap().port()));
+    }
+    dce_media::inspect(sdp.as_bytes()).unwrap().remove(0)
+}
+
+fn rtcp_rr(ssrc: u32) -> Vec<u8> {
+    let mut p = vec![0x80, 201, 0, 1];
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p
+}
+
+/// Send `pkt` from `from` to `dce` and expect exactly it at `to`, from `dce_out`.
+async fn crosses(
+    from: &UdpSocket,
+    dce: SocketAddr,
+    pkt: &[u8],
+    to: &UdpSocket,
+    dce_out: SocketAddr,
+) {
+    from.send_to(pkt, dce).await.unwrap();
+    let mut buf = [0u8; 2048];
+    let (n, src) = tokio::time::timeout(Duration::from_secs(2), to.recv_from(&mut buf))
+        .await
+        .expect("the party's packet crossed DCE")
+        .unwrap();
+    assert_eq!(
+        (&buf[..n], src),
+        (pkt, dce_out),
+        "the other party got exactly it, from DCE"
+    );
+}
+
+/// The sprayer, on the parties' IP but its own port, sends `n` marked packets to each port.
+async fn spray(sprayer: &UdpSocket, ports: &[SocketAddr; 4], n: u16) {
+    for i in 0..n {
+        let mut p = rtp_packet(0, 40_000 + i, 0, 0xBAD, 20);
+        p[12..16].copy_from_slice(b"EVIL");
+        for &port in ports {
+            sprayer.send_to(&p, port).await.unwrap();
+        }
+    }
+}
+
+/// A sprayer on the signalled IP (127.0.0.1) but another port, before either party sent RTP
+/// and again after both latched: it never reaches a party, never gets anything back, and is
+/// counted; the parties' RTP and RTCP still cross both ways.
+async fn sprayer_on_the_signalled_ip(port_min: u16, strict_source: bool) {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(
+        RelayConfig {
+            strict_source,
+            ..config(port_min, 30)
+        },
+        tx,
+    );
+    // the carrier signals RTCP with a=rtcp (any port), the buyer relies on RTP + 1
+    let (c_rtp, c_rtcp) = party_sockets(false).await;
+    let (b_rtp, b_rtcp) = party_sockets(true).await;
+    let sprayer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = relay.open(1).unwrap();
+    let (a, b) = (relay.ports(id, Side::A)[0], relay.ports(id, Side::B)[0]);
+    let dce = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let (a_rtp, a_rtcp, b_rtp_dce, b_rtcp_dce) = (dce(a), dce(a + 1), dce(b), dce(b + 1));
+    let carrier = signalled(&c_rtp, Some(&c_rtcp));
+    let buyer = signalled(&b_rtp, None);
+    assert_eq!(buyer.rtcp, Some(dce(b_rtcp.local_addr().unwrap().port())));
+    relay.set_remote(id, Side::A, &[carrier]);
+    relay.set_remote(id, Side::B, &[buyer]);
+    relay.answered(id);
+    let ports = [a_rtp, a_rtcp, b_rtp_dce, b_rtcp_dce];
+    for (phase, seq) in [("before any party sent", 1u16), ("after both latched", 2)] {
+        spray(&sprayer, &ports, 20).await;
+        // each party's packet queues behind the spray on the same DCE socket, so once it has
+        // crossed, DCE has seen (and dropped) all of the spray on that socket
+        crosses(
+            &c_rtp,
+            a_rtp,
+            &rtp_packet(0, seq, 160, 1, 160),
+            &b_rtp,
+            b_rtp_dce,
+        )
+        .await;
+        crosses(&c_rtcp, a_rtcp, &rtcp_rr(1), &b_rtcp, b_rtcp_dce).await;
+        crosses(
+            &b_rtp,
+            b_rtp_dce,
+            &rtp_packet(0, seq, 160, 2, 160),
+            &c_rtp,
+            a_rtp,
+        )
+        .await;
+        crosses(&b_rtcp, b_rtcp_dce, &rtcp_rr(2), &c_rtcp, a_rtcp).await;
+        let mut buf = [0u8; 2048];
+        for (who, sock) in [
+            ("carrier", &c_rtp),
+            ("carrier RTCP", &c_rtcp),
+            ("buyer", &b_rtp),
+            ("buyer RTCP", &b_rtcp),
+        ] {
+            if let Ok((n, _)) = sock.try_recv_from(&mut buf) {
+                panic!("{phase}: the {who} got an extra packet: {:?}", &buf[..n]);
+            }
+        }
+        let back =
+            tokio::time::timeout(Duration::from_millis(200), sprayer.recv_from(&mut buf)).await;
+        assert!(
+            back.is_err(),
+            "{phase}: the sprayer got a packet back: {back:?}"
+        );
+    }
+    relay.close(id);
+    let report = closed(&mut events).await;
+    assert_eq!(
+        report.foreign_dropped,
+        2 * 4 * 20,
+        "every sprayed packet counted"
+    );
+    assert_eq!((report.carrier_in.packets, report.buyer_in.packets), (2, 2));
+    assert_eq!((report.to_buyer, report.to_carrier), (2, 2));
+}
+
+#[tokio::test]
+async fn a_sprayer_on_the_signalled_ip_never_latches_strict() {
+    sprayer_on_the_signalled_ip(30600, true).await;
+}
+
+#[tokio::test]
+async fn a_sprayer_on_the_signalled_ip_never_latches_without_strict_source() {
+    sprayer_on_the_signalled_ip(30700, false).await;
+}
