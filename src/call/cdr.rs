@@ -1,8 +1,8 @@
 //! Call detail records: what the call controller emits for every call, and where it goes.
 //!
-//! The call path hands a finished [`Cdr`] to a [`CdrSink`] and moves on. Until the database
-//! sink lands, [`JsonlSink`] appends one JSON object per line to a file from its own thread,
-//! flushing after each batch.
+//! The core emits a finished [`Cdr`] as an output; the driver hands it to a [`CdrSink`] and
+//! moves on: the database writer (`crate::store`) and, with `[cdr] jsonl_path`, [`JsonlSink`],
+//! which appends one JSON object per line to a file from its own thread, synced per batch.
 
 use serde::{Deserialize, Serialize};
 use std::io::Write;
@@ -16,7 +16,8 @@ pub struct BidRecord {
     pub buyer_id: String,
     /// Its bid, in cents.
     pub amount_cents: u32,
-    /// `won`, `lost`, `excluded:<filter>`, `attempted:<SIP code|timeout|ring_timeout>`.
+    /// `won`, `lost`, `excluded:<filter>`, `attempted:<SIP code|timeout|ring_timeout|cancelled|
+    /// bad_uri|send_failed|bad_sdp|too_large>` (`crate::call::vocab::BidOutcome`).
     pub outcome: String,
 }
 
@@ -47,7 +48,7 @@ pub struct Cdr {
     pub payout_cents: u32,
     /// Lasted at least the campaign's `billable_after_s`.
     pub billable: bool,
-    /// Compliance verdict (`pass` until the compliance checks land).
+    /// Compliance verdict: `pass[:checks][;flagged:lookup_error]` or `reject:<RULE>`.
     pub compliance: String,
     /// Every buyer considered.
     pub bids: Vec<BidRecord>,

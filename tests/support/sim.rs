@@ -107,6 +107,11 @@ pub struct Sim {
     pub remote: Vec<(dce::call::LookupId, dce::call::RemoteCheck)>,
     /// What DCE sent to addresses that are neither the carrier nor a buyer.
     pub strangers: Vec<(SocketAddr, Message)>,
+    /// With `Some`, every message the carrier and buyers send DCE is recorded here (seeds
+    /// for mutation tests).
+    pub sent_log: Option<Vec<(SocketAddr, Bytes)>>,
+    /// 400/505 answers to malformed requests that could not be whole (no Call-ID to copy).
+    pub malformed_answers: usize,
     inbox: VecDeque<(SocketAddr, Bytes)>,
     scheduled: Vec<(Instant, Action)>,
     /// Carrier's INVITEs by Call-ID (to build CANCEL/ACK/BYE).
@@ -198,6 +203,8 @@ impl Sim {
             responder: None,
             remote: Vec::new(),
             strangers: Vec::new(),
+            sent_log: None,
+            malformed_answers: 0,
             inbox: VecDeque::new(),
             scheduled: Vec::new(),
             invites: HashMap::new(),
@@ -230,6 +237,9 @@ impl Sim {
     }
 
     fn send_to_dce(&mut self, from: SocketAddr, bytes: Bytes) {
+        if let Some(log) = self.sent_log.as_mut() {
+            log.push((from, bytes.clone()));
+        }
         let peer = Peer {
             transport: Transport::Udp,
             addr: from,
@@ -307,7 +317,12 @@ impl Sim {
 
     /// Send raw bytes to DCE from `from` (a probe, an attacker).
     pub fn send_raw(&mut self, from: SocketAddr, bytes: Bytes) {
+        // Not recorded in `sent_log`: only the parties' own traffic is.
+        let log = self.sent_log.take();
         self.send_to_dce(from, bytes);
+        if self.sent_log.is_none() {
+            self.sent_log = log;
+        }
     }
 
     /// The carrier's INVITE of `call_id`.
@@ -600,7 +615,16 @@ impl Sim {
     }
 
     fn carrier_receives(&mut self, bytes: Bytes) {
-        let msg = parse(bytes).expect("DCE sends parseable messages to the carrier");
+        let msg = match parse(bytes.clone()) {
+            Ok(m) => m,
+            // The answer to a request that was itself malformed (no Call-ID, say) cannot be
+            // whole; it must still be a 400/505 answer. Anything else DCE sends must parse.
+            Err(_) if bytes.starts_with(b"SIP/2.0 400 ") || bytes.starts_with(b"SIP/2.0 505 ") => {
+                self.malformed_answers += 1;
+                return;
+            }
+            Err(e) => panic!("DCE sends parseable messages to the carrier: {e:?}"),
+        };
         let call_id = msg.call_id().to_owned();
         if msg.is_request() {
             // BYE from DCE: answer 200.
@@ -668,7 +692,16 @@ impl Sim {
     }
 
     fn buyer_receives(&mut self, addr: SocketAddr, bytes: Bytes) {
-        let msg = parse(bytes).expect("DCE sends parseable messages to buyers");
+        let msg = match parse(bytes.clone()) {
+            Ok(m) => m,
+            // The answer to a request that was itself malformed (no Call-ID, say) cannot be
+            // whole; it must still be a 400/505 answer. Anything else DCE sends must parse.
+            Err(_) if bytes.starts_with(b"SIP/2.0 400 ") || bytes.starts_with(b"SIP/2.0 505 ") => {
+                self.malformed_answers += 1;
+                return;
+            }
+            Err(e) => panic!("DCE sends parseable messages to buyers: {e:?}"),
+        };
         let Some(buyer) = self.buyers.get_mut(&addr) else {
             self.strangers.push((addr, msg));
             return;
