@@ -237,13 +237,15 @@ async fn replay_loop(
     gate: tokio::sync::oneshot::Receiver<()>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
 ) {
-    tokio::select! {
-        _ = gate => {}
-        _ = &mut stop => {}
-    }
+    // A stop before the gate opens ends the loop at once (a completed oneshot must not be
+    // polled again).
+    let stopped = tokio::select! {
+        _ = gate => false,
+        _ = &mut stop => true,
+    };
     let mut migrated = !auto_migrate;
     let mut retention_at = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
+    while !stopped {
         if !migrated {
             migrated = migrate(&sh.db).await;
         }
