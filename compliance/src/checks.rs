@@ -104,6 +104,9 @@ enum CallerKey {
     Raw(u64),
 }
 
+/// One caller's counted calls: per campaign, their times in the window, oldest first.
+type PerCampaign = Vec<(Box<str>, VecDeque<i64>)>;
+
 /// Per-caller per-campaign call counts over a rolling 24 hours, in process.
 ///
 /// A caller is keyed as received: its digits when it is a number (NANP in any format counts as
@@ -114,8 +117,8 @@ enum CallerKey {
 /// last 24 hours with bounded work per call. [`FrequencyCap::prune`] sweeps everything at once.
 #[derive(Debug, Default)]
 pub struct FrequencyCap {
-    /// Per caller: per campaign, the times of its counted calls in the window, oldest first.
-    seen: HashMap<CallerKey, Vec<(Box<str>, VecDeque<i64>)>>,
+    /// Per caller, its counted calls.
+    seen: HashMap<CallerKey, PerCampaign>,
     /// Every counted call, in the order counted: when, and whose.
     expiry: VecDeque<(i64, CallerKey)>,
     /// Keys the hash of raw callers.
@@ -160,7 +163,7 @@ impl FrequencyCap {
     /// Forget up to `budget` queued calls at or before `cutoff`, and callers left with none.
     fn forget_expired(&mut self, cutoff: i64, budget: usize) {
         for _ in 0..budget {
-            if !self.expiry.front().is_some_and(|&(t, _)| t <= cutoff) {
+            if self.expiry.front().is_none_or(|&(t, _)| t > cutoff) {
                 return;
             }
             let Some((_, key)) = self.expiry.pop_front() else {
