@@ -1,8 +1,9 @@
 //! The compliance verdict for one call: DNC (national and internal), TCPA calling hours,
 //! frequency cap, consent — in that order, from memory, the time passed in.
 
-use crate::dnc::{nanp10, InternalDnc, NationalDnc};
+use crate::dnc::{nanp10, InternalDnc};
 use crate::hours::CallingHours;
+use crate::national::NationalDnc;
 use chrono::{DateTime, Utc};
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
