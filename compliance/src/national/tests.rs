@@ -432,6 +432,8 @@ fn move_bit(image: &mut [u8], i: usize, j: usize) -> Option<(usize, usize)> {
         return None;
     }
     let at = block_at(image, p);
+    // an earlier edit may have moved the block off the end
+    image.get(at..at + BITMAP_BYTES)?;
     let bit = |image: &[u8], k: usize| image[at + k / 8] & (1 << (k % 8)) != 0;
     if i == j || bit(image, i) == bit(image, j) {
         return None;
