@@ -201,6 +201,7 @@ fn erasure_through_the_api_while_cdrs_are_written_reaches_every_copy() {
     });
     let (code, body) = post.join().unwrap();
     assert_eq!(code, 200, "{body}");
+    println!("erasure while held: {body}");
     let done: serde_json::Value = serde_json::from_str(&body).unwrap();
     let pseudonym = done["pseudonym"].as_str().unwrap().to_owned();
     assert!(pseudonym.starts_with("anon:"), "{body}");
