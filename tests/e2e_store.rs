@@ -346,9 +346,7 @@ fn database_away_cdrs_spool_and_replay_exactly_once() {
     run_calls(&bin, &dce, acme, bravo, 12);
     let spool = dce.dir().join("spool");
     let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while spool_files(&spool) == 0
-        && std::time::Instant::now() < end
-    {
+    while spool_files(&spool) == 0 && std::time::Instant::now() < end {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     assert!(

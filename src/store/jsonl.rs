@@ -150,3 +150,45 @@ pub fn rewrite(path: &Path, gdpr: &Gdpr, number: &str) -> std::io::Result<u64> {
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::call::cdr::{Cdr, CdrSink, JsonlSink};
+    use crate::store::{Db, Gdpr, Spool};
+
+    #[tokio::test]
+    async fn the_sink_rewrites_its_own_file_on_erasure_and_anonymises_later_lines() {
+        let dir = std::env::temp_dir().join(format!("dce-jsonl-{}", crate::ids::uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("cdr.jsonl");
+        let gdpr = Gdpr::open(&dir.join("spool")).unwrap();
+        let mut sink = JsonlSink::open_with(&path, Some(gdpr.clone())).unwrap();
+        for i in [1234, 1, 1234] {
+            sink.emit(Cdr::synthetic(i));
+        }
+        let db = Db::connect(&format!("sqlite://{}/t.db", dir.display())).unwrap();
+        db.migrate().await.unwrap();
+        // the erasure goes through the sink's thread (queued behind the three CDRs), not the
+        // file directly: no `jsonl_path` is given
+        let done = gdpr
+            .erase("13105551234", &db, &Spool::new(&dir.join("spool")), None)
+            .await
+            .unwrap();
+        assert_eq!(done.jsonl_records, 2, "{done:?}");
+        sink.emit(Cdr::synthetic(1234)); // a later call of the erased number
+        sink.emit(Cdr::synthetic(2));
+        drop(sink); // written and synced
+        let text = std::fs::read_to_string(&path).unwrap();
+        let callers: Vec<String> = text
+            .lines()
+            .map(|l| serde_json::from_str::<Cdr>(l).unwrap().caller)
+            .collect();
+        let p = done.pseudonym.as_str();
+        assert_eq!(
+            callers,
+            [p, "13105550001", p, p, "13105550002"],
+            "in order, none lost, the erased number nowhere: {text}"
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}

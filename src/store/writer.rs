@@ -446,4 +446,66 @@ mod tests {
         );
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[tokio::test]
+    async fn an_erased_number_reaches_the_database_anonymised_from_spool_and_queue() {
+        let dir = std::env::temp_dir().join(format!("dce-writer-gdpr-{}", crate::ids::uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::connect(&format!("sqlite://{}/t.db", dir.display())).unwrap();
+        db.migrate().await.unwrap();
+        let spool = Spool::new(&dir.join("spool"));
+        let gdpr = Gdpr::open(&dir.join("spool")).unwrap();
+        let (gate_tx, gate) = tokio::sync::oneshot::channel();
+        let retention = Retention {
+            days: 0,
+            key_file: dir.join("spool/anon.key"),
+        };
+        let (mut sink, task, stats) = start(
+            db.clone(),
+            spool.clone(),
+            false,
+            100,
+            retention,
+            gdpr.clone(),
+            gate,
+        );
+        // before the gate the database is not touched: the batch goes to the spool
+        for i in [1234, 1] {
+            sink.emit(Cdr::synthetic(i));
+        }
+        for _ in 0..200 {
+            if stats.spooled.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.spooled.load(Ordering::Relaxed), 2, "both spooled");
+        let done = gdpr.erase("+13105551234", &db, &spool, None).await.unwrap();
+        assert_eq!((done.database_calls, done.spool_records), (0, 1));
+        sink.emit(Cdr {
+            id: Cdr::synthetic(99).id,
+            ..Cdr::synthetic(1234)
+        }); // queued after the erasure
+        let _ = gate_tx.send(());
+        for _ in 0..500 {
+            if stats.written.load(Ordering::Relaxed) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(sink);
+        task.await.unwrap();
+        let rows = db
+            .export("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let mut callers: Vec<&str> = rows.iter().map(|r| r.caller.as_str()).collect();
+        callers.sort();
+        let p = done.pseudonym.as_str();
+        let mut want = vec![p, p, "13105550001"];
+        want.sort();
+        assert_eq!(callers, want);
+        assert_eq!(spool.pending(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
