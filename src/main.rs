@@ -36,13 +36,20 @@ enum CdrCommand {
 
 #[derive(Subcommand)]
 enum GdprCommand {
-    /// Replace NUMBER by its keyed hash in every call record, and log the erasure.
+    /// Replace NUMBER by its keyed hash in every copy (database, spool, JSON-lines file),
+    /// anonymise it in CDRs written later, and log the erasure (by pseudonym). When a DCE node
+    /// runs on the same spool directory, the erasure must go through its API (it also holds
+    /// queued CDRs and appends to the JSON-lines file): with --api-key (or DCE_API_KEY) this
+    /// command sends it there, else it says so and changes nothing.
     Erase {
         /// The number (E.164 or 10-digit).
         number: String,
         /// Config file.
         #[arg(long, default_value = "config/dce.toml")]
         config: PathBuf,
+        /// An admin API key of the running node (default: $DCE_API_KEY).
+        #[arg(long)]
+        api_key: Option<String>,
     },
 }
 
@@ -199,23 +206,54 @@ fn main() -> ExitCode {
             }
         }
         Command::Gdpr {
-            command: GdprCommand::Erase { number, config },
+            command:
+                GdprCommand::Erase {
+                    number,
+                    config,
+                    api_key,
+                },
         } => {
             init_logging("info");
             let Some((cfg, rt)) = config_and_runtime(&config) else {
                 return ExitCode::FAILURE;
             };
-            let key_file = cfg.storage.spool_dir.join("anon.key");
+            let dir = cfg.storage.spool_dir.clone();
+            if dce::store::gdpr::node_running(&dir) {
+                let key = api_key.or_else(|| std::env::var("DCE_API_KEY").ok());
+                return match (cfg.http.listen, key) {
+                    (Some(addr), Some(key)) => erase_through_api(addr, &key, &number),
+                    _ => {
+                        eprintln!(
+                            "a DCE node is running on {} (it holds its {} lock): it holds CDRs in its \
+                             queue and appends to the JSON-lines file, so the erasure must go through it. \
+                             Send POST /v1/gdpr/erase {{\"number\": \"...\"}} to its API with an admin key, \
+                             or run this again with --api-key KEY (or DCE_API_KEY){}. Nothing was changed.",
+                            dir.display(),
+                            dce::store::gdpr::LOCK_FILE,
+                            if cfg.http.listen.is_none() { " after setting [http] listen" } else { "" }
+                        );
+                        ExitCode::FAILURE
+                    }
+                };
+            }
             let result = rt.block_on(async {
-                std::fs::create_dir_all(&cfg.storage.spool_dir)?;
-                let key = dce::store::anonymize::key(&key_file)?;
+                let gdpr = dce::store::Gdpr::open(&dir)?;
+                if !gdpr.claim_node() {
+                    anyhow::bail!(
+                        "a DCE node started on {} meanwhile; use its API",
+                        dir.display()
+                    );
+                }
                 let db = dce::store::Db::connect(&cfg.storage.database_url)?;
-                anyhow::Ok(db.erase_number(&key, &number).await?)
+                let spool = dce::store::Spool::new(&dir);
+                anyhow::Ok(
+                    gdpr.erase(&number, &db, &spool, cfg.cdr.jsonl_path.as_deref())
+                        .await?,
+                )
             });
             match result {
-                Ok(n) => {
-                    tracing::info!(calls = n, "GDPR erasure of one number done");
-                    println!("erased: {n} call record(s) anonymised");
+                Ok(done) => {
+                    print_erased(&done);
                     ExitCode::SUCCESS
                 }
                 Err(e) => {
@@ -296,6 +334,77 @@ fn instant(s: &str) -> Option<String> {
                 .map(|d| Utc.from_utc_datetime(&d))
         })?;
     Some(t.to_rfc3339_opts(SecondsFormat::Millis, true))
+}
+
+/// What an erasure changed, for the operator.
+fn print_erased(done: &dce::store::gdpr::Erased) {
+    println!(
+        "erased: {} call record(s) anonymised\nspool: {} CDR(s) anonymised\nJSON lines: {} line(s) anonymised or removed\npseudonym: {}",
+        done.database_calls, done.spool_records, done.jsonl_records, done.pseudonym
+    );
+}
+
+/// `dce gdpr erase` beside a running node: `POST /v1/gdpr/erase` to its API (loopback when
+/// it listens on every address).
+fn erase_through_api(addr: std::net::SocketAddr, key: &str, number: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    let mut addr = addr;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let body = serde_json::json!({ "number": dce::store::gdpr::normal(number) }).to_string();
+    let exchange = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(5))?;
+        s.set_read_timeout(Some(std::time::Duration::from_secs(120)))?;
+        write!(
+            s,
+            "POST /v1/gdpr/erase HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+             Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    };
+    let answer = match exchange() {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("a DCE node is running, but its API at {addr} could not be reached: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let status: u16 = answer
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
+    match serde_json::from_str::<serde_json::Value>(body) {
+        Ok(v) if status == 200 => {
+            println!("erased through the running node's API ({addr})");
+            println!(
+                "erased: {} call record(s) anonymised\nspool: {} CDR(s) anonymised\nJSON lines: {} line(s) anonymised or removed\npseudonym: {}",
+                v["database_calls"], v["spool_records"], v["jsonl_records"],
+                v["pseudonym"].as_str().unwrap_or("")
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(v) => {
+            eprintln!(
+                "erasure through {addr} failed ({status}): {}",
+                v["error"]["message"].as_str().unwrap_or(body)
+            );
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("erasure through {addr} failed ({status}): {body}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// A CSV field, quoted when it needs to be.

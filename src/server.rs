@@ -245,19 +245,23 @@ pub async fn run(
         key_file: config.storage.spool_dir.join("anon.key"),
     };
     let http_db = db.clone();
+    // GDPR erasures: the list is read before any CDR can be written
+    let gdpr = crate::store::Gdpr::open(&config.storage.spool_dir)?;
     let (db_sink, writer, writer_stats) = crate::store::start(
         db,
         spool,
         config.storage.auto_migrate,
         10_000,
         retention,
+        gdpr.clone(),
         gate,
     );
     let mut sinks: Vec<Box<dyn crate::call::cdr::CdrSink>> = vec![Box::new(db_sink)];
     if let Some(path) = &config.cdr.jsonl_path {
-        sinks.push(Box::new(JsonlSink::open(path).with_context(|| {
-            format!("cannot open CDR file {}", path.display())
-        })?));
+        sinks.push(Box::new(
+            JsonlSink::open_with(path, Some(gdpr.clone()))
+                .with_context(|| format!("cannot open CDR file {}", path.display()))?,
+        ));
     }
     let sink = crate::call::cdr::Tee(sinks);
     let controller = Controller::new(
@@ -331,6 +335,7 @@ pub async fn run(
             st.compliance = Some(core.compliance.clone());
             st.ports = Some(port_gauge);
             st.draining = draining;
+            st.gdpr = Some(gdpr);
             Some(tokio::spawn(crate::http::serve(
                 listener,
                 Arc::new(st),

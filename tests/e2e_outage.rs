@@ -218,6 +218,7 @@ fn postgres_stopped_mid_run_and_dce_killed_lose_nothing_and_duplicate_nothing() 
     let spooled: Vec<_> = std::fs::read_dir(&spool.0)
         .unwrap()
         .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("cdr.spool"))
         .map(|e| e.path())
         .collect();
     assert!(

@@ -5,7 +5,6 @@
 //! which appends one JSON object per line to a file from its own thread, synced per batch.
 
 use serde::{Deserialize, Serialize};
-use std::io::Write;
 use std::path::Path;
 use std::sync::mpsc;
 
@@ -187,16 +186,19 @@ impl CdrSink for NullSink {
     fn emit(&mut self, _cdr: Cdr) {}
 }
 
-/// Appends JSON lines to a file from a writer thread. Dropping it waits until every record
-/// handed over is written and synced.
+/// Appends JSON lines to a file from a writer thread ([`crate::store::jsonl::run`]). Dropping
+/// it waits until every record handed over is written and synced.
 pub struct JsonlSink {
-    tx: Option<mpsc::Sender<Cdr>>,
+    tx: Option<mpsc::Sender<crate::store::jsonl::Msg>>,
     writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for JsonlSink {
     fn drop(&mut self) {
-        self.tx.take();
+        // An erasure may hold a sender too: the thread stops on this, not on the last sender.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(crate::store::jsonl::Msg::Stop);
+        }
         if let Some(w) = self.writer.take() {
             let _ = w.join();
         }
@@ -206,30 +208,24 @@ impl Drop for JsonlSink {
 impl JsonlSink {
     /// Open (create or append) `path` and start the writer thread.
     pub fn open(path: &Path) -> std::io::Result<JsonlSink> {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        let (tx, rx) = mpsc::channel::<Cdr>();
-        let shown = path.display().to_string();
-        let writer = std::thread::Builder::new().name("cdr-writer".into()).spawn(move || {
-            let mut out = std::io::BufWriter::new(file);
-            while let Ok(first) = rx.recv() {
-                for cdr in std::iter::once(first).chain(rx.try_iter()) {
-                    match serde_json::to_string(&cdr) {
-                        Ok(line) => {
-                            if let Err(e) = writeln!(out, "{line}") {
-                                tracing::error!(file = %shown, error = %e, call = %cdr.id, "CDR write failed");
-                            }
-                        }
-                        Err(e) => tracing::error!(error = %e, call = %cdr.id, "CDR not serialisable"),
-                    }
-                }
-                if let Err(e) = out.flush().and_then(|_| out.get_ref().sync_data()) {
-                    tracing::error!(file = %shown, error = %e, "CDR flush failed");
-                }
-            }
-        })?;
+        JsonlSink::open_with(path, None)
+    }
+
+    /// Like [`JsonlSink::open`]; with `gdpr`, erased numbers are anonymised before they are
+    /// written, and an erasure can have the thread rewrite its file.
+    pub fn open_with(
+        path: &Path,
+        gdpr: Option<std::sync::Arc<crate::store::gdpr::Gdpr>>,
+    ) -> std::io::Result<JsonlSink> {
+        let file = crate::store::jsonl::open_append(path)?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(g) = &gdpr {
+            g.register_jsonl(tx.clone());
+        }
+        let path = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("cdr-writer".into())
+            .spawn(move || crate::store::jsonl::run(path, file, rx, gdpr))?;
         Ok(JsonlSink {
             tx: Some(tx),
             writer: Some(writer),
@@ -240,11 +236,16 @@ impl JsonlSink {
 impl CdrSink for JsonlSink {
     fn emit(&mut self, cdr: Cdr) {
         let sent = match &self.tx {
-            Some(tx) => tx.send(cdr).map_err(|e| e.0),
-            None => Err(cdr),
+            Some(tx) => tx
+                .send(crate::store::jsonl::Msg::Cdr(Box::new(cdr)))
+                .map_err(|e| match e.0 {
+                    crate::store::jsonl::Msg::Cdr(c) => c.id,
+                    _ => String::new(),
+                }),
+            None => Err(cdr.id),
         };
-        if let Err(cdr) = sent {
-            tracing::error!(call = %cdr.id, "CDR writer gone; record lost");
+        if let Err(id) = sent {
+            tracing::error!(call = %id, "CDR writer gone; record lost");
         }
     }
 }

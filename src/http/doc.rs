@@ -89,7 +89,7 @@ pub struct CdrPage {
 #[openapi(
     info(
         title = "DCE control API",
-        description = "Dependable Call Exchange edge: calls, buyers, CDRs, DNC, stats, live events. \
+        description = "Dependable Call Exchange edge: calls, buyers, CDRs, DNC, stats, GDPR erasure, live events. \
             Send `Authorization: Bearer <key>`; GET needs a read key, everything else an admin key.",
         license(name = "Apache-2.0")
     ),
@@ -98,12 +98,13 @@ pub struct CdrPage {
         super::routes::calls, super::routes::call, super::routes::hangup,
         super::routes::buyers, super::routes::patch_buyer,
         super::routes::dnc_get, super::routes::dnc_put, super::routes::dnc_delete,
-        super::routes::stats, super::ws::events,
+        super::routes::stats, super::gdpr::erase, super::ws::events,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView,
         BuyerPatch, DncEntry, Stats, Figures, GroupFigures, Health, DependencyHealth, Reloaded,
-        CdrPage, crate::store::db::ExportRow,
+        CdrPage, crate::store::db::ExportRow, super::gdpr::EraseRequest,
+        crate::store::gdpr::Erased,
     )),
     modifiers(&Common)
 )]
@@ -204,6 +205,7 @@ mod tests {
             "/v1/buyers/{id}",
             "/v1/dnc/{number}",
             "/v1/stats",
+            "/v1/gdpr/erase",
             "/v1/events",
         ] {
             assert!(paths.contains_key(p), "{p} missing from the document");
@@ -221,5 +223,19 @@ mod tests {
             doc["paths"]["/v1/calls/{id}/hangup"]["post"]["operationId"],
             "hangup"
         );
+    }
+
+    #[test]
+    fn the_erasure_body_is_strict() {
+        let doc = document();
+        let op = &doc["paths"]["/v1/gdpr/erase"]["post"];
+        assert_eq!(op["security"][0]["bearer"], serde_json::json!([]));
+        for code in ["200", "400", "401", "403", "503"] {
+            assert!(op["responses"][code].is_object(), "{code}");
+        }
+        let body = &doc["components"]["schemas"]["EraseRequest"];
+        assert_eq!(body["required"], serde_json::json!(["number"]));
+        assert_eq!(body["additionalProperties"], false, "{body}");
+        assert_eq!(body["properties"]["number"]["pattern"], r"^\+?[0-9]{8,15}$");
     }
 }

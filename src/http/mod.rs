@@ -55,6 +55,8 @@ pub struct ApiState {
     pub ports: Option<dce_media::PortGauge>,
     /// Set when SIGTERM is draining calls.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
+    /// GDPR erasure (the writer's and the JSON-lines sink's list of erased numbers).
+    pub gdpr: Option<Arc<crate::store::Gdpr>>,
     /// How long a client may take to send its body.
     body_timeout: Duration,
     /// Orders writes of the internal DNC file.
@@ -93,6 +95,7 @@ impl ApiState {
             compliance: None,
             ports: None,
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+            gdpr: None,
             body_timeout: cfg.body_timeout,
             dnc_save: Arc::new(Mutex::new(())),
         }
@@ -312,6 +315,7 @@ pub fn router(st: Arc<ApiState>) -> Router {
                 .delete(routes::dnc_delete),
         )
         .route("/v1/stats", get(routes::stats))
+        .route("/v1/gdpr/erase", axum::routing::post(gdpr::erase))
         .route("/v1/events", get(ws::events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -684,6 +688,7 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
 }
 
 pub mod doc;
+mod gdpr;
 pub mod page;
 mod routes;
 mod ws;

@@ -824,3 +824,65 @@ async fn a_slow_event_client_is_dropped_and_never_holds_up_events() {
     assert_eq!(fresh.try_recv().unwrap().kind, "call.started");
     server.abort();
 }
+
+#[tokio::test]
+async fn gdpr_erase_needs_admin_a_strict_body_and_a_writer() {
+    let f = fixture(100).await;
+    let body = r#"{"number":"+13105551234"}"#;
+    let (s, _, b) = call(&f.router, "POST", "/v1/gdpr/erase", Some(READ_KEY), body).await;
+    assert_eq!(
+        (s, error_code(&b).as_str()),
+        (StatusCode::FORBIDDEN, "forbidden")
+    );
+    // without a CDR writer (this fixture has none) the node cannot reach every copy
+    let (s, _, b) = call(&f.router, "POST", "/v1/gdpr/erase", Some(ADMIN_KEY), body).await;
+    assert_eq!(
+        (s, error_code(&b).as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, "not_available")
+    );
+
+    // with one: the database row is anonymised and the answer names the pseudonym
+    let dir = f._dir.clone();
+    f.st.db.migrate().await.unwrap();
+    f.st.db
+        .insert(&[crate::call::cdr::Cdr::synthetic(1234)])
+        .await
+        .unwrap();
+    let mut st = ApiState::new(
+        &HttpConfig {
+            api_keys: vec![key("ops", ADMIN_KEY, Role::Admin)],
+            ..HttpConfig::default()
+        },
+        Arc::new(Counters::default()),
+        f.st.db.clone(),
+        dir.join("spool"),
+        None,
+        Arc::new(WriterStats::default()),
+        core_sink(),
+    );
+    st.gdpr = Some(crate::store::Gdpr::open(&dir.join("spool")).unwrap());
+    let r = router(Arc::new(st));
+    for bad in [
+        r#"{"number":"123"}"#,
+        r#"{"number":13105551234}"#,
+        r#"{"number":"+13105551234","x":1}"#,
+        r#"{}"#,
+        "[]",
+        "not json",
+    ] {
+        let (s, _, b) = call(&r, "POST", "/v1/gdpr/erase", Some(ADMIN_KEY), bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {b}");
+        assert!(["bad_body", "bad_number"].contains(&error_code(&b).as_str()));
+    }
+    let (s, _, b) = call(&r, "POST", "/v1/gdpr/erase", Some(ADMIN_KEY), body).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let v: serde_json::Value = serde_json::from_str(&b).unwrap();
+    assert_eq!(v["database_calls"], 1, "{b}");
+    let p = v["pseudonym"].as_str().unwrap();
+    let rows =
+        f.st.db
+            .export("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z")
+            .await
+            .unwrap();
+    assert_eq!(rows[0].caller, p);
+}

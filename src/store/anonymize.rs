@@ -5,6 +5,7 @@ use super::db::Db;
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use sqlx::Row;
+use std::path::Path;
 
 /// The anonymised form of a number under `key`.
 pub fn pseudonym(key: &[u8], number: &str) -> String {
@@ -21,18 +22,80 @@ pub fn pseudonym(key: &[u8], number: &str) -> String {
     )
 }
 
-/// The hash key: read from `path`, created (32 random bytes from the OS) when missing.
-pub fn key(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
+/// Shortest key accepted from an existing file.
+const MIN_KEY: usize = 16;
+
+/// Why the hash key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// The key file exists but could not be read.
+    #[error("cannot read the hash key {file}: {source}")]
+    Read {
+        /// The key file.
+        file: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+    /// The key file is shorter than 16 bytes: replacing it would change every pseudonym, so
+    /// an operator must look (restore it from a backup, or delete it to start a new key).
+    #[error("the hash key {file} holds {len} bytes (at least {MIN_KEY} needed); restore it, or delete it to start a new key")]
+    TooShort {
+        /// The key file.
+        file: String,
+        /// Its length.
+        len: usize,
+    },
+    /// The key file was missing and could not be created.
+    #[error("cannot create the hash key {file}: {source}")]
+    Create {
+        /// The key file.
+        file: String,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The hash key in `path`, created when missing: 32 random bytes from the OS, written to a
+/// temporary file of mode 0600 in the same directory (created if needed), fsync'd, then linked
+/// into place, so a reader never sees a partial key and a key another process created at the
+/// same moment is never replaced (the loser reads the winner's). The directory is fsync'd.
+pub fn key(path: &Path) -> Result<Vec<u8>, KeyError> {
+    let file = path.display().to_string();
     match std::fs::read(path) {
-        Ok(k) if k.len() >= 16 => Ok(k),
-        _ => {
-            let mut k = vec![0u8; 32];
-            use std::io::Read;
-            std::fs::File::open("/dev/urandom")?.read_exact(&mut k)?;
-            std::fs::write(path, &k)?;
-            Ok(k)
-        }
+        Ok(k) if k.len() >= MIN_KEY => return Ok(k),
+        Ok(k) => return Err(KeyError::TooShort { file, len: k.len() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => return Err(KeyError::Read { file, source }),
     }
+    let created = create_key(path);
+    match created {
+        Ok(k) => Ok(k),
+        // another process linked its key first: use that one
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => match std::fs::read(path) {
+            Ok(k) if k.len() >= MIN_KEY => Ok(k),
+            Ok(k) => Err(KeyError::TooShort { file, len: k.len() }),
+            Err(source) => Err(KeyError::Read { file, source }),
+        },
+        Err(source) => Err(KeyError::Create { file, source }),
+    }
+}
+
+fn create_key(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    std::fs::create_dir_all(dir)?;
+    let mut k = vec![0u8; 32];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut k)?;
+    let tmp = super::files::write_temp(dir, "anon.key", &k, 0o600)?;
+    // link, not rename: a key that appeared meanwhile is kept (AlreadyExists)
+    let linked = std::fs::hard_link(&tmp, path);
+    let _ = std::fs::remove_file(&tmp);
+    linked?;
+    super::files::sync_dir(dir);
+    Ok(k)
 }
 
 impl Db {
@@ -118,6 +181,12 @@ impl Db {
                 .rows_affected(),
             };
         }
+        if let Db::Sqlite(p) = self {
+            // the old pages live on in the write-ahead log until a checkpoint
+            let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+                .execute(p)
+                .await;
+        }
         Ok(n)
     }
 }
@@ -133,5 +202,30 @@ mod tests {
         assert_ne!(a, pseudonym(b"key-two-0123456789", "13105551234"));
         assert_ne!(a, pseudonym(b"key-one-0123456789", "13105551235"));
         assert!(a.starts_with("anon:") && a.len() == 21 && !a.contains("5551234"));
+    }
+
+    #[test]
+    fn a_missing_key_is_created_private_and_whole_and_a_short_one_is_never_replaced() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dce-key-{}", crate::ids::uuid()));
+        let path = dir.join("spool").join("anon.key");
+        let k = key(&path).unwrap();
+        assert_eq!(k.len(), 32);
+        assert_ne!(k, vec![0u8; 32], "random bytes");
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert_eq!(key(&path).unwrap(), k, "read back, not made anew");
+        let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["anon.key"], "no temporary file left");
+        std::fs::write(&path, b"short").unwrap();
+        assert!(matches!(key(&path), Err(KeyError::TooShort { len: 5, .. })));
+        assert_eq!(std::fs::read(&path).unwrap(), b"short");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -101,7 +101,9 @@ impl Db {
             let opts = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
-                .foreign_keys(true);
+                .foreign_keys(true)
+                // an erased or anonymised number must not linger in freed page space
+                .pragma("secure_delete", "on");
             Ok(Db::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(1)

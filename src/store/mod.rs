@@ -5,16 +5,23 @@
 //!
 //! | file | what it owns |
 //! |---|---|
-//! | `anonymize.rs` | retention and GDPR erasure by keyed hash |
+//! | `anonymize.rs` | the keyed hash and its key; retention and erasure in the database |
 //! | `db.rs` | pools, embedded migrations, batched idempotent inserts, export |
+//! | `files.rs` | files replaced whole: temporary file, fsync, rename, directory fsync |
+//! | `gdpr.rs` | erasure of one number from every copy; the list of erased numbers' pseudonyms |
+//! | `jsonl.rs` | the JSON-lines copy's writer thread and its atomic rewrite on erasure |
 //! | `spool.rs` | the checksummed, fsync'd spool file and its torn-tail detection |
 //! | `writer.rs` | the sink the call path writes to, the batching task, replay |
 
 pub mod anonymize;
 pub mod db;
+pub mod files;
+pub mod gdpr;
+pub mod jsonl;
 pub mod spool;
 pub mod writer;
 
 pub use db::{CdrQuery, Db, StatRow};
+pub use gdpr::Gdpr;
 pub use spool::Spool;
 pub use writer::{start, DbSink, Retention, WriterStats};

@@ -45,14 +45,7 @@ impl Spool {
             .create(true)
             .append(true)
             .open(self.dir.join(ACTIVE))?;
-        let mut buf = Vec::new();
-        for c in cdrs {
-            let payload = serde_json::to_vec(c).map_err(std::io::Error::other)?;
-            buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-            buf.extend_from_slice(&payload);
-        }
-        f.write_all(&buf)?;
+        f.write_all(&encode(cdrs)?)?;
         f.sync_data()
     }
 
@@ -101,6 +94,33 @@ impl Spool {
             .collect()
     }
 
+    /// Rewrite every spool file in which `change` alters a record (or that ends in a torn
+    /// record, which could hold anything): the intact records, changed, go to a temporary
+    /// file that is fsync'd and renamed over the old one. The caller holds the lock that
+    /// appends take. Returns the records changed.
+    pub fn rewrite(&self, mut change: impl FnMut(&mut Cdr) -> bool) -> std::io::Result<u64> {
+        let mut total = 0;
+        for path in self.files() {
+            let (mut cdrs, torn) = read_records(&path);
+            let changed = cdrs.iter_mut().map(|c| u64::from(change(c))).sum::<u64>();
+            if changed == 0 && !torn {
+                continue;
+            }
+            let bytes = encode(&cdrs)?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let tmp = super::files::write_temp(&self.dir, &name, &bytes, 0o600)?;
+            super::files::commit(&tmp, &path)?;
+            if torn {
+                tracing::warn!(file = %path.display(), kept = cdrs.len(), "torn spool record dropped while erasing a number");
+            }
+            total += changed;
+        }
+        Ok(total)
+    }
+
     /// A batch is in the database: remove its file.
     pub fn done(&self, batch: &Batch) {
         if let Err(e) = std::fs::remove_file(&batch.path) {
@@ -110,6 +130,18 @@ impl Spool {
             let _ = d.sync_all();
         }
     }
+}
+
+/// Records as the file holds them.
+fn encode(cdrs: &[Cdr]) -> std::io::Result<Vec<u8>> {
+    let mut buf = Vec::new();
+    for c in cdrs {
+        let payload = serde_json::to_vec(c).map_err(std::io::Error::other)?;
+        buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        buf.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
+        buf.extend_from_slice(&payload);
+    }
+    Ok(buf)
 }
 
 fn read_records(path: &Path) -> (Vec<Cdr>, bool) {
@@ -191,6 +223,51 @@ mod tests {
         std::fs::write(&p, bytes).unwrap();
         let b = s.take();
         assert!(b[0].cdrs.is_empty() && b[0].torn);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn rewrite_changes_records_in_place_and_drops_a_torn_tail() {
+        let dir = std::env::temp_dir().join(format!("spool-rewrite-{}", crate::ids::uuid()));
+        let s = Spool::new(&dir);
+        s.append(&[cdr("a"), cdr("b")]).unwrap();
+        let aside = s.take(); // one file moved aside (as a replay does), one active
+        assert_eq!(aside.len(), 1);
+        s.append(&[cdr("c")]).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.join(ACTIVE))
+            .unwrap();
+        f.write_all(b"\x40\x00\x00\x00 19995550199 torn").unwrap();
+        let n = s
+            .rewrite(|c| {
+                let hit = c.id != "b";
+                if hit {
+                    c.caller = "anon:0000000000000000".into();
+                }
+                hit
+            })
+            .unwrap();
+        assert_eq!(n, 2);
+        let mut all = Vec::new();
+        for p in s.files() {
+            let bytes = std::fs::read(&p).unwrap();
+            assert!(!String::from_utf8_lossy(&bytes).contains("19995550199"));
+            let (cdrs, torn) = read_records(&p);
+            assert!(!torn, "the torn tail is gone");
+            all.extend(cdrs.into_iter().map(|c| (c.id, c.caller)));
+        }
+        all.sort();
+        assert_eq!(
+            all,
+            [
+                ("a".to_string(), "anon:0000000000000000".to_string()),
+                ("b".into(), "13105550000".into()),
+                ("c".into(), "anon:0000000000000000".into()),
+            ]
+        );
+        s.append(&[cdr("d")]).unwrap();
+        assert_eq!(s.pending(), 4, "appends go on after a rewrite");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

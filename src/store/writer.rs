@@ -6,10 +6,11 @@
 //! interrupted between commit and file removal cannot duplicate a call.
 
 use super::db::Db;
+use super::gdpr::Gdpr;
 use super::spool::Spool;
 use crate::call::cdr::{Cdr, CdrSink};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -49,7 +50,7 @@ impl WriterStats {
 pub struct DbSink {
     tx: mpsc::Sender<Cdr>,
     spool: Spool,
-    lock: Arc<Mutex<()>>,
+    gdpr: Arc<Gdpr>,
     stats: Arc<WriterStats>,
 }
 
@@ -59,13 +60,16 @@ impl CdrSink for DbSink {
             let cdr = match e {
                 mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c) => c,
             };
-            spool_or_log(&self.spool, &self.lock, &self.stats, &[cdr]);
+            spool_or_log(&self.spool, &self.gdpr, &self.stats, &mut [cdr]);
         }
     }
 }
 
-fn spool_or_log(spool: &Spool, lock: &Mutex<()>, stats: &WriterStats, cdrs: &[Cdr]) {
-    let _g = lock.lock().unwrap_or_else(|p| p.into_inner());
+/// Append to the spool (erased numbers anonymised first, under the lock an erasure rewrites
+/// the spool under); when even that fails, log each CDR as its last copy.
+fn spool_or_log(spool: &Spool, gdpr: &Gdpr, stats: &WriterStats, cdrs: &mut [Cdr]) {
+    let _g = gdpr.spool_lock.lock().unwrap_or_else(|p| p.into_inner());
+    gdpr.scrub_all(cdrs);
     match spool.append(cdrs) {
         Ok(()) => {
             stats
@@ -73,7 +77,7 @@ fn spool_or_log(spool: &Spool, lock: &Mutex<()>, stats: &WriterStats, cdrs: &[Cd
                 .fetch_add(cdrs.len() as u64, Ordering::Relaxed);
         }
         Err(e) => {
-            for c in cdrs {
+            for c in cdrs.iter() {
                 // The log is this CDR's last copy; numbers stay masked unless masking is off.
                 let mut c = c.clone();
                 c.caller = crate::logging::num(&c.caller);
@@ -87,23 +91,26 @@ fn spool_or_log(spool: &Spool, lock: &Mutex<()>, stats: &WriterStats, cdrs: &[Cd
 /// Start the writer. Dropping the returned sink (and every clone of its sender) ends the task
 /// after it has written or spooled everything it was given; await the handle for that. The
 /// database is not touched before `gate` fires (so start-up work such as loading consent can
-/// migrate first); CDRs handed over before then are spooled.
+/// migrate first); CDRs handed over before then are spooled. Numbers on `gdpr`'s erasure
+/// list are anonymised before any CDR is stored or spooled.
+#[allow(clippy::too_many_arguments)]
 pub fn start(
     db: Db,
     spool: Spool,
     auto_migrate: bool,
     capacity: usize,
     retention: Retention,
+    gdpr: Arc<Gdpr>,
     gate: tokio::sync::oneshot::Receiver<()>,
 ) -> (DbSink, JoinHandle<()>, Arc<WriterStats>) {
     let (tx, rx) = mpsc::channel(capacity);
-    let lock = Arc::new(Mutex::new(()));
+    gdpr.claim_node();
     let stats = Arc::new(WriterStats::default());
     let _ = stats.queue.set(tx.downgrade());
     let task = tokio::spawn(run(
         db,
         spool.clone(),
-        lock.clone(),
+        gdpr.clone(),
         stats.clone(),
         auto_migrate,
         rx,
@@ -114,7 +121,7 @@ pub fn start(
         DbSink {
             tx,
             spool,
-            lock,
+            gdpr,
             stats: stats.clone(),
         },
         task,
@@ -126,7 +133,8 @@ pub fn start(
 struct Shared {
     db: Db,
     spool: Spool,
-    lock: Arc<Mutex<()>>,
+    /// The erasure list, the database gate and the spool lock.
+    gdpr: Arc<Gdpr>,
     stats: Arc<WriterStats>,
     /// False while the database is known to be away (a write failed, or it has not answered
     /// since start): new batches then go straight to the fsync'd spool, so a crash during an
@@ -136,7 +144,11 @@ struct Shared {
 }
 
 impl Shared {
-    async fn write(&self, batch: &[Cdr]) -> bool {
+    /// Store a batch, its erased numbers anonymised first; the database gate is held from
+    /// that check to the commit, so an erasure's `UPDATE` runs after it.
+    async fn write(&self, batch: &mut [Cdr]) -> bool {
+        let _gate = self.gdpr.db_gate.read().await;
+        self.gdpr.scrub_all(batch);
         match tokio::time::timeout(WRITE_DEADLINE, self.db.insert(batch)).await {
             Ok(Ok(())) => {
                 self.stats
@@ -165,13 +177,17 @@ impl Shared {
     /// Put every spool file into the database; true when the spool is empty afterwards.
     async fn replay(&self) -> bool {
         let batches = {
-            let _g = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            let _g = self
+                .gdpr
+                .spool_lock
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             self.spool.take()
         };
-        for b in batches {
+        for mut b in batches {
             // In transactions of BATCH; a crash part-way leaves the file, and the next replay's
             // inserts of the rows already in skip them (idempotent on the call id).
-            for chunk in b.cdrs.chunks(BATCH) {
+            for chunk in b.cdrs.chunks_mut(BATCH) {
                 if !self.write(chunk).await {
                     return false; // still down: the file stays for the next round
                 }
@@ -208,22 +224,36 @@ pub struct Retention {
     pub key_file: std::path::PathBuf,
 }
 
-async fn retention_pass(db: &Db, r: &Retention) {
+/// Why a retention pass changed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RetentionError {
+    /// The hash key could not be read or created.
+    #[error(transparent)]
+    Key(#[from] super::anonymize::KeyError),
+    /// The database failed (retried next hour).
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+}
+
+/// One retention pass: caller and called of calls older than `r.days` are anonymised (none
+/// when `days` is 0). The hash key is created on first use, so a fresh install (no spool
+/// directory yet) passes too. Returns the calls changed.
+pub async fn retention_step(db: &Db, r: &Retention) -> Result<u64, RetentionError> {
     if r.days == 0 {
-        return;
+        return Ok(0);
     }
-    let key = match super::anonymize::key(&r.key_file) {
-        Ok(k) => k,
-        Err(e) => {
-            tracing::error!(file = %r.key_file.display(), error = %e, "retention: no hash key");
-            return;
-        }
-    };
+    let key = super::anonymize::key(&r.key_file)?;
     let cutoff = (chrono::Utc::now() - chrono::Duration::days(i64::from(r.days)))
         .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
-    match db.anonymize_before(&key, &cutoff).await {
+    Ok(db.anonymize_before(&key, &cutoff).await?)
+}
+
+/// [`retention_step`], with what it did logged.
+async fn retention_pass(db: &Db, r: &Retention) {
+    match retention_step(db, r).await {
         Ok(0) => {}
-        Ok(n) => tracing::info!(calls = n, before = %cutoff, "retention: numbers anonymised"),
+        Ok(n) => tracing::info!(calls = n, days = r.days, "retention: numbers anonymised"),
+        Err(RetentionError::Key(e)) => tracing::error!(error = %e, "retention: no hash key"),
         Err(e) => tracing::warn!(error = %e, "retention pass failed; retried next hour"),
     }
 }
@@ -271,7 +301,7 @@ async fn replay_loop(
 async fn run(
     db: Db,
     spool: Spool,
-    lock: Arc<Mutex<()>>,
+    gdpr: Arc<Gdpr>,
     stats: Arc<WriterStats>,
     auto_migrate: bool,
     mut rx: mpsc::Receiver<Cdr>,
@@ -281,7 +311,7 @@ async fn run(
     let sh = Arc::new(Shared {
         db,
         spool,
-        lock,
+        gdpr,
         stats,
         healthy: AtomicBool::new(false),
     });
@@ -302,8 +332,8 @@ async fn run(
                 _ => break,
             }
         }
-        if !sh.healthy.load(Ordering::Relaxed) || !sh.write(&batch).await {
-            spool_or_log(&sh.spool, &sh.lock, &sh.stats, &batch);
+        if !sh.healthy.load(Ordering::Relaxed) || !sh.write(&mut batch).await {
+            spool_or_log(&sh.spool, &sh.gdpr, &sh.stats, &mut batch);
         }
     }
     let _ = stop_tx.send(());
@@ -313,6 +343,7 @@ async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
 
     #[derive(Clone, Default)]
     struct Buf(Arc<Mutex<Vec<u8>>>);
@@ -340,7 +371,9 @@ mod tests {
         let stats = WriterStats::default();
         let cdr = Cdr::synthetic(7);
         tracing::subscriber::with_default(sub, || {
-            spool_or_log(&spool, &Mutex::new(()), &stats, std::slice::from_ref(&cdr));
+            let nowhere = std::env::temp_dir().join(format!("dce-none-{}", crate::ids::uuid()));
+            let gdpr = Gdpr::open(&nowhere).unwrap();
+            spool_or_log(&spool, &gdpr, &stats, &mut [cdr.clone()]);
         });
         let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
         assert!(text.contains("CDR could not be spooled"), "{text}");
@@ -352,5 +385,129 @@ mod tests {
         assert!(!text.contains(&cdr.caller), "{text}");
         assert!(text.contains("1310*****07"), "{text}");
         assert_eq!(stats.spooled.load(Ordering::Relaxed), 0);
+    }
+
+    fn log_to(buf: &Buf) -> impl tracing::Subscriber {
+        let sink = buf.clone();
+        tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .finish()
+    }
+
+    #[tokio::test]
+    async fn retention_on_a_fresh_install_creates_its_key_and_logs_no_error() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("dce-retention-{}", crate::ids::uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::connect(&format!("sqlite://{}/t.db", dir.display())).unwrap();
+        db.migrate().await.unwrap();
+        // nothing was ever spooled: the spool directory does not exist yet
+        let r = Retention {
+            days: 30,
+            key_file: dir.join("spool").join("anon.key"),
+        };
+        let buf = Buf::default();
+        {
+            let _g = tracing::subscriber::set_default(log_to(&buf));
+            retention_pass(&db, &r).await;
+        }
+        let text = String::from_utf8(buf.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("ERROR"), "{text}");
+        assert!(!text.contains("no hash key"), "{text}");
+        let key = std::fs::read(&r.key_file).expect("the pass created the key");
+        assert_eq!(key.len(), 32);
+        let mode = std::fs::metadata(&r.key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "only DCE's user reads the key");
+        // the next pass keeps that key and anonymises a call older than the cutoff
+        let old = Cdr {
+            invite_at: "2001-01-01T00:00:00.000Z".into(),
+            end_at: "2001-01-01T00:02:00.000Z".into(),
+            ..Cdr::synthetic(3)
+        };
+        db.insert(std::slice::from_ref(&old)).await.unwrap();
+        db.insert(&[Cdr {
+            invite_at: chrono::Utc::now().to_rfc3339(),
+            ..Cdr::synthetic(4)
+        }])
+        .await
+        .unwrap();
+        assert_eq!(
+            retention_step(&db, &r).await.unwrap(),
+            1,
+            "only the old call"
+        );
+        assert_eq!(std::fs::read(&r.key_file).unwrap(), key, "the key is kept");
+        let rows = db
+            .export("2000-01-01T00:00:00Z", "2002-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        assert_eq!(
+            rows[0].caller,
+            crate::store::anonymize::pseudonym(&key, &old.caller)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test]
+    async fn an_erased_number_reaches_the_database_anonymised_from_spool_and_queue() {
+        let dir = std::env::temp_dir().join(format!("dce-writer-gdpr-{}", crate::ids::uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Db::connect(&format!("sqlite://{}/t.db", dir.display())).unwrap();
+        db.migrate().await.unwrap();
+        let spool = Spool::new(&dir.join("spool"));
+        let gdpr = Gdpr::open(&dir.join("spool")).unwrap();
+        let (gate_tx, gate) = tokio::sync::oneshot::channel();
+        let retention = Retention {
+            days: 0,
+            key_file: dir.join("spool/anon.key"),
+        };
+        let (mut sink, task, stats) = start(
+            db.clone(),
+            spool.clone(),
+            false,
+            100,
+            retention,
+            gdpr.clone(),
+            gate,
+        );
+        // before the gate the database is not touched: the batch goes to the spool
+        for i in [1234, 1] {
+            sink.emit(Cdr::synthetic(i));
+        }
+        for _ in 0..200 {
+            if stats.spooled.load(Ordering::Relaxed) == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(stats.spooled.load(Ordering::Relaxed), 2, "both spooled");
+        let done = gdpr.erase("+13105551234", &db, &spool, None).await.unwrap();
+        assert_eq!((done.database_calls, done.spool_records), (0, 1));
+        sink.emit(Cdr {
+            id: Cdr::synthetic(99).id,
+            ..Cdr::synthetic(1234)
+        }); // queued after the erasure
+        let _ = gate_tx.send(());
+        for _ in 0..500 {
+            if stats.written.load(Ordering::Relaxed) == 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        drop(sink);
+        task.await.unwrap();
+        let rows = db
+            .export("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z")
+            .await
+            .unwrap();
+        let mut callers: Vec<&str> = rows.iter().map(|r| r.caller.as_str()).collect();
+        callers.sort();
+        let p = done.pseudonym.as_str();
+        let mut want = vec![p, p, "13105550001"];
+        want.sort();
+        assert_eq!(callers, want);
+        assert_eq!(spool.pending(), 0);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
