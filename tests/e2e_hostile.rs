@@ -55,7 +55,10 @@ fn a_40000_character_caller_never_reaches_the_buyer_as_is() {
          Contact: <sip:c@127.0.0.1:{cport}>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{sdp}",
         sdp.len()
     );
-    assert!(invite.len() > 40_000 && invite.len() < 65_000, "one datagram");
+    assert!(
+        invite.len() > 40_000 && invite.len() < 65_000,
+        "one datagram"
+    );
     let dce_addr: SocketAddr = dce.sip;
     carrier.send_to(invite.as_bytes(), dce_addr).unwrap();
     let at_buyer = receive_all(&buyer, Duration::from_secs(2));
@@ -82,9 +85,7 @@ fn a_40000_character_caller_never_reaches_the_buyer_as_is() {
     // The buyer never answers; the ring timeout ends the call (480) and the CDR is bounded.
     let at_carrier = receive_all(&carrier, Duration::from_secs(4));
     assert!(
-        at_carrier
-            .iter()
-            .any(|b| b.starts_with(b"SIP/2.0 480 ")),
+        at_carrier.iter().any(|b| b.starts_with(b"SIP/2.0 480 ")),
         "the carrier got its final answer"
     );
     let ack = format!(
@@ -95,7 +96,10 @@ fn a_40000_character_caller_never_reaches_the_buyer_as_is() {
     let dir = dce.dir().to_path_buf();
     let (clean, log, _keep) = dce.stop_keep();
     assert!(clean, "dce exited cleanly: {log}");
-    assert!(!log.contains(&"a".repeat(65)), "the caller reached the log whole");
+    assert!(
+        !log.contains(&"a".repeat(65)),
+        "the caller reached the log whole"
+    );
     let cdrs = support::dce_process::jsonl_cdrs(&dir);
     assert_eq!(cdrs.len(), 1);
     assert_eq!(cdrs[0]["caller"].as_str().unwrap().len(), 64);

@@ -275,7 +275,10 @@ async fn replay_loop(
     };
     let mut migrated = !auto_migrate;
     let mut retention_at = tokio::time::Instant::now() + Duration::from_secs(60);
-    while !stopped {
+    loop {
+        if stopped {
+            break;
+        }
         if !migrated {
             migrated = migrate(&sh.db).await;
         }
