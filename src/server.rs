@@ -12,6 +12,7 @@ use crate::config::{Config, ListenProto};
 use crate::counters::{Counter, Counters};
 use crate::edge::{EdgeCore, Local};
 use crate::latency::Latency;
+use crate::transport::gate::{trusted_sources, Gate};
 use crate::transport::tcp::{accept_loop, TcpLimits};
 use crate::transport::{udp, Inbound};
 use anyhow::Context;
@@ -125,12 +126,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Arc<Counters>> {
     let counters = Arc::new(Counters::default());
-    let (core_tx, core_rx) = mpsc::channel::<Inbound>(16_384);
+    let (core_tx, core_rx) = mpsc::channel::<Inbound>(crate::transport::CORE_QUEUE);
+    let rx_gate = Arc::new(Gate::new(&config, counters.clone()));
     let mut udp_sockets = Vec::new();
     let mut local_hosts = vec![config.sip.advertised_host.to_ascii_lowercase()];
     let limits = TcpLimits {
         max_message: config.sip.max_message_bytes,
         idle: config.sip.tcp_idle_timeout,
+        message: config.sip.tcp_message_timeout,
         per_ip: config.sip.tcp_max_connections_per_ip,
         total: config.sip.tcp_max_connections,
     };
@@ -138,17 +141,15 @@ pub async fn run(
         local_hosts.push(l.addr.ip().to_string());
         match l.proto {
             ListenProto::Udp => {
-                let sock = Arc::new(
-                    UdpSocket::bind(l.addr)
-                        .await
-                        .with_context(|| format!("cannot listen on {l}"))?,
-                );
+                let sock =
+                    Arc::new(udp::bind(l.addr).with_context(|| format!("cannot listen on {l}"))?);
                 let index = udp_sockets.len() as u64;
                 tokio::spawn(udp::receive_loop(
                     sock.clone(),
                     index,
                     config.sip.max_message_bytes,
                     core_tx.clone(),
+                    rx_gate.clone(),
                     counters.clone(),
                 ));
                 udp_sockets.push(sock);
@@ -161,6 +162,7 @@ pub async fn run(
                     listener,
                     limits,
                     core_tx.clone(),
+                    rx_gate.clone(),
                     counters.clone(),
                 ));
             }
@@ -168,6 +170,7 @@ pub async fn run(
         tracing::info!(listen = %l, "listening");
     }
     drop(core_tx);
+    tokio::spawn(release_freed_memory());
     let timers = TimerConfig {
         t1: config.sip.t1,
         ..TimerConfig::default()
@@ -280,6 +283,7 @@ pub async fn run(
             controller,
         ),
         counters: counters.clone(),
+        gate: rx_gate,
         udp: udp_sockets,
         tcp: HashMap::new(),
         config_path,
@@ -355,6 +359,32 @@ pub async fn run(
     Ok(counters)
 }
 
+/// glibc keeps what is freed in its per-thread arenas: after a burst (an overload, a flood)
+/// the process would keep its peak RSS for good. Every 5 s, when more than 32 MiB sit free in
+/// the heap, give them back to the kernel (docs/decisions/0009-edge-limits.md).
+async fn release_freed_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = tokio::task::spawn_blocking(trim_heap).await;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: mallinfo2 and malloc_trim take glibc's arena locks themselves; no pointers are
+    // passed or returned.
+    let free = unsafe { libc::mallinfo2() }.fordblks;
+    if free > 32 << 20 {
+        // SAFETY: as above.
+        unsafe { libc::malloc_trim(0) };
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
 /// A config and its compliance files, read for a reload.
 struct Reloaded {
     path: PathBuf,
@@ -413,6 +443,8 @@ type ReloadDone = (Result<Reloaded, Vec<String>>, Option<ReloadReply>);
 struct Core {
     edge: EdgeCore,
     counters: Arc<Counters>,
+    /// The receive side's per-source limits and overload shedding.
+    gate: Arc<Gate>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
     config_path: Option<PathBuf>,
@@ -519,6 +551,8 @@ impl Core {
         self.edge
             .calls()
             .reload(Arc::new(snap), &cfg.routing.carriers);
+        self.gate
+            .reconfigure(cfg.sip.source_limits(), trusted_sources(&cfg));
         tracing::info!(
             file = %path.display(),
             campaigns = cfg.routing.campaigns.len(),
@@ -609,7 +643,9 @@ impl Core {
                         self.tcp.remove(&conn);
                     }
                     Some(Inbound::Message { bytes, from, at }) => {
-                        self.edge.on_bytes(bytes, from, Instant::now());
+                        let now = Instant::now();
+                        self.gate.dequeued(at, now);
+                        self.edge.on_bytes(bytes, from, now);
                         rx_at = Some(at);
                     }
                     None => return,

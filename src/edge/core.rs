@@ -1,6 +1,7 @@
 //! [`EdgeCore`]: the sans-IO heart of the process.
 
 use super::policy::{decide, Decision, Local};
+use super::stateless::Edge;
 use crate::call::Controller;
 use crate::counters::{Counter, Counters};
 use crate::ids;
@@ -93,7 +94,15 @@ impl EdgeCore {
                 } else {
                     Counter::RxResponse
                 });
-                self.layer.on_message(msg, from, now);
+                // Stateless answers (edge/stateless.rs): no transaction for these.
+                match super::stateless::at_edge(&msg, from, &self.local) {
+                    Edge::Answer(t, counter) => {
+                        self.counters.inc(counter);
+                        self.stateless.push_back(t);
+                    }
+                    Edge::AbsorbedAck => self.counters.inc(Counter::AckToStateless),
+                    Edge::Pass => self.layer.on_message(msg, from, now),
+                }
             }
             Err(failure) => self.on_malformed(failure, from),
         }
