@@ -360,8 +360,9 @@ pub async fn run(
 }
 
 /// glibc keeps what is freed in its per-thread arenas: after a burst (an overload, a flood)
-/// the process would keep its peak RSS for good. Every 5 s, when more than 32 MiB sit free in
-/// the heap, give them back to the kernel (docs/decisions/0009-edge-limits.md).
+/// the process would keep its peak RSS for good. Every 5 s, when more than 32 MiB are resident
+/// but not in use by the allocator's callers, give them back to the kernel
+/// (docs/decisions/0009-edge-limits.md).
 async fn release_freed_memory() {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -373,12 +374,26 @@ async fn release_freed_memory() {
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 fn trim_heap() {
-    // SAFETY: mallinfo2 and malloc_trim take glibc's arena locks themselves; no pointers are
-    // passed or returned.
-    let free = unsafe { libc::mallinfo2() }.fordblks;
-    if free > 32 << 20 {
+    // SAFETY: sysconf, mallinfo2 and malloc_trim take no pointers; glibc's allocator takes
+    // its arena locks itself.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // Resident pages, from /proc/self/statm (second field), in bytes.
+    let resident = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map(|pages| pages * page)
+        .unwrap_or(0);
+    // SAFETY: as above.
+    let mi = unsafe { libc::mallinfo2() };
+    let in_use = mi.uordblks + mi.hblkhd;
+    if resident.saturating_sub(in_use) > 32 << 20 {
         // SAFETY: as above.
         unsafe { libc::malloc_trim(0) };
+        tracing::debug!(
+            resident_mib = resident >> 20,
+            in_use_mib = in_use >> 20,
+            "returned freed heap memory to the kernel"
+        );
     }
 }
 

@@ -417,7 +417,7 @@ fn overload_sheds_new_invites_with_503_and_memory_comes_back() {
     let during = peak.finish();
     drop(buyer);
     // Timer J of the last BYEs (64 × T1 = 6.4 s) and the CDR writer: then back to idle.
-    std::thread::sleep(Duration::from_secs(12));
+    std::thread::sleep(Duration::from_secs(20));
     let after = rss_kib(pid);
     let (ok, log) = dce.stop();
     assert!(ok);
@@ -433,11 +433,10 @@ fn overload_sheds_new_invites_with_503_and_memory_comes_back() {
         "every call completed or got 503:\n{sipp_out}\nDCE log tail:\n{}",
         log.lines().rev().take(30).collect::<Vec<_>>().join("\n")
     );
-    assert_eq!(
-        completed + shed + refused,
-        calls,
-        "each call completed or was refused with 503"
-    );
+    // A shed INVITE whose 503 was lost is retransmitted and may be shed again: the 503
+    // counters can exceed the calls refused. SIPp's success above says each call ended one way.
+    assert!(completed <= calls && completed + shed + refused >= calls);
+    assert!(completed > 0, "some calls completed under overload");
     assert!(during <= 300 * 1024, "VmRSS peaked at {during} KiB");
     assert!(
         after <= before + 40 * 1024,
