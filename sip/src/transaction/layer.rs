@@ -173,6 +173,11 @@ impl TransactionLayer {
         }
     }
 
+    /// Room the transaction table has now (it grows with bursts; see `shrink_after_burst`).
+    pub fn capacity(&self) -> usize {
+        self.txs.capacity()
+    }
+
     /// Number of live transactions.
     pub fn len(&self) -> usize {
         self.txs.len()
