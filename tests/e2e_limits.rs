@@ -245,6 +245,7 @@ fn flood_from_one_source_does_not_starve_another() {
     );
     assert_eq!(counter(&log, "calls_answered"), 5, "{log}");
     let dropped = counter(&log, "dropped_source_rate");
+    eprintln!("flood: {dropped} dropped at the receive side (dropped_source_rate)");
     assert!(
         dropped > sent / 2,
         "most of the flood dropped at the receive side ({dropped} of {sent})"

@@ -116,6 +116,7 @@ pub async fn accept_loop(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     mut stream: TcpStream,
     addr: SocketAddr,
