@@ -110,6 +110,16 @@ counters! {
     TcpSendFailed => "tcp_send_failed",
     /// A UDP send failed.
     UdpSendFailed => "udp_send_failed",
+    /// ACK to a stateless non-2xx answer of the edge: absorbed.
+    AckToStateless => "absorbed_ack_stateless",
+    /// Message from a source over its per-source rate: dropped before the core queue.
+    DroppedSourceRate => "dropped_source_rate",
+    /// Message dropped because the core queue was full.
+    DroppedQueueFull => "dropped_queue_full",
+    /// New INVITE shed at the receive side while the core is behind: stateless 503.
+    Shed503 => "rejected_503_shed",
+    /// TCP connection closed because a message did not arrive whole in time.
+    TcpClosedMessageTimeout => "tcp_closed_message_timeout",
 }
 
 /// The counters, shared by every task.

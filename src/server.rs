@@ -12,6 +12,7 @@ use crate::config::{Config, ListenProto};
 use crate::counters::{Counter, Counters};
 use crate::edge::{EdgeCore, Local};
 use crate::latency::Latency;
+use crate::transport::gate::{trusted_sources, Gate};
 use crate::transport::tcp::{accept_loop, TcpLimits};
 use crate::transport::{udp, Inbound};
 use anyhow::Context;
@@ -125,12 +126,14 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Arc<Counters>> {
     let counters = Arc::new(Counters::default());
-    let (core_tx, core_rx) = mpsc::channel::<Inbound>(16_384);
+    let (core_tx, core_rx) = mpsc::channel::<Inbound>(crate::transport::CORE_QUEUE);
+    let rx_gate = Arc::new(Gate::new(&config, counters.clone()));
     let mut udp_sockets = Vec::new();
     let mut local_hosts = vec![config.sip.advertised_host.to_ascii_lowercase()];
     let limits = TcpLimits {
         max_message: config.sip.max_message_bytes,
         idle: config.sip.tcp_idle_timeout,
+        message: config.sip.tcp_message_timeout,
         per_ip: config.sip.tcp_max_connections_per_ip,
         total: config.sip.tcp_max_connections,
     };
@@ -138,17 +141,15 @@ pub async fn run(
         local_hosts.push(l.addr.ip().to_string());
         match l.proto {
             ListenProto::Udp => {
-                let sock = Arc::new(
-                    UdpSocket::bind(l.addr)
-                        .await
-                        .with_context(|| format!("cannot listen on {l}"))?,
-                );
+                let sock =
+                    Arc::new(udp::bind(l.addr).with_context(|| format!("cannot listen on {l}"))?);
                 let index = udp_sockets.len() as u64;
                 tokio::spawn(udp::receive_loop(
                     sock.clone(),
                     index,
                     config.sip.max_message_bytes,
                     core_tx.clone(),
+                    rx_gate.clone(),
                     counters.clone(),
                 ));
                 udp_sockets.push(sock);
@@ -161,6 +162,7 @@ pub async fn run(
                     listener,
                     limits,
                     core_tx.clone(),
+                    rx_gate.clone(),
                     counters.clone(),
                 ));
             }
@@ -168,6 +170,7 @@ pub async fn run(
         tracing::info!(listen = %l, "listening");
     }
     drop(core_tx);
+    tokio::spawn(release_freed_memory());
     let timers = TimerConfig {
         t1: config.sip.t1,
         ..TimerConfig::default()
@@ -286,6 +289,7 @@ pub async fn run(
             controller,
         ),
         counters: counters.clone(),
+        gate: rx_gate,
         udp: udp_sockets,
         tcp: HashMap::new(),
         config_path,
@@ -363,6 +367,47 @@ pub async fn run(
     Ok(counters)
 }
 
+/// glibc keeps what is freed in its per-thread arenas: after a burst (an overload, a flood)
+/// the process would keep its peak RSS for good. Every 5 s, when more than 32 MiB are resident
+/// but not in use by the allocator's callers, give them back to the kernel
+/// (docs/decisions/0009-edge-limits.md).
+async fn release_freed_memory() {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let _ = tokio::task::spawn_blocking(trim_heap).await;
+    }
+}
+
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn trim_heap() {
+    // SAFETY: sysconf, mallinfo2 and malloc_trim take no pointers; glibc's allocator takes
+    // its arena locks itself.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    // Resident pages, from /proc/self/statm (second field), in bytes.
+    let resident = std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| s.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map(|pages| pages * page)
+        .unwrap_or(0);
+    // SAFETY: as above.
+    let mi = unsafe { libc::mallinfo2() };
+    let in_use = mi.uordblks + mi.hblkhd;
+    if resident.saturating_sub(in_use) > 32 << 20 {
+        // SAFETY: as above.
+        unsafe { libc::malloc_trim(0) };
+        tracing::debug!(
+            resident_mib = resident >> 20,
+            in_use_mib = in_use >> 20,
+            "returned freed heap memory to the kernel"
+        );
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn trim_heap() {}
+
 /// A config and its compliance files, read for a reload.
 struct Reloaded {
     path: PathBuf,
@@ -423,6 +468,8 @@ struct Core {
     /// Where CDRs go (the database writer, and the JSON-lines copy).
     sink: Box<dyn crate::call::cdr::CdrSink>,
     counters: Arc<Counters>,
+    /// The receive side's per-source limits and overload shedding.
+    gate: Arc<Gate>,
     udp: Vec<Arc<UdpSocket>>,
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
     config_path: Option<PathBuf>,
@@ -531,6 +578,8 @@ impl Core {
         self.edge
             .calls()
             .reload(Arc::new(snap), &cfg.routing.carriers);
+        self.gate
+            .reconfigure(cfg.sip.source_limits(), trusted_sources(&cfg));
         tracing::info!(
             file = %path.display(),
             campaigns = cfg.routing.campaigns.len(),
@@ -622,7 +671,9 @@ impl Core {
                         self.tcp.remove(&conn);
                     }
                     Some(Inbound::Message { bytes, from, at }) => {
-                        self.edge.handle_input(crate::edge::Input::Bytes { bytes, from }, Instant::now());
+                        let now = Instant::now();
+                        self.gate.dequeued(at, now);
+                        self.edge.handle_input(crate::edge::Input::Bytes { bytes, from }, now);
                         rx_at = Some(at);
                     }
                     None => return,

@@ -248,6 +248,39 @@ pub struct SipConfig {
     pub max_calls: usize,
     /// Largest request sent to a buyer over UDP (RFC 3261 §18.1.1).
     pub max_udp_request_bytes: usize,
+    /// A TCP message must arrive whole this long after its first byte, or the connection closes.
+    pub tcp_message_timeout: Duration,
+    /// Messages per second one source (IPv4 address, IPv6 /64) that is no carrier or buyer may
+    /// send; more are dropped before the core queue. 0 = no limit.
+    pub source_rate_per_s: u32,
+    /// Messages such a source may send at once after a quiet spell.
+    pub source_burst: u32,
+    /// The same for carriers' sources and buyers' addresses; 0 = exempt (the default).
+    pub trusted_source_rate_per_s: u32,
+    /// Messages waiting for the core task above which new INVITEs get a stateless 503.
+    pub overload_queue_depth: usize,
+    /// Age of the message the core task last took from its queue above which new INVITEs get
+    /// a stateless 503.
+    pub overload_queue_delay: Duration,
+    /// `Retry-After` of that 503, seconds.
+    pub overload_retry_after_s: u32,
+}
+
+impl SipConfig {
+    /// The per-source limits these keys ask for.
+    pub fn source_limits(&self) -> crate::edge::LimitConfig {
+        crate::edge::LimitConfig {
+            untrusted: crate::edge::Rate {
+                per_s: self.source_rate_per_s,
+                burst: self.source_burst,
+            },
+            trusted: crate::edge::Rate {
+                per_s: self.trusted_source_rate_per_s,
+                burst: self.trusted_source_rate_per_s.saturating_mul(2),
+            },
+            ..crate::edge::LimitConfig::default()
+        }
+    }
 }
 
 /// Defaults for the optional `[sip]` keys.
@@ -270,6 +303,20 @@ pub mod defaults {
     pub const MAX_CALLS: i64 = 10_000;
     /// RFC 3261 §18.1.1: over 1300 bytes (path MTU unknown) a request must not go over UDP.
     pub const MAX_UDP_REQUEST_BYTES: i64 = 1300;
+    /// Seconds a TCP message may take to arrive whole (like `http.header_timeout_s`).
+    pub const TCP_MESSAGE_TIMEOUT_S: i64 = 10;
+    /// Untrusted source: messages per second (OPTIONS probes, stray traffic, scanners).
+    pub const SOURCE_RATE_PER_S: i64 = 100;
+    /// Untrusted source: burst.
+    pub const SOURCE_BURST: i64 = 200;
+    /// Carriers and buyers: exempt.
+    pub const TRUSTED_SOURCE_RATE_PER_S: i64 = 0;
+    /// Queue depth (messages) that sheds new INVITEs.
+    pub const OVERLOAD_QUEUE_DEPTH: i64 = 2_000;
+    /// Queue delay (ms) that sheds new INVITEs (below T1, so carriers do not retransmit).
+    pub const OVERLOAD_QUEUE_DELAY_MS: i64 = 200;
+    /// Retry-After of the shedding 503.
+    pub const OVERLOAD_RETRY_AFTER_S: i64 = 5;
 }
 
 pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
@@ -451,6 +498,13 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             "max_attempts",
             "max_calls",
             "max_udp_request_bytes",
+            "tcp_message_timeout_s",
+            "source_rate_per_s",
+            "source_burst",
+            "trusted_source_rate_per_s",
+            "overload_queue_depth",
+            "overload_queue_delay_ms",
+            "overload_retry_after_s",
         ],
     );
     // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
@@ -518,6 +572,43 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         65_535,
         defaults::MAX_UDP_REQUEST_BYTES,
     ) as usize;
+    let message_timeout = int(
+        "tcp_message_timeout_s",
+        1,
+        3_600,
+        defaults::TCP_MESSAGE_TIMEOUT_S,
+    ) as u64;
+    let source_rate = int(
+        "source_rate_per_s",
+        0,
+        1_000_000,
+        defaults::SOURCE_RATE_PER_S,
+    ) as u32;
+    let source_burst = int("source_burst", 1, 1_000_000, defaults::SOURCE_BURST) as u32;
+    let trusted_rate = int(
+        "trusted_source_rate_per_s",
+        0,
+        10_000_000,
+        defaults::TRUSTED_SOURCE_RATE_PER_S,
+    ) as u32;
+    let queue_depth = int(
+        "overload_queue_depth",
+        1,
+        crate::transport::CORE_QUEUE as i64,
+        defaults::OVERLOAD_QUEUE_DEPTH,
+    ) as usize;
+    let queue_delay = int(
+        "overload_queue_delay_ms",
+        1,
+        60_000,
+        defaults::OVERLOAD_QUEUE_DELAY_MS,
+    ) as u64;
+    let retry_after = int(
+        "overload_retry_after_s",
+        0,
+        3_600,
+        defaults::OVERLOAD_RETRY_AFTER_S,
+    ) as u32;
     Some(SipConfig {
         listen,
         advertised_host,
@@ -530,6 +621,13 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         max_attempts,
         max_calls,
         max_udp_request_bytes,
+        tcp_message_timeout: Duration::from_secs(message_timeout),
+        source_rate_per_s: source_rate,
+        source_burst,
+        trusted_source_rate_per_s: trusted_rate,
+        overload_queue_depth: queue_depth,
+        overload_queue_delay: Duration::from_millis(queue_delay),
+        overload_retry_after_s: retry_after,
     })
 }
 
@@ -601,6 +699,46 @@ max_message_bytes = 12
             text[3].starts_with("dce.toml:8: `sip.max_message_bytes` must be between"),
             "{text:#?}"
         );
+    }
+
+    #[test]
+    fn edge_limit_keys_defaults_and_errors() {
+        let c = parse("dce.toml", GOOD).unwrap();
+        assert_eq!(c.sip.tcp_message_timeout.as_secs(), 10);
+        assert_eq!((c.sip.source_rate_per_s, c.sip.source_burst), (100, 200));
+        assert_eq!(c.sip.trusted_source_rate_per_s, 0, "carriers exempt");
+        assert_eq!(c.sip.overload_queue_depth, 2_000);
+        assert_eq!(c.sip.overload_queue_delay.as_millis(), 200);
+        assert_eq!(c.sip.overload_retry_after_s, 5);
+        let set = format!("{GOOD}tcp_message_timeout_s = 2\nsource_rate_per_s = 0\ntrusted_source_rate_per_s = 50000\noverload_queue_depth = 100\n");
+        let c = parse("dce.toml", &set).unwrap();
+        assert_eq!(c.sip.tcp_message_timeout.as_secs(), 2);
+        assert_eq!(c.sip.source_limits().untrusted.per_s, 0);
+        assert_eq!(c.sip.source_limits().trusted.burst, 100_000);
+        assert_eq!(c.sip.overload_queue_depth, 100);
+        let bad = format!("{GOOD}tcp_message_timeout_s = 0\nsource_burst = -1\noverload_queue_depth = 100000\noverload_queue_delay_ms = \"x\"\n");
+        let errs: Vec<String> = parse("e.toml", &bad)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect();
+        let first = GOOD.lines().count() + 1;
+        let expect = [
+            format!("e.toml:{first}: `sip.tcp_message_timeout_s` must be between"),
+            format!("e.toml:{}: `sip.source_burst` must be between", first + 1),
+            format!(
+                "e.toml:{}: `sip.overload_queue_depth` must be between",
+                first + 2
+            ),
+            format!(
+                "e.toml:{}: `sip.overload_queue_delay_ms` must be",
+                first + 3
+            ),
+        ];
+        assert_eq!(errs.len(), expect.len(), "{errs:#?}");
+        for (e, x) in errs.iter().zip(&expect) {
+            assert!(e.starts_with(x.as_str()), "{e} should start with {x}");
+        }
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! driver passes `now` and gave the controller its wall clock and id generator.
 
 use super::policy::{decide, Decision, Local};
+use super::stateless::Edge;
 use crate::call::{Answer, Controller, LookupId, Output};
 use crate::counters::{Counter, Counters};
 use bytes::Bytes;
@@ -121,7 +122,15 @@ impl EdgeCore {
                 } else {
                     Counter::RxResponse
                 });
-                self.layer.on_message(msg, from, now);
+                // Stateless answers (edge/stateless.rs): no transaction for these.
+                match super::stateless::at_edge(&msg, from, &self.local) {
+                    Edge::Answer(t, counter) => {
+                        self.counters.inc(counter);
+                        self.stateless.push_back(t);
+                    }
+                    Edge::AbsorbedAck => self.counters.inc(Counter::AckToStateless),
+                    Edge::Pass => self.layer.on_message(msg, from, now),
+                }
             }
             Err(failure) => self.on_malformed(failure, from),
         }

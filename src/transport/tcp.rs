@@ -1,5 +1,6 @@
 //! TCP accept loop and per-connection framing.
 
+use super::gate::{Admit, Gate};
 use super::Inbound;
 use crate::counters::{Counter, Counters};
 use bytes::{Buf, Bytes, BytesMut};
@@ -9,7 +10,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
@@ -21,6 +22,9 @@ pub struct TcpLimits {
     pub max_message: usize,
     /// Close a connection that sends nothing for this long.
     pub idle: Duration,
+    /// Close a connection whose message has not arrived whole this long after its first byte
+    /// (a client trickling a message a byte at a time keeps no connection for long).
+    pub message: Duration,
     /// Open connections per source IP.
     pub per_ip: usize,
     /// Open connections in total.
@@ -71,6 +75,7 @@ pub async fn accept_loop(
     listener: TcpListener,
     limits: TcpLimits,
     core: mpsc::Sender<Inbound>,
+    gate: Arc<Gate>,
     counters: Arc<Counters>,
 ) {
     let total = Arc::new(Semaphore::new(limits.total));
@@ -104,18 +109,21 @@ pub async fn accept_loop(
             conn,
             limits,
             core.clone(),
+            gate.clone(),
             counters.clone(),
             (permit, slot),
         ));
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn connection(
     mut stream: TcpStream,
     addr: SocketAddr,
     conn: u64,
     limits: TcpLimits,
     core: mpsc::Sender<Inbound>,
+    gate: Arc<Gate>,
     counters: Arc<Counters>,
     _slots: (OwnedSemaphorePermit, IpSlot),
 ) {
@@ -130,10 +138,23 @@ async fn connection(
         conn: Some(conn),
     };
     let mut buf = BytesMut::with_capacity(8192);
+    // When the first byte of the message now in `buf` arrived (none while `buf` is empty).
+    let mut started: Option<Instant> = None;
     let why = 'conn: loop {
+        let wait = match started {
+            Some(s) => limits
+                .idle
+                .min((s + limits.message).saturating_duration_since(Instant::now())),
+            None => limits.idle,
+        };
         tokio::select! {
-            read = tokio::time::timeout(limits.idle, stream.read_buf(&mut buf)) => {
+            read = tokio::time::timeout(wait, stream.read_buf(&mut buf)) => {
                 match read {
+                    Err(_) if started.is_some_and(|s| s.elapsed() >= limits.message) => {
+                        counters.inc(Counter::TcpClosedMessageTimeout);
+                        tracing::info!(%addr, conn, pending_bytes = buf.len(), "closing TCP connection: message not complete within {} s", limits.message.as_secs());
+                        break 'conn "message timeout";
+                    }
                     Err(_) => {
                         counters.inc(Counter::TcpClosedIdle);
                         break 'conn "idle";
@@ -144,9 +165,22 @@ async fn connection(
                 loop {
                     match frame(&buf, limits.max_message) {
                         Frame::Message(n) => {
+                            started = None;
                             let bytes = buf.split_to(n).freeze();
-                            if core.send(Inbound::Message { bytes, from: peer, at: std::time::Instant::now() }).await.is_err() {
-                                break 'conn "shutdown";
+                            let at = Instant::now();
+                            match gate.check(&bytes, peer, &core, at) {
+                                Admit::Drop => {}
+                                Admit::Answer(t) => {
+                                    if stream.write_all(&t.bytes).await.is_err() {
+                                        break 'conn "write failed";
+                                    }
+                                }
+                                // TCP waits for the core (backpressure on this connection only).
+                                Admit::Queue => {
+                                    if core.send(Inbound::Message { bytes, from: peer, at }).await.is_err() {
+                                        break 'conn "shutdown";
+                                    }
+                                }
                             }
                         }
                         Frame::Ping(n) => {
@@ -156,7 +190,14 @@ async fn connection(
                             }
                         }
                         Frame::Skip(n) => buf.advance(n),
-                        Frame::Incomplete => break,
+                        Frame::Incomplete => {
+                            if buf.is_empty() {
+                                started = None;
+                            } else if started.is_none() {
+                                started = Some(Instant::now());
+                            }
+                            break;
+                        }
                         Frame::Invalid(e) => {
                             counters.inc(Counter::TcpClosedFraming);
                             tracing::info!(%addr, conn, error = %e, "closing TCP connection: stream cannot be framed");
@@ -179,7 +220,7 @@ async fn connection(
     };
     // Answers to messages framed before the close are still on their way from the core:
     // give them a moment to go out (read side is done either way).
-    if why == "framing" || why == "idle" {
+    if matches!(why, "framing" | "idle" | "message timeout") {
         let linger = tokio::time::sleep(Duration::from_millis(300));
         tokio::pin!(linger);
         loop {

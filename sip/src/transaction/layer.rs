@@ -173,6 +173,11 @@ impl TransactionLayer {
         }
     }
 
+    /// Room the transaction table has now (it grows with bursts; see `shrink_after_burst`).
+    pub fn capacity(&self) -> usize {
+        self.txs.capacity()
+    }
+
     /// Number of live transactions.
     pub fn len(&self) -> usize {
         self.txs.len()
@@ -255,6 +260,28 @@ impl TransactionLayer {
                 tx.machine.on_timer(t, now, &self.cfg, &mut fx);
             }
             self.apply(id, fx, None);
+        }
+        self.shrink_after_burst();
+    }
+
+    /// After a burst the tables keep the room they grew to (a hash table never shrinks by
+    /// itself): once the live transactions fill less than a quarter of it, give half back.
+    /// Hysteresis keeps this off the steady-state path; it runs when timers fire.
+    fn shrink_after_burst(&mut self) {
+        let live = self.txs.len().max(1024);
+        if self.txs.capacity() > 4 * live {
+            self.txs.shrink_to(2 * live);
+            self.by_key.shrink_to(2 * live);
+        }
+        let timers = self.heap.len().max(4096);
+        if self.heap.capacity() > 4 * timers {
+            self.heap.shrink_to(2 * timers);
+        }
+        if self.transmits.capacity() > 4096 {
+            self.transmits.shrink_to(1024);
+        }
+        if self.events.capacity() > 4096 {
+            self.events.shrink_to(1024);
         }
     }
 

@@ -497,3 +497,29 @@ fn request_start_line_is_needed_to_send() {
         Err(TxError::NoBranch)
     );
 }
+
+#[test]
+fn tables_give_back_their_room_after_a_burst() {
+    let mut layer = TransactionLayer::new(TimerConfig::default());
+    let t0 = Instant::now();
+    for i in 0..20_000 {
+        let req = request(Method::Options, &format!("z9hG4bKburst{i}"));
+        layer.on_message(parsed(&req), peer(Transport::Udp), t0);
+        let Some(Event::Request { tx, msg, .. }) = layer.poll_event() else {
+            panic!("a request event");
+        };
+        let resp = msg.response(200, "OK", "t", None);
+        layer.respond(tx, &resp, t0).unwrap();
+    }
+    while layer.poll_transmit().is_some() {}
+    let grown = layer.capacity();
+    assert!(grown >= 20_000);
+    // Timer J (64·T1) ends them all.
+    let _ = run(&mut layer, t0, Duration::from_secs(60));
+    assert!(layer.is_empty());
+    assert!(
+        layer.capacity() < grown / 4,
+        "room given back: {} of {grown}",
+        layer.capacity()
+    );
+}
