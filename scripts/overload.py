@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Offer DCE more calls than it can take and print what it did with them and its memory:
 VmRSS before, at its peak during the load, and after the load has ended and every call's
-transactions have expired (Timer J is 64 x T1 = 32 s); calls completed, shed with a stateless
+transactions have expired (Timer J is 64 x T1 = 32 s; calls whose BYE was lost end by RTP
+timeout, 30 s); calls completed, shed with a stateless
 503 at the receive side, refused 503 by the controller; SIPp's successful and failed calls
 (a call that is answered or refused with 503 succeeds; anything else fails).
 
 Loopback only; bounded in calls and time.
 
-    cargo build --release && python3 scripts/overload.py [--rate 5500] [--seconds 20] [--settle 45]
+    cargo build --release && python3 scripts/overload.py [--rate 5500] [--seconds 20] [--settle 75]
 """
 import argparse
 import os
@@ -36,7 +37,7 @@ def main():
     ap.add_argument("--rate", type=int, default=5500)
     ap.add_argument("--seconds", type=int, default=20)
     ap.add_argument("--hold-ms", type=int, default=1000)
-    ap.add_argument("--settle", type=int, default=45, help="seconds to wait after the load")
+    ap.add_argument("--settle", type=int, default=75, help="seconds to wait after the load")
     a = ap.parse_args()
     if not os.path.exists(DCE):
         sys.exit("build first: cargo build --release")
@@ -50,6 +51,11 @@ id = "overload"
 listen = ["udp://127.0.0.1:{port}"]
 advertised_host = "127.0.0.1"
 max_calls = 100000
+[media]
+port_min = 20000
+port_max = 59999
+[compliance]
+calling_hours = {{ start = "00:00", end = "24:00" }}
 [cdr]
 jsonl_path = "{tmp}/cdr.jsonl"
 [storage]
@@ -123,6 +129,7 @@ bid_cents = 1500
     print(f"SIPp: {ok} successful (answered or 503), {failed} failed")
     print(f"DCE: {counter('calls_completed')} completed, {counter('rejected_503_shed')} shed 503 at the receive side, "
           f"{counter('rejected_503_overload')} 503 by the controller, {counter('dropped_queue_full')} dropped with the queue full")
+    print(f"DCE counters: {(re.findall(r'counters (.*)', err) or [''])[-1]}")
     print(f"VmRSS: before {before // 1024} MiB, peak during {during // 1024} MiB, {a.settle} s after {after // 1024} MiB")
 
 
