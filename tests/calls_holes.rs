@@ -340,3 +340,29 @@ fn ids_on_the_wire_come_from_the_injected_generator() {
     assert_eq!(a.1.len(), 16);
     assert!(a.0.len() >= 32);
 }
+
+#[test]
+fn a_caller_dce_cannot_read_reaches_the_buyer_as_anonymous_in_a_valid_invite() {
+    // Found by the `edge` fuzz target: a From whose URI DCE reads no user from (here the scheme `s1+pi:`) made DCE
+    // send the buyer `From: <sip:@127.0.0.1>`, which no parser accepts.
+    let mut sim = Sim::new(&two_buyers(""));
+    sim.compliance.lock().unwrap().hours = None;
+    sim.add_buyer(5090, Mode::Answer(S));
+    let invite = format!(
+        "INVITE sip:+18005550100@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKtel1;rport\r\nMax-Forwards: 70\r\n\
+         From: <s1+pi:3105551234@127.0.0.1>;tag=t1\r\nTo: <sip:+18005550100@127.0.0.1>\r\nCall-ID: tel-caller\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:c@127.0.0.1:5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    );
+    sim.send_raw(
+        "127.0.0.1:5070".parse().unwrap(),
+        bytes::Bytes::from(invite),
+    );
+    sim.run_for(3 * S);
+    // The simulated buyer parses what it gets (it panics otherwise) and answered it.
+    let b = b_call_id(&sim, 5090);
+    let inv = &sim.buyer(5090).calls[&b].invite;
+    assert_eq!(inv.from().uri.user(), Some("anonymous"));
+    assert_eq!(sim.counters.get(dce::counters::Counter::CallAnswered), 1);
+    sim.core.handle_input(dce::edge::Input::Shutdown, sim.now);
+}

@@ -90,7 +90,12 @@ impl Controller {
             }
             // Nothing of the carrier's crosses unescaped: the caller goes into the buyer's
             // URI and From as a SIP user part, bounded (admission cut it to 64 characters).
-            let caller = sip_user(&call.caller);
+            let caller = match sip_user(&call.caller) {
+                // `sip:@host` is no URI: a caller DCE could not read (a tel: or odd From) goes
+                // out as `anonymous` (found by fuzzing).
+                c if c.is_empty() => "anonymous".to_owned(),
+                c => c,
+            };
             let (uri, addr) = match target_of(&buyer.uri, &sip_user(&call.called), &caller) {
                 Ok(t) => t,
                 Err(e) => {
