@@ -439,32 +439,7 @@ impl Sim {
 
     /// A buyer sends an in-dialog request (INFO, UPDATE …) on its leg of a call.
     pub fn buyer_in_dialog(&mut self, port: u16, b_call_id: &str, method: Method) {
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let c = self.buyers[&addr].calls[b_call_id].clone();
-        let n = self.next_id();
-        let target = c
-            .invite
-            .contact()
-            .map(|x| x.uri.raw.clone())
-            .unwrap_or_default();
-        let mut b = MessageBuf::request(method.clone(), target);
-        b.push(
-            HeaderName::Via,
-            format!("SIP/2.0/UDP {addr};branch=z9hG4bKbd{n};rport"),
-        )
-        .push(HeaderName::MaxForwards, "70")
-        .push(
-            HeaderName::From,
-            format!(
-                "{};tag={}",
-                c.invite.header(&HeaderName::To).unwrap(),
-                c.tag
-            ),
-        )
-        .push(HeaderName::To, c.invite.header(&HeaderName::From).unwrap())
-        .push(HeaderName::CallId, b_call_id)
-        .push(HeaderName::CSeq, format!("{} {method}", 10 + n));
-        self.send_to_dce(addr, b.print());
+        self.buyer_request(port, b_call_id, method, None, None);
     }
 
     /// A request in buyer `port`'s dialog of `b_call_id`, sent from `from` (the buyer itself
