@@ -147,8 +147,11 @@ pub fn contact_uri(msg: &Message) -> Option<String> {
     msg.contact().map(|c| c.uri.raw.clone())
 }
 
+/// A message body to send: content type and bytes.
+pub type Body = Option<(String, bytes::Bytes)>;
+
 /// Put `body` (content type and bytes) into `m`.
-pub fn push_body(m: &mut MessageBuf, body: super::state::Body) {
+pub fn push_body(m: &mut MessageBuf, body: Body) {
     if let Some((ct, b)) = body {
         m.push(HeaderName::ContentType, ct);
         m.body = b;

@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 /// A call's key in the call table.
 pub type CallKey = u64;
 
-/// A message body to send: content type and bytes.
-pub type Body = Option<(String, Bytes)>;
+pub use super::leg::Body;
 
 /// Which leg of a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
