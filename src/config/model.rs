@@ -173,9 +173,10 @@ pub struct MediaConfig {
     pub port_max: u16,
     /// No RTP either way this long after answer: both legs get BYE.
     pub rtp_timeout: Duration,
-    /// After latching, drop packets from any other address.
+    /// With `latch_any_source`: after latching, drop packets from any other address.
     pub strict_source: bool,
-    /// Latch to the first packet from anywhere (peers behind NAT), not only the SDP address.
+    /// Latch to the first packet from anywhere (peers behind NAT); without it only the
+    /// address and port the SDP signalled are accepted (decision 0005).
     pub latch_any_source: bool,
 }
 
