@@ -366,3 +366,30 @@ fn a_caller_dce_cannot_read_reaches_the_buyer_as_anonymous_in_a_valid_invite() {
     assert_eq!(sim.counters.get(dce::counters::Counter::CallAnswered), 1);
     sim.core.handle_input(dce::edge::Input::Shutdown, sim.now);
 }
+
+#[test]
+fn a_carrier_contact_with_uri_headers_does_not_make_dce_send_unparseable_requests() {
+    // Found by the `edge` fuzz target: Contact `<sip:c@127.0.0.1?5070>` became the Request-URI
+    // of DCE's BYE to the carrier, which no parser accepts. The simulated carrier parses every
+    // message DCE sends it (and panics otherwise).
+    let mut sim = Sim::new(&two_buyers(""));
+    sim.add_buyer(5090, Mode::Answer(S));
+    let invite = format!(
+        "INVITE sip:+18005550100@127.0.0.1:5060 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bKhdr1;rport\r\nMax-Forwards: 70\r\n\
+         From: <sip:+13105551234@127.0.0.1>;tag=h1\r\nTo: <sip:+18005550100@127.0.0.1>\r\nCall-ID: hdr-contact\r\nCSeq: 1 INVITE\r\n\
+         Contact: <sip:c@127.0.0.1?5070>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{SDP}",
+        SDP.len()
+    );
+    sim.place_raw_call("hdr-contact", &invite);
+    sim.run_for(3 * S);
+    let b = b_call_id(&sim, 5090);
+    sim.buyer_request(5090, &b, Method::Bye, None, None);
+    sim.run_for(S);
+    let bye = sim.carrier["hdr-contact"]
+        .requests
+        .iter()
+        .find(|r| r.method() == Some(&Method::Bye))
+        .cloned()
+        .expect("the carrier got a BYE it could parse");
+    assert_eq!(bye.request_uri().unwrap().raw, "sip:c@127.0.0.1");
+}

@@ -368,7 +368,9 @@ impl Controller {
                 msg.header(&HeaderName::To).unwrap_or_default()
             ),
             remote: msg.header(&HeaderName::From).unwrap_or_default().to_owned(),
-            remote_target: contact_uri(&msg).unwrap_or_else(|| msg.from().uri.raw.clone()),
+            remote_target: contact_uri(&msg)
+                .or_else(|| super::leg::usable_target(&msg.from().uri.raw))
+                .unwrap_or_else(|| format!("sip:{}", from.addr)),
             route: route_set(&msg, false),
             cseq: 0,
         };

@@ -142,9 +142,25 @@ pub fn route_set(msg: &Message, reverse: bool) -> Vec<String> {
     r
 }
 
-/// The Contact URI of a message (without brackets), if any.
+/// The Contact URI of a message (without brackets) as a remote target, if it is usable as a
+/// Request-URI: its `?headers` part is dropped (RFC 3261 §19.1.5: headers of a URI are not
+/// part of the Request-URI), and what is left must make a request DCE's own parser accepts —
+/// a peer's odd Contact must not make DCE send unparseable requests (found by fuzzing).
 pub fn contact_uri(msg: &Message) -> Option<String> {
-    msg.contact().map(|c| c.uri.raw.clone())
+    usable_target(&msg.contact()?.uri.raw)
+}
+
+/// `uri` without its headers, when a request to it parses.
+pub fn usable_target(uri: &str) -> Option<String> {
+    let t = uri.split('?').next()?.trim();
+    let probe = format!(
+        "OPTIONS {t} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKprobe\r\nFrom: <sip:a@b>;tag=1\r\n\
+         To: <sip:a@b>\r\nCall-ID: p\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    );
+    dce_sip::parse(bytes::Bytes::from(probe))
+        .ok()
+        .filter(|m| m.request_uri().is_some())
+        .map(|_| t.to_owned())
 }
 
 /// A message body to send: content type and bytes.
@@ -192,6 +208,20 @@ pub fn sip_user(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_target_loses_its_headers_and_must_parse() {
+        assert_eq!(
+            super::usable_target("sip:c@127.0.0.1?5070").as_deref(),
+            Some("sip:c@127.0.0.1")
+        );
+        assert_eq!(
+            super::usable_target("sip:c@127.0.0.1:5070;transport=udp").as_deref(),
+            Some("sip:c@127.0.0.1:5070;transport=udp")
+        );
+        assert_eq!(super::usable_target("sip:@127.0.0.1"), None);
+        assert_eq!(super::usable_target("sip:a b@h"), None);
+    }
+
     #[test]
     fn sip_user_escapes_what_could_break_out() {
         assert_eq!(super::sip_user("13105551234"), "13105551234");

@@ -376,6 +376,19 @@ impl Sim {
         call_id
     }
 
+    /// The carrier places a call with an INVITE of its own making (`text`, with Call-ID
+    /// `call_id`); the carrier side then treats it like any other call.
+    pub fn place_raw_call(&mut self, call_id: &str, text: &str) {
+        let m = parse(Bytes::from(text.to_owned()))
+            .expect("a parseable INVITE")
+            .to_buf();
+        self.invites.insert(call_id.to_owned(), m.clone());
+        self.carrier
+            .insert(call_id.to_owned(), CarrierCall::default());
+        let from = self.carrier_addr;
+        self.send_to_dce(from, m.print());
+    }
+
     /// The carrier cancels a call it placed.
     pub fn cancel(&mut self, call_id: &str) {
         let inv = self.invites[call_id].clone();
