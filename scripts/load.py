@@ -27,7 +27,8 @@ import time
 LOAD_SHA = "8437689df75dcde060e825e21c816fc47e00cfc488f908040f82c1e85a73c827"
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DCE = os.path.join(ROOT, "target", "release", "dce")
+# DCE_BIN: another build to measure (an A/B against an older commit).
+DCE = os.environ.get("DCE_BIN") or os.path.join(ROOT, "target", "release", "dce")
 SCEN = os.path.join(ROOT, "tests", "sipp")
 
 
@@ -105,6 +106,7 @@ sources = ["127.0.0.1/32"]
 [[campaign]]
 id = "auto"
 numbers = ["+18005550100"]
+tcpa_hours = false
 [[buyer]]
 id = "acme"
 campaigns = ["auto"]
