@@ -27,6 +27,15 @@ pub(super) fn from_peer(expected: &Peer, got: &Peer) -> bool {
     }
 }
 
+/// The retransmission and give-up timers of our 2xx on `slot` (0 carrier, 1 buyer).
+pub(super) fn timers_2xx(slot: usize) -> (Timer, Timer) {
+    if slot == 0 {
+        (Timer::Retransmit2xxA, Timer::GiveUp2xxA)
+    } else {
+        (Timer::Retransmit2xxB, Timer::GiveUp2xxB)
+    }
+}
+
 fn media_side(l: LegRef) -> dce_media::Side {
     match l {
         LegRef::A => dce_media::Side::A,
@@ -148,16 +157,7 @@ impl Controller {
                 // RFC 3261 §15: the caller may BYE its early dialog; that ends the INVITE
                 // (487) and the buyer ringing gets CANCEL.
                 tracing::info!(call = %call.id, "carrier BYE on the early dialog");
-                if state == CallState::Checking {
-                    let r = super::admit::Rejection::new(
-                        487,
-                        Counter::CallCancelled,
-                        EndReason::CancelledByCarrier,
-                    );
-                    self.refuse_call(layer, key, r, now);
-                } else {
-                    self.cancel_ringing(layer, key, now);
-                }
+                self.carrier_gave_up(layer, key, state, now);
                 return;
             }
             let (by, reason) = match leg {
@@ -309,7 +309,6 @@ impl Controller {
         );
         if reinvite_ok {
             let branch = self.ids.branch();
-            let t1 = self.settings.t1;
             if let Some(call) = self.calls.get_mut(&key) {
                 // We are the UAC of the other leg: ACK its 2xx; and the UAS of this side: keep
                 // our 2xx going until its ACK.
@@ -329,23 +328,36 @@ impl Controller {
                     LegRef::A => (0, call.a.peer),
                     LegRef::B(_) => (1, winner.map(|w| call.legs[w].peer).unwrap_or(call.a.peer)),
                 };
-                call.pending[slot] = Some(Pending2xx {
-                    bytes: resp.print(),
-                    peer,
-                    interval: t1,
-                });
-                let (rt, gu) = if slot == 0 {
-                    (Timer::Retransmit2xxA, Timer::GiveUp2xxA)
-                } else {
-                    (Timer::Retransmit2xxB, Timer::GiveUp2xxB)
-                };
-                if !peer.reliable() {
-                    self.arm(key, rt, now + t1);
-                }
-                self.arm(key, gu, now + t1 * 64);
+                self.keep_2xx(key, slot, resp.print(), peer, now);
             }
         }
         let _ = layer.respond(r.server_tx, &resp, now);
+    }
+
+    /// Keep our 2xx `bytes` on `slot` (0 carrier, 1 buyer) until its ACK: retransmitted from
+    /// T1 over UDP, given up after 64·T1 (§13.3.1.4).
+    pub(super) fn keep_2xx(
+        &mut self,
+        key: CallKey,
+        slot: usize,
+        bytes: bytes::Bytes,
+        peer: Peer,
+        now: Instant,
+    ) {
+        let t1 = self.settings.t1;
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        call.pending[slot] = Some(Pending2xx {
+            bytes,
+            peer,
+            interval: t1,
+        });
+        let (rt, gu) = timers_2xx(slot);
+        if !peer.reliable() {
+            self.arm(key, rt, now + t1);
+        }
+        self.arm(key, gu, now + t1 * 64);
     }
 
     /// Retransmit our 2xx on `slot` (0 carrier, 1 buyer), T1 doubling up to T2 (4 s).
@@ -370,12 +382,7 @@ impl Controller {
         p.interval = (p.interval * 2).min(Duration::from_secs(4));
         let next = now + p.interval;
         self.transmit(t);
-        let timer = if slot == 0 {
-            Timer::Retransmit2xxA
-        } else {
-            Timer::Retransmit2xxB
-        };
-        self.arm(key, timer, next);
+        self.arm(key, timers_2xx(slot).0, next);
     }
 
     /// §13.3.1.4: no ACK for our 2xx within 64·T1 — the dialog is confirmed and then ended.
@@ -393,12 +400,7 @@ impl Controller {
             return;
         }
         tracing::warn!(call = %call.id, "no ACK for our 2xx; ending the call");
-        let timer = if slot == 0 {
-            Timer::Retransmit2xxA
-        } else {
-            Timer::Retransmit2xxB
-        };
-        self.disarm(key, timer);
+        self.disarm(key, timers_2xx(slot).0);
         self.hang_up_both(layer, key, EndReason::NoAck, now);
     }
 
@@ -435,11 +437,7 @@ impl Controller {
             }
             held = call.held_b_ack.take();
         }
-        let (rt, gu) = if slot == 0 {
-            (Timer::Retransmit2xxA, Timer::GiveUp2xxA)
-        } else {
-            (Timer::Retransmit2xxB, Timer::GiveUp2xxB)
-        };
+        let (rt, gu) = timers_2xx(slot);
         self.disarm(key, rt);
         self.disarm(key, gu);
         if let Some((dialog, peer)) = held {

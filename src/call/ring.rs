@@ -5,7 +5,7 @@
 use super::controller::Controller;
 use super::leg::{ack_for_2xx, cancel_for, contact_uri, push_body, route_set, sip_user, Dialog};
 use super::router::{Orphan, TxRole};
-use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Pending2xx, Timer};
+use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Timer};
 use super::vocab::{AttemptEnd, BidOutcome, EndReason, HangupBy};
 use crate::config::routing::target_of;
 use crate::counters::Counter;
@@ -27,7 +27,6 @@ impl Controller {
         now: Instant,
     ) {
         let contact = self.settings.me.contact();
-        let t1 = self.settings.t1;
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -45,16 +44,8 @@ impl Controller {
         }
         if (200..300).contains(&code) {
             call.a.state = AState::Accepted;
-            let reliable = call.a.peer.reliable();
-            call.pending[0] = Some(Pending2xx {
-                bytes: resp.print(),
-                peer: call.a.peer,
-                interval: t1,
-            });
-            if !reliable {
-                self.arm(key, Timer::Retransmit2xxA, now + t1);
-            }
-            self.arm(key, Timer::GiveUp2xxA, now + t1 * 64);
+            let peer = call.a.peer;
+            self.keep_2xx(key, 0, resp.print(), peer, now);
         }
     }
 
@@ -179,8 +170,11 @@ impl Controller {
         false
     }
 
-    /// Buyer leg `li` is over (failure, timeout, unusable answer): release what it holds and,
-    /// when it was the one ringing, move on — or fail the call when nobody is left.
+    /// Buyer leg `li` has failed (a failure, a timeout, an unusable answer, or it was given up
+    /// on): release what it holds and, when it was the one ringing, move on — or fail the call
+    /// when nobody is left. `invite_over`: its INVITE has finished (a final response or Timer
+    /// B); a leg given up on before that stays pending until it does.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn leg_failed(
         &mut self,
         layer: &mut TransactionLayer,
@@ -188,6 +182,7 @@ impl Controller {
         li: usize,
         outcome: BidOutcome,
         code: Option<u16>,
+        invite_over: bool,
         now: Instant,
     ) {
         let Some(call) = self.calls.get_mut(&key) else {
@@ -203,7 +198,7 @@ impl Controller {
             call.outcomes[leg.entry] = Some(outcome);
         }
         // A leg given up on stays pending until its INVITE has a final response.
-        if !given_up || outcome != BidOutcome::Attempted(AttemptEnd::RingTimeout) {
+        if invite_over {
             leg.state = BState::Done;
         }
         if code.is_some() {
@@ -262,6 +257,7 @@ impl Controller {
             li,
             BidOutcome::Attempted(AttemptEnd::RingTimeout),
             None,
+            false,
             now,
         );
     }
@@ -310,9 +306,22 @@ impl Controller {
         let Some(state) = self.calls.get(&key).map(|c| c.state) else {
             return false;
         };
+        self.carrier_gave_up(layer, key, state, now);
+        true
+    }
+
+    /// The carrier gave up before the answer (CANCEL, or BYE on the early dialog): a call
+    /// still checking is refused with 487 and never rings; a ringing one is cancelled. An
+    /// answered call is not changed.
+    pub(super) fn carrier_gave_up(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        state: CallState,
+        now: Instant,
+    ) {
         match state {
             CallState::Checking => {
-                // Cancelled while its lookups were out: 487, and the call never rings.
                 let r = super::admit::Rejection::new(
                     487,
                     Counter::CallCancelled,
@@ -323,7 +332,6 @@ impl Controller {
             CallState::Ringing { .. } => self.cancel_ringing(layer, key, now),
             CallState::Answered { .. } | CallState::Connected { .. } => {}
         }
-        true
     }
 
     /// A response on one of our client transactions.
@@ -498,6 +506,7 @@ impl Controller {
                     li,
                     BidOutcome::Attempted(AttemptEnd::Code(code)),
                     Some(code),
+                    true,
                     now,
                 );
             }
@@ -589,6 +598,7 @@ impl Controller {
             li,
             BidOutcome::Attempted(AttemptEnd::BadSdp),
             None,
+            true,
             now,
         );
     }
@@ -606,6 +616,7 @@ impl Controller {
                 li,
                 BidOutcome::Attempted(AttemptEnd::Timeout),
                 Some(408),
+                true,
                 now,
             ),
             TxRole::Relay(r) => {
