@@ -523,21 +523,25 @@ fn the_drain_timeout_ends_the_calls_still_up_with_bye() {
 
 /// DCE with one buyer `acme` on `pa` and `[node] drain_timeout_s = drain`.
 fn draining_dce(pa: u16, drain: u32) -> Dce {
-    Dce::start_with(|port, dir| {
-        config(
-            port,
-            dir,
-            "",
-            &[BuyerSpec {
-                id: "acme",
-                bid: 1000,
-                extra: "",
-                port: pa,
-            }],
-        )
-        .replace(
-            "id = \"e2e\"\n",
-            &format!("id = \"e2e\"\ndrain_timeout_s = {drain}\n"),
-        )
-    })
+    // the call's steps are logged at debug; the drain tests wait for "call answered"
+    Dce::start_logging(
+        |port, dir| {
+            config(
+                port,
+                dir,
+                "",
+                &[BuyerSpec {
+                    id: "acme",
+                    bid: 1000,
+                    extra: "",
+                    port: pa,
+                }],
+            )
+            .replace(
+                "id = \"e2e\"\n",
+                &format!("id = \"e2e\"\ndrain_timeout_s = {drain}\n"),
+            )
+        },
+        "info,dce::call=debug",
+    )
 }

@@ -561,7 +561,7 @@ impl Controller {
             return;
         };
         let campaign = call.snapshot.campaign(call.campaign).id.clone();
-        tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign, caller = %crate::logging::num(&call.caller), called = %call.called, eligible = ranked, "call started");
+        tracing::debug!(call = %call.id, carrier = %call.carrier, campaign = %campaign, caller = %crate::logging::num(&call.caller), called = %call.called, eligible = ranked, "call started");
         if self.events.subscribers() > 0 {
             // Built only for listeners: this is the call path.
             let bids = bid_records(&call.snapshot, &call.entries, &[]);

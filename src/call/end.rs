@@ -95,7 +95,9 @@ impl Controller {
         }
         let bids = bid_records(&call.snapshot, &call.entries, &call.outcomes);
         let reason_text = reason.to_string();
-        tracing::info!(call = %call.id, disposition = disposition.as_str(), reason = %reason_text, duration_s = duration.as_secs_f64(), billable, "call ended");
+        // The call's one line at the default level: what happened to it and why (the steps are at
+        // debug).
+        tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign.id, caller = %crate::logging::num(&call.caller), buyer = winner_id.as_deref().unwrap_or("-"), attempts = call.attempts, disposition = disposition.as_str(), reason = %reason_text, duration_s = duration.as_secs_f64(), billable, "call ended");
         self.counters.m.call_outcome(disposition.as_str());
         self.counters.m.set_active_calls(self.calls.len());
         self.events.emit(

@@ -156,7 +156,7 @@ impl Controller {
             {
                 // RFC 3261 §15: the caller may BYE its early dialog; that ends the INVITE
                 // (487) and the buyer ringing gets CANCEL.
-                tracing::info!(call = %call.id, "carrier BYE on the early dialog");
+                tracing::debug!(call = %call.id, "carrier BYE on the early dialog");
                 self.carrier_gave_up(layer, key, state, now);
                 return;
             }
@@ -164,7 +164,7 @@ impl Controller {
                 LegRef::A => (HangupBy::Carrier, EndReason::CarrierHungUp),
                 LegRef::B(_) => (HangupBy::Buyer, EndReason::BuyerHungUp),
             };
-            tracing::info!(call = %call.id, by = by.as_str(), "hangup");
+            tracing::debug!(call = %call.id, by = by.as_str(), "hangup");
             // BYE the other leg.
             let branch = self.ids.branch();
             let other = match leg {

@@ -140,7 +140,7 @@ impl Controller {
                     continue;
                 }
             };
-            tracing::info!(call = %call.id, buyer = %buyer.id, bid = entry.bid_cents, attempt = call.attempts + 1, target = %uri, "ringing buyer");
+            tracing::debug!(call = %call.id, buyer = %buyer.id, bid = entry.bid_cents, attempt = call.attempts + 1, target = %uri, "ringing buyer");
             call.legs.push(BLeg {
                 entry: idx,
                 tx,
@@ -249,7 +249,7 @@ impl Controller {
         let Some(li) = self.calls.get(&key).and_then(|c| c.current()) else {
             return;
         };
-        tracing::info!(call = %self.call_id(key), "buyer did not answer in time");
+        tracing::debug!(call = %self.call_id(key), "buyer did not answer in time");
         self.abandon(layer, key, li, now);
         self.leg_failed(
             layer,
@@ -273,7 +273,7 @@ impl Controller {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        tracing::info!(call = %call.id, "carrier cancelled while ringing");
+        tracing::debug!(call = %call.id, "carrier cancelled while ringing");
         self.counters.inc(Counter::CallCancelled);
         let a_tx = call.a.tx;
         if let Some(li) = call.current() {
@@ -499,7 +499,7 @@ impl Controller {
                 self.answered(layer, key, li, entry, code, &msg, now);
             }
             _ => {
-                tracing::info!(call = %call.id, code, "buyer declined");
+                tracing::debug!(call = %call.id, code, "buyer declined");
                 self.leg_failed(
                     layer,
                     key,
@@ -538,7 +538,7 @@ impl Controller {
         let (hk, dk) = local_keys(buyer.tz(), call.wall(now));
         snap.live(e.buyer).answered(hk, dk, e.bid_cents);
         let max = Duration::from_secs(u64::from(snap.campaign(call.campaign).max_duration_s));
-        tracing::info!(call = %call.id, buyer = %buyer.id, "call answered");
+        tracing::debug!(call = %call.id, buyer = %buyer.id, "call answered");
         self.counters.inc(Counter::CallAnswered);
         let campaign = &snap.campaign(call.campaign).id;
         self.events.emit(

@@ -70,6 +70,15 @@ impl Dce {
     /// Start DCE with the config `make(port, dir)` returns (`dir` is a fresh temp directory
     /// for the CDR file and such).
     pub fn start_with(make: impl FnOnce(u16, &std::path::Path) -> String) -> Dce {
+        Dce::start_logging(make, "info")
+    }
+
+    /// [`Dce::start_with`] at the log filter `rust_log` (`info` is the default level, where a
+    /// call logs one line; `info,dce::call=debug` shows its steps).
+    pub fn start_logging(
+        make: impl FnOnce(u16, &std::path::Path) -> String,
+        rust_log: &str,
+    ) -> Dce {
         let dir = TempDir::new("dce");
         let port = free_port();
         let config = make(port, &dir.0);
@@ -79,7 +88,7 @@ impl Dce {
             .current_dir(&dir.0)
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
