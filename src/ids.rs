@@ -68,7 +68,7 @@ impl RandomSource for Sequence {
 }
 
 /// The id generator a core is given.
-pub struct Ids(Box<dyn RandomSource>);
+pub struct Ids(Box<dyn RandomSource>, Option<u8>);
 
 impl Default for Ids {
     fn default() -> Self {
@@ -95,22 +95,37 @@ fn hex(bytes: &[u8]) -> String {
 impl Ids {
     /// Ids from the OS generator (production).
     pub fn os() -> Ids {
-        Ids(Box::new(OsRandom::default()))
+        Ids(Box::new(OsRandom::default()), None)
     }
 
     /// A repeatable, NOT random sequence from `seed`: simulations and tests only.
     pub fn deterministic(seed: u64) -> Ids {
-        Ids(Box::new(Sequence(seed)))
+        Ids(Box::new(Sequence(seed)), None)
     }
 
     /// Ids from any source.
     pub fn from_source(src: Box<dyn RandomSource>) -> Ids {
-        Ids(src)
+        Ids(src, None)
+    }
+
+    /// These ids, with every tag, branch and Call-ID starting with `shard` (two hex digits):
+    /// responses and in-dialog requests then say which SIP worker owns them
+    /// ([`crate::transport::dispatch`]). The rest stays random.
+    pub fn sharded(self, shard: u8) -> Ids {
+        Ids(self.0, Some(shard))
+    }
+
+    /// The shard these ids name, if any.
+    pub fn shard(&self) -> Option<u8> {
+        self.1
     }
 
     fn bytes<const N: usize>(&mut self) -> [u8; N] {
         let mut b = [0u8; N];
         self.0.fill(&mut b);
+        if let Some(s) = self.1 {
+            b[0] = s;
+        }
         b
     }
 
@@ -131,7 +146,8 @@ impl Ids {
 
     /// A random (version 4) UUID for a call.
     pub fn uuid(&mut self) -> String {
-        let mut b = self.bytes::<16>();
+        let mut b = [0u8; 16];
+        self.0.fill(&mut b);
         b[6] = (b[6] & 0x0f) | 0x40;
         b[8] = (b[8] & 0x3f) | 0x80;
         let h = hex(&b);

@@ -25,6 +25,13 @@ impl Latency {
         }
     }
 
+    /// Take `other`'s samples too (the workers' delays, for one report).
+    pub fn merge(&mut self, other: &Latency) {
+        for &us in &other.samples {
+            self.record(Duration::from_micros(u64::from(us)));
+        }
+    }
+
     /// The `p`-th percentile (0–100) in microseconds, `None` without samples.
     pub fn percentile(&self, p: f64) -> Option<u32> {
         if self.samples.is_empty() {

@@ -39,6 +39,7 @@ pub mod latency;
 pub mod logging;
 pub mod metrics;
 pub mod server;
+pub mod shard;
 pub mod shared;
 pub mod store;
 pub mod transport;

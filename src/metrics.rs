@@ -74,6 +74,16 @@ impl Metrics {
         self.active_calls.store(n as u64, Ordering::Relaxed);
     }
 
+    /// A call entered a SIP worker's table (the gauge is node-wide: every worker counts into it).
+    pub fn call_added(&self) {
+        self.active_calls.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A call left a SIP worker's table.
+    pub fn call_removed(&self) {
+        self.active_calls.fetch_sub(1, Ordering::Relaxed);
+    }
+
     /// Calls in progress, as last set.
     pub fn active_calls(&self) -> u64 {
         self.active_calls.load(Ordering::Relaxed)

@@ -1,31 +1,28 @@
-//! The running process: binds the listeners, starts the socket drivers, and runs the core task
-//! that owns the transaction layer and answers at the edge.
-//!
-//! One core task holds all SIP state in an [`EdgeCore`]; socket tasks only move bytes. The core
-//! task reads the clock (`Instant::now()`), passes it in, and sleeps until the next timer.
+//! The running process: binds the listeners, starts the SIP workers ([`crate::shard`]: each a
+//! thread that reads its own UDP sockets and owns its share of the calls in an [`EdgeCore`]),
+//! the TCP accept loop, the CDR writer and the HTTP API, and runs the node task: signals,
+//! reloads, API requests fanned out to the workers, the periodic counter report.
 
 use crate::call::cdr::JsonlSink;
 use crate::call::leg::Me;
 use crate::call::{Controller, Settings};
 use crate::clock::SystemClock;
 use crate::config::{Config, ListenProto};
-use crate::counters::{Counter, Counters};
+use crate::counters::Counters;
 use crate::edge::{EdgeCore, Local};
 use crate::latency::Latency;
 use crate::transport::gate::{trusted_sources, Gate};
 use crate::transport::tcp::{accept_loop, TcpLimits};
 use crate::transport::{udp, Inbound};
 use anyhow::Context;
-use bytes::Bytes;
 use dce_routing::{Live, Snapshot};
-use dce_sip::transaction::{Peer, TimerConfig, Transport};
-use std::collections::HashMap;
+use dce_sip::transaction::TimerConfig;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, oneshot};
 
 /// The compliance checks a config asks for. Files are read here (at start and on reload), never
 /// on the call path. Frequency counts are not part of the config: `apply` keeps them.
@@ -126,9 +123,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<Arc<Counters>> {
     let counters = Arc::new(Counters::default());
-    let (core_tx, core_rx) = mpsc::channel::<Inbound>(crate::transport::CORE_QUEUE);
+    let workers = config.sip.workers.max(1);
     let rx_gate = Arc::new(Gate::new(&config, counters.clone()));
-    let mut udp_sockets = Vec::new();
+    // Each worker's queue for what it does not read itself (TCP, and datagrams another worker
+    // read); the node keeps one sender per worker until they have all stopped.
+    let (queues, inbound): (Vec<_>, Vec<_>) = (0..workers)
+        .map(|_| mpsc::channel::<Inbound>(crate::transport::CORE_QUEUE))
+        .unzip();
+    let shards = crate::transport::Shards::new(queues);
+    // Per UDP listener, one socket per worker (SO_REUSEPORT with several).
+    let mut udp_sockets: Vec<Vec<std::net::UdpSocket>> = (0..workers).map(|_| Vec::new()).collect();
     let mut local_hosts = vec![config.sip.advertised_host.to_ascii_lowercase()];
     let limits = TcpLimits {
         max_message: config.sip.max_message_bytes,
@@ -141,18 +145,11 @@ pub async fn run(
         local_hosts.push(l.addr.ip().to_string());
         match l.proto {
             ListenProto::Udp => {
-                let sock =
-                    Arc::new(udp::bind(l.addr).with_context(|| format!("cannot listen on {l}"))?);
-                let index = udp_sockets.len() as u64;
-                tokio::spawn(udp::receive_loop(
-                    sock.clone(),
-                    index,
-                    config.sip.max_message_bytes,
-                    core_tx.clone(),
-                    rx_gate.clone(),
-                    counters.clone(),
-                ));
-                udp_sockets.push(sock);
+                for socks in udp_sockets.iter_mut() {
+                    let sock = udp::bind(l.addr, workers > 1)
+                        .with_context(|| format!("cannot listen on {l}"))?;
+                    socks.push(sock);
+                }
             }
             ListenProto::Tcp => {
                 let listener = TcpListener::bind(l.addr)
@@ -161,7 +158,7 @@ pub async fn run(
                 tokio::spawn(accept_loop(
                     listener,
                     limits,
-                    core_tx.clone(),
+                    shards.clone(),
                     rx_gate.clone(),
                     counters.clone(),
                 ));
@@ -169,7 +166,6 @@ pub async fn run(
         }
         tracing::info!(listen = %l, "listening");
     }
-    drop(core_tx);
     tokio::spawn(release_freed_memory());
     let timers = TimerConfig {
         t1: config.sip.t1,
@@ -199,19 +195,7 @@ pub async fn run(
         media_ip: config.media.advertised_ip,
         max_udp_request: config.sip.max_udp_request_bytes,
     };
-    let (media_tx, media_rx) = mpsc::unbounded_channel();
-    let relay = dce_media::Relay::new(
-        dce_media::RelayConfig {
-            bind_ip: config.media.bind_ip,
-            port_min: config.media.port_min,
-            port_max: config.media.port_max,
-            rtp_timeout: config.media.rtp_timeout,
-            strict_source: config.media.strict_source,
-            latch_any_source: config.media.latch_any_source,
-        },
-        media_tx,
-    );
-    let port_gauge = relay.port_gauge();
+    let ranges = media_ranges(config.media.port_min, config.media.port_max, workers)?;
     let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
     let shared = match &config.storage.redis_url {
         Some(url) => Some(
@@ -266,60 +250,104 @@ pub async fn run(
                 .with_context(|| format!("cannot open CDR file {}", path.display()))?,
         ));
     }
-    let sink = crate::call::cdr::Tee(sinks);
-    let controller = Controller::new(
-        settings,
-        snapshot,
-        live,
-        &config.routing.carriers,
-        Box::new(compliance.clone()),
-        Arc::new(SystemClock),
-        crate::ids::Ids::os(),
-        counters.clone(),
-        Box::new(relay),
-    );
-    let mut core = Core {
-        sink: Box::new(sink),
-        shared,
-        edge: EdgeCore::new(
-            timers,
-            Local { hosts: local_hosts },
-            config.sip.advertised_host.clone(),
-            counters.clone(),
-            controller,
-        ),
-        counters: counters.clone(),
-        gate: rx_gate,
-        udp: udp_sockets,
-        tcp: HashMap::new(),
-        config_path,
-        latency: Latency::default(),
-        compliance,
-        db: consent_db,
-        drain: config.node.drain_timeout,
-        draining_flag: Arc::new(std::sync::atomic::AtomicBool::new(false)),
-    };
+    // One set of sinks for every worker; the last worker to stop drops it, which flushes the
+    // JSON-lines file and closes the writer's queue.
+    let sink = crate::call::cdr::SharedSink::new(Box::new(crate::call::cdr::Tee(sinks)));
+    let shared_checks = shared.as_ref().map(|_| crate::call::SharedChecks {
+        max_calls_per_day: config.compliance.max_calls_per_day,
+        allow_on_error: config.compliance.on_lookup_error
+            == crate::config::OnLookupError::AllowAndFlag,
+        deadline: config.storage.redis_timeout,
+    });
+    let events = crate::events::Bus::default();
+    let draining_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut port_gauges = Vec::new();
+    let mut controls = Vec::new();
+    let mut threads = Vec::new();
+    let (died_tx, died) = mpsc::unbounded_channel();
+    for (index, ((socks, inbound), (port_min, port_max))) in
+        udp_sockets.into_iter().zip(inbound).zip(ranges).enumerate()
+    {
+        let (media_tx, media_rx) = mpsc::unbounded_channel();
+        let relay = dce_media::Relay::new(
+            dce_media::RelayConfig {
+                bind_ip: config.media.bind_ip,
+                port_min,
+                port_max,
+                rtp_timeout: config.media.rtp_timeout,
+                strict_source: config.media.strict_source,
+                latch_any_source: config.media.latch_any_source,
+            },
+            media_tx,
+        );
+        port_gauges.push(relay.port_gauge());
+        let (control_tx, control) = mpsc::unbounded_channel();
+        controls.push(control_tx);
+        let make = {
+            let (settings, snapshot, live, carriers) = (
+                settings.clone(),
+                snapshot.clone(),
+                live.clone(),
+                config.routing.carriers.clone(),
+            );
+            let (compliance, counters, events) =
+                (compliance.clone(), counters.clone(), events.clone());
+            let (timers, local, host) = (
+                timers,
+                Local {
+                    hosts: local_hosts.clone(),
+                },
+                config.sip.advertised_host.clone(),
+            );
+            move || {
+                let ids = match workers {
+                    1 => crate::ids::Ids::os(),
+                    _ => crate::ids::Ids::os().sharded(index as u8),
+                };
+                let mut controller = Controller::new(
+                    settings,
+                    snapshot,
+                    live,
+                    &carriers,
+                    Box::new(compliance),
+                    Arc::new(SystemClock),
+                    ids,
+                    counters.clone(),
+                    Box::new(relay),
+                );
+                controller.set_shared(shared_checks);
+                controller.set_events(events);
+                EdgeCore::new(timers, local, host, counters, controller)
+            }
+        };
+        let setup = crate::shard::Setup {
+            index,
+            udp: socks,
+            inbound,
+            shards: shards.clone(),
+            control,
+            core: Box::new(make),
+            media: media_rx,
+            sink: Box::new(sink.clone()),
+            shared: shared.clone(),
+            gate: rx_gate.clone(),
+            counters: counters.clone(),
+            max_message: config.sip.max_message_bytes,
+            drain: config.node.drain_timeout,
+            died: died_tx.clone(),
+        };
+        threads.push(crate::shard::spawn(setup).context("cannot start a SIP worker thread")?);
+    }
+    drop(sink);
     tracing::info!(
         node = %config.node.id,
+        workers,
         carriers = config.routing.carriers.len(),
         campaigns = config.routing.campaigns.len(),
         buyers = config.routing.buyers.len(),
         "DCE edge running"
     );
-    if core.shared.is_some() {
-        core.edge
-            .calls()
-            .set_shared(Some(crate::call::SharedChecks {
-                max_calls_per_day: config.compliance.max_calls_per_day,
-                allow_on_error: config.compliance.on_lookup_error
-                    == crate::config::OnLookupError::AllowAndFlag,
-                deadline: config.storage.redis_timeout,
-            }));
-    }
     let (api_tx, api_rx) = mpsc::unbounded_channel();
-    let events = crate::events::Bus::default();
-    core.edge.calls().set_events(events.clone());
-    let draining = core.draining_flag.clone();
     let http = match config.http.listen {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -331,14 +359,14 @@ pub async fn run(
                 counters.clone(),
                 http_db,
                 config.storage.spool_dir.clone(),
-                core.shared.clone(),
+                shared.clone(),
                 writer_stats,
                 api_tx,
             );
             st.events = events;
-            st.compliance = Some(core.compliance.clone());
-            st.ports = Some(port_gauge);
-            st.draining = draining;
+            st.compliance = Some(compliance.clone());
+            st.ports = Some(port_gauges);
+            st.draining = draining_flag.clone();
             st.gdpr = Some(gdpr);
             Some(tokio::spawn(crate::http::serve(
                 listener,
@@ -348,23 +376,55 @@ pub async fn run(
         }
         None => None,
     };
-    core.run(core_rx, media_rx, api_rx, shutdown).await;
+    let node = Node {
+        controls,
+        counters: counters.clone(),
+        gate: rx_gate,
+        config_path,
+        compliance,
+        shared_redis: shared.is_some(),
+        live,
+        db: consent_db,
+        drain: config.node.drain_timeout,
+        draining_flag,
+    };
+    let outcome = node.run(threads, api_rx, died, shutdown).await;
     if let Some(h) = http {
         h.abort();
     }
-    let delay = core.latency.report();
-    // Dropping the core drops the CDR sinks; the writer then stores (or spools) what it holds.
-    drop(core);
+    // The workers dropped the CDR sinks; the writer then stores (or spools) what it holds.
+    drop(shards);
     if tokio::time::timeout(Duration::from_secs(15), writer)
         .await
         .is_err()
     {
         tracing::error!("CDR writer did not finish in 15 s; what it held is in the spool or lost");
     }
+    outcome.map(|()| counters)
+}
 
-    tracing::info!(invite_delay = %delay, "INVITE in → buyer INVITE out");
-    eprintln!("dce: invite_delay {delay}");
-    Ok(counters)
+/// The media port range split between `workers` (each gets whole RTP/RTCP pairs); an error
+/// when some worker would get none.
+fn media_ranges(min: u16, max: u16, workers: usize) -> anyhow::Result<Vec<(u16, u16)>> {
+    let start = min + (min % 2);
+    let pairs = (usize::from(max.saturating_sub(start)) + 1) / 2;
+    let each = pairs / workers;
+    if each == 0 {
+        anyhow::bail!(
+            "media.port_min..port_max holds {pairs} RTP/RTCP pairs: too few for {workers} SIP workers"
+        );
+    }
+    Ok((0..workers)
+        .map(|i| {
+            let lo = start as usize + i * each * 2;
+            let hi = if i + 1 == workers {
+                max as usize
+            } else {
+                lo + each * 2 - 1
+            };
+            (lo as u16, hi as u16)
+        })
+        .collect())
 }
 
 /// glibc keeps what is freed in its per-thread arenas: after a burst (an overload, a flood)
@@ -463,19 +523,18 @@ pub enum ApiRequest {
 }
 type ReloadDone = (Result<Reloaded, Vec<String>>, Option<ReloadReply>);
 
-struct Core {
-    edge: EdgeCore,
-    /// Where CDRs go (the database writer, and the JSON-lines copy).
-    sink: Box<dyn crate::call::cdr::CdrSink>,
+/// The node task: signals, the HTTP API's requests and reloads, the periodic counter report;
+/// it tells the SIP workers what to do and waits for them to stop.
+struct Node {
+    controls: Vec<mpsc::UnboundedSender<crate::shard::Control>>,
     counters: Arc<Counters>,
     /// The receive side's per-source limits and overload shedding.
     gate: Arc<Gate>,
-    udp: Vec<Arc<UdpSocket>>,
-    tcp: HashMap<u64, mpsc::Sender<Bytes>>,
     config_path: Option<PathBuf>,
-    latency: Latency,
     compliance: Arc<std::sync::Mutex<dce_compliance::Compliance>>,
-    shared: Option<crate::shared::Shared>,
+    /// Redis is configured (the fleet-wide checks run there).
+    shared_redis: bool,
+    live: Arc<Live>,
     db: crate::store::Db,
     /// SIGTERM: how long active calls may finish.
     drain: Duration,
@@ -483,7 +542,7 @@ struct Core {
     draining_flag: Arc<std::sync::atomic::AtomicBool>,
 }
 
-impl Core {
+impl Node {
     /// SIGHUP or `POST /v1/reload`: re-read the config and its files off the event loop (a
     /// national DNC file is hundreds of MB; calls keep flowing meanwhile); the result comes
     /// back on `done`, with `reply` for the API caller.
@@ -500,47 +559,78 @@ impl Core {
         });
     }
 
-    /// End every call with BYE; returns how long to wait for the BYEs' answers.
-    fn end_calls(&mut self) -> Instant {
-        let active = self.edge.calls().active_calls();
-        tracing::info!(active_calls = active, "shutting down: ending active calls");
-        self.edge
-            .handle_input(crate::edge::Input::Shutdown, Instant::now());
-        // With calls ended by BYE, give the BYEs time to be answered.
-        let busy = active > 0 || self.edge.calls().pending_cdrs() > 0;
-        Instant::now()
-            + if busy {
-                Duration::from_secs(3)
-            } else {
-                Duration::ZERO
-            }
+    fn tell_all(&self, mut make: impl FnMut() -> crate::shard::Control) {
+        for c in &self.controls {
+            let _ = c.send(make());
+        }
     }
 
-    /// A request from the HTTP API.
-    fn on_api(&mut self, req: ApiRequest, reload_tx: &mpsc::UnboundedSender<ReloadDone>) {
-        let now = Instant::now();
+    /// Ask every worker; the answers come on the receivers, in worker order.
+    fn ask_all<T>(
+        &self,
+        make: impl Fn(oneshot::Sender<T>) -> crate::shard::ShardApi,
+    ) -> Vec<oneshot::Receiver<T>> {
+        self.controls
+            .iter()
+            .map(|c| {
+                let (tx, rx) = oneshot::channel();
+                let _ = c.send(crate::shard::Control::Api(make(tx)));
+                rx
+            })
+            .collect()
+    }
+
+    /// A request from the HTTP API: calls are asked of every worker (each knows its own),
+    /// buyers of the first (their live state is shared).
+    fn on_api(&self, req: ApiRequest, reload_tx: &mpsc::UnboundedSender<ReloadDone>) {
+        use crate::shard::{Control, ShardApi};
         match req {
             ApiRequest::Reload(reply) => self.start_reload(reload_tx.clone(), Some(reply)),
             ApiRequest::Calls(reply) => {
-                let _ = reply.send(self.edge.calls().calls_view(now));
+                let rxs = self.ask_all(ShardApi::Calls);
+                tokio::spawn(async move {
+                    let mut all = Vec::new();
+                    for rx in rxs {
+                        all.extend(rx.await.unwrap_or_default());
+                    }
+                    let _ = reply.send(all);
+                });
             }
             ApiRequest::Call(id, reply) => {
-                let _ = reply.send(self.edge.calls().call_view(&id, now));
+                let rxs = self.ask_all(|tx| ShardApi::Call(id.clone(), tx));
+                tokio::spawn(async move {
+                    let mut found = None;
+                    for rx in rxs {
+                        found = found.or(rx.await.ok().flatten());
+                    }
+                    let _ = reply.send(found);
+                });
             }
             ApiRequest::Hangup(id, reply) => {
-                let _ = reply.send(self.edge.hang_up(&id, now));
+                let rxs = self.ask_all(|tx| ShardApi::Hangup(id.clone(), tx));
+                tokio::spawn(async move {
+                    let mut any = false;
+                    for rx in rxs {
+                        any |= rx.await.unwrap_or(false);
+                    }
+                    let _ = reply.send(any);
+                });
             }
             ApiRequest::Buyers(reply) => {
-                let _ = reply.send(self.edge.calls().buyers_view());
+                if let Some(c) = self.controls.first() {
+                    let _ = c.send(Control::Api(ShardApi::Buyers(reply)));
+                }
             }
             ApiRequest::PatchBuyer(id, patch, reply) => {
-                let _ = reply.send(self.edge.calls().patch_buyer(&id, &patch));
+                if let Some(c) = self.controls.first() {
+                    let _ = c.send(Control::Api(ShardApi::PatchBuyer(id, patch, reply)));
+                }
             }
         }
     }
 
     /// Apply a config read by [`prepare_reload`] and answer the caller, if any.
-    fn finish_reload(&mut self, (r, reply): ReloadDone) {
+    fn finish_reload(&self, (r, reply): ReloadDone) {
         let outcome = r.and_then(|r| self.reload(r).map_err(|e| vec![e]));
         if let Some(reply) = reply {
             let _ = reply.send(outcome);
@@ -548,11 +638,10 @@ impl Core {
     }
 
     /// Apply a config read by [`prepare_reload`].
-    fn reload(&mut self, r: Reloaded) -> Result<String, String> {
+    fn reload(&self, r: Reloaded) -> Result<String, String> {
         let Reloaded { path, cfg, setup } = r;
-        let live = self.edge.calls().live().clone();
-        let snap = match snapshot_of(&cfg, &live) {
-            Ok(snap) => snap,
+        let snap = match snapshot_of(&cfg, &self.live) {
+            Ok(snap) => Arc::new(snap),
             Err(e) => {
                 tracing::error!(file = %path.display(), error = %e, "reload refused");
                 return Err(format!("{}: {e}", path.display()));
@@ -560,31 +649,30 @@ impl Core {
         };
         let max = setup.max_calls_per_day;
         if let Ok(mut c) = self.compliance.lock() {
-            setup.apply(&mut c, self.shared.is_some());
+            setup.apply(&mut c, self.shared_redis);
         }
         // In the background: a database that is away must not hold up calls.
         let (db, compliance) = (self.db.clone(), self.compliance.clone());
         tokio::spawn(async move { load_consent(&db, false, &compliance).await });
-        if self.shared.is_some() {
-            self.edge
-                .calls()
-                .set_shared(Some(crate::call::SharedChecks {
-                    max_calls_per_day: max,
-                    allow_on_error: cfg.compliance.on_lookup_error
-                        == crate::config::OnLookupError::AllowAndFlag,
-                    deadline: cfg.storage.redis_timeout,
-                }));
-        }
-        self.edge
-            .calls()
-            .reload(Arc::new(snap), &cfg.routing.carriers);
+        let shared = self.shared_redis.then(|| crate::call::SharedChecks {
+            max_calls_per_day: max,
+            allow_on_error: cfg.compliance.on_lookup_error
+                == crate::config::OnLookupError::AllowAndFlag,
+            deadline: cfg.storage.redis_timeout,
+        });
+        let carriers = Arc::new(cfg.routing.carriers.clone());
+        self.tell_all(|| crate::shard::Control::Reload {
+            snapshot: snap.clone(),
+            carriers: carriers.clone(),
+            shared,
+        });
         self.gate
             .reconfigure(cfg.sip.source_limits(), trusted_sources(&cfg));
         tracing::info!(
             file = %path.display(),
             campaigns = cfg.routing.campaigns.len(),
             buyers = cfg.routing.buyers.len(),
-                        "config reloaded; new calls use it, active calls keep theirs"
+            "config reloaded; new calls use it, active calls keep theirs"
         );
         Ok(format!(
             "{}: {} campaigns, {} buyers",
@@ -595,184 +683,87 @@ impl Core {
     }
 
     async fn run(
-        &mut self,
-        mut rx: mpsc::Receiver<Inbound>,
-        mut media: mpsc::UnboundedReceiver<dce_media::MediaEvent>,
+        self,
+        threads: Vec<std::thread::JoinHandle<crate::shard::Delays>>,
         mut api: mpsc::UnboundedReceiver<ApiRequest>,
+        mut died: mpsc::UnboundedReceiver<usize>,
         shutdown: impl Future<Output = ()>,
-    ) {
-        let mut report_at = Instant::now() + Duration::from_secs(60);
+    ) -> anyhow::Result<()> {
+        let mut report = tokio::time::interval(Duration::from_secs(60));
+        report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        report.tick().await;
         let mut last_report = String::new();
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         let (reload_tx, mut reloaded) = mpsc::unbounded_channel::<ReloadDone>();
         tokio::pin!(shutdown);
-        let mut stopping: Option<Instant> = None;
-        // SIGTERM with calls up: they may finish until then.
-        let mut draining: Option<Instant> = None;
-        // While draining, a second SIGTERM (or Ctrl-C) cuts the drain short.
+        // The workers' threads, joined off the event loop; resolves when all have stopped.
+        let (done_tx, mut done) = oneshot::channel();
+        std::thread::spawn(move || {
+            let delays: Vec<_> = threads.into_iter().map(|t| t.join().ok()).collect();
+            let _ = done_tx.send(delays);
+        });
+        let mut shutting_down = false;
+        // While draining, a second SIGTERM (or Ctrl-C) ends the calls now.
         let mut again: Option<tokio::signal::unix::Signal> = None;
-        let (verdict_tx, mut verdicts) =
-            mpsc::unbounded_channel::<(crate::call::LookupId, crate::call::Answer)>();
-        // When the message being processed was read from its socket (for the INVITE delay).
-        let mut rx_at: Option<Instant> = None;
-        loop {
-            if let (Some(until), None) = (draining, stopping) {
-                if self.edge.calls().active_calls() == 0 || Instant::now() >= until {
-                    stopping = Some(self.end_calls());
-                }
-            }
-            if let Some(deadline) = stopping {
-                // After shutdown: let BYEs and their answers go, then leave.
-                let idle =
-                    self.edge.calls().active_calls() == 0 && self.edge.calls().pending_cdrs() == 0;
-                if Instant::now() >= deadline || idle {
-                    // Whatever still waits for a media report is written without it.
-                    self.edge.calls().flush_cdrs();
-                    self.drain_outputs(&verdict_tx, None).await;
-                    return;
-                }
-            }
-            let wake = self
-                .edge
-                .poll_timeout()
-                .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
-                .min(report_at)
-                .min(stopping.unwrap_or(report_at))
-                .min(draining.unwrap_or(report_at));
+        let delays = loop {
             tokio::select! {
-                                _ = &mut shutdown, if stopping.is_none() && draining.is_none() => {
-                    let active = self.edge.calls().active_calls();
+                _ = &mut shutdown, if !shutting_down => {
+                    shutting_down = true;
                     self.draining_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    let active = self.counters.m.active_calls();
                     if active == 0 || self.drain.is_zero() {
-                        stopping = Some(self.end_calls());
+                        tracing::info!(active_calls = active, "shutting down: ending active calls");
                     } else {
-                        // New calls get 503 from now on; the active ones may finish.
-                        self.edge.calls().stop_accepting();
                         tracing::info!(active_calls = active, drain_timeout_s = self.drain.as_secs(), "shutting down: no new calls; waiting for active calls to finish (a second SIGTERM ends them now)");
-                        draining = Some(Instant::now() + self.drain);
                         again = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
                     }
+                    self.tell_all(|| crate::shard::Control::Drain);
                 }
-                _ = async { match again.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } }, if stopping.is_none() => {
-                    tracing::warn!(active_calls = self.edge.calls().active_calls(), "second SIGTERM: ending active calls now");
+                _ = async { match again.as_mut() { Some(s) => { s.recv().await; } None => std::future::pending::<()>().await } } => {
+                    tracing::warn!(active_calls = self.counters.m.active_calls(), "second SIGTERM: ending active calls now");
                     again = None;
-                    stopping = Some(self.end_calls());
+                    self.tell_all(|| crate::shard::Control::EndNow);
                 }
-                Some(ev) = media.recv() => self.edge.handle_input(crate::edge::Input::Media(ev), Instant::now()),
-                Some((id, answer)) = verdicts.recv() => self.edge.handle_input(crate::edge::Input::Lookup { id, answer }, Instant::now()),
-                                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.start_reload(reload_tx.clone(), None),
+                _ = async { match hup.as_mut() { Some(h) => { h.recv().await; } None => std::future::pending::<()>().await } } => self.start_reload(reload_tx.clone(), None),
                 Some(req) = api.recv() => self.on_api(req, &reload_tx),
-                Some(done) = reloaded.recv() => self.finish_reload(done),
-                item = rx.recv() => match item {
-                    Some(Inbound::TcpOpened { conn, tx }) => {
-                        self.tcp.insert(conn, tx);
-                    }
-                    Some(Inbound::TcpClosed { conn }) => {
-                        self.tcp.remove(&conn);
-                    }
-                    Some(Inbound::Message { bytes, from, at }) => {
-                        let now = Instant::now();
-                        self.gate.dequeued(at, now);
-                        self.edge.handle_input(crate::edge::Input::Bytes { bytes, from }, now);
-                        rx_at = Some(at);
-                    }
-                    None => return,
-                },
-                _ = tokio::time::sleep_until(tokio::time::Instant::from_std(wake)) => {
-                    let now = Instant::now();
-                    self.edge.handle_timeout(now);
-                    if now >= report_at {
-                        let r = self.counters.report();
-                        if r != last_report {
-                            tracing::info!(counters = %r, "edge counters");
-                            last_report = r;
-                        }
-                        report_at = now + Duration::from_secs(60);
+                Some(r) = reloaded.recv() => self.finish_reload(r),
+                _ = report.tick() => {
+                    let r = self.counters.report();
+                    if r != last_report {
+                        tracing::info!(counters = %r, "edge counters");
+                        last_report = r;
                     }
                 }
+                Some(w) = died.recv() => {
+                    tracing::error!(worker = w, "a SIP worker panicked; stopping DCE (its calls are lost, the others are ended with BYE)");
+                    shutting_down = true;
+                    self.draining_flag.store(true, std::sync::atomic::Ordering::Relaxed);
+                    self.tell_all(|| crate::shard::Control::EndNow);
+                }
+                d = &mut done => break d.unwrap_or_default(),
             }
-            self.drain_outputs(&verdict_tx, rx_at).await;
-            rx_at = None;
-        }
-    }
-
-    /// Carry out everything the core asked for: sends, CDRs, lookups. `rx_at` is when the
-    /// message being handled was read (for the INVITE-in → INVITE-out delay).
-    async fn drain_outputs(
-        &mut self,
-        answers: &mpsc::UnboundedSender<(crate::call::LookupId, crate::call::Answer)>,
-        rx_at: Option<Instant>,
-    ) {
-        while let Some(out) = self.edge.poll_output() {
-            match out {
-                crate::edge::Output::Transmit(t) => {
-                    let invite = t.bytes.starts_with(b"INVITE ");
-                    self.send(t.to, t.bytes).await;
-                    if let (true, Some(at)) = (invite, rx_at) {
-                        self.latency.record(at.elapsed());
-                    }
-                }
-                crate::edge::Output::Cdr(cdr) => self.sink.emit(*cdr),
-                crate::edge::Output::Lookup(req) => {
-                    let crate::call::Query::Shared(check) = req.query;
-                    let tx = answers.clone();
-                    match &self.shared {
-                        Some(shared) => {
-                            let shared = shared.clone();
-                            tokio::spawn(async move {
-                                let r = shared.check(&check).await;
-                                let _ = tx.send((req.id, crate::call::Answer::Shared(r)));
-                            });
-                        }
-                        None => {
-                            let _ = tx.send((
-                                req.id,
-                                crate::call::Answer::Shared(crate::call::RemoteResult::Error(
-                                    "no Redis".into(),
-                                )),
-                            ));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    fn udp_for(&self, to: &Peer) -> Option<Arc<UdpSocket>> {
-        let idx = to.conn.unwrap_or(0) as usize;
-        let family_ok = |s: &Arc<UdpSocket>| {
-            s.local_addr()
-                .map(|a| a.is_ipv4() == to.addr.is_ipv4())
-                .unwrap_or(false)
         };
-        self.udp
-            .get(idx)
-            .filter(|s| family_ok(s))
-            .or_else(|| self.udp.iter().find(|s| family_ok(s)))
-            .cloned()
-    }
-
-    async fn send(&mut self, to: Peer, bytes: Bytes) {
-        match to.transport {
-            Transport::Udp => {
-                if let Some(sock) = self.udp_for(&to) {
-                    if let Err(e) = sock.send_to(&bytes, to.addr).await {
-                        self.counters.inc(Counter::UdpSendFailed);
-                        tracing::debug!(to = %to.addr, error = %e, "udp send failed");
-                    }
+        let mut first = Latency::default();
+        let mut failover = Latency::default();
+        let mut failed = 0;
+        for d in delays {
+            match d {
+                Some(d) => {
+                    first.merge(&d.first);
+                    failover.merge(&d.failover);
                 }
-            }
-            Transport::Tcp => {
-                let sent = to
-                    .conn
-                    .and_then(|c| self.tcp.get(&c))
-                    .map(|tx| tx.try_send(bytes).is_ok())
-                    .unwrap_or(false);
-                if !sent {
-                    self.counters.inc(Counter::TcpSendFailed);
-                    tracing::info!(to = %to.addr, "TCP connection gone or backed up; message dropped");
-                }
+                None => failed += 1,
             }
         }
+        tracing::info!(invite_delay = %first.report(), failover_invite_delay = %failover.report(), "INVITE in → buyer INVITE out");
+        eprintln!(
+            "dce: invite_delay {} failover {}",
+            first.report(),
+            failover.report()
+        );
+        if failed > 0 {
+            anyhow::bail!("{failed} SIP worker(s) stopped by a panic (see the log above)");
+        }
+        Ok(())
     }
 }

@@ -130,7 +130,7 @@ impl World {
 
     fn feed(&mut self, from: SocketAddr, bytes: Bytes) {
         self.core
-            .handle_input(Input::Bytes { bytes, from: peer(from) }, self.now);
+            .handle_input(Input::Bytes { bytes, from: peer(from), at: self.now }, self.now);
         self.pump();
     }
 

@@ -251,7 +251,9 @@ impl Controller {
         now: Instant,
         facts: &mut Facts,
     ) -> Result<Admitted, Rejection> {
-        if !self.accepting || self.calls.len() >= self.settings.max_calls {
+        // node-wide: every SIP worker's calls count against `max_calls`
+        let active = self.counters.m.active_calls() as usize;
+        if !self.accepting || active >= self.settings.max_calls {
             let reason = if self.accepting {
                 EndReason::Overloaded
             } else {
@@ -426,6 +428,7 @@ impl Controller {
                 attempts: 0,
                 state: CallState::Checking,
                 t0: now,
+                rx_at: self.rx_at.unwrap_or(now),
                 wall0: wall,
                 answered_at: None,
                 carrier_code: 100,
@@ -440,7 +443,7 @@ impl Controller {
                 lookups,
             },
         );
-        self.counters.m.set_active_calls(self.calls.len());
+        self.counters.m.call_added();
         match deadline {
             Some(at) => {
                 for r in requests {
@@ -527,7 +530,6 @@ impl Controller {
             return;
         };
         self.forget_call_routes(&call);
-        self.counters.m.set_active_calls(self.calls.len());
         let facts = Facts {
             carrier: call.carrier,
             campaign: call.snapshot.campaign(call.campaign).id.clone(),

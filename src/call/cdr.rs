@@ -154,6 +154,24 @@ pub trait CdrSink: Send {
     fn emit(&mut self, cdr: Cdr);
 }
 
+/// One sink used by every SIP worker: each worker holds a clone; the sink inside is dropped
+/// (flushing what it holds) when the last clone is.
+#[derive(Clone)]
+pub struct SharedSink(std::sync::Arc<std::sync::Mutex<Box<dyn CdrSink>>>);
+
+impl SharedSink {
+    /// Share `sink`.
+    pub fn new(sink: Box<dyn CdrSink>) -> SharedSink {
+        SharedSink(std::sync::Arc::new(std::sync::Mutex::new(sink)))
+    }
+}
+
+impl CdrSink for SharedSink {
+    fn emit(&mut self, cdr: Cdr) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).emit(cdr);
+    }
+}
+
 /// Hands every CDR to several sinks (the database and an optional JSON-lines file).
 pub struct Tee(pub Vec<Box<dyn CdrSink>>);
 

@@ -114,6 +114,21 @@ pub struct Controller {
     pub(super) shared: Option<SharedChecks>,
     pub(super) next_lookup: u64,
     pub(super) events: crate::events::Bus,
+    /// When the message being handled reached the socket (set by the edge core per message).
+    pub(super) rx_at: Option<Instant>,
+    /// Buyer INVITEs handed out since the driver last took them.
+    pub(super) invite_marks: Vec<InviteMark>,
+}
+
+/// A buyer INVITE the controller handed out: when its call's INVITE arrived, and whether it is
+/// a failover (not the call's first buyer). The driver takes these after sending
+/// ([`Controller::take_invite_marks`]) and measures the delay up to the send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InviteMark {
+    /// The carrier INVITE's arrival.
+    pub received: Instant,
+    /// Not the call's first buyer.
+    pub failover: bool,
 }
 
 impl Controller {
@@ -153,7 +168,19 @@ impl Controller {
             shared: None,
             next_lookup: 1,
             events: crate::events::Bus::default(),
+            rx_at: None,
+            invite_marks: Vec::new(),
         }
+    }
+
+    /// The message about to be handled reached the socket at `at` (`None` once it is done).
+    pub fn set_received_at(&mut self, at: Option<Instant>) {
+        self.rx_at = at;
+    }
+
+    /// The buyer INVITEs handed out since the last call, oldest first.
+    pub fn take_invite_marks(&mut self) -> std::vec::Drain<'_, InviteMark> {
+        self.invite_marks.drain(..)
     }
 
     /// The id generator (the edge core's stateless answers use it too).
@@ -278,6 +305,7 @@ impl Controller {
     /// Take call `key` out of the table and out of the timer index.
     pub(super) fn remove_call(&mut self, key: CallKey) -> Option<Call> {
         let call = self.calls.remove(&key)?;
+        self.counters.m.call_removed();
         if let Some(at) = call.indexed {
             self.timers.remove(&(at, key));
         }

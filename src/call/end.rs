@@ -99,7 +99,6 @@ impl Controller {
         // debug).
         tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign.id, caller = %crate::logging::num(&call.caller), buyer = winner_id.as_deref().unwrap_or("-"), attempts = call.attempts, disposition = disposition.as_str(), reason = %reason_text, duration_s = duration.as_secs_f64(), billable, "call ended");
         self.counters.m.call_outcome(disposition.as_str());
-        self.counters.m.set_active_calls(self.calls.len());
         self.events.emit(
             "call.completed",
             &campaign.id,

@@ -40,7 +40,7 @@ pub mod view;
 pub mod vocab;
 
 pub use admit::{caller_of, MAX_CALLER};
-pub use controller::{Controller, Held, Output, Settings, SharedChecks};
+pub use controller::{Controller, Held, InviteMark, Output, Settings, SharedChecks};
 pub use lookup::{Answer, LookupId, LookupRequest, Query, RemoteCheck, RemoteResult};
 
 /// What the compliance check is told about a call.

@@ -3,6 +3,7 @@
 //! dialog) ends it all; a buyer's answer makes it the winner.
 
 use super::controller::Controller;
+use super::controller::InviteMark;
 use super::leg::{ack_for_2xx, cancel_for, contact_uri, push_body, route_set, sip_user, Dialog};
 use super::router::{Orphan, TxRole};
 use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Timer};
@@ -141,6 +142,10 @@ impl Controller {
                 }
             };
             tracing::debug!(call = %call.id, buyer = %buyer.id, bid = entry.bid_cents, attempt = call.attempts + 1, target = %uri, "ringing buyer");
+            self.invite_marks.push(InviteMark {
+                received: call.rx_at,
+                failover: call.attempts > 0,
+            });
             call.legs.push(BLeg {
                 entry: idx,
                 tx,

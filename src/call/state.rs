@@ -264,6 +264,9 @@ pub struct Call {
     pub state: CallState,
     /// INVITE received (monotonic).
     pub t0: Instant,
+    /// When the carrier's INVITE reached DCE's socket (the kernel's receive time where the
+    /// driver has it; else `t0`), for the INVITE-in → buyer-INVITE-out delay.
+    pub rx_at: Instant,
     /// INVITE received (wall clock).
     pub wall0: DateTime<Utc>,
     /// Answered at.

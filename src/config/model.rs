@@ -265,6 +265,8 @@ pub struct SipConfig {
     pub overload_queue_delay: Duration,
     /// `Retry-After` of that 503, seconds.
     pub overload_retry_after_s: u32,
+    /// SIP worker threads (shards); each owns its share of the calls and of the media ports.
+    pub workers: usize,
 }
 
 impl SipConfig {
@@ -296,6 +298,9 @@ pub mod defaults {
     pub const TCP_MAX_CONNECTIONS: i64 = 10_000;
     /// RFC 3261 T1 in milliseconds.
     pub const T1_MS: i64 = 500;
+    /// One SIP worker: on a small machine one thread that never hands a message to another
+    /// is the cheapest per call (docs/decisions/0010-sip-workers.md).
+    pub const WORKERS: i64 = 1;
     /// Seconds one buyer may ring.
     pub const RING_TIMEOUT_S: i64 = 20;
     /// Buyers tried per call.
@@ -506,6 +511,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             "overload_queue_depth",
             "overload_queue_delay_ms",
             "overload_retry_after_s",
+            "workers",
         ],
     );
     // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
@@ -610,6 +616,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         3_600,
         defaults::OVERLOAD_RETRY_AFTER_S,
     ) as u32;
+    let workers = int("workers", 1, 64, defaults::WORKERS) as usize;
     Some(SipConfig {
         listen,
         advertised_host,
@@ -629,6 +636,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         overload_queue_depth: queue_depth,
         overload_queue_delay: Duration::from_millis(queue_delay),
         overload_retry_after_s: retry_after,
+        workers,
     })
 }
 

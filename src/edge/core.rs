@@ -25,6 +25,8 @@ pub enum Input {
         bytes: Bytes,
         /// Who sent them.
         from: Peer,
+        /// When they reached DCE's socket (the kernel's receive time where the driver has it).
+        at: Instant,
     },
     /// The answer to a lookup the core asked for ([`Output::Lookup`]).
     Lookup {
@@ -94,7 +96,10 @@ impl EdgeCore {
     /// Feed one input.
     pub fn handle_input(&mut self, input: Input, now: Instant) {
         match input {
-            Input::Bytes { bytes, from } => self.on_bytes(bytes, from, now),
+            Input::Bytes { bytes, from, at } => {
+                self.calls.set_received_at(Some(at));
+                self.on_bytes(bytes, from, now);
+            }
             Input::Lookup { id, answer } => {
                 self.calls.on_lookup(&mut self.layer, id, answer, now);
             }
@@ -105,6 +110,7 @@ impl EdgeCore {
             }
         }
         self.process(now);
+        self.calls.set_received_at(None);
     }
 
     /// The counters this core bumps.

@@ -52,7 +52,7 @@ pub struct ApiState {
     /// The compliance lists (for `/v1/dnc`).
     pub compliance: Option<Arc<Mutex<dce_compliance::Compliance>>>,
     /// The media port pool.
-    pub ports: Option<dce_media::PortGauge>,
+    pub ports: Option<Vec<dce_media::PortGauge>>,
     /// Set when SIGTERM is draining calls.
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// GDPR erasure (the writer's and the JSON-lines sink's list of erased numbers).
@@ -407,8 +407,10 @@ pub async fn health(State(st): State<Arc<ApiState>>) -> Response {
     };
     let port_pool = match &st.ports {
         None => Dep::status("not_configured"),
-        Some(g) => {
-            let (used, total) = (g.in_use(), g.total());
+        Some(gauges) => {
+            // one pool per SIP worker
+            let used: usize = gauges.iter().map(|g| g.in_use()).sum();
+            let total: usize = gauges.iter().map(|g| g.total()).sum();
             // Below 10 % free, new calls may soon get 503.
             let low = total > 0 && (total - used.min(total)) * 10 < total;
             Dep {

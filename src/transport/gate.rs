@@ -30,11 +30,10 @@ pub struct Overload {
 }
 
 impl Overload {
-    /// True when a new INVITE should be shed: the queue is `depth` deep and the core's last
-    /// dequeued message had waited `lag`. An empty queue is never overloaded (the lag is of
-    /// a message long gone).
+    /// True when a new INVITE should be shed: `depth` messages are queued behind it, or it
+    /// waited `lag` before its worker could look at it.
     pub fn shed(&self, depth: usize, lag: Duration) -> bool {
-        depth >= self.queue_depth || (depth > 0 && lag >= self.queue_delay)
+        depth >= self.queue_depth || lag >= self.queue_delay
     }
 }
 
@@ -53,8 +52,8 @@ pub enum Admit {
 pub struct Gate {
     limits: Mutex<SourceLimits>,
     overload: Overload,
-    /// Microseconds the message the core last took had waited in the queue.
-    lag_us: AtomicU64,
+    /// Per SIP worker: microseconds the message it last took from its queue had waited there.
+    lag_us: Vec<AtomicU64>,
     counters: Arc<Counters>,
 }
 
@@ -91,7 +90,9 @@ impl Gate {
                 queue_delay: config.sip.overload_queue_delay,
                 retry_after_s: config.sip.overload_retry_after_s,
             },
-            lag_us: AtomicU64::new(0),
+            lag_us: (0..config.sip.workers.max(1))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
             counters,
         }
     }
@@ -105,26 +106,51 @@ impl Gate {
         self.limits.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The core task took a message that was read at `at`.
-    pub fn dequeued(&self, at: Instant, now: Instant) {
+    /// SIP worker `shard` took a message from its queue that was queued at `at`.
+    pub fn dequeued(&self, shard: usize, at: Instant, now: Instant) {
         let lag = now.saturating_duration_since(at).as_micros() as u64;
-        self.lag_us.store(lag, Ordering::Relaxed);
+        if let Some(l) = self.lag_us.get(shard) {
+            l.store(lag, Ordering::Relaxed);
+        }
     }
 
-    /// Decide for `bytes` from `from`, with the core's queue `core` as it is now.
+    /// Decide for `bytes` from `from`, about to be put on `queue` (worker `shard`'s, as it is
+    /// now): the queue's depth, and while it is not empty the wait of the message the worker
+    /// last took from it, are its backlog.
+    pub fn check_queued(
+        &self,
+        bytes: &[u8],
+        from: Peer,
+        queue: &mpsc::Sender<Inbound>,
+        shard: usize,
+        now: Instant,
+    ) -> Admit {
+        let depth = queue.max_capacity() - queue.capacity();
+        let lag = match depth {
+            0 => Duration::ZERO, // caught up: the last wait is of a message long gone
+            _ => Duration::from_micros(
+                self.lag_us
+                    .get(shard)
+                    .map_or(0, |l| l.load(Ordering::Relaxed)),
+            ),
+        };
+        self.check(bytes, from, depth, lag, now)
+    }
+
+    /// Decide for `bytes` from `from`, which waited `lag` (in the socket's queue, say) with
+    /// `depth` messages behind it.
     pub fn check(
         &self,
         bytes: &[u8],
         from: Peer,
-        core: &mpsc::Sender<Inbound>,
+        depth: usize,
+        lag: Duration,
         now: Instant,
     ) -> Admit {
         if self.lock().admit(from.addr.ip(), now) == Verdict::Refuse {
             self.counters.inc(Counter::DroppedSourceRate);
             return Admit::Drop;
         }
-        let depth = core.max_capacity() - core.capacity();
-        let lag = Duration::from_micros(self.lag_us.load(Ordering::Relaxed));
         if self.overload.shed(depth, lag) {
             if let Some(t) = overload_503(bytes, from, self.overload.retry_after_s) {
                 self.counters.inc(Counter::Shed503);
@@ -166,18 +192,26 @@ mod tests {
         let now = Instant::now();
         let (inv, opt) = (request("INVITE"), request("OPTIONS"));
         let untrusted: Vec<bool> = (0..6)
-            .map(|_| matches!(gate.check(&opt, peer("192.0.2.1"), &tx, now), Admit::Queue))
+            .map(|_| {
+                matches!(
+                    gate.check_queued(&opt, peer("192.0.2.1"), &tx, 0, now),
+                    Admit::Queue
+                )
+            })
             .collect();
         assert_eq!(untrusted, [true, true, true, false, false, false]);
         assert_eq!(counters.get(Counter::DroppedSourceRate), 3);
         assert!(
-            (0..1000).all(|_| matches!(gate.check(&inv, peer("10.1.1.1"), &tx, now), Admit::Queue)),
+            (0..1000).all(|_| matches!(
+                gate.check_queued(&inv, peer("10.1.1.1"), &tx, 0, now),
+                Admit::Queue
+            )),
             "the carrier is exempt, and the queue is empty"
         );
         for _ in 0..2 {
             tx.try_send(Inbound::TcpClosed { conn: 0 }).unwrap();
         }
-        match gate.check(&inv, peer("10.1.1.1"), &tx, now) {
+        match gate.check_queued(&inv, peer("10.1.1.1"), &tx, 0, now) {
             Admit::Answer(t) => {
                 let text = String::from_utf8_lossy(&t.bytes).to_string();
                 assert!(
@@ -188,15 +222,27 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(
-            matches!(gate.check(&opt, peer("10.1.1.1"), &tx, now), Admit::Queue),
+            matches!(
+                gate.check_queued(&opt, peer("10.1.1.1"), &tx, 0, now),
+                Admit::Queue
+            ),
             "only new INVITEs are shed"
         );
         assert_eq!(counters.get(Counter::Shed503), 1);
         // The core catches up: the lag alone does not shed once the queue is empty.
-        gate.dequeued(now, now + Duration::from_secs(1));
+        gate.dequeued(0, now, now + Duration::from_secs(1));
         let (tx2, _rx2) = mpsc::channel::<Inbound>(8);
         assert!(matches!(
-            gate.check(&inv, peer("10.1.1.1"), &tx2, now),
+            gate.check_queued(&inv, peer("10.1.1.1"), &tx2, 0, now),
+            Admit::Queue
+        ));
+        // A datagram that itself waited too long in the socket is shed, queue or not.
+        assert!(matches!(
+            gate.check(&inv, peer("10.1.1.1"), 0, Duration::from_secs(1), now),
+            Admit::Answer(_)
+        ));
+        assert!(matches!(
+            gate.check(&inv, peer("10.1.1.1"), 0, Duration::from_millis(1), now),
             Admit::Queue
         ));
     }
@@ -208,7 +254,7 @@ mod tests {
             queue_delay: Duration::from_millis(200),
             retry_after_s: 5,
         };
-        assert!(!o.shed(0, Duration::from_secs(9)), "empty queue: caught up");
+        assert!(!o.shed(0, Duration::from_millis(199)));
         assert!(!o.shed(99, Duration::from_millis(199)));
         assert!(o.shed(100, Duration::ZERO));
         assert!(o.shed(1, Duration::from_millis(200)));

@@ -1,7 +1,7 @@
 //! TCP accept loop and per-connection framing.
 
 use super::gate::{Admit, Gate};
-use super::Inbound;
+use super::{Inbound, Shards};
 use crate::counters::{Counter, Counters};
 use bytes::{Buf, Bytes, BytesMut};
 use dce_sip::framing::{frame, Frame};
@@ -74,7 +74,7 @@ impl Drop for IpSlot {
 pub async fn accept_loop(
     listener: TcpListener,
     limits: TcpLimits,
-    core: mpsc::Sender<Inbound>,
+    core: Shards,
     gate: Arc<Gate>,
     counters: Arc<Counters>,
 ) {
@@ -122,13 +122,13 @@ async fn connection(
     addr: SocketAddr,
     conn: u64,
     limits: TcpLimits,
-    core: mpsc::Sender<Inbound>,
+    core: Shards,
     gate: Arc<Gate>,
     counters: Arc<Counters>,
     _slots: (OwnedSemaphorePermit, IpSlot),
 ) {
     let (tx, mut rx) = mpsc::channel::<Bytes>(256);
-    if core.send(Inbound::TcpOpened { conn, tx }).await.is_err() {
+    if !core.broadcast(Inbound::TcpOpened { conn, tx }).await {
         return;
     }
     tracing::debug!(%addr, conn, "tcp connection open");
@@ -168,7 +168,9 @@ async fn connection(
                             started = None;
                             let bytes = buf.split_to(n).freeze();
                             let at = Instant::now();
-                            match gate.check(&bytes, peer, &core, at) {
+                            let shard = crate::transport::dispatch::owner(&bytes, core.len());
+                            let queue = core.queue(shard);
+                            match gate.check_queued(&bytes, peer, queue, shard, at) {
                                 Admit::Drop => {}
                                 Admit::Answer(t) => {
                                     if stream.write_all(&t.bytes).await.is_err() {
@@ -177,7 +179,7 @@ async fn connection(
                                 }
                                 // TCP waits for the core (backpressure on this connection only).
                                 Admit::Queue => {
-                                    if core.send(Inbound::Message { bytes, from: peer, at }).await.is_err() {
+                                    if queue.send(Inbound::Message { bytes, from: peer, at }).await.is_err() {
                                         break 'conn "shutdown";
                                     }
                                 }
@@ -234,5 +236,5 @@ async fn connection(
         }
     }
     tracing::debug!(%addr, conn, reason = why, "tcp connection closed");
-    let _ = core.send(Inbound::TcpClosed { conn }).await;
+    let _ = core.broadcast(Inbound::TcpClosed { conn }).await;
 }

@@ -387,7 +387,14 @@ pub fn feed(
     from: dce_sip::transaction::Peer,
     now: std::time::Instant,
 ) {
-    core.handle_input(dce::edge::Input::Bytes { bytes, from }, now);
+    core.handle_input(
+        dce::edge::Input::Bytes {
+            bytes,
+            from,
+            at: now,
+        },
+        now,
+    );
 }
 
 /// The next transmit `core` has (other outputs — CDRs, lookups — are dropped: tests of the

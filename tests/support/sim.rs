@@ -245,8 +245,14 @@ impl Sim {
             addr: from,
             conn: Some(0),
         };
-        self.core
-            .handle_input(dce::edge::Input::Bytes { bytes, from: peer }, self.now);
+        self.core.handle_input(
+            dce::edge::Input::Bytes {
+                bytes,
+                from: peer,
+                at: self.now,
+            },
+            self.now,
+        );
         self.collect();
     }
 
