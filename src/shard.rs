@@ -144,6 +144,8 @@ struct Worker {
     index: usize,
     edge: EdgeCore,
     udp: Vec<UdpSocket>,
+    /// Per socket: bound to an IPv4 address (else IPv6).
+    udp_v4: Vec<bool>,
     outbox: Vec<Outbox>,
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
     inbound: mpsc::Receiver<Inbound>,
@@ -182,6 +184,10 @@ impl Worker {
             index: s.index,
             edge: (s.core)(),
             outbox: udp.iter().map(|_| Vec::new()).collect(),
+            udp_v4: udp
+                .iter()
+                .map(|u| u.local_addr().map(|a| a.is_ipv4()).unwrap_or(true))
+                .collect(),
             udp,
             tcp: HashMap::new(),
             inbound: s.inbound,
@@ -452,15 +458,11 @@ impl Worker {
 
     /// The socket for `to`: the one it came in on, else the first of its address family.
     fn udp_for(&self, to: &Peer) -> Option<usize> {
-        let family_ok = |s: &UdpSocket| {
-            s.local_addr()
-                .map(|a| a.is_ipv4() == to.addr.is_ipv4())
-                .unwrap_or(false)
-        };
+        let v4 = to.addr.is_ipv4();
         let idx = to.conn.unwrap_or(0) as usize;
-        match self.udp.get(idx) {
-            Some(s) if family_ok(s) => Some(idx),
-            _ => self.udp.iter().position(family_ok),
+        match self.udp_v4.get(idx) {
+            Some(&f) if f == v4 => Some(idx),
+            _ => self.udp_v4.iter().position(|&f| f == v4),
         }
     }
 

@@ -19,6 +19,8 @@
 
 use crate::engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
 use crate::ports::PortPool;
+#[cfg(test)]
+use crate::ports::QUARANTINE;
 use crate::sdp::Stream;
 use crate::stats::StreamStats;
 use std::collections::HashMap;
@@ -73,9 +75,14 @@ pub struct Relay {
     sessions: HashMap<MediaId, Session>,
     next: MediaId,
     events: mpsc::UnboundedSender<MediaEvent>,
-    released: mpsc::UnboundedReceiver<u16>,
+    released: mpsc::UnboundedReceiver<(u16, Option<[UdpSocket; 2]>)>,
     release_tx: Releaser,
+    /// Sockets of warm free pairs (bound and registered), by RTP port.
+    idle: HashMap<u16, [UdpSocket; 2]>,
 }
+
+/// Warm pairs kept at most (per relay); beyond, a freed pair's sockets are closed.
+const MAX_IDLE: usize = 4096;
 
 /// Port pairs in use, readable from other threads (health checks).
 #[derive(Debug, Clone)]
@@ -99,14 +106,15 @@ impl PortGauge {
 /// Hands a stream's ports back to the pool and counts them out of use.
 #[derive(Debug, Clone)]
 struct Releaser {
-    tx: mpsc::UnboundedSender<u16>,
+    tx: mpsc::UnboundedSender<(u16, Option<[UdpSocket; 2]>)>,
     in_use: Arc<AtomicUsize>,
 }
 
 impl Releaser {
-    fn send(&self, port: u16) {
+    /// Pair `port` is free again; its sockets come back for the next call.
+    fn send(&self, port: u16, socks: [UdpSocket; 2]) {
         self.in_use.fetch_sub(1, Ordering::Relaxed);
-        let _ = self.tx.send(port);
+        let _ = self.tx.send((port, Some(socks)));
     }
 }
 
@@ -126,6 +134,7 @@ impl Relay {
             events,
             released,
             release_tx,
+            idle: HashMap::new(),
         }
     }
 
@@ -143,32 +152,62 @@ impl Relay {
         self.pool.available()
     }
 
+    /// Put freed pairs back: warm (sockets kept for the next call) while fewer than
+    /// [`MAX_IDLE`] are, else cold (sockets closed).
     fn reclaim(&mut self) {
-        while let Ok(p) = self.released.try_recv() {
-            self.pool.give(p);
+        let now = Instant::now();
+        while let Ok((p, socks)) = self.released.try_recv() {
+            match socks {
+                Some(s) if self.idle.len() < MAX_IDLE => {
+                    self.idle.insert(p, s);
+                    self.pool.give_warm(p, now);
+                }
+                _ => self.pool.give(p),
+            }
         }
     }
 
-    /// Take a pair from the pool and bind its RTP and RTCP sockets. A port in the range may be
-    /// taken by another process: that pair goes to the back of the pool (it is retried when its
-    /// turn comes again) and the next one is tried, rather than failing the call.
-    fn bind_pair(&mut self) -> Result<(u16, std::net::UdpSocket, std::net::UdpSocket), MediaError> {
+    /// Take a pair from the pool with its RTP and RTCP sockets: a warm pair's, emptied of
+    /// anything that arrived since its last call, or newly bound and registered. A port in the
+    /// range may be taken by another process: that pair goes to the back of the pool (it is
+    /// retried when its turn comes again) and the next one is tried, rather than failing the
+    /// call. On a registration error the pair is already back in the pool.
+    fn take_pair(
+        &mut self,
+        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
+    ) -> Result<(u16, [UdpSocket; 2]), MediaError> {
+        let now = Instant::now();
         for _ in 0..self.pool.total().max(1) {
-            let Some(port) = self.pool.take() else {
+            let Some((port, warm)) = self.pool.take(now) else {
                 return Err(MediaError::PortsExhausted);
             };
+            if warm {
+                if let Some(socks) = self.idle.remove(&port) {
+                    let mut junk = [0u8; 2048];
+                    for s in &socks {
+                        while s.try_recv_from(&mut junk).is_ok() {}
+                    }
+                    return Ok((port, socks));
+                }
+            }
             let rtp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port));
             let rtcp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port + 1));
             match (rtp, rtcp) {
-                (Ok(a), Ok(b)) => return Ok((port, a, b)),
+                (Ok(a), Ok(b)) => match (register(a), register(b)) {
+                    (Ok(a), Ok(b)) => return Ok((port, [a, b])),
+                    (Err(e), _) | (_, Err(e)) => {
+                        self.pool.give(port);
+                        return Err(e);
+                    }
+                },
                 _ => self.pool.give(port),
             }
         }
         Err(MediaError::PortsExhausted)
     }
 
-    /// Bind and register every socket of `streams` streams. Every pair taken is pushed to
-    /// `taken` as soon as it is bound, so that the caller can give all of them back on error.
+    /// Sockets for every one of `streams` streams. Every pair taken is pushed to `taken`, so
+    /// that the caller can give all of them back on error.
     fn bind_streams(
         &mut self,
         streams: usize,
@@ -177,16 +216,14 @@ impl Relay {
     ) -> Result<Vec<[UdpSocket; 4]>, MediaError> {
         let mut bound = Vec::with_capacity(streams);
         for _ in 0..streams {
-            let (a_port, a_rtp, a_rtcp) = self.bind_pair()?;
+            let (a_port, [a_rtp, a_rtcp]) = self.take_pair(register)?;
             taken.push(a_port);
-            let (b_port, b_rtp, b_rtcp) = self.bind_pair()?;
+            let (b_port, [b_rtp, b_rtcp]) = match self.take_pair(register) {
+                Ok(p) => p,
+                Err(e) => return Err(e),
+            };
             taken.push(b_port);
-            bound.push([
-                register(a_rtp)?,
-                register(a_rtcp)?,
-                register(b_rtp)?,
-                register(b_rtcp)?,
-            ]);
+            bound.push([a_rtp, a_rtcp, b_rtp, b_rtcp]);
         }
         Ok(bound)
     }
@@ -442,8 +479,9 @@ impl StreamTask {
             }
         }
         let _ = report.send(st.report());
-        release.send(ports[0]);
-        release.send(ports[1]);
+        let [a_rtp, a_rtcp, b_rtp, b_rtcp] = socks;
+        release.send(ports[0], [a_rtp, a_rtcp]);
+        release.send(ports[1], [b_rtp, b_rtcp]);
     }
 }
 
@@ -631,6 +669,63 @@ mod tests {
         let id = r.open(2).expect("all four pairs bind again");
         assert_eq!((r.available(), gauge.in_use()), (0, 4));
         r.close(id);
+    }
+
+    #[tokio::test]
+    async fn a_freed_pair_is_reused_warm_after_its_rest_and_nothing_old_reaches_the_new_call() {
+        let (tx, mut events) = mpsc::unbounded_channel();
+        let mut r = Relay::new(
+            RelayConfig {
+                bind_ip: "127.0.0.1".parse().unwrap(),
+                port_min: 30500,
+                port_max: 30503,
+                rtp_timeout: Duration::from_secs(30),
+                strict_source: true,
+                latch_any_source: false,
+            },
+            tx,
+        );
+        let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        let remote = |addr: SocketAddr| stream(&addr.to_string(), "127.0.0.1:9");
+        let open = |r: &mut Relay| {
+            let id = r.open(1).unwrap();
+            r.set_remote(id, Side::A, &[remote(a_addr)]);
+            r.set_remote(id, Side::B, &[remote(b_addr)]);
+            id
+        };
+        let first = open(&mut r);
+        let ports = (r.ports(first, Side::A)[0], r.ports(first, Side::B)[0]);
+        r.close(first);
+        assert!(matches!(
+            events.recv().await,
+            Some(MediaEvent::Closed { .. })
+        ));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        // a late packet of the old call, sitting in the old socket
+        let to_a_port = SocketAddr::from(([127, 0, 0, 1], ports.0));
+        a.send_to(b"stale", to_a_port).await.unwrap();
+        tokio::time::sleep(QUARANTINE + Duration::from_millis(50)).await;
+        let second = open(&mut r);
+        assert_eq!(
+            (r.ports(second, Side::A)[0], r.ports(second, Side::B)[0]),
+            ports,
+            "the rested pairs, sockets kept"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        a.send_to(b"fresh", to_a_port).await.unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = tokio::time::timeout(Duration::from_secs(2), b.recv_from(&mut buf))
+            .await
+            .expect("relayed")
+            .unwrap();
+        assert_eq!(&buf[..n], b"fresh", "the stale packet was dropped on reuse");
+        r.close(second);
+        assert!(matches!(
+            events.recv().await,
+            Some(MediaEvent::Closed { .. })
+        ));
     }
 
     fn cfg(strict_source: bool, latch_any_source: bool) -> RelayConfig {

@@ -406,52 +406,79 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
+/// Rows per multi-row `INSERT` (23 parameters each: well under SQLite's 32,766).
+const SQLITE_ROWS: usize = 100;
+
+/// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
+/// thread, where one statement per row cost two thread hand-offs per CDR. `OR IGNORE` on both
+/// tables' keys makes a replay of stored calls (and of their bids) change nothing.
 async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     let mut tx = p.begin().await?;
-    for c in cdrs {
-        let done = sqlx::query(
+    for chunk in cdrs.chunks(SQLITE_ROWS) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
              payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
-             answered_at, ended_at, duration_ms, quality) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&c.id)
-        .bind(&c.node_id)
-        .bind(&c.carrier)
-        .bind(&c.campaign)
-        .bind(&c.caller)
-        .bind(&c.called)
-        .bind(&c.carrier_call_id)
-        .bind(&c.buyer_id)
-        .bind(i64::from(c.bid_cents))
-        .bind(i64::from(c.payout_cents))
-        .bind(c.billable)
-        .bind(&c.disposition)
-        .bind(&c.disposition)
-        .bind(i64::from(c.carrier_code))
-        .bind(c.buyer_code.map(i64::from))
-        .bind(&c.compliance)
-        .bind(&c.hangup_by)
-        .bind(&c.reason)
-        .bind(utc(&c.invite_at))
-        .bind(c.answer_at.as_deref().map(utc))
-        .bind(utc(&c.end_at))
-        .bind(ms(c.duration_s))
-        .bind(c.quality.as_ref().and_then(|q| serde_json::to_string(q).ok()))
-        .execute(&mut *tx)
-        .await?;
-        if done.rows_affected() == 0 {
-            continue; // stored before: a replay
-        }
-        for (i, b) in c.bids.iter().enumerate() {
-            sqlx::query("INSERT OR IGNORE INTO bids (call_id, position, buyer_id, amount_cents, outcome) VALUES (?, ?, ?, ?, ?)")
-                .bind(&c.id)
-                .bind(i as i64)
-                .bind(&b.buyer_id)
-                .bind(i64::from(b.amount_cents))
-                .bind(&b.outcome)
-                .execute(&mut *tx)
-                .await?;
-        }
+             answered_at, ended_at, duration_ms, quality) ",
+        );
+        q.push_values(chunk, |mut b, c| {
+            b.push_bind(&c.id)
+                .push_bind(&c.node_id)
+                .push_bind(&c.carrier)
+                .push_bind(&c.campaign)
+                .push_bind(&c.caller)
+                .push_bind(&c.called)
+                .push_bind(&c.carrier_call_id)
+                .push_bind(&c.buyer_id)
+                .push_bind(i64::from(c.bid_cents))
+                .push_bind(i64::from(c.payout_cents))
+                .push_bind(c.billable)
+                .push_bind(&c.disposition)
+                .push_bind(&c.disposition)
+                .push_bind(i64::from(c.carrier_code))
+                .push_bind(c.buyer_code.map(i64::from))
+                .push_bind(&c.compliance)
+                .push_bind(&c.hangup_by)
+                .push_bind(&c.reason)
+                .push_bind(utc(&c.invite_at))
+                .push_bind(c.answer_at.as_deref().map(utc))
+                .push_bind(utc(&c.end_at))
+                .push_bind(ms(c.duration_s))
+                .push_bind(
+                    c.quality
+                        .as_ref()
+                        .and_then(|q| serde_json::to_string(q).ok()),
+                );
+        });
+        // a full chunk's statement is reused; the odd-sized last one is not cached
+        q.build()
+            .persistent(chunk.len() == SQLITE_ROWS)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let bids: Vec<(&str, i64, &crate::call::cdr::BidRecord)> = cdrs
+        .iter()
+        .flat_map(|c| {
+            c.bids
+                .iter()
+                .enumerate()
+                .map(move |(i, b)| (c.id.as_str(), i as i64, b))
+        })
+        .collect();
+    for chunk in bids.chunks(SQLITE_ROWS * 4) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR IGNORE INTO bids (call_id, position, buyer_id, amount_cents, outcome) ",
+        );
+        q.push_values(chunk, |mut b, (id, pos, bid)| {
+            b.push_bind(*id)
+                .push_bind(*pos)
+                .push_bind(&bid.buyer_id)
+                .push_bind(i64::from(bid.amount_cents))
+                .push_bind(&bid.outcome);
+        });
+        q.build()
+            .persistent(chunk.len() == SQLITE_ROWS * 4)
+            .execute(&mut *tx)
+            .await?;
     }
     tx.commit().await
 }
