@@ -407,7 +407,7 @@ pub async fn run(
 /// when some worker would get none.
 fn media_ranges(min: u16, max: u16, workers: usize) -> anyhow::Result<Vec<(u16, u16)>> {
     let start = min + (min % 2);
-    let pairs = (usize::from(max.saturating_sub(start)) + 1) / 2;
+    let pairs = usize::from(max.saturating_sub(start)).div_ceil(2);
     let each = pairs / workers;
     if each == 0 {
         anyhow::bail!(
@@ -765,5 +765,38 @@ impl Node {
             anyhow::bail!("{failed} SIP worker(s) stopped by a panic (see the log above)");
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::media_ranges;
+
+    #[test]
+    fn the_media_range_is_split_in_whole_pairs_and_loses_none() {
+        for (min, max, workers) in [
+            (40000, 59999, 1),
+            (40000, 59999, 2),
+            (40001, 59998, 3),
+            (10000, 10003, 2),
+            (20000, 20999, 7),
+        ] {
+            let ranges = media_ranges(min, max, workers).unwrap();
+            assert_eq!(ranges.len(), workers);
+            let whole = dce_media::ports::PortPool::new(min, max).total();
+            let split: usize = ranges
+                .iter()
+                .map(|&(lo, hi)| {
+                    assert!(lo % 2 == 0 && lo >= min && hi <= max, "{lo}..{hi}");
+                    dce_media::ports::PortPool::new(lo, hi).total()
+                })
+                .sum();
+            assert_eq!(split, whole, "{min}..{max} over {workers}");
+            for w in ranges.windows(2) {
+                assert!(w[0].1 < w[1].0, "disjoint: {ranges:?}");
+            }
+        }
+        let e = media_ranges(10000, 10003, 3).unwrap_err().to_string();
+        assert!(e.contains("too few for 3 SIP workers"), "{e}");
     }
 }

@@ -218,10 +218,7 @@ impl Relay {
         for _ in 0..streams {
             let (a_port, [a_rtp, a_rtcp]) = self.take_pair(register)?;
             taken.push(a_port);
-            let (b_port, [b_rtp, b_rtcp]) = match self.take_pair(register) {
-                Ok(p) => p,
-                Err(e) => return Err(e),
-            };
+            let (b_port, [b_rtp, b_rtcp]) = self.take_pair(register)?;
             taken.push(b_port);
             bound.push([a_rtp, a_rtcp, b_rtp, b_rtcp]);
         }
