@@ -112,6 +112,13 @@ fn init_logging(default: &str) {
 }
 
 fn main() -> ExitCode {
+    let code = run_cli();
+    // what the log thread still holds
+    dce::logging::flush();
+    code
+}
+
+fn run_cli() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { file } => match dce::config::load(&file) {
@@ -309,6 +316,7 @@ fn main() -> ExitCode {
             )) {
                 Ok(counters) => {
                     tracing::info!(counters = %counters.report(), "stopped");
+                    dce::logging::flush();
                     eprintln!("dce: stopped; counters {}", counters.report());
                     ExitCode::SUCCESS
                 }

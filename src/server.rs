@@ -756,6 +756,7 @@ impl Node {
             }
         }
         tracing::info!(invite_delay = %first.report(), failover_invite_delay = %failover.report(), "INVITE in → buyer INVITE out");
+        crate::logging::flush();
         eprintln!(
             "dce: invite_delay {} failover {}",
             first.report(),

@@ -29,7 +29,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 /// Relay settings (`[media]`).
 #[derive(Debug, Clone)]
@@ -61,7 +61,6 @@ struct StreamHandle {
     tx: mpsc::UnboundedSender<Control>,
     a_port: u16,
     b_port: u16,
-    report: Option<oneshot::Receiver<MediaReport>>,
 }
 
 struct Session {
@@ -254,27 +253,22 @@ impl Relay {
         let id = self.next;
         self.next += 1;
         let mut handles = Vec::with_capacity(streams);
-        for (socks, ports) in bound.into_iter().zip(taken.chunks_exact(2)) {
+        for (n, (socks, ports)) in bound.into_iter().zip(taken.chunks_exact(2)).enumerate() {
             let (a_port, b_port) = (ports[0], ports[1]);
             let (tx, rx) = mpsc::unbounded_channel();
-            let (report_tx, report_rx) = oneshot::channel();
             let task = StreamTask::new(
                 self.cfg.clone(),
                 socks,
                 rx,
-                report_tx,
+                // the first stream reports for the call
+                n == 0,
                 [a_port, b_port],
                 self.release_tx.clone(),
                 self.events.clone(),
                 id,
             );
             tokio::spawn(task.run());
-            handles.push(StreamHandle {
-                tx,
-                a_port,
-                b_port,
-                report: Some(report_rx),
-            });
+            handles.push(StreamHandle { tx, a_port, b_port });
         }
         self.sessions.insert(id, Session { streams: handles });
         Ok(id)
@@ -321,29 +315,23 @@ impl MediaEngine for Relay {
     }
 
     fn close(&mut self, id: MediaId) {
-        let Some(mut s) = self.sessions.remove(&id) else {
+        let Some(s) = self.sessions.remove(&id) else {
             let _ = self.events.send(MediaEvent::Closed {
                 id,
                 report: Box::default(),
             });
             return;
         };
+        if s.streams.is_empty() {
+            let _ = self.events.send(MediaEvent::Closed {
+                id,
+                report: Box::default(),
+            });
+        }
+        // The first stream sends the call's report (`MediaEvent::Closed`) as it stops.
         for h in &s.streams {
             let _ = h.tx.send(Control::Stop);
         }
-        // The first stream carries the call's report; wait for it off the call path.
-        let first = s.streams.first_mut().and_then(|h| h.report.take());
-        let events = self.events.clone();
-        tokio::spawn(async move {
-            let report = match first {
-                Some(rx) => rx.await.unwrap_or_default(),
-                None => MediaReport::default(),
-            };
-            let _ = events.send(MediaEvent::Closed {
-                id,
-                report: Box::new(report),
-            });
-        });
     }
 }
 
@@ -382,7 +370,8 @@ impl Leg {
 struct StreamTask {
     socks: [UdpSocket; 4],
     rx: mpsc::UnboundedReceiver<Control>,
-    report: oneshot::Sender<MediaReport>,
+    /// This stream reports for the call when it stops (the first of its session).
+    reports: bool,
     ports: [u16; 2],
     release: Releaser,
     events: mpsc::UnboundedSender<MediaEvent>,
@@ -409,7 +398,7 @@ impl StreamTask {
         cfg: RelayConfig,
         socks: [UdpSocket; 4],
         rx: mpsc::UnboundedReceiver<Control>,
-        report: oneshot::Sender<MediaReport>,
+        reports: bool,
         ports: [u16; 2],
         release: Releaser,
         events: mpsc::UnboundedSender<MediaEvent>,
@@ -418,7 +407,7 @@ impl StreamTask {
         StreamTask {
             socks,
             rx,
-            report,
+            reports,
             ports,
             release,
             events,
@@ -431,7 +420,7 @@ impl StreamTask {
         let StreamTask {
             socks,
             mut rx,
-            report,
+            reports,
             ports,
             release,
             events,
@@ -475,7 +464,12 @@ impl StreamTask {
                 }
             }
         }
-        let _ = report.send(st.report());
+        if reports {
+            let _ = events.send(MediaEvent::Closed {
+                id,
+                report: Box::new(st.report()),
+            });
+        }
         let [a_rtp, a_rtcp, b_rtp, b_rtcp] = socks;
         release.send(ports[0], [a_rtp, a_rtcp]);
         release.send(ports[1], [b_rtp, b_rtcp]);
