@@ -427,11 +427,12 @@ impl StreamTask {
             id,
             mut st,
         } = self;
-        let mut bufs = [[0u8; 2048]; 4];
+        // on the heap: 8 KiB in the future itself would be copied at every spawn
+        let mut bufs = Box::new([[0u8; 2048]; 4]);
         let mut tick = tokio::time::interval(Duration::from_millis(500));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            let [b0, b1, b2, b3] = &mut bufs;
+            let [b0, b1, b2, b3] = &mut *bufs;
             // Which socket: 0 = A RTP, 1 = A RTCP, 2 = B RTP, 3 = B RTCP.
             let got = tokio::select! {
                 c = rx.recv() => {
