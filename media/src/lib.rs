@@ -23,5 +23,5 @@ pub mod stats;
 
 pub use engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
 pub use relay::{PortGauge, Relay, RelayConfig};
-pub use sdp::{inspect, rewrite, SdpError, Stream};
+pub use sdp::{inspect, rewrite, Parsed, SdpError, Stream};
 pub use stats::{StreamReport, StreamStats};

@@ -156,14 +156,58 @@ fn rewrite_conn(c: &mut Connection, ip: IpAddr) {
 /// Rewrite `body` so every stream goes to `ip` at `ports[i]` (RTCP at `ports[i] + 1`, or the
 /// same port with rtcp-mux). Returns the new body and what the original announced.
 pub fn rewrite(body: &[u8], ip: IpAddr, ports: &[u16]) -> Result<(Bytes, Vec<Stream>), SdpError> {
-    let mut s = parse(body)?;
+    Parsed::parse(body)?.rewrite(ip, ports)
+}
+
+/// An SDP body parsed once: what it announces ([`Parsed::streams`]), then its rewrite — the
+/// call path needs both and parsing twice was a third of its SDP cost.
+pub struct Parsed {
+    session: Session,
+    streams: Vec<Stream>,
+    len: usize,
+}
+
+impl Parsed {
+    /// Parse `body`.
+    pub fn parse(body: &[u8]) -> Result<Parsed, SdpError> {
+        let session = parse(body)?;
+        let streams = streams(&session);
+        Ok(Parsed {
+            session,
+            streams,
+            len: body.len(),
+        })
+    }
+
+    /// The streams it announces.
+    pub fn streams(&self) -> &[Stream] {
+        &self.streams
+    }
+
+    /// [`rewrite`] of the parsed body.
+    pub fn rewrite(self, ip: IpAddr, ports: &[u16]) -> Result<(Bytes, Vec<Stream>), SdpError> {
+        let Parsed {
+            session,
+            streams,
+            len,
+        } = self;
+        rewrite_session(session, streams, len, ip, ports)
+    }
+}
+
+fn rewrite_session(
+    mut s: Session,
+    announced: Vec<Stream>,
+    len: usize,
+    ip: IpAddr,
+    ports: &[u16],
+) -> Result<(Bytes, Vec<Stream>), SdpError> {
     if s.medias.len() != ports.len() {
         return Err(SdpError::Ports {
             have: s.medias.len(),
             given: ports.len(),
         });
     }
-    let announced = streams(&s);
     s.origin.unicast_address = ip.to_string();
     s.origin.addrtype = if ip.is_ipv4() {
         sdp_types::AddrType::Ip4
@@ -194,7 +238,7 @@ pub fn rewrite(body: &[u8], ip: IpAddr, ports: &[u16]) -> Result<(Bytes, Vec<Str
             }
         }
     }
-    let mut out = Vec::with_capacity(body.len() + 32);
+    let mut out = Vec::with_capacity(len + 32);
     s.write(&mut out)
         .map_err(|e| SdpError::Parse(e.to_string()))?;
     Ok((Bytes::from(out), announced))

@@ -150,8 +150,22 @@ pub fn contact_uri(msg: &Message) -> Option<String> {
     usable_target(&msg.contact()?.uri.raw)
 }
 
-/// `uri` without its headers, when a request to it parses.
+/// `uri` without its headers, when a request to it parses: what the request line needs (no
+/// whitespace or control characters in it, a non-empty URI) and the Request-URI check of the
+/// parser ([`dce_sip::Uri::parse`]). Called for every INVITE and 2xx; it used to build and parse
+/// a whole probe request (~2 µs) — the test below checks both say the same.
 pub fn usable_target(uri: &str) -> Option<String> {
+    let t = uri.split('?').next()?.trim();
+    if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return None;
+    }
+    dce_sip::Uri::parse(t).ok().map(|_| t.to_owned())
+}
+
+/// The former [`usable_target`]: a probe request through the whole parser (the reference the
+/// test compares with).
+#[cfg(test)]
+fn usable_target_by_probe(uri: &str) -> Option<String> {
     let t = uri.split('?').next()?.trim();
     let probe = format!(
         "OPTIONS {t} SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKprobe\r\nFrom: <sip:a@b>;tag=1\r\n\
@@ -220,6 +234,50 @@ mod tests {
         );
         assert_eq!(super::usable_target("sip:@127.0.0.1"), None);
         assert_eq!(super::usable_target("sip:a b@h"), None);
+    }
+
+    #[test]
+    fn the_direct_check_agrees_with_a_probe_request_through_the_parser() {
+        let mut cases: Vec<String> = [
+            "sip:c@127.0.0.1?5070",
+            "sip:c@127.0.0.1:5070;transport=udp",
+            "sip:@127.0.0.1",
+            "sip:a b@h",
+            "sips:b@[::1]:5061",
+            "tel:+13105551234",
+            "sip:+1310%20555@h;user=phone",
+            "sip:h",
+            "sip:a@h:99999",
+            "sip:a@h:",
+            "sip:a@",
+            "mailto:x@y",
+            "x",
+            "",
+            " ",
+            "sip:a@h\r\nX: y",
+            "sip:a@h\tb",
+            "sip:a@h;lr;maddr=10.0.0.1",
+            "<sip:a@h>",
+            "sip:a@h>",
+            "sip:a@h;p=\u{e9}",
+            "sip:a@1.2.3.4.5",
+            "SIP:A@H",
+            "sip:a@h\u{0}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // and every prefix of a few, which walks through the URI grammar's edges
+        for s in ["sip:user;x=y:pw@host.example:5060;transport=tcp?h=v", "tel:+1-310;ext=5"] {
+            cases.extend((0..=s.len()).map(|i| s[..i].to_string()));
+        }
+        for c in &cases {
+            assert_eq!(
+                super::usable_target(c),
+                super::usable_target_by_probe(c),
+                "{c:?}"
+            );
+        }
     }
 
     #[test]

@@ -61,7 +61,7 @@ impl Controller {
         if !ct.to_ascii_lowercase().starts_with("application/sdp") {
             return Ok(Some((ct, msg.body().clone())));
         }
-        let streams = dce_media::inspect(msg.body())
+        let sdp = dce_media::Parsed::parse(msg.body())
             .map_err(|e| dce_media::MediaError::Bind(e.to_string()))?;
         let Some(call) = self.calls.get_mut(&key) else {
             return Ok(None);
@@ -69,7 +69,7 @@ impl Controller {
         let id = match call.media {
             Some(id) => id,
             None => {
-                let id = self.media.open(streams.len())?;
+                let id = self.media.open(sdp.streams().len())?;
                 call.media = Some(id);
                 self.by_media.insert(id, key);
                 id
@@ -80,7 +80,8 @@ impl Controller {
             LegRef::B(_) => dce_media::Side::A,
         };
         let ports = self.media.ports(id, other);
-        let (body, announced) = dce_media::rewrite(msg.body(), self.settings.media_ip, &ports)
+        let (body, announced) = sdp
+            .rewrite(self.settings.media_ip, &ports)
             .map_err(|e| dce_media::MediaError::Bind(e.to_string()))?;
         self.media.set_remote(id, media_side(from), &announced);
         Ok(Some(("application/sdp".into(), body)))
