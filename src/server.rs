@@ -10,6 +10,7 @@ use crate::clock::SystemClock;
 use crate::config::{Config, ListenProto};
 use crate::counters::Counters;
 use crate::edge::{EdgeCore, Local};
+use crate::http::{ApiRequest, ReloadReply};
 use crate::latency::Latency;
 use crate::transport::gate::{trusted_sources, Gate};
 use crate::transport::tcp::{accept_loop, TcpLimits};
@@ -279,7 +280,9 @@ pub async fn run(
                 latch_any_source: config.media.latch_any_source,
             },
             media_tx,
-        );
+        )
+        // the packets on the node's multi-threaded runtime, the SIP worker free for SIP
+        .on_runtime(tokio::runtime::Handle::current());
         port_gauges.push(relay.port_gauge());
         let (control_tx, control) = mpsc::unbounded_channel();
         controls.push(control_tx);
@@ -496,31 +499,6 @@ fn prepare_reload(path: PathBuf) -> Result<Reloaded, Vec<String>> {
     }
 }
 
-/// Where the outcome of an API-requested reload goes: what was loaded, or every problem.
-pub type ReloadReply = tokio::sync::oneshot::Sender<Result<String, Vec<String>>>;
-
-/// What the HTTP API asks of the core task (which owns the calls); each carries its reply.
-pub enum ApiRequest {
-    /// `POST /v1/reload`.
-    Reload(ReloadReply),
-    /// `GET /v1/calls`.
-    Calls(tokio::sync::oneshot::Sender<Vec<crate::call::view::CallView>>),
-    /// `GET /v1/calls/{id}`.
-    Call(
-        String,
-        tokio::sync::oneshot::Sender<Option<crate::call::view::CallView>>,
-    ),
-    /// `POST /v1/calls/{id}/hangup`: true when the call existed.
-    Hangup(String, tokio::sync::oneshot::Sender<bool>),
-    /// `GET /v1/buyers`.
-    Buyers(tokio::sync::oneshot::Sender<Vec<crate::call::view::BuyerView>>),
-    /// `PATCH /v1/buyers/{id}`.
-    PatchBuyer(
-        String,
-        crate::call::view::BuyerPatch,
-        tokio::sync::oneshot::Sender<Option<crate::call::view::BuyerView>>,
-    ),
-}
 type ReloadDone = (Result<Reloaded, Vec<String>>, Option<ReloadReply>);
 
 /// The node task: signals, the HTTP API's requests and reloads, the periodic counter report;

@@ -1,7 +1,8 @@
 //! A SIP worker (shard): one OS thread with its own single-threaded runtime that reads its
-//! UDP sockets, runs its [`EdgeCore`] (its calls, their transactions and timers), relays its
-//! calls' media and writes what its core asks for — with no hand-off to another thread on the
-//! way from a datagram in to the datagrams it causes (docs/decisions/0010-sip-workers.md).
+//! UDP sockets, runs its [`EdgeCore`] (its calls, their transactions and timers, its media
+//! relay's sessions — the packets themselves are relayed on the node's runtime) and writes
+//! what its core asks for — with no hand-off to another thread on the way from a datagram in
+//! to the datagrams it causes (docs/decisions/0010-sip-workers.md).
 //!
 //! Datagrams are read in batches (`recvmmsg`) with the kernel's receive time, answered in
 //! batches (`sendmmsg`). A datagram another worker owns ([`dispatch::owner`]) goes to that
@@ -87,7 +88,7 @@ pub struct Setup {
     pub shards: Shards,
     /// From the node task.
     pub control: mpsc::UnboundedReceiver<Control>,
-    /// Builds the core on the worker's thread (its media relay spawns tasks there).
+    /// Builds the core on the worker's thread.
     pub core: Box<dyn FnOnce() -> EdgeCore + Send>,
     /// The worker's media relay's reports.
     pub media: mpsc::UnboundedReceiver<dce_media::MediaEvent>,

@@ -78,6 +78,9 @@ pub struct Relay {
     release_tx: Releaser,
     /// Sockets of warm free pairs (bound and registered), by RTP port.
     idle: HashMap<u16, [UdpSocket; 2]>,
+    /// The runtime the stream tasks run on and their sockets are registered with (`None`: the
+    /// caller's).
+    rt: Option<tokio::runtime::Handle>,
 }
 
 /// Warm pairs kept at most (per relay); beyond, a freed pair's sockets are closed.
@@ -134,7 +137,16 @@ impl Relay {
             released,
             release_tx,
             idle: HashMap::new(),
+            rt: None,
         }
+    }
+
+    /// Run the stream tasks on `rt` rather than on the caller's runtime: DCE's SIP workers
+    /// open media from their own single-threaded runtimes and keep the packets off them, so
+    /// that a busy relay cannot delay SIP (docs/decisions/0010-sip-workers.md).
+    pub fn on_runtime(mut self, rt: tokio::runtime::Handle) -> Relay {
+        self.rt = Some(rt);
+        self
     }
 
     /// A gauge of the pairs in use, for health checks.
@@ -232,6 +244,8 @@ impl Relay {
         streams: usize,
         register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
     ) -> Result<MediaId, MediaError> {
+        // sockets registered and tasks spawned here belong to the relay's runtime
+        let _in_rt = self.rt.as_ref().map(|h| h.enter());
         self.reclaim();
         if self.pool.available() < streams * 2 {
             return Err(MediaError::PortsExhausted);

@@ -268,7 +268,10 @@ mod tests {
         .map(|s| s.to_string())
         .collect();
         // and every prefix of a few, which walks through the URI grammar's edges
-        for s in ["sip:user;x=y:pw@host.example:5060;transport=tcp?h=v", "tel:+1-310;ext=5"] {
+        for s in [
+            "sip:user;x=y:pw@host.example:5060;transport=tcp?h=v",
+            "tel:+1-310;ext=5",
+        ] {
             cases.extend((0..=s.len()).map(|i| s[..i].to_string()));
         }
         for c in &cases {

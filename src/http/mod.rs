@@ -19,6 +19,7 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
+pub use request::{ApiRequest, ReloadReply};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -46,7 +47,7 @@ pub struct ApiState {
     /// The CDR writer's counters.
     pub writer: Arc<WriterStats>,
     /// Asks the core task: reloads (the path SIGHUP takes), calls, buyers.
-    core: tokio::sync::mpsc::UnboundedSender<crate::server::ApiRequest>,
+    core: tokio::sync::mpsc::UnboundedSender<ApiRequest>,
     /// Live events.
     pub events: crate::events::Bus,
     /// The compliance lists (for `/v1/dnc`).
@@ -77,7 +78,7 @@ impl ApiState {
         spool_dir: PathBuf,
         redis: Option<crate::shared::Shared>,
         writer: Arc<WriterStats>,
-        core: tokio::sync::mpsc::UnboundedSender<crate::server::ApiRequest>,
+        core: tokio::sync::mpsc::UnboundedSender<ApiRequest>,
     ) -> ApiState {
         ApiState {
             keys: cfg.api_keys.clone(),
@@ -104,7 +105,7 @@ impl ApiState {
     /// Ask the core task and wait (10 s) for its answer; `Err` is the response to send.
     pub(crate) async fn ask<T>(
         &self,
-        req: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> crate::server::ApiRequest,
+        req: impl FnOnce(tokio::sync::oneshot::Sender<T>) -> ApiRequest,
     ) -> Result<T, Response> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let gone = || {
@@ -456,7 +457,7 @@ pub async fn health(State(st): State<Arc<ApiState>>) -> Response {
               (status = 504, description = "The reload did not finish in 60 s", body = routes::ErrorBody)))]
 pub async fn reload(State(st): State<Arc<ApiState>>) -> Response {
     let (tx, rx) = tokio::sync::oneshot::channel();
-    if st.core.send(crate::server::ApiRequest::Reload(tx)).is_err() {
+    if st.core.send(ApiRequest::Reload(tx)).is_err() {
         return error(
             StatusCode::SERVICE_UNAVAILABLE,
             "shutting_down",
@@ -692,6 +693,7 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
 pub mod doc;
 mod gdpr;
 pub mod page;
+mod request;
 mod routes;
 mod ws;
 

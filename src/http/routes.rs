@@ -6,7 +6,7 @@
 
 use super::{error, ApiState};
 use crate::call::view::{BuyerPatch, BuyerView, CallView};
-use crate::server::ApiRequest;
+use crate::http::ApiRequest;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -57,8 +57,8 @@ fn a_buyer(paused: bool, bid: Option<u32>) -> crate::call::view::BuyerView {
 
 /// A stand-in for the core task: reloads succeed; one call `c1` and one buyer `b1` exist.
 /// (The real core answers these in tests/e2e_http.rs, against the binary and SIPp.)
-fn core_sink() -> tokio::sync::mpsc::UnboundedSender<crate::server::ApiRequest> {
-    use crate::server::ApiRequest;
+fn core_sink() -> tokio::sync::mpsc::UnboundedSender<crate::http::ApiRequest> {
+    use crate::http::ApiRequest;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<ApiRequest>();
     tokio::spawn(async move {
         let (mut paused, mut bid) = (false, None);
