@@ -116,6 +116,8 @@ counters! {
     DroppedSourceRate => "dropped_source_rate",
     /// Message dropped because the core queue was full.
     DroppedQueueFull => "dropped_queue_full",
+    /// Datagram a SIP worker read and handed to the worker that owns it (decision 0010).
+    HandedOn => "handed_to_owner_worker",
     /// New INVITE shed at the receive side while the core is behind: stateless 503.
     Shed503 => "rejected_503_shed",
     /// TCP connection closed because a message did not arrive whole in time.

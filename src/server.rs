@@ -625,6 +625,13 @@ impl Node {
                 return Err(format!("{}: {e}", path.display()));
             }
         };
+        if cfg.sip.workers.max(1) != self.controls.len() {
+            tracing::warn!(
+                running = self.controls.len(),
+                configured = cfg.sip.workers,
+                "sip.workers changed: it takes effect at the next restart"
+            );
+        }
         let max = setup.max_calls_per_day;
         if let Ok(mut c) = self.compliance.lock() {
             setup.apply(&mut c, self.shared_redis);

@@ -356,10 +356,12 @@ impl Worker {
         let owner = dispatch::owner(&bytes, self.shards.len());
         if owner != self.index {
             let item = Inbound::Message { bytes, from, at };
-            if let Err(e) = self.shards.queue(owner).try_send(item) {
-                if matches!(e, mpsc::error::TrySendError::Full(_)) {
-                    self.counters.inc(Counter::DroppedQueueFull);
+            match self.shards.queue(owner).try_send(item) {
+                Ok(()) => self.counters.inc(Counter::HandedOn),
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.counters.inc(Counter::DroppedQueueFull)
                 }
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
             }
             return;
         }
