@@ -28,12 +28,35 @@ pub fn scenario(name: &str) -> PathBuf {
 }
 
 /// Run sipp with these arguments (bounded by `-timeout`), returning its output.
+/// A SIPp that could not start (exit 254: a socket would not bind, e.g. its media port, picked
+/// free a moment before, was taken by a test running beside it; 255: another fatal error before
+/// any call) is started again with a fresh media port, up to three times; its output is kept.
 pub fn run(bin: &PathBuf, args: &[String]) -> Output {
-    Command::new(bin)
-        .args(args)
-        .arg("-nostdin")
-        .output()
-        .expect("run sipp")
+    let mut args = args.to_vec();
+    let mut tries = 0;
+    loop {
+        let out = Command::new(bin)
+            .args(&args)
+            .arg("-nostdin")
+            .output()
+            .expect("run sipp");
+        tries += 1;
+        let fatal_at_start = matches!(out.status.code(), Some(254) | Some(255));
+        if !fatal_at_start || tries == 3 {
+            return out;
+        }
+        eprintln!(
+            "sipp could not start (exit {:?}): {}; again with a fresh media port",
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        if let Some(i) = args.iter().position(|a| a == "-mp") {
+            if let Some(p) = args.get_mut(i + 1) {
+                *p = super::dce_process::free_port().to_string();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// A SIPp running in the background (a buyer UAS).
