@@ -38,6 +38,7 @@ pub mod ids;
 pub mod latency;
 pub mod logging;
 pub mod metrics;
+pub mod priority;
 pub mod server;
 pub mod shard;
 pub mod shared;

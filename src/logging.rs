@@ -150,6 +150,7 @@ fn start_buffering() {
     let started = std::thread::Builder::new()
         .name("dce-log".into())
         .spawn(|| {
+            crate::priority::background_thread();
             let Some(buf) = BUFFER.get() else { return };
             let mut out = Vec::with_capacity(64 << 10);
             loop {

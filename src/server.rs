@@ -730,22 +730,25 @@ impl Node {
         };
         let mut first = Latency::default();
         let mut failover = Latency::default();
+        let mut socket_wait = Latency::default();
         let mut failed = 0;
         for d in delays {
             match d {
                 Some(d) => {
                     first.merge(&d.first);
                     failover.merge(&d.failover);
+                    socket_wait.merge(&d.socket_wait);
                 }
                 None => failed += 1,
             }
         }
-        tracing::info!(invite_delay = %first.report(), failover_invite_delay = %failover.report(), "INVITE in → buyer INVITE out");
+        tracing::info!(invite_delay = %first.report(), failover_invite_delay = %failover.report(), udp_socket_wait = %socket_wait.report(), "INVITE in → buyer INVITE out");
         crate::logging::flush();
         eprintln!(
-            "dce: invite_delay {} failover {}",
+            "dce: invite_delay {} failover {} udp_socket_wait {}",
             first.report(),
-            failover.report()
+            failover.report(),
+            socket_wait.report()
         );
         if failed > 0 {
             anyhow::bail!("{failed} SIP worker(s) stopped by a panic (see the log above)");

@@ -74,6 +74,9 @@ pub struct Delays {
     pub first: Latency,
     /// Failover INVITEs (the next buyer after one declined or did not answer).
     pub failover: Latency,
+    /// How long each UDP datagram waited in the socket before the worker read it (kernel
+    /// receive time to read): the part of the delay that is queueing, not work.
+    pub socket_wait: Latency,
 }
 
 /// Everything one worker runs with; built on the node task, run on the worker's thread.
@@ -335,6 +338,7 @@ impl Worker {
             return;
         }
         let now = Instant::now();
+        self.delays.socket_wait.record(d.waited);
         let at = now.checked_sub(d.waited).unwrap_or(now);
         let from = Peer {
             transport: Transport::Udp,

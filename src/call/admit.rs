@@ -405,7 +405,7 @@ impl Controller {
         let deadline = requests.first().map(|r| r.deadline);
         self.calls.insert(
             key,
-            Call {
+            Box::new(Call {
                 id,
                 snapshot,
                 carrier: facts.carrier,
@@ -441,7 +441,7 @@ impl Controller {
                 timers: TimerTable::default(),
                 indexed: None,
                 lookups,
-            },
+            }),
         );
         self.counters.m.call_added();
         match deadline {

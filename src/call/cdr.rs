@@ -243,7 +243,10 @@ impl JsonlSink {
         let path = path.to_path_buf();
         let writer = std::thread::Builder::new()
             .name("cdr-writer".into())
-            .spawn(move || crate::store::jsonl::run(path, file, rx, gdpr))?;
+            .spawn(move || {
+                crate::priority::background_thread();
+                crate::store::jsonl::run(path, file, rx, gdpr)
+            })?;
         Ok(JsonlSink {
             tx: Some(tx),
             writer: Some(writer),

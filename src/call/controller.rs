@@ -97,7 +97,9 @@ pub struct Controller {
     pub(super) live: Arc<Live>,
     pub(super) carriers: Carriers,
     pub(super) compliance: Box<dyn Compliance>,
-    pub(super) calls: HashMap<CallKey, Call>,
+    /// Boxed: a table of large inline values stalls the worker while it grows (see the
+    /// transaction layer in `dce-sip`).
+    pub(super) calls: HashMap<CallKey, Box<Call>>,
     pub(super) next_key: u64,
     pub(super) router: Router,
     /// Each call's earliest timer: (deadline, call).
@@ -110,7 +112,7 @@ pub struct Controller {
     pub(super) accepting: bool,
     pub(super) media: Box<dyn MediaEngine>,
     pub(super) by_media: HashMap<MediaId, CallKey>,
-    pub(super) awaiting_media: HashMap<MediaId, PendingCdr>,
+    pub(super) awaiting_media: HashMap<MediaId, Box<PendingCdr>>,
     pub(super) shared: Option<SharedChecks>,
     pub(super) next_lookup: u64,
     pub(super) events: crate::events::Bus,
@@ -309,7 +311,7 @@ impl Controller {
         if let Some(at) = call.indexed {
             self.timers.remove(&(at, key));
         }
-        Some(call)
+        Some(*call)
     }
 
     /// Fire due call timers.

@@ -147,11 +147,11 @@ impl Controller {
                 self.by_media.remove(&id);
                 self.awaiting_media.insert(
                     id,
-                    PendingCdr {
+                    Box::new(PendingCdr {
                         cdr,
                         bill_one_way_audio: campaign.bill_one_way_audio,
                         refund,
-                    },
+                    }),
                 );
                 self.media.close(id);
             }
@@ -255,7 +255,7 @@ impl Controller {
                     mut cdr,
                     bill_one_way_audio,
                     refund,
-                }) = self.awaiting_media.remove(&id)
+                }) = self.awaiting_media.remove(&id).map(|p| *p)
                 else {
                     return;
                 };
@@ -280,7 +280,7 @@ impl Controller {
 
     /// Calls in progress, oldest first.
     pub fn calls_view(&self, now: Instant) -> Vec<super::view::CallView> {
-        let mut v: Vec<&Call> = self.calls.values().collect();
+        let mut v: Vec<&Call> = self.calls.values().map(|c| &**c).collect();
         v.sort_by_key(|c| c.t0);
         v.into_iter().map(|c| call_view(c, now)).collect()
     }

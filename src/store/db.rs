@@ -107,6 +107,14 @@ impl Db {
             Ok(Db::Sqlite(
                 SqlitePoolOptions::new()
                     .max_connections(1)
+                    // each connection has its own thread (sqlx's); CDR writes are background
+                    // work, so it runs below the SIP workers (src/priority.rs)
+                    .after_connect(|_, _| {
+                        Box::pin(async {
+                            crate::priority::background_threads_named("sqlx-sqlite-wor");
+                            Ok(())
+                        })
+                    })
                     .connect_lazy_with(opts),
             ))
         }

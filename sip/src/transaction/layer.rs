@@ -11,6 +11,7 @@ use crate::via::{Rport, Via};
 use bytes::Bytes;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::net::SocketAddr;
 use std::time::Instant;
 
@@ -148,11 +149,43 @@ struct Tx {
     request_buf: Option<MessageBuf>,
 }
 
+/// Hasher for keys that are already well spread or are DCE's own sequence numbers (a
+/// multiplicative mix, not a keyed hash: never use it for what a peer chooses).
+#[derive(Default)]
+struct MixHash(u64);
+
+impl Hasher for MixHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b) ^ self.0.rotate_left(8));
+        }
+    }
+    fn write_u64(&mut self, x: u64) {
+        self.0 = (self.0 ^ x).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+type MixMap<K, V> = HashMap<K, V, BuildHasherDefault<MixHash>>;
+
 /// The table of live transactions. See the module docs for the calling contract.
+///
+/// A busy node holds a few hundred thousand transactions (each completed one waits out Timer
+/// J/K/L/M, up to 32 s), and a hash table grows by rehashing every entry at once: with the
+/// transactions and their string keys stored inline, one such growth stopped the SIP worker for
+/// 60 ms at 2,000 calls/s. So the tables hold small entries: transactions are boxed, and the key
+/// index maps a keyed 64-bit digest of the key (SipHash with a per-layer random key, so a peer
+/// cannot aim collisions) to the id; a digest that two live keys share sends the second to a
+/// spill table keyed by the whole key. Every lookup checks the key itself.
 pub struct TransactionLayer {
     cfg: TimerConfig,
-    txs: HashMap<TxId, Tx>,
-    by_key: HashMap<TxKey, TxId>,
+    txs: MixMap<TxId, Box<Tx>>,
+    by_key: MixMap<u64, TxId>,
+    spill: HashMap<TxKey, TxId>,
+    digest: RandomState,
+    digest_mask: u64,
     heap: BinaryHeap<Reverse<(Instant, TxId, Timer)>>,
     next_id: u64,
     transmits: VecDeque<Transmit>,
@@ -162,15 +195,69 @@ pub struct TransactionLayer {
 impl TransactionLayer {
     /// An empty layer.
     pub fn new(cfg: TimerConfig) -> Self {
+        TransactionLayer::with_digest_mask(cfg, u64::MAX)
+    }
+
+    /// A layer whose key digests keep only the bits of `mask`: tests use a small mask to make
+    /// distinct keys collide and exercise the spill table.
+    #[doc(hidden)]
+    pub fn with_digest_mask(cfg: TimerConfig, mask: u64) -> Self {
         TransactionLayer {
             cfg,
-            txs: HashMap::new(),
-            by_key: HashMap::new(),
+            txs: MixMap::default(),
+            by_key: MixMap::default(),
+            spill: HashMap::new(),
+            digest: RandomState::new(),
+            digest_mask: mask,
             heap: BinaryHeap::new(),
             next_id: 1,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    fn digest_of(&self, key: &TxKey) -> u64 {
+        self.digest.hash_one(key) & self.digest_mask
+    }
+
+    /// The live transaction with `key`.
+    fn find(&self, key: &TxKey) -> Option<TxId> {
+        if let Some(&id) = self.by_key.get(&self.digest_of(key)) {
+            if self.txs.get(&id).is_some_and(|t| t.key == *key) {
+                return Some(id);
+            }
+        }
+        if self.spill.is_empty() {
+            None
+        } else {
+            self.spill.get(key).copied()
+        }
+    }
+
+    fn index(&mut self, key: &TxKey, id: TxId) {
+        match self.by_key.entry(self.digest_of(key)) {
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(id);
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {
+                self.spill.insert(key.clone(), id);
+            }
+        }
+    }
+
+    fn unindex(&mut self, key: &TxKey, id: TxId) {
+        let d = self.digest_of(key);
+        if self.by_key.get(&d) == Some(&id) {
+            self.by_key.remove(&d);
+        } else {
+            self.spill.remove(key);
+        }
+    }
+
+    /// Keys that share a digest with another live key (0 but for a collision).
+    #[doc(hidden)]
+    pub fn spilled(&self) -> usize {
+        self.spill.len()
     }
 
     /// Room the transaction table has now (it grows with bursts; see `shrink_after_burst`).
@@ -212,7 +299,7 @@ impl TransactionLayer {
     /// The live INVITE server transaction a CANCEL refers to (§9.2).
     pub fn invite_for_cancel(&self, cancel: &Message) -> Option<TxId> {
         let key = TxKey::server(cancel, Some(Method::Invite));
-        self.by_key.get(&key).copied()
+        self.find(&key)
     }
 
     /// Next bytes to send.
@@ -272,6 +359,7 @@ impl TransactionLayer {
         if self.txs.capacity() > 4 * live {
             self.txs.shrink_to(2 * live);
             self.by_key.shrink_to(2 * live);
+            self.spill.shrink_to_fit();
         }
         let timers = self.heap.len().max(4096);
         if self.heap.capacity() > 4 * timers {
@@ -297,7 +385,7 @@ impl TransactionLayer {
     fn on_request(&mut self, msg: Message, from: Peer, now: Instant) {
         let key = TxKey::server(&msg, None);
         let is_ack = msg.method() == Some(&Method::Ack);
-        if let Some(&id) = self.by_key.get(&key) {
+        if let Some(id) = self.find(&key) {
             let mut fx = Fx::default();
             if let Some(tx) = self.txs.get_mut(&id) {
                 if is_ack {
@@ -345,7 +433,7 @@ impl TransactionLayer {
 
     fn on_response(&mut self, msg: Message, from: Peer, now: Instant) {
         let key = TxKey::client_for_response(&msg);
-        let Some(&id) = self.by_key.get(&key) else {
+        let Some(id) = self.find(&key) else {
             self.events.push_back(Event::StrayResponse { msg, from });
             return;
         };
@@ -379,7 +467,7 @@ impl TransactionLayer {
             branch,
             method: method.clone(),
         };
-        if self.by_key.contains_key(&key) {
+        if self.find(&key).is_some() {
             return Err(TxError::Duplicate);
         }
         let kind = if method == Method::Invite {
@@ -428,15 +516,15 @@ impl TransactionLayer {
     ) -> TxId {
         let id = TxId(self.next_id);
         self.next_id += 1;
-        self.by_key.insert(key.clone(), id);
+        self.index(&key, id);
         self.txs.insert(
             id,
-            Tx {
+            Box::new(Tx {
                 key,
                 peer,
                 machine,
                 request_buf,
-            },
+            }),
         );
         id
     }
@@ -461,7 +549,7 @@ impl TransactionLayer {
         }
         if tx.machine.state == State::Terminated {
             if let Some(tx) = self.txs.remove(&id) {
-                self.by_key.remove(&tx.key);
+                self.unindex(&tx.key, id);
             }
         }
     }

@@ -523,3 +523,52 @@ fn tables_give_back_their_room_after_a_burst() {
         layer.capacity()
     );
 }
+
+#[test]
+fn keys_whose_digests_collide_still_find_their_own_transactions() {
+    // A 2-bit digest: of 40 live keys at most 4 sit in the digest index, the rest spill; every
+    // lookup must still reach its own transaction (never a colliding one), and every table
+    // must be empty once the transactions end.
+    let mut layer = TransactionLayer::with_digest_mask(TimerConfig::default(), 0b11);
+    let t0 = Instant::now();
+    let mut server = Vec::new();
+    for i in 0..20 {
+        let req = request(Method::Options, &format!("z9hG4bKcoll{i}"));
+        layer.on_message(parsed(&req), peer(Transport::Udp), t0);
+        let Some(Event::Request { tx, msg, .. }) = layer.poll_event() else {
+            panic!("request {i} opens its own transaction");
+        };
+        server.push((tx, msg));
+    }
+    let mut client = Vec::new();
+    for i in 0..20 {
+        let req = request(Method::Options, &format!("z9hG4bKout{i}"));
+        let tx = layer
+            .send_request(req.clone(), peer(Transport::Udp), t0)
+            .unwrap();
+        client.push((tx, req));
+    }
+    assert!(layer.spilled() >= 36, "spilled {}", layer.spilled());
+    while layer.poll_transmit().is_some() {}
+    // a retransmitted request is absorbed by its own transaction: no new event
+    for i in [0, 7, 19] {
+        let req = request(Method::Options, &format!("z9hG4bKcoll{i}"));
+        layer.on_message(parsed(&req), peer(Transport::Udp), t0);
+        assert!(layer.poll_event().is_none(), "retransmission {i} matched");
+    }
+    // each response reaches the client transaction that sent its request
+    for (tx, req) in client.iter().rev() {
+        layer.on_message(response_to(req, 200), peer(Transport::Udp), t0);
+        match layer.poll_event() {
+            Some(Event::Response { tx: got, .. }) => assert_eq!(got, *tx),
+            other => panic!("expected the response on {tx:?}, got {other:?}"),
+        }
+    }
+    for (tx, msg) in &server {
+        let resp = msg.response(200, "OK", "t", None);
+        layer.respond(*tx, &resp, t0).unwrap();
+    }
+    let _ = run(&mut layer, t0, Duration::from_secs(60));
+    assert!(layer.is_empty());
+    assert_eq!(layer.spilled(), 0);
+}
