@@ -281,8 +281,9 @@ pub async fn run(
             },
             media_tx,
         )
-        // the packets on the node's multi-threaded runtime, the SIP worker free for SIP
-        .on_runtime(tokio::runtime::Handle::current());
+        // the relay's own thread (`dce-rtp`) moves the packets; the SIP worker only queues
+        // commands for it (docs/decisions/0011-relay-thread.md)
+        .with_context(|| format!("cannot start the media relay of SIP worker {index}"))?;
         port_gauges.push(relay.port_gauge());
         let (control_tx, control) = mpsc::unbounded_channel();
         controls.push(control_tx);

@@ -1,6 +1,6 @@
 //! A SIP worker (shard): one OS thread with its own single-threaded runtime that reads its
 //! UDP sockets, runs its [`EdgeCore`] (its calls, their transactions and timers, its media
-//! relay's sessions — the packets themselves are relayed on the node's runtime) and writes
+//! relay's sessions — the packets themselves are relayed on the relay's own thread) and writes
 //! what its core asks for — with no hand-off to another thread on the way from a datagram in
 //! to the datagrams it causes (docs/decisions/0010-sip-workers.md).
 //!
@@ -417,6 +417,8 @@ impl Worker {
                 }
             }
         }
+        // the relay learns of this turn's calls before their SIP goes out
+        self.edge.calls().flush_media();
         for i in 0..self.outbox.len() {
             if !self.outbox[i].is_empty() {
                 let out = std::mem::take(&mut self.outbox[i]);

@@ -1,7 +1,7 @@
 //! Relay load: `calls` calls, each with a carrier and a buyer sending 50 RTP packets/s to DCE's
 //! ports (so 2 streams per call), for `seconds`. Prints packets relayed per second, packets
-//! lost inside the relay, and the relay's CPU time per 1,000 streams (its threads only: the relay
-//! runs on its own runtime, the traffic generator on another).
+//! lost inside the relay, and the relay's CPU time per 1,000 streams (its thread only, `dce-rtp`;
+//! the traffic generator runs on a runtime of its own).
 //!
 //!     cargo run --release -p dce-media --example relay_load -- [calls] [seconds] [pps]
 
@@ -55,9 +55,7 @@ fn main() {
     let seconds = *args.get(1).unwrap_or(&10);
     let pps = *args.get(2).unwrap_or(&50);
 
-    let relay_rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("relay")
+    let relay_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
@@ -80,7 +78,8 @@ fn main() {
             latch_any_source: false,
         },
         tx,
-    );
+    )
+    .expect("relay thread starts");
     let sent = Arc::new(AtomicU64::new(0));
     let received = Arc::new(AtomicU64::new(0));
     let mut ids = Vec::new();
@@ -96,6 +95,7 @@ fn main() {
         relay.set_remote(id, Side::A, &[stream(carrier.local_addr().unwrap())]);
         relay.set_remote(id, Side::B, &[stream(buyer.local_addr().unwrap())]);
         relay.answered(id);
+        relay.flush();
         let a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0])
             .parse()
             .unwrap();
@@ -109,7 +109,7 @@ fn main() {
         "{calls} calls ({} streams) at {pps} packets/s each for {seconds} s",
         calls * 2
     );
-    let cpu0 = thread_cpu("relay");
+    let cpu0 = thread_cpu("dce-rtp");
     let t0 = Instant::now();
     gen_rt.block_on(async {
         let mut tasks = Vec::new();
@@ -152,12 +152,13 @@ fn main() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     });
     let wall = t0.elapsed().as_secs_f64();
-    let cpu = thread_cpu("relay") - cpu0;
+    let cpu = thread_cpu("dce-rtp") - cpu0;
     let mut relayed = 0;
     relay_rt.block_on(async {
         for id in &ids {
             relay.close(*id);
         }
+        relay.flush();
         let mut closed = 0;
         while closed < ids.len() {
             match tokio::time::timeout(Duration::from_secs(10), events.recv()).await {

@@ -83,4 +83,7 @@ pub trait MediaEngine: Send {
     fn answered(&mut self, id: MediaId);
     /// Close; a [`MediaEvent::Closed`] follows with the report.
     fn close(&mut self, id: MediaId);
+    /// Deliver the commands given since the last flush (an engine may batch them: the SIP
+    /// worker flushes once per turn of its loop).
+    fn flush(&mut self) {}
 }

@@ -1,7 +1,8 @@
-//! The RTP/RTCP relay: one tokio task per stream (m-line) owning its four sockets (RTP and
-//! RTCP facing the carrier, RTP and RTCP facing the buyer) and its statistics. Nothing is shared
-//! on the per-packet path: control messages come in on a channel, the report goes out as an
-//! event when the stream is closed.
+//! The RTP/RTCP relay. [`Relay`] is the SIP worker's side: port pairs and commands. Its
+//! thread ([`crate::pump`]) owns every stream's four sockets (RTP and RTCP facing the carrier,
+//! RTP and RTCP facing the buyer) and its statistics ([`TaskState`], below); nothing is shared
+//! on the per-packet path: commands come in as a queue, the report goes out as an event when
+//! the stream is closed.
 //!
 //! Which packets a side's sockets accept (per socket: RTP and RTCP separately):
 //!
@@ -21,6 +22,7 @@ use crate::engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, S
 use crate::ports::PortPool;
 #[cfg(test)]
 use crate::ports::QUARANTINE;
+use crate::pump::{self, Cmd, Link};
 use crate::sdp::Stream;
 use crate::stats::StreamStats;
 use std::collections::HashMap;
@@ -28,7 +30,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
 /// Relay settings (`[media]`).
@@ -51,40 +52,22 @@ pub struct RelayConfig {
     pub latch_any_source: bool,
 }
 
-enum Control {
-    Remote(Side, Stream),
-    Answered,
-    Stop,
-}
-
-struct StreamHandle {
-    tx: mpsc::UnboundedSender<Control>,
-    a_port: u16,
-    b_port: u16,
-}
-
-struct Session {
-    streams: Vec<StreamHandle>,
-}
-
-/// The socket-backed [`MediaEngine`]. Must be used from inside a tokio runtime.
+/// The [`MediaEngine`] a SIP worker drives: it hands out port pairs (binding sockets for cold
+/// pairs, none at all for warm ones) and queues commands for its relay thread
+/// ([`crate::pump`]), which owns the sockets and moves the packets. Commands go to the thread
+/// at [`MediaEngine::flush`] (or within 50 ms without one).
 pub struct Relay {
     cfg: RelayConfig,
     pool: PortPool,
-    sessions: HashMap<MediaId, Session>,
+    /// The RTP port of pair 0.
+    base: u16,
+    /// Each open call's (A port, B port) per stream.
+    sessions: HashMap<MediaId, Vec<[u16; 2]>>,
     next: MediaId,
     events: mpsc::UnboundedSender<MediaEvent>,
-    released: mpsc::UnboundedReceiver<(u16, Option<[UdpSocket; 2]>)>,
-    release_tx: Releaser,
-    /// Sockets of warm free pairs (bound and registered), by RTP port.
-    idle: HashMap<u16, [UdpSocket; 2]>,
-    /// The runtime the stream tasks run on and their sockets are registered with (`None`: the
-    /// caller's).
-    rt: Option<tokio::runtime::Handle>,
+    link: Arc<Link>,
+    thread: Option<std::thread::JoinHandle<()>>,
 }
-
-/// Warm pairs kept at most (per relay); beyond, a freed pair's sockets are closed.
-const MAX_IDLE: usize = 4096;
 
 /// Port pairs in use, readable from other threads (health checks).
 #[derive(Debug, Clone)]
@@ -105,54 +88,31 @@ impl PortGauge {
     }
 }
 
-/// Hands a stream's ports back to the pool and counts them out of use.
-#[derive(Debug, Clone)]
-struct Releaser {
-    tx: mpsc::UnboundedSender<(u16, Option<[UdpSocket; 2]>)>,
-    in_use: Arc<AtomicUsize>,
-}
-
-impl Releaser {
-    /// Pair `port` is free again; its sockets come back for the next call.
-    fn send(&self, port: u16, socks: [UdpSocket; 2]) {
-        self.in_use.fetch_sub(1, Ordering::Relaxed);
-        let _ = self.tx.send((port, Some(socks)));
-    }
-}
-
 impl Relay {
-    /// A relay reporting to `events`.
-    pub fn new(cfg: RelayConfig, events: mpsc::UnboundedSender<MediaEvent>) -> Relay {
-        let (tx, released) = mpsc::unbounded_channel();
-        let release_tx = Releaser {
-            tx,
-            in_use: Arc::new(AtomicUsize::new(0)),
-        };
-        Relay {
-            pool: PortPool::new(cfg.port_min, cfg.port_max),
+    /// A relay reporting to `events`, with its own thread (`dce-rtp`).
+    pub fn new(
+        cfg: RelayConfig,
+        events: mpsc::UnboundedSender<MediaEvent>,
+    ) -> std::io::Result<Relay> {
+        let pool = PortPool::new(cfg.port_min, cfg.port_max);
+        let base = cfg.port_min + cfg.port_min % 2;
+        let (link, thread) = pump::start(cfg.clone(), pool.total(), events.clone())?;
+        Ok(Relay {
+            pool,
+            base,
             cfg,
             sessions: HashMap::new(),
             next: 1,
             events,
-            released,
-            release_tx,
-            idle: HashMap::new(),
-            rt: None,
-        }
-    }
-
-    /// Run the stream tasks on `rt` rather than on the caller's runtime: DCE's SIP workers
-    /// open media from their own single-threaded runtimes and keep the packets off them, so
-    /// that a busy relay cannot delay SIP (docs/decisions/0010-sip-workers.md).
-    pub fn on_runtime(mut self, rt: tokio::runtime::Handle) -> Relay {
-        self.rt = Some(rt);
-        self
+            link,
+            thread: Some(thread),
+        })
     }
 
     /// A gauge of the pairs in use, for health checks.
     pub fn port_gauge(&self) -> PortGauge {
         PortGauge {
-            in_use: self.release_tx.in_use.clone(),
+            in_use: self.link.in_use.clone(),
             total: self.pool.total(),
         }
     }
@@ -163,50 +123,44 @@ impl Relay {
         self.pool.available()
     }
 
-    /// Put freed pairs back: warm (sockets kept for the next call) while fewer than
-    /// [`MAX_IDLE`] are, else cold (sockets closed).
+    /// Put the pairs of ended calls back: warm when the thread kept their sockets.
     fn reclaim(&mut self) {
         let now = Instant::now();
-        while let Ok((p, socks)) = self.released.try_recv() {
-            match socks {
-                Some(s) if self.idle.len() < MAX_IDLE => {
-                    self.idle.insert(p, s);
-                    self.pool.give_warm(p, now);
-                }
-                _ => self.pool.give(p),
+        let back =
+            std::mem::take(&mut *self.link.released.lock().unwrap_or_else(|p| p.into_inner()));
+        for (idx, warm) in back {
+            let port = self.base + 2 * idx as u16;
+            if warm {
+                self.pool.give_warm(port, now);
+            } else {
+                self.pool.give(port);
             }
         }
     }
 
-    /// Take a pair from the pool with its RTP and RTCP sockets: a warm pair's, emptied of
-    /// anything that arrived since its last call, or newly bound and registered. A port in the
-    /// range may be taken by another process: that pair goes to the back of the pool (it is
-    /// retried when its turn comes again) and the next one is tried, rather than failing the
-    /// call. On a registration error the pair is already back in the pool.
+    /// Take a pair from the pool: a warm one as it is (the thread holds its sockets), a cold
+    /// one with its RTP and RTCP sockets newly bound and prepared. A port in the range may be
+    /// taken by another process: that pair goes to the back of the pool (it is retried when
+    /// its turn comes again) and the next one is tried, rather than failing the call. On a
+    /// preparation error the pair is already back in the pool.
     fn take_pair(
         &mut self,
-        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
-    ) -> Result<(u16, [UdpSocket; 2]), MediaError> {
+        prepare: &mut dyn FnMut(&std::net::UdpSocket) -> Result<(), MediaError>,
+    ) -> Result<(u16, Option<[std::net::UdpSocket; 2]>), MediaError> {
         let now = Instant::now();
         for _ in 0..self.pool.total().max(1) {
             let Some((port, warm)) = self.pool.take(now) else {
                 return Err(MediaError::PortsExhausted);
             };
             if warm {
-                if let Some(socks) = self.idle.remove(&port) {
-                    let mut junk = [0u8; 2048];
-                    for s in &socks {
-                        while s.try_recv_from(&mut junk).is_ok() {}
-                    }
-                    return Ok((port, socks));
-                }
+                return Ok((port, None));
             }
             let rtp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port));
             let rtcp = std::net::UdpSocket::bind(SocketAddr::new(self.cfg.bind_ip, port + 1));
             match (rtp, rtcp) {
-                (Ok(a), Ok(b)) => match (register(a), register(b)) {
-                    (Ok(a), Ok(b)) => return Ok((port, [a, b])),
-                    (Err(e), _) | (_, Err(e)) => {
+                (Ok(a), Ok(b)) => match prepare(&a).and_then(|_| prepare(&b)) {
+                    Ok(()) => return Ok((port, Some([a, b]))),
+                    Err(e) => {
                         self.pool.give(port);
                         return Err(e);
                     }
@@ -217,145 +171,124 @@ impl Relay {
         Err(MediaError::PortsExhausted)
     }
 
-    /// Sockets for every one of `streams` streams. Every pair taken is pushed to `taken`, so
-    /// that the caller can give all of them back on error.
-    fn bind_streams(
-        &mut self,
-        streams: usize,
-        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
-        taken: &mut Vec<u16>,
-    ) -> Result<Vec<[UdpSocket; 4]>, MediaError> {
-        let mut bound = Vec::with_capacity(streams);
-        for _ in 0..streams {
-            let (a_port, [a_rtp, a_rtcp]) = self.take_pair(register)?;
-            taken.push(a_port);
-            let (b_port, [b_rtp, b_rtcp]) = self.take_pair(register)?;
-            taken.push(b_port);
-            bound.push([a_rtp, a_rtcp, b_rtp, b_rtcp]);
-        }
-        Ok(bound)
-    }
-
-    /// [`MediaEngine::open`] with the step that registers a socket with the runtime passed in
-    /// (tests make it fail). Nothing is spawned until every port is bound and every socket
-    /// registered; on any error every pair taken goes back to the pool.
+    /// [`MediaEngine::open`] with the step that prepares each new socket passed in (tests make
+    /// it fail). Nothing reaches the thread until every pair is taken; on any error every pair
+    /// taken goes back to the pool (a warm one warm: its sockets are still the thread's).
     fn open_with(
         &mut self,
         streams: usize,
-        register: &mut dyn FnMut(std::net::UdpSocket) -> Result<UdpSocket, MediaError>,
+        prepare: &mut dyn FnMut(&std::net::UdpSocket) -> Result<(), MediaError>,
     ) -> Result<MediaId, MediaError> {
-        // sockets registered and tasks spawned here belong to the relay's runtime
-        let _in_rt = self.rt.as_ref().map(|h| h.enter());
         self.reclaim();
         if self.pool.available() < streams * 2 {
             return Err(MediaError::PortsExhausted);
         }
-        let mut taken = Vec::with_capacity(streams * 2);
-        let bound = match self.bind_streams(streams, register, &mut taken) {
-            Ok(b) => b,
-            Err(e) => {
-                // the sockets bound so far were closed when `bind_streams` returned
-                for p in taken {
-                    self.pool.give(p);
+        let mut taken: Vec<(u16, Option<[std::net::UdpSocket; 2]>)> =
+            Vec::with_capacity(streams * 2);
+        for _ in 0..streams * 2 {
+            match self.take_pair(prepare) {
+                Ok(t) => taken.push(t),
+                Err(e) => {
+                    let now = Instant::now();
+                    for (p, socks) in taken {
+                        match socks {
+                            None => self.pool.give_warm(p, now),
+                            Some(_) => self.pool.give(p), // closed here, as they drop
+                        }
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
-        };
-        self.release_tx
-            .in_use
-            .fetch_add(taken.len(), Ordering::Relaxed);
+        }
+        self.link.in_use.fetch_add(taken.len(), Ordering::Relaxed);
         let id = self.next;
         self.next += 1;
-        let mut handles = Vec::with_capacity(streams);
-        for (n, (socks, ports)) in bound.into_iter().zip(taken.chunks_exact(2)).enumerate() {
-            let (a_port, b_port) = (ports[0], ports[1]);
-            let (tx, rx) = mpsc::unbounded_channel();
-            let task = StreamTask::new(
-                self.cfg.clone(),
-                socks,
-                rx,
-                // the first stream reports for the call
-                n == 0,
-                [a_port, b_port],
-                self.release_tx.clone(),
-                self.events.clone(),
-                id,
-            );
-            tokio::spawn(task.run());
-            handles.push(StreamHandle { tx, a_port, b_port });
+        let mut ports = Vec::with_capacity(streams);
+        let mut new = Vec::with_capacity(streams);
+        let mut it = taken.into_iter();
+        while let (Some((a, sa)), Some((b, sb))) = (it.next(), it.next()) {
+            ports.push([a, b]);
+            let idx = |p: u16| usize::from((p - self.base) / 2);
+            new.push([(idx(a), sa), (idx(b), sb)]);
         }
-        self.sessions.insert(id, Session { streams: handles });
+        self.sessions.insert(id, ports);
+        self.link.push(Cmd::Open { id, streams: new });
         Ok(id)
     }
 }
 
-fn to_tokio(s: std::net::UdpSocket) -> Result<UdpSocket, MediaError> {
+fn prepare(s: &std::net::UdpSocket) -> Result<(), MediaError> {
     s.set_nonblocking(true)
-        .map_err(|e| MediaError::Bind(e.to_string()))?;
-    UdpSocket::from_std(s).map_err(|e| MediaError::Bind(e.to_string()))
+        .map_err(|e| MediaError::Bind(e.to_string()))
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.link.push(Cmd::Exit);
+        self.link.signal();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 impl MediaEngine for Relay {
     fn open(&mut self, streams: usize) -> Result<MediaId, MediaError> {
-        self.open_with(streams, &mut to_tokio)
+        self.open_with(streams, &mut prepare)
     }
 
     fn ports(&self, id: MediaId, side: Side) -> Vec<u16> {
         self.sessions
             .get(&id)
             .map(|s| {
-                s.streams
-                    .iter()
-                    .map(|h| if side == Side::A { h.a_port } else { h.b_port })
+                s.iter()
+                    .map(|p| if side == Side::A { p[0] } else { p[1] })
                     .collect()
             })
             .unwrap_or_default()
     }
 
     fn set_remote(&mut self, id: MediaId, side: Side, streams: &[Stream]) {
-        if let Some(s) = self.sessions.get(&id) {
-            for (h, st) in s.streams.iter().zip(streams) {
-                let _ = h.tx.send(Control::Remote(side, st.clone()));
-            }
+        if self.sessions.contains_key(&id) {
+            self.link.push(Cmd::Remote {
+                id,
+                side,
+                streams: streams.to_vec(),
+            });
         }
     }
 
     fn answered(&mut self, id: MediaId) {
-        if let Some(s) = self.sessions.get(&id) {
-            for h in &s.streams {
-                let _ = h.tx.send(Control::Answered);
-            }
+        if self.sessions.contains_key(&id) {
+            self.link.push(Cmd::Answered { id });
         }
     }
 
     fn close(&mut self, id: MediaId) {
-        let Some(s) = self.sessions.remove(&id) else {
-            let _ = self.events.send(MediaEvent::Closed {
-                id,
-                report: Box::default(),
-            });
-            return;
-        };
-        if s.streams.is_empty() {
-            let _ = self.events.send(MediaEvent::Closed {
-                id,
-                report: Box::default(),
-            });
+        match self.sessions.remove(&id) {
+            // the thread sends the call's report (`MediaEvent::Closed`) as it closes it
+            Some(s) if !s.is_empty() => self.link.push(Cmd::Close { id }),
+            _ => {
+                let _ = self.events.send(MediaEvent::Closed {
+                    id,
+                    report: Box::default(),
+                });
+            }
         }
-        // The first stream sends the call's report (`MediaEvent::Closed`) as it stops.
-        for h in &s.streams {
-            let _ = h.tx.send(Control::Stop);
-        }
+    }
+
+    fn flush(&mut self) {
+        self.link.signal();
     }
 }
 
 /// Per side: what its SDP announced, where it was latched, what it sent.
-struct Leg {
+pub(crate) struct Leg {
     announced: Option<Stream>,
     rtp_from: Option<SocketAddr>,
     rtcp_from: Option<SocketAddr>,
     stats: StreamStats,
-    forwarded_out: u64,
+    pub(crate) forwarded_out: u64,
 }
 
 impl Leg {
@@ -381,24 +314,12 @@ impl Leg {
     }
 }
 
-struct StreamTask {
-    socks: [UdpSocket; 4],
-    rx: mpsc::UnboundedReceiver<Control>,
-    /// This stream reports for the call when it stops (the first of its session).
-    reports: bool,
-    ports: [u16; 2],
-    release: Releaser,
-    events: mpsc::UnboundedSender<MediaEvent>,
-    id: MediaId,
-    st: TaskState,
-}
-
 /// The per-stream state the packet path reads and writes (task-local, no locks).
-struct TaskState {
+pub(crate) struct TaskState {
     cfg: RelayConfig,
-    legs: [Leg; 2],
+    pub(crate) legs: [Leg; 2],
     foreign: u64,
-    answered: Option<Instant>,
+    pub(crate) answered: Option<Instant>,
     last_packet: Option<Instant>,
     timed_out: bool,
 }
@@ -406,93 +327,8 @@ struct TaskState {
 const A: usize = 0;
 const B: usize = 1;
 
-impl StreamTask {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        cfg: RelayConfig,
-        socks: [UdpSocket; 4],
-        rx: mpsc::UnboundedReceiver<Control>,
-        reports: bool,
-        ports: [u16; 2],
-        release: Releaser,
-        events: mpsc::UnboundedSender<MediaEvent>,
-        id: MediaId,
-    ) -> StreamTask {
-        StreamTask {
-            socks,
-            rx,
-            reports,
-            ports,
-            release,
-            events,
-            id,
-            st: TaskState::new(cfg),
-        }
-    }
-
-    async fn run(self) {
-        let StreamTask {
-            socks,
-            mut rx,
-            reports,
-            ports,
-            release,
-            events,
-            id,
-            mut st,
-        } = self;
-        // on the heap: 8 KiB in the future itself would be copied at every spawn
-        let mut bufs = Box::new([[0u8; 2048]; 4]);
-        let mut tick = tokio::time::interval(Duration::from_millis(500));
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            let [b0, b1, b2, b3] = &mut *bufs;
-            // Which socket: 0 = A RTP, 1 = A RTCP, 2 = B RTP, 3 = B RTCP.
-            let got = tokio::select! {
-                c = rx.recv() => {
-                    match c {
-                        Some(Control::Remote(side, stream)) => st.remote(side, stream),
-                        Some(Control::Answered) => st.answered = Some(Instant::now()),
-                        Some(Control::Stop) | None => break,
-                    }
-                    None
-                }
-                _ = tick.tick() => {
-                    if st.check_timeout() {
-                        let _ = events.send(MediaEvent::Timeout { id });
-                    }
-                    None
-                }
-                r = socks[0].recv_from(b0) => r.ok().map(|(n, a)| (0usize, n, a)),
-                r = socks[1].recv_from(b1) => r.ok().map(|(n, a)| (1usize, n, a)),
-                r = socks[2].recv_from(b2) => r.ok().map(|(n, a)| (2usize, n, a)),
-                r = socks[3].recv_from(b3) => r.ok().map(|(n, a)| (3usize, n, a)),
-            };
-            let Some((which, n, src)) = got else { continue };
-            let pkt = &bufs[which][..n];
-            if let Some((dest, out)) = st.on_packet(which, pkt, src) {
-                if socks[out].send_to(pkt, dest).await.is_ok()
-                    && out % 2 == 0
-                    && !is_rtcp(which, pkt)
-                {
-                    st.legs[out / 2].forwarded_out += 1;
-                }
-            }
-        }
-        if reports {
-            let _ = events.send(MediaEvent::Closed {
-                id,
-                report: Box::new(st.report()),
-            });
-        }
-        let [a_rtp, a_rtcp, b_rtp, b_rtcp] = socks;
-        release.send(ports[0], [a_rtp, a_rtcp]);
-        release.send(ports[1], [b_rtp, b_rtcp]);
-    }
-}
-
 /// RFC 5761: with rtcp-mux, RTCP (PT 200–204) arrives on the RTP port.
-fn is_rtcp(which: usize, pkt: &[u8]) -> bool {
+pub(crate) fn is_rtcp(which: usize, pkt: &[u8]) -> bool {
     which % 2 == 1 || (pkt.len() >= 2 && (200..=204).contains(&pkt[1]))
 }
 
@@ -502,7 +338,7 @@ fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 impl TaskState {
-    fn new(cfg: RelayConfig) -> TaskState {
+    pub(crate) fn new(cfg: RelayConfig) -> TaskState {
         TaskState {
             cfg,
             legs: [Leg::new(), Leg::new()],
@@ -513,7 +349,7 @@ impl TaskState {
         }
     }
 
-    fn remote(&mut self, side: Side, stream: Stream) {
+    pub(crate) fn remote(&mut self, side: Side, stream: Stream) {
         let leg = &mut self.legs[if side == Side::A { A } else { B }];
         if leg.announced.as_ref().map(|a| (a.rtp, a.rtcp)) != Some((stream.rtp, stream.rtcp)) {
             // a new party or address on this side: latch afresh
@@ -527,7 +363,7 @@ impl TaskState {
     }
 
     /// True once, when RTP has been missing for the timeout after answer.
-    fn check_timeout(&mut self) -> bool {
+    pub(crate) fn check_timeout(&mut self) -> bool {
         if let (Some(ans), false) = (self.answered, self.timed_out) {
             let since = self.last_packet.map(|l| l.max(ans)).unwrap_or(ans);
             if since.elapsed() >= self.cfg.rtp_timeout {
@@ -539,7 +375,7 @@ impl TaskState {
     }
 
     /// Account a packet from `src` on socket `which`; where to send it (and from which socket).
-    fn on_packet(
+    pub(crate) fn on_packet(
         &mut self,
         which: usize,
         pkt: &[u8],
@@ -600,7 +436,7 @@ impl TaskState {
         accept
     }
 
-    fn report(&self) -> MediaReport {
+    pub(crate) fn report(&self) -> MediaReport {
         let codec = self.legs[A]
             .announced
             .as_ref()
@@ -640,26 +476,27 @@ mod tests {
             },
             tx,
         )
+        .unwrap()
     }
 
     #[tokio::test]
-    async fn a_failed_registration_gives_every_port_back() {
-        // two streams = four pairs = eight sockets; fail the registration of each in turn
+    async fn a_failed_socket_gives_every_port_back() {
+        // two streams = four pairs = eight sockets; fail the preparation of each in turn
         let mut r = relay(30400, 4);
         let gauge = r.port_gauge();
         assert_eq!(r.available(), 4);
         for fail_at in 1..=8 {
             let mut calls = 0;
-            let mut register = |s: std::net::UdpSocket| {
+            let mut failing = |s: &std::net::UdpSocket| {
                 calls += 1;
                 if calls == fail_at {
                     Err(MediaError::Bind("injected".into()))
                 } else {
-                    to_tokio(s)
+                    prepare(s)
                 }
             };
             assert_eq!(
-                r.open_with(2, &mut register),
+                r.open_with(2, &mut failing),
                 Err(MediaError::Bind("injected".into())),
                 "failing socket {fail_at}"
             );
@@ -675,6 +512,13 @@ mod tests {
         let id = r.open(2).expect("all four pairs bind again");
         assert_eq!((r.available(), gauge.in_use()), (0, 4));
         r.close(id);
+        r.flush();
+        // the thread closes the call and gives the pairs back (warm)
+        let t0 = Instant::now();
+        while gauge.in_use() > 0 && t0.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!((r.available(), gauge.in_use()), (4, 0));
     }
 
     #[tokio::test]
@@ -690,7 +534,8 @@ mod tests {
                 latch_any_source: false,
             },
             tx,
-        );
+        )
+        .unwrap();
         let a = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let b = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
@@ -699,11 +544,13 @@ mod tests {
             let id = r.open(1).unwrap();
             r.set_remote(id, Side::A, &[remote(a_addr)]);
             r.set_remote(id, Side::B, &[remote(b_addr)]);
+            r.flush();
             id
         };
         let first = open(&mut r);
         let ports = (r.ports(first, Side::A)[0], r.ports(first, Side::B)[0]);
         r.close(first);
+        r.flush();
         assert!(matches!(
             events.recv().await,
             Some(MediaEvent::Closed { .. })
@@ -728,6 +575,7 @@ mod tests {
             .unwrap();
         assert_eq!(&buf[..n], b"fresh", "the stale packet was dropped on reuse");
         r.close(second);
+        r.flush();
         assert!(matches!(
             events.recv().await,
             Some(MediaEvent::Closed { .. })

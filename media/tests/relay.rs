@@ -50,15 +50,18 @@ async fn call(
     jitter_ms: u64,
 ) -> (MediaReport, usize) {
     let (tx, mut events) = mpsc::unbounded_channel();
-    let mut relay = Relay::new(config(port_min, 30), tx);
+    let mut relay = Relay::new(config(port_min, 30), tx).expect("relay thread starts");
     let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let id = relay.open(1).unwrap();
     let a_port = relay.ports(id, Side::A)[0];
     let b_port = relay.ports(id, Side::B)[0];
     relay.set_remote(id, Side::A, &[stream(carrier.local_addr().unwrap())]);
+    relay.flush();
     relay.set_remote(id, Side::B, &[stream(buyer.local_addr().unwrap())]);
+    relay.flush();
     relay.answered(id);
+    relay.flush();
     let dce_a: SocketAddr = format!("127.0.0.1:{a_port}").parse().unwrap();
     let dce_b: SocketAddr = format!("127.0.0.1:{b_port}").parse().unwrap();
     let receiver = tokio::spawn(async move {
@@ -89,6 +92,7 @@ async fn call(
     }
     let got = receiver.await.unwrap();
     relay.close(id);
+    relay.flush();
     (closed(&mut events).await, got)
 }
 
@@ -133,7 +137,7 @@ async fn loss_and_added_jitter_are_measured_and_lower_the_mos() {
 #[tokio::test]
 async fn strangers_spraying_rtp_never_reach_either_party() {
     let (tx, mut events) = mpsc::unbounded_channel();
-    let mut relay = Relay::new(config(31400, 30), tx);
+    let mut relay = Relay::new(config(31400, 30), tx).expect("relay thread starts");
     let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let stranger = UdpSocket::bind("127.0.0.9:0").await.unwrap();
@@ -145,7 +149,9 @@ async fn strangers_spraying_rtp_never_reach_either_party() {
         .parse()
         .unwrap();
     relay.set_remote(id, Side::A, &[stream(carrier.local_addr().unwrap())]);
+    relay.flush();
     relay.set_remote(id, Side::B, &[stream(buyer.local_addr().unwrap())]);
+    relay.flush();
     // both parties latch
     carrier
         .send_to(&rtp_packet(0, 1, 160, 1, 160), dce_a)
@@ -182,6 +188,7 @@ async fn strangers_spraying_rtp_never_reach_either_party() {
         }
     }
     relay.close(id);
+    relay.flush();
     let report = closed(&mut events).await;
     assert_eq!(report.foreign_dropped, 150);
     assert_eq!((report.carrier_in.packets, report.buyer_in.packets), (1, 1));
@@ -196,14 +203,17 @@ async fn ports_come_back_and_exhaustion_is_an_error() {
             ..config(31600, 30)
         },
         tx,
-    );
+    )
+    .expect("relay thread starts");
     assert_eq!(relay.available(), 4);
     let a = relay.open(1).unwrap();
     let b = relay.open(1).unwrap();
     assert_eq!(relay.open(1), Err(dce_media::MediaError::PortsExhausted));
     relay.close(a);
+    relay.flush();
     let _ = closed(&mut events).await;
     relay.close(b);
+    relay.flush();
     let _ = closed(&mut events).await;
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert_eq!(relay.available(), 4, "every pair returned");
@@ -213,14 +223,16 @@ async fn ports_come_back_and_exhaustion_is_an_error() {
 #[tokio::test]
 async fn silence_after_answer_is_reported() {
     let (tx, mut events) = mpsc::unbounded_channel();
-    let mut relay = Relay::new(config(31700, 1), tx);
+    let mut relay = Relay::new(config(31700, 1), tx).expect("relay thread starts");
     let id = relay.open(1).unwrap();
     relay.answered(id);
+    relay.flush();
     match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
         Ok(Some(MediaEvent::Timeout { id: got })) => assert_eq!(got, id),
         other => panic!("expected a timeout, got {other:?}"),
     }
     relay.close(id);
+    relay.flush();
 }
 
 #[tokio::test]
@@ -233,7 +245,8 @@ async fn a_second_stream_failing_gives_the_first_streams_ports_back() {
             ..config(30500, 30)
         },
         tx,
-    );
+    )
+    .expect("relay thread starts");
     let gauge = relay.port_gauge();
     assert_eq!(relay.available(), 4);
     let squatter = std::net::UdpSocket::bind("127.0.0.1:30507").unwrap();
@@ -251,6 +264,7 @@ async fn a_second_stream_failing_gives_the_first_streams_ports_back() {
         .expect("all four pairs bind once the port is free");
     assert_eq!((relay.available(), gauge.in_use()), (0, 4));
     relay.close(id);
+    relay.flush();
 }
 
 /// An RTP socket and, when `rtcp_next` is set, an RTCP socket on the next port (found by trying
@@ -336,7 +350,8 @@ async fn sprayer_on_the_signalled_ip(port_min: u16, strict_source: bool) {
             ..config(port_min, 30)
         },
         tx,
-    );
+    )
+    .expect("relay thread starts");
     // the carrier signals RTCP with a=rtcp (any port), the buyer relies on RTP + 1
     let (c_rtp, c_rtcp) = party_sockets(false).await;
     let (b_rtp, b_rtcp) = party_sockets(true).await;
@@ -349,8 +364,11 @@ async fn sprayer_on_the_signalled_ip(port_min: u16, strict_source: bool) {
     let buyer = signalled(&b_rtp, None);
     assert_eq!(buyer.rtcp, Some(dce(b_rtcp.local_addr().unwrap().port())));
     relay.set_remote(id, Side::A, &[carrier]);
+    relay.flush();
     relay.set_remote(id, Side::B, &[buyer]);
+    relay.flush();
     relay.answered(id);
+    relay.flush();
     let ports = [a_rtp, a_rtcp, b_rtp_dce, b_rtcp_dce];
     for (phase, seq) in [("before any party sent", 1u16), ("after both latched", 2)] {
         spray(&sprayer, &ports, 20).await;
@@ -393,6 +411,7 @@ async fn sprayer_on_the_signalled_ip(port_min: u16, strict_source: bool) {
         );
     }
     relay.close(id);
+    relay.flush();
     let report = closed(&mut events).await;
     assert_eq!(
         report.foreign_dropped,
@@ -411,4 +430,35 @@ async fn a_sprayer_on_the_signalled_ip_never_latches_strict() {
 #[tokio::test]
 async fn a_sprayer_on_the_signalled_ip_never_latches_without_strict_source() {
     sprayer_on_the_signalled_ip(30700, false).await;
+}
+
+#[tokio::test]
+async fn dropping_the_relay_reports_open_calls_and_closes_every_socket() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(config(31900, 30), tx).expect("relay thread starts");
+    let a = relay.open(1).unwrap();
+    let b = relay.open(2).unwrap();
+    relay.flush();
+    let mut ports: Vec<u16> = Vec::new();
+    for id in [a, b] {
+        for side in [Side::A, Side::B] {
+            ports.extend(relay.ports(id, side));
+        }
+    }
+    assert_eq!(ports.len(), 6);
+    drop(relay); // joins the relay thread
+    let mut closed = Vec::new();
+    while let Ok(ev) = events.try_recv() {
+        if let MediaEvent::Closed { id, .. } = ev {
+            closed.push(id);
+        }
+    }
+    closed.sort_unstable();
+    assert_eq!(closed, vec![a, b], "each open call reported once");
+    for p in ports {
+        for port in [p, p + 1] {
+            std::net::UdpSocket::bind(("127.0.0.1", port))
+                .unwrap_or_else(|e| panic!("port {port} still held after the relay stopped: {e}"));
+        }
+    }
 }

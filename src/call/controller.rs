@@ -242,6 +242,11 @@ impl Controller {
         }
     }
 
+    /// Hand the media commands of this turn to the relay (one wake-up for the batch).
+    pub fn flush_media(&mut self) {
+        self.media.flush();
+    }
+
     /// Write every CDR still waiting for its media report, without it (shutdown).
     pub fn flush_cdrs(&mut self) {
         for (_, p) in self.awaiting_media.drain() {

@@ -1,0 +1,414 @@
+//! The relay thread ("pump"): one OS thread per [`crate::Relay`] that owns every media socket
+//! of that relay and moves the packets, in a plain `epoll` loop — no task per stream, no
+//! runtime (docs/decisions/0011-relay-thread.md).
+//!
+//! - Each RTP/RTCP socket is registered once, level-triggered, with a token naming its port
+//!   pair and whether it is the RTCP socket; it stays registered while its pair is warm
+//!   between calls, and a packet on a pair without a stream is read and dropped (so nothing
+//!   old is left for the pair's next call).
+//! - A readable socket gives one packet per turn: read, checked and accounted by the stream's
+//!   [`TaskState`], sent on from the other leg's socket. Two system calls a packet, and one
+//!   `epoll_wait` for all the sockets that became readable together.
+//! - Commands from the SIP worker (open, remotes, answered, close) come as one queue behind a
+//!   mutex; the worker wakes the thread with an eventfd once per batch ([`Link::signal`]).
+//! - Every 500 ms the thread checks the answered streams for the RTP timeout.
+//!
+//! Sockets are never closed by the worker once handed over: the thread closes them (when a
+//! pair is not kept warm, or at exit), so no fd number it polls can be reused under it.
+
+use crate::engine::{MediaEvent, MediaId, Side};
+use crate::relay::{RelayConfig, TaskState};
+use crate::sdp::Stream;
+use std::collections::HashMap;
+use std::net::UdpSocket;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// A stream's two pairs: (pair index, its sockets when newly bound; `None`: warm, the thread
+/// has them).
+pub(crate) type NewStream = [(usize, Option<[UdpSocket; 2]>); 2];
+
+/// What the worker asks of the thread.
+pub(crate) enum Cmd {
+    Open {
+        id: MediaId,
+        streams: Vec<NewStream>,
+    },
+    Remote {
+        id: MediaId,
+        side: Side,
+        streams: Vec<Stream>,
+    },
+    Answered {
+        id: MediaId,
+    },
+    Close {
+        id: MediaId,
+    },
+    Exit,
+}
+
+/// The worker's end: the command queue, the wake-up, the pairs coming back.
+pub(crate) struct Link {
+    cmds: Mutex<Vec<Cmd>>,
+    /// The thread has been woken and has not yet taken the queue.
+    signalled: AtomicBool,
+    wake: std::os::fd::OwnedFd,
+    /// Pairs whose call ended: (pair index, sockets kept warm).
+    pub(crate) released: Mutex<Vec<(usize, bool)>>,
+    /// Pairs bound to calls now (health checks).
+    pub(crate) in_use: Arc<AtomicUsize>,
+}
+
+impl Link {
+    pub(crate) fn push(&self, cmd: Cmd) {
+        self.cmds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(cmd);
+    }
+
+    /// Wake the thread for what was pushed, unless it is already awake for it.
+    pub(crate) fn signal(&self) {
+        if self
+            .cmds
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            return;
+        }
+        if !self.signalled.swap(true, Ordering::SeqCst) {
+            let one: u64 = 1;
+            // SAFETY: writing 8 bytes from a live u64 to our eventfd.
+            unsafe {
+                libc::write(
+                    self.wake.as_raw_fd(),
+                    (&one as *const u64).cast(),
+                    std::mem::size_of::<u64>(),
+                )
+            };
+        }
+    }
+}
+
+const WAKE: u64 = u64::MAX;
+/// How often answered streams are checked for the RTP timeout.
+const SWEEP: Duration = Duration::from_millis(500);
+/// The thread looks at its queue at least this often, even if nobody signalled.
+const POLL_CMDS: Duration = Duration::from_millis(50);
+/// Warm pairs kept at most; beyond, a freed pair's sockets are closed.
+pub(crate) const MAX_IDLE: usize = 4096;
+
+struct StreamSlot {
+    id: MediaId,
+    /// The first stream of its call reports for the call.
+    reports: bool,
+    pairs: [usize; 2],
+    st: TaskState,
+}
+
+#[derive(Default)]
+struct Pair {
+    socks: Option<[UdpSocket; 2]>,
+    /// (stream slot, side index 0 = A / 1 = B) while a call uses the pair.
+    user: Option<(usize, usize)>,
+}
+
+struct Pump {
+    cfg: RelayConfig,
+    epfd: std::os::fd::OwnedFd,
+    wake: std::os::fd::OwnedFd,
+    link: Arc<Link>,
+    events: mpsc::UnboundedSender<MediaEvent>,
+    pairs: Vec<Pair>,
+    streams: Vec<Option<StreamSlot>>,
+    free: Vec<usize>,
+    calls: HashMap<MediaId, Vec<usize>>,
+    idle: usize,
+    buf: Box<[u8; 2048]>,
+}
+
+fn cvt(rc: libc::c_int) -> std::io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
+    }
+}
+
+/// Start the thread for a relay of `pairs` port pairs; returns the worker's end.
+pub(crate) fn start(
+    cfg: RelayConfig,
+    pairs: usize,
+    events: mpsc::UnboundedSender<MediaEvent>,
+) -> std::io::Result<(Arc<Link>, std::thread::JoinHandle<()>)> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain system calls; each fd is wrapped in an OwnedFd at once.
+    let epfd = unsafe {
+        std::os::fd::OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?)
+    };
+    let wake = unsafe {
+        std::os::fd::OwnedFd::from_raw_fd(cvt(libc::eventfd(
+            0,
+            libc::EFD_NONBLOCK | libc::EFD_CLOEXEC,
+        ))?)
+    };
+    let wake_dup = wake.try_clone()?;
+    add(epfd.as_raw_fd(), wake.as_raw_fd(), WAKE)?;
+    let link = Arc::new(Link {
+        cmds: Mutex::new(Vec::new()),
+        signalled: AtomicBool::new(false),
+        wake: wake_dup,
+        released: Mutex::new(Vec::new()),
+        in_use: Arc::new(AtomicUsize::new(0)),
+    });
+    let mut pump = Pump {
+        cfg,
+        epfd,
+        wake,
+        link: link.clone(),
+        events,
+        pairs: (0..pairs).map(|_| Pair::default()).collect(),
+        streams: Vec::new(),
+        free: Vec::new(),
+        calls: HashMap::new(),
+        idle: 0,
+        buf: Box::new([0u8; 2048]),
+    };
+    let handle = std::thread::Builder::new()
+        .name("dce-rtp".into())
+        .spawn(move || pump.run())?;
+    Ok((link, handle))
+}
+
+fn add(epfd: i32, fd: i32, token: u64) -> std::io::Result<()> {
+    let mut ev = libc::epoll_event {
+        events: libc::EPOLLIN as u32,
+        u64: token,
+    };
+    // SAFETY: ev is a valid epoll_event for the duration of the call.
+    cvt(unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) }).map(|_| ())
+}
+
+impl Pump {
+    fn run(&mut self) {
+        let mut evs = vec![libc::epoll_event { events: 0, u64: 0 }; 256];
+        let mut next_sweep = Instant::now() + SWEEP;
+        loop {
+            let now = Instant::now();
+            let wait = next_sweep
+                .saturating_duration_since(now)
+                .min(POLL_CMDS)
+                .as_millis() as i32;
+            // SAFETY: evs has room for evs.len() events.
+            let n = unsafe {
+                libc::epoll_wait(
+                    self.epfd.as_raw_fd(),
+                    evs.as_mut_ptr(),
+                    evs.len() as i32,
+                    wait.max(1),
+                )
+            };
+            if n < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    eprintln!("dce-rtp: epoll_wait failed: {e}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                continue;
+            }
+            for ev in &evs[..n as usize] {
+                let token = ev.u64;
+                if token != WAKE {
+                    self.readable(token);
+                }
+            }
+            // commands after packets: a Close takes effect after what already arrived
+            if !self.take_commands() {
+                self.shut_down();
+                return;
+            }
+            let now = Instant::now();
+            if now >= next_sweep {
+                self.sweep();
+                next_sweep = now + SWEEP;
+            }
+        }
+    }
+
+    /// Run the queued commands; false on `Exit`.
+    fn take_commands(&mut self) -> bool {
+        let mut drained = [0u8; 8];
+        // SAFETY: reading at most 8 bytes into a live buffer; EAGAIN when nothing is pending.
+        unsafe { libc::read(self.wake.as_raw_fd(), drained.as_mut_ptr().cast(), 8) };
+        self.link.signalled.store(false, Ordering::SeqCst);
+        let cmds = std::mem::take(&mut *self.link.cmds.lock().unwrap_or_else(|p| p.into_inner()));
+        for c in cmds {
+            match c {
+                Cmd::Open { id, streams } => self.open(id, streams),
+                Cmd::Remote { id, side, streams } => {
+                    if let Some(slots) = self.calls.get(&id) {
+                        for (&s, st) in slots.iter().zip(streams) {
+                            if let Some(Some(slot)) = self.streams.get_mut(s) {
+                                slot.st.remote(side, st);
+                            }
+                        }
+                    }
+                }
+                Cmd::Answered { id } => {
+                    let now = Instant::now();
+                    for &s in self.calls.get(&id).into_iter().flatten() {
+                        if let Some(Some(slot)) = self.streams.get_mut(s) {
+                            slot.st.answered = Some(now);
+                        }
+                    }
+                }
+                Cmd::Close { id } => self.close(id),
+                Cmd::Exit => return false,
+            }
+        }
+        true
+    }
+
+    fn open(&mut self, id: MediaId, streams: Vec<NewStream>) {
+        let mut slots = Vec::with_capacity(streams.len());
+        for (n, pairs) in streams.into_iter().enumerate() {
+            let slot = self.free.pop().unwrap_or_else(|| {
+                self.streams.push(None);
+                self.streams.len() - 1
+            });
+            let mut idx = [0usize; 2];
+            for (side, (p, socks)) in pairs.into_iter().enumerate() {
+                idx[side] = p;
+                self.attach(p, socks, slot, side);
+            }
+            self.streams[slot] = Some(StreamSlot {
+                id,
+                reports: n == 0,
+                pairs: idx,
+                st: TaskState::new(self.cfg.clone()),
+            });
+            slots.push(slot);
+        }
+        self.calls.insert(id, slots);
+    }
+
+    /// Give pair `p` to `slot`'s `side`: newly bound sockets are registered; a warm pair's
+    /// already are.
+    fn attach(&mut self, p: usize, socks: Option<[UdpSocket; 2]>, slot: usize, side: usize) {
+        let Some(pair) = self.pairs.get_mut(p) else {
+            return;
+        };
+        match socks {
+            Some(s) => {
+                for (k, sock) in s.iter().enumerate() {
+                    if let Err(e) = add(
+                        self.epfd.as_raw_fd(),
+                        sock.as_raw_fd(),
+                        (p as u64) << 1 | k as u64,
+                    ) {
+                        eprintln!("dce-rtp: cannot watch a media socket: {e}");
+                    }
+                }
+                pair.socks = Some(s);
+            }
+            // warm: its sockets stayed watched while the pair rested, and whatever arrived
+            // for them then was read and dropped (`readable`), so there is nothing to empty
+            None => self.idle = self.idle.saturating_sub(1),
+        }
+        pair.user = Some((slot, side));
+    }
+
+    fn close(&mut self, id: MediaId) {
+        let Some(slots) = self.calls.remove(&id) else {
+            return;
+        };
+        let mut released = Vec::with_capacity(slots.len() * 2);
+        for s in slots {
+            let Some(slot) = self.streams.get_mut(s).and_then(Option::take) else {
+                continue;
+            };
+            self.free.push(s);
+            if slot.reports {
+                let _ = self.events.send(MediaEvent::Closed {
+                    id,
+                    report: Box::new(slot.st.report()),
+                });
+            }
+            for p in slot.pairs {
+                let pair = &mut self.pairs[p];
+                pair.user = None;
+                let warm = pair.socks.is_some() && self.idle < MAX_IDLE;
+                if warm {
+                    self.idle += 1;
+                } else {
+                    pair.socks = None; // closed: the kernel forgets the registration
+                }
+                released.push((p, warm));
+            }
+        }
+        self.link
+            .in_use
+            .fetch_sub(released.len(), Ordering::Relaxed);
+        self.link
+            .released
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(released);
+    }
+
+    /// One packet from the socket `token` names.
+    fn readable(&mut self, token: u64) {
+        let (p, k) = ((token >> 1) as usize, (token & 1) as usize);
+        let Some(pair) = self.pairs.get(p) else {
+            return;
+        };
+        let Some(socks) = &pair.socks else { return };
+        let (n, src) = match socks[k].recv_from(&mut self.buf[..]) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let Some((slot, side)) = pair.user else {
+            return; // a pair between calls: dropped
+        };
+        let Some(Some(stream)) = self.streams.get_mut(slot) else {
+            return;
+        };
+        let which = side * 2 + k;
+        let pkt = &self.buf[..n];
+        let Some((dest, out)) = stream.st.on_packet(which, pkt, src) else {
+            return;
+        };
+        let out_pair = stream.pairs[out / 2];
+        let rtcp = crate::relay::is_rtcp(which, pkt);
+        let sent = self.pairs[out_pair]
+            .socks
+            .as_ref()
+            .map(|s| s[out % 2].send_to(pkt, dest).is_ok())
+            .unwrap_or(false);
+        if sent && out % 2 == 0 && !rtcp {
+            stream.st.legs[out / 2].forwarded_out += 1;
+        }
+    }
+
+    fn sweep(&mut self) {
+        for slot in self.streams.iter_mut().flatten() {
+            if slot.st.check_timeout() {
+                let _ = self.events.send(MediaEvent::Timeout { id: slot.id });
+            }
+        }
+    }
+
+    /// Exit: every call still open is closed (its report sent), then every socket.
+    fn shut_down(&mut self) {
+        let ids: Vec<MediaId> = self.calls.keys().copied().collect();
+        for id in ids {
+            self.close(id);
+        }
+        self.pairs.clear();
+    }
+}
