@@ -196,7 +196,29 @@ pub async fn run(
         media_ip: config.media.advertised_ip,
         max_udp_request: config.sip.max_udp_request_bytes,
     };
-    let ranges = media_ranges(config.media.port_min, config.media.port_max, workers)?;
+    let open_files = raise_open_files_limit();
+    // every RTP/RTCP pair is two sockets; keep room for TCP connections, the database, the
+    // spool, the API and the logs
+    let reserve = 1024 + config.sip.tcp_max_connections as u64;
+    let port_max = match fit_media_to_fd_limit(
+        config.media.port_min,
+        config.media.port_max,
+        open_files,
+        reserve,
+    ) {
+        Some(max) => {
+            tracing::warn!(
+                open_files,
+                port_min = config.media.port_min,
+                configured_port_max = config.media.port_max,
+                port_max = max,
+                "[media] port range needs more sockets than the open-files limit allows (each pair is two, {reserve} kept for TCP, the database and the spool): using the ports up to port_max only; raise the limit (LimitNOFILE= in systemd, ulimit -n) to use them all"
+            );
+            max
+        }
+        None => config.media.port_max,
+    };
+    let ranges = media_ranges(config.media.port_min, port_max, workers)?;
     let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
     let shared = match &config.storage.redis_url {
         Some(url) => Some(
@@ -429,6 +451,45 @@ fn media_ranges(min: u16, max: u16, workers: usize) -> anyhow::Result<Vec<(u16, 
             (lo as u16, hi as u16)
         })
         .collect())
+}
+
+/// Raise this process's open-files soft limit to its hard limit (a media range of 20,000
+/// ports is 20,000 sockets); returns the soft limit now in force.
+fn raise_open_files_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write a live rlimit.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) != 0 {
+            return 1024;
+        }
+        if l.rlim_cur < l.rlim_max {
+            let want = libc::rlimit {
+                rlim_cur: l.rlim_max,
+                rlim_max: l.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &want) == 0 {
+                l.rlim_cur = l.rlim_max;
+            }
+        }
+    }
+    l.rlim_cur
+}
+
+/// The highest media port that keeps the relay's sockets (two per pair) within `limit` open
+/// files less `reserve`; `None` when the whole range fits. Without it a busy node ran out of
+/// file descriptors and could no longer open its database or spool files.
+fn fit_media_to_fd_limit(min: u16, max: u16, limit: u64, reserve: u64) -> Option<u16> {
+    let start = u64::from(min + (min % 2));
+    let pairs = u64::from(max).saturating_sub(start).div_ceil(2);
+    let allowed = limit.saturating_sub(reserve) / 2;
+    if pairs <= allowed {
+        return None;
+    }
+    // at least one pair, so that the range stays valid (media_ranges says if it is too few)
+    Some((start + 2 * allowed.max(1) - 1).min(u64::from(max)) as u16)
 }
 
 /// glibc keeps what is freed in its per-thread arenas: after a burst (an overload, a flood)
@@ -761,6 +822,24 @@ impl Node {
 #[cfg(test)]
 mod tests {
     use super::media_ranges;
+
+    #[test]
+    fn the_media_range_is_cut_to_what_the_open_files_limit_allows() {
+        use super::fit_media_to_fd_limit as fit;
+        // 10,000 pairs need 20,000 sockets: fits in 30,000 with 1,024 kept
+        assert_eq!(fit(40000, 59999, 30_000, 1_024), None);
+        // 20,000 open files, 1,024 kept: 9,488 pairs = ports 40000..=58975
+        let max = fit(40000, 59999, 20_000, 1_024).unwrap();
+        assert_eq!(max, 40000 + 2 * 9_488 - 1);
+        assert_eq!((u64::from(max) + 1 - 40000) / 2 * 2 + 1_024, 20_000);
+        // an odd port_min starts at the next even port
+        assert_eq!(
+            fit(40001, 59999, 2_048 + 1_024, 1_024),
+            Some(40002 + 2 * 1024 - 1)
+        );
+        // a limit below the reserve still leaves one pair (and says so in the log)
+        assert_eq!(fit(40000, 59999, 100, 1_024), Some(40001));
+    }
 
     #[test]
     fn the_media_range_is_split_in_whole_pairs_and_loses_none() {
