@@ -234,6 +234,8 @@ impl Worker {
         let mut draining: Option<Instant> = None;
         let far = || Instant::now() + Duration::from_secs(3600);
         let mut inbound_closed = false;
+        // the socket the next readiness check starts from (see `Readable`)
+        let mut turn = 0;
         loop {
             if let (Some(until), None) = (draining, stopping) {
                 if self.edge.calls().active_calls() == 0 || Instant::now() >= until {
@@ -280,8 +282,11 @@ impl Worker {
                 },
                 Some(ev) = self.media.recv() => self.edge.handle_input(Input::Media(ev), Instant::now()),
                 Some((id, answer)) = self.answers.recv() => self.edge.handle_input(Input::Lookup { id, answer }, Instant::now()),
-                r = Readable(&self.udp) => match r {
-                    Ok(i) => self.read_udp(i, &mut rbuf).await,
+                r = Readable(&self.udp, turn) => match r {
+                    Ok(i) => {
+                        turn = i + 1;
+                        self.read_udp(i, &mut rbuf).await
+                    }
                     Err(e) => tracing::debug!(error = %e, "udp readiness error"),
                 },
                 item = self.inbound.recv(), if !inbound_closed => match item {
@@ -497,15 +502,19 @@ impl Worker {
     }
 }
 
-/// Resolves with the index of the first of `socks` that is readable (pending forever without
-/// sockets).
-struct Readable<'a>(&'a [UdpSocket]);
+/// Resolves with the index of a readable socket of `socks`, looking from `start` on (the
+/// worker moves `start` each turn, so a busy first listener cannot starve the others; pending
+/// forever without sockets).
+struct Readable<'a>(&'a [UdpSocket], usize);
 
 impl Future for Readable<'_> {
     type Output = std::io::Result<usize>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        for (i, s) in self.0.iter().enumerate() {
+        let n = self.0.len();
+        for k in 0..n {
+            let i = (self.1 + k) % n;
+            let s = &self.0[i];
             match s.poll_recv_ready(cx) {
                 Poll::Ready(Ok(())) => return Poll::Ready(Ok(i)),
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),

@@ -22,6 +22,7 @@ mod pump;
 pub mod relay;
 pub mod sdp;
 pub mod stats;
+pub mod sys;
 
 pub use engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};
 pub use relay::{PortGauge, Relay, RelayConfig};

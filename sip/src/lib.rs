@@ -25,6 +25,7 @@
 //! See `docs/decisions/0001-own-sip-parser.md` for why this is not built on `ezk-sip-types`.
 
 pub mod build;
+pub mod digest;
 pub mod framing;
 pub mod header;
 pub mod message;
