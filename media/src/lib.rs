@@ -11,7 +11,8 @@
 //! | `ports.rs` | the even/odd RTP/RTCP port-pair pool |
 //! | `stats.rs` | loss (RFC 3550 A.1 `update_seq`, A.3), jitter (A.8), RTCP RR/SR, E-model MOS — pure, time passed in |
 //! | `engine.rs` | [`MediaEngine`]: what the call controller asks of media, and the call report |
-//! | `relay.rs` | [`Relay`]: the worker's side (port pairs, commands); per-stream source checks, latching and accounting |
+//! | `relay.rs` | [`Relay`]: the worker's side (port pairs, commands) |
+//! | `stream.rs` | one stream's state on the relay thread: source checks, latching, accounting, RTP timeout |
 //! | `pump.rs` | the relay thread: owns the sockets, one `epoll` loop moves every stream's packets |
 //!
 //! The statistics are pure code; only `relay.rs` and `pump.rs` touch sockets and the clock.
@@ -22,6 +23,7 @@ mod pump;
 pub mod relay;
 pub mod sdp;
 pub mod stats;
+mod stream;
 pub mod sys;
 
 pub use engine::{MediaEngine, MediaError, MediaEvent, MediaId, MediaReport, Side};

@@ -19,8 +19,8 @@
 //! pair is not kept warm, or at exit), so no fd number it polls can be reused under it.
 
 use crate::engine::{MediaEvent, MediaId, Side};
-use crate::relay::{RelayConfig, TaskState};
 use crate::sdp::Stream;
+use crate::stream::{is_rtcp, RelayConfig, TaskState};
 use std::collections::HashMap;
 use std::net::{SocketAddr, UdpSocket};
 use std::os::fd::AsRawFd;
@@ -488,7 +488,7 @@ impl Pump {
                 continue;
             };
             out_sock = Some(out);
-            if out % 2 == 0 && !crate::relay::is_rtcp(which, pkt) {
+            if out % 2 == 0 && !is_rtcp(which, pkt) {
                 stream.st.legs[out / 2].forwarded_out += 1;
             }
             sends[m] = (i, dest);
@@ -507,7 +507,7 @@ impl Pump {
                 .filter(|(i, _)| {
                     self.burst
                         .get(*i)
-                        .is_some_and(|(pkt, _)| out % 2 == 0 && !crate::relay::is_rtcp(which, pkt))
+                        .is_some_and(|(pkt, _)| out % 2 == 0 && !is_rtcp(which, pkt))
                 })
                 .count() as u64;
             let leg = &mut stream.st.legs[out / 2];

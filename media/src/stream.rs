@@ -1,0 +1,360 @@
+//! One stream's state on the relay thread: what each side's SDP announced, where each of its
+//! sockets is latched, what it sent, and the timeout clock (no locks: only the relay thread
+//! touches it).
+//!
+//! Which packets a side's sockets accept (per socket: RTP and RTCP separately):
+//!
+//! - By default only packets from the exact address *and port* that side's SDP signalled: RTP
+//!   from the m-line's port, RTCP from `a=rtcp` if present, else RTP port + 1 (the RTP port with
+//!   rtcp-mux). Anyone else — even on the signalled IP — is dropped and counted, before or after
+//!   the party's first packet, so nobody can latch a leg by spraying DCE's ports first
+//!   (the class of rtpengine's CVE-2025-53399).
+//! - With `latch_any_source` (peers behind NAT) the first packet from anywhere latches the
+//!   socket, and DCE sends that side's media there. A packet from the signalled address always
+//!   takes the latch back. After that, `strict_source` drops (and counts) packets from any other
+//!   address; without it the latch follows the latest sender.
+//!
+//! A dropped packet is never forwarded to a party nor answered.
+
+use crate::engine::{MediaReport, Side};
+use crate::sdp::Stream;
+use crate::stats::StreamStats;
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+/// Relay settings (`[media]`).
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Address the media sockets bind to.
+    pub bind_ip: IpAddr,
+    /// RTP ports from here …
+    pub port_min: u16,
+    /// … to here.
+    pub port_max: u16,
+    /// No RTP either way this long after answer: report a timeout.
+    pub rtp_timeout: Duration,
+    /// With `latch_any_source`: once a socket is latched, drop (and count) packets from any
+    /// other address instead of moving the latch to them. Without `latch_any_source` a socket
+    /// only ever accepts the signalled address, whatever this says.
+    pub strict_source: bool,
+    /// Accept and latch to the first packet from anywhere (peers behind NAT), not only from the
+    /// address and port the SDP signalled.
+    pub latch_any_source: bool,
+}
+
+/// Per side: what its SDP announced, where it was latched, what it sent.
+pub(crate) struct Leg {
+    announced: Option<Stream>,
+    rtp_from: Option<SocketAddr>,
+    rtcp_from: Option<SocketAddr>,
+    stats: StreamStats,
+    pub(crate) forwarded_out: u64,
+}
+
+impl Leg {
+    fn new() -> Leg {
+        Leg {
+            announced: None,
+            rtp_from: None,
+            rtcp_from: None,
+            stats: StreamStats::new(8000),
+            forwarded_out: 0,
+        }
+    }
+
+    /// Where to send this side's media: where it sends from, else where its SDP said.
+    fn rtp_dest(&self) -> Option<SocketAddr> {
+        self.rtp_from
+            .or(self.announced.as_ref().and_then(|a| a.rtp))
+    }
+
+    fn rtcp_dest(&self) -> Option<SocketAddr> {
+        self.rtcp_from
+            .or(self.announced.as_ref().and_then(|a| a.rtcp))
+    }
+}
+
+/// The per-stream state the packet path reads and writes (task-local, no locks).
+pub(crate) struct TaskState {
+    cfg: RelayConfig,
+    pub(crate) legs: [Leg; 2],
+    foreign: u64,
+    pub(crate) answered: Option<Instant>,
+    last_packet: Option<Instant>,
+    timed_out: bool,
+}
+
+const A: usize = 0;
+const B: usize = 1;
+
+/// RFC 5761: with rtcp-mux, RTCP (PT 200–204) arrives on the RTP port.
+pub(crate) fn is_rtcp(which: usize, pkt: &[u8]) -> bool {
+    which % 2 == 1 || (pkt.len() >= 2 && (200..=204).contains(&pkt[1]))
+}
+
+/// The same transport address (an IPv4-mapped IPv6 address equals its IPv4 form).
+fn same_addr(a: SocketAddr, b: SocketAddr) -> bool {
+    a.port() == b.port() && a.ip().to_canonical() == b.ip().to_canonical()
+}
+
+impl TaskState {
+    pub(crate) fn new(cfg: RelayConfig) -> TaskState {
+        TaskState {
+            cfg,
+            legs: [Leg::new(), Leg::new()],
+            foreign: 0,
+            answered: None,
+            last_packet: None,
+            timed_out: false,
+        }
+    }
+
+    pub(crate) fn remote(&mut self, side: Side, stream: Stream) {
+        let leg = &mut self.legs[if side == Side::A { A } else { B }];
+        if leg.announced.as_ref().map(|a| (a.rtp, a.rtcp)) != Some((stream.rtp, stream.rtcp)) {
+            // a new party or address on this side: latch afresh
+            leg.rtp_from = None;
+            leg.rtcp_from = None;
+        }
+        if leg.stats.packets() == 0 {
+            leg.stats = StreamStats::new(stream.clock_rate);
+        }
+        leg.announced = Some(stream);
+    }
+
+    /// True once, when RTP has been missing for the timeout after answer.
+    pub(crate) fn check_timeout(&mut self) -> bool {
+        if let (Some(ans), false) = (self.answered, self.timed_out) {
+            let since = self.last_packet.map(|l| l.max(ans)).unwrap_or(ans);
+            if since.elapsed() >= self.cfg.rtp_timeout {
+                self.timed_out = true;
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Account a packet from `src` on socket `which`; where to send it (and from which socket).
+    pub(crate) fn on_packet(
+        &mut self,
+        which: usize,
+        pkt: &[u8],
+        src: SocketAddr,
+    ) -> Option<(SocketAddr, usize)> {
+        let side = which / 2;
+        let other = 1 - side;
+        let rtcp = is_rtcp(which, pkt);
+        if !self.admit(side, src, which % 2 == 1) {
+            return None;
+        }
+        let now = Instant::now();
+        if rtcp {
+            self.legs[side].stats.on_rtcp(pkt, None);
+        } else if self.legs[side].stats.on_rtp(pkt, now) {
+            self.last_packet = Some(now);
+        }
+        if which % 2 == 1 {
+            self.legs[other].rtcp_dest().map(|d| (d, 2 * other + 1))
+        } else {
+            self.legs[other].rtp_dest().map(|d| (d, 2 * other))
+        }
+    }
+
+    /// Accept a packet from `src` on side `s`'s RTP socket (`rtcp_socket` false) or RTCP
+    /// socket, latching as the module doc says? A packet refused is counted.
+    fn admit(&mut self, s: usize, src: SocketAddr, rtcp_socket: bool) -> bool {
+        let (latch_any, strict) = (self.cfg.latch_any_source, self.cfg.strict_source);
+        let leg = &mut self.legs[s];
+        let signalled = leg
+            .announced
+            .as_ref()
+            .and_then(|a| if rtcp_socket { a.rtcp } else { a.rtp });
+        let latched = if rtcp_socket {
+            &mut leg.rtcp_from
+        } else {
+            &mut leg.rtp_from
+        };
+        let accept = if signalled.is_some_and(|sig| same_addr(sig, src)) {
+            // the signalled address is always good, and takes the latch back
+            *latched = Some(src);
+            true
+        } else if !latch_any {
+            false
+        } else {
+            match *latched {
+                Some(l) if same_addr(l, src) => true,
+                Some(_) if strict => false,
+                _ => {
+                    *latched = Some(src);
+                    true
+                }
+            }
+        };
+        if !accept {
+            self.foreign += 1;
+        }
+        accept
+    }
+
+    pub(crate) fn report(&self) -> MediaReport {
+        let codec = self.legs[A]
+            .announced
+            .as_ref()
+            .and_then(|s| s.codec.clone())
+            .or_else(|| {
+                self.legs[B]
+                    .announced
+                    .as_ref()
+                    .and_then(|s| s.codec.clone())
+            });
+        let c = codec.as_deref().unwrap_or("PCMU");
+        MediaReport {
+            carrier_in: self.legs[A].stats.report(c),
+            buyer_in: self.legs[B].stats.report(c),
+            to_carrier: self.legs[A].forwarded_out,
+            to_buyer: self.legs[B].forwarded_out,
+            foreign_dropped: self.foreign,
+            codec,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(strict_source: bool, latch_any_source: bool) -> RelayConfig {
+        RelayConfig {
+            bind_ip: "127.0.0.1".parse().unwrap(),
+            port_min: 30400,
+            port_max: 30499,
+            rtp_timeout: Duration::from_secs(30),
+            strict_source,
+            latch_any_source,
+        }
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn stream(rtp: &str, rtcp: &str) -> Stream {
+        Stream {
+            kind: "audio".into(),
+            rtp: Some(addr(rtp)),
+            rtcp: Some(addr(rtcp)),
+            rtcp_mux: false,
+            codec: Some("PCMU".into()),
+            clock_rate: 8000,
+        }
+    }
+
+    /// A relay's stream state with the carrier at 10.0.0.1:4000 (RTCP at `a_rtcp`) and the
+    /// buyer at 10.0.0.2:5000/5001.
+    fn state(strict: bool, latch_any: bool, a_rtcp: &str) -> TaskState {
+        let mut st = TaskState::new(cfg(strict, latch_any));
+        st.remote(Side::A, stream("10.0.0.1:4000", a_rtcp));
+        st.remote(Side::B, stream("10.0.0.2:5000", "10.0.0.2:5001"));
+        st
+    }
+
+    const RTP: &[u8] = &[0x80, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 9];
+    const RTCP: &[u8] = &[0x80, 201, 0, 1, 0, 0, 0, 9];
+
+    #[test]
+    fn only_the_signalled_address_and_port_is_accepted() {
+        for strict in [true, false] {
+            let mut st = state(strict, false, "10.0.0.1:4001");
+            // before the carrier sent anything: same IP, other ports, on both sockets
+            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
+            assert_eq!(
+                st.on_packet(1, RTCP, addr("10.0.0.1:4000")),
+                None,
+                "RTP port to RTCP"
+            );
+            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:9")), None);
+            assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5002")), None);
+            assert_eq!(st.on_packet(3, RTCP, addr("10.0.0.2:5003")), None);
+            assert_eq!(
+                (st.foreign, st.legs[A].rtp_from, st.legs[A].rtcp_from),
+                (5, None, None)
+            );
+            // the parties themselves
+            assert_eq!(
+                st.on_packet(0, RTP, addr("10.0.0.1:4000")),
+                Some((addr("10.0.0.2:5000"), 2))
+            );
+            assert_eq!(
+                st.on_packet(1, RTCP, addr("10.0.0.1:4001")),
+                Some((addr("10.0.0.2:5001"), 3))
+            );
+            assert_eq!(
+                st.on_packet(2, RTP, addr("10.0.0.2:5000")),
+                Some((addr("10.0.0.1:4000"), 0))
+            );
+            // after latching, the same stranger is still refused and nothing moved
+            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
+            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4002")), None);
+            assert_eq!(st.foreign, 7, "strict_source {strict}");
+            assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
+            assert_eq!(st.legs[A].rtcp_dest(), Some(addr("10.0.0.1:4001")));
+            assert_eq!(st.legs[A].stats.packets() + st.legs[B].stats.packets(), 2);
+        }
+    }
+
+    #[test]
+    fn rtcp_is_expected_where_a_rtcp_says() {
+        let mut st = state(true, false, "10.0.0.1:7000");
+        assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4001")), None);
+        assert_eq!(
+            st.on_packet(1, RTCP, addr("10.0.0.1:7000")),
+            Some((addr("10.0.0.2:5001"), 3))
+        );
+        assert_eq!(st.foreign, 1);
+    }
+
+    #[test]
+    fn latch_any_source_latches_the_first_and_the_signalled_address_takes_it_back() {
+        let mut st = state(true, true, "10.0.0.1:4001");
+        // the carrier behind NAT sends from elsewhere: latched, the buyer's media goes there
+        let nat = addr("203.0.113.9:30000");
+        assert!(st.on_packet(0, RTP, nat).is_some());
+        assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5000")), Some((nat, 0)));
+        // strict: another sender is refused
+        assert_eq!(st.on_packet(0, RTP, addr("198.51.100.7:1234")), None);
+        assert_eq!(st.legs[A].rtp_dest(), Some(nat));
+        // the signalled address takes the latch back; then the first latch is a stranger
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
+        assert_eq!(st.on_packet(0, RTP, nat), None);
+        assert_eq!(st.foreign, 2);
+        // RTCP latches on its own socket
+        assert!(st.on_packet(1, RTCP, addr("203.0.113.9:30001")).is_some());
+        assert_eq!(st.legs[A].rtcp_dest(), Some(addr("203.0.113.9:30001")));
+    }
+
+    #[test]
+    fn without_strict_source_the_any_source_latch_follows_the_latest_sender() {
+        let mut st = state(false, true, "10.0.0.1:4001");
+        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30000")).is_some());
+        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30002")).is_some());
+        assert_eq!(st.legs[A].rtp_dest(), Some(addr("203.0.113.9:30002")));
+        assert_eq!(st.foreign, 0);
+    }
+
+    #[test]
+    fn a_new_sdp_moves_the_accepted_address() {
+        let mut st = state(true, false, "10.0.0.1:4001");
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        // re-INVITE: the carrier moved to another port
+        st.remote(Side::A, stream("10.0.0.1:4100", "10.0.0.1:4101"));
+        assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4000")), None);
+        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4100")).is_some());
+        assert!(st.on_packet(1, RTCP, addr("10.0.0.1:4101")).is_some());
+        // an IPv4-mapped source on a dual-stack socket is the same address
+        assert!(st
+            .on_packet(0, RTP, addr("[::ffff:10.0.0.1]:4100"))
+            .is_some());
+        assert_eq!(st.foreign, 1);
+    }
+}
