@@ -3,7 +3,6 @@
 //! the TCP accept loop, the CDR writer and the HTTP API, and runs the node task: signals,
 //! reloads, API requests fanned out to the workers, the periodic counter report.
 
-use crate::call::cdr::JsonlSink;
 use crate::call::leg::Me;
 use crate::call::{Controller, Settings};
 use crate::clock::SystemClock;
@@ -12,6 +11,7 @@ use crate::counters::Counters;
 use crate::edge::{EdgeCore, Local};
 use crate::http::{ApiRequest, ReloadReply};
 use crate::latency::Latency;
+use crate::store::jsonl::JsonlSink;
 use crate::transport::gate::{trusted_sources, Gate};
 use crate::transport::tcp::{accept_loop, TcpLimits};
 use crate::transport::{udp, Inbound};

@@ -1,12 +1,11 @@
 //! Call detail records: what the call controller emits for every call, and where it goes.
 //!
 //! The core emits a finished [`Cdr`] as an output; the driver hands it to a [`CdrSink`] and
-//! moves on: the database writer (`crate::store`) and, with `[cdr] jsonl_path`, [`JsonlSink`],
-//! which appends one JSON object per line to a file from its own thread, synced per batch.
+//! moves on: the database writer (`crate::store`) and, with `[cdr] jsonl_path`,
+//! `crate::store::jsonl::JsonlSink`, which appends one JSON object per line to a file from its
+//! own thread, synced per batch.
 
 use serde::{Deserialize, Serialize};
-use std::path::Path;
-use std::sync::mpsc;
 
 /// One auction entry with its outcome.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -202,73 +201,6 @@ pub struct NullSink;
 
 impl CdrSink for NullSink {
     fn emit(&mut self, _cdr: Cdr) {}
-}
-
-/// Appends JSON lines to a file from a writer thread ([`crate::store::jsonl::run`]). Dropping
-/// it waits until every record handed over is written and synced.
-pub struct JsonlSink {
-    tx: Option<mpsc::Sender<crate::store::jsonl::Msg>>,
-    writer: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for JsonlSink {
-    fn drop(&mut self) {
-        // An erasure may hold a sender too: the thread stops on this, not on the last sender.
-        if let Some(tx) = self.tx.take() {
-            let _ = tx.send(crate::store::jsonl::Msg::Stop);
-        }
-        if let Some(w) = self.writer.take() {
-            let _ = w.join();
-        }
-    }
-}
-
-impl JsonlSink {
-    /// Open (create or append) `path` and start the writer thread.
-    pub fn open(path: &Path) -> std::io::Result<JsonlSink> {
-        JsonlSink::open_with(path, None)
-    }
-
-    /// Like [`JsonlSink::open`]; with `gdpr`, erased numbers are anonymised before they are
-    /// written, and an erasure can have the thread rewrite its file.
-    pub fn open_with(
-        path: &Path,
-        gdpr: Option<std::sync::Arc<crate::store::gdpr::Gdpr>>,
-    ) -> std::io::Result<JsonlSink> {
-        let file = crate::store::jsonl::open_append(path)?;
-        let (tx, rx) = mpsc::channel();
-        if let Some(g) = &gdpr {
-            g.register_jsonl(tx.clone());
-        }
-        let path = path.to_path_buf();
-        let writer = std::thread::Builder::new()
-            .name("cdr-writer".into())
-            .spawn(move || {
-                crate::priority::background_thread();
-                crate::store::jsonl::run(path, file, rx, gdpr)
-            })?;
-        Ok(JsonlSink {
-            tx: Some(tx),
-            writer: Some(writer),
-        })
-    }
-}
-
-impl CdrSink for JsonlSink {
-    fn emit(&mut self, cdr: Cdr) {
-        let sent = match &self.tx {
-            Some(tx) => tx
-                .send(crate::store::jsonl::Msg::Cdr(Box::new(cdr)))
-                .map_err(|e| match e.0 {
-                    crate::store::jsonl::Msg::Cdr(c) => c.id,
-                    _ => String::new(),
-                }),
-            None => Err(cdr.id),
-        };
-        if let Err(id) = sent {
-            tracing::error!(call = %id, "CDR writer gone; record lost");
-        }
-    }
 }
 
 impl Cdr {

@@ -1,17 +1,79 @@
-//! The JSON-lines copy of the CDRs (`[cdr] jsonl_path`): the writer thread behind
-//! [`crate::call::cdr::JsonlSink`], which anonymises erased numbers before each line and, when
+//! The JSON-lines copy of the CDRs (`[cdr] jsonl_path`): [`JsonlSink`] and its writer thread,
+//! which anonymises erased numbers before each line and, when
 //! an erasure asks, rewrites its own file between two appends (so no append can interleave
 //! with the rewrite); and the rewrite itself, atomic (temporary file, fsync, rename, directory
 //! fsync).
 
 use super::gdpr::{normal, Gdpr};
-use crate::call::cdr::Cdr;
+use crate::call::cdr::{Cdr, CdrSink};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::Arc;
+
+/// Appends JSON lines to a file from a writer thread ([`run`]). Dropping
+/// it waits until every record handed over is written and synced.
+pub struct JsonlSink {
+    tx: Option<mpsc::Sender<Msg>>,
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for JsonlSink {
+    fn drop(&mut self) {
+        // An erasure may hold a sender too: the thread stops on this, not on the last sender.
+        if let Some(tx) = self.tx.take() {
+            let _ = tx.send(Msg::Stop);
+        }
+        if let Some(w) = self.writer.take() {
+            let _ = w.join();
+        }
+    }
+}
+
+impl JsonlSink {
+    /// Open (create or append) `path` and start the writer thread.
+    pub fn open(path: &Path) -> std::io::Result<JsonlSink> {
+        JsonlSink::open_with(path, None)
+    }
+
+    /// Like [`JsonlSink::open`]; with `gdpr`, erased numbers are anonymised before they are
+    /// written, and an erasure can have the thread rewrite its file.
+    pub fn open_with(path: &Path, gdpr: Option<Arc<Gdpr>>) -> std::io::Result<JsonlSink> {
+        let file = open_append(path)?;
+        let (tx, rx) = mpsc::channel();
+        if let Some(g) = &gdpr {
+            g.register_jsonl(tx.clone());
+        }
+        let path = path.to_path_buf();
+        let writer = std::thread::Builder::new()
+            .name("cdr-writer".into())
+            .spawn(move || {
+                crate::priority::background_thread();
+                run(path, file, rx, gdpr)
+            })?;
+        Ok(JsonlSink {
+            tx: Some(tx),
+            writer: Some(writer),
+        })
+    }
+}
+
+impl CdrSink for JsonlSink {
+    fn emit(&mut self, cdr: Cdr) {
+        let sent = match &self.tx {
+            Some(tx) => tx.send(Msg::Cdr(Box::new(cdr))).map_err(|e| match e.0 {
+                Msg::Cdr(c) => c.id,
+                _ => String::new(),
+            }),
+            None => Err(cdr.id),
+        };
+        if let Err(id) = sent {
+            tracing::error!(call = %id, "CDR writer gone; record lost");
+        }
+    }
+}
 
 /// What the writer thread is handed.
 pub enum Msg {
@@ -153,7 +215,8 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use crate::call::cdr::{Cdr, CdrSink, JsonlSink};
+    use super::JsonlSink;
+    use crate::call::cdr::{Cdr, CdrSink};
     use crate::store::{Db, Gdpr, Spool};
 
     #[tokio::test]
