@@ -45,21 +45,6 @@ fn buyer_bg(bin: &std::path::PathBuf, scenario: &str, port: u16, calls: u32) -> 
     )
 }
 
-fn carrier(bin: &std::path::PathBuf, scenario: &Path, dce: &Dce, extra: &[&str]) -> (bool, String) {
-    let mut args = sipp::args(scenario, free_port(), &["-s", "+18005550100"]);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(dce.sip.to_string());
-    let out = sipp::run(bin, &args);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 fn outcomes(cdr: &Value) -> Vec<String> {
     cdr["bids"]
         .as_array()
@@ -93,10 +78,10 @@ fn two_hundred_calls_connected_and_hung_up() {
         )
     });
     let buyer = buyer_bg(&bin, "uas_answer.xml", bp, 200);
-    let (ok, out) = carrier(
+    let (ok, out) = sipp::carrier(
         &bin,
         &sipp::scenario("uac_call.xml"),
-        &dce,
+        dce.sip,
         &["-m", "200", "-r", "40", "-l", "60", "-d", "200"],
     );
     let (bok, bout) = buyer.finish(30);
@@ -145,10 +130,10 @@ fn busy_buyer_fails_over_and_cancel_and_buyer_hangup() {
     // 1. acme busy → bravo answers
     let a = buyer_bg(&bin, "uas_busy.xml", pa, 1);
     let b = buyer_bg(&bin, "uas_answer.xml", pb, 1);
-    let (ok, out) = carrier(
+    let (ok, out) = sipp::carrier(
         &bin,
         &sipp::scenario("uac_call.xml"),
-        &dce,
+        dce.sip,
         &["-m", "1", "-d", "100"],
     );
     assert!(ok, "failover call failed:\n{out}");
@@ -159,17 +144,22 @@ fn busy_buyer_fails_over_and_cancel_and_buyer_hangup() {
 
     // 2. carrier cancels while acme rings: acme gets CANCEL, carrier 487, bravo nothing
     let a = buyer_bg(&bin, "uas_ring_cancel.xml", pa, 1);
-    let (ok, out) = carrier(&bin, &sipp::scenario("uac_cancel.xml"), &dce, &["-m", "1"]);
+    let (ok, out) = sipp::carrier(
+        &bin,
+        &sipp::scenario("uac_cancel.xml"),
+        dce.sip,
+        &["-m", "1"],
+    );
     assert!(ok, "cancel scenario failed:\n{out}");
     let (aok, aout) = a.finish(10);
     assert!(aok, "acme did not see the CANCEL:\n{aout}");
 
     // 3. buyer hangs up first
     let a = buyer_bg(&bin, "uas_answer_bye.xml", pa, 1);
-    let (ok, out) = carrier(
+    let (ok, out) = sipp::carrier(
         &bin,
         &sipp::scenario("uac_wait_bye.xml"),
-        &dce,
+        dce.sip,
         &["-m", "1"],
     );
     assert!(ok, "buyer-hangup scenario failed:\n{out}");
@@ -209,7 +199,7 @@ fn expect_code(bin: &std::path::PathBuf, dce: &Dce, code: u16, extra: &[&str]) -
         .replace("EXPECTED_CODE", &code.to_string());
     let path = dce.dir().join(format!("uac_expect_{code}.xml"));
     std::fs::write(&path, text).unwrap();
-    carrier(bin, &path, dce, extra)
+    sipp::carrier(bin, &path, dce.sip, extra)
 }
 
 #[test]
@@ -296,10 +286,10 @@ fn max_concurrent_one_sends_the_second_overlapping_call_to_the_next_buyer() {
     let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
     let b = buyer_bg(&bin, "uas_answer.xml", pb, 1);
     // two calls 200 ms apart, each held 2 s: they overlap
-    let (ok, out) = carrier(
+    let (ok, out) = sipp::carrier(
         &bin,
         &sipp::scenario("uac_call.xml"),
-        &dce,
+        dce.sip,
         &["-m", "2", "-r", "5", "-d", "2000"],
     );
     assert!(ok, "{out}");
@@ -364,10 +354,10 @@ fn reload_changes_a_bid_and_an_active_call_survives() {
     std::fs::write(dce.dir().join("dce.toml"), text).unwrap();
     dce.signal("HUP");
     dce.wait_for_log("config reloaded", std::time::Duration::from_secs(5));
-    let (ok, out) = carrier(
+    let (ok, out) = sipp::carrier(
         &bin,
         &sipp::scenario("uac_call.xml"),
-        &dce,
+        dce.sip,
         &["-m", "1", "-d", "100"],
     );
     assert!(ok, "{out}");

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use support::dce_process::{free_port, Dce};
+use support::dce_process::{counter, free_port, Dce};
 use support::sipp::{self, Background};
 
 const FLOOD_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 71);
@@ -108,18 +108,6 @@ impl PeakRss {
 }
 
 /// `name=value` from the counter report DCE logs when it stops (0 when absent).
-fn counter(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or_else(|| panic!("no counter report in:\n{log}"));
-    line.split(|c: char| c.is_whitespace() || c == '"')
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .map(|v| v.trim_end_matches(',').parse().unwrap_or(0))
-        .unwrap_or(0)
-}
-
 /// Send one OPTIONS from `sock` and wait for its 200, retransmitting as RFC 3261 Timer E
 /// does (500 ms, 1 s, 2 s; four sends). Returns the number of sends it took, or `None`.
 fn options_with_retransmissions(sock: &UdpSocket, to: SocketAddr, n: u64) -> Option<u32> {

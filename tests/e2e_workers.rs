@@ -6,7 +6,7 @@
 
 mod support;
 
-use support::dce_process::{free_port, jsonl_cdrs, Dce};
+use support::dce_process::{counter, free_port, jsonl_cdrs, Dce};
 use support::sipp::{self, Background};
 
 /// SHA-256 of [`KEY`].
@@ -28,37 +28,6 @@ fn config(port: u16, dir: &std::path::Path, http: u16, buyer: u16) -> String {
     )
 }
 
-fn carrier(bin: &std::path::PathBuf, scenario: &str, dce: &Dce, extra: &[&str]) -> (bool, String) {
-    let mut args = sipp::args(
-        &sipp::scenario(scenario),
-        free_port(),
-        &["-s", "+18005550100"],
-    );
-    args.extend(extra.iter().map(|s| s.to_string()));
-    args.push(dce.sip.to_string());
-    let out = sipp::run(bin, &args);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-fn counter(log: &str, name: &str) -> u64 {
-    let line = log
-        .lines()
-        .rev()
-        .find(|l| l.contains("stopped"))
-        .unwrap_or("");
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn two_workers_carry_calls_whichever_socket_the_kernel_picks() {
     let Some(bin) = sipp::sipp() else { return };
@@ -71,10 +40,10 @@ fn two_workers_carry_calls_whichever_socket_the_kernel_picks() {
         &bin,
         &sipp::args(&sipp::scenario("uas_answer.xml"), bp, &["-m", "150"]),
     );
-    let (ok, out) = carrier(
+    let (ok, out) = sipp::carrier(
         &bin,
-        "uac_call.xml",
-        &dce,
+        &sipp::scenario("uac_call.xml"),
+        dce.sip,
         &["-m", "150", "-r", "50", "-l", "60", "-d", "100"],
     );
     assert!(ok, "carrier sipp failed:\n{out}\nDCE log:\n{}", dce.log());
@@ -85,10 +54,10 @@ fn two_workers_carry_calls_whichever_socket_the_kernel_picks() {
         &bin,
         &sipp::args(&sipp::scenario("uas_answer_bye.xml"), bp, &["-m", "30"]),
     );
-    let (ok, out) = carrier(
+    let (ok, out) = sipp::carrier(
         &bin,
-        "uac_wait_bye.xml",
-        &dce,
+        &sipp::scenario("uac_wait_bye.xml"),
+        dce.sip,
         &["-m", "30", "-r", "20", "-l", "30"],
     );
     assert!(

@@ -192,3 +192,17 @@ pub fn jsonl_cdrs(dir: &std::path::Path) -> Vec<serde_json::Value> {
         .map(|l| serde_json::from_str(l).expect("CDR line is JSON"))
         .collect()
 }
+
+/// Counter `name` from the report DCE logs as it stops (`dce: stopped; counters a=1 b=2`), 0
+/// when the report does not name it; panics when there is no report at all.
+pub fn counter(log: &str, name: &str) -> u64 {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stopped"))
+        .unwrap_or_else(|| panic!("no counter report in:\n{log}"));
+    line.split(|c: char| c.is_whitespace() || c == '"')
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+        .map(|v| v.trim_end_matches(',').parse().unwrap_or(0))
+        .unwrap_or(0)
+}

@@ -133,3 +133,29 @@ pub fn args(scenario_file: &std::path::Path, local_port: u16, extra: &[&str]) ->
     a.extend(extra.iter().map(|s| s.to_string()));
     a
 }
+
+/// Run SIPp as the carrier: scenario `scenario` from a free port, dialling +18005550100 at
+/// `to` (DCE's SIP address), with `extra` arguments; whether it succeeded, and its output.
+pub fn carrier(
+    bin: &PathBuf,
+    scenario: &std::path::Path,
+    to: std::net::SocketAddr,
+    extra: &[&str],
+) -> (bool, String) {
+    let mut args = args(
+        scenario,
+        super::dce_process::free_port(),
+        &["-s", "+18005550100"],
+    );
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(to.to_string());
+    let out = run(bin, &args);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
