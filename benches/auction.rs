@@ -32,6 +32,7 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 schedule: filtered
                     .then(|| Schedule::parse(tzs[i % 4], "mon-fri", "08:00", "20:00").unwrap()),
                 priority: (i % 5) as i32,
+                auth: None,
             }
         })
         .collect()

@@ -246,6 +246,7 @@ mod tests {
             states: StateSet::default(),
             schedule: None,
             priority: 0,
+            auth: None,
         }
     }
 

@@ -24,6 +24,6 @@ mod schedule;
 pub use auction::{auction, local_keys, Entry, Exclusion, Outcome};
 pub use geo::{state_of_number, State, StateSet};
 pub use live::{BuyerLive, Live};
-pub use model::{Buyer, BuyerId, Campaign, CampaignId, Snapshot, SnapshotError};
+pub use model::{Buyer, BuyerAuth, BuyerId, Campaign, CampaignId, Snapshot, SnapshotError};
 pub use number::normalize;
 pub use schedule::{Days, Schedule, ScheduleError};

@@ -60,6 +60,41 @@ pub struct Buyer {
     pub schedule: Option<Schedule>,
     /// Tie-break among equal bids, higher first.
     pub priority: i32,
+    /// Credentials for the buyer's digest challenges (`401`/`407`), if it sends any.
+    pub auth: Option<BuyerAuth>,
+}
+
+/// A buyer trunk's digest credentials. The password is read from the environment or a file
+/// named in the config (never the config itself) and never printed: `{:?}` shows the user only.
+#[derive(Clone, PartialEq, Eq)]
+pub struct BuyerAuth {
+    /// The user name.
+    pub user: String,
+    password: String,
+}
+
+impl BuyerAuth {
+    /// Credentials for `user`.
+    pub fn new(user: impl Into<String>, password: impl Into<String>) -> BuyerAuth {
+        BuyerAuth {
+            user: user.into(),
+            password: password.into(),
+        }
+    }
+
+    /// The password, for computing a digest answer.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for BuyerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BuyerAuth")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
 }
 
 impl Buyer {

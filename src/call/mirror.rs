@@ -443,7 +443,7 @@ impl Controller {
         self.disarm(key, gu);
         if let Some((dialog, peer)) = held {
             // Late offer: the carrier's ACK carries the answer; it goes to the buyer in ours.
-            let mut ack = ack_for_2xx(&me, &dialog, 1, &self.ids.branch());
+            let mut ack = ack_for_2xx(&me, &dialog, dialog.cseq, &self.ids.branch());
             push_body(
                 &mut ack,
                 self.body_for_other_side(key, LegRef::A, msg)

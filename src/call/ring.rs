@@ -162,6 +162,7 @@ impl Controller {
                 },
                 slot: Some(live),
                 state: BState::Calling,
+                auth_tried: false,
             });
             let li = call.legs.len() - 1;
             call.state = CallState::Ringing { current: li };
@@ -403,7 +404,7 @@ impl Controller {
                 o.dialog.remote_target = c;
             }
             o.dialog.route = route_set(msg, true);
-            let ack = ack_for_2xx(&me, &o.dialog, 1, &self.ids.branch());
+            let ack = ack_for_2xx(&me, &o.dialog, msg.cseq(), &self.ids.branch());
             self.transmit(Transmit {
                 to: o.peer,
                 bytes: ack.print(),
@@ -457,7 +458,7 @@ impl Controller {
                 if leg.state == BState::Confirmed {
                     // A retransmitted 2xx: our ACK was lost (unless it is still held).
                     if !held {
-                        let ack = ack_for_2xx(&me, &leg.dialog, 1, &self.ids.branch());
+                        let ack = ack_for_2xx(&me, &leg.dialog, msg.cseq(), &self.ids.branch());
                         let to = leg.peer;
                         self.transmit(Transmit {
                             to,
@@ -479,7 +480,7 @@ impl Controller {
                         slot.release();
                     }
                     let mut d = dialog;
-                    let ack = ack_for_2xx(&me, &d, 1, &self.ids.branch());
+                    let ack = ack_for_2xx(&me, &d, msg.cseq(), &self.ids.branch());
                     let bye = d.request(&me, Method::Bye, &self.ids.branch());
                     self.transmit(Transmit {
                         to: peer,
@@ -495,7 +496,7 @@ impl Controller {
                 if late_offer {
                     call.held_b_ack = Some((dialog, peer));
                 } else {
-                    let ack = ack_for_2xx(&me, &dialog, 1, &self.ids.branch());
+                    let ack = ack_for_2xx(&me, &dialog, msg.cseq(), &self.ids.branch());
                     self.transmit(Transmit {
                         to: peer,
                         bytes: ack.print(),
@@ -504,7 +505,15 @@ impl Controller {
                 self.answered(layer, key, li, entry, code, &msg, now);
             }
             _ => {
-                tracing::debug!(call = %call.id, code, "buyer declined");
+                if matches!(code, 401 | 407) && self.answer_challenge(layer, key, li, &msg, now) {
+                    return;
+                }
+                let id = self
+                    .calls
+                    .get(&key)
+                    .map(|c| c.id.clone())
+                    .unwrap_or_default();
+                tracing::debug!(call = %id, code, "buyer declined");
                 self.leg_failed(
                     layer,
                     key,
@@ -516,6 +525,99 @@ impl Controller {
                 );
             }
         }
+    }
+
+    /// A `401`/`407` from the buyer ringing on leg `li`: resend its INVITE once, with the
+    /// answer to the strongest challenge DCE can answer (RFC 3261 §22.2, RFC 8760), when the
+    /// buyer has credentials. The same dialog (Call-ID, From tag), the next CSeq, a new branch;
+    /// the ring timer runs on. False when there is nothing to answer with (then the leg fails
+    /// with the code, `attempted:401`/`attempted:407`).
+    fn answer_challenge(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        li: usize,
+        msg: &Message,
+        now: Instant,
+    ) -> bool {
+        let code = msg.code().unwrap_or(0);
+        let branch = self.ids.branch();
+        let cnonce = self.ids.tag();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return false;
+        };
+        if call.state != (CallState::Ringing { current: li }) {
+            return false;
+        }
+        let leg = &mut call.legs[li];
+        if leg.auth_tried || !matches!(leg.state, BState::Calling | BState::Early) {
+            return false;
+        }
+        let snap = call.snapshot.clone();
+        let buyer = snap.buyer(call.entries[leg.entry].buyer);
+        let Some(auth) = &buyer.auth else {
+            return false;
+        };
+        let (want, answer_name) = if code == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let offered: Vec<&str> = msg
+            .headers()
+            .filter(|(n, _)| n.as_str().eq_ignore_ascii_case(want))
+            .map(|(_, v)| v)
+            .collect();
+        let challenge = match dce_sip::digest::Challenge::pick(offered) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(call = %call.id, buyer = %buyer.id, code, error = %e, "buyer challenge not answerable");
+                return false;
+            }
+        };
+        let uri = match &leg.invite.start {
+            dce_sip::StartLineBuf::Request { uri, .. } => uri.clone(),
+            dce_sip::StartLineBuf::Response { .. } => return false,
+        };
+        let creds = dce_sip::digest::Credentials {
+            user: auth.user.clone(),
+        };
+        let value = challenge.answer(&creds, auth.password(), "INVITE", &uri, &cnonce, 1);
+        let mut invite = leg.invite.clone();
+        let old_branch = invite
+            .header(&HeaderName::Via)
+            .and_then(|v| dce_sip::Via::parse(v).ok())
+            .and_then(|v| v.branch().map(str::to_owned));
+        for (n, v) in invite.headers.iter_mut() {
+            match n {
+                HeaderName::Via => {
+                    if let Some(old) = &old_branch {
+                        *v = v.replace(&format!("branch={old}"), &format!("branch={branch}"));
+                    }
+                }
+                HeaderName::CSeq => *v = "2 INVITE".into(),
+                _ => {}
+            }
+        }
+        invite
+            .headers
+            .retain(|(n, _)| !n.as_str().eq_ignore_ascii_case(answer_name));
+        invite.push(HeaderName::Other(answer_name.into()), value);
+        let peer = leg.peer;
+        let tx = match layer.send_request(invite.clone(), peer, now) {
+            Ok(tx) => tx,
+            Err(e) => {
+                tracing::warn!(call = %call.id, error = %e, "authenticated buyer INVITE not sent");
+                return false;
+            }
+        };
+        tracing::debug!(call = %call.id, buyer = %buyer.id, code, algorithm = challenge.algorithm.name(), "buyer challenged; INVITE resent with credentials");
+        leg.tx = tx;
+        leg.invite = invite;
+        leg.dialog.cseq = 2;
+        leg.auth_tried = true;
+        self.router.add_client(tx, key, TxRole::Invite(li));
+        true
     }
 
     /// Buyer leg `li` answered the ringing call: it wins.

@@ -146,6 +146,8 @@ pub struct BLeg {
     pub slot: Option<Arc<BuyerLive>>,
     /// Where the leg is.
     pub state: BState,
+    /// The INVITE was resent once with credentials after a `401`/`407`.
+    pub auth_tried: bool,
 }
 
 /// A 2xx we sent to an INVITE, retransmitted until its ACK (§13.3.1.4).

@@ -970,4 +970,61 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
             "{text:?}"
         );
     }
+
+    #[test]
+    fn buyer_auth_reads_its_password_from_a_file_or_the_environment_and_says_what_is_missing() {
+        let dir = std::env::temp_dir().join(format!("dce-auth-cfg-{}", crate::ids::uuid()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pass = dir.join("p");
+        std::fs::write(&pass, "hunter2\n").unwrap();
+        let base = |auth: &str| {
+            format!(
+                "[node]\nid = \"a\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n\
+                 [[campaign]]\nid = \"c\"\nnumbers = [\"+18005550100\"]\n\
+                 [[buyer]]\nid = \"b\"\ncampaigns = [\"c\"]\nuri = \"sip:{{called}}@127.0.0.1:5090\"\nbid_cents = 1\n\
+                 auth = {auth}\n"
+            )
+        };
+        let ok = parse(
+            "a.toml",
+            &base(&format!(
+                "{{ user = \"u\", password_file = \"{}\" }}",
+                pass.display()
+            )),
+        )
+        .unwrap();
+        let auth = ok.routing.buyers[0].auth.clone().unwrap();
+        assert_eq!((auth.user.as_str(), auth.password()), ("u", "hunter2"));
+        assert!(!format!("{auth:?}").contains("hunter2"), "{auth:?}");
+        for (auth, want) in [
+            (
+                "{ user = \"u\", password_env = \"DCE_TEST_SURELY_UNSET_VAR\" }".to_string(),
+                "a.toml:14: buyer auth: environment variable DCE_TEST_SURELY_UNSET_VAR is not set",
+            ),
+            (
+                "{ user = \"u\" }".to_string(),
+                "a.toml:14: buyer auth needs password_env",
+            ),
+            (
+                "{ user = \"u\", password = \"inline\" }".to_string(),
+                "unknown key `password`",
+            ),
+            (
+                format!(
+                    "{{ user = \"u\", password_file = \"{}/nope\" }}",
+                    dir.display()
+                ),
+                "buyer auth: cannot read password file",
+            ),
+        ] {
+            let errs = parse("a.toml", &base(&auth)).unwrap_err();
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(text.iter().any(|e| e.contains(want)), "{auth}: {text:?}");
+            assert!(
+                !text.iter().any(|e| e.contains("inline")),
+                "a password is never echoed: {text:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -2,7 +2,7 @@
 //! campaign, and who buys them.
 
 use super::walk::{Table, Walk};
-use dce_routing::{normalize, Buyer, Campaign, Schedule, State, StateSet};
+use dce_routing::{normalize, Buyer, BuyerAuth, Campaign, Schedule, State, StateSet};
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -233,6 +233,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "states",
                 "schedule",
                 "priority",
+                "auth",
             ],
         );
         let id = read_id(w, t, "buyer", &mut seen);
@@ -294,6 +295,9 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .int(t, "priority", i32::MIN as i64, i32::MAX as i64)
             .map(|(v, _)| v as i32)
             .unwrap_or(0);
+        let auth = w
+            .table(t, "auth", "buyer.auth", false)
+            .and_then(|at| buyer_auth(w, at, w.span_of(t, "auth")));
         if let Some(id) = id {
             cfg.buyers.push(Buyer {
                 id,
@@ -307,10 +311,74 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 states,
                 schedule,
                 priority,
+                auth,
             });
         }
     }
     cfg
+}
+
+/// `auth = { user = "…", password_env = "VAR" }` or `password_file = "FILE"`: the password
+/// comes from the environment or a file, never from the config itself, and it must be there
+/// when the config is loaded (`dce check-config` says so, naming the variable or file, never
+/// the value).
+fn buyer_auth(
+    w: &mut Walk<'_>,
+    at: Table<'_, '_>,
+    span: std::ops::Range<usize>,
+) -> Option<BuyerAuth> {
+    w.unknown_keys(at, &["user", "password_env", "password_file"]);
+    let user = w.string(at, "user", true);
+    let env = w.string(at, "password_env", false);
+    let file = w.string(at, "password_file", false);
+    let password = match (env, file) {
+        (Some(_), Some(_)) => {
+            w.error(
+                span,
+                "buyer auth: set password_env or password_file, not both",
+            );
+            return None;
+        }
+        (None, None) => {
+            w.error(
+                span,
+                "buyer auth needs password_env (an environment variable) or password_file; a password is never written in the config",
+            );
+            return None;
+        }
+        (Some((var, vspan)), None) => match std::env::var(&var) {
+            Ok(p) if !p.is_empty() => p,
+            _ => {
+                w.error(
+                    vspan,
+                    format!("buyer auth: environment variable {var} is not set"),
+                );
+                return None;
+            }
+        },
+        (None, Some((path, fspan))) => match std::fs::read_to_string(&path) {
+            Ok(p) if !p.trim_end_matches(['\r', '\n']).is_empty() => {
+                p.trim_end_matches(['\r', '\n']).to_string()
+            }
+            Ok(_) => {
+                w.error(fspan, format!("buyer auth: password file {path} is empty"));
+                return None;
+            }
+            Err(e) => {
+                w.error(
+                    fspan,
+                    format!("buyer auth: cannot read password file {path}: {e}"),
+                );
+                return None;
+            }
+        },
+    };
+    let (user, uspan) = user?;
+    if user.is_empty() || user.contains(['"', '\\']) || user.chars().any(char::is_control) {
+        w.error(uspan, "buyer auth: user must be a non-empty name without quotes, backslashes or control characters");
+        return None;
+    }
+    Some(BuyerAuth::new(user, password))
 }
 
 /// Where a buyer URI template sends a call: the URI and the UDP address (the host must be an
