@@ -6,7 +6,7 @@
 mod support;
 
 use serde_json::Value;
-use support::dce_process::{free_port, jsonl_cdrs, Dce};
+use support::dce_process::{free_port, jsonl_cdrs, outcomes, Dce};
 use support::sipp::{self, Background};
 
 /// The buyer `acme` (challenging, bid 900) with `password` in a file, and `bravo` (answers at
@@ -29,29 +29,30 @@ fn config(port: u16, dir: &std::path::Path, acme: u16, bravo: u16, password: &st
     )
 }
 
-fn outcomes(cdr: &Value) -> Vec<String> {
-    cdr["bids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            format!(
-                "{}={}",
-                b["buyer_id"].as_str().unwrap(),
-                b["outcome"].as_str().unwrap()
-            )
-        })
-        .collect()
+/// One call through DCE to the challenging `acme` (and `bravo` behind it); the CDR.
+/// `uas_challenge.xml` as it is (407), or in its 401 / WWW-Authenticate form, in DCE's
+/// directory.
+fn challenge_scenario(dce: &Dce, code: u16) -> std::path::PathBuf {
+    let text = std::fs::read_to_string(sipp::scenario("uas_challenge.xml")).unwrap();
+    let text = match code {
+        407 => text,
+        401 => text
+            .replace("407 Proxy Authentication Required", "401 Unauthorized")
+            .replace("Proxy-Authenticate:", "WWW-Authenticate:"),
+        _ => unreachable!("a digest challenge is 401 or 407"),
+    };
+    let path = dce.dir().join(format!("uas_challenge_{code}.xml"));
+    std::fs::write(&path, text).unwrap();
+    path
 }
 
-/// One call through DCE to the challenging `acme` (and `bravo` behind it); the CDR.
-fn one_call(scenario: &str, password: &str, bravo_answers: bool) -> (Value, String) {
+fn one_call(code: u16, password: &str, bravo_answers: bool) -> (Value, String) {
     let bin = sipp::sipp().expect("checked by the caller");
     let (ap, bp) = (free_port(), free_port());
     let dce = Dce::start_with(|port, dir| config(port, dir, ap, bp, password));
     let acme = Background::start(
         &bin,
-        &sipp::args(&sipp::scenario(scenario), ap, &["-m", "1"]),
+        &sipp::args(&challenge_scenario(&dce, code), ap, &["-m", "1"]),
     );
     let bravo = bravo_answers.then(|| {
         Background::start(
@@ -86,7 +87,7 @@ fn a_challenged_invite_is_answered_and_the_call_connects() {
     if sipp::sipp().is_none() {
         return;
     }
-    let (cdr, log) = one_call("uas_challenge_401.xml", "s3cret-acme", false);
+    let (cdr, log) = one_call(401, "s3cret-acme", false);
     assert_eq!(cdr["disposition"], "answered", "{cdr}");
     assert_eq!(cdr["buyer_id"], "acme", "{cdr}");
     assert_eq!(outcomes(&cdr)[0], "acme=won", "{cdr}");
@@ -99,7 +100,7 @@ fn a_wrong_password_gives_the_call_to_the_next_bidder() {
     if sipp::sipp().is_none() {
         return;
     }
-    let (cdr, log) = one_call("uas_challenge.xml", "not-the-password", true);
+    let (cdr, log) = one_call(407, "not-the-password", true);
     assert_eq!(cdr["disposition"], "answered", "{cdr}");
     assert_eq!(cdr["buyer_id"], "bravo", "{cdr}");
     assert_eq!(

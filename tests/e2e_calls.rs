@@ -5,7 +5,7 @@ mod support;
 
 use serde_json::Value;
 use std::path::Path;
-use support::dce_process::{free_port, Dce};
+use support::dce_process::{free_port, outcomes, Dce};
 use support::sipp::{self, Background};
 
 struct BuyerSpec<'a> {
@@ -43,21 +43,6 @@ fn buyer_bg(bin: &std::path::PathBuf, scenario: &str, port: u16, calls: u32) -> 
         bin,
         &sipp::args(&sipp::scenario(scenario), port, &["-m", &m]),
     )
-}
-
-fn outcomes(cdr: &Value) -> Vec<String> {
-    cdr["bids"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|b| {
-            format!(
-                "{}={}",
-                b["buyer_id"].as_str().unwrap(),
-                b["outcome"].as_str().unwrap()
-            )
-        })
-        .collect()
 }
 
 #[test]

@@ -206,3 +206,19 @@ pub fn counter(log: &str, name: &str) -> u64 {
         .map(|v| v.trim_end_matches(',').parse().unwrap_or(0))
         .unwrap_or(0)
 }
+
+/// A JSON CDR's bids as `buyer=outcome`, in auction order.
+pub fn outcomes(cdr: &serde_json::Value) -> Vec<String> {
+    cdr["bids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| {
+            format!(
+                "{}={}",
+                b["buyer_id"].as_str().unwrap(),
+                b["outcome"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
