@@ -73,16 +73,9 @@ impl Link {
             .push(cmd);
     }
 
-    /// Wake the thread for what was pushed, unless it is already awake for it.
+    /// Wake the thread for what was pushed (callers signal only after a push), unless it is
+    /// already awake for it.
     pub(crate) fn signal(&self) {
-        if self
-            .cmds
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
-            return;
-        }
         if !self.signalled.swap(true, Ordering::SeqCst) {
             let one: u64 = 1;
             // SAFETY: writing 8 bytes from a live u64 to our eventfd.
@@ -479,6 +472,8 @@ impl Pump {
         let which = side * 2 + k;
         let mut out_sock = None;
         let mut sends: [(usize, SocketAddr); BURST] = [(0, UNSPECIFIED); BURST];
+        // per send: an RTP packet (what the report counts as relayed), not RTCP
+        let mut media = [false; BURST];
         let mut m = 0;
         for i in 0..n {
             let Some((pkt, src)) = self.burst.get(i) else {
@@ -488,9 +483,7 @@ impl Pump {
                 continue;
             };
             out_sock = Some(out);
-            if out % 2 == 0 && !is_rtcp(which, pkt) {
-                stream.st.legs[out / 2].forwarded_out += 1;
-            }
+            media[m] = out % 2 == 0 && !is_rtcp(which, pkt);
             sends[m] = (i, dest);
             m += 1;
         }
@@ -499,20 +492,10 @@ impl Pump {
         let Some(osocks) = &self.pairs[out_pair].socks else {
             return;
         };
+        // what did not leave (send buffer full) is not counted as relayed
         let sent = self.burst.send(osocks[out % 2].as_raw_fd(), &sends[..m]);
-        if sent < m {
-            // the rest did not leave (send buffer full): they are not counted as relayed
-            let unsent = sends[sent..m]
-                .iter()
-                .filter(|(i, _)| {
-                    self.burst
-                        .get(*i)
-                        .is_some_and(|(pkt, _)| out % 2 == 0 && !is_rtcp(which, pkt))
-                })
-                .count() as u64;
-            let leg = &mut stream.st.legs[out / 2];
-            leg.forwarded_out = leg.forwarded_out.saturating_sub(unsent);
-        }
+        stream.st.legs[out / 2].forwarded_out +=
+            media[..sent].iter().filter(|&&rtp| rtp).count() as u64;
     }
 
     fn sweep(&mut self) {

@@ -35,6 +35,8 @@ pub struct Relay {
     next: MediaId,
     events: mpsc::UnboundedSender<MediaEvent>,
     link: Arc<Link>,
+    /// Commands were queued since the last flush.
+    queued: bool,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -74,6 +76,7 @@ impl Relay {
             next: 1,
             events,
             link,
+            queued: false,
             thread: Some(thread),
         })
     }
@@ -90,6 +93,12 @@ impl Relay {
     pub fn available(&mut self) -> usize {
         self.reclaim();
         self.pool.available()
+    }
+
+    /// Queue `cmd` for the thread; it goes at the next flush.
+    fn push(&mut self, cmd: Cmd) {
+        self.link.push(cmd);
+        self.queued = true;
     }
 
     /// Put the pairs of ended calls back: warm when the thread kept their sockets.
@@ -181,7 +190,7 @@ impl Relay {
             new.push([(idx(a), sa), (idx(b), sb)]);
         }
         self.sessions.insert(id, ports);
-        self.link.push(Cmd::Open { id, streams: new });
+        self.push(Cmd::Open { id, streams: new });
         Ok(id)
     }
 }
@@ -219,7 +228,7 @@ impl MediaEngine for Relay {
 
     fn set_remote(&mut self, id: MediaId, side: Side, streams: &[Stream]) {
         if self.sessions.contains_key(&id) {
-            self.link.push(Cmd::Remote {
+            self.push(Cmd::Remote {
                 id,
                 side,
                 streams: streams.to_vec(),
@@ -229,14 +238,14 @@ impl MediaEngine for Relay {
 
     fn answered(&mut self, id: MediaId) {
         if self.sessions.contains_key(&id) {
-            self.link.push(Cmd::Answered { id });
+            self.push(Cmd::Answered { id });
         }
     }
 
     fn close(&mut self, id: MediaId) {
         match self.sessions.remove(&id) {
             // the thread sends the call's report (`MediaEvent::Closed`) as it closes it
-            Some(s) if !s.is_empty() => self.link.push(Cmd::Close { id }),
+            Some(s) if !s.is_empty() => self.push(Cmd::Close { id }),
             _ => {
                 let _ = self.events.send(MediaEvent::Closed {
                     id,
@@ -247,7 +256,10 @@ impl MediaEngine for Relay {
     }
 
     fn flush(&mut self) {
-        self.link.signal();
+        // the worker flushes every turn; a turn that queued nothing costs nothing here
+        if std::mem::take(&mut self.queued) {
+            self.link.signal();
+        }
     }
 }
 
