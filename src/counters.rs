@@ -74,6 +74,8 @@ counters! {
     NotEstablished481 => "rejected_481_not_established",
     /// A buyer INVITE over the UDP size limit (RFC 3261 §18.1.1): attempt skipped.
     TooLargeForUdp => "buyer_invite_too_large_for_udp",
+    /// A buyer attempt moved to the next target its DNS gives (no response, timeout, 503).
+    TargetFailover => "buyer_target_failover",
     /// Carrier SDP DCE cannot anchor: 488.
     BadSdp488 => "rejected_488_sdp",
     /// Calls ended because no RTP flowed for rtp_timeout_s.

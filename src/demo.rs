@@ -80,8 +80,15 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
     // Buyers: the simulated endpoints listen where the config's buyer URIs point.
     let mut buyer_addrs = Vec::new();
     for b in &config.routing.buyers {
-        let (_, addr) =
-            crate::config::routing::target_of(&b.uri, "1", "1").map_err(anyhow::Error::msg)?;
+        let addr = match crate::config::routing::target_of(&b.uri, "1", "1")
+            .map_err(anyhow::Error::msg)?
+        {
+            (_, crate::config::routing::TargetHost::Ip(a)) => a,
+            (_, crate::config::routing::TargetHost::Name(d)) => anyhow::bail!(
+                "the demo plays every buyer itself, so buyer uris need IP addresses (`{}` is a name)",
+                d.host
+            ),
+        };
         if !buyer_addrs.contains(&addr) {
             buyer_addrs.push(addr);
         }
@@ -94,7 +101,10 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .filter(|b| b.campaigns.contains(&0))
         .max_by_key(|b| b.bid_cents)
         .and_then(|b| crate::config::routing::target_of(&b.uri, "1", "1").ok())
-        .map(|(_, a)| a);
+        .and_then(|(_, h)| match h {
+            crate::config::routing::TargetHost::Ip(a) => Some(a),
+            crate::config::routing::TargetHost::Name(_) => None,
+        });
     for addr in &buyer_addrs {
         let sock = UdpSocket::bind(addr)
             .await

@@ -144,6 +144,13 @@ impl Ids {
         format!("{}@{host}", hex(&self.bytes::<16>()))
     }
 
+    /// A random number (SRV weighted choice, RFC 2782); never shard-marked.
+    pub fn u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.0.fill(&mut b);
+        u32::from_le_bytes(b)
+    }
+
     /// A random (version 4) UUID for a call.
     pub fn uuid(&mut self) -> String {
         let mut b = [0u8; 16];

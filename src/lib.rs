@@ -30,6 +30,7 @@ pub mod clock;
 pub mod config;
 pub mod counters;
 pub mod demo;
+pub mod dns;
 pub mod edge;
 pub mod http;
 

@@ -47,7 +47,7 @@ fn bump(map: &Mutex<BTreeMap<String, u64>>, key: &str) {
 }
 
 /// Escape a Prometheus label value.
-fn label(v: &str) -> String {
+pub fn label(v: &str) -> String {
     v.replace('\\', "\\\\")
         .replace('"', "\\\"")
         .replace('\n', "\\n")

@@ -195,6 +195,7 @@ pub async fn run(
         udp_socket: 0,
         media_ip: config.media.advertised_ip,
         max_udp_request: config.sip.max_udp_request_bytes,
+        target_timeout: config.sip.target_timeout,
     };
     let open_files = raise_open_files_limit();
     // every RTP/RTCP pair is two sockets; keep room for TCP connections, the database, the
@@ -276,6 +277,7 @@ pub async fn run(
     // One set of sinks for every worker; the last worker to stop drops it, which flushes the
     // JSON-lines file and closes the writer's queue.
     let sink = crate::call::cdr::SharedSink::new(Box::new(crate::call::cdr::Tee(sinks)));
+    let (dns_table, dns_dests) = start_dns(&config, &rx_gate).await?;
     let shared_checks = shared.as_ref().map(|_| crate::call::SharedChecks {
         max_calls_per_day: config.compliance.max_calls_per_day,
         allow_on_error: config.compliance.on_lookup_error
@@ -316,8 +318,12 @@ pub async fn run(
                 live.clone(),
                 config.routing.carriers.clone(),
             );
-            let (compliance, counters, events) =
-                (compliance.clone(), counters.clone(), events.clone());
+            let (compliance, counters, events, dns_table) = (
+                compliance.clone(),
+                counters.clone(),
+                events.clone(),
+                dns_table.clone(),
+            );
             let (timers, local, host) = (
                 timers,
                 Local {
@@ -343,6 +349,7 @@ pub async fn run(
                 );
                 controller.set_shared(shared_checks);
                 controller.set_events(events);
+                controller.set_dns(dns_table);
                 EdgeCore::new(timers, local, host, counters, controller)
             }
         };
@@ -394,6 +401,7 @@ pub async fn run(
             st.ports = Some(port_gauges);
             st.draining = draining_flag.clone();
             st.gdpr = Some(gdpr);
+            st.dns = Some(dns_table.clone());
             Some(tokio::spawn(crate::http::serve(
                 listener,
                 Arc::new(st),
@@ -409,6 +417,7 @@ pub async fn run(
         config_path,
         compliance,
         shared_redis: shared.is_some(),
+        dns_dests,
         live,
         db: consent_db,
         drain: config.node.drain_timeout,
@@ -580,6 +589,67 @@ struct Node {
     drain: Duration,
     /// Set while draining (for `/health`).
     draining_flag: Arc<std::sync::atomic::AtomicBool>,
+    /// The buyer host names the resolver keeps fresh (a reload sends the new set).
+    dns_dests: tokio::sync::watch::Sender<Vec<crate::dns::Dest>>,
+}
+
+/// Start the background resolver for the buyers given by host name (RFC 3263) and wait, a
+/// bounded time, for their first answers, so the first calls find them. The addresses found
+/// are trusted by the gate like buyers given by address.
+async fn start_dns(
+    config: &Config,
+    gate: &Arc<Gate>,
+) -> anyhow::Result<(
+    Arc<crate::dns::Table>,
+    tokio::sync::watch::Sender<Vec<crate::dns::Dest>>,
+)> {
+    let table = Arc::new(crate::dns::Table::default());
+    let dests = crate::config::routing::dests(&config.routing.buyers);
+    let (tx, rx) = tokio::sync::watch::channel(dests.clone());
+    // Buyer legs leave from the first UDP listener: ask for the address family it can reach.
+    let first = config
+        .sip
+        .listen
+        .iter()
+        .find(|l| l.proto == ListenProto::Udp)
+        .map(|l| l.addr.ip());
+    let (v4, v6) = match first {
+        Some(std::net::IpAddr::V6(ip)) if ip.is_unspecified() => (true, true),
+        Some(std::net::IpAddr::V6(_)) => (false, true),
+        _ => (true, false),
+    };
+    match crate::dns::resolver::Hickory::new(&config.dns, v4, v6) {
+        Ok(dns) => {
+            let g = gate.clone();
+            tokio::spawn(crate::dns::resolver::run(
+                dns,
+                table.clone(),
+                rx,
+                Box::new(move |ips| g.trust_resolved(&ips)),
+            ));
+            if !dests.is_empty() {
+                let limit = config.dns.timeout * 2 + Duration::from_millis(500);
+                crate::dns::resolver::first_round(&table, &dests, limit).await;
+                for d in &dests {
+                    if table.get(&d.key()).is_none_or(|s| s.answer.is_none()) {
+                        tracing::warn!(host = %d.key(), "buyer host has not resolved yet: its buyer is excluded:dns until it does");
+                    }
+                }
+            }
+        }
+        Err(e) if dests.is_empty() => {
+            tracing::warn!(error = %e, "no DNS resolver: buyer URIs with host names will not resolve");
+        }
+        Err(e) => anyhow::bail!(
+            "{e} (buyers {} need it)",
+            dests
+                .iter()
+                .map(|d| d.host.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+    Ok((table, tx))
 }
 
 impl Node {
@@ -707,6 +777,9 @@ impl Node {
                 == crate::config::OnLookupError::AllowAndFlag,
             deadline: cfg.storage.redis_timeout,
         });
+        let _ = self
+            .dns_dests
+            .send(crate::config::routing::dests(&cfg.routing.buyers));
         let carriers = Arc::new(cfg.routing.carriers.clone());
         self.tell_all(|| crate::shard::Control::Reload {
             snapshot: snap.clone(),

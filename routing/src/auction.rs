@@ -24,6 +24,8 @@ pub enum Exclusion {
     Budget,
     /// Paused by an operator (`PATCH /v1/buyers/{id}`).
     Paused,
+    /// The buyer's trunk host has never resolved (DNS, RFC 3263): no address to ring.
+    Dns,
 }
 
 impl Exclusion {
@@ -38,6 +40,7 @@ impl Exclusion {
             Exclusion::DailyCap => "daily_cap",
             Exclusion::Budget => "budget",
             Exclusion::Paused => "paused",
+            Exclusion::Dns => "dns",
         }
     }
 }

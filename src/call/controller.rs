@@ -38,6 +38,8 @@ pub struct Settings {
     pub max_calls: usize,
     /// UDP socket index buyer legs leave from.
     pub udp_socket: u64,
+    /// No response at all from a buyer's DNS target for this long: try its next target.
+    pub target_timeout: Duration,
     /// The address DCE puts in SDP `c=` lines.
     pub media_ip: IpAddr,
     /// The largest request DCE sends a buyer over UDP (RFC 3261 §18.1.1: 1300 bytes when the
@@ -114,6 +116,8 @@ pub struct Controller {
     pub(super) by_media: HashMap<MediaId, CallKey>,
     pub(super) awaiting_media: HashMap<MediaId, Box<PendingCdr>>,
     pub(super) shared: Option<SharedChecks>,
+    /// Buyer hosts resolved in the background (`None`: no buyer is given by name).
+    pub(super) dns: Option<Arc<crate::dns::Table>>,
     pub(super) next_lookup: u64,
     pub(super) events: crate::events::Bus,
     /// When the message being handled reached the socket (set by the edge core per message).
@@ -168,6 +172,7 @@ impl Controller {
             by_media: HashMap::new(),
             awaiting_media: HashMap::new(),
             shared: None,
+            dns: None,
             next_lookup: 1,
             events: crate::events::Bus::default(),
             rx_at: None,
@@ -214,6 +219,11 @@ impl Controller {
     /// Run the fleet-wide checks through the driver (Redis configured).
     pub fn set_shared(&mut self, shared: Option<SharedChecks>) {
         self.shared = shared;
+    }
+
+    /// Read buyer host names' targets from `table`.
+    pub fn set_dns(&mut self, table: Arc<crate::dns::Table>) {
+        self.dns = Some(table);
     }
 
     /// Stop taking new calls (they get 503).
@@ -346,6 +356,7 @@ impl Controller {
                     Timer::GiveUp2xxB => self.no_ack(layer, key, 1, now),
                     Timer::MaxDuration => self.max_duration(layer, key, now),
                     Timer::Lookups => self.lookups_expired(layer, key, now),
+                    Timer::Target => self.target_timeout(layer, key, now),
                 }
             }
         }

@@ -297,7 +297,7 @@ impl Controller {
     pub fn buyers_view(&self) -> Vec<super::view::BuyerView> {
         let now = self.clock.now_utc();
         (0..self.snapshot.buyers().len())
-            .map(|i| super::view::buyer_view(&self.snapshot, i, now))
+            .map(|i| super::view::buyer_view(&self.snapshot, i, now, self.dns.as_deref()))
             .collect()
     }
 
@@ -321,6 +321,7 @@ impl Controller {
             &self.snapshot,
             i,
             self.clock.now_utc(),
+            self.dns.as_deref(),
         ))
     }
 }

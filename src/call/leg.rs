@@ -86,6 +86,22 @@ pub fn ack_for_2xx(me: &Me, dialog: &Dialog, invite_cseq: u32, branch: &str) -> 
 
 /// CANCEL for an INVITE we sent (§9.1): same Request-URI, Call-ID, From, To, CSeq number and
 /// top Via (so the same branch), method CANCEL.
+/// `invite` with `branch` in its top Via instead of the one it had: the same request as a
+/// new transaction (a resend with credentials, or to the next DNS target).
+pub fn with_branch(invite: &MessageBuf, branch: &str) -> MessageBuf {
+    let mut m = invite.clone();
+    let old = invite
+        .header(&HeaderName::Via)
+        .and_then(|v| dce_sip::Via::parse(v).ok())
+        .and_then(|v| v.branch().map(str::to_owned));
+    if let Some(old) = old {
+        if let Some((_, v)) = m.headers.iter_mut().find(|(n, _)| *n == HeaderName::Via) {
+            *v = v.replace(&format!("branch={old}"), &format!("branch={branch}"));
+        }
+    }
+    m
+}
+
 pub fn cancel_for(invite: &MessageBuf) -> MessageBuf {
     let uri = match &invite.start {
         dce_sip::StartLineBuf::Request { uri, .. } => uri.clone(),

@@ -36,6 +36,7 @@ mod mirror;
 mod ring;
 pub mod router;
 pub mod state;
+mod targets;
 pub mod view;
 pub mod vocab;
 

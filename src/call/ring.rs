@@ -4,7 +4,9 @@
 
 use super::controller::Controller;
 use super::controller::InviteMark;
-use super::leg::{ack_for_2xx, cancel_for, contact_uri, push_body, route_set, sip_user, Dialog};
+use super::leg::{
+    ack_for_2xx, cancel_for, contact_uri, push_body, route_set, sip_user, with_branch, Dialog,
+};
 use super::router::{Orphan, TxRole};
 use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Timer};
 use super::vocab::{AttemptEnd, BidOutcome, EndReason, HangupBy};
@@ -88,7 +90,7 @@ impl Controller {
                 c if c.is_empty() => "anonymous".to_owned(),
                 c => c,
             };
-            let (uri, addr) = match target_of(&buyer.uri, &sip_user(&call.called), &caller) {
+            let (uri, host) = match target_of(&buyer.uri, &sip_user(&call.called), &caller) {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(call = %call.id, buyer = %buyer.id, error = %e, "buyer target unusable");
@@ -96,6 +98,13 @@ impl Controller {
                     call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::BadUri));
                     continue;
                 }
+            };
+            let targets = super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids);
+            let Some(&addr) = targets.first() else {
+                tracing::info!(call = %call.id, buyer = %buyer.id, host = %super::targets::host_key(&host), "buyer skipped: its host has not resolved (excluded:dns)");
+                live.release();
+                call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Dns));
+                continue;
             };
             let tag = self.ids.tag();
             let b_call_id = self.ids.call_id(&me.host);
@@ -163,14 +172,20 @@ impl Controller {
                 slot: Some(live),
                 state: BState::Calling,
                 auth_tried: false,
+                target: 0,
+                targets,
             });
             let li = call.legs.len() - 1;
+            let more = call.legs[li].targets.len() > 1;
             call.state = CallState::Ringing { current: li };
             call.attempts += 1;
             self.router.add_client(tx, key, TxRole::Invite(li));
             self.router.add_dialog(&b_call_id, &tag, key, LegRef::B(li));
             let deadline = now + self.settings.ring_timeout;
             self.arm(key, Timer::Ring, deadline);
+            if more {
+                self.arm(key, Timer::Target, now + self.settings.target_timeout);
+            }
             return true;
         }
         false
@@ -214,6 +229,7 @@ impl Controller {
             return;
         }
         self.disarm(key, Timer::Ring);
+        self.disarm(key, Timer::Target);
         if !self.try_next(layer, key, now) {
             self.counters.inc(Counter::AllFailed480);
             self.respond_a(layer, key, 480, None, now);
@@ -428,6 +444,10 @@ impl Controller {
             return;
         };
         let ringing = call.state == (CallState::Ringing { current: li });
+        if ringing {
+            // The current target answers: no moving on for want of a response.
+            call.timers.stop(Timer::Target);
+        }
         // Late offer: the carrier's INVITE had no SDP, the buyer's 2xx carries the offer, and
         // the answer comes in the carrier's ACK — so our ACK to the buyer waits for it.
         let late_offer = call.offer_b.is_none() && !msg.body().is_empty();
@@ -508,6 +528,10 @@ impl Controller {
                 if matches!(code, 401 | 407) && self.answer_challenge(layer, key, li, &msg, now) {
                     return;
                 }
+                // RFC 3263 §4.3: a 503 moves on to the buyer's next target, same attempt.
+                if code == 503 && self.next_target(layer, key, li, "503", now) {
+                    return;
+                }
                 let id = self
                     .calls
                     .get(&key)
@@ -583,20 +607,10 @@ impl Controller {
             user: auth.user.clone(),
         };
         let value = challenge.answer(&creds, auth.password(), "INVITE", &uri, &cnonce, 1);
-        let mut invite = leg.invite.clone();
-        let old_branch = invite
-            .header(&HeaderName::Via)
-            .and_then(|v| dce_sip::Via::parse(v).ok())
-            .and_then(|v| v.branch().map(str::to_owned));
+        let mut invite = with_branch(&leg.invite, &branch);
         for (n, v) in invite.headers.iter_mut() {
-            match n {
-                HeaderName::Via => {
-                    if let Some(old) = &old_branch {
-                        *v = v.replace(&format!("branch={old}"), &format!("branch={branch}"));
-                    }
-                }
-                HeaderName::CSeq => *v = "2 INVITE".into(),
-                _ => {}
+            if *n == HeaderName::CSeq {
+                *v = "2 INVITE".into();
             }
         }
         invite
@@ -717,15 +731,19 @@ impl Controller {
             return;
         };
         match role {
-            TxRole::Invite(li) => self.leg_failed(
-                layer,
-                key,
-                li,
-                BidOutcome::Attempted(AttemptEnd::Timeout),
-                Some(408),
-                true,
-                now,
-            ),
+            TxRole::Invite(li) => {
+                if !self.next_target(layer, key, li, "timeout", now) {
+                    self.leg_failed(
+                        layer,
+                        key,
+                        li,
+                        BidOutcome::Attempted(AttemptEnd::Timeout),
+                        Some(408),
+                        true,
+                        now,
+                    );
+                }
+            }
             TxRole::Relay(r) => {
                 let resp = r.req.response(408, reason_phrase(408), "", Some(&r.via));
                 let _ = layer.respond(r.server_tx, &resp, now);

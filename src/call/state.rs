@@ -148,6 +148,11 @@ pub struct BLeg {
     pub state: BState,
     /// The INVITE was resent once with credentials after a `401`/`407`.
     pub auth_tried: bool,
+    /// The addresses this attempt may use, in order (one for an IP literal; the DNS answer
+    /// ordered by SRV priority and weight for a host name).
+    pub targets: Vec<std::net::SocketAddr>,
+    /// Index in `targets` of the one `peer` is.
+    pub target: usize,
 }
 
 /// A 2xx we sent to an INVITE, retransmitted until its ACK (§13.3.1.4).
@@ -178,11 +183,14 @@ pub enum Timer {
     MaxDuration,
     /// The deadline of the call's outstanding lookups.
     Lookups,
+    /// The ringing buyer's current DNS target has sent no response at all in time: try its
+    /// next target (armed only while one is left).
+    Target,
 }
 
 impl Timer {
     /// Every timer, in table order.
-    pub const ALL: [Timer; 7] = [
+    pub const ALL: [Timer; 8] = [
         Timer::Ring,
         Timer::Retransmit2xxA,
         Timer::Retransmit2xxB,
@@ -190,12 +198,13 @@ impl Timer {
         Timer::GiveUp2xxB,
         Timer::MaxDuration,
         Timer::Lookups,
+        Timer::Target,
     ];
 }
 
 /// When each of a call's timers fires (at most one deadline per timer).
 #[derive(Debug, Default, Clone)]
-pub struct TimerTable([Option<Instant>; 7]);
+pub struct TimerTable([Option<Instant>; Timer::ALL.len()]);
 
 impl TimerTable {
     /// Arm `t` at `at` (replacing an earlier arming).

@@ -80,6 +80,75 @@ pub struct BuyerView {
     pub spend_today_cents: u64,
     /// `daily_budget_cents` (0 = none).
     pub daily_budget_cents: u64,
+    /// How the trunk's host name resolves (absent for an IP address).
+    pub dns: Option<DnsView>,
+}
+
+/// A buyer host name's resolution (RFC 3263), as the resolver last saw it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DnsView {
+    /// The name looked up, with what the URI fixes (`host[:port][;transport]`).
+    pub host: String,
+    /// `ok`, `stale` (the last lookup failed; the older answer is used), `failed` (never
+    /// resolved: the buyer is `excluded:dns`) or `pending` (first lookup not done).
+    pub status: String,
+    /// The addresses calls use, in record order, e.g. `10.0.0.1:5060 (a.example prio 10 weight 50)`.
+    pub targets: Vec<String>,
+    /// TTL of the answer in use, seconds.
+    pub ttl_s: Option<u64>,
+    /// `naptr`, `srv` or `a`: the RFC 3263 step that gave the answer.
+    pub via: Option<String>,
+    /// The last lookup's error.
+    pub error: Option<String>,
+    /// When the answer in use was resolved (RFC 3339).
+    pub resolved_at: Option<String>,
+}
+
+/// The DNS state of `uri`'s host in `table`; `None` when the host is an IP address.
+pub fn dns_view(uri: &str, table: Option<&crate::dns::Table>) -> Option<DnsView> {
+    let Ok((_, crate::config::routing::TargetHost::Name(d))) =
+        crate::config::routing::target_of(uri, "1", "1")
+    else {
+        return None;
+    };
+    let host = d.key();
+    let Some(s) = table.and_then(|t| t.get(&host)) else {
+        return Some(DnsView {
+            host,
+            status: "pending".into(),
+            targets: Vec::new(),
+            ttl_s: None,
+            via: None,
+            error: None,
+            resolved_at: None,
+        });
+    };
+    let status = match (&s.answer, &s.error) {
+        (None, _) => "failed",
+        (Some(_), Some(_)) => "stale",
+        (Some(_), None) => "ok",
+    };
+    let targets = s
+        .answer
+        .iter()
+        .flat_map(|a| a.targets.iter())
+        .flat_map(|t| {
+            t.addrs
+                .iter()
+                .map(move |a| format!("{a} ({} prio {} weight {})", t.name, t.priority, t.weight))
+        })
+        .collect();
+    Some(DnsView {
+        host,
+        status: status.into(),
+        targets,
+        ttl_s: s.answer.as_ref().map(|a| a.ttl.as_secs()),
+        via: s.answer.as_ref().map(|a| a.via.to_owned()),
+        error: s.error.clone(),
+        resolved_at: s
+            .resolved_at
+            .map(|t| chrono::DateTime::<chrono::Utc>::from(t).to_rfc3339()),
+    })
 }
 
 /// Buyer `i` of `snap` with its live state at `now`.
@@ -87,6 +156,7 @@ pub fn buyer_view(
     snap: &dce_routing::Snapshot,
     i: usize,
     now: chrono::DateTime<chrono::Utc>,
+    dns: Option<&crate::dns::Table>,
 ) -> BuyerView {
     let b = &snap.buyers()[i];
     let live = snap.live(i as dce_routing::BuyerId);
@@ -111,6 +181,7 @@ pub fn buyer_view(
         daily_cap: b.daily_cap,
         spend_today_cents: live.spend_on_day(dk),
         daily_budget_cents: b.daily_budget_cents,
+        dns: dns_view(&b.uri, dns),
     }
 }
 

@@ -21,7 +21,8 @@ mod walk;
 pub use compliance::{ComplianceConfig, OnLookupError};
 pub use http::{ApiKey, HttpConfig, Role};
 pub use model::{
-    CdrConfig, Config, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig, StorageConfig,
+    CdrConfig, Config, DnsConfig, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig,
+    StorageConfig,
 };
 pub use routing::{CarrierConfig, Cidr, RoutingConfig};
 pub use walk::ConfigError;

@@ -27,6 +27,49 @@ pub struct Config {
     pub http: super::HttpConfig,
     /// `[log]`
     pub log: LogConfig,
+    /// `[dns]`
+    pub dns: DnsConfig,
+}
+
+/// `[dns]`: how buyer host names are resolved (RFC 3263, in the background).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DnsConfig {
+    /// Name servers (`IP:PORT`); empty = the system's (`/etc/resolv.conf`).
+    pub servers: Vec<std::net::SocketAddr>,
+    /// One query's timeout (each is tried twice).
+    pub timeout: Duration,
+}
+
+impl Default for DnsConfig {
+    fn default() -> Self {
+        DnsConfig {
+            servers: Vec::new(),
+            timeout: Duration::from_millis(2000),
+        }
+    }
+}
+
+fn dns(w: &mut Walk<'_>, root: Table<'_, '_>) -> DnsConfig {
+    let mut c = DnsConfig::default();
+    let Some(t) = w.table(root, "dns", "dns", false) else {
+        return c;
+    };
+    w.unknown_keys(t, &["servers", "timeout_ms"]);
+    for (s, span) in w.strings(t, "servers", false).unwrap_or_default() {
+        match s.parse() {
+            Ok(a) => c.servers.push(a),
+            Err(_) => w.error(
+                span,
+                format!(
+                    "`dns.servers`: `{s}` is not IP:PORT (e.g. \"127.0.0.1:53\" or \"[::1]:53\")"
+                ),
+            ),
+        }
+    }
+    if let Some((v, _)) = w.int(t, "timeout_ms", 50, 30_000) {
+        c.timeout = Duration::from_millis(v as u64);
+    }
+    c
 }
 
 /// `[log]`
@@ -267,6 +310,9 @@ pub struct SipConfig {
     pub overload_retry_after_s: u32,
     /// SIP worker threads (shards); each owns its share of the calls and of the media ports.
     pub workers: usize,
+    /// A buyer target (one of several its DNS gives) that has sent no response at all this long
+    /// after the INVITE is given up for the next target, within the same attempt.
+    pub target_timeout: Duration,
 }
 
 impl SipConfig {
@@ -326,6 +372,9 @@ pub mod defaults {
     pub const OVERLOAD_QUEUE_DELAY_MS: i64 = 200;
     /// Retry-After of the shedding 503.
     pub const OVERLOAD_RETRY_AFTER_S: i64 = 5;
+    /// Milliseconds without any response before the next DNS target is tried (a live SIP
+    /// server sends 100 Trying within 200 ms, RFC 3261 §17.2.1).
+    pub const TARGET_TIMEOUT_MS: i64 = 2_000;
 }
 
 pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigError>> {
@@ -350,6 +399,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             "storage",
             "http",
             "log",
+            "dns",
         ],
     );
     let node = w
@@ -373,6 +423,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let storage = storage(&mut w, root);
     let http = super::http::read(&mut w, root);
     let log = log(&mut w, root);
+    let dns = dns(&mut w, root);
     match (node, sip, media) {
         (Some(node), Some(sip), Some(media)) if w.errors.is_empty() => Ok(Config {
             node,
@@ -384,6 +435,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             storage,
             http,
             log,
+            dns,
         }),
         _ => {
             let mut errors = w.errors;
@@ -515,6 +567,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             "overload_queue_delay_ms",
             "overload_retry_after_s",
             "workers",
+            "target_timeout_ms",
         ],
     );
     // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
@@ -620,6 +673,12 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         defaults::OVERLOAD_RETRY_AFTER_S,
     ) as u32;
     let workers = int("workers", 1, 64, defaults::WORKERS) as usize;
+    let target_timeout = int(
+        "target_timeout_ms",
+        100,
+        60_000,
+        defaults::TARGET_TIMEOUT_MS,
+    ) as u64;
     Some(SipConfig {
         listen,
         advertised_host,
@@ -640,6 +699,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         overload_queue_delay: Duration::from_millis(queue_delay),
         overload_retry_after_s: retry_after,
         workers,
+        target_timeout: Duration::from_millis(target_timeout),
     })
 }
 
@@ -776,7 +836,7 @@ numbers = ["(800) 555-0100", "12"]
 [[buyer]]
 id = "acme"
 campaigns = ["auto", "pets"]
-uri = "sip:{called}@buyer.example.com"
+uri = "sip:{called}@buyer.example.com;transport=tcp"
 states = ["CA", "XX"]
 schedule = { tz = "America/Nowhere", days = "mon-fri", open = "09:00", close = "18:00" }
 
@@ -796,7 +856,7 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
             "r.toml:17: number `(800) 555-0100` is already in campaign `auto` (line 13)",
             "r.toml:17: `12` is not a phone number",
             "r.toml:21: buyer campaign `pets` is not a [[campaign]] id",
-            "r.toml:22: buyer uri `sip:{called}@buyer.example.com`: host must be an IP address",
+            "r.toml:22: buyer uri `sip:{called}@buyer.example.com;transport=tcp`: transport `tcp` is not supported",
             "r.toml:23: `XX` is not a US state code",
             "r.toml:24: buyer schedule: unknown time zone `America/Nowhere`",
             "r.toml:27: buyer `acme` is defined twice (first on line 20)",

@@ -381,13 +381,24 @@ fn buyer_auth(
     Some(BuyerAuth::new(user, password))
 }
 
-/// Where a buyer URI template sends a call: the URI and the UDP address (the host must be an
-/// IP literal; DCE does no DNS on the call path).
+/// Where a buyer's calls go: an address, or a host name the resolver looks up in the
+/// background (RFC 3263; [`crate::dns`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetHost {
+    /// An IP literal (with the URI's port, or 5060).
+    Ip(SocketAddr),
+    /// A host name: its targets come from the DNS table under [`crate::dns::Dest::key`].
+    Name(crate::dns::Dest),
+}
+
+/// Where a buyer URI template sends a call: the URI and its host. The host must not depend on
+/// the call (`{called}`/`{caller}` belong in the user part), so its lookup can be made before
+/// any call needs it.
 pub fn target_of(
     template: &str,
     called: &str,
     caller: &str,
-) -> Result<(String, SocketAddr), String> {
+) -> Result<(String, TargetHost), String> {
     let uri = template
         .replace("{called}", called)
         .replace("{caller}", caller);
@@ -396,18 +407,75 @@ pub fn target_of(
     if !parsed.is_sip() {
         return Err(format!("buyer uri `{template}` must be sip: or sips:"));
     }
-    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
-    let ip: IpAddr = host.parse().map_err(|_| {
-        format!("buyer uri `{template}`: host must be an IP address (no DNS on the call path)")
-    })?;
-    if let Some(t) = parsed.param("transport").flatten() {
-        if !t.eq_ignore_ascii_case("udp") {
+    // The template's host part: after the scheme and any user part, before port and params.
+    let rest = template.split_once(':').map_or(template, |(_, r)| r);
+    let host_part = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host_part = host_part.split([';', '?', '>']).next().unwrap_or("");
+    if host_part.contains(['{', '}']) {
+        return Err(format!(
+            "buyer uri `{template}`: the host cannot hold a template field (`{{called}}` and `{{caller}}` go in the user part)"
+        ));
+    }
+    let transport = match parsed.param("transport").flatten() {
+        None => None,
+        Some(t) if t.eq_ignore_ascii_case("udp") => Some(crate::dns::Transport::Udp),
+        Some(t) => {
             return Err(format!(
-                "buyer uri `{template}`: only UDP buyer trunks are supported"
-            ));
+                "buyer uri `{template}`: transport `{t}` is not supported towards buyers yet (UDP only)"
+            ))
+        }
+    };
+    if uri
+        .get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case("sips:"))
+    {
+        return Err(format!(
+            "buyer uri `{template}`: sips: (TLS) is not supported towards buyers yet (UDP only)"
+        ));
+    }
+    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok((
+            uri.clone(),
+            TargetHost::Ip(SocketAddr::new(ip, parsed.port.unwrap_or(5060))),
+        ));
+    }
+    let name = host.trim_end_matches('.').to_ascii_lowercase();
+    let valid = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if !valid {
+        return Err(format!(
+            "buyer uri `{template}`: `{host}` is not a valid host name"
+        ));
+    }
+    let dest = crate::dns::Dest {
+        host: name,
+        port: parsed.port,
+        transport,
+        sips: false,
+    };
+    Ok((uri, TargetHost::Name(dest)))
+}
+
+/// The host names the buyers of `buyers` need resolved (each once).
+pub fn dests(buyers: &[dce_routing::Buyer]) -> Vec<crate::dns::Dest> {
+    let mut v: Vec<crate::dns::Dest> = Vec::new();
+    for b in buyers {
+        if let Ok((_, TargetHost::Name(d))) = target_of(&b.uri, "1", "1") {
+            if !v.contains(&d) {
+                v.push(d);
+            }
         }
     }
-    Ok((uri, SocketAddr::new(ip, parsed.port.unwrap_or(5060))))
+    v
 }
 
 #[cfg(test)]
@@ -432,10 +500,37 @@ mod tests {
 
     #[test]
     fn buyer_targets() {
-        let (uri, addr) = target_of("sip:{called}@127.0.0.1:5090", "18005550100", "1310").unwrap();
+        let (uri, host) = target_of("sip:{called}@127.0.0.1:5090", "18005550100", "1310").unwrap();
         assert_eq!(uri, "sip:18005550100@127.0.0.1:5090");
-        assert_eq!(addr, "127.0.0.1:5090".parse().unwrap());
-        assert!(target_of("sip:{called}@buyer.example.com", "1", "2").is_err());
-        assert!(target_of("sip:{called}@127.0.0.1;transport=tcp", "1", "2").is_err());
+        assert_eq!(host, TargetHost::Ip("127.0.0.1:5090".parse().unwrap()));
+        let (_, host) = target_of("sip:{called}@SIP.Buyer.example.com.", "1", "2").unwrap();
+        let TargetHost::Name(d) = host else {
+            panic!("a name")
+        };
+        assert_eq!(
+            (d.host.as_str(), d.port, d.transport),
+            ("sip.buyer.example.com", None, None)
+        );
+        let (_, host) =
+            target_of("sip:{called}@buyer.example:5080;transport=UDP", "1", "2").unwrap();
+        assert_eq!(
+            host,
+            TargetHost::Name(crate::dns::Dest {
+                host: "buyer.example".into(),
+                port: Some(5080),
+                transport: Some(crate::dns::Transport::Udp),
+                sips: false,
+            })
+        );
+        for (bad, says) in [
+            ("sip:{called}@127.0.0.1;transport=tcp", "transport `tcp`"),
+            ("sips:{called}@buyer.example", "sips:"),
+            ("sip:1@{called}.example", "template field"),
+            ("sip:1@bad_-.ex-", "does not parse"),
+            ("sip:1@a..b", "not a valid host name"),
+        ] {
+            let e = target_of(bad, "1", "2").unwrap_err();
+            assert!(e.contains(says), "{bad}: {e}");
+        }
     }
 }

@@ -102,6 +102,8 @@ impl Bucket {
 pub struct SourceLimits {
     cfg: LimitConfig,
     trusted: Vec<Cidr>,
+    /// Addresses buyer host names resolve to (kept across reloads; the resolver replaces it).
+    resolved: Vec<IpAddr>,
     buckets: HashMap<IpAddr, (bool, Bucket)>,
     overflow: Option<Bucket>,
     swept: Option<Instant>,
@@ -127,6 +129,7 @@ impl SourceLimits {
         SourceLimits {
             cfg,
             trusted,
+            resolved: Vec::new(),
             buckets: HashMap::new(),
             overflow: None,
             swept: None,
@@ -135,7 +138,24 @@ impl SourceLimits {
 
     /// A reload: new trusted set and limits; buckets start afresh.
     pub fn reconfigure(&mut self, cfg: LimitConfig, trusted: Vec<Cidr>) {
+        let resolved = std::mem::take(&mut self.resolved);
         *self = SourceLimits::new(cfg, trusted);
+        self.resolved = resolved;
+    }
+
+    /// Buyer addresses from the DNS: trusted as well. A source whose trust changes starts a
+    /// fresh bucket.
+    pub fn set_resolved(&mut self, ips: &[IpAddr]) {
+        let changed: Vec<IpAddr> = ips
+            .iter()
+            .filter(|ip| !self.resolved.contains(ip))
+            .chain(self.resolved.iter().filter(|ip| !ips.contains(ip)))
+            .map(|ip| source_key(*ip))
+            .collect();
+        for k in changed {
+            self.buckets.remove(&k);
+        }
+        self.resolved = ips.to_vec();
     }
 
     /// Buckets held now (for tests and metrics).
@@ -145,7 +165,7 @@ impl SourceLimits {
 
     /// True when `ip` is a carrier's or buyer's.
     pub fn is_trusted(&self, ip: IpAddr) -> bool {
-        self.trusted.iter().any(|c| c.contains(ip))
+        self.trusted.iter().any(|c| c.contains(ip)) || self.resolved.contains(&ip)
     }
 
     /// May one more message from `ip` go to the core now?

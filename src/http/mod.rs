@@ -58,6 +58,8 @@ pub struct ApiState {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     /// GDPR erasure (the writer's and the JSON-lines sink's list of erased numbers).
     pub gdpr: Option<Arc<crate::store::Gdpr>>,
+    /// Buyer host names resolved in the background.
+    pub dns: Option<Arc<crate::dns::Table>>,
     /// How long a client may take to send its body.
     body_timeout: Duration,
     /// Orders writes of the internal DNC file.
@@ -97,6 +99,7 @@ impl ApiState {
             ports: None,
             draining: Arc::new(std::sync::atomic::AtomicBool::new(false)),
             gdpr: None,
+            dns: None,
             body_timeout: cfg.body_timeout,
             dnc_save: Arc::new(Mutex::new(())),
         }
@@ -675,6 +678,9 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
         st.writer.queue_depth()
     );
     st.counters.m.render(&mut out);
+    if let Some(dns) = &st.dns {
+        dns.render(&mut out);
+    }
     let _ = writeln!(
         out,
         "# HELP dce_spool_bytes Bytes of CDRs waiting in the spool.\n# TYPE dce_spool_bytes gauge\ndce_spool_bytes {}",

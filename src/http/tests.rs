@@ -52,6 +52,7 @@ fn a_buyer(paused: bool, bid: Option<u32>) -> crate::call::view::BuyerView {
         daily_cap: 0,
         spend_today_cents: 1500,
         daily_budget_cents: 0,
+        dns: None,
     }
 }
 

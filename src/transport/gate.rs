@@ -66,7 +66,10 @@ pub fn trusted_sources(config: &Config) -> Vec<Cidr> {
         .flat_map(|c| c.sources.iter().copied())
         .collect();
     for b in &config.routing.buyers {
-        if let Ok((_, addr)) = crate::config::routing::target_of(&b.uri, "1", "1") {
+        // Buyers by name: their resolved addresses are added by `Gate::trust_resolved`.
+        if let Ok((_, crate::config::routing::TargetHost::Ip(addr))) =
+            crate::config::routing::target_of(&b.uri, "1", "1")
+        {
             let len = if addr.is_ipv4() { 32 } else { 128 };
             v.push(Cidr {
                 addr: addr.ip(),
@@ -100,6 +103,11 @@ impl Gate {
     /// A reload: new limits and trusted sources (the overload thresholds stay until restart).
     pub fn reconfigure(&self, cfg: LimitConfig, trusted: Vec<Cidr>) {
         self.lock().reconfigure(cfg, trusted);
+    }
+
+    /// The addresses buyer host names resolve to now: trusted like buyers given by address.
+    pub fn trust_resolved(&self, ips: &[std::net::IpAddr]) {
+        self.lock().set_resolved(ips);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, SourceLimits> {

@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod dce_process;
+pub mod dns;
 pub mod http;
 pub mod sim;
 pub mod sipp;
@@ -356,6 +357,7 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         udp_socket: 0,
         media_ip: "127.0.0.1".parse().unwrap(),
         max_udp_request: 1300,
+        target_timeout: Duration::from_secs(2),
     };
     let controller = Controller::new(
         settings,

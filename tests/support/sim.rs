@@ -142,6 +142,11 @@ pub const SDP: &str = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.
 impl Sim {
     /// A simulation of `cfg` at Wednesday 2026-07-15 12:00 New York time.
     pub fn new(cfg: &dce::config::Config) -> Sim {
+        Sim::with_dns(cfg, None)
+    }
+
+    /// [`Sim::new`], with buyer host names resolved from `dns` (filled by the test).
+    pub fn with_dns(cfg: &dce::config::Config, dns: Option<Arc<dce::dns::Table>>) -> Sim {
         let counters = Arc::new(Counters::default());
         let live = Arc::new(Live::default());
         let snapshot = Arc::new(dce::server::snapshot_of(cfg, &live).unwrap());
@@ -162,13 +167,14 @@ impl Sim {
             udp_socket: 0,
             media_ip: "127.0.0.1".parse().unwrap(),
             max_udp_request: cfg.sip.max_udp_request_bytes,
+            target_timeout: cfg.sip.target_timeout,
         };
         let media = super::FakeMedia::default();
         let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
         dce::server::ComplianceSetup::load(&cfg.compliance)
             .unwrap()
             .apply(&mut compliance.lock().unwrap(), false);
-        let controller = Controller::new(
+        let mut controller = Controller::new(
             settings,
             snapshot,
             live.clone(),
@@ -179,6 +185,9 @@ impl Sim {
             counters.clone(),
             Box::new(media.clone()),
         );
+        if let Some(t) = dns {
+            controller.set_dns(t);
+        }
         let core = EdgeCore::new(
             TimerConfig::default(),
             Local {

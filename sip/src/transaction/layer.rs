@@ -484,6 +484,19 @@ impl TransactionLayer {
         Ok(id)
     }
 
+    /// Forget client transaction `tx` at once: no further retransmission, timer or event, and a
+    /// late response to it is a stray. For a request that has had no response at all, when the
+    /// TU moves it to another server (RFC 3263 §4.3). False when `tx` is not live.
+    pub fn abandon(&mut self, tx: TxId) -> bool {
+        match self.txs.remove(&tx) {
+            Some(t) => {
+                self.unindex(&t.key, tx);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Send a response on server transaction `tx`.
     pub fn respond(
         &mut self,

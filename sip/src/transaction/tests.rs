@@ -572,3 +572,25 @@ fn keys_whose_digests_collide_still_find_their_own_transactions() {
     assert!(layer.is_empty());
     assert_eq!(layer.spilled(), 0);
 }
+
+#[test]
+fn an_abandoned_client_transaction_sends_nothing_more_and_its_response_is_a_stray() {
+    let t0 = Instant::now();
+    let mut l = TransactionLayer::new(TimerConfig::default());
+    let req = request(Method::Invite, "z9hG4bKgone");
+    let tx = l
+        .send_request(req.clone(), peer(Transport::Udp), t0)
+        .unwrap();
+    assert!(l.poll_transmit().is_some(), "the INVITE left");
+    assert!(l.abandon(tx));
+    assert!(!l.abandon(tx), "only once");
+    assert_eq!(l.state(tx), None);
+    assert!(l.is_empty());
+    assert_eq!(run(&mut l, t0, Duration::from_secs(100)), Vec::<f64>::new());
+    l.on_message(response_to(&req, 180), peer(Transport::Udp), t0);
+    assert!(
+        matches!(l.poll_event(), Some(Event::StrayResponse { .. })),
+        "a response to an abandoned request is a stray"
+    );
+    assert_eq!(timeouts(&mut l), 0);
+}
