@@ -51,6 +51,18 @@ pub fn request(
     (code, body)
 }
 
+/// An admin key for test configs: `ops-secret`, and its SHA-256 for `api_keys`.
+pub const OPS_KEY: &str = "ops-secret";
+/// SHA-256 of [`OPS_KEY`].
+pub const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";
+
+/// GET of an open path (no key), as text.
+pub fn get_text(port: u16, path: &str) -> String {
+    let (code, body) = request(port, "GET", path, None, "");
+    assert_eq!(code, 200, "GET {path}: {body}");
+    body
+}
+
 /// GET, parsed as JSON.
 pub fn get_json(port: u16, path: &str, key: &str) -> serde_json::Value {
     let (code, body) = request(port, "GET", path, Some(key), "");
