@@ -477,7 +477,13 @@ fn media(w: &mut Walk<'_>, root: Table<'_, '_>, sip: Option<&SipConfig>) -> Opti
         .unwrap_or(std::net::IpAddr::from([0, 0, 0, 0]));
     let advertised_ip = match ip(w, "advertised_ip").flatten() {
         Some(a) => a,
-        None => match sip.and_then(|s| s.advertised_host.parse().ok()) {
+        None => match sip.and_then(|s| {
+            s.advertised_host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse()
+                .ok()
+        }) {
             Some(a) => a,
             None => {
                 if sip.is_some() {
@@ -544,6 +550,15 @@ fn node(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<NodeConfig> {
     Some(NodeConfig { id, drain_timeout })
 }
 
+/// A host as it goes into SIP (Via, Contact, Call-IDs): an IPv6 address in brackets (RFC 3261
+/// §25.1 `IPv6reference`), whether the config wrote `::1` or `[::1]`.
+fn sip_host(h: &str) -> String {
+    match h.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("[{v6}]"),
+        Err(_) => h.to_owned(),
+    }
+}
+
 fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
     w.unknown_keys(
         t,
@@ -594,7 +609,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
                     "`sip.advertised_host` must be a host name or IP address",
                 );
             }
-            h
+            sip_host(&h)
         }
         None => String::new(),
     };
@@ -970,6 +985,16 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
         );
         let ok = parse("c.toml", &format!("{GOOD}[[campaign]]\nid = \"a\"\nnumbers = [\"8005550100\"]\nbill_one_way_audio = false\n")).unwrap();
         assert!(!ok.routing.campaigns[0].bill_one_way_audio);
+        // IPv6: the bare and the bracketed spelling both give `[::1]` in SIP and `::1` in SDP.
+        for spelling in ["::1", "[::1]"] {
+            let v6 = GOOD.replace(
+                "advertised_host = \"127.0.0.1\"",
+                &format!("advertised_host = \"{spelling}\""),
+            );
+            let c = parse("v6.toml", &v6).unwrap();
+            assert_eq!(c.sip.advertised_host, "[::1]", "{spelling}");
+            assert_eq!(c.media.advertised_ip.to_string(), "::1", "{spelling}");
+        }
     }
 
     #[test]

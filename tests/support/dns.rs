@@ -5,7 +5,7 @@
 #![allow(dead_code)]
 
 use hickory_resolver::proto::op::{Message, MessageType, OpCode, ResponseCode};
-use hickory_resolver::proto::rr::rdata::{naptr::NAPTR, srv::SRV, A};
+use hickory_resolver::proto::rr::rdata::{naptr::NAPTR, srv::SRV, A, AAAA};
 use hickory_resolver::proto::rr::{Name, RData, Record, RecordType};
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -17,6 +17,8 @@ use std::time::Duration;
 pub enum Rec {
     /// An A record.
     A(Ipv4Addr),
+    /// An AAAA record.
+    Aaaa(std::net::Ipv6Addr),
     /// NAPTR: order, service (`SIP+D2U`), replacement (an SRV name); flags `s`.
     Naptr(u16, &'static str, String),
     /// SRV: priority, weight, port, target.
@@ -119,6 +121,7 @@ fn answer(req: &Message, zone: &Zone) -> Message {
             known_name = true;
             let data = match (rec, q.query_type()) {
                 (Rec::A(ip), RecordType::A) => RData::A(A(*ip)),
+                (Rec::Aaaa(ip), RecordType::AAAA) => RData::AAAA(AAAA(*ip)),
                 (Rec::Naptr(order, services, repl), RecordType::NAPTR) => RData::NAPTR(NAPTR::new(
                     *order,
                     10,
