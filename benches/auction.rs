@@ -33,6 +33,9 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                     .then(|| Schedule::parse(tzs[i % 4], "mon-fri", "08:00", "20:00").unwrap()),
                 priority: (i % 5) as i32,
                 auth: None,
+                headers: Vec::new(),
+                codecs: Vec::new(),
+                from_user: None,
             }
         })
         .collect()

@@ -53,6 +53,7 @@ fn static_payload(pt: u8) -> Option<(&'static str, u32)> {
         4 => ("G723", 8000),
         8 => ("PCMA", 8000),
         9 => ("G722", 8000),
+        13 => ("CN", 8000),
         18 => ("G729", 8000),
         _ => return None,
     })
@@ -244,6 +245,65 @@ fn rewrite_session(
     Ok((Bytes::from(out), announced))
 }
 
+/// `body` with every audio m-line cut down to the codecs named in `allow` (encoding names,
+/// case-insensitive: `PCMU`, `PCMA`, `G729`, `opus` …), a buyer's allow-list. Payload types are
+/// named by their `a=rtpmap` or, without one, the RFC 3551 static table; `telephone-event` and
+/// `CN` are kept (DTMF and comfort noise are not codecs a buyer chooses). The `a=rtpmap`,
+/// `a=fmtp` and `a=rtcp-fb` lines of dropped payloads go with them. `Ok(None)` when an audio
+/// stream would be left with no allowed codec: there is nothing to offer that buyer.
+pub fn keep_codecs(body: &[u8], allow: &[String]) -> Result<Option<Bytes>, SdpError> {
+    let mut s = parse(body)?;
+    for m in s.medias.iter_mut().filter(|m| m.media == "audio") {
+        let name_of = |pt: &str| -> Option<String> {
+            m.attributes
+                .iter()
+                .filter(|a| a.attribute == "rtpmap")
+                .filter_map(|a| a.value.as_deref())
+                .find_map(|v| {
+                    let (p, enc) = v.split_once(' ')?;
+                    (p == pt).then(|| enc.split('/').next().unwrap_or("").to_owned())
+                })
+                .or_else(|| {
+                    pt.parse()
+                        .ok()
+                        .and_then(static_payload)
+                        .map(|(n, _)| n.to_owned())
+                })
+        };
+        let mut kept = Vec::new();
+        let mut dropped = Vec::new();
+        let mut codecs = 0;
+        for pt in m.fmt.split_whitespace() {
+            let name = name_of(pt).unwrap_or_default();
+            let always =
+                name.eq_ignore_ascii_case("telephone-event") || name.eq_ignore_ascii_case("CN");
+            if allow.iter().any(|a| a.eq_ignore_ascii_case(&name)) {
+                codecs += 1;
+                kept.push(pt.to_owned());
+            } else if always {
+                kept.push(pt.to_owned());
+            } else {
+                dropped.push(pt.to_owned());
+            }
+        }
+        if codecs == 0 && m.port != 0 {
+            return Ok(None);
+        }
+        m.fmt = kept.join(" ");
+        m.attributes.retain(|a| {
+            if !matches!(a.attribute.as_str(), "rtpmap" | "fmtp" | "rtcp-fb") {
+                return true;
+            }
+            let pt = a.value.as_deref().and_then(|v| v.split_whitespace().next());
+            !pt.is_some_and(|pt| dropped.iter().any(|d| d == pt))
+        });
+    }
+    let mut out = Vec::with_capacity(body.len());
+    s.write(&mut out)
+        .map_err(|e| SdpError::Parse(e.to_string()))?;
+    Ok(Some(Bytes::from(out)))
+}
+
 /// Unspecified IPv4 address (for callers that need a placeholder).
 pub const UNSPECIFIED: IpAddr = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
 
@@ -366,5 +426,36 @@ m=video 31610 RTP/AVP 96\r\nc=IN IP4 10.9.9.7\r\na=rtpmap:96 H264/90000\r\na=rtc
             }
         }
         assert_eq!(read, 7, "every case is one inspect reads");
+    }
+
+    #[test]
+    fn a_codec_allow_list_cuts_the_offer() {
+        let offer = "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n\
+m=audio 4000 RTP/AVP 0 8 18 101 13\r\na=rtpmap:18 G729/8000\r\na=fmtp:18 annexb=no\r\n\
+a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-16\r\na=ptime:20\r\n";
+        let allow = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let out = keep_codecs(offer.as_bytes(), &allow(&["pcma"]))
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.contains("m=audio 4000 RTP/AVP 8 101 13\r\n"), "{text}");
+        assert!(!text.contains("G729") && !text.contains("annexb"), "{text}");
+        assert!(
+            text.contains("a=fmtp:101 0-16") && text.contains("a=ptime:20"),
+            "{text}"
+        );
+        let out = keep_codecs(offer.as_bytes(), &allow(&["G729", "PCMU"]))
+            .unwrap()
+            .unwrap();
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(
+            text.contains("m=audio 4000 RTP/AVP 0 18 101 13\r\n"),
+            "{text}"
+        );
+        assert!(text.contains("a=fmtp:18 annexb=no"), "{text}");
+        assert_eq!(
+            keep_codecs(offer.as_bytes(), &allow(&["opus"])).unwrap(),
+            None
+        );
     }
 }

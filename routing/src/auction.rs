@@ -26,6 +26,8 @@ pub enum Exclusion {
     Paused,
     /// The buyer's trunk host has never resolved (DNS, RFC 3263): no address to ring.
     Dns,
+    /// None of the codecs the carrier offered is on the buyer's `codecs` list.
+    Codec,
 }
 
 impl Exclusion {
@@ -41,6 +43,7 @@ impl Exclusion {
             Exclusion::Budget => "budget",
             Exclusion::Paused => "paused",
             Exclusion::Dns => "dns",
+            Exclusion::Codec => "codec",
         }
     }
 }
@@ -250,6 +253,9 @@ mod tests {
             schedule: None,
             priority: 0,
             auth: None,
+            headers: Vec::new(),
+            codecs: Vec::new(),
+            from_user: None,
         }
     }
 

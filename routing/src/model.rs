@@ -62,6 +62,12 @@ pub struct Buyer {
     pub priority: i32,
     /// Credentials for the buyer's digest challenges (`401`/`407`), if it sends any.
     pub auth: Option<BuyerAuth>,
+    /// Extra headers on its INVITEs: (name, value template).
+    pub headers: Vec<(String, String)>,
+    /// Codecs its offers may carry (encoding names); empty = whatever the carrier offered.
+    pub codecs: Vec<String>,
+    /// The From user part template; `None` = the caller.
+    pub from_user: Option<String>,
 }
 
 /// A buyer trunk's digest credentials. The password is read from the environment or a file

@@ -106,9 +106,47 @@ impl Controller {
                 call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Dns));
                 continue;
             };
+            let offer = match (&buyer.codecs[..], &call.offer_b) {
+                ([], o) | (_, o @ None) => o.clone(),
+                (allow, Some((ct, sdp))) => match dce_media::sdp::keep_codecs(sdp, allow) {
+                    Ok(Some(cut)) => Some((ct.clone(), cut)),
+                    Ok(None) => {
+                        tracing::info!(call = %call.id, buyer = %buyer.id, codecs = ?buyer.codecs, "buyer skipped: none of the offered codecs is on its list (excluded:codec)");
+                        live.release();
+                        call.outcomes[idx] =
+                            Some(BidOutcome::Excluded(dce_routing::Exclusion::Codec));
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(call = %call.id, buyer = %buyer.id, error = %e, "offer could not be cut to the buyer's codecs; sent as it is");
+                        call.offer_b.clone()
+                    }
+                },
+            };
+            let called = sip_user(&call.called);
+            let fields = crate::config::template::Fields {
+                caller: &caller,
+                called: &called,
+                carrier: &call.carrier,
+                campaign: &snap.campaign(call.campaign).id,
+                buyer: &buyer.id,
+                call_id: &call.id,
+            };
+            let from_user = match &buyer.from_user {
+                Some(t) => match crate::config::template::expand(t, &fields) {
+                    u if u.is_empty() => "anonymous".to_owned(),
+                    u => u,
+                },
+                None => caller.clone(),
+            };
+            let extra: Vec<(String, String)> = buyer
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), crate::config::template::expand(v, &fields)))
+                .collect();
             let tag = self.ids.tag();
             let b_call_id = self.ids.call_id(&me.host);
-            let local = format!("<sip:{caller}@{}>;tag={tag}", me.host);
+            let local = format!("<sip:{from_user}@{}>;tag={tag}", me.host);
             let mf = call
                 .a
                 .invite
@@ -125,7 +163,10 @@ impl Controller {
                 .push(HeaderName::Contact, me.contact())
                 .push(HeaderName::Allow, crate::edge::ALLOW)
                 .push(HeaderName::Other("X-DCE-Call-ID".into()), call.id.clone());
-            push_body(&mut invite, call.offer_b.clone());
+            for (n, v) in extra {
+                invite.push(HeaderName::Other(n), v);
+            }
+            push_body(&mut invite, offer);
             let peer = Peer {
                 transport: Transport::Udp,
                 addr,

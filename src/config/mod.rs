@@ -16,6 +16,7 @@ pub mod http;
 
 mod model;
 pub mod routing;
+pub mod template;
 mod walk;
 
 pub use compliance::{ComplianceConfig, OnLookupError};

@@ -234,6 +234,9 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "schedule",
                 "priority",
                 "auth",
+                "headers",
+                "codecs",
+                "from_user",
             ],
         );
         let id = read_id(w, t, "buyer", &mut seen);
@@ -298,6 +301,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
         let auth = w
             .table(t, "auth", "buyer.auth", false)
             .and_then(|at| buyer_auth(w, at, w.span_of(t, "auth")));
+        let (headers, codecs, from_user) = buyer_profile(w, t);
         if let Some(id) = id {
             cfg.buyers.push(Buyer {
                 id,
@@ -312,10 +316,101 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 schedule,
                 priority,
                 auth,
+                headers,
+                codecs,
+                from_user,
             });
         }
     }
     cfg
+}
+
+/// The buyer's SIP profile: `headers = { "X-Name" = "template" }`, `codecs = ["PCMU", …]`,
+/// `from_user = "template"` — every template checked (fields, control characters), every header
+/// name a token that DCE does not own.
+#[allow(clippy::type_complexity)]
+fn buyer_profile(
+    w: &mut Walk<'_>,
+    t: Table<'_, '_>,
+) -> (Vec<(String, String)>, Vec<String>, Option<String>) {
+    use super::template;
+    let mut headers = Vec::new();
+    if let Some(ht) = w.table(t, "headers", "buyer.headers", false) {
+        for name in w.keys(ht) {
+            let Some((value, span)) = w.string(ht, &name, true) else {
+                continue;
+            };
+            if !template::header_name_ok(&name) {
+                w.error(
+                    span,
+                    format!("buyer headers: `{name}` is not a header name"),
+                );
+            } else if template::reserved_header(&name) {
+                w.error(
+                    span,
+                    format!("buyer headers: `{name}` is set by DCE and cannot be configured"),
+                );
+            } else if let Err(e) = template::check(&value) {
+                w.error(span, format!("buyer headers: `{name}` {e}"));
+            } else if value.len() > 512 {
+                w.error(
+                    span,
+                    format!("buyer headers: `{name}` is over 512 characters"),
+                );
+            } else if headers.len() == 16 {
+                w.error(span, "buyer headers: at most 16");
+            } else {
+                headers.push((name, value));
+            }
+        }
+    }
+    let mut codecs = Vec::new();
+    for (c, span) in w.strings(t, "codecs", false).unwrap_or_default() {
+        if c.is_empty()
+            || !c
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+        {
+            w.error(
+                span,
+                format!("buyer codecs: `{c}` is not an encoding name (PCMU, PCMA, G729, opus …)"),
+            );
+        } else if ["telephone-event", "cn"].contains(&c.to_ascii_lowercase().as_str()) {
+            w.error(
+                span,
+                format!("buyer codecs: `{c}` is always kept; list audio codecs only"),
+            );
+        } else {
+            codecs.push(c);
+        }
+    }
+    let from_user = w.string(t, "from_user", false).and_then(|(f, span)| {
+        let literal_ok = template::expand(
+            &f,
+            &template::Fields {
+                caller: "1",
+                called: "1",
+                carrier: "c",
+                campaign: "c",
+                buyer: "b",
+                call_id: "i",
+            },
+        )
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-_.!~*'()&=+$,;?/%".contains(&b));
+        match template::check(&f) {
+            Err(e) => {
+                w.error(span, format!("buyer from_user {e}"));
+                None
+            }
+            Ok(()) if f.is_empty() || !literal_ok => {
+                w.error(span, "buyer from_user must be a SIP user part (letters, digits, -_.!~*'() …) with template fields");
+                None
+            }
+            Ok(()) => Some(f),
+        }
+    });
+    (headers, codecs, from_user)
 }
 
 /// `auth = { user = "…", password_env = "VAR" }` or `password_file = "FILE"`: the password
@@ -402,6 +497,11 @@ pub fn target_of(
     let uri = template
         .replace("{called}", called)
         .replace("{caller}", caller);
+    if uri.contains(['{', '}']) {
+        return Err(format!(
+            "buyer uri `{template}`: only `{{called}}` and `{{caller}}` can be filled in a URI"
+        ));
+    }
     let parsed = dce_sip::Uri::parse(&uri)
         .map_err(|e| format!("buyer uri `{template}` does not parse ({e:?})"))?;
     if !parsed.is_sip() {
@@ -526,6 +626,7 @@ mod tests {
             ("sip:{called}@127.0.0.1;transport=tcp", "transport `tcp`"),
             ("sips:{called}@buyer.example", "sips:"),
             ("sip:1@{called}.example", "template field"),
+            ("sip:{calld}@127.0.0.1", "only `{called}` and `{caller}`"),
             ("sip:1@bad_-.ex-", "does not parse"),
             ("sip:1@a..b", "not a valid host name"),
         ] {

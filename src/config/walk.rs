@@ -173,6 +173,17 @@ impl<'a> Walk<'a> {
         out
     }
 
+    /// Every key of `t`, in file order (for tables whose keys are the operator's: headers).
+    pub fn keys(&self, t: Table<'_, '_>) -> Vec<String> {
+        let mut v: Vec<(usize, String)> = t
+            .table
+            .iter()
+            .map(|(k, v)| (v.span().start, k.get_ref().to_string()))
+            .collect();
+        v.sort();
+        v.into_iter().map(|(_, k)| k).collect()
+    }
+
     /// A boolean.
     pub fn boolean(&mut self, t: Table<'_, '_>, key: &str) -> Option<bool> {
         let v = Self::get(t, key)?;
