@@ -36,6 +36,7 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 headers: Vec::new(),
                 codecs: Vec::new(),
                 from_user: None,
+                health: None,
             }
         })
         .collect()

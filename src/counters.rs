@@ -76,6 +76,10 @@ counters! {
     TooLargeForUdp => "buyer_invite_too_large_for_udp",
     /// A buyer attempt moved to the next target its DNS gives (no response, timeout, 503).
     TargetFailover => "buyer_target_failover",
+    /// A buyer trunk went down (OPTIONS pings failed, or its breaker opened).
+    BuyerDown => "buyer_trunk_down",
+    /// A buyer trunk came back up (OPTIONS pings answered again).
+    BuyerUp => "buyer_trunk_up",
     /// Carrier SDP DCE cannot anchor: 488.
     BadSdp488 => "rejected_488_sdp",
     /// Calls ended because no RTP flowed for rtp_timeout_s.

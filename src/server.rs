@@ -350,6 +350,10 @@ pub async fn run(
                 controller.set_shared(shared_checks);
                 controller.set_events(events);
                 controller.set_dns(dns_table);
+                if index == 0 {
+                    // One worker sends the buyers' OPTIONS pings (their state is shared).
+                    controller.set_pinger(std::time::Instant::now());
+                }
                 EdgeCore::new(timers, local, host, counters, controller)
             }
         };

@@ -28,6 +28,8 @@ pub enum Exclusion {
     Dns,
     /// None of the codecs the carrier offered is on the buyer's `codecs` list.
     Codec,
+    /// The trunk is down: its OPTIONS pings fail, or its breaker is open.
+    Down,
 }
 
 impl Exclusion {
@@ -44,6 +46,7 @@ impl Exclusion {
             Exclusion::Paused => "paused",
             Exclusion::Dns => "dns",
             Exclusion::Codec => "codec",
+            Exclusion::Down => "down",
         }
     }
 }
@@ -154,6 +157,8 @@ pub fn auction(
             buyer.hourly_cap > 0 || buyer.daily_cap > 0 || buyer.daily_budget_cents > 0;
         let excluded = if live.paused() {
             Some(Exclusion::Paused)
+        } else if buyer.health.is_some() && live.health.down(now.timestamp_millis().max(0) as u64) {
+            Some(Exclusion::Down)
         } else if bid_cents < floor {
             Some(Exclusion::Floor)
         } else if !buyer.states.is_empty()
@@ -256,6 +261,7 @@ mod tests {
             headers: Vec::new(),
             codecs: Vec::new(),
             from_user: None,
+            health: None,
         }
     }
 

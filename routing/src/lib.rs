@@ -23,7 +23,9 @@ mod schedule;
 
 pub use auction::{auction, local_keys, Entry, Exclusion, Outcome};
 pub use geo::{state_of_number, State, StateSet};
-pub use live::{BuyerLive, Live};
-pub use model::{Buyer, BuyerAuth, BuyerId, Campaign, CampaignId, Snapshot, SnapshotError};
+pub use live::{BuyerLive, Health, Live};
+pub use model::{
+    Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, Snapshot, SnapshotError,
+};
 pub use number::normalize;
 pub use schedule::{Days, Schedule, ScheduleError};

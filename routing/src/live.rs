@@ -21,6 +21,95 @@ pub struct BuyerLive {
     paused: AtomicBool,
     /// Operator's bid override plus one; 0 = none (the config's bid applies).
     bid_override: AtomicU64,
+    /// The trunk's health (OPTIONS pings, the failed-call breaker).
+    pub health: Health,
+}
+
+/// A buyer trunk's health: down while its OPTIONS pings fail (`down_after` in a row, until
+/// `up_after` succeed in a row), or while its breaker is open (`fail_calls` failed calls in a
+/// row open it for `cooldown`). Shared by every SIP worker; survives reloads.
+#[derive(Debug, Default)]
+pub struct Health {
+    ping_down: AtomicBool,
+    /// Consecutive ping results against the current state (failures while up, successes
+    /// while down).
+    ping_run: AtomicU32,
+    call_fails: AtomicU32,
+    /// Unix ms until which the breaker is open; 0 = closed.
+    open_until_ms: AtomicU64,
+}
+
+impl Health {
+    /// Is the trunk down at `now_ms` (Unix ms)?
+    pub fn down(&self, now_ms: u64) -> bool {
+        self.ping_down() || self.breaker_open(now_ms)
+    }
+
+    /// Down because its OPTIONS pings fail.
+    pub fn ping_down(&self) -> bool {
+        self.ping_down.load(Ordering::Acquire)
+    }
+
+    /// The breaker is open at `now_ms`.
+    pub fn breaker_open(&self, now_ms: u64) -> bool {
+        self.open_until_ms.load(Ordering::Acquire) > now_ms
+    }
+
+    /// Unix ms the breaker stays open until (0: it never opened).
+    pub fn open_until_ms(&self) -> u64 {
+        self.open_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Failed calls in a row so far.
+    pub fn call_fails(&self) -> u32 {
+        self.call_fails.load(Ordering::Acquire)
+    }
+
+    /// Ping results in a row against the current state.
+    pub fn ping_run(&self) -> u32 {
+        self.ping_run.load(Ordering::Acquire)
+    }
+
+    /// One ping's result; `Some(down)` when it changed the ping state.
+    pub fn ping_result(&self, ok: bool, down_after: u32, up_after: u32) -> Option<bool> {
+        let down = self.ping_down();
+        if ok != down {
+            // The result agrees with the state: the run against it is broken.
+            self.ping_run.store(0, Ordering::Release);
+            return None;
+        }
+        let run = self.ping_run.fetch_add(1, Ordering::AcqRel) + 1;
+        let need = if down { up_after } else { down_after };
+        if run >= need.max(1) {
+            self.ping_down.store(!down, Ordering::Release);
+            self.ping_run.store(0, Ordering::Release);
+            return Some(!down);
+        }
+        None
+    }
+
+    /// One call attempt's result for the breaker: `failed` (no response, 408, 5xx) or not. True
+    /// when this failure opened the breaker (until `now_ms + cooldown_ms`).
+    pub fn call_result(
+        &self,
+        failed: bool,
+        fail_calls: u32,
+        cooldown_ms: u64,
+        now_ms: u64,
+    ) -> bool {
+        if !failed {
+            self.call_fails.store(0, Ordering::Release);
+            return false;
+        }
+        let n = self.call_fails.fetch_add(1, Ordering::AcqRel) + 1;
+        if fail_calls > 0 && n >= fail_calls {
+            self.call_fails.store(0, Ordering::Release);
+            self.open_until_ms
+                .store(now_ms + cooldown_ms, Ordering::Release);
+            return true;
+        }
+        false
+    }
 }
 
 const SPEND_BITS: u32 = 40;
@@ -203,5 +292,50 @@ mod tests {
         b.refund(7, 1500);
         assert_eq!(b.spend_on_day(7), 3000);
         assert_eq!(b.spend_on_day(8), 0);
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use super::Health;
+
+    #[test]
+    fn pings_take_it_down_and_up_with_hysteresis() {
+        let h = Health::default();
+        assert_eq!(h.ping_result(false, 3, 2), None);
+        assert_eq!(h.ping_result(false, 3, 2), None);
+        assert_eq!(h.ping_result(true, 3, 2), None, "a success breaks the run");
+        assert_eq!(h.ping_result(false, 3, 2), None);
+        assert_eq!(h.ping_result(false, 3, 2), None);
+        assert_eq!(
+            h.ping_result(false, 3, 2),
+            Some(true),
+            "three in a row: down"
+        );
+        assert!(h.down(0));
+        assert_eq!(h.ping_result(true, 3, 2), None);
+        assert_eq!(h.ping_result(false, 3, 2), None);
+        assert_eq!(h.ping_result(true, 3, 2), None);
+        assert_eq!(h.ping_result(true, 3, 2), Some(false), "two in a row: up");
+        assert!(!h.down(0));
+    }
+
+    #[test]
+    fn failed_calls_open_the_breaker_for_the_cooldown() {
+        let h = Health::default();
+        assert!(!h.call_result(true, 2, 30_000, 1_000));
+        assert!(
+            !h.call_result(false, 2, 30_000, 1_000),
+            "an answer resets the count"
+        );
+        assert!(!h.call_result(true, 2, 30_000, 2_000));
+        assert!(h.call_result(true, 2, 30_000, 3_000));
+        assert!(h.down(3_000) && h.down(32_999));
+        assert!(!h.down(33_000), "closed again by itself");
+        assert!(
+            !h.call_result(true, 0, 30_000, 40_000),
+            "fail_calls 0: no breaker"
+        );
+        assert!(!h.breaker_open(40_000));
     }
 }

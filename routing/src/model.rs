@@ -68,6 +68,23 @@ pub struct Buyer {
     pub codecs: Vec<String>,
     /// The From user part template; `None` = the caller.
     pub from_user: Option<String>,
+    /// Trunk health checks (`health = { … }`), if configured.
+    pub health: Option<BuyerHealth>,
+}
+
+/// `health = { interval_s, down_after, up_after, fail_calls, cooldown_s }`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BuyerHealth {
+    /// Seconds between OPTIONS pings; 0 = no pings (the breaker only).
+    pub interval_s: u32,
+    /// Failed pings in a row that mark the trunk down.
+    pub down_after: u32,
+    /// Answered pings in a row that bring it back up.
+    pub up_after: u32,
+    /// Failed calls in a row (no response, 408, 5xx) that open the breaker; 0 = no breaker.
+    pub fail_calls: u32,
+    /// How long the breaker stays open, seconds.
+    pub cooldown_s: u32,
 }
 
 /// A buyer trunk's digest credentials. The password is read from the environment or a file

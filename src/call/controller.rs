@@ -118,6 +118,8 @@ pub struct Controller {
     pub(super) shared: Option<SharedChecks>,
     /// Buyer hosts resolved in the background (`None`: no buyer is given by name).
     pub(super) dns: Option<Arc<crate::dns::Table>>,
+    /// On the worker that sends the buyers' OPTIONS pings.
+    pub(super) pinger: Option<super::health::Pinger>,
     pub(super) next_lookup: u64,
     pub(super) events: crate::events::Bus,
     /// When the message being handled reached the socket (set by the edge core per message).
@@ -173,6 +175,7 @@ impl Controller {
             awaiting_media: HashMap::new(),
             shared: None,
             dns: None,
+            pinger: None,
             next_lookup: 1,
             events: crate::events::Bus::default(),
             rx_at: None,
@@ -214,6 +217,7 @@ impl Controller {
         self.live.clear_bid_overrides();
         self.snapshot = snapshot;
         self.carriers = Carriers::new(carriers, Some(&self.carriers));
+        self.sync_pings();
     }
 
     /// Run the fleet-wide checks through the driver (Redis configured).
@@ -226,9 +230,10 @@ impl Controller {
         self.dns = Some(table);
     }
 
-    /// Stop taking new calls (they get 503).
+    /// Stop taking new calls (they get 503), and stop pinging buyers.
     pub fn stop_accepting(&mut self) {
         self.accepting = false;
+        self.pinger = None;
     }
 
     /// Calls in progress.
@@ -283,7 +288,11 @@ impl Controller {
     /// When [`Controller::handle_timeout`] must run.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.timers.first().map(|(at, _)| *at)
+        let calls = self.timers.first().map(|(at, _)| *at);
+        match self.pinger.as_ref().and_then(|p| p.next()) {
+            Some(p) => Some(calls.map_or(p, |c| c.min(p))),
+            None => calls,
+        }
     }
 
     /// Arm call `key`'s timer `t` at `at`.
@@ -331,6 +340,14 @@ impl Controller {
 
     /// Fire due call timers.
     pub fn handle_timeout(&mut self, layer: &mut TransactionLayer, now: Instant) {
+        if self
+            .pinger
+            .as_ref()
+            .and_then(|p| p.next())
+            .is_some_and(|at| at <= now)
+        {
+            self.ping_tick(layer, now);
+        }
         while let Some(&(at, key)) = self.timers.first() {
             if at > now {
                 break;

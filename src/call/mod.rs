@@ -30,6 +30,7 @@ pub mod carrier;
 pub mod cdr;
 mod controller;
 mod end;
+mod health;
 pub mod leg;
 pub mod lookup;
 mod mirror;

@@ -255,6 +255,8 @@ impl Controller {
             slot.release();
         }
         let given_up = matches!(leg.state, BState::CancelPending | BState::Cancelled);
+        let buyer = call.entries[leg.entry].buyer;
+        let snap = call.snapshot.clone();
         // An abandoned leg keeps the reason it was abandoned for (ring timeout, cancel).
         if !given_up || call.outcomes[leg.entry].is_none() {
             call.outcomes[leg.entry] = Some(outcome);
@@ -266,7 +268,11 @@ impl Controller {
         if code.is_some() {
             call.buyer_code = code;
         }
-        if call.state != (CallState::Ringing { current: li }) {
+        let ringing = call.state == (CallState::Ringing { current: li });
+        if !given_up || invite_over {
+            self.breaker_note(&snap, buyer, outcome);
+        }
+        if !ringing {
             return;
         }
         self.disarm(key, Timer::Ring);
@@ -406,6 +412,9 @@ impl Controller {
         now: Instant,
     ) {
         let code = msg.code().unwrap_or(0);
+        if self.ping_response(tx, code) {
+            return;
+        }
         if self.router.orphan_mut(tx).is_some() {
             self.on_orphan_response(layer, tx, &msg, now);
             return;
@@ -687,6 +696,13 @@ impl Controller {
         msg: &Message,
         now: Instant,
     ) {
+        if let Some((snap, b)) = self
+            .calls
+            .get(&key)
+            .map(|c| (c.snapshot.clone(), c.entries[entry].buyer))
+        {
+            self.breaker_note(&snap, b, BidOutcome::Won);
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -767,6 +783,9 @@ impl Controller {
 
     /// A client transaction timed out (Timer B or F).
     pub fn on_tx_timeout(&mut self, layer: &mut TransactionLayer, tx: TxId, now: Instant) {
+        if self.ping_timed_out(tx) {
+            return;
+        }
         self.router.remove_orphan(tx);
         let Some((key, role)) = self.router.remove_client(tx) else {
             return;

@@ -82,6 +82,50 @@ pub struct BuyerView {
     pub daily_budget_cents: u64,
     /// How the trunk's host name resolves (absent for an IP address).
     pub dns: Option<DnsView>,
+    /// The trunk's health (absent without `health = { … }`).
+    pub health: Option<HealthView>,
+}
+
+/// A buyer trunk's health as the auction sees it now.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct HealthView {
+    /// `up` or `down` (then the buyer is `excluded:down`).
+    pub state: String,
+    /// Why it is down: `options` (pings fail), `calls` (the breaker is open), or both.
+    pub reason: Option<String>,
+    /// Failed OPTIONS pings in a row while up, or answered ones while down.
+    pub ping_run: u32,
+    /// Failed calls in a row (no response, 408, 5xx) towards the breaker.
+    pub failed_calls: u32,
+    /// Until when the breaker is open (RFC 3339), while it is.
+    pub breaker_open_until: Option<String>,
+}
+
+fn health_view(
+    b: &dce_routing::Buyer,
+    live: &dce_routing::BuyerLive,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Option<HealthView> {
+    b.health?;
+    let now_ms = now.timestamp_millis().max(0) as u64;
+    let h = &live.health;
+    let (ping, breaker) = (h.ping_down(), h.breaker_open(now_ms));
+    let reason = match (ping, breaker) {
+        (true, true) => Some("options+calls"),
+        (true, false) => Some("options"),
+        (false, true) => Some("calls"),
+        (false, false) => None,
+    };
+    Some(HealthView {
+        state: if reason.is_some() { "down" } else { "up" }.into(),
+        reason: reason.map(str::to_owned),
+        ping_run: h.ping_run(),
+        failed_calls: h.call_fails(),
+        breaker_open_until: breaker
+            .then(|| chrono::DateTime::from_timestamp_millis(h.open_until_ms() as i64))
+            .flatten()
+            .map(|t| t.to_rfc3339()),
+    })
 }
 
 /// A buyer host name's resolution (RFC 3263), as the resolver last saw it.
@@ -182,6 +226,7 @@ pub fn buyer_view(
         spend_today_cents: live.spend_on_day(dk),
         daily_budget_cents: b.daily_budget_cents,
         dns: dns_view(&b.uri, dns),
+        health: health_view(b, live, now),
     }
 }
 

@@ -237,6 +237,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "headers",
                 "codecs",
                 "from_user",
+                "health",
             ],
         );
         let id = read_id(w, t, "buyer", &mut seen);
@@ -302,6 +303,28 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .table(t, "auth", "buyer.auth", false)
             .and_then(|at| buyer_auth(w, at, w.span_of(t, "auth")));
         let (headers, codecs, from_user) = buyer_profile(w, t);
+        let health = w.table(t, "health", "buyer.health", false).map(|ht| {
+            w.unknown_keys(
+                ht,
+                &[
+                    "interval_s",
+                    "down_after",
+                    "up_after",
+                    "fail_calls",
+                    "cooldown_s",
+                ],
+            );
+            let mut int = |k: &str, min: i64, max: i64, d: u32| {
+                w.int(ht, k, min, max).map_or(d, |(v, _)| v as u32)
+            };
+            dce_routing::BuyerHealth {
+                interval_s: int("interval_s", 0, 3_600, 30),
+                down_after: int("down_after", 1, 100, 3),
+                up_after: int("up_after", 1, 100, 2),
+                fail_calls: int("fail_calls", 0, 1_000, 5),
+                cooldown_s: int("cooldown_s", 1, 86_400, 30),
+            }
+        });
         if let Some(id) = id {
             cfg.buyers.push(Buyer {
                 id,
@@ -319,6 +342,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 headers,
                 codecs,
                 from_user,
+                health,
             });
         }
     }

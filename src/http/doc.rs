@@ -5,7 +5,7 @@
 use super::routes::{
     BuyerList, CallList, DncEntry, ErrorBody, ErrorDetail, Figures, GroupFigures, HangupDone, Stats,
 };
-use crate::call::view::{BuyerPatch, BuyerView, CallView, DnsView, LegView};
+use crate::call::view::{BuyerPatch, BuyerView, CallView, DnsView, HealthView, LegView};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::path::Operation;
@@ -101,7 +101,7 @@ pub struct CdrPage {
         super::routes::stats, super::gdpr::erase, super::ws::events,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView,
+        ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView, HealthView,
         BuyerPatch, DncEntry, Stats, Figures, GroupFigures, Health, DependencyHealth, Reloaded,
         CdrPage, crate::store::db::ExportRow, super::gdpr::EraseRequest,
         crate::store::gdpr::Erased,

@@ -53,6 +53,7 @@ fn a_buyer(paused: bool, bid: Option<u32>) -> crate::call::view::BuyerView {
         spend_today_cents: 1500,
         daily_budget_cents: 0,
         dns: None,
+        health: None,
     }
 }
 

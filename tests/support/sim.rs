@@ -57,6 +57,8 @@ pub struct Buyer {
     pub mode: Mode,
     /// Calls by Call-ID.
     pub calls: BTreeMap<String, BuyerCall>,
+    /// OPTIONS received (answered 200 unless the buyer is `Silent`).
+    pub options: usize,
 }
 
 /// One call as the carrier placed it.
@@ -222,18 +224,42 @@ impl Sim {
             nobody: Buyer {
                 mode: Mode::Silent,
                 calls: BTreeMap::new(),
+                options: 0,
             },
             buyer_responses: Vec::new(),
         }
     }
 
     /// Add a buyer at `127.0.0.1:port`.
+    /// Change how the buyer at `port` behaves from now on.
+    pub fn set_mode(&mut self, port: u16, mode: Mode) {
+        if let Some(b) = self
+            .buyers
+            .get_mut(&SocketAddr::from(([127, 0, 0, 1], port)))
+        {
+            b.mode = mode;
+        }
+    }
+
+    /// Move the wall clock (which the simulation keeps fixed) on by `d`.
+    pub fn advance_wall(&mut self, d: Duration) {
+        let t = self.clock.now_utc_plus(d);
+        self.clock.set(t);
+    }
+
+    /// Make DCE's core the one that sends buyers' OPTIONS pings, from now.
+    pub fn start_pinging(&mut self) {
+        let now = self.now;
+        self.core.calls().set_pinger(now);
+    }
+
     pub fn add_buyer(&mut self, port: u16, mode: Mode) {
         self.buyers.insert(
             SocketAddr::from(([127, 0, 0, 1], port)),
             Buyer {
                 mode,
                 calls: BTreeMap::new(),
+                options: 0,
             },
         );
     }
@@ -795,6 +821,12 @@ impl Sim {
             Method::Ack => {
                 if let Some(c) = buyer.calls.get_mut(&call_id) {
                     c.requests.push(msg.clone());
+                }
+            }
+            Method::Options => {
+                buyer.options += 1;
+                if buyer.mode != Mode::Silent {
+                    replies.push(msg.response(200, "OK", "", None).print());
                 }
             }
             _ => {

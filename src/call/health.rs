@@ -1,0 +1,278 @@
+//! Buyer trunk health: OPTIONS pings (`health.interval_s`) and the failed-call breaker
+//! (`health.fail_calls`, `cooldown_s`). The state lives in each buyer's shared
+//! [`dce_routing::Health`], so every SIP worker's auction sees it (`excluded:down`); one worker
+//! (the pinger) sends the pings. Every change of state is logged, counted and sent as an event.
+
+use super::controller::Controller;
+use super::vocab::{AttemptEnd, BidOutcome};
+use crate::config::routing::target_of;
+use crate::counters::Counter;
+use dce_routing::BuyerId;
+use dce_sip::transaction::{Peer, TransactionLayer, Transport, TxId};
+use dce_sip::{HeaderName, Method};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// The pinging worker's schedule.
+#[derive(Debug, Default)]
+pub(super) struct Pinger {
+    /// When each buyer (by id) is due for its next ping.
+    due: HashMap<String, Instant>,
+    /// Pings waiting for their answer: transaction → (buyer id, deadline).
+    out: HashMap<TxId, (String, Instant)>,
+    /// The latest `now` seen (buyers added by a reload are due then).
+    last_now: Option<Instant>,
+}
+
+impl Pinger {
+    /// The earliest thing to do.
+    pub(super) fn next(&self) -> Option<Instant> {
+        self.due
+            .values()
+            .chain(self.out.values().map(|(_, d)| d))
+            .min()
+            .copied()
+    }
+}
+
+/// Does attempt outcome `o` say the trunk failed (`Some(true)`: no response, 408, 5xx), that it
+/// is alive (`Some(false)`: any other answer, or it rang), or nothing (`None`)?
+fn trunk_failed(o: BidOutcome) -> Option<bool> {
+    match o {
+        BidOutcome::Attempted(AttemptEnd::Timeout) => Some(true),
+        BidOutcome::Attempted(AttemptEnd::Code(c)) => Some(c == 408 || (500..600).contains(&c)),
+        BidOutcome::Attempted(AttemptEnd::RingTimeout) | BidOutcome::Won => Some(false),
+        _ => None,
+    }
+}
+
+impl Controller {
+    /// Make this controller the one that sends the OPTIONS pings (one SIP worker does), from
+    /// `now` on.
+    pub fn set_pinger(&mut self, now: Instant) {
+        self.pinger = Some(Pinger {
+            last_now: Some(now),
+            ..Pinger::default()
+        });
+        self.sync_pings();
+    }
+
+    /// Buyers with pings in the current snapshot are scheduled; the others are forgotten.
+    pub(super) fn sync_pings(&mut self) {
+        let snap = self.snapshot.clone();
+        let Some(p) = self.pinger.as_mut() else {
+            return;
+        };
+        let at = p.last_now;
+        let pinged: Vec<&str> = snap
+            .buyers()
+            .iter()
+            .filter(|b| b.health.is_some_and(|h| h.interval_s > 0))
+            .map(|b| b.id.as_str())
+            .collect();
+        p.due.retain(|id, _| pinged.contains(&id.as_str()));
+        if let Some(at) = at {
+            for id in pinged {
+                p.due.entry(id.to_owned()).or_insert(at);
+            }
+        }
+    }
+
+    /// Send the pings that are due and give up on those past their deadline.
+    pub(super) fn ping_tick(&mut self, layer: &mut TransactionLayer, now: Instant) {
+        let Some(p) = self.pinger.as_mut() else {
+            return;
+        };
+        p.last_now = Some(now);
+        let late: Vec<TxId> = p
+            .out
+            .iter()
+            .filter(|(_, (_, d))| *d <= now)
+            .map(|(tx, _)| *tx)
+            .collect();
+        let mut results = Vec::new();
+        for tx in late {
+            if let Some((id, _)) = p.out.remove(&tx) {
+                layer.abandon(tx);
+                results.push((id, false, "no answer".to_owned()));
+            }
+        }
+        let due: Vec<String> = p
+            .due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for (id, ok, why) in results {
+            self.ping_result(&id, ok, &why);
+        }
+        for id in due {
+            self.send_ping(layer, &id, now);
+        }
+    }
+
+    fn send_ping(&mut self, layer: &mut TransactionLayer, id: &str, now: Instant) {
+        let snap = self.snapshot.clone();
+        let Some(i) = snap.buyers().iter().position(|b| b.id == id) else {
+            return;
+        };
+        let buyer = &snap.buyers()[i];
+        let Some(h) = buyer.health.filter(|h| h.interval_s > 0) else {
+            return;
+        };
+        let interval = Duration::from_secs(u64::from(h.interval_s));
+        if let Some(p) = self.pinger.as_mut() {
+            p.due.insert(id.to_owned(), now + interval);
+        }
+        let Ok((uri, host)) = target_of(&buyer.uri, "1", "1") else {
+            return;
+        };
+        let uri = uri
+            .split_once('@')
+            .map_or(uri.clone(), |(_, h)| format!("sip:{h}"));
+        let Some(&addr) =
+            super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids).first()
+        else {
+            self.ping_result(id, false, "its host has not resolved");
+            return;
+        };
+        let me = self.settings.me.clone();
+        let mut req = me.request(Method::Options, &uri, 70, &self.ids.branch());
+        req.push(
+            HeaderName::From,
+            format!("<sip:dce@{}>;tag={}", me.host, self.ids.tag()),
+        )
+        .push(HeaderName::To, format!("<{uri}>"))
+        .push(HeaderName::CallId, self.ids.call_id(&me.host))
+        .push(HeaderName::CSeq, "1 OPTIONS")
+        .push(HeaderName::Allow, crate::edge::ALLOW);
+        let peer = Peer {
+            transport: Transport::Udp,
+            addr,
+            conn: Some(self.settings.udp_socket),
+        };
+        match layer.send_request(req, peer, now) {
+            Ok(tx) => {
+                let deadline = now + interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
+                if let Some(p) = self.pinger.as_mut() {
+                    p.out.insert(tx, (id.to_owned(), deadline));
+                }
+            }
+            Err(e) => tracing::warn!(buyer = %id, error = %e, "OPTIONS ping not sent"),
+        }
+    }
+
+    /// A response on `tx`: true when it answers one of our pings (and is consumed here).
+    pub(super) fn ping_response(&mut self, tx: TxId, code: u16) -> bool {
+        let Some(p) = self.pinger.as_mut() else {
+            return false;
+        };
+        if !p.out.contains_key(&tx) {
+            return false;
+        }
+        if code >= 200 {
+            if let Some((id, _)) = p.out.remove(&tx) {
+                let ok = code < 500 && code != 408;
+                self.ping_result(&id, ok, &format!("answered {code}"));
+            }
+        }
+        true
+    }
+
+    /// Timer F of a ping (its deadline normally comes first): true when `tx` was one.
+    pub(super) fn ping_timed_out(&mut self, tx: TxId) -> bool {
+        let Some((id, _)) = self.pinger.as_mut().and_then(|p| p.out.remove(&tx)) else {
+            return false;
+        };
+        self.ping_result(&id, false, "no answer");
+        true
+    }
+
+    fn ping_result(&mut self, id: &str, ok: bool, why: &str) {
+        let snap = self.snapshot.clone();
+        let Some(i) = snap.buyers().iter().position(|b| b.id == id) else {
+            return;
+        };
+        let Some(h) = snap.buyers()[i].health else {
+            return;
+        };
+        let live = snap.live(i as BuyerId);
+        match live.health.ping_result(ok, h.down_after, h.up_after) {
+            Some(true) => {
+                tracing::warn!(buyer = %id, pings = h.down_after, last = %why, "buyer trunk DOWN: OPTIONS pings fail; excluded:down until it answers again");
+                self.health_changed(id, true, "options");
+            }
+            Some(false) => {
+                tracing::info!(buyer = %id, pings = h.up_after, "buyer trunk UP again: OPTIONS pings answered");
+                self.health_changed(id, false, "options");
+            }
+            None => tracing::debug!(buyer = %id, ok, why, "OPTIONS ping"),
+        }
+    }
+
+    /// Feed a finished attempt of buyer `b` (of the call's snapshot `snap`) to its breaker.
+    pub(super) fn breaker_note(
+        &mut self,
+        snap: &std::sync::Arc<dce_routing::Snapshot>,
+        b: BuyerId,
+        outcome: BidOutcome,
+    ) {
+        let Some(buyer) = snap.buyers().get(b) else {
+            return;
+        };
+        let (Some(h), Some(failed)) = (buyer.health, trunk_failed(outcome)) else {
+            return;
+        };
+        let now_ms = self.clock.now_utc().timestamp_millis().max(0) as u64;
+        let live = snap.live(b);
+        if live
+            .health
+            .call_result(failed, h.fail_calls, u64::from(h.cooldown_s) * 1000, now_ms)
+        {
+            tracing::warn!(buyer = %buyer.id, failed_calls = h.fail_calls, cooldown_s = h.cooldown_s, last = %outcome, "buyer trunk DOWN: breaker open after failed calls; excluded:down for the cool-down");
+            let id = buyer.id.clone();
+            self.health_changed(&id, true, "calls");
+        }
+    }
+
+    fn health_changed(&mut self, id: &str, down: bool, reason: &'static str) {
+        self.counters.inc(if down {
+            Counter::BuyerDown
+        } else {
+            Counter::BuyerUp
+        });
+        let kind = if down { "buyer.down" } else { "buyer.up" };
+        self.events.emit(
+            kind,
+            "",
+            || vec![id.to_owned()],
+            || serde_json::json!({ "buyer": id, "reason": reason }),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_counts_against_a_trunk() {
+        let code = |c| BidOutcome::Attempted(AttemptEnd::Code(c));
+        assert_eq!(trunk_failed(code(503)), Some(true));
+        assert_eq!(trunk_failed(code(408)), Some(true));
+        assert_eq!(
+            trunk_failed(BidOutcome::Attempted(AttemptEnd::Timeout)),
+            Some(true)
+        );
+        assert_eq!(
+            trunk_failed(code(486)),
+            Some(false),
+            "busy: the trunk answered"
+        );
+        assert_eq!(trunk_failed(BidOutcome::Won), Some(false));
+        assert_eq!(
+            trunk_failed(BidOutcome::Attempted(AttemptEnd::Cancelled)),
+            None
+        );
+    }
+}
