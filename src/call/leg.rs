@@ -84,8 +84,6 @@ pub fn ack_for_2xx(me: &Me, dialog: &Dialog, invite_cseq: u32, branch: &str) -> 
     m
 }
 
-/// CANCEL for an INVITE we sent (§9.1): same Request-URI, Call-ID, From, To, CSeq number and
-/// top Via (so the same branch), method CANCEL.
 /// `invite` with `branch` in its top Via instead of the one it had: the same request as a
 /// new transaction (a resend with credentials, or to the next DNS target).
 pub fn with_branch(invite: &MessageBuf, branch: &str) -> MessageBuf {
@@ -102,6 +100,8 @@ pub fn with_branch(invite: &MessageBuf, branch: &str) -> MessageBuf {
     m
 }
 
+/// CANCEL for an INVITE we sent (§9.1): same Request-URI, Call-ID, From, To, CSeq number and
+/// top Via (so the same branch), method CANCEL.
 pub fn cancel_for(invite: &MessageBuf) -> MessageBuf {
     let uri = match &invite.start {
         dce_sip::StartLineBuf::Request { uri, .. } => uri.clone(),
