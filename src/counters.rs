@@ -114,6 +114,10 @@ counters! {
     TcpRefusedLimit => "tcp_refused_limit",
     /// A message for a TCP connection that is gone or backed up: dropped.
     TcpSendFailed => "tcp_send_failed",
+    /// DCE opened a TCP connection to a buyer trunk.
+    TcpConnected => "tcp_buyer_connected",
+    /// A TCP connection to a buyer trunk could not be opened.
+    TcpConnectFailed => "tcp_buyer_connect_failed",
     /// A UDP send failed.
     UdpSendFailed => "udp_send_failed",
     /// ACK to a stateless non-2xx answer of the edge: absorbed.

@@ -83,7 +83,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         let addr = match crate::config::routing::target_of(&b.uri, "1", "1")
             .map_err(anyhow::Error::msg)?
         {
-            (_, crate::config::routing::TargetHost::Ip(a)) => a,
+            (_, crate::config::routing::TargetHost::Ip(a, _)) => a,
             (_, crate::config::routing::TargetHost::Name(d)) => anyhow::bail!(
                 "the demo plays every buyer itself, so buyer uris need IP addresses (`{}` is a name)",
                 d.host
@@ -102,7 +102,7 @@ pub async fn run(mut config: Config) -> anyhow::Result<()> {
         .max_by_key(|b| b.bid_cents)
         .and_then(|b| crate::config::routing::target_of(&b.uri, "1", "1").ok())
         .and_then(|(_, h)| match h {
-            crate::config::routing::TargetHost::Ip(a) => Some(a),
+            crate::config::routing::TargetHost::Ip(a, _) => Some(a),
             crate::config::routing::TargetHost::Name(_) => None,
         });
     for addr in &buyer_addrs {

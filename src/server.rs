@@ -187,6 +187,12 @@ pub async fn run(
         me: Me {
             host: config.sip.advertised_host.clone(),
             port,
+            tcp_port: config
+                .sip
+                .listen
+                .iter()
+                .find(|l| l.proto == ListenProto::Tcp)
+                .map(|l| l.addr.port()),
         },
         ring_timeout: config.sip.ring_timeout,
         max_attempts: config.sip.max_attempts,
@@ -278,6 +284,14 @@ pub async fn run(
     // JSON-lines file and closes the writer's queue.
     let sink = crate::call::cdr::SharedSink::new(Box::new(crate::call::cdr::Tee(sinks)));
     let (dns_table, dns_dests) = start_dns(&config, &rx_gate).await?;
+    let outbound = crate::transport::outbound::Outbound::new(
+        shards.clone(),
+        rx_gate.clone(),
+        counters.clone(),
+        limits,
+        config.sip.target_timeout,
+        tokio::runtime::Handle::current(),
+    );
     let shared_checks = shared.as_ref().map(|_| crate::call::SharedChecks {
         max_calls_per_day: config.compliance.max_calls_per_day,
         allow_on_error: config.compliance.on_lookup_error
@@ -372,6 +386,7 @@ pub async fn run(
             max_message: config.sip.max_message_bytes,
             drain: config.node.drain_timeout,
             died: died_tx.clone(),
+            outbound: outbound.clone(),
         };
         threads.push(crate::shard::spawn(setup).context("cannot start a SIP worker thread")?);
     }

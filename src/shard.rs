@@ -109,6 +109,8 @@ pub struct Setup {
     pub drain: Duration,
     /// Told this worker's number if it panics (the node then stops every worker).
     pub died: mpsc::UnboundedSender<usize>,
+    /// DCE's own TCP connections to buyer trunks (shared by every worker).
+    pub outbound: Arc<crate::transport::outbound::Outbound>,
 }
 
 /// Start worker `setup.index` on its own thread; the handle yields its delays when it stops.
@@ -152,6 +154,7 @@ struct Worker {
     udp_v4: Vec<bool>,
     outbox: Vec<Outbox>,
     tcp: HashMap<u64, mpsc::Sender<Bytes>>,
+    outbound: Arc<crate::transport::outbound::Outbound>,
     inbound: mpsc::Receiver<Inbound>,
     shards: Shards,
     control: mpsc::UnboundedReceiver<Control>,
@@ -194,6 +197,7 @@ impl Worker {
                 .collect(),
             udp,
             tcp: HashMap::new(),
+            outbound: s.outbound,
             inbound: s.inbound,
             shards: s.shards,
             control: s.control,
@@ -296,6 +300,9 @@ impl Worker {
                     Some(Inbound::TcpClosed { conn }) => {
                         self.tcp.remove(&conn);
                     }
+                    Some(Inbound::Unreachable { addr }) => {
+                        self.edge.handle_input(Input::Unreachable { addr }, Instant::now());
+                    }
                     Some(Inbound::Message { bytes, from, at }) => {
                         let now = Instant::now();
                         self.gate.dequeued(self.index, at, now);
@@ -381,6 +388,24 @@ impl Worker {
     /// Carry out everything the core asked for (sends, CDRs, lookups), then note the delay of
     /// every buyer INVITE that just went out.
     async fn flush(&mut self) {
+        let mut unreachable = Vec::new();
+        loop {
+            self.drain_outputs(&mut unreachable);
+            if unreachable.is_empty() {
+                break;
+            }
+            // Buyer addresses DCE cannot connect to now: their attempts move on at once.
+            for addr in unreachable.drain(..) {
+                self.edge
+                    .handle_input(Input::Unreachable { addr }, Instant::now());
+            }
+        }
+        self.send_queued().await;
+    }
+
+    /// Hand out what the core produced; TCP messages to buyer addresses in backoff go into
+    /// `unreachable`.
+    fn drain_outputs(&mut self, unreachable: &mut Vec<SocketAddr>) {
         while let Some(out) = self.edge.poll_output() {
             match out {
                 Output::Transmit(t) => match t.to.transport {
@@ -388,6 +413,20 @@ impl Worker {
                         Some(i) => self.outbox[i].push((t.to.addr, t.bytes)),
                         None => self.counters.inc(Counter::UdpSendFailed),
                     },
+                    Transport::Tcp if t.to.conn.is_none() => {
+                        // DCE's own connection to a buyer trunk (opened on first use).
+                        match self.outbound.send(t.to.addr, t.bytes) {
+                            Ok(()) => {}
+                            Err(crate::transport::outbound::SendError::Backoff) => {
+                                self.counters.inc(Counter::TcpSendFailed);
+                                unreachable.push(t.to.addr);
+                            }
+                            Err(crate::transport::outbound::SendError::Full) => {
+                                self.counters.inc(Counter::TcpSendFailed);
+                                tracing::info!(to = %t.to.addr, "TCP connection to buyer backed up; message dropped");
+                            }
+                        }
+                    }
                     Transport::Tcp => {
                         let sent =
                             t.to.conn
@@ -422,6 +461,10 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Wake the relay for this turn's calls, then send the queued datagrams.
+    async fn send_queued(&mut self) {
         // the relay learns of this turn's calls before their SIP goes out
         self.edge.calls().flush_media();
         for i in 0..self.outbox.len() {

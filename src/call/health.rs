@@ -130,14 +130,15 @@ impl Controller {
         let uri = uri
             .split_once('@')
             .map_or(uri.clone(), |(_, h)| format!("sip:{h}"));
-        let Some(&addr) =
+        let Some(&(addr, transport)) =
             super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids).first()
         else {
             self.ping_result(id, false, "its host has not resolved");
             return;
         };
         let me = self.settings.me.clone();
-        let mut req = me.request(Method::Options, &uri, 70, &self.ids.branch());
+        let tcp = transport == Transport::Tcp;
+        let mut req = me.request_on(Method::Options, &uri, 70, &self.ids.branch(), tcp);
         req.push(
             HeaderName::From,
             format!("<sip:dce@{}>;tag={}", me.host, self.ids.tag()),
@@ -147,9 +148,9 @@ impl Controller {
         .push(HeaderName::CSeq, "1 OPTIONS")
         .push(HeaderName::Allow, crate::edge::ALLOW);
         let peer = Peer {
-            transport: Transport::Udp,
+            transport,
             addr,
-            conn: Some(self.settings.udp_socket),
+            conn: (!tcp).then_some(self.settings.udp_socket),
         };
         match layer.send_request(req, peer, now) {
             Ok(tx) => {

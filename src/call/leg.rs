@@ -12,6 +12,8 @@ pub struct Me {
     pub host: String,
     /// UDP port.
     pub port: u16,
+    /// TCP port, when DCE listens on TCP (buyer legs over TCP name it in Via and Contact).
+    pub tcp_port: Option<u16>,
 }
 
 impl Me {
@@ -20,18 +22,52 @@ impl Me {
         format!("<sip:dce@{}:{}>", self.host, self.port)
     }
 
-    fn via(&self, branch: &str) -> String {
-        format!(
-            "SIP/2.0/UDP {}:{};branch={branch};rport",
-            self.host, self.port
-        )
+    /// The Contact for a leg over TCP (`;transport=tcp`, so in-dialog requests come over TCP)
+    /// or UDP.
+    pub fn contact_on(&self, tcp: bool) -> String {
+        if tcp {
+            format!(
+                "<sip:dce@{}:{};transport=tcp>",
+                self.host,
+                self.tcp_port.unwrap_or(self.port)
+            )
+        } else {
+            self.contact()
+        }
+    }
+
+    fn via(&self, branch: &str, tcp: bool) -> String {
+        if tcp {
+            format!(
+                "SIP/2.0/TCP {}:{};branch={branch}",
+                self.host,
+                self.tcp_port.unwrap_or(self.port)
+            )
+        } else {
+            format!(
+                "SIP/2.0/UDP {}:{};branch={branch};rport",
+                self.host, self.port
+            )
+        }
     }
 
     /// A request with DCE's Via (with `branch`, fresh from the core's [`crate::ids::Ids`]) and
-    /// Max-Forwards.
+    /// Max-Forwards, to go over UDP.
     pub fn request(&self, method: Method, uri: &str, max_forwards: u8, branch: &str) -> MessageBuf {
+        self.request_on(method, uri, max_forwards, branch, false)
+    }
+
+    /// [`Me::request`] to go over TCP (`tcp`) or UDP: the Via names the transport.
+    pub fn request_on(
+        &self,
+        method: Method,
+        uri: &str,
+        max_forwards: u8,
+        branch: &str,
+        tcp: bool,
+    ) -> MessageBuf {
         let mut m = MessageBuf::request(method, uri);
-        m.push(HeaderName::Via, self.via(branch));
+        m.push(HeaderName::Via, self.via(branch, tcp));
         m.push(HeaderName::MaxForwards, max_forwards.to_string());
         m
     }
@@ -52,13 +88,15 @@ pub struct Dialog {
     pub route: Vec<String>,
     /// Our next CSeq number.
     pub cseq: u32,
+    /// The leg runs over TCP (its requests carry a TCP Via).
+    pub tcp: bool,
 }
 
 impl Dialog {
     /// A new in-dialog request (BYE, relayed INFO/UPDATE/re-INVITE…).
     pub fn request(&mut self, me: &Me, method: Method, branch: &str) -> MessageBuf {
         self.cseq += 1;
-        let mut m = me.request(method.clone(), &self.remote_target, 70, branch);
+        let mut m = me.request_on(method.clone(), &self.remote_target, 70, branch, self.tcp);
         m.push(HeaderName::From, self.local.clone())
             .push(HeaderName::To, self.remote.clone())
             .push(HeaderName::CallId, self.call_id.clone())
@@ -73,7 +111,7 @@ impl Dialog {
 /// The ACK for a 2xx to our INVITE (RFC 3261 §13.2.2.4): a new transaction, to the remote
 /// target, with the INVITE's CSeq number.
 pub fn ack_for_2xx(me: &Me, dialog: &Dialog, invite_cseq: u32, branch: &str) -> MessageBuf {
-    let mut m = me.request(Method::Ack, &dialog.remote_target, 70, branch);
+    let mut m = me.request_on(Method::Ack, &dialog.remote_target, 70, branch, dialog.tcp);
     m.push(HeaderName::From, dialog.local.clone())
         .push(HeaderName::To, dialog.remote.clone())
         .push(HeaderName::CallId, dialog.call_id.clone())

@@ -100,7 +100,7 @@ impl Controller {
                 }
             };
             let targets = super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids);
-            let Some(&addr) = targets.first() else {
+            let Some(&(addr, transport)) = targets.first() else {
                 tracing::info!(call = %call.id, buyer = %buyer.id, host = %super::targets::host_key(&host), "buyer skipped: its host has not resolved (excluded:dns)");
                 live.release();
                 call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Dns));
@@ -154,13 +154,19 @@ impl Controller {
                 .unwrap_or(70)
                 .saturating_sub(1)
                 .min(70);
-            let mut invite = me.request(Method::Invite, &uri, mf, &self.ids.branch());
+            let tcp = transport == Transport::Tcp;
+            let targets: Vec<std::net::SocketAddr> = targets
+                .iter()
+                .filter(|t| t.1 == transport)
+                .map(|t| t.0)
+                .collect();
+            let mut invite = me.request_on(Method::Invite, &uri, mf, &self.ids.branch(), tcp);
             invite
                 .push(HeaderName::From, local.clone())
                 .push(HeaderName::To, format!("<{uri}>"))
                 .push(HeaderName::CallId, b_call_id.clone())
                 .push(HeaderName::CSeq, "1 INVITE")
-                .push(HeaderName::Contact, me.contact())
+                .push(HeaderName::Contact, me.contact_on(tcp))
                 .push(HeaderName::Allow, crate::edge::ALLOW)
                 .push(HeaderName::Other("X-DCE-Call-ID".into()), call.id.clone());
             for (n, v) in extra {
@@ -168,12 +174,14 @@ impl Controller {
             }
             push_body(&mut invite, offer);
             let peer = Peer {
-                transport: Transport::Udp,
+                transport,
                 addr,
-                conn: Some(udp_socket),
+                // UDP: the listener it leaves from; TCP: DCE's own connection to the target
+                // (the driver opens or reuses it).
+                conn: (!tcp).then_some(udp_socket),
             };
             let size = invite.print().len();
-            if size > max_udp {
+            if !tcp && size > max_udp {
                 // RFC 3261 §18.1.1: a request over 1300 bytes (path MTU unknown) must not go
                 // over UDP; buyer trunks are UDP, so this attempt cannot be made.
                 tracing::warn!(call = %call.id, buyer = %buyer.id, bytes = size, max = max_udp, "buyer INVITE too large for UDP; trying the next buyer");
@@ -209,6 +217,7 @@ impl Controller {
                     remote_target: uri,
                     route: Vec::new(),
                     cseq: 1,
+                    tcp,
                 },
                 slot: Some(live),
                 state: BState::Calling,

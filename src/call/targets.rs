@@ -12,22 +12,31 @@ use crate::config::routing::TargetHost;
 use crate::counters::Counter;
 use crate::dns::Table;
 use crate::ids::Ids;
-use dce_sip::transaction::{Peer, TransactionLayer};
+use dce_sip::transaction::{Peer, TransactionLayer, Transport};
 use std::net::SocketAddr;
 use std::time::Instant;
 
-/// The addresses one attempt may use, in order; empty when a host name has no answer yet.
-pub(super) fn addresses(dns: Option<&Table>, host: &TargetHost, ids: &mut Ids) -> Vec<SocketAddr> {
+/// The addresses one attempt may use, in order, with their transport; empty when a host name
+/// has no answer yet.
+pub(super) fn addresses(
+    dns: Option<&Table>,
+    host: &TargetHost,
+    ids: &mut Ids,
+) -> Vec<(SocketAddr, Transport)> {
+    let t = |t: crate::dns::Transport| match t {
+        crate::dns::Transport::Tcp | crate::dns::Transport::Tls => Transport::Tcp,
+        crate::dns::Transport::Udp => Transport::Udp,
+    };
     match host {
-        TargetHost::Ip(a) => vec![*a],
+        TargetHost::Ip(a, tr) => vec![(*a, t(*tr))],
         TargetHost::Name(d) => dns
-            .and_then(|t| t.get(&d.key()))
+            .and_then(|table| table.get(&d.key()))
             .and_then(|s| {
                 s.answer
                     .as_ref()
                     .map(|a| crate::dns::order(&a.targets, || ids.u32()))
             })
-            .map(|v| v.into_iter().map(|(a, _)| a).collect())
+            .map(|v| v.into_iter().map(|(a, tr)| (a, t(tr))).collect())
             .unwrap_or_default(),
     }
 }
@@ -35,7 +44,7 @@ pub(super) fn addresses(dns: Option<&Table>, host: &TargetHost, ids: &mut Ids) -
 /// The table key of a host (log lines).
 pub(super) fn host_key(host: &TargetHost) -> String {
     match host {
-        TargetHost::Ip(a) => a.to_string(),
+        TargetHost::Ip(a, _) => a.to_string(),
         TargetHost::Name(d) => d.key(),
     }
 }
@@ -129,6 +138,42 @@ impl Controller {
                 true,
                 now,
             );
+        }
+    }
+}
+
+impl Controller {
+    /// DCE cannot connect to `addr` (TCP): every ringing attempt whose current target it is
+    /// and that has had no response moves to its next target, or fails (`attempted:timeout`,
+    /// as a transport error counts for RFC 3261 §8.1.3.1).
+    pub fn on_unreachable(&mut self, layer: &mut TransactionLayer, addr: SocketAddr, now: Instant) {
+        let hit: Vec<(super::state::CallKey, usize, dce_sip::transaction::TxId)> = self
+            .calls
+            .iter()
+            .filter_map(|(k, c)| {
+                let li = c.current()?;
+                let leg = &c.legs[li];
+                (leg.peer.addr == addr
+                    && leg.peer.transport == dce_sip::transaction::Transport::Tcp
+                    && leg.state == BState::Calling)
+                    .then_some((*k, li, leg.tx))
+            })
+            .collect();
+        for (key, li, tx) in hit {
+            tracing::info!(call = %self.call_id(key), to = %addr, "buyer target unreachable over TCP");
+            layer.abandon(tx);
+            self.router.remove_client(tx);
+            if !self.next_target(layer, key, li, "unreachable", now) {
+                self.leg_failed(
+                    layer,
+                    key,
+                    li,
+                    BidOutcome::Attempted(AttemptEnd::Timeout),
+                    Some(503),
+                    true,
+                    now,
+                );
+            }
         }
     }
 }

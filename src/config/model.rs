@@ -424,6 +424,27 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let http = super::http::read(&mut w, root);
     let log = log(&mut w, root);
     let dns = dns(&mut w, root);
+    if let Some(sip) = &sip {
+        let tcp_listener = sip.listen.iter().any(|l| l.proto == ListenProto::Tcp);
+        for b in &routing.buyers {
+            let tcp = match routing::target_of(&b.uri, "1", "1") {
+                Ok((_, routing::TargetHost::Ip(_, t))) => t == crate::dns::Transport::Tcp,
+                Ok((_, routing::TargetHost::Name(d))) => {
+                    d.transport == Some(crate::dns::Transport::Tcp)
+                }
+                Err(_) => false,
+            };
+            if tcp && !tcp_listener {
+                w.error(
+                    0..0,
+                    format!(
+                        "buyer `{}` is reached over TCP: add a tcp:// address to `sip.listen` (the Contact DCE gives it, for its in-dialog requests)",
+                        b.id
+                    ),
+                );
+            }
+        }
+    }
     match (node, sip, media) {
         (Some(node), Some(sip), Some(media)) if w.errors.is_empty() => Ok(Config {
             node,

@@ -504,8 +504,8 @@ fn buyer_auth(
 /// background (RFC 3263; [`crate::dns`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetHost {
-    /// An IP literal (with the URI's port, or 5060).
-    Ip(SocketAddr),
+    /// An IP literal (with the URI's port, or 5060) and the transport the URI names.
+    Ip(SocketAddr, crate::dns::Transport),
     /// A host name: its targets come from the DNS table under [`crate::dns::Dest::key`].
     Name(crate::dns::Dest),
 }
@@ -543,9 +543,10 @@ pub fn target_of(
     let transport = match parsed.param("transport").flatten() {
         None => None,
         Some(t) if t.eq_ignore_ascii_case("udp") => Some(crate::dns::Transport::Udp),
+        Some(t) if t.eq_ignore_ascii_case("tcp") => Some(crate::dns::Transport::Tcp),
         Some(t) => {
             return Err(format!(
-                "buyer uri `{template}`: transport `{t}` is not supported towards buyers yet (UDP only)"
+                "buyer uri `{template}`: transport `{t}` is not supported towards buyers yet (UDP or TCP)"
             ))
         }
     };
@@ -554,14 +555,17 @@ pub fn target_of(
         .is_some_and(|p| p.eq_ignore_ascii_case("sips:"))
     {
         return Err(format!(
-            "buyer uri `{template}`: sips: (TLS) is not supported towards buyers yet (UDP only)"
+            "buyer uri `{template}`: sips: (TLS) is not supported towards buyers yet (UDP or TCP)"
         ));
     }
     let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok((
             uri.clone(),
-            TargetHost::Ip(SocketAddr::new(ip, parsed.port.unwrap_or(5060))),
+            TargetHost::Ip(
+                SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
+                transport.unwrap_or(crate::dns::Transport::Udp),
+            ),
         ));
     }
     let name = host.trim_end_matches('.').to_ascii_lowercase();
@@ -626,7 +630,21 @@ mod tests {
     fn buyer_targets() {
         let (uri, host) = target_of("sip:{called}@127.0.0.1:5090", "18005550100", "1310").unwrap();
         assert_eq!(uri, "sip:18005550100@127.0.0.1:5090");
-        assert_eq!(host, TargetHost::Ip("127.0.0.1:5090".parse().unwrap()));
+        assert_eq!(
+            host,
+            TargetHost::Ip(
+                "127.0.0.1:5090".parse().unwrap(),
+                crate::dns::Transport::Udp
+            )
+        );
+        let (_, host) = target_of("sip:{called}@127.0.0.1:5090;transport=tcp", "1", "2").unwrap();
+        assert_eq!(
+            host,
+            TargetHost::Ip(
+                "127.0.0.1:5090".parse().unwrap(),
+                crate::dns::Transport::Tcp
+            )
+        );
         let (_, host) = target_of("sip:{called}@SIP.Buyer.example.com.", "1", "2").unwrap();
         let TargetHost::Name(d) = host else {
             panic!("a name")
@@ -647,7 +665,7 @@ mod tests {
             })
         );
         for (bad, says) in [
-            ("sip:{called}@127.0.0.1;transport=tcp", "transport `tcp`"),
+            ("sip:{called}@127.0.0.1;transport=sctp", "transport `sctp`"),
             ("sips:{called}@buyer.example", "sips:"),
             ("sip:1@{called}.example", "template field"),
             ("sip:{calld}@127.0.0.1", "only `{called}` and `{caller}`"),

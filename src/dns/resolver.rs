@@ -16,8 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
-/// The transports DCE can reach buyers over today (TCP and TLS come with issue 13, item 2).
-pub const SUPPORTED: &[Transport] = &[Transport::Udp];
+/// The transports DCE can reach buyers over, in its order of preference when the DNS leaves
+/// the choice open (TLS is not there yet).
+pub const SUPPORTED: &[Transport] = &[Transport::Udp, Transport::Tcp];
 
 /// The real DNS.
 #[derive(Clone)]

@@ -39,6 +39,11 @@ pub enum Input {
     Media(dce_media::MediaEvent),
     /// Stop taking calls and end the ones in progress (shutdown).
     Shutdown,
+    /// A buyer address cannot be reached (a TCP connect failed, or is in its backoff).
+    Unreachable {
+        /// The address.
+        addr: std::net::SocketAddr,
+    },
 }
 
 /// Parses what arrives, runs the transaction layer, answers at the edge.
@@ -108,6 +113,7 @@ impl EdgeCore {
                 self.calls.stop_accepting();
                 self.calls.end_all(&mut self.layer, now);
             }
+            Input::Unreachable { addr } => self.calls.on_unreachable(&mut self.layer, addr, now),
         }
         self.process(now);
         self.calls.set_received_at(None);

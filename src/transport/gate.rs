@@ -67,7 +67,7 @@ pub fn trusted_sources(config: &Config) -> Vec<Cidr> {
         .collect();
     for b in &config.routing.buyers {
         // Buyers by name: their resolved addresses are added by `Gate::trust_resolved`.
-        if let Ok((_, crate::config::routing::TargetHost::Ip(addr))) =
+        if let Ok((_, crate::config::routing::TargetHost::Ip(addr, _))) =
             crate::config::routing::target_of(&b.uri, "1", "1")
         {
             let len = if addr.is_ipv4() { 32 } else { 128 };

@@ -14,6 +14,7 @@
 pub mod dispatch;
 pub mod gate;
 pub mod mmsg;
+pub mod outbound;
 pub mod tcp;
 pub mod udp;
 
@@ -49,6 +50,11 @@ pub enum Inbound {
     TcpClosed {
         /// Connection id.
         conn: u64,
+    },
+    /// DCE could not connect to this buyer address (what was queued for it is lost).
+    Unreachable {
+        /// The address.
+        addr: std::net::SocketAddr,
     },
 }
 

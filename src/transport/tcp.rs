@@ -31,14 +31,19 @@ pub struct TcpLimits {
     pub total: usize,
 }
 
-/// Connection ids are unique across every TCP listener of the process.
+/// Connection ids are unique across every TCP listener (and outbound connection) of the process.
 static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+
+/// A fresh connection id.
+pub(super) fn next_conn() -> u64 {
+    NEXT_CONN.fetch_add(1, Ordering::Relaxed)
+}
 
 /// Open connections per source IP; the guard gives the slot back on drop.
 #[derive(Clone, Default)]
 struct PerIp(Arc<Mutex<HashMap<IpAddr, usize>>>);
 
-struct IpSlot {
+pub(super) struct IpSlot {
     map: PerIp,
     ip: IpAddr,
 }
@@ -102,35 +107,64 @@ pub async fn accept_loop(
             tracing::warn!(%addr, "refused TCP connection: {} already open from this address", limits.per_ip);
             continue;
         };
-        let conn = NEXT_CONN.fetch_add(1, Ordering::Relaxed);
+        let conn = next_conn();
+        let (tx, rx) = mpsc::channel::<Bytes>(256);
         tokio::spawn(connection(
             stream,
-            addr,
-            conn,
+            Link {
+                addr,
+                conn,
+                tx,
+                rx,
+                keepalive: None,
+            },
             limits,
             core.clone(),
             gate.clone(),
             counters.clone(),
-            (permit, slot),
+            Some((permit, slot)),
         ));
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn connection(
+/// One connection's identity and outbound queue.
+pub(super) struct Link {
+    /// The far end.
+    pub addr: SocketAddr,
+    /// Its id (responses and in-dialog requests name it).
+    pub conn: u64,
+    /// The queue's sending side (registered with every worker).
+    pub tx: mpsc::Sender<Bytes>,
+    /// What to write.
+    pub rx: mpsc::Receiver<Bytes>,
+    /// Send a CRLF keep-alive this often (RFC 5626 §4.4.1; DCE's own connections to buyers).
+    pub keepalive: Option<Duration>,
+}
+
+/// Serve one connection (accepted, or opened by DCE to a buyer): frame what it reads and hand
+/// it to the owning worker, write what the workers queue for it.
+pub(super) async fn connection(
     mut stream: TcpStream,
-    addr: SocketAddr,
-    conn: u64,
+    link: Link,
     limits: TcpLimits,
     core: Shards,
     gate: Arc<Gate>,
     counters: Arc<Counters>,
-    _slots: (OwnedSemaphorePermit, IpSlot),
+    _slots: Option<(OwnedSemaphorePermit, IpSlot)>,
 ) {
-    let (tx, mut rx) = mpsc::channel::<Bytes>(256);
+    let Link {
+        addr,
+        conn,
+        tx,
+        mut rx,
+        keepalive,
+    } = link;
     if !core.broadcast(Inbound::TcpOpened { conn, tx }).await {
         return;
     }
+    let mut ping = tokio::time::interval(keepalive.unwrap_or(Duration::from_secs(3600)));
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ping.tick().await;
     tracing::debug!(%addr, conn, "tcp connection open");
     let peer = Peer {
         transport: Transport::Tcp,
@@ -216,6 +250,12 @@ async fn connection(
                         }
                     }
                     None => break 'conn "shutdown",
+                }
+            }
+            _ = ping.tick(), if keepalive.is_some() => {
+                // RFC 5626 §4.4.1: a double CRLF; the server answers with one CRLF.
+                if stream.write_all(b"\r\n\r\n").await.is_err() {
+                    break 'conn "write failed";
                 }
             }
         }

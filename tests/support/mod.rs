@@ -349,6 +349,7 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         me: Me {
             host: "127.0.0.1".into(),
             port: 5060,
+            tcp_port: None,
         },
         ring_timeout: Duration::from_secs(20),
         max_attempts: 3,

@@ -161,6 +161,7 @@ impl Sim {
             me: Me {
                 host: "127.0.0.1".into(),
                 port: 5060,
+                tcp_port: None,
             },
             ring_timeout: cfg.sip.ring_timeout,
             max_attempts: cfg.sip.max_attempts,
