@@ -872,7 +872,7 @@ numbers = ["(800) 555-0100", "12"]
 [[buyer]]
 id = "acme"
 campaigns = ["auto", "pets"]
-uri = "sip:{called}@buyer.example.com;transport=tcp"
+uri = "sip:{called}@buyer.example.com;transport=sctp"
 states = ["CA", "XX"]
 schedule = { tz = "America/Nowhere", days = "mon-fri", open = "09:00", close = "18:00" }
 
@@ -892,7 +892,7 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
             "r.toml:17: number `(800) 555-0100` is already in campaign `auto` (line 13)",
             "r.toml:17: `12` is not a phone number",
             "r.toml:21: buyer campaign `pets` is not a [[campaign]] id",
-            "r.toml:22: buyer uri `sip:{called}@buyer.example.com;transport=tcp`: transport `tcp` is not supported",
+            "r.toml:22: buyer uri `sip:{called}@buyer.example.com;transport=sctp`: transport `sctp` is not supported",
             "r.toml:23: `XX` is not a US state code",
             "r.toml:24: buyer schedule: unknown time zone `America/Nowhere`",
             "r.toml:27: buyer `acme` is defined twice (first on line 20)",

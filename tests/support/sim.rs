@@ -824,7 +824,7 @@ impl Sim {
                     c.requests.push(msg.clone());
                 }
             }
-            Method::Options => {
+            Method::Options if !buyer.calls.contains_key(&call_id) => {
                 buyer.options += 1;
                 if buyer.mode != Mode::Silent {
                     replies.push(msg.response(200, "OK", "", None).print());
