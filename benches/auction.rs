@@ -37,6 +37,7 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 codecs: Vec::new(),
                 from_user: None,
                 health: None,
+                tls_ca: None,
             }
         })
         .collect()

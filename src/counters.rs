@@ -118,6 +118,8 @@ counters! {
     TcpConnected => "tcp_buyer_connected",
     /// A TCP connection to a buyer trunk could not be opened.
     TcpConnectFailed => "tcp_buyer_connect_failed",
+    /// A TLS handshake failed (from a carrier, or with a buyer: certificate, protocol, time).
+    TlsHandshakeFailed => "tls_handshake_failed",
     /// A UDP send failed.
     UdpSendFailed => "udp_send_failed",
     /// ACK to a stateless non-2xx answer of the edge: absorbed.

@@ -142,6 +142,7 @@ pub async fn run(
         per_ip: config.sip.tcp_max_connections_per_ip,
         total: config.sip.tcp_max_connections,
     };
+    let mut acceptors = Vec::new();
     for l in &config.sip.listen {
         local_hosts.push(l.addr.ip().to_string());
         match l.proto {
@@ -152,7 +153,18 @@ pub async fn run(
                     socks.push(sock);
                 }
             }
-            ListenProto::Tcp => {
+            ListenProto::Tcp | ListenProto::Tls => {
+                let tls = match (l.proto, &config.sip.tls) {
+                    (ListenProto::Tls, Some(c)) => {
+                        let a = crate::transport::tls::Acceptor::new(c)
+                            .map_err(anyhow::Error::msg)
+                            .with_context(|| format!("cannot listen on {l}"))?;
+                        acceptors.push(a.clone());
+                        Some(a)
+                    }
+                    (ListenProto::Tls, None) => anyhow::bail!("{l} needs [sip.tls]"),
+                    _ => None,
+                };
                 let listener = TcpListener::bind(l.addr)
                     .await
                     .with_context(|| format!("cannot listen on {l}"))?;
@@ -162,6 +174,7 @@ pub async fn run(
                     shards.clone(),
                     rx_gate.clone(),
                     counters.clone(),
+                    tls,
                 ));
             }
         }
@@ -187,12 +200,8 @@ pub async fn run(
         me: Me {
             host: config.sip.advertised_host.clone(),
             port,
-            tcp_port: config
-                .sip
-                .listen
-                .iter()
-                .find(|l| l.proto == ListenProto::Tcp)
-                .map(|l| l.addr.port()),
+            tcp_port: listen_port(&config, ListenProto::Tcp),
+            tls_port: listen_port(&config, ListenProto::Tls),
         },
         ring_timeout: config.sip.ring_timeout,
         max_attempts: config.sip.max_attempts,
@@ -284,6 +293,10 @@ pub async fn run(
     // JSON-lines file and closes the writer's queue.
     let sink = crate::call::cdr::SharedSink::new(Box::new(crate::call::cdr::Tee(sinks)));
     let (dns_table, dns_dests) = start_dns(&config, &rx_gate).await?;
+    let tls_targets = Arc::new(
+        crate::transport::tls::TlsTargets::new(&config.routing.buyers, dns_table.clone())
+            .map_err(anyhow::Error::msg)?,
+    );
     let outbound = crate::transport::outbound::Outbound::new(
         shards.clone(),
         rx_gate.clone(),
@@ -291,6 +304,7 @@ pub async fn run(
         limits,
         config.sip.target_timeout,
         tokio::runtime::Handle::current(),
+        tls_targets.clone(),
     );
     let shared_checks = shared.as_ref().map(|_| crate::call::SharedChecks {
         max_calls_per_day: config.compliance.max_calls_per_day,
@@ -437,6 +451,8 @@ pub async fn run(
         compliance,
         shared_redis: shared.is_some(),
         dns_dests,
+        acceptors,
+        tls_targets,
         live,
         db: consent_db,
         drain: config.node.drain_timeout,
@@ -610,6 +626,20 @@ struct Node {
     draining_flag: Arc<std::sync::atomic::AtomicBool>,
     /// The buyer host names the resolver keeps fresh (a reload sends the new set).
     dns_dests: tokio::sync::watch::Sender<Vec<crate::dns::Dest>>,
+    /// The `tls://` listeners' certificate holders (reloaded with the config).
+    acceptors: Vec<crate::transport::tls::Acceptor>,
+    /// TLS buyers' names and CAs (replaced on reload).
+    tls_targets: Arc<crate::transport::tls::TlsTargets>,
+}
+
+/// The port of the first listener of `proto`.
+fn listen_port(config: &Config, proto: ListenProto) -> Option<u16> {
+    config
+        .sip
+        .listen
+        .iter()
+        .find(|l| l.proto == proto)
+        .map(|l| l.addr.port())
 }
 
 /// Start the background resolver for the buyers given by host name (RFC 3263) and wait, a
@@ -799,6 +829,19 @@ impl Node {
         let _ = self
             .dns_dests
             .send(crate::config::routing::dests(&cfg.routing.buyers));
+        if let Err(e) = self.tls_targets.set(&cfg.routing.buyers) {
+            tracing::error!(error = %e, "TLS settings of the buyers not reloaded; the old ones stay");
+        }
+        if let Some(t) = &cfg.sip.tls {
+            for a in &self.acceptors {
+                match a.reload(t) {
+                    Ok(()) => tracing::info!(cert = %t.cert.display(), "TLS certificate reloaded"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "TLS certificate not reloaded; the old one stays")
+                    }
+                }
+            }
+        }
         let carriers = Arc::new(cfg.routing.carriers.clone());
         self.tell_all(|| crate::shard::Control::Reload {
             snapshot: snap.clone(),

@@ -413,9 +413,9 @@ impl Worker {
                         Some(i) => self.outbox[i].push((t.to.addr, t.bytes)),
                         None => self.counters.inc(Counter::UdpSendFailed),
                     },
-                    Transport::Tcp if t.to.conn.is_none() => {
+                    Transport::Tcp | Transport::Tls if t.to.conn.is_none() => {
                         // DCE's own connection to a buyer trunk (opened on first use).
-                        match self.outbound.send(t.to.addr, t.bytes) {
+                        match self.outbound.send(t.to, t.bytes) {
                             Ok(()) => {}
                             Err(crate::transport::outbound::SendError::Backoff) => {
                                 self.counters.inc(Counter::TcpSendFailed);
@@ -427,7 +427,7 @@ impl Worker {
                             }
                         }
                     }
-                    Transport::Tcp => {
+                    Transport::Tcp | Transport::Tls => {
                         let sent =
                             t.to.conn
                                 .and_then(|c| self.tcp.get(&c))

@@ -262,6 +262,7 @@ mod tests {
             codecs: Vec::new(),
             from_user: None,
             health: None,
+            tls_ca: None,
         }
     }
 

@@ -70,6 +70,8 @@ pub struct Buyer {
     pub from_user: Option<String>,
     /// Trunk health checks (`health = { … }`), if configured.
     pub health: Option<BuyerHealth>,
+    /// A PEM file of CAs trusted for this buyer's TLS certificate (beside the system's roots).
+    pub tls_ca: Option<String>,
 }
 
 /// `health = { interval_s, down_after, up_after, fail_calls, cooldown_s }`.

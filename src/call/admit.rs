@@ -375,7 +375,7 @@ impl Controller {
                 .unwrap_or_else(|| format!("sip:{}", from.addr)),
             route: route_set(&msg, false),
             cseq: 0,
-            tcp: from.transport == dce_sip::transaction::Transport::Tcp,
+            transport: from.transport,
         };
         let id = self.ids.uuid();
         self.router.add_server_invite(tx, key);

@@ -137,8 +137,8 @@ impl Controller {
             return;
         };
         let me = self.settings.me.clone();
-        let tcp = transport == Transport::Tcp;
-        let mut req = me.request_on(Method::Options, &uri, 70, &self.ids.branch(), tcp);
+        let udp = transport == Transport::Udp;
+        let mut req = me.request_on(Method::Options, &uri, 70, &self.ids.branch(), transport);
         req.push(
             HeaderName::From,
             format!("<sip:dce@{}>;tag={}", me.host, self.ids.tag()),
@@ -150,7 +150,7 @@ impl Controller {
         let peer = Peer {
             transport,
             addr,
-            conn: (!tcp).then_some(self.settings.udp_socket),
+            conn: udp.then_some(self.settings.udp_socket),
         };
         match layer.send_request(req, peer, now) {
             Ok(tx) => {

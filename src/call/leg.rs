@@ -3,6 +3,7 @@
 //! gets its own Call-ID, tags, Via and Contact; nothing of the carrier's headers is copied but
 //! the body and its Content-Type.
 
+use dce_sip::transaction::Transport;
 use dce_sip::{HeaderName, Message, MessageBuf, Method};
 
 /// What DCE puts in Via and Contact.
@@ -12,8 +13,10 @@ pub struct Me {
     pub host: String,
     /// UDP port.
     pub port: u16,
-    /// TCP port, when DCE listens on TCP (buyer legs over TCP name it in Via and Contact).
+    /// TCP port, when DCE listens on TCP (legs over TCP name it in Via and Contact).
     pub tcp_port: Option<u16>,
+    /// TLS port, when DCE listens on TLS.
+    pub tls_port: Option<u16>,
 }
 
 impl Me {
@@ -22,52 +25,56 @@ impl Me {
         format!("<sip:dce@{}:{}>", self.host, self.port)
     }
 
-    /// The Contact for a leg over TCP (`;transport=tcp`, so in-dialog requests come over TCP)
-    /// or UDP.
-    pub fn contact_on(&self, tcp: bool) -> String {
-        if tcp {
-            format!(
-                "<sip:dce@{}:{};transport=tcp>",
-                self.host,
-                self.tcp_port.unwrap_or(self.port)
-            )
-        } else {
-            self.contact()
+    fn port_on(&self, t: Transport) -> u16 {
+        match t {
+            Transport::Udp => self.port,
+            Transport::Tcp => self.tcp_port.unwrap_or(self.port),
+            Transport::Tls => self.tls_port.unwrap_or(self.port),
         }
     }
 
-    fn via(&self, branch: &str, tcp: bool) -> String {
-        if tcp {
-            format!(
-                "SIP/2.0/TCP {}:{};branch={branch}",
-                self.host,
-                self.tcp_port.unwrap_or(self.port)
-            )
-        } else {
-            format!(
+    /// The Contact for a leg over `t` (`;transport=tcp|tls`, so in-dialog requests come the
+    /// same way).
+    pub fn contact_on(&self, t: Transport) -> String {
+        match t {
+            Transport::Udp => self.contact(),
+            Transport::Tcp => format!("<sip:dce@{}:{};transport=tcp>", self.host, self.port_on(t)),
+            Transport::Tls => format!("<sip:dce@{}:{};transport=tls>", self.host, self.port_on(t)),
+        }
+    }
+
+    fn via(&self, branch: &str, t: Transport) -> String {
+        match t {
+            Transport::Udp => format!(
                 "SIP/2.0/UDP {}:{};branch={branch};rport",
                 self.host, self.port
-            )
+            ),
+            _ => format!(
+                "SIP/2.0/{} {}:{};branch={branch}",
+                t.via_name(),
+                self.host,
+                self.port_on(t)
+            ),
         }
     }
 
     /// A request with DCE's Via (with `branch`, fresh from the core's [`crate::ids::Ids`]) and
     /// Max-Forwards, to go over UDP.
     pub fn request(&self, method: Method, uri: &str, max_forwards: u8, branch: &str) -> MessageBuf {
-        self.request_on(method, uri, max_forwards, branch, false)
+        self.request_on(method, uri, max_forwards, branch, Transport::Udp)
     }
 
-    /// [`Me::request`] to go over TCP (`tcp`) or UDP: the Via names the transport.
+    /// [`Me::request`] to go over `t`: the Via names the transport.
     pub fn request_on(
         &self,
         method: Method,
         uri: &str,
         max_forwards: u8,
         branch: &str,
-        tcp: bool,
+        t: Transport,
     ) -> MessageBuf {
         let mut m = MessageBuf::request(method, uri);
-        m.push(HeaderName::Via, self.via(branch, tcp));
+        m.push(HeaderName::Via, self.via(branch, t));
         m.push(HeaderName::MaxForwards, max_forwards.to_string());
         m
     }
@@ -88,15 +95,21 @@ pub struct Dialog {
     pub route: Vec<String>,
     /// Our next CSeq number.
     pub cseq: u32,
-    /// The leg runs over TCP (its requests carry a TCP Via).
-    pub tcp: bool,
+    /// The transport the leg runs over (its requests' Via names it).
+    pub transport: Transport,
 }
 
 impl Dialog {
     /// A new in-dialog request (BYE, relayed INFO/UPDATE/re-INVITE…).
     pub fn request(&mut self, me: &Me, method: Method, branch: &str) -> MessageBuf {
         self.cseq += 1;
-        let mut m = me.request_on(method.clone(), &self.remote_target, 70, branch, self.tcp);
+        let mut m = me.request_on(
+            method.clone(),
+            &self.remote_target,
+            70,
+            branch,
+            self.transport,
+        );
         m.push(HeaderName::From, self.local.clone())
             .push(HeaderName::To, self.remote.clone())
             .push(HeaderName::CallId, self.call_id.clone())
@@ -111,7 +124,13 @@ impl Dialog {
 /// The ACK for a 2xx to our INVITE (RFC 3261 §13.2.2.4): a new transaction, to the remote
 /// target, with the INVITE's CSeq number.
 pub fn ack_for_2xx(me: &Me, dialog: &Dialog, invite_cseq: u32, branch: &str) -> MessageBuf {
-    let mut m = me.request_on(Method::Ack, &dialog.remote_target, 70, branch, dialog.tcp);
+    let mut m = me.request_on(
+        Method::Ack,
+        &dialog.remote_target,
+        70,
+        branch,
+        dialog.transport,
+    );
     m.push(HeaderName::From, dialog.local.clone())
         .push(HeaderName::To, dialog.remote.clone())
         .push(HeaderName::CallId, dialog.call_id.clone())

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 pub(super) fn from_peer(expected: &Peer, got: &Peer) -> bool {
     match got.transport {
         Transport::Udp => got.addr == expected.addr,
-        Transport::Tcp => got.addr.ip() == expected.addr.ip(),
+        Transport::Tcp | Transport::Tls => got.addr.ip() == expected.addr.ip(),
     }
 }
 
@@ -215,7 +215,7 @@ impl Controller {
             }
         }
         if method == Method::Invite || method == Method::Update {
-            req.push(HeaderName::Contact, me.contact());
+            req.push(HeaderName::Contact, me.contact_on(peer.transport));
         }
         for name in ["Info-Package", "Content-Disposition", "Event"] {
             if let Some(v) = msg.header(&HeaderName::Other(name.into())) {
@@ -296,7 +296,15 @@ impl Controller {
         );
         let reinvite_ok = (200..300).contains(&code) && r.req.method() == Some(&Method::Invite);
         if reinvite_ok {
-            resp.push(HeaderName::Contact, me.contact());
+            // The Contact on the transport of the leg the request came from.
+            let t = self
+                .calls
+                .get(&key)
+                .map_or(Transport::Udp, |c| match r.from {
+                    LegRef::A => c.a.peer.transport,
+                    LegRef::B(i) => c.legs.get(i).map_or(Transport::Udp, |l| l.peer.transport),
+                });
+            resp.push(HeaderName::Contact, me.contact_on(t));
         }
         let winner = self.calls.get(&key).and_then(|c| c.state.winner());
         let other = match r.from {

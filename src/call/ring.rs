@@ -29,10 +29,10 @@ impl Controller {
         body: super::state::Body,
         now: Instant,
     ) {
-        let contact = self.settings.me.contact();
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        let contact = self.settings.me.contact_on(call.a.peer.transport);
         let mut resp =
             call.a
                 .invite
@@ -154,19 +154,19 @@ impl Controller {
                 .unwrap_or(70)
                 .saturating_sub(1)
                 .min(70);
-            let tcp = transport == Transport::Tcp;
+            let udp = transport == Transport::Udp;
             let targets: Vec<std::net::SocketAddr> = targets
                 .iter()
                 .filter(|t| t.1 == transport)
                 .map(|t| t.0)
                 .collect();
-            let mut invite = me.request_on(Method::Invite, &uri, mf, &self.ids.branch(), tcp);
+            let mut invite = me.request_on(Method::Invite, &uri, mf, &self.ids.branch(), transport);
             invite
                 .push(HeaderName::From, local.clone())
                 .push(HeaderName::To, format!("<{uri}>"))
                 .push(HeaderName::CallId, b_call_id.clone())
                 .push(HeaderName::CSeq, "1 INVITE")
-                .push(HeaderName::Contact, me.contact_on(tcp))
+                .push(HeaderName::Contact, me.contact_on(transport))
                 .push(HeaderName::Allow, crate::edge::ALLOW)
                 .push(HeaderName::Other("X-DCE-Call-ID".into()), call.id.clone());
             for (n, v) in extra {
@@ -176,12 +176,12 @@ impl Controller {
             let peer = Peer {
                 transport,
                 addr,
-                // UDP: the listener it leaves from; TCP: DCE's own connection to the target
-                // (the driver opens or reuses it).
-                conn: (!tcp).then_some(udp_socket),
+                // UDP: the listener it leaves from; TCP/TLS: DCE's own connection to the
+                // target (the driver opens or reuses it).
+                conn: udp.then_some(udp_socket),
             };
             let size = invite.print().len();
-            if !tcp && size > max_udp {
+            if udp && size > max_udp {
                 // RFC 3261 §18.1.1: a request over 1300 bytes (path MTU unknown) must not go
                 // over UDP; buyer trunks are UDP, so this attempt cannot be made.
                 tracing::warn!(call = %call.id, buyer = %buyer.id, bytes = size, max = max_udp, "buyer INVITE too large for UDP; trying the next buyer");
@@ -217,7 +217,7 @@ impl Controller {
                     remote_target: uri,
                     route: Vec::new(),
                     cseq: 1,
-                    tcp,
+                    transport,
                 },
                 slot: Some(live),
                 state: BState::Calling,

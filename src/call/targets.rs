@@ -24,7 +24,8 @@ pub(super) fn addresses(
     ids: &mut Ids,
 ) -> Vec<(SocketAddr, Transport)> {
     let t = |t: crate::dns::Transport| match t {
-        crate::dns::Transport::Tcp | crate::dns::Transport::Tls => Transport::Tcp,
+        crate::dns::Transport::Tcp => Transport::Tcp,
+        crate::dns::Transport::Tls => Transport::Tls,
         crate::dns::Transport::Udp => Transport::Udp,
     };
     match host {
@@ -143,7 +144,7 @@ impl Controller {
 }
 
 impl Controller {
-    /// DCE cannot connect to `addr` (TCP): every ringing attempt whose current target it is
+    /// DCE cannot connect to `addr` (TCP or TLS): every ringing attempt whose current target it is
     /// and that has had no response moves to its next target, or fails (`attempted:timeout`,
     /// as a transport error counts for RFC 3261 §8.1.3.1).
     pub fn on_unreachable(&mut self, layer: &mut TransactionLayer, addr: SocketAddr, now: Instant) {
@@ -153,9 +154,7 @@ impl Controller {
             .filter_map(|(k, c)| {
                 let li = c.current()?;
                 let leg = &c.legs[li];
-                (leg.peer.addr == addr
-                    && leg.peer.transport == dce_sip::transaction::Transport::Tcp
-                    && leg.state == BState::Calling)
+                (leg.peer.addr == addr && leg.peer.reliable() && leg.state == BState::Calling)
                     .then_some((*k, li, leg.tx))
             })
             .collect();

@@ -23,7 +23,7 @@ pub use compliance::{ComplianceConfig, OnLookupError};
 pub use http::{ApiKey, HttpConfig, Role};
 pub use model::{
     CdrConfig, Config, DnsConfig, ListenAddr, ListenProto, MediaConfig, NodeConfig, SipConfig,
-    StorageConfig,
+    StorageConfig, TlsConfig,
 };
 pub use routing::{CarrierConfig, Cidr, RoutingConfig};
 pub use walk::ConfigError;

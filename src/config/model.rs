@@ -246,6 +246,8 @@ pub enum ListenProto {
     Udp,
     /// `tcp://`
     Tcp,
+    /// `tls://` (needs `[sip.tls]`)
+    Tls,
 }
 
 /// One `[sip] listen` entry.
@@ -262,6 +264,7 @@ impl std::fmt::Display for ListenAddr {
         let p = match self.proto {
             ListenProto::Udp => "udp",
             ListenProto::Tcp => "tcp",
+            ListenProto::Tls => "tls",
         };
         write!(f, "{p}://{}", self.addr)
     }
@@ -313,6 +316,21 @@ pub struct SipConfig {
     /// A buyer target (one of several its DNS gives) that has sent no response at all this long
     /// after the INVITE is given up for the next target, within the same attempt.
     pub target_timeout: Duration,
+    /// `[sip.tls]`: the certificate for `tls://` listeners.
+    pub tls: Option<TlsConfig>,
+}
+
+/// `[sip.tls]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: std::path::PathBuf,
+    /// PEM private key.
+    pub key: std::path::PathBuf,
+    /// PEM CA certificates: when set, carriers must present a certificate they signed (mTLS).
+    pub client_ca: Option<std::path::PathBuf>,
+    /// A connection must finish its TLS handshake this long after it is accepted.
+    pub handshake_timeout: Duration,
 }
 
 impl SipConfig {
@@ -425,21 +443,24 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let log = log(&mut w, root);
     let dns = dns(&mut w, root);
     if let Some(sip) = &sip {
-        let tcp_listener = sip.listen.iter().any(|l| l.proto == ListenProto::Tcp);
         for b in &routing.buyers {
-            let tcp = match routing::target_of(&b.uri, "1", "1") {
-                Ok((_, routing::TargetHost::Ip(_, t))) => t == crate::dns::Transport::Tcp,
-                Ok((_, routing::TargetHost::Name(d))) => {
-                    d.transport == Some(crate::dns::Transport::Tcp)
-                }
-                Err(_) => false,
+            let t = match routing::target_of(&b.uri, "1", "1") {
+                Ok((_, routing::TargetHost::Ip(_, t))) => Some(t),
+                Ok((_, routing::TargetHost::Name(d))) => d.transport,
+                Err(_) => None,
             };
-            if tcp && !tcp_listener {
+            let (want, name) = match t {
+                Some(crate::dns::Transport::Tcp) => (ListenProto::Tcp, "tcp"),
+                Some(crate::dns::Transport::Tls) => (ListenProto::Tls, "tls"),
+                _ => continue,
+            };
+            if !sip.listen.iter().any(|l| l.proto == want) {
                 w.error(
                     0..0,
                     format!(
-                        "buyer `{}` is reached over TCP: add a tcp:// address to `sip.listen` (the Contact DCE gives it, for its in-dialog requests)",
-                        b.id
+                        "buyer `{}` is reached over {}: add a {name}:// address to `sip.listen` (the Contact DCE gives it, for its in-dialog requests)",
+                        b.id,
+                        name.to_ascii_uppercase()
                     ),
                 );
             }
@@ -604,6 +625,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             "overload_retry_after_s",
             "workers",
             "target_timeout_ms",
+            "tls",
         ],
     );
     // Problems are recorded in `w`; `from_toml` refuses the config if there are any.
@@ -715,6 +737,34 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         60_000,
         defaults::TARGET_TIMEOUT_MS,
     ) as u64;
+    let tls = w.table(t, "tls", "sip.tls", false).and_then(|tt| {
+        w.unknown_keys(tt, &["cert", "key", "client_ca", "handshake_timeout_s"]);
+        let cert = w.string(tt, "cert", true);
+        let key = w.string(tt, "key", true);
+        let client_ca = w.string(tt, "client_ca", false).map(|(p, _)| p.into());
+        let handshake = w
+            .int(tt, "handshake_timeout_s", 1, 600)
+            .map_or(10, |(v, _)| v as u64);
+        let (cert, key) = (cert?, key?);
+        let c = TlsConfig {
+            cert: cert.0.into(),
+            key: key.0.into(),
+            client_ca,
+            handshake_timeout: Duration::from_secs(handshake),
+        };
+        // check-config loads the files as the listener will: a bad file is named here.
+        if let Err(e) = crate::transport::tls::server_config(&c) {
+            w.error(cert.1, format!("sip.tls: {e}"));
+            return None;
+        }
+        Some(c)
+    });
+    if tls.is_none() && listen.iter().any(|l| l.proto == ListenProto::Tls) {
+        w.error(
+            t.span.0..t.span.1,
+            "a tls:// listener needs `[sip.tls]` with `cert` and `key` (PEM files)",
+        );
+    }
     Some(SipConfig {
         listen,
         advertised_host,
@@ -736,6 +786,7 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
         overload_retry_after_s: retry_after,
         workers,
         target_timeout: Duration::from_millis(target_timeout),
+        tls,
     })
 }
 
@@ -743,11 +794,16 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
 pub fn parse_listen(s: &str) -> Result<ListenAddr, String> {
     let (proto, rest) = s
         .split_once("://")
-        .ok_or_else(|| "expected udp://IP:PORT or tcp://IP:PORT".to_owned())?;
+        .ok_or_else(|| "expected udp://IP:PORT, tcp://IP:PORT or tls://IP:PORT".to_owned())?;
     let proto = match proto.to_ascii_lowercase().as_str() {
         "udp" => ListenProto::Udp,
         "tcp" => ListenProto::Tcp,
-        other => return Err(format!("transport `{other}` is not supported (udp, tcp)")),
+        "tls" => ListenProto::Tls,
+        other => {
+            return Err(format!(
+                "transport `{other}` is not supported (udp, tcp, tls)"
+            ))
+        }
     };
     let addr: SocketAddr = rest
         .parse()

@@ -238,6 +238,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "codecs",
                 "from_user",
                 "health",
+                "tls_ca",
             ],
         );
         let id = read_id(w, t, "buyer", &mut seen);
@@ -303,6 +304,15 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .table(t, "auth", "buyer.auth", false)
             .and_then(|at| buyer_auth(w, at, w.span_of(t, "auth")));
         let (headers, codecs, from_user) = buyer_profile(w, t);
+        let tls_ca = w.string(t, "tls_ca", false).and_then(|(p, span)| {
+            match crate::transport::tls::client_config(Some(std::path::Path::new(&p))) {
+                Ok(_) => Some(p),
+                Err(e) => {
+                    w.error(span, format!("buyer tls_ca: {e}"));
+                    None
+                }
+            }
+        });
         let health = w.table(t, "health", "buyer.health", false).map(|ht| {
             w.unknown_keys(
                 ht,
@@ -343,6 +353,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 codecs,
                 from_user,
                 health,
+                tls_ca,
             });
         }
     }
@@ -544,18 +555,19 @@ pub fn target_of(
         None => None,
         Some(t) if t.eq_ignore_ascii_case("udp") => Some(crate::dns::Transport::Udp),
         Some(t) if t.eq_ignore_ascii_case("tcp") => Some(crate::dns::Transport::Tcp),
+        Some(t) if t.eq_ignore_ascii_case("tls") => Some(crate::dns::Transport::Tls),
         Some(t) => {
             return Err(format!(
-                "buyer uri `{template}`: transport `{t}` is not supported towards buyers yet (UDP or TCP)"
+                "buyer uri `{template}`: transport `{t}` is not supported towards buyers (udp, tcp, tls)"
             ))
         }
     };
-    if uri
+    let sips = uri
         .get(..5)
-        .is_some_and(|p| p.eq_ignore_ascii_case("sips:"))
-    {
+        .is_some_and(|p| p.eq_ignore_ascii_case("sips:"));
+    if sips && matches!(transport, Some(t) if t != crate::dns::Transport::Tls) {
         return Err(format!(
-            "buyer uri `{template}`: sips: (TLS) is not supported towards buyers yet (UDP or TCP)"
+            "buyer uri `{template}`: a sips: URI goes over TLS only"
         ));
     }
     let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
@@ -563,8 +575,21 @@ pub fn target_of(
         return Ok((
             uri.clone(),
             TargetHost::Ip(
-                SocketAddr::new(ip, parsed.port.unwrap_or(5060)),
-                transport.unwrap_or(crate::dns::Transport::Udp),
+                SocketAddr::new(
+                    ip,
+                    parsed.port.unwrap_or(
+                        if sips || transport == Some(crate::dns::Transport::Tls) {
+                            5061
+                        } else {
+                            5060
+                        },
+                    ),
+                ),
+                if sips {
+                    crate::dns::Transport::Tls
+                } else {
+                    transport.unwrap_or(crate::dns::Transport::Udp)
+                },
             ),
         ));
     }
@@ -587,8 +612,8 @@ pub fn target_of(
     let dest = crate::dns::Dest {
         host: name,
         port: parsed.port,
-        transport,
-        sips: false,
+        transport: if sips { None } else { transport },
+        sips,
     };
     Ok((uri, TargetHost::Name(dest)))
 }
@@ -666,7 +691,7 @@ mod tests {
         );
         for (bad, says) in [
             ("sip:{called}@127.0.0.1;transport=sctp", "transport `sctp`"),
-            ("sips:{called}@buyer.example", "sips:"),
+            ("sips:{called}@buyer.example;transport=tcp", "TLS only"),
             ("sip:1@{called}.example", "template field"),
             ("sip:{calld}@127.0.0.1", "only `{called}` and `{caller}`"),
             ("sip:1@bad_-.ex-", "does not parse"),

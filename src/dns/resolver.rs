@@ -17,8 +17,8 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 /// The transports DCE can reach buyers over, in its order of preference when the DNS leaves
-/// the choice open (TLS is not there yet).
-pub const SUPPORTED: &[Transport] = &[Transport::Udp, Transport::Tcp];
+/// the choice open.
+pub const SUPPORTED: &[Transport] = &[Transport::Udp, Transport::Tcp, Transport::Tls];
 
 /// The real DNS.
 #[derive(Clone)]

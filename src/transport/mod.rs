@@ -16,6 +16,7 @@ pub mod gate;
 pub mod mmsg;
 pub mod outbound;
 pub mod tcp;
+pub mod tls;
 pub mod udp;
 
 use bytes::Bytes;

@@ -1,4 +1,4 @@
-//! DCE's own TCP connections to buyer trunks (`;transport=tcp`): one per target address,
+//! DCE's own TCP and TLS connections to buyer trunks (`;transport=tcp|tls`, `sips:`): one per target,
 //! opened on the first message for it and reused by every call after (RFC 3261 §18.1.1 lets a
 //! client reuse a connection to the same address); a connect timeout; after a failure, new
 //! messages for that address are refused for a backoff (1 s doubling to 30 s) rather than each
@@ -10,6 +10,7 @@ use super::tcp::{connection, next_conn, Link, TcpLimits};
 use super::{Inbound, Shards};
 use crate::counters::{Counter, Counters};
 use bytes::Bytes;
+use dce_sip::transaction::{Peer, Transport};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -23,12 +24,15 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often an idle outbound connection sends its keep-alive.
 const KEEPALIVE: Duration = Duration::from_secs(30);
 
+/// A target: its address, and TCP or TLS.
+type Key = (SocketAddr, Transport);
+
 #[derive(Default)]
 struct State {
     /// Open (or opening) connections by target: their queue.
-    conns: HashMap<SocketAddr, mpsc::Sender<Bytes>>,
+    conns: HashMap<Key, mpsc::Sender<Bytes>>,
     /// Targets that failed to connect: no new try before `until`; the next backoff.
-    backoff: HashMap<SocketAddr, (Instant, Duration)>,
+    backoff: HashMap<Key, (Instant, Duration)>,
 }
 
 /// The outbound connections of the node, shared by every SIP worker.
@@ -40,6 +44,7 @@ pub struct Outbound {
     limits: TcpLimits,
     connect_timeout: Duration,
     runtime: tokio::runtime::Handle,
+    tls: Arc<super::tls::TlsTargets>,
 }
 
 /// Why a message could not be queued.
@@ -60,6 +65,7 @@ impl Outbound {
         limits: TcpLimits,
         connect_timeout: Duration,
         runtime: tokio::runtime::Handle,
+        tls: Arc<super::tls::TlsTargets>,
     ) -> Arc<Outbound> {
         Arc::new(Outbound {
             state: Mutex::new(State::default()),
@@ -69,6 +75,7 @@ impl Outbound {
             limits,
             connect_timeout,
             runtime,
+            tls,
         })
     }
 
@@ -76,98 +83,151 @@ impl Outbound {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queue `bytes` for `to`, connecting first if no connection is open.
-    pub fn send(self: &Arc<Self>, to: SocketAddr, bytes: Bytes) -> Result<(), SendError> {
+    /// Queue `bytes` for `to` (TCP or TLS), connecting first if no connection is open.
+    pub fn send(self: &Arc<Self>, to: Peer, bytes: Bytes) -> Result<(), SendError> {
+        let key = (to.addr, to.transport);
         let mut st = self.lock();
-        if let Some(tx) = st.conns.get(&to) {
+        if let Some(tx) = st.conns.get(&key) {
             if !tx.is_closed() {
                 return tx.try_send(bytes).map_err(|_| SendError::Full);
             }
-            st.conns.remove(&to);
+            st.conns.remove(&key);
         }
-        if let Some((until, _)) = st.backoff.get(&to) {
+        if let Some((until, _)) = st.backoff.get(&key) {
             if Instant::now() < *until {
                 return Err(SendError::Backoff);
             }
         }
         let (tx, rx) = mpsc::channel::<Bytes>(256);
         let _ = tx.try_send(bytes);
-        st.conns.insert(to, tx.clone());
+        st.conns.insert(key, tx.clone());
         drop(st);
         let me = self.clone();
-        self.runtime.spawn(async move { me.open(to, tx, rx).await });
+        self.runtime
+            .spawn(async move { me.open(key, tx, rx).await });
         Ok(())
     }
 
-    async fn open(
-        self: Arc<Self>,
-        to: SocketAddr,
-        tx: mpsc::Sender<Bytes>,
-        rx: mpsc::Receiver<Bytes>,
-    ) {
-        let started = Instant::now();
-        let stream = match tokio::time::timeout(
-            self.connect_timeout,
-            tokio::net::TcpStream::connect(to),
-        )
-        .await
-        {
-            Ok(Ok(s)) => s,
-            failed => {
-                let why = match failed {
-                    Ok(Err(e)) => e.to_string(),
-                    _ => format!("no answer in {} ms", self.connect_timeout.as_millis()),
-                };
-                self.counters.inc(Counter::TcpConnectFailed);
-                let wait = {
-                    let mut st = self.lock();
-                    if st.conns.get(&to).is_some_and(|c| c.same_channel(&tx)) {
-                        st.conns.remove(&to);
-                    }
-                    let next = st.backoff.get(&to).map_or(BACKOFF_MIN, |(_, d)| *d);
-                    st.backoff
-                        .insert(to, (Instant::now() + next, (next * 2).min(BACKOFF_MAX)));
-                    next
-                };
-                tracing::warn!(%to, error = %why, retry_after_s = wait.as_secs(), "cannot connect to buyer trunk over TCP");
-                let _ = self
-                    .shards
-                    .broadcast(Inbound::Unreachable { addr: to })
-                    .await;
-                return;
+    /// A connect (or handshake) to `key` failed with `why`: back off, tell the workers.
+    async fn failed(&self, key: Key, tx: &mpsc::Sender<Bytes>, why: String, counter: Counter) {
+        self.counters.inc(counter);
+        let wait = {
+            let mut st = self.lock();
+            if st.conns.get(&key).is_some_and(|c| c.same_channel(tx)) {
+                st.conns.remove(&key);
             }
+            let next = st.backoff.get(&key).map_or(BACKOFF_MIN, |(_, d)| *d);
+            st.backoff
+                .insert(key, (Instant::now() + next, (next * 2).min(BACKOFF_MAX)));
+            next
         };
+        let (to, proto) = (key.0, key.1.via_name());
+        tracing::warn!(%to, transport = proto, error = %why, retry_after_s = wait.as_secs(), "cannot connect to buyer trunk");
+        let _ = self
+            .shards
+            .broadcast(Inbound::Unreachable { addr: to })
+            .await;
+    }
+
+    async fn open(self: Arc<Self>, key: Key, tx: mpsc::Sender<Bytes>, rx: mpsc::Receiver<Bytes>) {
+        let (to, transport) = key;
+        let started = Instant::now();
+        let stream =
+            match tokio::time::timeout(self.connect_timeout, tokio::net::TcpStream::connect(to))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    return self
+                        .failed(key, &tx, e.to_string(), Counter::TcpConnectFailed)
+                        .await
+                }
+                Err(_) => {
+                    let why = format!("no answer in {} ms", self.connect_timeout.as_millis());
+                    return self.failed(key, &tx, why, Counter::TcpConnectFailed).await;
+                }
+            };
         let _ = stream.set_nodelay(true);
-        self.lock().backoff.remove(&to);
-        self.counters.inc(Counter::TcpConnected);
         let conn = next_conn();
-        tracing::info!(%to, conn, connect_ms = started.elapsed().as_millis() as u64, "TCP connection to buyer trunk open");
-        connection(
-            stream,
-            Link {
-                addr: to,
-                conn,
-                tx: tx.clone(),
-                rx,
-                keepalive: Some(KEEPALIVE),
-            },
-            TcpLimits {
-                // DCE's own connection stays while it is useful: the keep-alive and its
-                // answer keep it from idling out.
-                idle: self.limits.idle.max(KEEPALIVE * 3),
-                ..self.limits
-            },
-            self.shards.clone(),
-            self.gate.clone(),
-            self.counters.clone(),
-            None,
-        )
-        .await;
-        let mut st = self.lock();
-        if st.conns.get(&to).is_some_and(|c| c.same_channel(&tx)) {
-            st.conns.remove(&to);
+        let link = Link {
+            addr: to,
+            conn,
+            tx: tx.clone(),
+            rx,
+            keepalive: Some(KEEPALIVE),
+            transport,
+        };
+        let limits = TcpLimits {
+            // DCE's own connection stays while it is useful: the keep-alive and its answer
+            // keep it from idling out.
+            idle: self.limits.idle.max(KEEPALIVE * 3),
+            ..self.limits
+        };
+        if transport == Transport::Tls {
+            let Some((name, cfg)) = self.tls.lookup(to) else {
+                let why = "no TLS buyer is configured for this address".to_owned();
+                return self
+                    .failed(key, &tx, why, Counter::TlsHandshakeFailed)
+                    .await;
+            };
+            let shown = format!("{name:?}");
+            let connector = tokio_rustls::TlsConnector::from(cfg);
+            let tls =
+                match tokio::time::timeout(self.connect_timeout, connector.connect(name, stream))
+                    .await
+                {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        let why = format!("TLS handshake failed (server name {shown}): {e}");
+                        return self
+                            .failed(key, &tx, why, Counter::TlsHandshakeFailed)
+                            .await;
+                    }
+                    Err(_) => {
+                        let why = format!(
+                            "TLS handshake not done in {} ms",
+                            self.connect_timeout.as_millis()
+                        );
+                        return self
+                            .failed(key, &tx, why, Counter::TlsHandshakeFailed)
+                            .await;
+                    }
+                };
+            self.opened(key, conn, started);
+            connection(
+                tls,
+                link,
+                limits,
+                self.shards.clone(),
+                self.gate.clone(),
+                self.counters.clone(),
+                None,
+            )
+            .await;
+        } else {
+            self.opened(key, conn, started);
+            connection(
+                stream,
+                link,
+                limits,
+                self.shards.clone(),
+                self.gate.clone(),
+                self.counters.clone(),
+                None,
+            )
+            .await;
         }
-        tracing::info!(%to, conn, "TCP connection to buyer trunk closed");
+        let mut st = self.lock();
+        if st.conns.get(&key).is_some_and(|c| c.same_channel(&tx)) {
+            st.conns.remove(&key);
+        }
+        tracing::info!(%to, conn, transport = transport.via_name(), "connection to buyer trunk closed");
+    }
+
+    fn opened(&self, key: Key, conn: u64, started: Instant) {
+        self.lock().backoff.remove(&key);
+        self.counters.inc(Counter::TcpConnected);
+        tracing::info!(to = %key.0, conn, transport = key.1.via_name(), connect_ms = started.elapsed().as_millis() as u64, "connection to buyer trunk open");
     }
 
     /// Open connections (metrics, tests).

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
 /// Limits for TCP connections.
@@ -75,13 +75,15 @@ impl Drop for IpSlot {
     }
 }
 
-/// Accept connections until the core goes away.
+/// Accept connections until the core goes away; with `tls`, each one does its TLS handshake
+/// (within the handshake timeout) before its first message is read.
 pub async fn accept_loop(
     listener: TcpListener,
     limits: TcpLimits,
     core: Shards,
     gate: Arc<Gate>,
     counters: Arc<Counters>,
+    tls: Option<super::tls::Acceptor>,
 ) {
     let total = Arc::new(Semaphore::new(limits.total));
     let per_ip = PerIp::default();
@@ -109,21 +111,50 @@ pub async fn accept_loop(
         };
         let conn = next_conn();
         let (tx, rx) = mpsc::channel::<Bytes>(256);
-        tokio::spawn(connection(
-            stream,
-            Link {
-                addr,
-                conn,
-                tx,
-                rx,
-                keepalive: None,
+        let link = Link {
+            addr,
+            conn,
+            tx,
+            rx,
+            keepalive: None,
+            transport: if tls.is_some() {
+                Transport::Tls
+            } else {
+                Transport::Tcp
             },
-            limits,
-            core.clone(),
-            gate.clone(),
-            counters.clone(),
-            Some((permit, slot)),
-        ));
+        };
+        let (core, gate, counters) = (core.clone(), gate.clone(), counters.clone());
+        match &tls {
+            None => {
+                tokio::spawn(connection(
+                    stream,
+                    link,
+                    limits,
+                    core,
+                    gate,
+                    counters,
+                    Some((permit, slot)),
+                ));
+            }
+            Some(acceptor) => {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let Some(stream) = acceptor.handshake(stream, addr, &counters).await else {
+                        return;
+                    };
+                    connection(
+                        stream,
+                        link,
+                        limits,
+                        core,
+                        gate,
+                        counters,
+                        Some((permit, slot)),
+                    )
+                    .await
+                });
+            }
+        }
     }
 }
 
@@ -139,12 +170,14 @@ pub(super) struct Link {
     pub rx: mpsc::Receiver<Bytes>,
     /// Send a CRLF keep-alive this often (RFC 5626 §4.4.1; DCE's own connections to buyers).
     pub keepalive: Option<Duration>,
+    /// TCP, or TLS over it.
+    pub transport: Transport,
 }
 
 /// Serve one connection (accepted, or opened by DCE to a buyer): frame what it reads and hand
 /// it to the owning worker, write what the workers queue for it.
-pub(super) async fn connection(
-    mut stream: TcpStream,
+pub(super) async fn connection<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
     link: Link,
     limits: TcpLimits,
     core: Shards,
@@ -158,6 +191,7 @@ pub(super) async fn connection(
         tx,
         mut rx,
         keepalive,
+        transport,
     } = link;
     if !core.broadcast(Inbound::TcpOpened { conn, tx }).await {
         return;
@@ -167,7 +201,7 @@ pub(super) async fn connection(
     ping.tick().await;
     tracing::debug!(%addr, conn, "tcp connection open");
     let peer = Peer {
-        transport: Transport::Tcp,
+        transport,
         addr,
         conn: Some(conn),
     };

@@ -5,6 +5,7 @@
 pub mod dce_process;
 pub mod dns;
 pub mod http;
+pub mod pki;
 pub mod sim;
 pub mod sipp;
 
@@ -350,6 +351,7 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
             host: "127.0.0.1".into(),
             port: 5060,
             tcp_port: None,
+            tls_port: None,
         },
         ring_timeout: Duration::from_secs(20),
         max_attempts: 3,

@@ -162,6 +162,7 @@ impl Sim {
                 host: "127.0.0.1".into(),
                 port: 5060,
                 tcp_port: None,
+                tls_port: None,
             },
             ring_timeout: cfg.sip.ring_timeout,
             max_attempts: cfg.sip.max_attempts,

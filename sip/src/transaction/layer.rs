@@ -22,6 +22,19 @@ pub enum Transport {
     Udp,
     /// TCP: reliable, no retransmissions.
     Tcp,
+    /// TLS over TCP: reliable, like TCP.
+    Tls,
+}
+
+impl Transport {
+    /// The name in a Via (`UDP`, `TCP`, `TLS`).
+    pub fn via_name(self) -> &'static str {
+        match self {
+            Transport::Udp => "UDP",
+            Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
+        }
+    }
 }
 
 /// Where a message came from or goes to.
@@ -39,7 +52,7 @@ pub struct Peer {
 impl Peer {
     /// True for reliable transports.
     pub fn reliable(&self) -> bool {
-        self.transport == Transport::Tcp
+        matches!(self.transport, Transport::Tcp | Transport::Tls)
     }
 
     /// Where responses to a request from this peer go (RFC 3261 §18.2.2, RFC 3581 §4).
@@ -51,7 +64,7 @@ impl Peer {
     /// (docs/decisions/0002-response-routing.md).
     pub fn response_target(&self, via: &Via) -> Peer {
         match self.transport {
-            Transport::Tcp => *self,
+            Transport::Tcp | Transport::Tls => *self,
             Transport::Udp => {
                 let port = match via.rport {
                     Rport::Requested | Rport::Port(_) => self.addr.port(),

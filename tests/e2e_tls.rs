@@ -1,0 +1,151 @@
+//! TLS (issue #13, items 2 and 3), the real `dce` binary:
+//! - towards buyers, a buyer's certificate is checked against its host name and the CAs it
+//!   is given: a wrong host, an expired certificate and an unknown CA are each refused with a
+//!   log line that says which, and the call goes on to the next bidder at once;
+//! - with Kamailio's `tls` module (a real peer, not DCE's code) in front of SIPp, a call comes
+//!   in over TLS (SIPp → Kamailio → DCE) and goes out over TLS (DCE → Kamailio → SIPp), and
+//!   hangs up, through the same TLS connections.
+
+mod support;
+
+use std::sync::Arc;
+use support::dce_process::{counter, free_port, jsonl_cdrs, outcomes, Dce};
+use support::dns::{DnsServer, Rec};
+use support::pki::{Ca, Leaf};
+use support::sipp::{self, Background};
+
+/// A TLS server on loopback presenting `leaf`: it accepts connections and completes (or
+/// fails) handshakes; it never answers SIP. Returns its port.
+fn tls_server(leaf: &Leaf) -> u16 {
+    use rustls::pki_types::pem::PemObject;
+    let certs: Vec<_> = rustls::pki_types::CertificateDer::pem_file_iter(&leaf.cert)
+        .unwrap()
+        .map(|c| c.unwrap())
+        .collect();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_file(&leaf.key).unwrap();
+    let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
+    let std_listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = std_listener.local_addr().unwrap().port();
+    std_listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(std_listener).unwrap();
+            loop {
+                let Ok((s, _)) = listener.accept().await else {
+                    return;
+                };
+                let a = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = a.accept(s).await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn bad_buyer_certificates_are_refused_and_say_why() {
+    let Some(bin) = sipp::sipp() else {
+        return;
+    };
+    let dir = support::dce_process::TempDir::new("pki");
+    let ca = Ca::new(&dir.0, "good");
+    let stranger = Ca::new(&dir.0, "stranger");
+    let wrong_host = tls_server(&ca.issue(&dir.0, "wrong-host", &["other.test"], false));
+    let expired = tls_server(&ca.issue(&dir.0, "expired", &["buyer.test"], true));
+    let unknown_ca = tls_server(&stranger.issue(&dir.0, "unknown-ca", &["buyer.test"], false));
+    let dns = DnsServer::start(vec![(
+        "buyer.test".into(),
+        Rec::A(std::net::Ipv4Addr::LOCALHOST),
+        300,
+    )]);
+    let bravo = free_port();
+    let tls_buyer = |id: &str, port: u16, bid: u32| {
+        format!(
+            "[[buyer]]\nid = \"{id}\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@buyer.test:{port};transport=tls\"\nbid_cents = {bid}\ntls_ca = \"{}\"\n",
+            ca.pem.display()
+        )
+    };
+    let dce = Dce::start_with(|port, d| {
+        format!(
+            "[node]\nid = \"tls\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\", \"tls://127.0.0.1:{tls}\"]\nadvertised_host = \"127.0.0.1\"\nmax_attempts = 4\nring_timeout_s = 15\n\
+             [sip.tls]\ncert = \"{cert}\"\nkey = \"{key}\"\n\
+             [dns]\nservers = [\"{dns}\"]\n\
+             [media]\nport_min = 47000\nport_max = 47999\n\
+             [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
+             [cdr]\njsonl_path = \"{cdr}\"\n\
+             [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
+             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\n\
+             {}{}{}\
+             [[buyer]]\nid = \"bravo\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bravo}\"\nbid_cents = 100\n",
+            tls_buyer("wrong_host", wrong_host, 900),
+            tls_buyer("expired", expired, 800),
+            tls_buyer("unknown_ca", unknown_ca, 700),
+            tls = free_port(),
+            cert = ca.issue(&dir.0, "dce", &["127.0.0.1"], false).cert.display(),
+            key = dir.0.join("dce.key").display(),
+            dns = dns.addr,
+            cdr = d.join("cdr.jsonl").display(),
+        )
+    });
+    let b = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_answer.xml"), bravo, &["-m", "1"]),
+    );
+    let t0 = std::time::Instant::now();
+    let (ok, out) = sipp::carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        dce.sip,
+        &["-m", "1", "-d", "100"],
+    );
+    assert!(ok, "carrier:\n{out}\nDCE log:\n{}", dce.log());
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(10),
+        "no ring timeout waited out"
+    );
+    let (bok, bout) = b.finish(20);
+    assert!(bok, "bravo:\n{bout}");
+    let (_, log, d) = dce.stop_keep();
+    let cdrs = jsonl_cdrs(&d.0);
+    assert_eq!(
+        outcomes(&cdrs[0]),
+        [
+            "wrong_host=attempted:timeout",
+            "expired=attempted:timeout",
+            "unknown_ca=attempted:timeout",
+            "bravo=won"
+        ],
+        "{}",
+        cdrs[0]
+    );
+    for (port, why) in [
+        (wrong_host, "not valid for name \"buyer.test\""),
+        (expired, "expired"),
+        (unknown_ca, "UnknownIssuer"),
+    ] {
+        let line = log
+            .lines()
+            .find(|l| {
+                l.contains(&format!("127.0.0.1:{port}")) && l.contains("TLS handshake failed")
+            })
+            .unwrap_or_else(|| panic!("no handshake failure logged for {port}:\n{log}"));
+        assert!(line.contains(why), "{why}: {line}");
+        eprintln!("{line}");
+        assert!(line.contains("buyer.test"), "names the server name: {line}");
+    }
+    assert_eq!(counter(&log, "tls_handshake_failed"), 3, "{log}");
+}
