@@ -149,3 +149,145 @@ fn bad_buyer_certificates_are_refused_and_say_why() {
     }
     assert_eq!(counter(&log, "tls_handshake_failed"), 3, "{log}");
 }
+
+/// Kamailio's `kamailio.cfg` for the test: SIPp's UDP requests go to DCE over TLS, DCE's TLS
+/// requests go to the SIPp buyer over UDP; record-routed, so in-dialog requests pass it too.
+fn kamailio_cfg(dir: &std::path::Path, udp: u16, tls: u16, dce_tls: u16, buyer: u16) -> String {
+    format!(
+        r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+tcp_children=2
+enable_tls=yes
+auto_aliases=no
+listen=udp:127.0.0.1:{udp}
+listen=tls:127.0.0.1:{tls}
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "tls.so"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+modparam("tls", "config", "{cfg}")
+request_route {{
+    if (has_totag()) {{
+        xlog("L_INFO", "in-dialog $rm from $pr ruri=$ru route=$hdr(Route)\n");
+        # Record-routed, or (SIPp's UAS does not copy Record-Route) to the Request-URI.
+        loose_route();
+        t_relay();
+        exit;
+    }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    record_route();
+    if ($pr == "udp") {{
+        $du = "sip:127.0.0.1:{dce_tls};transport=tls";
+    }} else {{
+        $du = "sip:127.0.0.1:{buyer}";
+    }}
+    xlog("L_INFO", "relaying $rm from $pr to $du\n");
+    t_relay();
+    exit;
+}}
+"#,
+        cfg = dir.join("tls.cfg").display()
+    )
+}
+
+#[test]
+fn calls_cross_kamailio_over_tls_both_ways() {
+    let Some(bin) = sipp::sipp() else {
+        return;
+    };
+    let Some(kamailio) = support::kamailio() else {
+        return;
+    };
+    let dir = support::dce_process::TempDir::new("kam-tls");
+    let ca = Ca::new(&dir.0, "test");
+    let kam_cert = ca.issue(&dir.0, "kamailio", &["buyer.test", "127.0.0.1"], false);
+    let dce_cert = ca.issue(&dir.0, "dce", &["127.0.0.1"], false);
+    let (k_udp, k_tls, dce_tls, buyer) = (free_port(), free_port(), free_port(), free_port());
+    std::fs::write(
+        dir.0.join("tls.cfg"),
+        format!(
+            "[server:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\ncertificate = {}\nprivate_key = {}\n\n\
+             [client:default]\nmethod = TLSv1.2+\nverify_certificate = no\nrequire_certificate = no\n",
+            kam_cert.cert.display(),
+            kam_cert.key.display()
+        ),
+    )
+    .unwrap();
+    let cfg = dir.0.join("kamailio.cfg");
+    std::fs::write(&cfg, kamailio_cfg(&dir.0, k_udp, k_tls, dce_tls, buyer)).unwrap();
+    let kam = support::Kamailio::start(&kamailio, &cfg, &dir.0);
+    let dns = DnsServer::start(vec![(
+        "buyer.test".into(),
+        Rec::A(std::net::Ipv4Addr::LOCALHOST),
+        300,
+    )]);
+    let dce = Dce::start_with(|port, d| {
+        format!(
+            "[node]\nid = \"tls\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\", \"tls://127.0.0.1:{dce_tls}\"]\nadvertised_host = \"127.0.0.1\"\n\
+             [sip.tls]\ncert = \"{}\"\nkey = \"{}\"\n\
+             [dns]\nservers = [\"{}\"]\n\
+             [media]\nport_min = 48000\nport_max = 48999\n\
+             [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
+             [cdr]\njsonl_path = \"{}\"\n\
+             [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
+             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\n\
+             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sips:{{called}}@buyer.test:{k_tls}\"\nbid_cents = 900\ntls_ca = \"{}\"\n",
+            dce_cert.cert.display(),
+            dce_cert.key.display(),
+            dns.addr,
+            d.join("cdr.jsonl").display(),
+            ca.pem.display()
+        )
+    });
+    // Two calls: the first hung up by the carrier, the second by the buyer.
+    for (i, (uas, uac)) in [
+        ("uas_answer.xml", "uac_call.xml"),
+        ("uas_answer_bye.xml", "uac_wait_bye.xml"),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let b = Background::start(&bin, &sipp::args(&sipp::scenario(uas), buyer, &["-m", "1"]));
+        let carrier_to = std::net::SocketAddr::from(([127, 0, 0, 1], k_udp));
+        let (ok, out) = sipp::carrier(
+            &bin,
+            &sipp::scenario(uac),
+            carrier_to,
+            &["-m", "1", "-d", "200"],
+        );
+        assert!(
+            ok,
+            "call {i}: carrier:\n{out}\nDCE log:\n{}\nKamailio:\n{}",
+            dce.log(),
+            kam.log()
+        );
+        let (bok, bout) = b.finish(20);
+        assert!(
+            bok,
+            "call {i}: buyer:\n{bout}\nDCE log:\n{}\nKamailio:\n{}",
+            dce.log(),
+            kam.log()
+        );
+    }
+    let (_, log, d) = dce.stop_keep();
+    let cdrs = jsonl_cdrs(&d.0);
+    assert_eq!(cdrs.len(), 2, "{log}");
+    assert_eq!(cdrs[0]["hangup_by"], "carrier", "{}", cdrs[0]);
+    assert_eq!(cdrs[1]["hangup_by"], "buyer", "{}", cdrs[1]);
+    for c in &cdrs {
+        assert_eq!(outcomes(c), ["acme=won"], "{c}");
+    }
+    assert_eq!(
+        counter(&log, "tcp_buyer_connected"),
+        1,
+        "one TLS connection to the buyer for both calls:\n{log}"
+    );
+    assert_eq!(counter(&log, "tls_handshake_failed"), 0, "{log}");
+}

@@ -38,6 +38,18 @@ impl Controller {
                 .invite
                 .response(code, reason_phrase(code), &call.a.tag, Some(&call.a.via));
         if (101..300).contains(&code) {
+            // RFC 3261 §12.1.1: a UAS copies the Record-Route of the request into responses
+            // that make a dialog, so a proxy in front (Kamailio, an SBC) stays in its path.
+            let rr: Vec<String> = call
+                .a
+                .invite
+                .headers()
+                .filter(|(n, _)| **n == HeaderName::RecordRoute)
+                .map(|(_, v)| v.to_owned())
+                .collect();
+            for v in rr {
+                resp.push(HeaderName::RecordRoute, v);
+            }
             resp.push(HeaderName::Contact, contact);
         }
         push_body(&mut resp, body);

@@ -482,3 +482,91 @@ impl dce_media::MediaEngine for FakeMedia {
             });
     }
 }
+
+/// The `kamailio` binary (with its `tls` module), or `None` (after saying so) outside CI.
+/// Under `CI=true` its absence fails the test: `.ci/run` installs it.
+pub fn kamailio() -> Option<PathBuf> {
+    let bin = PathBuf::from("/usr/sbin/kamailio");
+    let tls = std::path::Path::new("/usr/lib/x86_64-linux-gnu/kamailio/modules/tls.so");
+    if bin.is_file() && tls.is_file() {
+        return Some(bin);
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("kamailio with its tls module not installed under CI=true (Debian kamailio, kamailio-tls-modules)");
+    }
+    eprintln!("NOT RUN: kamailio not installed (apt-get install -y kamailio kamailio-tls-modules)");
+    None
+}
+
+/// A Kamailio running in the foreground for one test, its log kept.
+pub struct Kamailio {
+    child: std::process::Child,
+    log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Kamailio {
+    /// Start `bin` with config `cfg`, runtime files in `dir`; waits until it listens.
+    pub fn start(bin: &PathBuf, cfg: &std::path::Path, dir: &std::path::Path) -> Kamailio {
+        use std::io::BufRead;
+        use std::os::unix::process::CommandExt;
+        let mut child = std::process::Command::new(bin)
+            // its own process group, so its worker processes go with it
+            .process_group(0)
+            .args(["-DD", "-E", "-f"])
+            .arg(cfg)
+            .arg("-Y")
+            .arg(dir)
+            .arg("-w")
+            .arg(dir)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("spawn kamailio");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let sink = log.clone();
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let mut l = sink.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let mut k = Kamailio { child, log };
+        // Up when its listeners answer; a config error ends the process at once.
+        let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        loop {
+            if let Ok(Some(st)) = k.child.try_wait() {
+                panic!("kamailio exited ({st}):\n{}", k.log());
+            }
+            if std::time::Instant::now() > end || k.log().contains("tls_h_mod_post_fork") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        if let Ok(Some(st)) = k.child.try_wait() {
+            panic!("kamailio exited ({st}):\n{}", k.log());
+        }
+        k
+    }
+
+    /// What it logged so far.
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Kamailio {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on the process group this test started; no memory is touched.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
