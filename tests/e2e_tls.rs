@@ -291,3 +291,130 @@ fn calls_cross_kamailio_over_tls_both_ways() {
     );
     assert_eq!(counter(&log, "tls_handshake_failed"), 0, "{log}");
 }
+
+/// A TLS client to `port` with `cert` (or none), trusting `ca`: sends one OPTIONS and returns
+/// the first line of the answer, or the handshake error; and the server's certificate.
+fn tls_options(
+    port: u16,
+    ca: &std::path::Path,
+    cert: Option<&Leaf>,
+) -> (Result<String, String>, Vec<u8>) {
+    use rustls::pki_types::pem::PemObject;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let b = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let cfg = match cert {
+        None => b.with_no_client_auth(),
+        Some(l) => b
+            .with_client_auth_cert(
+                rustls::pki_types::CertificateDer::pem_file_iter(&l.cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                rustls::pki_types::PrivateKeyDer::from_pem_file(&l.key).unwrap(),
+            )
+            .unwrap(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let mut s = match tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await {
+            Ok(s) => s,
+            Err(e) => return (Err(e.to_string()), Vec::new()),
+        };
+        let served = s
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first().map(|c| c.to_vec()))
+            .unwrap_or_default();
+        let opt = format!(
+            "OPTIONS sip:127.0.0.1:{port} SIP/2.0\r\nVia: SIP/2.0/TLS 127.0.0.1:5999;branch=z9hG4bKtls1\r\nMax-Forwards: 70\r\nFrom: <sip:probe@127.0.0.1>;tag=t1\r\nTo: <sip:127.0.0.1>\r\nCall-ID: tls-probe-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+        );
+        s.write_all(opt.as_bytes()).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        // A server that refuses the client certificate says so at the first read (TLS 1.3).
+        let r = match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => Ok(String::from_utf8_lossy(&buf[..n]).lines().next().unwrap_or("").to_owned()),
+            Ok(Ok(_)) => Err("closed".to_owned()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer".to_owned()),
+        };
+        (r, served)
+    })
+}
+
+#[test]
+fn mtls_carriers_need_a_certificate_and_sighup_reloads_dces() {
+    let dir = support::dce_process::TempDir::new("mtls");
+    let ca = Ca::new(&dir.0, "test");
+    let carriers = Ca::new(&dir.0, "carriers");
+    let first = ca.issue(&dir.0, "dce", &["127.0.0.1"], false);
+    let cert = dir.0.join("live.pem");
+    let key = dir.0.join("live.key");
+    std::fs::copy(&first.cert, &cert).unwrap();
+    std::fs::copy(&first.key, &key).unwrap();
+    let tls = free_port();
+    let dce = Dce::start_with(|port, d| {
+        format!(
+            "[node]\nid = \"mtls\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\", \"tls://127.0.0.1:{tls}\"]\nadvertised_host = \"127.0.0.1\"\n\
+             [sip.tls]\ncert = \"{}\"\nkey = \"{}\"\nclient_ca = \"{}\"\nhandshake_timeout_s = 1\n\
+             [cdr]\njsonl_path = \"{}\"\n",
+            cert.display(),
+            key.display(),
+            carriers.pem.display(),
+            d.join("cdr.jsonl").display()
+        )
+    });
+    // A carrier with a certificate the carriers' CA signed: OPTIONS answered over TLS.
+    let good = carriers.issue(&dir.0, "carrier", &["carrier.test"], false);
+    let (r, served) = tls_options(tls, &ca.pem, Some(&good));
+    assert_eq!(r.as_deref(), Ok("SIP/2.0 200 OK"), "{}", dce.log());
+    // No certificate, or one from another CA: refused, and the log says so.
+    let (r, _) = tls_options(tls, &ca.pem, None);
+    assert!(r.is_err(), "{r:?}");
+    let stranger = ca.issue(&dir.0, "stranger", &["carrier.test"], false);
+    let (r, _) = tls_options(tls, &ca.pem, Some(&stranger));
+    assert!(r.is_err(), "{r:?}");
+    dce.wait_for_log(
+        "TLS handshake from a client failed",
+        std::time::Duration::from_secs(5),
+    );
+    // A client that never starts its handshake is closed after handshake_timeout_s.
+    let idle = std::net::TcpStream::connect(("127.0.0.1", tls)).unwrap();
+    dce.wait_for_log("not finished in time", std::time::Duration::from_secs(5));
+    drop(idle);
+    // New certificate files and SIGHUP: new handshakes get the new certificate.
+    let second = ca.issue(&dir.0, "dce2", &["127.0.0.1"], false);
+    std::fs::copy(&second.cert, &cert).unwrap();
+    std::fs::copy(&second.key, &key).unwrap();
+    dce.signal("HUP");
+    dce.wait_for_log(
+        "TLS certificate reloaded",
+        std::time::Duration::from_secs(5),
+    );
+    let (r, served2) = tls_options(tls, &ca.pem, Some(&good));
+    assert_eq!(r.as_deref(), Ok("SIP/2.0 200 OK"));
+    assert_ne!(served, served2, "the reloaded certificate is served");
+    // A broken file on SIGHUP: refused, the current certificate stays.
+    std::fs::write(&cert, "not a certificate").unwrap();
+    dce.signal("HUP");
+    dce.wait_for_log("reload refused", std::time::Duration::from_secs(5));
+    let (r, served3) = tls_options(tls, &ca.pem, Some(&good));
+    assert_eq!(r.as_deref(), Ok("SIP/2.0 200 OK"));
+    assert_eq!(served2, served3);
+    let (_, log) = dce.stop();
+    assert!(counter(&log, "tls_handshake_failed") >= 3, "{log}");
+}
