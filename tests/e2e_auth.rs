@@ -113,3 +113,129 @@ fn a_wrong_password_gives_the_call_to_the_next_bidder() {
         "the password is never logged"
     );
 }
+
+/// Kamailio's `auth` module as the buyer's trunk: it challenges every INVITE with a `407`
+/// (SHA-256, qop=auth) and checks DCE's answer itself (`pv_proxy_authenticate`), then relays
+/// the call to SIPp. A real peer grades DCE's SHA-256 digest, not DCE's own code.
+fn kamailio_auth(
+    dir: &std::path::Path,
+    udp: u16,
+    buyer: u16,
+    password: &str,
+) -> std::path::PathBuf {
+    let cfg = dir.join("kamailio.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+auto_aliases=no
+disable_tcp=yes
+listen=udp:127.0.0.1:{udp}
+mpath="/usr/lib/x86_64-linux-gnu/kamailio/modules/"
+loadmodule "sl.so"
+loadmodule "tm.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "xlog.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "auth.so"
+modparam("auth", "algorithm", "SHA-256")
+request_route {{
+    if (has_totag()) {{ loose_route(); t_relay(); exit; }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (is_method("INVITE")) {{
+        if (!pv_proxy_authenticate("buyer.test", "{password}", "0")) {{
+            xlog("L_INFO", "challenged or refused INVITE (user $au) [$hdr(Proxy-Authorization)] ruri=$ru\n");
+            proxy_challenge("buyer.test", "1");
+            exit;
+        }}
+        if ($au != "dce-acme") {{ sl_send_reply("403", "Wrong user"); exit; }}
+        xlog("L_INFO", "authenticated INVITE from $au ($hdr(Proxy-Authorization))\n");
+        consume_credentials();
+    }}
+    record_route();
+    $du = "sip:127.0.0.1:{buyer}";
+    t_relay();
+    exit;
+}}
+"#
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+#[test]
+fn kamailio_checks_a_sha256_answer_to_its_407() {
+    let Some(bin) = sipp::sipp() else {
+        return;
+    };
+    let Some(kamailio) = support::kamailio() else {
+        return;
+    };
+    for (password, connects) in [("s3cret-acme", true), ("not-the-password", false)] {
+        let (k_udp, buyer, bravo) = (free_port(), free_port(), free_port());
+        let dce = Dce::start_with(|port, dir| config(port, dir, k_udp, bravo, password));
+        let cfg = kamailio_auth(dce.dir(), k_udp, buyer, "s3cret-acme");
+        let kam = support::Kamailio::start(&kamailio, &cfg, dce.dir());
+        let b = connects.then(|| {
+            Background::start(
+                &bin,
+                &sipp::args(&sipp::scenario("uas_answer.xml"), buyer, &["-m", "1"]),
+            )
+        });
+        let fallback = (!connects).then(|| {
+            Background::start(
+                &bin,
+                &sipp::args(&sipp::scenario("uas_answer.xml"), bravo, &["-m", "1"]),
+            )
+        });
+        let (ok, out) = sipp::carrier(
+            &bin,
+            &sipp::scenario("uac_call.xml"),
+            dce.sip,
+            &["-m", "1", "-d", "200"],
+        );
+        assert!(
+            ok,
+            "carrier ({password}):\n{out}\nDCE:\n{}\nKamailio:\n{}",
+            dce.log(),
+            kam.log()
+        );
+        for s in [b, fallback].into_iter().flatten() {
+            let (sok, sout) = s.finish(20);
+            assert!(sok, "buyer ({password}):\n{sout}\nKamailio:\n{}", kam.log());
+        }
+        let klog = kam.log();
+        let (_, log, dir) = dce.stop_keep();
+        let cdrs = jsonl_cdrs(&dir.0);
+        if connects {
+            assert!(
+                klog.contains("authenticated INVITE from dce-acme"),
+                "{klog}"
+            );
+            assert!(
+                klog.contains("algorithm=SHA-256"),
+                "DCE answered with SHA-256: {klog}"
+            );
+            assert!(
+                klog.contains("qop=auth") && klog.contains("nc=00000001"),
+                "{klog}"
+            );
+            assert_eq!(outcomes(&cdrs[0])[0], "acme=won", "{}", cdrs[0]);
+        } else {
+            assert!(!klog.contains("authenticated INVITE"), "{klog}");
+            assert_eq!(
+                outcomes(&cdrs[0]),
+                ["acme=attempted:407".to_string(), "bravo=won".to_string()],
+                "{}",
+                cdrs[0]
+            );
+        }
+        assert!(!log.contains(password), "the password is never logged");
+    }
+}
