@@ -7,6 +7,7 @@ Stops at the first rate with a failed call and prints the highest rate with none
 Loopback only; every step is bounded in calls and time.
 
     cargo build --release && python3 scripts/load.py [--rates 100,200,500] [--seconds 10]
+        [--buyer-transport tcp]   # the buyer over TCP (DCE's own connection; prints how many)
 
 With --watchers N the HTTP API is on, N WebSocket clients follow /v1/events (as live pages
 would) and a scraper reads /metrics and /v1/calls once a second: the delay then includes what
@@ -79,7 +80,7 @@ def scrape(http, stop):
         stop.wait(1.0)
 
 
-def step(rate, seconds, hold_ms, storage=None, watchers=0):
+def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp"):
     tmp = tempfile.mkdtemp(prefix="dce-load-")
     port, buyer_port, http = free_port(), free_port(), free_port()
     api = f"""[http]
@@ -92,7 +93,7 @@ api_keys = [{{ name = "load", sha256 = "{LOAD_SHA}", role = "read" }}]
         f.write(f"""[node]
 id = "load"
 [sip]
-listen = ["udp://127.0.0.1:{port}"]
+listen = ["udp://127.0.0.1:{port}"{f', "tcp://127.0.0.1:{port}"' if buyer_transport == "tcp" else ""}]
 advertised_host = "127.0.0.1"
 max_calls = 100000
 [cdr]
@@ -110,7 +111,7 @@ tcpa_hours = false
 [[buyer]]
 id = "acme"
 campaigns = ["auto"]
-uri = "sip:{{called}}@127.0.0.1:{buyer_port}"
+uri = "sip:{{called}}@127.0.0.1:{buyer_port}{';transport=tcp' if buyer_transport == 'tcp' else ''}"
 bid_cents = 1500
 {api}""")
     env = dict(os.environ, RUST_LOG="warn")
@@ -126,8 +127,10 @@ bid_cents = 1500
     calls = rate * seconds
     limit = str(max(10, int(rate * (hold_ms / 1000.0 + 1) * 3)))
     common = ["-i", "127.0.0.1", "-t", "u1", "-nostdin", "-timeout", f"{seconds + 30}s", "-timeout_error", "-max_retrans", "5"]
+    buyer_common = [("t1" if (x == "u1" and buyer_transport == "tcp") else x) for x in common]
     buyer = subprocess.Popen(
-        ["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-p", str(buyer_port), "-mp", str(free_port()), "-m", str(calls)] + common,
+        ["sipp", "-sf", os.path.join(SCEN, "uas_answer.xml"), "-p", str(buyer_port), "-mp", str(free_port()), "-m", str(calls)]
+        + (["-max_socket", "2000"] if buyer_transport == "tcp" else []) + buyer_common,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stat = os.path.join(tmp, "carrier_stats.csv")
     carrier = subprocess.run(
@@ -157,6 +160,9 @@ bid_cents = 1500
         ok = None
     m = re.search(r"invite_delay n=(\d+) p50=(\d+)us p99=(\d+)us max=(\d+)us", err)
     delay = (int(m.group(2)), int(m.group(3)), int(m.group(4))) if m else (None, None, None)
+    if buyer_transport == "tcp":
+        c = re.search(r"tcp_buyer_connected=(\d+)", err)
+        print(f"  (TCP connections DCE opened to the buyer: {c.group(1) if c else 0})", flush=True)
     return carrier.returncode, calls, ok, failed, delay
 
 
@@ -166,13 +172,14 @@ def main():
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--hold-ms", type=int, default=1000)
     ap.add_argument("--watchers", type=int, default=0, help="WebSocket event clients (and a scraper)")
+    ap.add_argument("--buyer-transport", choices=["udp", "tcp"], default="udp", help="how DCE reaches the buyer")
     a = ap.parse_args()
     if not os.path.exists(DCE):
         sys.exit("build first: cargo build --release")
     print(f"{'calls/s':>8} {'placed':>7} {'ok':>7} {'failed':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     best = None
     for rate in [int(r) for r in a.rates.split(",")]:
-        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers)
+        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport)
         print(f"{rate:>8} {calls:>7} {ok if ok is not None else '?':>7} {failed if failed is not None else '?':>7} "
               f"{p50 if p50 is not None else '?':>7} {p99 if p99 is not None else '?':>7} {mx if mx is not None else '?':>7}", flush=True)
         if rc != 0 or not failed == 0 or ok != calls:
