@@ -116,7 +116,8 @@ fn a_wrong_password_gives_the_call_to_the_next_bidder() {
 
 /// Kamailio's `auth` module as the buyer's trunk: it challenges every INVITE with a `407`
 /// (SHA-256, qop=auth) and checks DCE's answer itself (`pv_proxy_authenticate`), then relays
-/// the call to SIPp. A real peer grades DCE's SHA-256 digest, not DCE's own code.
+/// the call to SIPp, and challenges the BYE as well. A real peer grades DCE's SHA-256 digest,
+/// not DCE's own code.
 fn kamailio_auth(
     dir: &std::path::Path,
     udp: u16,
@@ -145,7 +146,20 @@ loadmodule "siputils.so"
 loadmodule "auth.so"
 modparam("auth", "algorithm", "SHA-256")
 request_route {{
-    if (has_totag()) {{ loose_route(); t_relay(); exit; }}
+    if (has_totag()) {{
+        # The trunk challenges the BYE too: DCE answers in the dialog.
+        if (is_method("BYE")) {{
+            if (!pv_proxy_authenticate("buyer.test", "{password}", "0")) {{
+                proxy_challenge("buyer.test", "1");
+                exit;
+            }}
+            xlog("L_INFO", "authenticated BYE from $au\n");
+            consume_credentials();
+        }}
+        loose_route();
+        t_relay();
+        exit;
+    }}
     if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
     if (is_method("INVITE")) {{
         if (!pv_proxy_authenticate("buyer.test", "{password}", "0")) {{

@@ -172,15 +172,21 @@ impl Controller {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        let mut byes = vec![(call.a.dialog.request(&me, Method::Bye, &b1), call.a.peer)];
-        if let Some(w) = call.state.winner() {
+        let a_bye = (call.a.dialog.request(&me, Method::Bye, &b1), call.a.peer);
+        let b_bye = call.state.winner().map(|w| {
+            let auth = call
+                .snapshot
+                .buyer(call.entries[call.legs[w].entry].buyer)
+                .auth
+                .clone();
             let leg = &mut call.legs[w];
-            byes.push((leg.dialog.request(&me, Method::Bye, &b2), leg.peer));
+            (leg.dialog.request(&me, Method::Bye, &b2), leg.peer, auth)
+        });
+        if let Ok(btx) = layer.send_request(a_bye.0, a_bye.1, now) {
+            self.router.add_client(btx, key, TxRole::Fire);
         }
-        for (bye, peer) in byes {
-            if let Ok(btx) = layer.send_request(bye, peer, now) {
-                self.router.add_client(btx, key, TxRole::Fire);
-            }
+        if let Some((bye, peer, auth)) = b_bye {
+            self.send_buyer_bye(layer, key, bye, peer, auth, now);
         }
         self.end(key, Some(HangupBy::Dce), reason, now);
     }

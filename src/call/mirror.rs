@@ -170,18 +170,23 @@ impl Controller {
             let branch = self.ids.branch();
             let other = match leg {
                 LegRef::A => state.winner().map(|w| {
+                    let auth = call
+                        .snapshot
+                        .buyer(call.entries[call.legs[w].entry].buyer)
+                        .auth
+                        .clone();
                     let l = &mut call.legs[w];
-                    (l.dialog.request(&me, Method::Bye, &branch), l.peer)
+                    (l.dialog.request(&me, Method::Bye, &branch), l.peer, auth)
                 }),
                 LegRef::B(_) => Some((
                     call.a.dialog.request(&me, Method::Bye, &branch),
                     call.a.peer,
+                    None,
                 )),
             };
-            if let Some((bye, peer)) = other {
-                if let Ok(btx) = layer.send_request(bye, peer, now) {
-                    self.router.add_client(btx, key, TxRole::Fire);
-                }
+            if let Some((bye, peer, auth)) = other {
+                // A buyer's trunk may challenge the BYE too (it gets one answer).
+                self.send_buyer_bye(layer, key, bye, peer, auth, now);
             }
             self.end(key, Some(by), reason, now);
             return;

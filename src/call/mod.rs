@@ -28,6 +28,7 @@
 mod admit;
 pub mod carrier;
 pub mod cdr;
+mod challenge;
 mod controller;
 mod end;
 mod health;

@@ -452,11 +452,13 @@ impl Controller {
                 }
                 self.on_invite_response(layer, key, li, msg, now);
             }
-            None if code >= 200 => {
-                if let Some((_, TxRole::Relay(r))) = self.router.remove_client(tx) {
-                    self.relay_response(layer, key, &r, &msg, now);
+            None if code >= 200 => match self.router.remove_client(tx) {
+                Some((_, TxRole::Relay(r))) => self.relay_response(layer, key, &r, &msg, now),
+                Some((_, TxRole::Authed(a))) if matches!(code, 401 | 407) => {
+                    self.answer_in_dialog_challenge(layer, key, *a, &msg, now)
                 }
-            }
+                _ => {}
+            },
             None if code > 100 => self.relay_provisional(layer, key, tx, &msg, now),
             None => {}
         }
@@ -829,7 +831,7 @@ impl Controller {
                 let resp = r.req.response(408, reason_phrase(408), "", Some(&r.via));
                 let _ = layer.respond(r.server_tx, &resp, now);
             }
-            TxRole::Fire => {}
+            TxRole::Fire | TxRole::Authed(_) => {}
         }
     }
 

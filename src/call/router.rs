@@ -23,6 +23,19 @@ pub enum TxRole {
     Fire,
     /// A request mirrored from `from`; its final response answers the server transaction.
     Relay(Box<Relay>),
+    /// A BYE to a buyer that has credentials: a `401`/`407` to it is answered once.
+    Authed(Box<Authed>),
+}
+
+/// A request DCE sent a buyer with digest credentials at hand.
+#[derive(Debug)]
+pub struct Authed {
+    /// The request as sent.
+    pub req: dce_sip::MessageBuf,
+    /// Where.
+    pub peer: dce_sip::transaction::Peer,
+    /// The buyer's credentials.
+    pub auth: dce_routing::BuyerAuth,
 }
 
 /// A request mirrored from one leg to the other.

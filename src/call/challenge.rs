@@ -1,0 +1,91 @@
+//! Digest challenges to requests DCE sends a buyer inside a dialog (RFC 3261 §22.2): a BYE
+//! that the buyer's trunk answers with `401`/`407` is sent once more with credentials (a new
+//! branch, the next CSeq, nonce count 1 for the fresh nonce). The INVITE's own challenge is
+//! answered in `ring.rs`.
+
+use super::controller::Controller;
+use super::leg::with_branch;
+use super::router::{Authed, TxRole};
+use super::state::CallKey;
+use dce_sip::transaction::{Peer, TransactionLayer};
+use dce_sip::{HeaderName, Message, MessageBuf};
+use std::time::Instant;
+
+impl Controller {
+    /// Send `bye` to a buyer at `peer`; with `auth`, a challenge to it gets one answer.
+    pub(super) fn send_buyer_bye(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        bye: MessageBuf,
+        peer: Peer,
+        auth: Option<dce_routing::BuyerAuth>,
+        now: Instant,
+    ) {
+        let keep = auth.map(|a| (bye.clone(), a));
+        if let Ok(tx) = layer.send_request(bye, peer, now) {
+            let role = match keep {
+                Some((req, auth)) => TxRole::Authed(Box::new(Authed { req, peer, auth })),
+                None => TxRole::Fire,
+            };
+            self.router.add_client(tx, key, role);
+        }
+    }
+
+    /// A `401`/`407` to a request in `a`: the same request with the answer, once.
+    pub(super) fn answer_in_dialog_challenge(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        a: Authed,
+        msg: &Message,
+        now: Instant,
+    ) {
+        let code = msg.code().unwrap_or(0);
+        let (want, answer_name) = if code == 407 {
+            ("Proxy-Authenticate", "Proxy-Authorization")
+        } else {
+            ("WWW-Authenticate", "Authorization")
+        };
+        let offered: Vec<&str> = msg
+            .headers()
+            .filter(|(n, _)| n.as_str().eq_ignore_ascii_case(want))
+            .map(|(_, v)| v)
+            .collect();
+        let challenge = match dce_sip::digest::Challenge::pick(offered) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!(code, error = %e, "buyer challenged a BYE DCE cannot answer");
+                return;
+            }
+        };
+        let (method, uri) = match &a.req.start {
+            dce_sip::StartLineBuf::Request { method, uri } => (method.to_string(), uri.clone()),
+            dce_sip::StartLineBuf::Response { .. } => return,
+        };
+        let creds = dce_sip::digest::Credentials {
+            user: a.auth.user.clone(),
+        };
+        let cnonce = self.ids.tag();
+        let value = challenge.answer(&creds, a.auth.password(), &method, &uri, &cnonce, 1);
+        let mut req = with_branch(&a.req, &self.ids.branch());
+        for (n, v) in req.headers.iter_mut() {
+            if *n == HeaderName::CSeq {
+                let next = v
+                    .split_whitespace()
+                    .next()
+                    .and_then(|c| c.parse::<u32>().ok())
+                    .unwrap_or(1)
+                    + 1;
+                *v = format!("{next} {method}");
+            }
+        }
+        req.headers
+            .retain(|(n, _)| !n.as_str().eq_ignore_ascii_case(answer_name));
+        req.push(HeaderName::Other(answer_name.into()), value);
+        tracing::debug!(code, %method, algorithm = challenge.algorithm.name(), "buyer challenged an in-dialog request; sent again with credentials");
+        if let Ok(tx) = layer.send_request(req, a.peer, now) {
+            self.router.add_client(tx, key, TxRole::Fire);
+        }
+    }
+}
