@@ -667,7 +667,7 @@ async fn start_dns(
         Some(std::net::IpAddr::V6(_)) => (false, true),
         _ => (true, false),
     };
-    match crate::dns::resolver::Hickory::new(&config.dns, v4, v6) {
+    match crate::dns::resolver::Hickory::new(&config.dns.servers, config.dns.timeout, v4, v6) {
         Ok(dns) => {
             let g = gate.clone();
             tokio::spawn(crate::dns::resolver::run(

@@ -5,7 +5,6 @@
 
 mod support;
 
-use dce::config::DnsConfig;
 use dce::dns::resolver::{run, Hickory};
 use dce::dns::{rfc3263, Dest, Table, Transport};
 use std::net::Ipv4Addr;
@@ -14,11 +13,7 @@ use std::time::{Duration, Instant};
 use support::dns::{buyer_zone, DnsServer, Rec};
 
 fn dns(server: &DnsServer) -> Hickory {
-    let cfg = DnsConfig {
-        servers: vec![server.addr],
-        timeout: Duration::from_millis(300),
-    };
-    Hickory::new(&cfg, true, false).expect("resolver")
+    Hickory::new(&[server.addr], Duration::from_millis(300), true, false).expect("resolver")
 }
 
 fn dest(host: &str) -> Dest {

@@ -119,7 +119,7 @@ pub struct Controller {
     /// Buyer hosts resolved in the background (`None`: no buyer is given by name).
     pub(super) dns: Option<Arc<crate::dns::Table>>,
     /// On the worker that sends the buyers' OPTIONS pings.
-    pub(super) pinger: Option<super::health::Pinger>,
+    pub(super) pinger: Option<super::pinger::Pinger>,
     pub(super) next_lookup: u64,
     pub(super) events: crate::events::Bus,
     /// When the message being handled reached the socket (set by the edge core per message).

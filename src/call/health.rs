@@ -4,36 +4,14 @@
 //! (the pinger) sends the pings. Every change of state is logged, counted and sent as an event.
 
 use super::controller::Controller;
+use super::pinger::Pinger;
 use super::vocab::{AttemptEnd, BidOutcome};
 use crate::config::routing::target_of;
 use crate::counters::Counter;
 use dce_routing::BuyerId;
 use dce_sip::transaction::{Peer, TransactionLayer, Transport, TxId};
 use dce_sip::{HeaderName, Method};
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
-
-/// The pinging worker's schedule.
-#[derive(Debug, Default)]
-pub(super) struct Pinger {
-    /// When each buyer (by id) is due for its next ping.
-    due: HashMap<String, Instant>,
-    /// Pings waiting for their answer: transaction → (buyer id, deadline).
-    out: HashMap<TxId, (String, Instant)>,
-    /// The latest `now` seen (buyers added by a reload are due then).
-    last_now: Option<Instant>,
-}
-
-impl Pinger {
-    /// The earliest thing to do.
-    pub(super) fn next(&self) -> Option<Instant> {
-        self.due
-            .values()
-            .chain(self.out.values().map(|(_, d)| d))
-            .min()
-            .copied()
-    }
-}
 
 /// Does attempt outcome `o` say the trunk failed (`Some(true)`: no response, 408, 5xx), that it
 /// is alive (`Some(false)`: any other answer, or it rang), or nothing (`None`)?

@@ -35,6 +35,7 @@ mod health;
 pub mod leg;
 pub mod lookup;
 mod mirror;
+mod pinger;
 mod ring;
 pub mod router;
 pub mod state;

@@ -753,7 +753,9 @@ fn sip(w: &mut Walk<'_>, t: Table<'_, '_>) -> Option<SipConfig> {
             handshake_timeout: Duration::from_secs(handshake),
         };
         // check-config loads the files as the listener will: a bad file is named here.
-        if let Err(e) = crate::transport::tls::server_config(&c) {
+        if let Err(e) =
+            crate::transport::pki::server_config(&c.cert, &c.key, c.client_ca.as_deref())
+        {
             w.error(cert.1, format!("sip.tls: {e}"));
             return None;
         }

@@ -305,7 +305,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .and_then(|at| buyer_auth(w, at, w.span_of(t, "auth")));
         let (headers, codecs, from_user) = buyer_profile(w, t);
         let tls_ca = w.string(t, "tls_ca", false).and_then(|(p, span)| {
-            match crate::transport::tls::client_config(Some(std::path::Path::new(&p))) {
+            match crate::transport::pki::client_config(Some(std::path::Path::new(&p))) {
                 Ok(_) => Some(p),
                 Err(e) => {
                     w.error(span, format!("buyer tls_ca: {e}"));

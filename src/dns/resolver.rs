@@ -3,7 +3,6 @@
 
 use super::rfc3263::{self, Fail, Found, Lookup, Naptr, Srv};
 use super::{Dest, Table, Transport};
-use crate::config::DnsConfig;
 use hickory_resolver::config::{
     ConnectionConfig, LookupIpStrategy, NameServerConfig, ResolverConfig, ResolverOpts,
 };
@@ -25,14 +24,19 @@ pub const SUPPORTED: &[Transport] = &[Transport::Udp, Transport::Tcp, Transport:
 pub struct Hickory(TokioResolver);
 
 impl Hickory {
-    /// A resolver asking `cfg.servers` (or the system's), for the address families in `v4`/`v6`.
-    pub fn new(cfg: &DnsConfig, v4: bool, v6: bool) -> Result<Hickory, String> {
-        let mut builder = if cfg.servers.is_empty() {
+    /// A resolver asking `servers` (or the system's when empty), each query within `timeout`,
+    /// for the address families in `v4`/`v6`.
+    pub fn new(
+        servers: &[std::net::SocketAddr],
+        timeout: Duration,
+        v4: bool,
+        v6: bool,
+    ) -> Result<Hickory, String> {
+        let mut builder = if servers.is_empty() {
             TokioResolver::builder_tokio()
                 .map_err(|e| format!("cannot read the system's DNS settings: {e}"))?
         } else {
-            let servers = cfg
-                .servers
+            let servers = servers
                 .iter()
                 .map(|a| {
                     let mut udp = ConnectionConfig::udp();
@@ -48,7 +52,7 @@ impl Hickory {
             )
         };
         let o: &mut ResolverOpts = builder.options_mut();
-        o.timeout = cfg.timeout;
+        o.timeout = timeout;
         o.attempts = 2;
         // DCE keeps its own cache (the table) and refreshes it before the TTL runs out; a
         // second cache underneath would hand back the old answer at refresh time.

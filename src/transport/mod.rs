@@ -15,6 +15,7 @@ pub mod dispatch;
 pub mod gate;
 pub mod mmsg;
 pub mod outbound;
+pub mod pki;
 pub mod tcp;
 pub mod tls;
 pub mod udp;

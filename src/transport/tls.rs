@@ -3,92 +3,17 @@
 //! connections to `sips:` / `;transport=tls` buyers (the buyer's certificate checked against its
 //! host name, with the system's roots plus the buyer's `tls_ca`).
 
+use super::pki::{client_config, server_config};
 use crate::config::routing::{target_of, TargetHost};
 use crate::config::TlsConfig;
 use crate::counters::{Counter, Counters};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
-use rustls_pki_types::pem::PemObject;
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ServerConfig};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::net::TcpStream;
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-fn certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let list: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| format!("cannot read certificates from {}: {e}", path.display()))?
-        .collect();
-    let list = list.map_err(|e| format!("{}: bad PEM certificate: {e}", path.display()))?;
-    if list.is_empty() {
-        return Err(format!("{}: no certificate in it", path.display()));
-    }
-    Ok(list)
-}
-
-fn roots_from(path: &Path, roots: &mut RootCertStore) -> Result<(), String> {
-    for c in certs(path)? {
-        roots
-            .add(c)
-            .map_err(|e| format!("{}: not a usable CA certificate: {e}", path.display()))?;
-    }
-    Ok(())
-}
-
-/// The server configuration `c` describes (files read and checked now).
-pub fn server_config(c: &TlsConfig) -> Result<Arc<ServerConfig>, String> {
-    let chain = certs(&c.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&c.key)
-        .map_err(|e| format!("cannot read a private key from {}: {e}", c.key.display()))?;
-    let builder = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    let builder = match &c.client_ca {
-        None => builder.with_no_client_auth(),
-        Some(ca) => {
-            let mut roots = RootCertStore::empty();
-            roots_from(ca, &mut roots)?;
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .map_err(|e| format!("client_ca {}: {e}", ca.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
-    };
-    let mut cfg = builder.with_single_cert(chain, key).map_err(|e| {
-        format!(
-            "{} and {} do not make a certificate and its key: {e}",
-            c.cert.display(),
-            c.key.display()
-        )
-    })?;
-    cfg.alpn_protocols.clear();
-    Ok(Arc::new(cfg))
-}
-
-/// A client configuration: the system's roots, plus the CAs in `ca` when given.
-pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
-    let mut roots = RootCertStore::empty();
-    let native = rustls_native_certs::load_native_certs();
-    for c in native.certs {
-        let _ = roots.add(c);
-    }
-    if let Some(ca) = ca {
-        roots_from(ca, &mut roots)?;
-    }
-    let cfg = ClientConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
-}
 
 /// The server side of the `tls://` listeners; its configuration can be swapped (SIGHUP).
 #[derive(Clone)]
@@ -101,14 +26,18 @@ impl Acceptor {
     /// An acceptor for `c`.
     pub fn new(c: &TlsConfig) -> Result<Acceptor, String> {
         Ok(Acceptor {
-            config: Arc::new(RwLock::new(server_config(c)?)),
+            config: Arc::new(RwLock::new(server_config(
+                &c.cert,
+                &c.key,
+                c.client_ca.as_deref(),
+            )?)),
             timeout: c.handshake_timeout,
         })
     }
 
     /// Read `c`'s files again (SIGHUP); on an error the old certificate stays.
     pub fn reload(&self, c: &TlsConfig) -> Result<(), String> {
-        let fresh = server_config(c)?;
+        let fresh = server_config(&c.cert, &c.key, c.client_ca.as_deref())?;
         *self.config.write().unwrap_or_else(|p| p.into_inner()) = fresh;
         Ok(())
     }
