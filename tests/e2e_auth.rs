@@ -147,13 +147,13 @@ loadmodule "auth.so"
 modparam("auth", "algorithm", "SHA-256")
 request_route {{
     if (has_totag()) {{
-        # The trunk challenges the BYE too: DCE answers in the dialog.
-        if (is_method("BYE")) {{
+        # The trunk challenges DCE's BYE and the INFO it relays too: DCE answers in the dialog.
+        if (is_method("BYE|INFO")) {{
             if (!pv_proxy_authenticate("buyer.test", "{password}", "0")) {{
                 proxy_challenge("buyer.test", "1");
                 exit;
             }}
-            xlog("L_INFO", "authenticated BYE from $au\n");
+            xlog("L_INFO", "authenticated $rm from $au\n");
             consume_credentials();
         }}
         loose_route();
@@ -199,7 +199,7 @@ fn kamailio_checks_a_sha256_answer_to_its_407() {
         let b = connects.then(|| {
             Background::start(
                 &bin,
-                &sipp::args(&sipp::scenario("uas_answer.xml"), buyer, &["-m", "1"]),
+                &sipp::args(&sipp::scenario("uas_answer_info.xml"), buyer, &["-m", "1"]),
             )
         });
         let fallback = (!connects).then(|| {
@@ -208,9 +208,15 @@ fn kamailio_checks_a_sha256_answer_to_its_407() {
                 &sipp::args(&sipp::scenario("uas_answer.xml"), bravo, &["-m", "1"]),
             )
         });
+        // The connected call carries an INFO from the carrier, relayed to the buyer.
+        let uac = if connects {
+            "uac_info.xml"
+        } else {
+            "uac_call.xml"
+        };
         let (ok, out) = sipp::carrier(
             &bin,
-            &sipp::scenario("uac_call.xml"),
+            &sipp::scenario(uac),
             dce.sip,
             &["-m", "1", "-d", "200"],
         );
@@ -240,6 +246,12 @@ fn kamailio_checks_a_sha256_answer_to_its_407() {
                 klog.contains("qop=auth") && klog.contains("nc=00000001"),
                 "{klog}"
             );
+            for m in ["BYE", "INFO"] {
+                assert!(
+                    klog.contains(&format!("authenticated {m} from dce-acme")),
+                    "the challenge to DCE's {m} was answered: {klog}"
+                );
+            }
             assert_eq!(outcomes(&cdrs[0])[0], "acme=won", "{}", cdrs[0]);
         } else {
             assert!(!klog.contains("authenticated INVITE"), "{klog}");

@@ -1,12 +1,13 @@
-//! Digest challenges to requests DCE sends a buyer inside a dialog (RFC 3261 §22.2): a BYE
-//! that the buyer's trunk answers with `401`/`407` is sent once more with credentials (a new
-//! branch, the next CSeq, nonce count 1 for the fresh nonce). The INVITE's own challenge is
-//! answered in `ring.rs`.
+//! Digest challenges to requests DCE sends a buyer inside a dialog (RFC 3261 §22.2): a BYE, or
+//! a request relayed from the carrier (re-INVITE, INFO, UPDATE …), that the buyer's trunk
+//! answers with `401`/`407` is sent once more with credentials (a new branch, the next CSeq,
+//! nonce count 1 for the fresh nonce). The INVITE's own challenge is answered in `ring.rs`.
 
 use super::controller::Controller;
 use super::leg::with_branch;
-use super::router::{Authed, TxRole};
+use super::router::{Authed, Relay, TxRole};
 use super::state::CallKey;
+use super::state::LegRef;
 use dce_sip::transaction::{Peer, TransactionLayer};
 use dce_sip::{HeaderName, Message, MessageBuf};
 use std::time::Instant;
@@ -41,6 +42,49 @@ impl Controller {
         msg: &Message,
         now: Instant,
     ) {
+        if let Some((req, _)) = self.with_answer(&a, msg) {
+            if let Ok(tx) = layer.send_request(req, a.peer, now) {
+                self.router.add_client(tx, key, TxRole::Fire);
+            }
+        }
+    }
+
+    /// A `401`/`407` to a request relayed to the winning buyer (re-INVITE, INFO, UPDATE …):
+    /// sent once more with the answer; the carrier's transaction waits for that one's answer.
+    /// False when there is nothing to answer with (the challenge is relayed as it is).
+    pub(super) fn answer_relay_challenge(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        mut r: Box<Relay>,
+        msg: &Message,
+        now: Instant,
+    ) -> Result<(), Box<Relay>> {
+        let Some(a) = r.retry.take() else {
+            return Err(r);
+        };
+        let Some((req, cseq)) = self.with_answer(&a, msg) else {
+            return Err(r);
+        };
+        // The dialog's CSeq moves past the one the answer used.
+        if let (Some(call), LegRef::A) = (self.calls.get_mut(&key), r.from) {
+            if let Some(w) = call.state.winner() {
+                let d = &mut call.legs[w].dialog;
+                d.cseq = d.cseq.max(cseq);
+            }
+        }
+        match layer.send_request(req, a.peer, now) {
+            Ok(tx) => {
+                self.router.add_client(tx, key, TxRole::Relay(r));
+                Ok(())
+            }
+            Err(_) => Err(r),
+        }
+    }
+
+    /// `a`'s request with the answer to `msg`'s challenge (new branch, next CSeq), and that
+    /// CSeq number; `None` when DCE cannot answer the challenge.
+    fn with_answer(&mut self, a: &Authed, msg: &Message) -> Option<(MessageBuf, u32)> {
         let code = msg.code().unwrap_or(0);
         let (want, answer_name) = if code == 407 {
             ("Proxy-Authenticate", "Proxy-Authorization")
@@ -55,13 +99,13 @@ impl Controller {
         let challenge = match dce_sip::digest::Challenge::pick(offered) {
             Ok(c) => c,
             Err(e) => {
-                tracing::info!(code, error = %e, "buyer challenged a BYE DCE cannot answer");
-                return;
+                tracing::info!(code, error = %e, "buyer challenged an in-dialog request DCE cannot answer");
+                return None;
             }
         };
         let (method, uri) = match &a.req.start {
             dce_sip::StartLineBuf::Request { method, uri } => (method.to_string(), uri.clone()),
-            dce_sip::StartLineBuf::Response { .. } => return,
+            dce_sip::StartLineBuf::Response { .. } => return None,
         };
         let creds = dce_sip::digest::Credentials {
             user: a.auth.user.clone(),
@@ -69,9 +113,10 @@ impl Controller {
         let cnonce = self.ids.tag();
         let value = challenge.answer(&creds, a.auth.password(), &method, &uri, &cnonce, 1);
         let mut req = with_branch(&a.req, &self.ids.branch());
+        let mut next = 1;
         for (n, v) in req.headers.iter_mut() {
             if *n == HeaderName::CSeq {
-                let next = v
+                next = v
                     .split_whitespace()
                     .next()
                     .and_then(|c| c.parse::<u32>().ok())
@@ -84,8 +129,6 @@ impl Controller {
             .retain(|(n, _)| !n.as_str().eq_ignore_ascii_case(answer_name));
         req.push(HeaderName::Other(answer_name.into()), value);
         tracing::debug!(code, %method, algorithm = challenge.algorithm.name(), "buyer challenged an in-dialog request; sent again with credentials");
-        if let Ok(tx) = layer.send_request(req, a.peer, now) {
-            self.router.add_client(tx, key, TxRole::Fire);
-        }
+        Some((req, next))
     }
 }

@@ -193,8 +193,14 @@ impl Controller {
         }
         // Everything else is mirrored to the other leg once both are up.
         let branch = self.ids.branch();
+        let mut auth = None;
         let target = match (leg, state.winner()) {
             (LegRef::A, Some(w)) => {
+                auth = call
+                    .snapshot
+                    .buyer(call.entries[call.legs[w].entry].buyer)
+                    .auth
+                    .clone();
                 let l = &mut call.legs[w];
                 Some((l.dialog.request(&me, method.clone(), &branch), l.peer))
             }
@@ -227,6 +233,14 @@ impl Controller {
                 req.push(HeaderName::Other(name.into()), v);
             }
         }
+        // Towards a buyer with credentials: a challenge to it can be answered.
+        let retry = auth.map(|auth| {
+            Box::new(super::router::Authed {
+                req: req.clone(),
+                peer,
+                auth,
+            })
+        });
         match layer.send_request(req, peer, now) {
             Ok(ctx) => self.router.add_client(
                 ctx,
@@ -236,6 +250,7 @@ impl Controller {
                     req: msg,
                     via,
                     from: leg,
+                    retry,
                 })),
             ),
             Err(_) => {

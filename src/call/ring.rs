@@ -453,6 +453,11 @@ impl Controller {
                 self.on_invite_response(layer, key, li, msg, now);
             }
             None if code >= 200 => match self.router.remove_client(tx) {
+                Some((_, TxRole::Relay(r))) if matches!(code, 401 | 407) && r.retry.is_some() => {
+                    if let Err(r) = self.answer_relay_challenge(layer, key, r, &msg, now) {
+                        self.relay_response(layer, key, &r, &msg, now);
+                    }
+                }
                 Some((_, TxRole::Relay(r))) => self.relay_response(layer, key, &r, &msg, now),
                 Some((_, TxRole::Authed(a))) if matches!(code, 401 | 407) => {
                     self.answer_in_dialog_challenge(layer, key, *a, &msg, now)

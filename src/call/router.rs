@@ -49,6 +49,8 @@ pub struct Relay {
     pub via: String,
     /// The leg it came from.
     pub from: LegRef,
+    /// Sent to a buyer with credentials: a `401`/`407` to it gets one answer.
+    pub retry: Option<Box<Authed>>,
 }
 
 /// A buyer leg whose call is gone, waiting for its INVITE to finish.
