@@ -86,17 +86,7 @@ impl Controller {
     /// CSeq number; `None` when DCE cannot answer the challenge.
     fn with_answer(&mut self, a: &Authed, msg: &Message) -> Option<(MessageBuf, u32)> {
         let code = msg.code().unwrap_or(0);
-        let (want, answer_name) = if code == 407 {
-            ("Proxy-Authenticate", "Proxy-Authorization")
-        } else {
-            ("WWW-Authenticate", "Authorization")
-        };
-        let offered: Vec<&str> = msg
-            .headers()
-            .filter(|(n, _)| n.as_str().eq_ignore_ascii_case(want))
-            .map(|(_, v)| v)
-            .collect();
-        let challenge = match dce_sip::digest::Challenge::pick(offered) {
+        let (challenge, answer_name) = match challenge_in(msg) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(code, error = %e, "buyer challenged an in-dialog request DCE cannot answer");
@@ -125,10 +115,33 @@ impl Controller {
                 *v = format!("{next} {method}");
             }
         }
-        req.headers
-            .retain(|(n, _)| !n.as_str().eq_ignore_ascii_case(answer_name));
-        req.push(HeaderName::Other(answer_name.into()), value);
+        put_answer(&mut req, answer_name, value);
         tracing::debug!(code, %method, algorithm = challenge.algorithm.name(), "buyer challenged an in-dialog request; sent again with credentials");
         Some((req, next))
     }
+}
+
+/// The strongest challenge of a `401`/`407` that DCE can answer, and the header the answer
+/// goes in (`Authorization` for `WWW-Authenticate`, `Proxy-Authorization` for
+/// `Proxy-Authenticate`).
+pub(super) fn challenge_in(
+    msg: &Message,
+) -> Result<(dce_sip::digest::Challenge, &'static str), dce_sip::digest::ChallengeError> {
+    let (want, answer_name) = if msg.code() == Some(407) {
+        ("Proxy-Authenticate", "Proxy-Authorization")
+    } else {
+        ("WWW-Authenticate", "Authorization")
+    };
+    let offered = msg
+        .headers()
+        .filter(|(n, _)| n.as_str().eq_ignore_ascii_case(want))
+        .map(|(_, v)| v);
+    dce_sip::digest::Challenge::pick(offered).map(|c| (c, answer_name))
+}
+
+/// `req` with `value` as its only `name` header (the answer to a challenge).
+pub(super) fn put_answer(req: &mut MessageBuf, name: &str, value: String) {
+    req.headers
+        .retain(|(n, _)| !n.as_str().eq_ignore_ascii_case(name));
+    req.push(HeaderName::Other(name.into()), value);
 }

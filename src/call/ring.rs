@@ -660,17 +660,7 @@ impl Controller {
         let Some(auth) = &buyer.auth else {
             return false;
         };
-        let (want, answer_name) = if code == 407 {
-            ("Proxy-Authenticate", "Proxy-Authorization")
-        } else {
-            ("WWW-Authenticate", "Authorization")
-        };
-        let offered: Vec<&str> = msg
-            .headers()
-            .filter(|(n, _)| n.as_str().eq_ignore_ascii_case(want))
-            .map(|(_, v)| v)
-            .collect();
-        let challenge = match dce_sip::digest::Challenge::pick(offered) {
+        let (challenge, answer_name) = match super::challenge::challenge_in(msg) {
             Ok(c) => c,
             Err(e) => {
                 tracing::info!(call = %call.id, buyer = %buyer.id, code, error = %e, "buyer challenge not answerable");
@@ -691,10 +681,7 @@ impl Controller {
                 *v = "2 INVITE".into();
             }
         }
-        invite
-            .headers
-            .retain(|(n, _)| !n.as_str().eq_ignore_ascii_case(answer_name));
-        invite.push(HeaderName::Other(answer_name.into()), value);
+        super::challenge::put_answer(&mut invite, answer_name, value);
         let peer = leg.peer;
         let tx = match layer.send_request(invite.clone(), peer, now) {
             Ok(tx) => tx,
@@ -819,19 +806,7 @@ impl Controller {
             return;
         };
         match role {
-            TxRole::Invite(li) => {
-                if !self.next_target(layer, key, li, "timeout", now) {
-                    self.leg_failed(
-                        layer,
-                        key,
-                        li,
-                        BidOutcome::Attempted(AttemptEnd::Timeout),
-                        Some(408),
-                        true,
-                        now,
-                    );
-                }
-            }
+            TxRole::Invite(li) => self.next_target_or_fail(layer, key, li, "timeout", 408, now),
             TxRole::Relay(r) => {
                 let resp = r.req.response(408, reason_phrase(408), "", Some(&r.via));
                 let _ = layer.respond(r.server_tx, &resp, now);

@@ -108,6 +108,30 @@ impl Controller {
         true
     }
 
+    /// [`Controller::next_target`], or, with no target left, the attempt ends as
+    /// `attempted:timeout` with `code` as the buyer's code (no response, or unreachable).
+    pub(super) fn next_target_or_fail(
+        &mut self,
+        layer: &mut TransactionLayer,
+        key: CallKey,
+        li: usize,
+        why: &'static str,
+        code: u16,
+        now: Instant,
+    ) {
+        if !self.next_target(layer, key, li, why, now) {
+            self.leg_failed(
+                layer,
+                key,
+                li,
+                BidOutcome::Attempted(AttemptEnd::Timeout),
+                Some(code),
+                true,
+                now,
+            );
+        }
+    }
+
     /// The current target of the ringing buyer has sent nothing in `target_timeout`: forget
     /// that INVITE (no response means no transaction at the far end to cancel) and try the
     /// next target.
@@ -129,17 +153,7 @@ impl Controller {
         }
         layer.abandon(tx);
         self.router.remove_client(tx);
-        if !self.next_target(layer, key, li, "no response", now) {
-            self.leg_failed(
-                layer,
-                key,
-                li,
-                BidOutcome::Attempted(AttemptEnd::Timeout),
-                Some(408),
-                true,
-                now,
-            );
-        }
+        self.next_target_or_fail(layer, key, li, "no response", 408, now);
     }
 }
 
@@ -162,17 +176,7 @@ impl Controller {
             tracing::info!(call = %self.call_id(key), to = %addr, "buyer target unreachable over TCP");
             layer.abandon(tx);
             self.router.remove_client(tx);
-            if !self.next_target(layer, key, li, "unreachable", now) {
-                self.leg_failed(
-                    layer,
-                    key,
-                    li,
-                    BidOutcome::Attempted(AttemptEnd::Timeout),
-                    Some(503),
-                    true,
-                    now,
-                );
-            }
+            self.next_target_or_fail(layer, key, li, "unreachable", 503, now);
         }
     }
 }
