@@ -114,16 +114,59 @@ fn a_wrong_password_gives_the_call_to_the_next_bidder() {
     );
 }
 
+/// The trunk challenges the INVITE and, with the same nonce, DCE's BYE: the BYE's answer is the
+/// second request with that nonce, so it carries `nc=00000002` (RFC 7616 §3.4) — the SIPp
+/// trunk checks that and the answer itself (`uas_challenge_bye.xml`).
+#[test]
+fn a_nonce_challenged_again_is_answered_with_the_next_nonce_count() {
+    let Some(bin) = sipp::sipp() else {
+        return;
+    };
+    let (ap, bp) = (free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| config(port, dir, ap, bp, "s3cret-acme"));
+    let acme = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_challenge_bye.xml"), ap, &["-m", "1"]),
+    );
+    let (ok, out) = sipp::carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        dce.sip,
+        &["-m", "1", "-d", "200"],
+    );
+    let (aok, aout) = acme.finish(20);
+    let (_, log, dir) = dce.stop_keep();
+    assert!(ok, "carrier sipp failed:\n{out}\nDCE log:\n{log}");
+    assert!(
+        aok,
+        "the trunk refused DCE's answer to the BYE's challenge:\n{aout}\nDCE log:\n{log}"
+    );
+    let cdrs = jsonl_cdrs(&dir.0);
+    assert_eq!(outcomes(&cdrs[0])[0], "acme=won", "{}", cdrs[0]);
+    assert_eq!(cdrs[0]["hangup_by"], "carrier", "{}", cdrs[0]);
+}
+
 /// Kamailio's `auth` module as the buyer's trunk: it challenges every INVITE with a `407`
 /// (SHA-256, qop=auth) and checks DCE's answer itself (`pv_proxy_authenticate`), then relays
 /// the call to SIPp, and challenges the BYE as well. A real peer grades DCE's SHA-256 digest,
-/// not DCE's own code.
+/// not DCE's own code. With `code` 401 it does the same with `401` / `WWW-Authenticate`
+/// (`pv_www_authenticate`, `www_challenge`).
 fn kamailio_auth(
     dir: &std::path::Path,
     udp: u16,
     buyer: u16,
     password: &str,
+    code: u16,
 ) -> std::path::PathBuf {
+    let (check, challenge, answer) = match code {
+        407 => (
+            "pv_proxy_authenticate",
+            "proxy_challenge",
+            "Proxy-Authorization",
+        ),
+        401 => ("pv_www_authenticate", "www_challenge", "Authorization"),
+        _ => unreachable!("a digest challenge is 401 or 407"),
+    };
     let cfg = dir.join("kamailio.cfg");
     std::fs::write(
         &cfg,
@@ -149,8 +192,8 @@ request_route {{
     if (has_totag()) {{
         # The trunk challenges DCE's BYE and the INFO it relays too: DCE answers in the dialog.
         if (is_method("BYE|INFO")) {{
-            if (!pv_proxy_authenticate("buyer.test", "{password}", "0")) {{
-                proxy_challenge("buyer.test", "1");
+            if (!{check}("buyer.test", "{password}", "0")) {{
+                {challenge}("buyer.test", "1");
                 exit;
             }}
             xlog("L_INFO", "authenticated $rm from $au\n");
@@ -162,13 +205,13 @@ request_route {{
     }}
     if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
     if (is_method("INVITE")) {{
-        if (!pv_proxy_authenticate("buyer.test", "{password}", "0")) {{
-            xlog("L_INFO", "challenged or refused INVITE (user $au) [$hdr(Proxy-Authorization)] ruri=$ru\n");
-            proxy_challenge("buyer.test", "1");
+        if (!{check}("buyer.test", "{password}", "0")) {{
+            xlog("L_INFO", "challenged or refused INVITE (user $au) [$hdr({answer})] ruri=$ru\n");
+            {challenge}("buyer.test", "1");
             exit;
         }}
         if ($au != "dce-acme") {{ sl_send_reply("403", "Wrong user"); exit; }}
-        xlog("L_INFO", "authenticated INVITE from $au ($hdr(Proxy-Authorization))\n");
+        xlog("L_INFO", "authenticated INVITE from $au ($hdr({answer}))\n");
         consume_credentials();
     }}
     record_route();
@@ -185,16 +228,26 @@ request_route {{
 
 #[test]
 fn kamailio_checks_a_sha256_answer_to_its_407() {
+    kamailio_grades(407, &[("s3cret-acme", true), ("not-the-password", false)]);
+}
+
+#[test]
+fn kamailio_checks_a_sha256_answer_to_its_401() {
+    kamailio_grades(401, &[("s3cret-acme", true), ("not-the-password", false)]);
+}
+
+/// One call per `(password, connects)` through DCE to Kamailio challenging with `code`.
+fn kamailio_grades(code: u16, runs: &[(&str, bool)]) {
     let Some(bin) = sipp::sipp() else {
         return;
     };
     let Some(kamailio) = support::kamailio() else {
         return;
     };
-    for (password, connects) in [("s3cret-acme", true), ("not-the-password", false)] {
+    for &(password, connects) in runs {
         let (k_udp, buyer, bravo) = (free_port(), free_port(), free_port());
         let dce = Dce::start_with(|port, dir| config(port, dir, k_udp, bravo, password));
-        let cfg = kamailio_auth(dce.dir(), k_udp, buyer, "s3cret-acme");
+        let cfg = kamailio_auth(dce.dir(), k_udp, buyer, "s3cret-acme", code);
         let kam = support::Kamailio::start(&kamailio, &cfg, dce.dir());
         let b = connects.then(|| {
             Background::start(
@@ -257,7 +310,7 @@ fn kamailio_checks_a_sha256_answer_to_its_407() {
             assert!(!klog.contains("authenticated INVITE"), "{klog}");
             assert_eq!(
                 outcomes(&cdrs[0]),
-                ["acme=attempted:407".to_string(), "bravo=won".to_string()],
+                [format!("acme=attempted:{code}"), "bravo=won".to_string()],
                 "{}",
                 cdrs[0]
             );

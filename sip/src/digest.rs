@@ -233,6 +233,28 @@ pub struct Credentials {
     pub user: String,
 }
 
+/// How many requests one dialog has sent with the nonce it last answered (RFC 7616 §3.4:
+/// `nc` counts the requests sent with a nonce, this one included). A server that challenges
+/// again with the nonce it gave before gets the next count; a new nonce starts at 1. Only the
+/// latest nonce is remembered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NonceCount {
+    nonce: String,
+    count: u32,
+}
+
+impl NonceCount {
+    /// The `nc` for the next request answering `nonce`.
+    pub fn next(&mut self, nonce: &str) -> u32 {
+        if self.nonce != nonce {
+            self.nonce = nonce.to_string();
+            self.count = 0;
+        }
+        self.count = self.count.saturating_add(1);
+        self.count
+    }
+}
+
 fn unquote(v: &str) -> String {
     match v.strip_prefix('"').and_then(|x| x.strip_suffix('"')) {
         Some(inner) => {
@@ -261,6 +283,16 @@ fn quote(v: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_nonce_count_counts_up_for_a_nonce_and_starts_again_for_a_new_one() {
+        let mut nc = NonceCount::default();
+        assert_eq!(nc.next("abc"), 1);
+        assert_eq!(nc.next("abc"), 2);
+        assert_eq!(nc.next("abc"), 3);
+        assert_eq!(nc.next("def"), 1, "a new nonce");
+        assert_eq!(nc.next("abc"), 1, "only the latest nonce is remembered");
+    }
 
     fn creds() -> Credentials {
         Credentials {

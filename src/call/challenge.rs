@@ -1,13 +1,14 @@
 //! Digest challenges to requests DCE sends a buyer inside a dialog (RFC 3261 §22.2): a BYE, or
 //! a request relayed from the carrier (re-INVITE, INFO, UPDATE …), that the buyer's trunk
 //! answers with `401`/`407` is sent once more with credentials (a new branch, the next CSeq,
-//! nonce count 1 for the fresh nonce). The INVITE's own challenge is answered in `ring.rs`.
+//! the nonce count 1 for a fresh nonce, the next count for one the leg answered before). The INVITE's own challenge is answered in `ring.rs`.
 
 use super::controller::Controller;
 use super::leg::with_branch;
 use super::router::{Authed, Relay, TxRole};
 use super::state::CallKey;
 use super::state::LegRef;
+use dce_sip::digest::NonceCount;
 use dce_sip::transaction::{Peer, TransactionLayer};
 use dce_sip::{HeaderName, Message, MessageBuf};
 use std::time::Instant;
@@ -20,13 +21,18 @@ impl Controller {
         key: CallKey,
         bye: MessageBuf,
         peer: Peer,
-        auth: Option<dce_routing::BuyerAuth>,
+        auth: Option<(dce_routing::BuyerAuth, NonceCount)>,
         now: Instant,
     ) {
         let keep = auth.map(|a| (bye.clone(), a));
         if let Ok(tx) = layer.send_request(bye, peer, now) {
             let role = match keep {
-                Some((req, auth)) => TxRole::Authed(Box::new(Authed { req, peer, auth })),
+                Some((req, (auth, nonce_count))) => TxRole::Authed(Box::new(Authed {
+                    req,
+                    peer,
+                    auth,
+                    nonce_count,
+                })),
                 None => TxRole::Fire,
             };
             self.router.add_client(tx, key, role);
@@ -38,11 +44,11 @@ impl Controller {
         &mut self,
         layer: &mut TransactionLayer,
         key: CallKey,
-        a: Authed,
+        mut a: Authed,
         msg: &Message,
         now: Instant,
     ) {
-        if let Some((req, _)) = self.with_answer(&a, msg) {
+        if let Some((req, _)) = self.with_answer(&mut a, msg) {
             if let Ok(tx) = layer.send_request(req, a.peer, now) {
                 self.router.add_client(tx, key, TxRole::Fire);
             }
@@ -60,17 +66,18 @@ impl Controller {
         msg: &Message,
         now: Instant,
     ) -> Result<(), Box<Relay>> {
-        let Some(a) = r.retry.take() else {
+        let Some(mut a) = r.retry.take() else {
             return Err(r);
         };
-        let Some((req, cseq)) = self.with_answer(&a, msg) else {
+        let Some((req, cseq)) = self.with_answer(&mut a, msg) else {
             return Err(r);
         };
-        // The dialog's CSeq moves past the one the answer used.
+        // The dialog's CSeq moves past the one the answer used; its nonce count past this use.
         if let (Some(call), LegRef::A) = (self.calls.get_mut(&key), r.from) {
             if let Some(w) = call.state.winner() {
-                let d = &mut call.legs[w].dialog;
-                d.cseq = d.cseq.max(cseq);
+                let l = &mut call.legs[w];
+                l.dialog.cseq = l.dialog.cseq.max(cseq);
+                l.nonce_count = a.nonce_count;
             }
         }
         match layer.send_request(req, a.peer, now) {
@@ -84,7 +91,7 @@ impl Controller {
 
     /// `a`'s request with the answer to `msg`'s challenge (new branch, next CSeq), and that
     /// CSeq number; `None` when DCE cannot answer the challenge.
-    fn with_answer(&mut self, a: &Authed, msg: &Message) -> Option<(MessageBuf, u32)> {
+    fn with_answer(&mut self, a: &mut Authed, msg: &Message) -> Option<(MessageBuf, u32)> {
         let code = msg.code().unwrap_or(0);
         let (challenge, answer_name) = match challenge_in(msg) {
             Ok(c) => c,
@@ -101,7 +108,8 @@ impl Controller {
             user: a.auth.user.clone(),
         };
         let cnonce = self.ids.tag();
-        let value = challenge.answer(&creds, a.auth.password(), &method, &uri, &cnonce, 1);
+        let nc = a.nonce_count.next(&challenge.nonce);
+        let value = challenge.answer(&creds, a.auth.password(), &method, &uri, &cnonce, nc);
         let mut req = with_branch(&a.req, &self.ids.branch());
         let mut next = 1;
         for (n, v) in req.headers.iter_mut() {

@@ -180,6 +180,7 @@ impl Controller {
                 .auth
                 .clone();
             let leg = &mut call.legs[w];
+            let auth = auth.map(|a| (a, leg.nonce_count.clone()));
             (leg.dialog.request(&me, Method::Bye, &b2), leg.peer, auth)
         });
         if let Ok(btx) = layer.send_request(a_bye.0, a_bye.1, now) {

@@ -176,6 +176,7 @@ impl Controller {
                         .auth
                         .clone();
                     let l = &mut call.legs[w];
+                    let auth = auth.map(|a| (a, l.nonce_count.clone()));
                     (l.dialog.request(&me, Method::Bye, &branch), l.peer, auth)
                 }),
                 LegRef::B(_) => Some((
@@ -194,6 +195,7 @@ impl Controller {
         // Everything else is mirrored to the other leg once both are up.
         let branch = self.ids.branch();
         let mut auth = None;
+        let mut nonce_count = Default::default();
         let target = match (leg, state.winner()) {
             (LegRef::A, Some(w)) => {
                 auth = call
@@ -202,6 +204,7 @@ impl Controller {
                     .auth
                     .clone();
                 let l = &mut call.legs[w];
+                nonce_count = l.nonce_count.clone();
                 Some((l.dialog.request(&me, method.clone(), &branch), l.peer))
             }
             (LegRef::B(_), Some(_)) => Some((
@@ -239,6 +242,7 @@ impl Controller {
                 req: req.clone(),
                 peer,
                 auth,
+                nonce_count,
             })
         });
         match layer.send_request(req, peer, now) {

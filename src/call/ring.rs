@@ -234,6 +234,7 @@ impl Controller {
                 slot: Some(live),
                 state: BState::Calling,
                 auth_tried: false,
+                nonce_count: Default::default(),
                 target: 0,
                 targets,
             });
@@ -674,7 +675,8 @@ impl Controller {
         let creds = dce_sip::digest::Credentials {
             user: auth.user.clone(),
         };
-        let value = challenge.answer(&creds, auth.password(), "INVITE", &uri, &cnonce, 1);
+        let nc = leg.nonce_count.next(&challenge.nonce);
+        let value = challenge.answer(&creds, auth.password(), "INVITE", &uri, &cnonce, nc);
         let mut invite = with_branch(&leg.invite, &branch);
         for (n, v) in invite.headers.iter_mut() {
             if *n == HeaderName::CSeq {

@@ -36,6 +36,8 @@ pub struct Authed {
     pub peer: dce_sip::transaction::Peer,
     /// The buyer's credentials.
     pub auth: dce_routing::BuyerAuth,
+    /// The leg's nonce count when the request was sent.
+    pub nonce_count: dce_sip::digest::NonceCount,
 }
 
 /// A request mirrored from one leg to the other.

@@ -148,6 +148,8 @@ pub struct BLeg {
     pub state: BState,
     /// The INVITE was resent once with credentials after a `401`/`407`.
     pub auth_tried: bool,
+    /// The nonce this leg last answered and how many requests used it (RFC 7616 §3.4).
+    pub nonce_count: dce_sip::digest::NonceCount,
     /// The addresses this attempt may use, in order (one for an IP literal; the DNS answer
     /// ordered by SRV priority and weight for a host name).
     pub targets: Vec<std::net::SocketAddr>,
