@@ -106,3 +106,70 @@ fn failed_calls_open_the_breaker_for_its_cooldown() {
     assert_eq!(outcomes(&sim, 3), ["acme=won", "bravo=lost"]);
     assert_eq!(sim.buyer(5090).options, 0, "interval_s = 0: no pings");
 }
+
+/// A buyer by host name with two SRV targets (5091 first, 5092 second): a round of pings walks
+/// the targets as a call's attempt does, so a silent first target alone does not take the
+/// buyer down — only both silent do — and calls still reach it through the second target.
+#[test]
+fn pings_walk_the_dns_targets_and_the_buyer_is_down_only_when_none_answers() {
+    use dce::dns::{Answer, Table, Target, Transport};
+    let table = std::sync::Arc::new(Table::default());
+    let target = |port: u16, priority: u16| Target {
+        name: format!("t{port}.buyer.test"),
+        priority,
+        weight: 10,
+        addrs: vec![std::net::SocketAddr::from(([127, 0, 0, 1], port))],
+        transport: Transport::Udp,
+    };
+    table.record(
+        "buyer.test",
+        Ok(Answer {
+            targets: vec![target(5092, 20), target(5091, 10)],
+            ttl: Duration::from_secs(3600),
+            via: "srv",
+        }),
+        std::time::SystemTime::now(),
+    );
+    let buyers = format!(
+        "[[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@buyer.test\"\nbid_cents = 900\n\
+         health = {{ interval_s = 2, down_after = 2, up_after = 1 }}\n{}",
+        buyer("bravo", 5093, 100, "")
+    );
+    let mut sim = Sim::with_dns(
+        &config("ring_timeout_s = 10\ntarget_timeout_ms = 500", &buyers),
+        Some(table),
+    );
+    sim.add_buyer(5091, Mode::Silent);
+    sim.add_buyer(5092, Mode::Answer(S));
+    sim.add_buyer(5093, Mode::Answer(S));
+    sim.start_pinging();
+    sim.run_for(12 * S);
+    assert!(
+        sim.buyer(5091).options >= 3,
+        "the first target is pinged each round"
+    );
+    assert!(
+        sim.buyer(5092).options >= 3,
+        "and the second when the first is silent"
+    );
+    assert_eq!(
+        sim.counters.get(Counter::BuyerDown),
+        0,
+        "one target answers: the buyer is up"
+    );
+    one_call(&mut sim);
+    assert_eq!(outcomes(&sim, 0), ["acme=won", "bravo=lost"]);
+
+    // Both silent: down, and the call goes straight to bravo.
+    sim.set_mode(5092, Mode::Silent);
+    sim.run_for(15 * S);
+    assert_eq!(sim.counters.get(Counter::BuyerDown), 1);
+    one_call(&mut sim);
+    assert_eq!(outcomes(&sim, 1), ["bravo=won", "acme=excluded:down"]);
+
+    // The second answers again: up after one answered round.
+    sim.set_mode(5092, Mode::Answer(S));
+    sim.run_for(8 * S);
+    assert_eq!(sim.counters.get(Counter::BuyerUp), 1);
+    sim.shutdown();
+}

@@ -1,10 +1,12 @@
 //! Buyer trunk health: OPTIONS pings (`health.interval_s`) and the failed-call breaker
 //! (`health.fail_calls`, `cooldown_s`). The state lives in each buyer's shared
 //! [`dce_routing::Health`], so every SIP worker's auction sees it (`excluded:down`); one worker
-//! (the pinger) sends the pings. Every change of state is logged, counted and sent as an event.
+//! (the pinger) sends the pings. A round of pings walks a buyer's DNS targets in order until
+//! one answers, as a call's attempt does, so the buyer is down only when none of them answers.
+//! Every change of state is logged, counted and sent as an event.
 
 use super::controller::Controller;
-use super::pinger::Pinger;
+use super::pinger::{Ping, Pinger};
 use super::vocab::{AttemptEnd, BidOutcome};
 use crate::config::routing::target_of;
 use crate::counters::Counter;
@@ -65,52 +67,100 @@ impl Controller {
         let late: Vec<TxId> = p
             .out
             .iter()
-            .filter(|(_, (_, d))| *d <= now)
+            .filter(|(_, ping)| ping.deadline <= now)
             .map(|(tx, _)| *tx)
             .collect();
-        let mut results = Vec::new();
+        let mut failed = Vec::new();
         for tx in late {
-            if let Some((id, _)) = p.out.remove(&tx) {
+            if let Some(ping) = p.out.remove(&tx) {
                 layer.abandon(tx);
-                results.push((id, false, "no answer".to_owned()));
+                failed.push(ping);
             }
         }
+        // A buyer whose last round is still walking its targets is not started again.
         let due: Vec<String> = p
             .due
             .iter()
-            .filter(|(_, at)| **at <= now)
+            .filter(|(id, at)| **at <= now && !p.out.values().any(|o| &o.buyer == *id))
             .map(|(id, _)| id.clone())
             .collect();
-        for (id, ok, why) in results {
-            self.ping_result(&id, ok, &why);
+        for ping in failed {
+            self.ping_failed(layer, ping, "no answer", now);
         }
         for id in due {
             self.send_ping(layer, &id, now);
         }
     }
 
+    /// Start `id`'s round of pings: its first target now, the next round one interval on.
     fn send_ping(&mut self, layer: &mut TransactionLayer, id: &str, now: Instant) {
-        let snap = self.snapshot.clone();
-        let Some(i) = snap.buyers().iter().position(|b| b.id == id) else {
+        let Some(h) = self
+            .snapshot
+            .buyers()
+            .iter()
+            .find(|b| b.id == id)
+            .and_then(|b| b.health)
+            .filter(|h| h.interval_s > 0)
+        else {
             return;
         };
-        let buyer = &snap.buyers()[i];
-        let Some(h) = buyer.health.filter(|h| h.interval_s > 0) else {
-            return;
-        };
-        let interval = Duration::from_secs(u64::from(h.interval_s));
         if let Some(p) = self.pinger.as_mut() {
-            p.due.insert(id.to_owned(), now + interval);
+            p.due.insert(
+                id.to_owned(),
+                now + Duration::from_secs(u64::from(h.interval_s)),
+            );
         }
-        let Ok((uri, host)) = target_of(&buyer.uri, "1", "1") else {
-            return;
-        };
+        let targets = self.ping_uri(id).map_or_else(Vec::new, |(_, host)| {
+            super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids)
+        });
+        self.ping_target(layer, id, targets, 0, now);
+    }
+
+    /// The ping to `id`'s target `k` failed (`why`): the round goes on to the next target, or,
+    /// when it was the last, counts as a failed ping.
+    fn ping_failed(&mut self, layer: &mut TransactionLayer, ping: Ping, why: &str, now: Instant) {
+        let next = ping.target + 1;
+        if next < ping.targets.len() {
+            tracing::debug!(buyer = %ping.buyer, target = ping.target, why, "OPTIONS ping failed; trying the next target");
+            self.ping_target(layer, &ping.buyer, ping.targets, next, now);
+        } else {
+            self.ping_result(&ping.buyer, false, why);
+        }
+    }
+
+    /// Buyer `id`'s request URI for pings, and its host.
+    fn ping_uri(&self, id: &str) -> Option<(String, crate::config::routing::TargetHost)> {
+        let buyer = self.snapshot.buyers().iter().find(|b| b.id == id)?;
+        let (uri, host) = target_of(&buyer.uri, "1", "1").ok()?;
         let uri = uri
             .split_once('@')
             .map_or(uri.clone(), |(_, h)| format!("sip:{h}"));
-        let Some(&(addr, transport)) =
-            super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids).first()
+        Some((uri, host))
+    }
+
+    /// Send `id`'s ping to `targets[k]`.
+    fn ping_target(
+        &mut self,
+        layer: &mut TransactionLayer,
+        id: &str,
+        targets: Vec<(std::net::SocketAddr, Transport)>,
+        k: usize,
+        now: Instant,
+    ) {
+        let Some(h) = self
+            .snapshot
+            .buyers()
+            .iter()
+            .find(|b| b.id == id)
+            .and_then(|b| b.health)
         else {
+            return;
+        };
+        let interval = Duration::from_secs(u64::from(h.interval_s));
+        let Some((uri, _)) = self.ping_uri(id) else {
+            return;
+        };
+        let Some(&(addr, transport)) = targets.get(k) else {
             self.ping_result(id, false, "its host has not resolved");
             return;
         };
@@ -134,7 +184,13 @@ impl Controller {
             Ok(tx) => {
                 let deadline = now + interval.clamp(Duration::from_secs(1), Duration::from_secs(5));
                 if let Some(p) = self.pinger.as_mut() {
-                    p.out.insert(tx, (id.to_owned(), deadline));
+                    let ping = Ping {
+                        buyer: id.to_owned(),
+                        deadline,
+                        target: k,
+                        targets,
+                    };
+                    p.out.insert(tx, ping);
                 }
             }
             Err(e) => tracing::warn!(buyer = %id, error = %e, "OPTIONS ping not sent"),
@@ -142,7 +198,13 @@ impl Controller {
     }
 
     /// A response on `tx`: true when it answers one of our pings (and is consumed here).
-    pub(super) fn ping_response(&mut self, tx: TxId, code: u16) -> bool {
+    pub(super) fn ping_response(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        code: u16,
+        now: Instant,
+    ) -> bool {
         let Some(p) = self.pinger.as_mut() else {
             return false;
         };
@@ -150,20 +212,29 @@ impl Controller {
             return false;
         }
         if code >= 200 {
-            if let Some((id, _)) = p.out.remove(&tx) {
-                let ok = code < 500 && code != 408;
-                self.ping_result(&id, ok, &format!("answered {code}"));
+            if let Some(ping) = p.out.remove(&tx) {
+                let why = format!("answered {code}");
+                if code < 500 && code != 408 {
+                    self.ping_result(&ping.buyer, true, &why);
+                } else {
+                    self.ping_failed(layer, ping, &why, now);
+                }
             }
         }
         true
     }
 
     /// Timer F of a ping (its deadline normally comes first): true when `tx` was one.
-    pub(super) fn ping_timed_out(&mut self, tx: TxId) -> bool {
-        let Some((id, _)) = self.pinger.as_mut().and_then(|p| p.out.remove(&tx)) else {
+    pub(super) fn ping_timed_out(
+        &mut self,
+        layer: &mut TransactionLayer,
+        tx: TxId,
+        now: Instant,
+    ) -> bool {
+        let Some(ping) = self.pinger.as_mut().and_then(|p| p.out.remove(&tx)) else {
             return false;
         };
-        self.ping_result(&id, false, "no answer");
+        self.ping_failed(layer, ping, "no answer", now);
         true
     }
 

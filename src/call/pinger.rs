@@ -9,8 +9,8 @@ use std::time::Instant;
 pub(super) struct Pinger {
     /// When each buyer (by id) is due for its next ping.
     pub(super) due: HashMap<String, Instant>,
-    /// Pings waiting for their answer: transaction → (buyer id, deadline).
-    pub(super) out: HashMap<TxId, (String, Instant)>,
+    /// Pings waiting for their answer.
+    pub(super) out: HashMap<TxId, Ping>,
     /// The latest `now` seen (buyers added by a reload are due then).
     pub(super) last_now: Option<Instant>,
 }
@@ -20,8 +20,22 @@ impl Pinger {
     pub(super) fn next(&self) -> Option<Instant> {
         self.due
             .values()
-            .chain(self.out.values().map(|(_, d)| d))
+            .chain(self.out.values().map(|p| &p.deadline))
             .min()
             .copied()
     }
+}
+
+/// One OPTIONS ping out.
+#[derive(Debug)]
+pub(super) struct Ping {
+    /// The buyer's id.
+    pub(super) buyer: String,
+    /// When it is given up.
+    pub(super) deadline: Instant,
+    /// Which of the buyer's targets (in DNS order) it went to: a round walks them until one
+    /// answers, like a call's attempt.
+    pub(super) target: usize,
+    /// The round's targets, as the DNS table ordered them when it started.
+    pub(super) targets: Vec<(std::net::SocketAddr, dce_sip::transaction::Transport)>,
 }

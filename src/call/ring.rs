@@ -434,7 +434,7 @@ impl Controller {
         now: Instant,
     ) {
         let code = msg.code().unwrap_or(0);
-        if self.ping_response(tx, code) {
+        if self.ping_response(layer, tx, code, now) {
             return;
         }
         if self.router.orphan_mut(tx).is_some() {
@@ -800,7 +800,7 @@ impl Controller {
 
     /// A client transaction timed out (Timer B or F).
     pub fn on_tx_timeout(&mut self, layer: &mut TransactionLayer, tx: TxId, now: Instant) {
-        if self.ping_timed_out(tx) {
+        if self.ping_timed_out(layer, tx, now) {
             return;
         }
         self.router.remove_orphan(tx);
