@@ -38,6 +38,7 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 from_user: None,
                 health: None,
                 tls_ca: None,
+                rtb: None,
             }
         })
         .collect()
@@ -54,6 +55,7 @@ fn bench(c: &mut Criterion) {
         dnc: true,
         tcpa_hours: true,
         require_consent: false,
+        auction_deadline_ms: 250,
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

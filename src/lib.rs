@@ -14,6 +14,7 @@
 //! | [`transport`] | UDP and TCP socket drivers |
 //! | [`store`] | CDRs in PostgreSQL or SQLite, the spool, the writer |
 //! | [`shared`] | fleet-wide state in Redis: frequency cap, internal DNC overlay |
+//! | [`rtb`] | real-time bidding: bid requests to remote buyers (DCE, Ringba, Retreaver formats) |
 //! | [`server`] | the core task: transaction layer, edge answers, timers |
 //! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
 //! | [`demo`] | `dce demo`: simulated carrier and buyers, a table of calls |
@@ -40,6 +41,7 @@ pub mod latency;
 pub mod logging;
 pub mod metrics;
 pub mod priority;
+pub mod rtb;
 pub mod server;
 pub mod shard;
 pub mod shared;

@@ -14,6 +14,19 @@ use std::time::{Duration, Instant};
 /// Upper bounds of the auction latency buckets, in microseconds.
 pub const AUCTION_BUCKETS_US: [u64; 10] = [5, 10, 20, 50, 100, 200, 500, 1_000, 5_000, 10_000];
 
+/// Upper bounds of the bid-request latency buckets, in milliseconds.
+pub const RTB_BUCKETS_MS: [u32; 10] = [5, 10, 20, 50, 100, 150, 250, 500, 1_000, 2_000];
+
+/// One real-time bidder's pings.
+#[derive(Debug, Default)]
+struct RtbStats {
+    /// By outcome kind (`bid`, `timeout`, `error`, `malformed`, `rejected`).
+    outcomes: BTreeMap<&'static str, u64>,
+    buckets: [u64; RTB_BUCKETS_MS.len()],
+    count: u64,
+    sum_ms: u64,
+}
+
 /// The figures. One per process, shared by the core task and the HTTP API.
 #[derive(Debug, Default)]
 pub struct Metrics {
@@ -29,6 +42,7 @@ pub struct Metrics {
     active_calls: AtomicU64,
     calls_started: AtomicU64,
     rate: Mutex<RateWindow>,
+    rtb: Mutex<BTreeMap<String, RtbStats>>,
 }
 
 #[derive(Debug, Default)]
@@ -98,6 +112,22 @@ impl Metrics {
         self.auction_count.fetch_add(1, Ordering::Relaxed);
         self.auction_sum_ns
             .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+    }
+
+    /// A bid request to `buyer` ended with `kind` after `latency_ms`.
+    pub fn rtb_ping(&self, buyer: &str, kind: &'static str, latency_ms: u32) {
+        let mut m = self.rtb.lock().unwrap_or_else(|p| p.into_inner());
+        if !m.contains_key(buyer) {
+            m.insert(buyer.to_owned(), RtbStats::default());
+        }
+        if let Some(st) = m.get_mut(buyer) {
+            *st.outcomes.entry(kind).or_insert(0) += 1;
+            if let Some(i) = RTB_BUCKETS_MS.iter().position(|&b| latency_ms <= b) {
+                st.buckets[i] += 1;
+            }
+            st.count += 1;
+            st.sum_ms += u64::from(latency_ms);
+        }
     }
 
     /// RTP received over a call (both directions).
@@ -223,6 +253,40 @@ impl Metrics {
             "dce_auction_duration_seconds_bucket{{le=\"+Inf\"}} {count}\ndce_auction_duration_seconds_sum {}\ndce_auction_duration_seconds_count {count}",
             self.auction_sum_ns.load(Ordering::Relaxed) as f64 / 1e9
         );
+        let rtb = self.rtb.lock().unwrap_or_else(|p| p.into_inner());
+        if !rtb.is_empty() {
+            out.push_str("# HELP dce_rtb_pings_total Bid requests to real-time bidders, by buyer and outcome.\n# TYPE dce_rtb_pings_total counter\n");
+            for (buyer, st) in rtb.iter() {
+                for (kind, v) in &st.outcomes {
+                    let _ = writeln!(
+                        out,
+                        "dce_rtb_pings_total{{buyer=\"{}\",outcome=\"{kind}\"}} {v}",
+                        label(buyer)
+                    );
+                }
+            }
+            out.push_str("# HELP dce_rtb_ping_duration_seconds Bid request to answer (or to the deadline), by buyer.\n# TYPE dce_rtb_ping_duration_seconds histogram\n");
+            for (buyer, st) in rtb.iter() {
+                let b = label(buyer);
+                let mut cum = 0;
+                for (i, le) in RTB_BUCKETS_MS.iter().enumerate() {
+                    cum += st.buckets[i];
+                    let _ = writeln!(
+                        out,
+                        "dce_rtb_ping_duration_seconds_bucket{{buyer=\"{b}\",le=\"{}\"}} {cum}",
+                        f64::from(*le) / 1e3
+                    );
+                }
+                let _ = writeln!(
+                    out,
+                    "dce_rtb_ping_duration_seconds_bucket{{buyer=\"{b}\",le=\"+Inf\"}} {}\ndce_rtb_ping_duration_seconds_sum{{buyer=\"{b}\"}} {}\ndce_rtb_ping_duration_seconds_count{{buyer=\"{b}\"}} {}",
+                    st.count,
+                    st.sum_ms as f64 / 1e3,
+                    st.count
+                );
+            }
+        }
+        drop(rtb);
         let _ = writeln!(
             out,
             "# HELP dce_rtp_packets_total RTP packets received on ended calls (both legs).\n# TYPE dce_rtp_packets_total counter\ndce_rtp_packets_total {}",

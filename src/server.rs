@@ -401,6 +401,7 @@ pub async fn run(
             drain: config.node.drain_timeout,
             died: died_tx.clone(),
             outbound: outbound.clone(),
+            node_id: config.node.id.clone(),
         };
         threads.push(crate::shard::spawn(setup).context("cannot start a SIP worker thread")?);
     }

@@ -111,6 +111,8 @@ pub struct Setup {
     pub died: mpsc::UnboundedSender<usize>,
     /// DCE's own TCP connections to buyer trunks (shared by every worker).
     pub outbound: Arc<crate::transport::outbound::Outbound>,
+    /// `[node] id`.
+    pub node_id: String,
 }
 
 /// Start worker `setup.index` on its own thread; the handle yields its delays when it stops.
@@ -168,6 +170,10 @@ struct Worker {
     delays: Delays,
     answers_tx: mpsc::UnboundedSender<(LookupId, Answer)>,
     answers: mpsc::UnboundedReceiver<(LookupId, Answer)>,
+    /// The bid-request client, made on the first bid request.
+    rtb: Option<crate::rtb::client::Client>,
+    /// This node's id (the bid requests' loop guard).
+    node_id: String,
 }
 
 /// Batches read from one socket before the worker looks at its other inputs again.
@@ -211,6 +217,8 @@ impl Worker {
             delays: Delays::default(),
             answers_tx,
             answers,
+            rtb: None,
+            node_id: s.node_id,
         }
     }
 
@@ -441,8 +449,14 @@ impl Worker {
                 },
                 Output::Cdr(cdr) => self.sink.emit(*cdr),
                 Output::Lookup(req) => {
-                    let crate::call::Query::Shared(check) = req.query;
                     let tx = self.answers_tx.clone();
+                    let check = match req.query {
+                        crate::call::Query::Shared(check) => check,
+                        crate::call::Query::Bid(q) => {
+                            self.ping(req.id, *q, req.deadline);
+                            continue;
+                        }
+                    };
                     match &self.shared {
                         Some(shared) => {
                             let shared = shared.clone();
@@ -461,6 +475,43 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// Send a bid request on this worker's pooled client; its answer comes back as a lookup
+    /// answer (never after `deadline`: the ping gives up then).
+    fn ping(&mut self, id: LookupId, q: crate::call::BidQuery, deadline: std::time::Instant) {
+        let tx = self.answers_tx.clone();
+        if self.rtb.is_none() {
+            match crate::rtb::client::Client::new(&self.node_id) {
+                Ok(c) => self.rtb = Some(c),
+                Err(e) => tracing::error!(error = %e, "bid-request client cannot start"),
+            }
+        }
+        let Some(client) = self.rtb.clone() else {
+            let pinged = crate::rtb::client::Pinged {
+                result: crate::rtb::PingResult::Error("no client".into()),
+                latency_ms: 0,
+                status: None,
+            };
+            let _ = tx.send((
+                id,
+                Answer::Bid(Box::new(crate::call::BidAnswer {
+                    buyer: q.buyer,
+                    pinged,
+                })),
+            ));
+            return;
+        };
+        tokio::spawn(async move {
+            let pinged = client.ping(&q.rtb, &q.facts, deadline).await;
+            let _ = tx.send((
+                id,
+                Answer::Bid(Box::new(crate::call::BidAnswer {
+                    buyer: q.buyer,
+                    pinged,
+                })),
+            ));
+        });
     }
 
     /// Wake the relay for this turn's calls, then send the queued datagrams.

@@ -30,6 +30,11 @@ pub enum Exclusion {
     Codec,
     /// The trunk is down: its OPTIONS pings fail, or its breaker is open.
     Down,
+    /// A real-time bidder that gave no bid in time (and has no static fallback bid); the
+    /// ping's own outcome says why (timeout, error, malformed, rejected).
+    NoBid,
+    /// Its real-time bid expired before its turn in the ring tree.
+    Expired,
 }
 
 impl Exclusion {
@@ -47,6 +52,8 @@ impl Exclusion {
             Exclusion::Dns => "dns",
             Exclusion::Codec => "codec",
             Exclusion::Down => "down",
+            Exclusion::NoBid => "no_bid",
+            Exclusion::Expired => "expired",
         }
     }
 }
@@ -155,11 +162,14 @@ pub fn auction(
         };
         let needs_clock =
             buyer.hourly_cap > 0 || buyer.daily_cap > 0 || buyer.daily_budget_cents > 0;
+        // A real-time bidder's price is not known yet: the floor and the budget apply to it
+        // when its bid is in (`rank`).
+        let rtb = buyer.rtb.is_some();
         let excluded = if live.paused() {
             Some(Exclusion::Paused)
         } else if buyer.health.is_some() && live.health.down(now.timestamp_millis().max(0) as u64) {
             Some(Exclusion::Down)
-        } else if bid_cents < floor {
+        } else if bid_cents < floor && !rtb {
             Some(Exclusion::Floor)
         } else if !buyer.states.is_empty()
             && !caller_state.is_some_and(|s| buyer.states.contains(s))
@@ -180,6 +190,7 @@ pub fn auction(
             {
                 Some(Exclusion::DailyCap)
             } else if buyer.daily_budget_cents > 0
+                && !rtb
                 && live.spend_on_day(local.day_key) + u64::from(bid_cents)
                     > buyer.daily_budget_cents
             {
@@ -195,7 +206,35 @@ pub fn auction(
         }
         out.push(entry);
     }
-    // Ranked first, by the ranking rule; excluded after, in config order (buyer index).
+    sort(out)
+}
+
+/// After the real-time bids are in (each eligible bidder's `bid_cents` set to its bid, or the
+/// entry excluded): apply the floor and the daily budget to the bidders' prices, then rank
+/// again. Static buyers keep their places relative to each other. Returns how many are ranked.
+pub fn rank(snap: &Snapshot, campaign: CampaignId, now: DateTime<Utc>, out: &mut [Entry]) -> usize {
+    let floor = snap.campaign(campaign).floor_cents;
+    for e in out.iter_mut() {
+        let buyer = snap.buyer(e.buyer);
+        if buyer.rtb.is_none() || !matches!(e.outcome, Outcome::Ranked(_)) {
+            continue;
+        }
+        let live = snap.live(e.buyer);
+        if e.bid_cents < floor {
+            e.outcome = Outcome::Excluded(Exclusion::Floor);
+        } else if buyer.daily_budget_cents > 0 {
+            let day = Local::of(buyer.tz(), now).day_key;
+            if live.spend_on_day(day) + u64::from(e.bid_cents) > buyer.daily_budget_cents {
+                e.outcome = Outcome::Excluded(Exclusion::Budget);
+            }
+        }
+    }
+    sort(out)
+}
+
+/// Ranked first, by the ranking rule; excluded after, in config order (buyer index); the
+/// ranked ones numbered.
+fn sort(out: &mut [Entry]) -> usize {
     out.sort_unstable_by(|a, b| {
         let ra = matches!(a.outcome, Outcome::Ranked(_));
         let rb = matches!(b.outcome, Outcome::Ranked(_));
@@ -241,6 +280,7 @@ mod tests {
             dnc: true,
             tcpa_hours: true,
             require_consent: false,
+            auction_deadline_ms: 250,
         }
     }
 
@@ -263,6 +303,7 @@ mod tests {
             from_user: None,
             health: None,
             tls_ca: None,
+            rtb: None,
         }
     }
 

@@ -21,11 +21,12 @@ mod model;
 mod number;
 mod schedule;
 
-pub use auction::{auction, local_keys, Entry, Exclusion, Outcome};
+pub use auction::{auction, local_keys, rank, Entry, Exclusion, Outcome};
 pub use geo::{state_of_number, State, StateSet};
 pub use live::{BuyerLive, Health, Live};
 pub use model::{
-    Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, Snapshot, SnapshotError,
+    Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, Rtb, RtbFormat, Snapshot,
+    SnapshotError,
 };
 pub use number::normalize;
 pub use schedule::{Days, Schedule, ScheduleError};

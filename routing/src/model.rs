@@ -33,6 +33,8 @@ pub struct Campaign {
     pub tcpa_hours: bool,
     /// Route only callers with live consent.
     pub require_consent: bool,
+    /// The longest a call waits for real-time bids, milliseconds.
+    pub auction_deadline_ms: u32,
 }
 
 /// A buyer: where its calls go, what it bids, and its limits. `0` means unlimited everywhere.
@@ -72,6 +74,54 @@ pub struct Buyer {
     pub health: Option<BuyerHealth>,
     /// A PEM file of CAs trusted for this buyer's TLS certificate (beside the system's roots).
     pub tls_ca: Option<String>,
+    /// Real-time bidding: the buyer is asked for a bid over HTTP on every call (`rtb = { … }`);
+    /// `bid_cents`, when set, is its fallback when no bid comes.
+    pub rtb: Option<Arc<Rtb>>,
+}
+
+/// `rtb = { url, timeout_ms, format, headers }` and `expose_caller`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rtb {
+    /// Where the bid request is POSTed (`http://` or `https://`).
+    pub url: String,
+    /// The longest this buyer is waited for, milliseconds (the campaign's
+    /// `auction_deadline_ms` caps it).
+    pub timeout_ms: u32,
+    /// The request and response shape.
+    pub format: RtbFormat,
+    /// Extra HTTP headers (an API key, …).
+    pub headers: Vec<(String, String)>,
+    /// Send the caller's number in full (otherwise masked: area code and exchange only).
+    pub expose_caller: bool,
+}
+
+/// The bid request/response shapes DCE speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RtbFormat {
+    /// DCE's own JSON (`docs/rtb.md`).
+    Dce,
+    /// Ringba's ping tree (`CID`, `zipcode`, … → `bidAmount`, `expireInSeconds`, …).
+    Ringba,
+    /// Retreaver's RTB (`status: "reserved"`, `retreaver_payout`, …).
+    Retreaver,
+}
+
+impl RtbFormat {
+    /// Its name in the config.
+    pub fn name(self) -> &'static str {
+        match self {
+            RtbFormat::Dce => "dce",
+            RtbFormat::Ringba => "ringba",
+            RtbFormat::Retreaver => "retreaver",
+        }
+    }
+
+    /// From its name in the config.
+    pub fn parse(s: &str) -> Option<RtbFormat> {
+        [RtbFormat::Dce, RtbFormat::Ringba, RtbFormat::Retreaver]
+            .into_iter()
+            .find(|f| f.name() == s)
+    }
 }
 
 /// `health = { interval_s, down_after, up_after, fail_calls, cooldown_s }`.
@@ -160,6 +210,7 @@ pub struct Snapshot {
     live: Vec<Arc<BuyerLive>>,
     by_number: HashMap<String, CampaignId>,
     by_campaign: Vec<Vec<BuyerId>>,
+    has_rtb: bool,
 }
 
 impl Snapshot {
@@ -191,13 +242,20 @@ impl Snapshot {
             }
         }
         let live = buyers.iter().map(|b| live.get(&b.id)).collect();
+        let has_rtb = buyers.iter().any(|b| b.rtb.is_some());
         Ok(Snapshot {
             campaigns,
             buyers,
             live,
             by_number,
             by_campaign,
+            has_rtb,
         })
+    }
+
+    /// Some buyer bids in real time (`rtb`): calls may have bid requests to make.
+    pub fn has_rtb(&self) -> bool {
+        self.has_rtb
     }
 
     /// The campaign a dialled number (E.164 digits) belongs to.

@@ -240,6 +240,7 @@ impl Controller {
             carrier_code: r.code,
             buyer_code: None,
             quality: None,
+            pings: Vec::new(),
         })));
     }
 
@@ -403,7 +404,30 @@ impl Controller {
             });
             self.router.add_lookup(lid, key);
         }
-        let deadline = requests.first().map(|r| r.deadline);
+        // Real-time bidders are asked at once, beside the fleet-wide check.
+        let rtb_facts = crate::rtb::CallFacts {
+            call_id: id.clone(),
+            caller: facts.caller.clone(),
+            called: facts.called.clone(),
+            campaign: facts.campaign.clone(),
+            carrier: facts.carrier.clone(),
+            state: dce_routing::state_of_number(&facts.caller).map(|s| s.code()),
+        };
+        if snapshot.has_rtb() {
+            self.ask_bidders(
+                key,
+                &snapshot,
+                campaign,
+                &entries,
+                &rtb_facts,
+                &mut lookups,
+                &mut requests,
+                now,
+            );
+        }
+        // The call waits for the latest of its lookups' deadlines (each bid request is also
+        // bounded by its own, in the driver).
+        let deadline = requests.iter().map(|r| r.deadline).max();
         self.calls.insert(
             key,
             Box::new(Call {
@@ -442,6 +466,7 @@ impl Controller {
                 timers: TimerTable::default(),
                 indexed: None,
                 lookups,
+                bids: None,
             }),
         );
         self.counters.m.call_added();
@@ -468,8 +493,10 @@ impl Controller {
         }
         let max = self.shared.map(|s| s.max_calls_per_day).unwrap_or(0);
         let mut refusal = None;
+        let mut bids = Vec::new();
         for a in std::mem::take(&mut call.lookups.answers) {
             match a {
+                Answer::Bid(b) => bids.push(*b),
                 Answer::Shared(RemoteResult::Listed) => {
                     refusal = Some(Rejection::compliance(RefusedBy::Rule(
                         dce_compliance::Rule::Dnc,
@@ -505,6 +532,12 @@ impl Controller {
                 break;
             }
         }
+        if refusal.is_none() && !bids.is_empty() {
+            self.take_bids(key, bids, now);
+        }
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         match refusal {
             Some(r) => self.refuse_call(layer, key, r, now),
             None => {

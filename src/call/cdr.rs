@@ -19,6 +19,21 @@ pub struct BidRecord {
     pub outcome: String,
 }
 
+/// One real-time bid request of the call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PingRecord {
+    /// Buyer id.
+    pub buyer_id: String,
+    /// Milliseconds from the request to its answer (or to the deadline).
+    pub latency_ms: u32,
+    /// The HTTP status, when an answer came.
+    pub status: Option<u16>,
+    /// `bid`, `timeout`, `error:<status>`, `malformed`, `rejected:<reason>`, `expired`.
+    pub outcome: String,
+    /// The bid, in cents, when one came.
+    pub amount_cents: Option<u32>,
+}
+
 /// A call detail record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cdr {
@@ -68,6 +83,9 @@ pub struct Cdr {
     pub buyer_code: Option<u16>,
     /// Media quality per leg and direction (calls with anchored media).
     pub quality: Option<Quality>,
+    /// The real-time bid requests (none when no buyer of the call bids in real time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pings: Vec<PingRecord>,
 }
 
 /// One direction of one leg, as DCE received it.
@@ -248,6 +266,7 @@ impl Cdr {
             carrier_code: 200,
             buyer_code: Some(200),
             quality: None,
+            pings: Vec::new(),
         }
     }
 }

@@ -56,9 +56,16 @@ impl Controller {
             .answered_at
             .map(|a| now.saturating_duration_since(a))
             .unwrap_or_default();
-        let billable = call.answered_at.is_some()
-            && duration.as_secs() >= u64::from(campaign.billable_after_s);
         let winner = call.state.winner();
+        // A winning real-time bid may set its own minimum (`callMinDuration`).
+        let billable_after = winner
+            .and_then(|w| {
+                let b = call.entries[call.legs[w].entry].buyer;
+                call.bids.as_ref()?.terms(b)?.min_duration_s
+            })
+            .unwrap_or(campaign.billable_after_s);
+        let billable =
+            call.answered_at.is_some() && duration.as_secs() >= u64::from(billable_after);
         let mut winner_bid = 0;
         let mut winner_id = None;
         let mut refund = None;
@@ -140,6 +147,7 @@ impl Controller {
             carrier_code: call.carrier_code,
             buyer_code: call.buyer_code,
             quality: None,
+            pings: call.bids.take().map(|b| b.pings).unwrap_or_default(),
         };
         match call.media {
             Some(id) => {

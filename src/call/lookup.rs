@@ -1,5 +1,5 @@
-//! Lookups: what a call asks of the outside world (today the fleet-wide Redis check; DNS, bid
-//! requests and certificate fetches later) without waiting inside the core.
+//! Lookups: what a call asks of the outside world (the fleet-wide Redis check, real-time bid
+//! requests; certificate fetches later) without waiting inside the core.
 //!
 //! A call in `Checking` emits one [`LookupRequest`] per question, all at once, and arms one
 //! core timer (`Timer::Lookups`) at the deadline. The driver performs the I/O and feeds each
@@ -38,11 +38,35 @@ pub enum RemoteResult {
     Error(String),
 }
 
+/// A bid request to one real-time bidder (`rtb = { … }`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BidQuery {
+    /// The buyer, in the call's snapshot.
+    pub buyer: dce_routing::BuyerId,
+    /// Where and how to ask.
+    pub rtb: std::sync::Arc<dce_routing::Rtb>,
+    /// What the request says about the call.
+    pub facts: crate::rtb::CallFacts,
+    /// How long the call waits for this one, milliseconds.
+    pub wait_ms: u32,
+}
+
+/// A bidder's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BidAnswer {
+    /// The buyer, in the call's snapshot.
+    pub buyer: dce_routing::BuyerId,
+    /// What came of it, how long it took, the HTTP status.
+    pub pinged: crate::rtb::client::Pinged,
+}
+
 /// A question for the driver.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Query {
     /// The fleet-wide compliance check.
     Shared(RemoteCheck),
+    /// A real-time bid request.
+    Bid(Box<BidQuery>),
 }
 
 /// Its answer.
@@ -50,6 +74,8 @@ pub enum Query {
 pub enum Answer {
     /// The fleet-wide compliance check's result.
     Shared(RemoteResult),
+    /// A bidder's answer.
+    Bid(Box<BidAnswer>),
 }
 
 impl Answer {
@@ -57,6 +83,14 @@ impl Answer {
     pub fn missed(q: &Query) -> Answer {
         match q {
             Query::Shared(_) => Answer::Shared(RemoteResult::Error("deadline passed".into())),
+            Query::Bid(b) => Answer::Bid(Box::new(BidAnswer {
+                buyer: b.buyer,
+                pinged: crate::rtb::client::Pinged {
+                    result: crate::rtb::PingResult::Timeout,
+                    latency_ms: b.wait_ms,
+                    status: None,
+                },
+            })),
         }
     }
 }

@@ -26,6 +26,7 @@
 //! mirrors the dialog once answered, and writes one CDR when it ends.
 
 mod admit;
+pub mod bids;
 pub mod carrier;
 pub mod cdr;
 mod challenge;
@@ -45,7 +46,9 @@ pub mod vocab;
 
 pub use admit::{caller_of, MAX_CALLER};
 pub use controller::{Controller, Held, InviteMark, Output, Settings, SharedChecks};
-pub use lookup::{Answer, LookupId, LookupRequest, Query, RemoteCheck, RemoteResult};
+pub use lookup::{
+    Answer, BidAnswer, BidQuery, LookupId, LookupRequest, Query, RemoteCheck, RemoteResult,
+};
 
 /// What the compliance check is told about a call.
 #[derive(Debug, Clone)]

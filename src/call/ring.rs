@@ -88,6 +88,24 @@ impl Controller {
             let snap = call.snapshot.clone();
             let buyer = snap.buyer(entry.buyer);
             let live = snap.live(entry.buyer).clone();
+            // A real-time bid holds only until its expiry.
+            let terms = call
+                .bids
+                .as_ref()
+                .and_then(|b| b.terms(entry.buyer))
+                .cloned();
+            if terms
+                .as_ref()
+                .and_then(|t| t.expires_at)
+                .is_some_and(|at| at <= now)
+            {
+                tracing::info!(call = %call.id, buyer = %buyer.id, "buyer skipped: its bid expired before its turn (excluded:expired)");
+                call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Expired));
+                if let Some(b) = call.bids.as_mut() {
+                    b.expired(&snap, entry.buyer);
+                }
+                continue;
+            }
             // The ranking may be a few milliseconds old: the slot is the authority.
             if !live.try_reserve(buyer.max_concurrent) {
                 call.outcomes[idx] =
@@ -102,7 +120,13 @@ impl Controller {
                 c if c.is_empty() => "anonymous".to_owned(),
                 c => c,
             };
-            let (uri, host) = match target_of(&buyer.uri, &sip_user(&call.called), &caller) {
+            // A bid's destination: its SIP URI, or its number through the buyer's trunk.
+            let target = match terms.as_ref().and_then(|t| t.destination.as_ref()) {
+                Some(crate::rtb::Destination::Sip(u)) => target_of(u, "", &caller),
+                Some(crate::rtb::Destination::Number(n)) => target_of(&buyer.uri, n, &caller),
+                None => target_of(&buyer.uri, &sip_user(&call.called), &caller),
+            };
+            let (uri, host) = match target {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(call = %call.id, buyer = %buyer.id, error = %e, "buyer target unusable");

@@ -304,6 +304,8 @@ pub struct Call {
     pub indexed: Option<Instant>,
     /// Lookups it waits for (state `Checking`).
     pub lookups: Lookups,
+    /// Its real-time bids, when any buyer was asked.
+    pub bids: Option<Box<super::bids::CallBids>>,
 }
 
 impl Call {

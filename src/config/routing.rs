@@ -165,6 +165,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "dnc",
                 "tcpa_hours",
                 "require_consent",
+                "auction_deadline_ms",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -201,6 +202,10 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .int(t, "max_duration_s", 1, 86_400)
             .map(|(v, _)| v as u32)
             .unwrap_or(7200);
+        let auction_deadline_ms = w
+            .int(t, "auction_deadline_ms", 10, 10_000)
+            .map(|(v, _)| v as u32)
+            .unwrap_or(250);
         if let Some(id) = id {
             campaign_index.insert(id.clone(), cfg.campaigns.len());
             cfg.campaigns.push(Campaign {
@@ -213,6 +218,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 dnc,
                 tcpa_hours,
                 require_consent,
+                auction_deadline_ms,
             });
         }
     }
@@ -239,6 +245,8 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "from_user",
                 "health",
                 "tls_ca",
+                "rtb",
+                "expose_caller",
             ],
         );
         let id = read_id(w, t, "buyer", &mut seen);
@@ -335,6 +343,11 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 cooldown_s: int("cooldown_s", 1, 86_400, 30),
             }
         });
+        let expose_caller = w.boolean(t, "expose_caller").unwrap_or(false);
+        let rtb = w
+            .table(t, "rtb", "buyer.rtb", false)
+            .and_then(|rt| buyer_rtb(w, rt, expose_caller))
+            .map(std::sync::Arc::new);
         if let Some(id) = id {
             cfg.buyers.push(Buyer {
                 id,
@@ -354,10 +367,80 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 from_user,
                 health,
                 tls_ca,
+                rtb,
             });
         }
     }
     cfg
+}
+
+/// `rtb = { url = "https://…", timeout_ms = 200, format = "dce"|"ringba"|"retreaver",
+/// headers = { "Authorization" = "…" } }`.
+fn buyer_rtb(w: &mut Walk<'_>, rt: Table<'_, '_>, expose_caller: bool) -> Option<dce_routing::Rtb> {
+    w.unknown_keys(rt, &["url", "timeout_ms", "format", "headers"]);
+    let url = match w.string(rt, "url", true) {
+        Some((u, span)) => match u.parse::<hyper::Uri>() {
+            Ok(p) if matches!(p.scheme_str(), Some("http" | "https")) && p.host().is_some() => {
+                Some(u)
+            }
+            _ => {
+                w.error(
+                    span,
+                    format!("buyer rtb url `{u}` must be an http:// or https:// URL"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let timeout_ms = w
+        .int(rt, "timeout_ms", 10, 10_000)
+        .map_or(250, |(v, _)| v as u32);
+    let format = match w.string(rt, "format", false) {
+        None => Some(dce_routing::RtbFormat::Dce),
+        Some((f, fspan)) => {
+            let parsed = dce_routing::RtbFormat::parse(&f);
+            if parsed.is_none() {
+                w.error(
+                    fspan,
+                    format!("buyer rtb format `{f}` is not one of dce, ringba, retreaver"),
+                );
+            }
+            parsed
+        }
+    };
+    let mut headers = Vec::new();
+    if let Some(ht) = w.table(rt, "headers", "buyer.rtb.headers", false) {
+        for name in w.keys(ht) {
+            let Some((value, vspan)) = w.string(ht, &name, true) else {
+                continue;
+            };
+            let ok_name = hyper::header::HeaderName::from_bytes(name.as_bytes()).is_ok();
+            let ok_value = hyper::header::HeaderValue::from_str(&value).is_ok();
+            if !ok_name {
+                w.error(
+                    vspan,
+                    format!("buyer rtb headers: `{name}` is not a header name"),
+                );
+            } else if !ok_value {
+                w.error(
+                    vspan,
+                    format!("buyer rtb headers: `{name}` has a value HTTP cannot carry"),
+                );
+            } else if headers.len() == 16 {
+                w.error(vspan, "buyer rtb headers: at most 16");
+            } else {
+                headers.push((name, value));
+            }
+        }
+    }
+    Some(dce_routing::Rtb {
+        url: url?,
+        timeout_ms,
+        format: format?,
+        headers,
+        expose_caller,
+    })
 }
 
 /// The buyer's SIP profile: `headers = { "X-Name" = "template" }`, `codecs = ["PCMU", …]`,

@@ -107,6 +107,8 @@ pub struct Sim {
     pub responder: Option<Responder>,
     /// Fleet-wide checks not answered yet.
     pub remote: Vec<(dce::call::LookupId, dce::call::RemoteCheck)>,
+    /// Real-time bid requests not answered yet, with their deadlines.
+    pub bid_requests: Vec<(dce::call::LookupId, Box<dce::call::BidQuery>, Instant)>,
     /// What DCE sent to addresses that are neither the carrier nor a buyer.
     pub strangers: Vec<(SocketAddr, Message)>,
     /// With `Some`, every message the carrier and buyers send DCE is recorded here (seeds
@@ -215,6 +217,7 @@ impl Sim {
             compliance,
             responder: None,
             remote: Vec::new(),
+            bid_requests: Vec::new(),
             strangers: Vec::new(),
             sent_log: None,
             malformed_answers: 0,
@@ -308,7 +311,13 @@ impl Sim {
                 dce::edge::Output::Transmit(t) => self.inbox.push_back((t.to.addr, t.bytes)),
                 dce::edge::Output::Cdr(cdr) => self.cdrs.0.lock().unwrap().push(*cdr),
                 dce::edge::Output::Lookup(req) => {
-                    let dce::call::Query::Shared(check) = req.query;
+                    let check = match req.query {
+                        dce::call::Query::Shared(check) => check,
+                        dce::call::Query::Bid(q) => {
+                            self.bid_requests.push((req.id, q, req.deadline));
+                            continue;
+                        }
+                    };
                     match self.responder.as_mut() {
                         Some(answer) => {
                             let r = answer(&check);
@@ -325,6 +334,39 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// Answer the oldest queued bid request to `buyer` (by snapshot index) with `result`,
+    /// `latency_ms` after it was asked.
+    pub fn answer_bid(&mut self, buyer: usize, result: dce::rtb::PingResult, latency_ms: u32) {
+        let i = self
+            .bid_requests
+            .iter()
+            .position(|(_, q, _)| q.buyer == buyer)
+            .expect("a bid request to that buyer");
+        let (id, q, _) = self.bid_requests.remove(i);
+        let status = matches!(
+            result,
+            dce::rtb::PingResult::Bid(_)
+                | dce::rtb::PingResult::Rejected(_)
+                | dce::rtb::PingResult::Malformed(_)
+        )
+        .then_some(200);
+        self.core.handle_input(
+            dce::edge::Input::Lookup {
+                id,
+                answer: dce::call::Answer::Bid(Box::new(dce::call::BidAnswer {
+                    buyer: q.buyer,
+                    pinged: dce::rtb::client::Pinged {
+                        result,
+                        latency_ms,
+                        status,
+                    },
+                })),
+            },
+            self.now,
+        );
+        self.collect();
     }
 
     /// Answer the oldest queued fleet-wide check.

@@ -1,0 +1,154 @@
+//! Real-time bids in a call (issue #14): which buyers are asked, what their answers do to the
+//! ranking, and the terms a winning bid carries into the ring tree (its destination, expiry
+//! and minimum billable duration). The HTTP itself is the driver's (`crate::rtb::client`);
+//! here a bid request is a lookup like any other, waited for under the campaign's
+//! `auction_deadline_ms`.
+
+use super::cdr::PingRecord;
+use super::controller::Controller;
+use super::lookup::{BidAnswer, BidQuery, LookupId, LookupRequest, Lookups, Query};
+use super::state::CallKey;
+use crate::rtb::{CallFacts, Destination, PingResult};
+use dce_routing::{BuyerId, CampaignId, Entry, Exclusion, Outcome, Snapshot};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a winning bid binds its buyer's attempt to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// Where the INVITE goes instead of the buyer's trunk as configured.
+    pub destination: Option<Destination>,
+    /// After this, the bid is gone (`excluded:expired` when its turn comes).
+    pub expires_at: Option<Instant>,
+    /// Billable to this buyer after this long (instead of the campaign's `billable_after_s`).
+    pub min_duration_s: Option<u32>,
+}
+
+/// A call's real-time bidding: every ping's record and the terms of the bids that came.
+#[derive(Debug, Default)]
+pub struct CallBids {
+    /// One per ping, in the order the answers came.
+    pub pings: Vec<PingRecord>,
+    /// The terms of each buyer's bid.
+    pub terms: Vec<(BuyerId, Terms)>,
+}
+
+impl CallBids {
+    /// The terms of `buyer`'s bid, if it bid.
+    pub fn terms(&self, buyer: BuyerId) -> Option<&Terms> {
+        self.terms.iter().find(|(b, _)| *b == buyer).map(|(_, t)| t)
+    }
+
+    /// Mark `buyer`'s ping `expired` (its bid ran out before its turn).
+    pub fn expired(&mut self, snap: &Snapshot, buyer: BuyerId) {
+        let id = &snap.buyer(buyer).id;
+        if let Some(p) = self.pings.iter_mut().find(|p| &p.buyer_id == id) {
+            p.outcome = "expired".into();
+        }
+    }
+}
+
+impl Controller {
+    /// The bid requests for a new call: one per ranked real-time bidder, each waited for at
+    /// most `min(its timeout_ms, the campaign's auction_deadline_ms)`. Pushed to `requests`
+    /// and `lookups`; none when no bidder is eligible, so static-only calls never wait.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn ask_bidders(
+        &mut self,
+        key: CallKey,
+        snap: &Snapshot,
+        campaign: CampaignId,
+        entries: &[Entry],
+        facts: &CallFacts,
+        lookups: &mut Lookups,
+        requests: &mut Vec<LookupRequest>,
+        now: Instant,
+    ) {
+        let deadline_ms = snap.campaign(campaign).auction_deadline_ms;
+        for e in entries {
+            let Some(rtb) = snap.buyer(e.buyer).rtb.as_ref() else {
+                continue;
+            };
+            if !matches!(e.outcome, Outcome::Ranked(_)) {
+                continue;
+            }
+            let wait_ms = rtb.timeout_ms.min(deadline_ms);
+            let lid = LookupId(self.next_lookup);
+            self.next_lookup += 1;
+            let q = Query::Bid(Box::new(BidQuery {
+                buyer: e.buyer,
+                rtb: Arc::clone(rtb),
+                facts: facts.clone(),
+                wait_ms,
+            }));
+            lookups.outstanding.push((lid, q.clone()));
+            requests.push(LookupRequest {
+                id: lid,
+                query: q,
+                deadline: now + Duration::from_millis(u64::from(wait_ms)),
+            });
+            self.router.add_lookup(lid, key);
+        }
+    }
+
+    /// The bidders' answers to call `key`: each ping recorded; a bid sets its buyer's price
+    /// (and terms); a bidder with no bid keeps its static bid as a fallback, or is
+    /// `excluded:no_bid`. Then the floor and budgets apply to the new prices and the entries
+    /// are ranked again.
+    pub(super) fn take_bids(&mut self, key: CallKey, answers: Vec<BidAnswer>, now: Instant) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let snap = call.snapshot.clone();
+        let bids = call.bids.get_or_insert_with(Box::default);
+        for a in answers {
+            let buyer = snap.buyer(a.buyer);
+            let p = &a.pinged;
+            let entry = call.entries.iter_mut().find(|e| e.buyer == a.buyer);
+            let mut amount = None;
+            match (&p.result, entry) {
+                (PingResult::Bid(b), Some(e)) => {
+                    e.bid_cents = b.cents;
+                    amount = Some(b.cents);
+                    bids.terms.push((
+                        a.buyer,
+                        Terms {
+                            destination: b.destination.clone(),
+                            expires_at: b
+                                .expires_in_s
+                                .map(|s| now + Duration::from_secs(u64::from(s))),
+                            min_duration_s: b.min_duration_s,
+                        },
+                    ));
+                }
+                (_, Some(e)) if buyer.bid_cents > 0 => e.bid_cents = buyer.bid_cents,
+                (_, Some(e)) => e.outcome = Outcome::Excluded(Exclusion::NoBid),
+                (_, None) => {}
+            }
+            let outcome = p.result.outcome();
+            match &p.result {
+                PingResult::Malformed(why) => {
+                    tracing::info!(call = %call.id, buyer = %buyer.id, latency_ms = p.latency_ms, status = ?p.status, why = %why, "bid answer malformed; ignored")
+                }
+                PingResult::Error(_) | PingResult::Timeout => {
+                    tracing::info!(call = %call.id, buyer = %buyer.id, latency_ms = p.latency_ms, outcome = %outcome, "no bid from real-time bidder")
+                }
+                _ => {
+                    tracing::debug!(call = %call.id, buyer = %buyer.id, latency_ms = p.latency_ms, outcome = %outcome, amount = ?amount, "bid answer")
+                }
+            }
+            self.counters
+                .m
+                .rtb_ping(&buyer.id, p.result.kind(), p.latency_ms);
+            bids.pings.push(PingRecord {
+                buyer_id: buyer.id.clone(),
+                latency_ms: p.latency_ms,
+                status: p.status,
+                outcome,
+                amount_cents: amount,
+            });
+        }
+        let wall = call.wall(now);
+        dce_routing::rank(&snap, call.campaign, wall, &mut call.entries);
+    }
+}
