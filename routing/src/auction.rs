@@ -321,6 +321,53 @@ mod tests {
     }
 
     #[test]
+    fn real_time_bidders_pass_the_floor_until_their_bids_are_in_then_rank_with_the_rest() {
+        let live = Live::default();
+        let rtb = |id: &str, budget: u64| {
+            let mut b = buyer(id, 0);
+            b.daily_budget_cents = budget;
+            b.rtb = Some(std::sync::Arc::new(crate::model::Rtb {
+                url: "http://127.0.0.1:9/".into(),
+                timeout_ms: 100,
+                format: crate::model::RtbFormat::Dce,
+                headers: Vec::new(),
+                expose_caller: false,
+            }));
+            b
+        };
+        let snap = Snapshot::new(
+            vec![campaign(200)],
+            vec![
+                buyer("static", 300),
+                rtb("cheap", 0),
+                rtb("rich", 0),
+                rtb("broke", 500),
+            ],
+            &live,
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        assert_eq!(
+            auction(&snap, 0, None, now(), &mut out),
+            4,
+            "no price yet: no floor"
+        );
+        for e in out.iter_mut() {
+            e.bid_cents = match snap.buyer(e.buyer).id.as_str() {
+                "cheap" => 150,
+                "rich" => 900,
+                "broke" => 600,
+                _ => e.bid_cents,
+            };
+        }
+        assert_eq!(rank(&snap, 0, now(), &mut out), 2);
+        assert_eq!(
+            names(&snap, &out),
+            ["rich#0", "static#1", "cheap:floor", "broke:budget"]
+        );
+    }
+
+    #[test]
     fn ranking_bid_then_priority_then_load_then_order() {
         let live = Live::default();
         let mut b3 = buyer("prio", 1000);

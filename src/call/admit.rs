@@ -616,6 +616,7 @@ impl Controller {
                         "call_id": call.id,
                         "eligible": ranked,
                         "bids": bids_json(&bids),
+                        "pings": call.bids.as_ref().map(|b| &b.pings),
                     })
                 });
         }

@@ -1191,4 +1191,58 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+
+    #[test]
+    fn buyer_rtb_is_read_and_its_mistakes_named_by_line() {
+        let base = |rtb: &str| {
+            format!(
+                "[node]\nid = \"a\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n\
+                 [[campaign]]\nid = \"c\"\nnumbers = [\"+18005550100\"]\nauction_deadline_ms = 300\n\
+                 [[buyer]]\nid = \"b\"\ncampaigns = [\"c\"]\nuri = \"sip:{{called}}@127.0.0.1:5090\"\nexpose_caller = true\n\
+                 rtb = {rtb}\n"
+            )
+        };
+        let ok = parse(
+            "a.toml",
+            &base("{ url = \"https://bids.example.com/v1/ping\", timeout_ms = 150, format = \"ringba\", headers = { \"Authorization\" = \"Bearer k\" } }"),
+        )
+        .unwrap();
+        assert_eq!(ok.routing.campaigns[0].auction_deadline_ms, 300);
+        let rtb = ok.routing.buyers[0].rtb.clone().unwrap();
+        assert_eq!(rtb.url, "https://bids.example.com/v1/ping");
+        assert_eq!(rtb.timeout_ms, 150);
+        assert_eq!(rtb.format, dce_routing::RtbFormat::Ringba);
+        assert_eq!(rtb.headers, [("Authorization".into(), "Bearer k".into())]);
+        assert!(rtb.expose_caller);
+        let d = parse("a.toml", &base("{ url = \"http://127.0.0.1:9000/\" }")).unwrap();
+        let rtb = d.routing.buyers[0].rtb.clone().unwrap();
+        assert_eq!(
+            (rtb.timeout_ms, rtb.format),
+            (250, dce_routing::RtbFormat::Dce)
+        );
+        for (rtb, want) in [
+            (
+                "{ url = \"ftp://x/\" }",
+                "a.toml:15: buyer rtb url `ftp://x/` must be an http:// or https:// URL",
+            ),
+            (
+                "{ url = \"http://x/\", format = \"invoca\" }",
+                "buyer rtb format `invoca` is not one of dce, ringba, retreaver",
+            ),
+            ("{ url = \"http://x/\", timeout_ms = 0 }", "timeout_ms"),
+            ("{ timeout_ms = 100 }", "url"),
+            (
+                "{ url = \"http://x/\", headers = { \"Bad Name\" = \"v\" } }",
+                "buyer rtb headers: `Bad Name` is not a header name",
+            ),
+            (
+                "{ url = \"http://x/\", retries = 3 }",
+                "unknown key `retries`",
+            ),
+        ] {
+            let errs = parse("a.toml", &base(rtb)).unwrap_err();
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(text.iter().any(|e| e.contains(want)), "{rtb}: {text:?}");
+        }
+    }
 }

@@ -2,6 +2,7 @@
 //! answer to each message.
 #![allow(dead_code)]
 
+pub mod bidder;
 pub mod dce_process;
 pub mod dns;
 pub mod http;

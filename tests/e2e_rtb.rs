@@ -1,0 +1,211 @@
+//! Real-time bidding end to end (issue #14): the real `dce` binary, SIPp as carrier and buyer
+//! trunks, and test HTTP bidders on loopback (plain socket servers, not DCE's code): one fast
+//! and high whose trunk is busy, one fast and low in Ringba's format, one that answers after
+//! the deadline, one that answers 500, one with malformed JSON. The fast high bidder rings
+//! first, its 486 moves the call to the next live bid, the late one is recorded as `timeout`
+//! and never holds the INVITE past the deadline; a bid's SIP destination is where the INVITE
+//! goes.
+
+mod support;
+
+use std::time::Duration;
+use support::bidder::Bidder;
+use support::dce_process::{free_port, jsonl_cdrs, outcomes, Dce};
+use support::sipp::{self, Background};
+
+const MS: Duration = Duration::from_millis(1);
+
+fn head(port: u16) -> String {
+    format!(
+        "[node]\nid = \"rtb\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+         [media]\nport_min = 43000\nport_max = 43999\n\
+         [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
+         [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
+         [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\nauction_deadline_ms = 250\n"
+    )
+}
+
+fn rtb_buyer(id: &str, trunk: u16, url: &str, extra: &str) -> String {
+    format!(
+        "[[buyer]]\nid = \"{id}\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{trunk}\"\n\
+         rtb = {{ url = \"{url}\", timeout_ms = 2000{extra} }}\n"
+    )
+}
+
+fn pings(cdr: &serde_json::Value) -> Vec<(String, String, u64)> {
+    let mut p: Vec<(String, String, u64)> = cdr["pings"]
+        .as_array()
+        .unwrap_or(&Vec::new())
+        .iter()
+        .map(|p| {
+            (
+                p["buyer_id"].as_str().unwrap_or("").to_owned(),
+                p["outcome"].as_str().unwrap_or("").to_owned(),
+                p["latency_ms"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    p.sort();
+    p
+}
+
+#[test]
+fn bids_race_the_deadline_and_the_call_fails_over_to_the_next_live_bid() {
+    let Some(bin) = sipp::sipp() else {
+        return;
+    };
+    let hi = Bidder::start(5 * MS, 200, r#"{"bid_cents": 900, "expires_in_s": 60}"#);
+    let lo = Bidder::start(
+        5 * MS,
+        200,
+        r#"{"bidId":"b-1","bidAmount":5.0,"expireInSeconds":60,"bidTerms":[{"callMinDuration":0}]}"#,
+    );
+    let late = Bidder::start(600 * MS, 200, r#"{"bid_cents": 5000}"#);
+    let err = Bidder::start(5 * MS, 500, r#"{"error":"boom"}"#);
+    let bad = Bidder::start(5 * MS, 200, r#"{"bid_cents": "#);
+    let (busy, good, never) = (free_port(), free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        format!(
+            "{}[cdr]\njsonl_path = \"{}\"\n{}{}{}{}{}",
+            head(port),
+            dir.join("cdr.jsonl").display(),
+            rtb_buyer("hi", busy, &hi.url("bid"), ""),
+            rtb_buyer("lo", good, &lo.url("ringba"), ", format = \"ringba\""),
+            rtb_buyer("late", never, &late.url("slow"), ""),
+            rtb_buyer("err", never, &err.url("err"), ""),
+            rtb_buyer("bad", never, &bad.url("bad"), ""),
+        )
+    });
+    let b_busy = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_busy.xml"), busy, &["-m", "1"]),
+    );
+    let b_good = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_answer.xml"), good, &["-m", "1"]),
+    );
+    let (ok, out) = sipp::carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        dce.sip,
+        &["-m", "1", "-d", "200"],
+    );
+    let (bok, bout) = b_busy.finish(20);
+    let (gok, gout) = b_good.finish(20);
+    let (_, log, dir) = dce.stop_keep();
+    assert!(ok, "carrier:\n{out}\nDCE:\n{log}");
+    assert!(bok, "busy buyer:\n{bout}");
+    assert!(gok, "answering buyer:\n{gout}\nDCE:\n{log}");
+    let cdrs = jsonl_cdrs(&dir.0);
+    assert_eq!(cdrs.len(), 1, "{cdrs:?}");
+    let cdr = &cdrs[0];
+    assert_eq!(cdr["disposition"], "answered", "{cdr}");
+    assert_eq!(cdr["buyer_id"], "lo", "{cdr}");
+    assert_eq!(cdr["bid_cents"], 500, "Ringba's $5.00 in cents: {cdr}");
+    assert_eq!(
+        outcomes(cdr),
+        [
+            "hi=attempted:486",
+            "lo=won",
+            "late=excluded:no_bid",
+            "err=excluded:no_bid",
+            "bad=excluded:no_bid"
+        ],
+        "{cdr}"
+    );
+    let p = pings(cdr);
+    let names: Vec<(&str, &str)> = p.iter().map(|(b, o, _)| (b.as_str(), o.as_str())).collect();
+    assert_eq!(
+        names,
+        [
+            ("bad", "malformed"),
+            ("err", "error:500"),
+            ("hi", "bid"),
+            ("late", "timeout"),
+            ("lo", "bid")
+        ],
+        "{cdr}"
+    );
+    let late_ms = p.iter().find(|(b, _, _)| b == "late").unwrap().2;
+    assert!(
+        (240..400).contains(&late_ms),
+        "the late bidder is given up at the 250 ms deadline, not its 600 ms: {late_ms} ms"
+    );
+    // Every bidder was asked once, the caller masked (no bidder has expose_caller).
+    for (name, b) in [
+        ("hi", &hi),
+        ("lo", &lo),
+        ("late", &late),
+        ("err", &err),
+        ("bad", &bad),
+    ] {
+        let seen = b.seen();
+        assert_eq!(seen.len(), 1, "{name}: {seen:?}");
+        assert!(
+            seen[0].body.contains("1310555XXXX") && !seen[0].body.contains("13105551234"),
+            "{name}: the caller is masked: {}",
+            seen[0].body
+        );
+        assert!(
+            seen[0]
+                .head
+                .to_ascii_lowercase()
+                .contains("x-dce-loop: rtb"),
+            "{name}: the loop guard: {}",
+            seen[0].head
+        );
+    }
+    let v: serde_json::Value = serde_json::from_str(&lo.seen()[0].body).unwrap();
+    assert_eq!(v["CID"], "1310555XXXX", "Ringba's request shape");
+    assert!(log.contains("bid answer malformed"), "{log}");
+}
+
+#[test]
+fn a_bids_sip_destination_is_where_the_invite_goes_and_connections_are_reused() {
+    let Some(bin) = sipp::sipp() else {
+        return;
+    };
+    let (trunk, dest) = (free_port(), free_port());
+    let bidder = Bidder::start(
+        2 * MS,
+        200,
+        &format!(r#"{{"bid_cents": 700, "destination": "sip:resv-7@127.0.0.1:{dest}"}}"#),
+    );
+    let dce = Dce::start_with(|port, dir| {
+        format!(
+            "{}[cdr]\njsonl_path = \"{}\"\n{}",
+            head(port),
+            dir.join("cdr.jsonl").display(),
+            rtb_buyer("acme", trunk, &bidder.url("bid"), ""),
+        )
+    });
+    let b = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_answer.xml"), dest, &["-m", "3"]),
+    );
+    let (ok, out) = sipp::carrier(
+        &bin,
+        &sipp::scenario("uac_call.xml"),
+        dce.sip,
+        &["-m", "3", "-r", "2", "-d", "100"],
+    );
+    let (bok, bout) = b.finish(20);
+    let (_, log, dir) = dce.stop_keep();
+    assert!(ok, "carrier:\n{out}\nDCE:\n{log}");
+    assert!(
+        bok,
+        "the bid's destination took the calls:\n{bout}\nDCE:\n{log}"
+    );
+    let cdrs = jsonl_cdrs(&dir.0);
+    assert_eq!(cdrs.len(), 3);
+    for c in &cdrs {
+        assert_eq!(c["buyer_id"], "acme", "{c}");
+        assert_eq!(c["bid_cents"], 700, "{c}");
+    }
+    assert_eq!(bidder.seen().len(), 3);
+    assert_eq!(
+        bidder.connections(),
+        1,
+        "the bid requests share one pooled connection"
+    );
+}
