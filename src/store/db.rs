@@ -18,15 +18,23 @@ pub enum Db {
     Sqlite(SqlitePool),
 }
 
-fn migrator(sql: &'static str) -> Migrator {
+fn migrator(steps: [(&'static str, &'static str); 2]) -> Migrator {
     Migrator {
-        migrations: Cow::Owned(vec![Migration::new(
-            1,
-            "cdr".into(),
-            MigrationType::Simple,
-            sql.into_sql_str(),
-            false,
-        )]),
+        migrations: Cow::Owned(
+            steps
+                .into_iter()
+                .enumerate()
+                .map(|(i, (name, sql))| {
+                    Migration::new(
+                        i as i64 + 1,
+                        name.into(),
+                        MigrationType::Simple,
+                        sql.into_sql_str(),
+                        false,
+                    )
+                })
+                .collect(),
+        ),
         ..Migrator::DEFAULT
     }
 }
@@ -132,14 +140,26 @@ impl Db {
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
             Db::Pg(p) => {
-                migrator(include_str!("../../migrations/postgres/0001_cdr.sql"))
-                    .run(p)
-                    .await
+                migrator([
+                    (
+                        "cdr",
+                        include_str!("../../migrations/postgres/0001_cdr.sql"),
+                    ),
+                    (
+                        "rtb",
+                        include_str!("../../migrations/postgres/0002_rtb.sql"),
+                    ),
+                ])
+                .run(p)
+                .await
             }
             Db::Sqlite(p) => {
-                migrator(include_str!("../../migrations/sqlite/0001_cdr.sql"))
-                    .run(p)
-                    .await
+                migrator([
+                    ("cdr", include_str!("../../migrations/sqlite/0001_cdr.sql")),
+                    ("rtb", include_str!("../../migrations/sqlite/0002_rtb.sql")),
+                ])
+                .run(p)
+                .await
             }
         }
     }
@@ -411,6 +431,35 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     .bind(outcomes)
     .execute(&mut *tx)
     .await?;
+    if cdrs.iter().any(|c| !c.pings.is_empty()) {
+        let (mut ids, mut pos, mut buyers, mut lat, mut status, mut outcome, mut amount) =
+            (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        for c in cdrs {
+            for (i, p) in c.pings.iter().enumerate() {
+                ids.push(c.id.clone());
+                pos.push(i as i32);
+                buyers.push(p.buyer_id.clone());
+                lat.push(i64::from(p.latency_ms));
+                status.push(p.status.map(i32::from));
+                outcome.push(p.outcome.clone());
+                amount.push(p.amount_cents.map(i64::from));
+            }
+        }
+        sqlx::query(
+            "INSERT INTO pings (call_id, position, buyer_id, latency_ms, status, outcome, amount_cents) \
+             SELECT * FROM UNNEST($1::text[]::uuid[], $2::int4[], $3::text[], $4::int8[], $5::int4[], $6::text[], $7::int8[]) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(ids)
+        .bind(pos)
+        .bind(buyers)
+        .bind(lat)
+        .bind(status)
+        .bind(outcome)
+        .bind(amount)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await
 }
 
@@ -487,6 +536,30 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
             .persistent(chunk.len() == SQLITE_ROWS * 4)
             .execute(&mut *tx)
             .await?;
+    }
+    let pings: Vec<(&str, i64, &crate::call::cdr::PingRecord)> = cdrs
+        .iter()
+        .flat_map(|c| {
+            c.pings
+                .iter()
+                .enumerate()
+                .map(move |(i, p)| (c.id.as_str(), i as i64, p))
+        })
+        .collect();
+    for chunk in pings.chunks(SQLITE_ROWS * 4) {
+        let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT OR IGNORE INTO pings (call_id, position, buyer_id, latency_ms, status, outcome, amount_cents) ",
+        );
+        q.push_values(chunk, |mut b, (id, pos, p)| {
+            b.push_bind(*id)
+                .push_bind(*pos)
+                .push_bind(&p.buyer_id)
+                .push_bind(i64::from(p.latency_ms))
+                .push_bind(p.status.map(i64::from))
+                .push_bind(&p.outcome)
+                .push_bind(p.amount_cents.map(i64::from));
+        });
+        q.build().persistent(false).execute(&mut *tx).await?;
     }
     tx.commit().await
 }
