@@ -65,6 +65,25 @@ enum DncCommand {
 }
 
 #[derive(Subcommand)]
+enum RtbCommand {
+    /// Send one bid request to BUYER as a call would, print the exchange and what DCE reads
+    /// in it. Exits 0 when the bidder answered (a bid or a refusal), 1 otherwise.
+    Test {
+        /// The buyer's id (it must have `rtb = { … }`).
+        buyer: String,
+        /// The caller, E.164 (masked in the request unless the buyer has expose_caller).
+        #[arg(long)]
+        caller: String,
+        /// The dialled number (default: the first number of the buyer's first campaign).
+        #[arg(long)]
+        called: Option<String>,
+        /// Config file.
+        #[arg(long, default_value = "config/dce.toml")]
+        config: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// Run DCE.
     Run {
@@ -100,11 +119,122 @@ enum Command {
         #[command(subcommand)]
         command: DncCommand,
     },
+    /// Real-time bidding.
+    Rtb {
+        #[command(subcommand)]
+        command: RtbCommand,
+    },
     /// Check a config file; print every problem as file:line: message.
     CheckConfig {
         /// Config file.
         file: PathBuf,
     },
+}
+
+/// `dce rtb test`.
+fn rtb_test(config: &std::path::Path, buyer: &str, caller: &str, called: Option<&str>) -> ExitCode {
+    let Some((cfg, rt)) = config_and_runtime(config) else {
+        return ExitCode::FAILURE;
+    };
+    let Some(b) = cfg.routing.buyers.iter().find(|b| b.id == buyer) else {
+        eprintln!("{}: no buyer `{buyer}`", config.display());
+        return ExitCode::FAILURE;
+    };
+    let Some(spec) = b.rtb.clone() else {
+        eprintln!(
+            "{}: buyer `{buyer}` has no rtb = {{ url = … }}",
+            config.display()
+        );
+        return ExitCode::FAILURE;
+    };
+    let Some(caller) = dce_routing::normalize(caller) else {
+        eprintln!("--caller `{caller}` is not a phone number");
+        return ExitCode::FAILURE;
+    };
+    let campaign = b.campaigns.first().map(|&c| &cfg.routing.campaigns[c]);
+    let called = match called {
+        Some(n) => match dce_routing::normalize(n) {
+            Some(n) => n,
+            None => {
+                eprintln!("--called `{n}` is not a phone number");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => campaign
+            .and_then(|c| c.numbers.first().cloned())
+            .unwrap_or_default(),
+    };
+    let facts = dce::rtb::CallFacts {
+        call_id: format!("rtb-test-{}", dce::ids::uuid()),
+        caller: caller.clone(),
+        called,
+        campaign: campaign.map(|c| c.id.clone()).unwrap_or_default(),
+        carrier: "rtb-test".into(),
+        state: dce_routing::state_of_number(&caller).map(|s| s.code()),
+    };
+    let (body, content_type) = dce::rtb::format::request(spec.format, &facts, spec.expose_caller);
+    println!("POST {} ({} format)", spec.url, spec.format.name());
+    println!("Content-Type: {content_type}");
+    for (n, _) in &spec.headers {
+        // header values are often credentials: named, not printed
+        println!("{n}: <set in the config>");
+    }
+    println!("\n{body}\n");
+    let client = match rt.block_on(async { dce::rtb::client::Client::new(&cfg.node.id) }) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cannot make the HTTP client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let deadline =
+        std::time::Instant::now() + std::time::Duration::from_millis(u64::from(spec.timeout_ms));
+    let (r, latency_ms) = rt.block_on(client.exchange(&spec, &facts, deadline));
+    match r {
+        Ok((status, answer)) => {
+            println!("HTTP {status} after {latency_ms} ms");
+            println!("{}\n", String::from_utf8_lossy(&answer));
+            let result = dce::rtb::format::answer(spec.format, status, &answer);
+            println!("DCE reads: {}", describe(&result));
+            if matches!(
+                result,
+                dce::rtb::PingResult::Bid(_) | dce::rtb::PingResult::Rejected(_)
+            ) {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(failed) => {
+            println!(
+                "no answer after {latency_ms} ms (timeout_ms = {})",
+                spec.timeout_ms
+            );
+            println!("DCE reads: {}", describe(&failed));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn describe(r: &dce::rtb::PingResult) -> String {
+    match r {
+        dce::rtb::PingResult::Bid(b) => format!(
+            "bid {} cents{}{}{}",
+            b.cents,
+            b.destination
+                .as_ref()
+                .map(|d| format!(", destination {d:?}"))
+                .unwrap_or_default(),
+            b.expires_in_s
+                .map(|s| format!(", expires in {s} s"))
+                .unwrap_or_default(),
+            b.min_duration_s
+                .map(|s| format!(", billable after {s} s"))
+                .unwrap_or_default(),
+        ),
+        dce::rtb::PingResult::Malformed(why) => format!("malformed ({why})"),
+        other => other.outcome(),
+    }
 }
 
 fn init_logging(default: &str) {
@@ -134,6 +264,15 @@ fn run_cli() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Rtb {
+            command:
+                RtbCommand::Test {
+                    buyer,
+                    caller,
+                    called,
+                    config,
+                },
+        } => rtb_test(&config, &buyer, &caller, called.as_deref()),
         Command::Migrate { config } => {
             let Some((cfg, rt)) = config_and_runtime(&config) else {
                 return ExitCode::FAILURE;

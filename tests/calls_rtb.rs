@@ -279,3 +279,61 @@ fn a_number_destination_goes_through_the_buyers_trunk() {
     assert!(!sim.cdrs()[0].billable, "the campaign's 90 s still applies");
     sim.shutdown();
 }
+
+#[test]
+fn a_bidder_over_its_ping_caps_is_not_asked() {
+    let buyers = format!(
+        "[[buyer]]\nid = \"capped\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:5091\"\n\
+         rtb = {{ url = \"http://127.0.0.1:9/\", max_in_flight = 1, max_pings_per_s = 2 }}\n{}",
+        support::sim::buyer("static", 5094, 300, "")
+    );
+    let mut sim = Sim::new(&config("", &buyers));
+    sim.add_buyer(5091, Mode::Answer(S));
+    sim.add_buyer(5094, Mode::Answer(S));
+    // One request out: the second call does not ask, and rings the static buyer at once.
+    let first = sim.place_call("+13105551234");
+    assert_eq!(sim.bid_requests.len(), 1);
+    let second = sim.place_call("+13105551235");
+    assert_eq!(sim.bid_requests.len(), 1, "max_in_flight = 1");
+    sim.run_for(MS);
+    assert_eq!(invites(&sim, 5094), 1, "the capped call did not wait");
+    // The answer gives the slot back: the third call asks (the second request this second).
+    sim.answer_bid(0, bid(900), 3);
+    let third = sim.place_call("+13105551236");
+    assert_eq!(
+        sim.bid_requests.len(),
+        1,
+        "asked again once the first came back"
+    );
+    sim.answer_bid(0, bid(900), 3);
+    // A fourth in the same second: over max_pings_per_s = 2.
+    let fourth = sim.place_call("+13105551237");
+    assert!(
+        sim.bid_requests.is_empty(),
+        "two requests this second already"
+    );
+    sim.run_for(2 * S);
+    for c in [&first, &second, &third, &fourth] {
+        assert_eq!(sim.finals(c), vec![200]);
+        sim.carrier_bye(c);
+    }
+    sim.run_for(S);
+    let by_caller = |n: &str| {
+        let c = sim.cdrs().into_iter().find(|c| c.caller == n).unwrap();
+        c.bids
+            .iter()
+            .map(|b| format!("{}={}", b.buyer_id, b.outcome))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(by_caller("13105551234"), ["capped=won", "static=lost"]);
+    assert_eq!(
+        by_caller("13105551235"),
+        ["static=won", "capped=excluded:ping_cap"]
+    );
+    assert_eq!(by_caller("13105551236"), ["capped=won", "static=lost"]);
+    assert_eq!(
+        by_caller("13105551237"),
+        ["static=won", "capped=excluded:ping_cap"]
+    );
+    sim.shutdown();
+}

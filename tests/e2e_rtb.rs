@@ -270,3 +270,91 @@ fn a_bids_sip_destination_is_where_the_invite_goes_and_its_pings_are_stored() {
     .unwrap();
     assert_eq!(rows, 3, "PostgreSQL holds one ping row per call");
 }
+
+/// `dce rtb test BUYER --caller …`: one bid request as a call would send it, the exchange
+/// printed; exit 0 on an answer, 1 on none.
+#[test]
+fn rtb_test_sends_one_ping_and_prints_the_exchange() {
+    let good = Bidder::start(
+        MS,
+        200,
+        r#"{"bidAmount": 12.5, "expireInSeconds": 60, "phoneNumber": "+18885551212"}"#,
+    );
+    let broken = Bidder::start(MS, 500, r#"{"error":"down"}"#);
+    let dir = support::dce_process::TempDir::new("rtb-test");
+    let cfg = dir.0.join("dce.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "{}{}{}",
+            head(free_port()),
+            rtb_buyer(
+                "ringer",
+                5090,
+                &good.url("ping"),
+                ", format = \"ringba\", headers = { \"Authorization\" = \"Bearer s3cret-key\" }"
+            ),
+            rtb_buyer("broken", 5090, &broken.url("ping"), ""),
+        ),
+    )
+    .unwrap();
+    let run = |buyer: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dce"))
+            .current_dir(&dir.0)
+            .args([
+                "rtb",
+                "test",
+                buyer,
+                "--caller",
+                "+1 310 555 1234",
+                "--config",
+            ])
+            .arg(&cfg)
+            .output()
+            .unwrap()
+    };
+    let out = run("ringer");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains(&format!("POST {} (ringba format)", good.url("ping"))),
+        "{text}"
+    );
+    assert!(text.contains("\"CID\":\"1310555XXXX\""), "{text}");
+    assert!(
+        text.contains("Authorization: <set in the config>"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("s3cret-key"),
+        "header values are not printed: {text}"
+    );
+    assert!(text.contains("HTTP 200 after"), "{text}");
+    assert!(
+        text.contains(
+            "DCE reads: bid 1250 cents, destination Number(\"18885551212\"), expires in 60 s"
+        ),
+        "{text}"
+    );
+    let seen = good.seen();
+    assert_eq!(seen.len(), 1);
+    assert!(
+        seen[0].head.contains("Bearer s3cret-key"),
+        "the header is sent: {}",
+        seen[0].head
+    );
+    let out = run("broken");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("HTTP 500") && text.contains("DCE reads: error:500"),
+        "{text}"
+    );
+    let out = run("nobody");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no buyer `nobody`"));
+}

@@ -35,6 +35,8 @@ pub enum Exclusion {
     NoBid,
     /// Its real-time bid expired before its turn in the ring tree.
     Expired,
+    /// A real-time bidder over its `max_in_flight` or `max_pings_per_s`: not asked.
+    PingCap,
 }
 
 impl Exclusion {
@@ -54,6 +56,7 @@ impl Exclusion {
             Exclusion::Down => "down",
             Exclusion::NoBid => "no_bid",
             Exclusion::Expired => "expired",
+            Exclusion::PingCap => "ping_cap",
         }
     }
 }
@@ -233,7 +236,11 @@ pub fn rank(snap: &Snapshot, campaign: CampaignId, now: DateTime<Utc>, out: &mut
 }
 
 /// Ranked first, by the ranking rule; excluded after, in config order (buyer index); the
-/// ranked ones numbered.
+/// ranked ones numbered. Returns how many are ranked.
+pub fn reorder(out: &mut [Entry]) -> usize {
+    sort(out)
+}
+
 fn sort(out: &mut [Entry]) -> usize {
     out.sort_unstable_by(|a, b| {
         let ra = matches!(a.outcome, Outcome::Ranked(_));
@@ -332,6 +339,8 @@ mod tests {
                 format: crate::model::RtbFormat::Dce,
                 headers: Vec::new(),
                 expose_caller: false,
+                max_in_flight: 0,
+                max_pings_per_s: 0,
             }));
             b
         };

@@ -23,6 +23,10 @@ pub struct BuyerLive {
     bid_override: AtomicU64,
     /// The trunk's health (OPTIONS pings, the failed-call breaker).
     pub health: Health,
+    /// Real-time bid requests out now (shared by every SIP worker).
+    pings_in_flight: AtomicU32,
+    /// (unix second << 32) | bid requests sent in that second.
+    ping_second: AtomicU64,
 }
 
 /// A buyer trunk's health: down while its OPTIONS pings fail (`down_after` in a row, until
@@ -156,6 +160,51 @@ impl BuyerLive {
             .store(bid_cents.map_or(0, |b| u64::from(b) + 1), Ordering::Release);
     }
 
+    /// Take a bid-request slot: false when `max_in_flight` requests are out or `max_per_s`
+    /// were sent in unix second `second` (0 = unlimited). A slot taken is given back with
+    /// [`BuyerLive::ping_done`]; the per-second count is not.
+    pub fn try_ping(&self, max_in_flight: u32, max_per_s: u32, second: u64) -> bool {
+        if self
+            .pings_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (max_in_flight == 0 || n < max_in_flight).then_some(n + 1)
+            })
+            .is_err()
+        {
+            return false;
+        }
+        let rated = self
+            .ping_second
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |v| {
+                let n = if v >> 32 == second & 0xffff_ffff {
+                    v & 0xffff_ffff
+                } else {
+                    0
+                };
+                (max_per_s == 0 || n < u64::from(max_per_s))
+                    .then_some(((second & 0xffff_ffff) << 32) | (n + 1))
+            })
+            .is_ok();
+        if !rated {
+            self.ping_done();
+        }
+        rated
+    }
+
+    /// A bid request is over (answered, given up, or its call gone).
+    pub fn ping_done(&self) {
+        let _ = self
+            .pings_in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                Some(n.saturating_sub(1))
+            });
+    }
+
+    /// Bid requests out now.
+    pub fn pings_in_flight(&self) -> u32 {
+        self.pings_in_flight.load(Ordering::Acquire)
+    }
+
     /// Calls ringing or connected now.
     pub fn active(&self) -> u32 {
         self.active.load(Ordering::Acquire)
@@ -256,6 +305,24 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bid_requests_are_capped_in_flight_and_per_second() {
+        let b = BuyerLive::default();
+        assert!(b.try_ping(2, 3, 100));
+        assert!(b.try_ping(2, 3, 100));
+        assert!(!b.try_ping(2, 3, 100), "two in flight");
+        b.ping_done();
+        assert!(b.try_ping(2, 3, 100), "a slot came back");
+        b.ping_done();
+        assert!(!b.try_ping(2, 3, 100), "three sent in second 100");
+        assert_eq!(b.pings_in_flight(), 1, "the refused one took no slot");
+        assert!(b.try_ping(2, 3, 101), "a new second");
+        assert!(
+            b.try_ping(0, 0, 101) && b.try_ping(0, 0, 101),
+            "0 = unlimited"
+        );
+    }
 
     #[test]
     fn slots_are_bounded_and_released() {

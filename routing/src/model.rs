@@ -93,6 +93,11 @@ pub struct Rtb {
     pub headers: Vec<(String, String)>,
     /// Send the caller's number in full (otherwise masked: area code and exchange only).
     pub expose_caller: bool,
+    /// Bid requests out at once, across the node (0 = unlimited); over it the buyer is
+    /// `excluded:ping_cap` for that call.
+    pub max_in_flight: u32,
+    /// Bid requests per second, across the node (0 = unlimited).
+    pub max_pings_per_s: u32,
 }
 
 /// The bid request/response shapes DCE speaks.

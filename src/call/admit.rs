@@ -357,7 +357,7 @@ impl Controller {
         let Admitted {
             snapshot,
             campaign,
-            entries,
+            mut entries,
             ranked,
             wall,
         } = admitted;
@@ -418,12 +418,14 @@ impl Controller {
                 key,
                 &snapshot,
                 campaign,
-                &entries,
+                &mut entries,
                 &rtb_facts,
                 &mut lookups,
                 &mut requests,
                 now,
             );
+            // A bidder over its ping cap is excluded now: ranked ones first again.
+            dce_routing::reorder(&mut entries);
         }
         // The call waits for the latest of its lookups' deadlines (each bid request is also
         // bounded by its own, in the driver).

@@ -58,20 +58,28 @@ impl Controller {
         key: CallKey,
         snap: &Snapshot,
         campaign: CampaignId,
-        entries: &[Entry],
+        entries: &mut [Entry],
         facts: &CallFacts,
         lookups: &mut Lookups,
         requests: &mut Vec<LookupRequest>,
         now: Instant,
     ) {
         let deadline_ms = snap.campaign(campaign).auction_deadline_ms;
-        for e in entries {
+        let second = self.clock.now_utc().timestamp().max(0) as u64;
+        for e in entries.iter_mut() {
             let Some(rtb) = snap.buyer(e.buyer).rtb.as_ref() else {
                 continue;
             };
             if !matches!(e.outcome, Outcome::Ranked(_)) {
                 continue;
             }
+            let live = snap.live(e.buyer);
+            if !live.try_ping(rtb.max_in_flight, rtb.max_pings_per_s, second) {
+                tracing::debug!(buyer = %snap.buyer(e.buyer).id, in_flight = live.pings_in_flight(), "real-time bidder over its ping cap (excluded:ping_cap)");
+                e.outcome = Outcome::Excluded(Exclusion::PingCap);
+                continue;
+            }
+            let slot = Arc::new(super::lookup::PingSlot(live.clone()));
             let wait_ms = rtb.timeout_ms.min(deadline_ms);
             let lid = LookupId(self.next_lookup);
             self.next_lookup += 1;
@@ -80,6 +88,7 @@ impl Controller {
                 rtb: Arc::clone(rtb),
                 facts: facts.clone(),
                 wait_ms,
+                slot,
             }));
             lookups.outstanding.push((lid, q.clone()));
             requests.push(LookupRequest {

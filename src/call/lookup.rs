@@ -8,6 +8,7 @@
 //! configured policy. A result for a lookup that is no longer outstanding (the call ended, the
 //! deadline passed) is ignored. Because the deadline is a core timer, simulated time sees it.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 /// A lookup's id, unique per controller.
@@ -49,7 +50,28 @@ pub struct BidQuery {
     pub facts: crate::rtb::CallFacts,
     /// How long the call waits for this one, milliseconds.
     pub wait_ms: u32,
+    /// The buyer's bid-request slot: given back when the call has stopped waiting for this
+    /// request and the driver has finished it (the last copy dropped).
+    pub slot: Arc<PingSlot>,
 }
+
+/// A bid request out against its buyer's `max_in_flight` (see [`BidQuery::slot`]).
+#[derive(Debug)]
+pub struct PingSlot(pub Arc<dce_routing::BuyerLive>);
+
+impl Drop for PingSlot {
+    fn drop(&mut self) {
+        self.0.ping_done();
+    }
+}
+
+impl PartialEq for PingSlot {
+    fn eq(&self, other: &PingSlot) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+}
+
+impl Eq for PingSlot {}
 
 /// A bidder's answer.
 #[derive(Debug, Clone, PartialEq, Eq)]

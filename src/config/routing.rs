@@ -377,7 +377,23 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
 /// `rtb = { url = "https://…", timeout_ms = 200, format = "dce"|"ringba"|"retreaver",
 /// headers = { "Authorization" = "…" } }`.
 fn buyer_rtb(w: &mut Walk<'_>, rt: Table<'_, '_>, expose_caller: bool) -> Option<dce_routing::Rtb> {
-    w.unknown_keys(rt, &["url", "timeout_ms", "format", "headers"]);
+    w.unknown_keys(
+        rt,
+        &[
+            "url",
+            "timeout_ms",
+            "format",
+            "headers",
+            "max_in_flight",
+            "max_pings_per_s",
+        ],
+    );
+    let max_in_flight = w
+        .int(rt, "max_in_flight", 0, 100_000)
+        .map_or(0, |(v, _)| v as u32);
+    let max_pings_per_s = w
+        .int(rt, "max_pings_per_s", 0, 1_000_000)
+        .map_or(0, |(v, _)| v as u32);
     let url = match w.string(rt, "url", true) {
         Some((u, span)) => match u.parse::<hyper::Uri>() {
             Ok(p) if matches!(p.scheme_str(), Some("http" | "https")) && p.host().is_some() => {
@@ -440,6 +456,8 @@ fn buyer_rtb(w: &mut Walk<'_>, rt: Table<'_, '_>, expose_caller: bool) -> Option
         format: format?,
         headers,
         expose_caller,
+        max_in_flight,
+        max_pings_per_s,
     })
 }
 

@@ -53,6 +53,27 @@ impl Client {
 
     /// Ask `rtb`'s buyer for a bid on the call `facts` describes; give up at `deadline`.
     pub async fn ping(&self, rtb: &Rtb, facts: &CallFacts, deadline: Instant) -> Pinged {
+        let (r, latency_ms) = self.exchange(rtb, facts, deadline).await;
+        let (result, status) = match r {
+            Err(failed) => (failed, None),
+            Ok((status, body)) => (format::answer(rtb.format, status, &body), Some(status)),
+        };
+        Pinged {
+            result,
+            latency_ms,
+            status,
+        }
+    }
+
+    /// The HTTP exchange of a ping: the status and body of the answer, or why there is none
+    /// (`Timeout`, `Error`, or `Malformed` for a body over the limit); and the milliseconds
+    /// it took.
+    pub async fn exchange(
+        &self,
+        rtb: &Rtb,
+        facts: &CallFacts,
+        deadline: Instant,
+    ) -> (Result<(u16, Bytes), PingResult>, u32) {
         let t0 = Instant::now();
         let (body, content_type) = format::request(rtb.format, facts, rtb.expose_caller);
         let mut req = hyper::Request::post(rtb.url.as_str())
@@ -68,13 +89,7 @@ impl Client {
         }
         let req = match req.body(Full::new(Bytes::from(body))) {
             Ok(r) => r,
-            Err(e) => {
-                return Pinged {
-                    result: PingResult::Error(format!("request: {e}")),
-                    latency_ms: 0,
-                    status: None,
-                }
-            }
+            Err(e) => return (Err(PingResult::Error(format!("request: {e}"))), 0),
         };
         let exchange = async {
             let resp = self.http.request(req).await.map_err(|e| {
@@ -93,22 +108,14 @@ impl Client {
         };
         let r = tokio::time::timeout_at(tokio::time::Instant::from_std(deadline), exchange).await;
         let latency_ms = t0.elapsed().as_millis().min(u128::from(u32::MAX)) as u32;
-        let (result, status) = match r {
-            Err(_) => (PingResult::Timeout, None),
-            Ok(Err(e)) => (PingResult::Error(e), None),
-            Ok(Ok((status, Err(_)))) if (200..300).contains(&status) => (
-                PingResult::Malformed("answer body unreadable or too large".into()),
-                Some(status),
-            ),
-            Ok(Ok((status, body))) => (
-                format::answer(rtb.format, status, &body.unwrap_or_default()),
-                Some(status),
-            ),
+        let r = match r {
+            Err(_) => Err(PingResult::Timeout),
+            Ok(Err(e)) => Err(PingResult::Error(e)),
+            Ok(Ok((status, Err(_)))) if (200..300).contains(&status) => Err(PingResult::Malformed(
+                "answer body unreadable or too large".into(),
+            )),
+            Ok(Ok((status, body))) => Ok((status, body.unwrap_or_default())),
         };
-        Pinged {
-            result,
-            latency_ms,
-            status,
-        }
+        (r, latency_ms)
     }
 }
