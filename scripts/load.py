@@ -8,12 +8,15 @@ Loopback only; every step is bounded in calls and time.
 
     cargo build --release && python3 scripts/load.py [--rates 100,200,500] [--seconds 10]
         [--buyer-transport tcp]   # the buyer over TCP (DCE's own connection; prints how many)
+        [--rtb 10]                # 10 real-time bidders answering in 5-20 ms (examples/bidder.rs;
+                                  # build it: cargo build --release --example bidder)
 
 With --watchers N the HTTP API is on, N WebSocket clients follow /v1/events (as live pages
 would) and a scraper reads /metrics and /v1/calls once a second: the delay then includes what
 events, metrics and the API cost the call path.
 """
 import argparse
+import json
 import os
 import re
 import signal
@@ -31,6 +34,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # DCE_BIN: another build to measure (an A/B against an older commit).
 DCE = os.environ.get("DCE_BIN") or os.path.join(ROOT, "target", "release", "dce")
 SCEN = os.path.join(ROOT, "tests", "sipp")
+BIDDER = os.path.join(ROOT, "target", "release", "examples", "bidder")
 
 
 def free_port():
@@ -80,9 +84,18 @@ def scrape(http, stop):
         stop.wait(1.0)
 
 
-def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp"):
+def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp", rtb=0, rtb_ms=(5, 20), rtb_cap=0):
     tmp = tempfile.mkdtemp(prefix="dce-load-")
-    port, buyer_port, http = free_port(), free_port(), free_port()
+    port, buyer_port, http, bid_port = free_port(), free_port(), free_port(), free_port()
+    bidders = "".join(f"""[[buyer]]
+id = "rtb{i}"
+campaigns = ["auto"]
+uri = "sip:{{called}}@127.0.0.1:{buyer_port}"
+rtb = {{ url = "http://127.0.0.1:{bid_port}/b{20 + i}", timeout_ms = 100, max_in_flight = {rtb_cap} }}
+""" for i in range(rtb))
+    bidder = None
+    if rtb:
+        bidder = subprocess.Popen([BIDDER, str(bid_port), str(rtb_ms[0]), str(rtb_ms[1])], stdout=subprocess.PIPE, text=True)
     api = f"""[http]
 listen = "127.0.0.1:{http}"
 rate_limit_per_s = 1000
@@ -113,7 +126,7 @@ id = "acme"
 campaigns = ["auto"]
 uri = "sip:{{called}}@127.0.0.1:{buyer_port}{';transport=tcp' if buyer_transport == 'tcp' else ''}"
 bid_cents = 1500
-{api}""")
+{bidders}{api}""")
     env = dict(os.environ, RUST_LOG="warn")
     dce = subprocess.Popen([DCE, "run", "--config", cfg], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     time.sleep(0.5)
@@ -149,6 +162,26 @@ bid_cents = 1500
         print(f"  ({watchers} event clients received {got[0] // watchers} bytes each)", flush=True)
     dce.send_signal(signal.SIGTERM)
     _, err = dce.communicate(timeout=20)
+    if bidder:
+        bidder.send_signal(signal.SIGTERM)
+        out, _ = bidder.communicate(timeout=10)
+        print(f"  ({out.strip()}; {rtb} bidders per call)", flush=True)
+        try:
+            with open(os.path.join(tmp, "cdr.jsonl")) as f:
+                kinds, slowest = {}, []
+                for line in f:
+                    pings = json.loads(line).get("pings", [])
+                    for p in pings:
+                        k = p["outcome"].split(":")[0]
+                        kinds[k] = kinds.get(k, 0) + 1
+                    if pings:
+                        slowest.append(max(p["latency_ms"] for p in pings))
+            slowest.sort()
+            q = lambda f: slowest[min(len(slowest) - 1, int(f * len(slowest)))] if slowest else None
+            print(f"  (pings in CDRs by outcome: {kinds}; each call's slowest bid as DCE's client timed it, "
+                  f"p50 {q(0.5)} ms, p99 {q(0.99)} ms)", flush=True)
+        except OSError:
+            pass
     failed = None
     try:
         with open(stat) as f:
@@ -173,13 +206,17 @@ def main():
     ap.add_argument("--hold-ms", type=int, default=1000)
     ap.add_argument("--watchers", type=int, default=0, help="WebSocket event clients (and a scraper)")
     ap.add_argument("--buyer-transport", choices=["udp", "tcp"], default="udp", help="how DCE reaches the buyer")
+    ap.add_argument("--rtb", type=int, default=0, help="real-time bidders per call (examples/bidder.rs)")
+    ap.add_argument("--rtb-max-in-flight", type=int, default=0, help="each bidder's max_in_flight (0 = unlimited)")
     a = ap.parse_args()
+    if a.rtb and not os.path.exists(BIDDER):
+        sys.exit("build the bidder first: cargo build --release --example bidder")
     if not os.path.exists(DCE):
         sys.exit("build first: cargo build --release")
     print(f"{'calls/s':>8} {'placed':>7} {'ok':>7} {'failed':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     best = None
     for rate in [int(r) for r in a.rates.split(",")]:
-        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport)
+        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport, rtb=a.rtb, rtb_cap=a.rtb_max_in_flight)
         print(f"{rate:>8} {calls:>7} {ok if ok is not None else '?':>7} {failed if failed is not None else '?':>7} "
               f"{p50 if p50 is not None else '?':>7} {p99 if p99 is not None else '?':>7} {mx if mx is not None else '?':>7}", flush=True)
         if rc != 0 or not failed == 0 or ok != calls:

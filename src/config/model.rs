@@ -1217,8 +1217,13 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
         let d = parse("a.toml", &base("{ url = \"http://127.0.0.1:9000/\" }")).unwrap();
         let rtb = d.routing.buyers[0].rtb.clone().unwrap();
         assert_eq!(
-            (rtb.timeout_ms, rtb.format),
-            (250, dce_routing::RtbFormat::Dce)
+            (
+                rtb.timeout_ms,
+                rtb.format,
+                rtb.max_in_flight,
+                rtb.max_pings_per_s
+            ),
+            (250, dce_routing::RtbFormat::Dce, 100, 0)
         );
         for (rtb, want) in [
             (

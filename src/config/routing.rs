@@ -388,9 +388,11 @@ fn buyer_rtb(w: &mut Walk<'_>, rt: Table<'_, '_>, expose_caller: bool) -> Option
             "max_pings_per_s",
         ],
     );
+    // A default cap: a bidder slower than the deadline must not get a new connection per call
+    // without bound (decision 0014, the 1,000 calls/s run).
     let max_in_flight = w
         .int(rt, "max_in_flight", 0, 100_000)
-        .map_or(0, |(v, _)| v as u32);
+        .map_or(100, |(v, _)| v as u32);
     let max_pings_per_s = w
         .int(rt, "max_pings_per_s", 0, 1_000_000)
         .map_or(0, |(v, _)| v as u32);
