@@ -7,46 +7,11 @@
 use super::cdr::PingRecord;
 use super::controller::Controller;
 use super::lookup::{BidAnswer, BidQuery, LookupId, LookupRequest, Lookups, Query};
-use super::state::CallKey;
-use crate::rtb::{CallFacts, Destination, PingResult};
-use dce_routing::{BuyerId, CampaignId, Entry, Exclusion, Outcome, Snapshot};
+use super::state::{CallKey, Terms};
+use crate::rtb::{CallFacts, PingResult};
+use dce_routing::{CampaignId, Entry, Exclusion, Outcome, Snapshot};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// What a winning bid binds its buyer's attempt to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Terms {
-    /// Where the INVITE goes instead of the buyer's trunk as configured.
-    pub destination: Option<Destination>,
-    /// After this, the bid is gone (`excluded:expired` when its turn comes).
-    pub expires_at: Option<Instant>,
-    /// Billable to this buyer after this long (instead of the campaign's `billable_after_s`).
-    pub min_duration_s: Option<u32>,
-}
-
-/// A call's real-time bidding: every ping's record and the terms of the bids that came.
-#[derive(Debug, Default)]
-pub struct CallBids {
-    /// One per ping, in the order the answers came.
-    pub pings: Vec<PingRecord>,
-    /// The terms of each buyer's bid.
-    pub terms: Vec<(BuyerId, Terms)>,
-}
-
-impl CallBids {
-    /// The terms of `buyer`'s bid, if it bid.
-    pub fn terms(&self, buyer: BuyerId) -> Option<&Terms> {
-        self.terms.iter().find(|(b, _)| *b == buyer).map(|(_, t)| t)
-    }
-
-    /// Mark `buyer`'s ping `expired` (its bid ran out before its turn).
-    pub fn expired(&mut self, snap: &Snapshot, buyer: BuyerId) {
-        let id = &snap.buyer(buyer).id;
-        if let Some(p) = self.pings.iter_mut().find(|p| &p.buyer_id == id) {
-            p.outcome = "expired".into();
-        }
-    }
-}
 
 impl Controller {
     /// The bid requests for a new call: one per ranked real-time bidder, each waited for at

@@ -305,7 +305,7 @@ pub struct Call {
     /// Lookups it waits for (state `Checking`).
     pub lookups: Lookups,
     /// Its real-time bids, when any buyer was asked.
-    pub bids: Option<Box<super::bids::CallBids>>,
+    pub bids: Option<Box<CallBids>>,
 }
 
 impl Call {
@@ -343,5 +343,40 @@ mod tests {
         assert_eq!(t.armed(), 1);
         t.stop(Timer::MaxDuration);
         assert_eq!((t.armed(), t.next()), (0, None));
+    }
+}
+
+/// What a winning bid binds its buyer's attempt to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Terms {
+    /// Where the INVITE goes instead of the buyer's trunk as configured.
+    pub destination: Option<crate::rtb::Destination>,
+    /// After this, the bid is gone (`excluded:expired` when its turn comes).
+    pub expires_at: Option<Instant>,
+    /// Billable to this buyer after this long (instead of the campaign's `billable_after_s`).
+    pub min_duration_s: Option<u32>,
+}
+
+/// A call's real-time bidding: every ping's record and the terms of the bids that came.
+#[derive(Debug, Default)]
+pub struct CallBids {
+    /// One per ping, in the order the answers came.
+    pub pings: Vec<super::cdr::PingRecord>,
+    /// The terms of each buyer's bid.
+    pub terms: Vec<(dce_routing::BuyerId, Terms)>,
+}
+
+impl CallBids {
+    /// The terms of `buyer`'s bid, if it bid.
+    pub fn terms(&self, buyer: dce_routing::BuyerId) -> Option<&Terms> {
+        self.terms.iter().find(|(b, _)| *b == buyer).map(|(_, t)| t)
+    }
+
+    /// Mark `buyer`'s ping `expired` (its bid ran out before its turn).
+    pub fn expired(&mut self, snap: &dce_routing::Snapshot, buyer: dce_routing::BuyerId) {
+        let id = &snap.buyer(buyer).id;
+        if let Some(p) = self.pings.iter_mut().find(|p| &p.buyer_id == id) {
+            p.outcome = "expired".into();
+        }
     }
 }
