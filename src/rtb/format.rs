@@ -270,12 +270,16 @@ fn reason(v: &serde_json::Value) -> String {
 /// The caller as a bidder sees it unless `expose_caller`: country code, area code and
 /// exchange, the line masked (`+1310555XXXX`), enough to price by geography.
 pub fn mask(digits: &str) -> String {
-    if digits.len() == 11 && digits.starts_with('1') {
-        format!("+{}XXXX", &digits[..7])
+    // By characters: a caller DCE could not read as a number is passed as received, and must
+    // not be cut inside a UTF-8 sequence.
+    let chars: Vec<char> = digits.chars().collect();
+    let keep = if chars.len() == 11 && digits.starts_with('1') {
+        7
     } else {
-        let keep = digits.len().saturating_sub(4);
-        format!("+{}{}", &digits[..keep], "X".repeat(digits.len() - keep))
-    }
+        chars.len().saturating_sub(4)
+    };
+    let kept: String = chars[..keep].iter().collect();
+    format!("+{kept}{}", "X".repeat(chars.len() - keep))
 }
 
 fn url_escape(s: &str) -> String {
@@ -331,6 +335,13 @@ mod tests {
         let (body, _) = request(RtbFormat::Dce, &facts(), true);
         assert!(body.contains("\"+13105551234\""), "{body}");
         assert_eq!(mask("442071234567"), "+44207123XXXX");
+        assert_eq!(mask("anonymous"), "+anonyXXXX");
+        assert_eq!(
+            mask("ünïcødé"),
+            "+ünïXXXX",
+            "cut by characters, never inside one"
+        );
+        assert_eq!(mask("12"), "+XX");
     }
 
     #[test]
