@@ -15,10 +15,13 @@ use support::sipp::{self, Background};
 
 const MS: Duration = Duration::from_millis(1);
 
-fn head(port: u16) -> String {
+/// The DCE config's head; `media` picks one of two RTP port ranges, so the tests of this file
+/// that run at once never share one.
+fn head(port: u16, media: u16) -> String {
+    let (lo, hi) = (43000 + media * 500, 43499 + media * 500);
     format!(
         "[node]\nid = \"rtb\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
-         [media]\nport_min = 43000\nport_max = 43999\n\
+         [media]\nport_min = {lo}\nport_max = {hi}\n\
          [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
          [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
          [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\nauction_deadline_ms = 250\n"
@@ -67,7 +70,7 @@ fn bids_race_the_deadline_and_the_call_fails_over_to_the_next_live_bid() {
     let dce = Dce::start_with(|port, dir| {
         format!(
             "{}[cdr]\njsonl_path = \"{}\"\n{}{}{}{}{}",
-            head(port),
+            head(port, 0),
             dir.join("cdr.jsonl").display(),
             rtb_buyer("hi", busy, &hi.url("bid"), ""),
             rtb_buyer("lo", good, &lo.url("ringba"), ", format = \"ringba\""),
@@ -182,7 +185,7 @@ fn destination_calls(database_url: &str) -> (i64, std::path::PathBuf) {
     let dce = Dce::start_with(|port, dir| {
         format!(
             "{}[storage]\ndatabase_url = \"{database_url}\"\nspool_dir = \"{}\"\n[cdr]\njsonl_path = \"{}\"\n{}",
-            head(port),
+            head(port, 1),
             dir.join("spool").display(),
             dir.join("cdr.jsonl").display(),
             rtb_buyer("acme", trunk, &bidder.url("bid"), ""),
@@ -287,7 +290,7 @@ fn rtb_test_sends_one_ping_and_prints_the_exchange() {
         &cfg,
         format!(
             "{}{}{}",
-            head(free_port()),
+            head(free_port(), 0),
             rtb_buyer(
                 "ringer",
                 5090,
