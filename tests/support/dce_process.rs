@@ -44,16 +44,26 @@ fn nanos() -> u128 {
         .unwrap_or(0)
 }
 
-/// A port free on 127.0.0.1 for both UDP and TCP right now.
+/// A port free on 127.0.0.1 for both UDP and TCP right now, never the same twice in one test
+/// process (four apart). Taken from 10000–19999: below the kernel's ephemeral range (32768–60999), where
+/// SIPp's, DCE's and the HTTP clients' own sockets land, and outside every RTP range the tests
+/// configure (20000–29999 by default, 41000–48999). Asking the kernel for port 0 instead let
+/// two tests running at once be handed the same port (seen: "cannot listen on …: Address
+/// already in use").
 pub fn free_port() -> u16 {
-    for _ in 0..100 {
-        let udp = UdpSocket::bind("127.0.0.1:0").expect("bind udp");
-        let port = udp.local_addr().expect("addr").port();
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Four ports apart: a SIPp given N as its media port also takes N+1 (RTCP) and N+2.
+    let base = std::process::id().wrapping_mul(7919) % 2_500;
+    for _ in 0..2_500 {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = 10_000 + ((base + n) % 2_500 * 4) as u16;
+        let udp = UdpSocket::bind(("127.0.0.1", port));
+        if udp.is_ok() && TcpListener::bind(("127.0.0.1", port)).is_ok() {
             return port;
         }
     }
-    panic!("no free port");
+    panic!("no free port in 10000-19999");
 }
 
 impl Dce {
