@@ -94,14 +94,7 @@ impl Controller {
 
     /// Start `id`'s round of pings: its first target now, the next round one interval on.
     fn send_ping(&mut self, layer: &mut TransactionLayer, id: &str, now: Instant) {
-        let Some(h) = self
-            .snapshot
-            .buyers()
-            .iter()
-            .find(|b| b.id == id)
-            .and_then(|b| b.health)
-            .filter(|h| h.interval_s > 0)
-        else {
+        let Some(h) = self.health_of(id).filter(|h| h.interval_s > 0) else {
             return;
         };
         if let Some(p) = self.pinger.as_mut() {
@@ -128,6 +121,15 @@ impl Controller {
         }
     }
 
+    /// Buyer `id`'s health settings in the current snapshot.
+    fn health_of(&self, id: &str) -> Option<dce_routing::BuyerHealth> {
+        self.snapshot
+            .buyers()
+            .iter()
+            .find(|b| b.id == id)
+            .and_then(|b| b.health)
+    }
+
     /// Buyer `id`'s request URI for pings, and its host.
     fn ping_uri(&self, id: &str) -> Option<(String, crate::config::routing::TargetHost)> {
         let buyer = self.snapshot.buyers().iter().find(|b| b.id == id)?;
@@ -147,13 +149,7 @@ impl Controller {
         k: usize,
         now: Instant,
     ) {
-        let Some(h) = self
-            .snapshot
-            .buyers()
-            .iter()
-            .find(|b| b.id == id)
-            .and_then(|b| b.health)
-        else {
+        let Some(h) = self.health_of(id) else {
             return;
         };
         let interval = Duration::from_secs(u64::from(h.interval_s));
