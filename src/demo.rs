@@ -472,7 +472,7 @@ fn print_table(path: &std::path::Path, skip: usize) -> anyhow::Result<()> {
             })
             .unwrap_or_default();
         let disposition = r["disposition"].as_str().unwrap_or("?").to_owned();
-        revenue += r["payout_cents"].as_u64().unwrap_or(0);
+        revenue += r["revenue_cents"].as_u64().unwrap_or(0);
         println!(
             "{:<4} {:<13} {:<9} {:<10} {:>7.1}  {}",
             i + 1,

@@ -320,10 +320,10 @@ fn run_cli() -> ExitCode {
             }) {
                 Ok(rows) => {
                     if format == "csv" {
-                        println!("id,created_at,disposition,carrier,campaign,caller,called,buyer_id,bid_cents,payout_cents,billable,duration_ms");
+                        println!("id,created_at,disposition,carrier,campaign,caller,called,buyer_id,bid_cents,revenue_cents,payout_cents,margin_cents,billable,duration_ms");
                         for r in rows {
                             println!(
-                                "{},{},{},{},{},{},{},{},{},{},{},{}",
+                                "{},{},{},{},{},{},{},{},{},{},{},{},{},{}",
                                 r.id,
                                 r.created_at,
                                 r.disposition,
@@ -333,7 +333,9 @@ fn run_cli() -> ExitCode {
                                 r.called,
                                 csv(r.buyer_id.as_deref().unwrap_or("")),
                                 r.bid_cents,
+                                r.revenue_cents,
                                 r.payout_cents,
+                                r.margin_cents,
                                 r.billable,
                                 r.duration_ms
                             );

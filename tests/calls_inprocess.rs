@@ -104,6 +104,51 @@ fn a_call_is_connected_to_the_best_buyer_and_hung_up_by_the_carrier() {
     assert_eq!(sim.live.total_active(), 0);
 }
 
+/// A billable call's money: the buyer pays its bid (revenue), the publisher is paid the
+/// revenue less the campaign's `publisher_margin` rounded down to the cent, and the exchange
+/// keeps the rest; an unbillable call moves no money.
+#[test]
+fn the_publisher_margin_splits_the_revenue() {
+    let mut cfg = three_buyers("");
+    cfg.routing.campaigns[0].publisher_margin_ppm = 150_000;
+    cfg.routing.buyers[0].bid_cents = 1999;
+    let mut sim = Sim::new(&cfg);
+    sim.add_buyer(5090, Mode::Answer(S));
+    let billable = sim.place_call("+13105551234");
+    sim.run_for(100 * S);
+    sim.carrier_bye(&billable);
+    sim.run_for(S);
+    let short = sim.place_call("+13105551235");
+    sim.run_for(3 * S);
+    sim.carrier_bye(&short);
+    sim.run_for(S);
+    let cdrs = sim.cdrs();
+    let of = |caller: &str| cdrs.iter().find(|c| c.caller == caller).unwrap();
+    let c = of("13105551234");
+    assert_eq!(
+        (
+            c.billable,
+            c.bid_cents,
+            c.revenue_cents,
+            c.payout_cents,
+            c.margin_cents
+        ),
+        (true, 1999, 1999, 1699, 300),
+        "1999 less 15 % is 1699.15: the publisher gets 1699, the exchange 300"
+    );
+    let c = of("13105551235");
+    assert_eq!(
+        (
+            c.billable,
+            c.bid_cents,
+            c.revenue_cents,
+            c.payout_cents,
+            c.margin_cents
+        ),
+        (false, 1999, 0, 0, 0)
+    );
+}
+
 #[test]
 fn busy_buyer_fails_over_to_the_next() {
     let mut sim = Sim::new(&three_buyers(""));

@@ -44,7 +44,7 @@ fn config(port: u16, dir: &Path, database_url: &str, acme: u16, bravo: u16) -> S
          [storage]\ndatabase_url = \"{database_url}\"\nspool_dir = \"{}\"\n\
          [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
          [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
-         [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\n\
+         [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\npublisher_margin = 0.25\n\
          [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{acme}\"\nbid_cents = 1500\n\
          [[buyer]]\nid = \"bravo\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bravo}\"\nbid_cents = 1200\n",
         dir.join("spool").display()
@@ -98,7 +98,7 @@ where
         .get("n");
     let bravo: i64 = sqlx::query(
         "SELECT count(*) AS n FROM calls WHERE disposition = 'answered' AND buyer_id = 'bravo' AND bid_cents = 1200 \
-         AND caller = '13105551234' AND called = '18005550100' AND quality IS NOT NULL",
+         AND revenue_cents = 1200 AND payout_cents = 900 AND margin_cents = 300 AND caller = '13105551234' AND called = '18005550100' AND quality IS NOT NULL",
     )
     .fetch_one(db)
     .await
@@ -256,11 +256,10 @@ fn sqlite_default_same_rows_and_migrate_and_export() {
     };
     let csv = export("csv");
     assert_eq!(csv.lines().count(), 11, "header + 10 calls:\n{csv}");
-    assert!(csv
-        .lines()
-        .nth(1)
-        .unwrap()
-        .contains(",answered,carrier-a,auto,13105551234,18005550100,bravo,1200,1200,true,"));
+    assert!(csv.lines().nth(1).unwrap().contains(
+        ",answered,carrier-a,auto,13105551234,18005550100,bravo,1200,1200,900,300,true,"
+    ));
+    assert!(csv.starts_with("id,created_at,disposition,carrier,campaign,caller,called,buyer_id,bid_cents,revenue_cents,payout_cents,margin_cents,billable,duration_ms\n"), "{csv}");
     let jsonl = export("jsonl");
     assert_eq!(jsonl.lines().count(), 10);
     let none = std::process::Command::new(dce_bin)

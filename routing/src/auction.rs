@@ -268,7 +268,7 @@ fn sort(out: &mut [Entry]) -> usize {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::geo::StateSet;
     use crate::live::Live;
@@ -276,7 +276,7 @@ mod tests {
     use crate::schedule::Schedule;
     use chrono::TimeZone;
 
-    fn campaign(floor: u32) -> Campaign {
+    pub(crate) fn campaign(floor: u32) -> Campaign {
         Campaign {
             id: "c".into(),
             numbers: vec!["18005550100".into()],
@@ -288,6 +288,7 @@ mod tests {
             tcpa_hours: true,
             require_consent: false,
             auction_deadline_ms: 250,
+            publisher_margin_ppm: 0,
         }
     }
 

@@ -35,6 +35,18 @@ pub struct Campaign {
     pub require_consent: bool,
     /// The longest a call waits for real-time bids, milliseconds.
     pub auction_deadline_ms: u32,
+    /// The exchange's share of each billable call's price, in parts per million
+    /// (`publisher_margin = 0.2` → 200,000); the publisher is paid the rest.
+    pub publisher_margin_ppm: u32,
+}
+
+impl Campaign {
+    /// What the publisher is paid of `revenue_cents` after the margin, rounded down to the
+    /// cent (the margin is the rest, so the two always add up to the revenue).
+    pub fn payout_of(&self, revenue_cents: u32) -> u32 {
+        let keep = 1_000_000 - u64::from(self.publisher_margin_ppm.min(1_000_000));
+        (u64::from(revenue_cents) * keep / 1_000_000) as u32
+    }
 }
 
 /// A buyer: where its calls go, what it bids, and its limits. `0` means unlimited everywhere.
@@ -296,5 +308,23 @@ impl Snapshot {
     /// Every campaign.
     pub fn campaigns(&self) -> &[Campaign] {
         &self.campaigns
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn payout_rounds_down_and_margin_is_the_rest() {
+        let mut c = crate::auction::tests::campaign(0);
+        for (ppm, revenue, payout) in [
+            (0, 1500, 1500),
+            (200_000, 1500, 1200),
+            (150_000, 999, 849),
+            (999_999, 100, 0),
+            (1, u32::MAX, u32::MAX - 4295),
+        ] {
+            c.publisher_margin_ppm = ppm;
+            assert_eq!(c.payout_of(revenue), payout, "{ppm} ppm of {revenue}");
+        }
     }
 }

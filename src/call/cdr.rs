@@ -57,8 +57,15 @@ pub struct Cdr {
     pub buyer_id: Option<String>,
     /// The winner's bid.
     pub bid_cents: u32,
-    /// What the buyer pays: its bid when the call was billable.
+    /// What the buyer pays: its bid (or the price it reserved) when the call was billable.
+    #[serde(default)]
+    pub revenue_cents: u32,
+    /// What the publisher (the carrier) is paid: the revenue less the campaign's
+    /// `publisher_margin`, or the payout promised by `POST /v1/bid`.
     pub payout_cents: u32,
+    /// What the exchange keeps: revenue − payout.
+    #[serde(default)]
+    pub margin_cents: u32,
     /// Lasted at least the campaign's `billable_after_s`.
     pub billable: bool,
     /// Compliance verdict: `pass[:checks][;flagged:lookup_error]` or `reject:<RULE>`.
@@ -237,7 +244,9 @@ impl Cdr {
             carrier_call_id: format!("c{i}"),
             buyer_id: Some("bravo".into()),
             bid_cents: 1200,
-            payout_cents: 1200,
+            revenue_cents: 1200,
+            payout_cents: 960,
+            margin_cents: 240,
             billable: true,
             compliance: "pass:dnc,tcpa_hours".into(),
             bids: vec![

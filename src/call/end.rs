@@ -101,6 +101,8 @@ impl Controller {
             self.counters.inc(Counter::CallCompleted);
         }
         let bids = bid_records(&call.snapshot, &call.entries, &call.outcomes);
+        let revenue = if billable { winner_bid } else { 0 };
+        let payout = campaign.payout_of(revenue);
         let reason_text = reason.to_string();
         // The call's one line at the default level: what happened to it and why (the steps are at
         // debug).
@@ -118,7 +120,9 @@ impl Controller {
                     "buyer": winner_id,
                     "duration_s": (duration.as_secs_f64() * 1000.0).round() / 1000.0,
                     "billable": billable,
-                    "payout_cents": if billable { winner_bid } else { 0 },
+                    "revenue_cents": revenue,
+                    "payout_cents": payout,
+                    "margin_cents": revenue - payout,
                     "hangup_by": hangup_by.map(HangupBy::as_str),
                 })
             },
@@ -134,7 +138,9 @@ impl Controller {
             carrier_call_id: call.a.dialog.call_id.clone(),
             buyer_id: winner_id,
             bid_cents: winner_bid,
-            payout_cents: if billable { winner_bid } else { 0 },
+            revenue_cents: revenue,
+            payout_cents: payout,
+            margin_cents: revenue - payout,
             billable,
             compliance: call.compliance.to_string(),
             bids,
@@ -281,7 +287,9 @@ impl Controller {
                 );
                 if q.one_way_audio && cdr.billable && !bill_one_way_audio {
                     cdr.billable = false;
+                    cdr.revenue_cents = 0;
                     cdr.payout_cents = 0;
+                    cdr.margin_cents = 0;
                     if let Some((slot, day)) = refund {
                         slot.refund(day, cdr.bid_cents);
                     }

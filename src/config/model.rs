@@ -1250,4 +1250,30 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
             assert!(text.iter().any(|e| e.contains(want)), "{rtb}: {text:?}");
         }
     }
+
+    #[test]
+    fn publisher_margin_is_a_fraction_named_by_line_when_wrong() {
+        let base = |m: &str| {
+            format!(
+                "[node]\nid = \"a\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n\
+                 [[campaign]]\nid = \"c\"\nnumbers = [\"+18005550100\"]\n{m}\n"
+            )
+        };
+        let margin =
+            |m: &str| parse("a.toml", &base(m)).unwrap().routing.campaigns[0].publisher_margin_ppm;
+        assert_eq!(margin(""), 0);
+        assert_eq!(margin("publisher_margin = 0.2"), 200_000);
+        assert_eq!(margin("publisher_margin = 0.125"), 125_000);
+        assert_eq!(margin("publisher_margin = 0"), 0);
+        for (m, want) in [
+            ("publisher_margin = 1.0", "a.toml:9: `campaign.publisher_margin` must be a fraction from 0 up to (not including) 1"),
+            ("publisher_margin = -0.1", "must be a fraction"),
+            ("publisher_margin = 20", "must be a fraction"),
+            ("publisher_margin = \"20%\"", "a fraction such as 0.2"),
+        ] {
+            let errs = parse("a.toml", &base(m)).unwrap_err();
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(text.iter().any(|e| e.contains(want)), "{m}: {text:?}");
+        }
+    }
 }

@@ -166,6 +166,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "tcpa_hours",
                 "require_consent",
                 "auction_deadline_ms",
+                "publisher_margin",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -206,6 +207,10 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .int(t, "auction_deadline_ms", 10, 10_000)
             .map(|(v, _)| v as u32)
             .unwrap_or(250);
+        let publisher_margin_ppm = w
+            .fraction(t, "publisher_margin")
+            .map(|(f, _)| (f * 1_000_000.0).round() as u32)
+            .unwrap_or(0);
         if let Some(id) = id {
             campaign_index.insert(id.clone(), cfg.campaigns.len());
             cfg.campaigns.push(Campaign {
@@ -219,6 +224,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 tcpa_hours,
                 require_consent,
                 auction_deadline_ms,
+                publisher_margin_ppm,
             });
         }
     }

@@ -258,6 +258,34 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// A fraction in `0..1` (`0.2` = 20 %), written as a float or as the integer 0.
+    pub fn fraction(&mut self, t: Table<'_, '_>, key: &str) -> Option<(f64, Range<usize>)> {
+        let v = Self::get(t, key)?;
+        let n = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            _ => {
+                self.wrong_type(v, t, key, "a fraction such as 0.2");
+                return None;
+            }
+        };
+        match n {
+            Some(f) if (0.0..1.0).contains(&f) => Some((f, v.span())),
+            _ => {
+                self.error(
+                    v.span(),
+                    format!(
+                        "`{}{key}` must be a fraction from 0 up to (not including) 1, e.g. 0.2 for 20 %",
+                        prefix(t.path)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
     /// An array of strings, each with its span.
     pub fn strings(
         &mut self,

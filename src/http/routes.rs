@@ -380,8 +380,12 @@ pub struct Figures {
     pub asr: f64,
     /// Average call duration of connected calls, seconds.
     pub acd_s: f64,
-    /// Payouts, cents.
+    /// What the buyers paid for billable calls, cents.
     pub revenue_cents: i64,
+    /// What the publishers (carriers) are paid, cents.
+    pub payout_cents: i64,
+    /// What the exchange kept (revenue − payout), cents.
+    pub margin_cents: i64,
 }
 
 impl Figures {
@@ -391,6 +395,8 @@ impl Figures {
         self.connected += r.answered;
         self.billable += r.billable;
         self.revenue_cents += r.revenue_cents;
+        self.payout_cents += r.payout_cents;
+        self.margin_cents += r.margin_cents;
         *talk_ms += r.talk_ms;
     }
 

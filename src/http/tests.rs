@@ -613,7 +613,9 @@ async fn stats_over_a_window() {
                 c.disposition = "rejected".into();
                 c.buyer_id = None;
                 c.billable = false;
+                c.revenue_cents = 0;
                 c.payout_cents = 0;
+                c.margin_cents = 0;
                 c.duration_s = 0.0;
             }
             c
@@ -636,6 +638,10 @@ async fn stats_over_a_window() {
     assert_eq!(v["total"]["asr"], 1.0);
     assert_eq!(v["total"]["acd_s"], 118.0);
     assert_eq!(v["total"]["revenue_cents"], 7200);
+    assert_eq!(v["total"]["payout_cents"], 5760);
+    assert_eq!(v["total"]["margin_cents"], 1440);
+    assert_eq!(v["buyers"][0]["payout_cents"], 5760);
+    assert_eq!(v["campaigns"][0]["margin_cents"], 1440);
     assert_eq!(v["buyers"][0]["id"], "bravo");
     assert_eq!(v["campaigns"][0]["id"], "auto");
     // the default window (the last 24 h) holds none of these

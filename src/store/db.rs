@@ -18,13 +18,40 @@ pub enum Db {
     Sqlite(SqlitePool),
 }
 
-fn migrator(steps: [(&'static str, &'static str); 2]) -> Migrator {
+/// The migrations, in order: (name, SQL). Step `n` is version `n`.
+type Steps = &'static [(&'static str, &'static str)];
+
+const PG_STEPS: Steps = &[
+    (
+        "cdr",
+        include_str!("../../migrations/postgres/0001_cdr.sql"),
+    ),
+    (
+        "rtb",
+        include_str!("../../migrations/postgres/0002_rtb.sql"),
+    ),
+    (
+        "money",
+        include_str!("../../migrations/postgres/0003_money.sql"),
+    ),
+];
+
+const SQLITE_STEPS: Steps = &[
+    ("cdr", include_str!("../../migrations/sqlite/0001_cdr.sql")),
+    ("rtb", include_str!("../../migrations/sqlite/0002_rtb.sql")),
+    (
+        "money",
+        include_str!("../../migrations/sqlite/0003_money.sql"),
+    ),
+];
+
+fn migrator(steps: Steps) -> Migrator {
     Migrator {
         migrations: Cow::Owned(
             steps
-                .into_iter()
+                .iter()
                 .enumerate()
-                .map(|(i, (name, sql))| {
+                .map(|(i, &(name, sql))| {
                     Migration::new(
                         i as i64 + 1,
                         name.into(),
@@ -67,8 +94,12 @@ pub struct ExportRow {
     pub buyer_id: Option<String>,
     /// Winner's bid.
     pub bid_cents: i64,
-    /// Payout.
+    /// What the buyer pays (billable calls).
+    pub revenue_cents: i64,
+    /// What the publisher is paid.
     pub payout_cents: i64,
+    /// What the exchange keeps.
+    pub margin_cents: i64,
     /// Billable.
     pub billable: bool,
     /// Duration, ms.
@@ -88,7 +119,9 @@ macro_rules! export_row {
             called: $r.get("called"),
             buyer_id: $r.get("buyer_id"),
             bid_cents: $r.get("bid_cents"),
+            revenue_cents: $r.get("revenue_cents"),
             payout_cents: $r.get("payout_cents"),
+            margin_cents: $r.get("margin_cents"),
             billable: $billable,
             duration_ms: $r.get("duration_ms"),
         }
@@ -139,28 +172,8 @@ impl Db {
     /// Apply the embedded migrations.
     pub async fn migrate(&self) -> Result<(), sqlx::migrate::MigrateError> {
         match self {
-            Db::Pg(p) => {
-                migrator([
-                    (
-                        "cdr",
-                        include_str!("../../migrations/postgres/0001_cdr.sql"),
-                    ),
-                    (
-                        "rtb",
-                        include_str!("../../migrations/postgres/0002_rtb.sql"),
-                    ),
-                ])
-                .run(p)
-                .await
-            }
-            Db::Sqlite(p) => {
-                migrator([
-                    ("cdr", include_str!("../../migrations/sqlite/0001_cdr.sql")),
-                    ("rtb", include_str!("../../migrations/sqlite/0002_rtb.sql")),
-                ])
-                .run(p)
-                .await
-            }
+            Db::Pg(p) => migrator(PG_STEPS).run(p).await,
+            Db::Sqlite(p) => migrator(SQLITE_STEPS).run(p).await,
         }
     }
 
@@ -244,7 +257,7 @@ impl Db {
             Db::Pg(p) => {
                 sqlx::query(
                     "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
-                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms \
+                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms \
                      FROM calls WHERE created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz ORDER BY created_at",
                 )
                 .bind(from)
@@ -256,7 +269,7 @@ impl Db {
                 .collect()
             }
             Db::Sqlite(p) => sqlx::query(
-                "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms \
+                "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms \
                  FROM calls WHERE created_at >= ? AND created_at < ? ORDER BY created_at",
             )
             .bind(from)
@@ -335,7 +348,7 @@ impl Db {
             Db::Pg(p) => {
                 let mut b = QueryBuilder::new(
                     "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
-                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms FROM calls",
+                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms FROM calls",
                 );
                 filters(&mut b, q, "::text::timestamptz", "::text::uuid");
                 b.build()
@@ -347,7 +360,7 @@ impl Db {
             }
             Db::Sqlite(p) => {
                 let mut b = QueryBuilder::new(
-                    "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, payout_cents, billable, duration_ms FROM calls",
+                    "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms FROM calls",
                 );
                 filters(&mut b, q, "", "");
                 b.build()
@@ -379,10 +392,10 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, payout_cents, \
          billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, answered_at, ended_at, \
-         duration_ms, quality) \
+         duration_ms, quality, revenue_cents, margin_cents) \
          SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::int8[], $10::int8[], $11::bool[], $12::text[], $12::text[], $13::int4[], $14::int4[], $15::text[], $16::text[], $17::text[], \
-         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[]) \
+         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[]) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(col(|c| c.id.clone()))
@@ -407,6 +420,8 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     .bind(col(|c| c.end_at.clone()))
     .bind(cdrs.iter().map(|c| ms(c.duration_s)).collect::<Vec<i64>>())
     .bind(opt(|c| c.quality.as_ref().and_then(|q| serde_json::to_string(q).ok())))
+    .bind(cdrs.iter().map(|c| i64::from(c.revenue_cents)).collect::<Vec<i64>>())
+    .bind(cdrs.iter().map(|c| i64::from(c.margin_cents)).collect::<Vec<i64>>())
     .execute(&mut *tx)
     .await?;
     let (mut ids, mut pos, mut buyers, mut amounts, mut outcomes) =
@@ -463,7 +478,7 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// Rows per multi-row `INSERT` (23 parameters each: well under SQLite's 32,766).
+/// Rows per multi-row `INSERT` (25 parameters each: well under SQLite's 32,766).
 const SQLITE_ROWS: usize = 100;
 
 /// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
@@ -475,7 +490,7 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
              payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
-             answered_at, ended_at, duration_ms, quality) ",
+             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents) ",
         );
         q.push_values(chunk, |mut b, c| {
             b.push_bind(&c.id)
@@ -504,7 +519,9 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
                     c.quality
                         .as_ref()
                         .and_then(|q| serde_json::to_string(q).ok()),
-                );
+                )
+                .push_bind(i64::from(c.revenue_cents))
+                .push_bind(i64::from(c.margin_cents));
         });
         // a full chunk's statement is reused; the odd-sized last one is not cached
         q.build()
@@ -579,8 +596,12 @@ pub struct StatRow {
     pub answered: i64,
     /// Answered calls that became billable.
     pub billable: i64,
-    /// Sum of payouts, cents.
+    /// What the buyers paid, cents.
     pub revenue_cents: i64,
+    /// What the publishers are paid, cents.
+    pub payout_cents: i64,
+    /// What the exchange kept, cents.
+    pub margin_cents: i64,
     /// Talk time of answered calls, ms.
     pub talk_ms: i64,
 }
@@ -592,7 +613,9 @@ impl Db {
             CAST(SUM(CASE WHEN disposition = 'rejected' THEN 1 ELSE 0 END) AS BIGINT) AS rejected, \
             CAST(SUM(CASE WHEN disposition = 'answered' THEN 1 ELSE 0 END) AS BIGINT) AS answered, \
             CAST(SUM(CASE WHEN billable THEN 1 ELSE 0 END) AS BIGINT) AS billable, \
-            CAST(SUM(payout_cents) AS BIGINT) AS revenue, \
+            CAST(SUM(revenue_cents) AS BIGINT) AS revenue, \
+            CAST(SUM(payout_cents) AS BIGINT) AS payout, \
+            CAST(SUM(margin_cents) AS BIGINT) AS margin, \
             CAST(SUM(CASE WHEN disposition = 'answered' THEN duration_ms ELSE 0 END) AS BIGINT) AS talk_ms \
             FROM calls ";
         const GROUP: &str = " GROUP BY campaign, buyer_id ORDER BY campaign, buyer_id";
@@ -616,6 +639,8 @@ impl Db {
                     answered: r.get("answered"),
                     billable: r.get("billable"),
                     revenue_cents: r.get("revenue"),
+                    payout_cents: r.get("payout"),
+                    margin_cents: r.get("margin"),
                     talk_ms: r.get("talk_ms"),
                 })
                 .collect()
@@ -628,5 +653,50 @@ impl Db {
             ),
             Db::Sqlite(p) => grouped!(p, "created_at >= ?1 AND created_at < ?2"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database written before the money columns existed keeps what its buyers paid: the
+    /// old `payout_cents` (what the buyer paid, with no publisher margin) becomes the revenue,
+    /// the payout stays, the margin is 0.
+    #[tokio::test]
+    async fn the_money_step_keeps_old_rows_revenue() {
+        let path = std::env::temp_dir().join(format!("dce-money-{}.db", crate::ids::uuid()));
+        let db = Db::connect(&format!("sqlite://{}", path.display())).unwrap();
+        let Db::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        migrator(&SQLITE_STEPS[..2]).run(pool).await.unwrap();
+        sqlx::query(
+            "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
+             payout_cents, billable, disposition, status, carrier_code, compliance, reason, created_at, ended_at, duration_ms) \
+             VALUES ('old', 'n', 'c', 'auto', '1', '2', 'x', 'bravo', 1200, 1200, 1, 'answered', 'answered', 200, 'pass', \
+             'bye', '2026-07-15T16:00:00.000Z', '2026-07-15T16:01:00.000Z', 60000)",
+        )
+        .execute(pool)
+        .await
+        .unwrap();
+        db.migrate().await.unwrap();
+        db.migrate().await.unwrap();
+        let rows = db
+            .export("2026-07-15T00:00:00Z", "2026-07-16T00:00:00Z")
+            .await
+            .unwrap();
+        assert_eq!(
+            rows.iter()
+                .map(|r| (r.bid_cents, r.revenue_cents, r.payout_cents, r.margin_cents))
+                .collect::<Vec<_>>(),
+            [(1200, 1200, 1200, 0)]
+        );
+        db.insert(&[Cdr::synthetic(1)]).await.unwrap();
+        assert_eq!(db.count_calls().await.unwrap(), 2);
+        pool.close().await;
+        for ext in ["", "-wal", "-shm"] {
+            let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
+        }
     }
 }

@@ -382,7 +382,7 @@ mod tests {
         assert!(text.contains("CDR could not be spooled"), "{text}");
         assert!(text.contains(&cdr.id), "{text}");
         assert!(
-            text.contains("\"payout_cents\":1200"),
+            text.contains("\"revenue_cents\":1200,\"payout_cents\":960,\"margin_cents\":240"),
             "the billing facts are there: {text}"
         );
         assert!(!text.contains(&cdr.caller), "{text}");
