@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
         require_consent: false,
         auction_deadline_ms: 250,
         publisher_margin_ppm: 0,
+        reservation_s: 60,
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

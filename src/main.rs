@@ -171,6 +171,9 @@ fn rtb_test(config: &std::path::Path, buyer: &str, caller: &str, called: Option<
         campaign: campaign.map(|c| c.id.clone()).unwrap_or_default(),
         carrier: "rtb-test".into(),
         state: dce_routing::state_of_number(&caller).map(|s| s.code()),
+        zip: None,
+        tags: Vec::new(),
+        loop_via: None,
     };
     let (body, content_type) = dce::rtb::format::request(spec.format, &facts, spec.expose_caller);
     println!("POST {} ({} format)", spec.url, spec.format.name());

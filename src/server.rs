@@ -313,6 +313,8 @@ pub async fn run(
         deadline: config.storage.redis_timeout,
     });
     let events = crate::events::Bus::default();
+    // Prices promised by `POST /v1/bid`, shared by every worker.
+    let reservations = Arc::new(crate::call::Reservations::default());
     let draining_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut port_gauges = Vec::new();
     let mut controls = Vec::new();
@@ -346,11 +348,12 @@ pub async fn run(
                 live.clone(),
                 config.routing.carriers.clone(),
             );
-            let (compliance, counters, events, dns_table) = (
+            let (compliance, counters, events, dns_table, reservations) = (
                 compliance.clone(),
                 counters.clone(),
                 events.clone(),
                 dns_table.clone(),
+                reservations.clone(),
             );
             let (timers, local, host) = (
                 timers,
@@ -378,6 +381,7 @@ pub async fn run(
                 controller.set_shared(shared_checks);
                 controller.set_events(events);
                 controller.set_dns(dns_table);
+                controller.set_reservations(reservations);
                 if index == 0 {
                     // One worker sends the buyers' OPTIONS pings (their state is shared).
                     controller.set_pinger(std::time::Instant::now());
@@ -454,6 +458,7 @@ pub async fn run(
         dns_dests,
         acceptors,
         tls_targets,
+        next_quote: std::sync::atomic::AtomicUsize::new(0),
         live,
         db: consent_db,
         drain: config.node.drain_timeout,
@@ -631,6 +636,8 @@ struct Node {
     acceptors: Vec<crate::transport::tls::Acceptor>,
     /// TLS buyers' names and CAs (replaced on reload).
     tls_targets: Arc<crate::transport::tls::TlsTargets>,
+    /// Round-robin over the workers for bid requests.
+    next_quote: std::sync::atomic::AtomicUsize,
 }
 
 /// The port of the first listener of `proto`.
@@ -784,6 +791,17 @@ impl Node {
             ApiRequest::PatchBuyer(id, patch, reply) => {
                 if let Some(c) = self.controls.first() {
                     let _ = c.send(Control::Api(ShardApi::PatchBuyer(id, patch, reply)));
+                }
+            }
+            ApiRequest::Quote(req, reply) => {
+                // Any worker can price it (the reservations are node-wide): spread them.
+                let n = self.controls.len().max(1);
+                let i = self
+                    .next_quote
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    % n;
+                if let Some(c) = self.controls.get(i) {
+                    let _ = c.send(Control::Api(ShardApi::Quote(req, reply)));
                 }
             }
         }

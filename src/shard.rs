@@ -65,6 +65,11 @@ pub enum ShardApi {
     Buyers(oneshot::Sender<Vec<BuyerView>>),
     /// `PATCH /v1/buyers/{id}`.
     PatchBuyer(String, BuyerPatch, oneshot::Sender<Option<BuyerView>>),
+    /// `POST /v1/bid` (its `id` is set by the worker).
+    Quote(
+        crate::call::QuoteRequest,
+        oneshot::Sender<crate::call::QuoteAnswer>,
+    ),
 }
 
 /// The INVITE-in → buyer-INVITE-out delays a worker measured, for the shutdown report.
@@ -174,6 +179,9 @@ struct Worker {
     rtb: Option<crate::rtb::client::Client>,
     /// This node's id (the bid requests' loop guard).
     node_id: String,
+    /// Bid requests (`POST /v1/bid`) the core has not answered yet, by id.
+    quotes: HashMap<u64, oneshot::Sender<crate::call::QuoteAnswer>>,
+    next_quote: u64,
 }
 
 /// Batches read from one socket before the worker looks at its other inputs again.
@@ -219,6 +227,8 @@ impl Worker {
             answers,
             rtb: None,
             node_id: s.node_id,
+            quotes: HashMap::new(),
+            next_quote: 1,
         }
     }
 
@@ -448,6 +458,11 @@ impl Worker {
                     }
                 },
                 Output::Cdr(cdr) => self.sink.emit(*cdr),
+                Output::Quoted(id, answer) => {
+                    if let Some(reply) = self.quotes.remove(&id) {
+                        let _ = reply.send(answer);
+                    }
+                }
                 Output::Lookup(req) => {
                     let tx = self.answers_tx.clone();
                     let check = match req.query {
@@ -600,6 +615,12 @@ impl Worker {
             }
             ShardApi::PatchBuyer(id, patch, reply) => {
                 let _ = reply.send(self.edge.calls().patch_buyer(&id, &patch));
+            }
+            ShardApi::Quote(mut req, reply) => {
+                req.id = self.next_quote;
+                self.next_quote += 1;
+                self.quotes.insert(req.id, reply);
+                self.edge.handle_input(Input::Quote(req), now);
             }
         }
     }

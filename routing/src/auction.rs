@@ -235,6 +235,18 @@ pub fn rank(snap: &Snapshot, campaign: CampaignId, now: DateTime<Utc>, out: &mut
     sort(out)
 }
 
+/// Move `buyer`'s ranked entry to the front (a reservation: it goes first whatever the
+/// others bid) and number the ranked ones again. Returns how many are ranked.
+pub fn pin_first(out: &mut [Entry], buyer: BuyerId) -> usize {
+    if let Some(i) = out
+        .iter()
+        .position(|e| e.buyer == buyer && matches!(e.outcome, Outcome::Ranked(_)))
+    {
+        out[..=i].rotate_right(1);
+    }
+    number(out)
+}
+
 /// Ranked first, by the ranking rule; excluded after, in config order (buyer index); the
 /// ranked ones numbered. Returns how many are ranked.
 pub fn reorder(out: &mut [Entry]) -> usize {
@@ -257,6 +269,11 @@ fn sort(out: &mut [Entry]) -> usize {
             }
         })
     });
+    number(out)
+}
+
+/// Number the ranked entries in their order; returns how many are ranked.
+fn number(out: &mut [Entry]) -> usize {
     let mut ranked = 0;
     for e in out.iter_mut() {
         if let Outcome::Ranked(r) = &mut e.outcome {
@@ -289,6 +306,7 @@ pub(crate) mod tests {
             require_consent: false,
             auction_deadline_ms: 250,
             publisher_margin_ppm: 0,
+            reservation_s: 60,
         }
     }
 

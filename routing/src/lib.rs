@@ -21,7 +21,7 @@ mod model;
 mod number;
 mod schedule;
 
-pub use auction::{auction, local_keys, rank, reorder, Entry, Exclusion, Outcome};
+pub use auction::{auction, local_keys, pin_first, rank, reorder, Entry, Exclusion, Outcome};
 pub use geo::{state_of_number, State, StateSet};
 pub use live::{BuyerLive, Health, Live};
 pub use model::{

@@ -38,6 +38,9 @@ pub struct Campaign {
     /// The exchange's share of each billable call's price, in parts per million
     /// (`publisher_margin = 0.2` → 200,000); the publisher is paid the rest.
     pub publisher_margin_ppm: u32,
+    /// How long a price quoted by `POST /v1/bid` holds, seconds (a real-time bid's own
+    /// expiry shortens it).
+    pub reservation_s: u32,
 }
 
 impl Campaign {
@@ -278,6 +281,16 @@ impl Snapshot {
     /// The campaign a dialled number (E.164 digits) belongs to.
     pub fn campaign_for(&self, number: &str) -> Option<CampaignId> {
         self.by_number.get(number).copied()
+    }
+
+    /// The campaign named `id` in config.
+    pub fn campaign_named(&self, id: &str) -> Option<CampaignId> {
+        self.campaigns.iter().position(|c| c.id == id)
+    }
+
+    /// The buyer named `id` in config.
+    pub fn buyer_named(&self, id: &str) -> Option<BuyerId> {
+        self.buyers.iter().position(|b| b.id == id)
     }
 
     /// A campaign.

@@ -68,7 +68,6 @@ pub(super) struct Admitted {
     snapshot: Arc<Snapshot>,
     campaign: CampaignId,
     entries: Vec<Entry>,
-    ranked: usize,
     wall: DateTime<Utc>,
 }
 
@@ -338,7 +337,6 @@ impl Controller {
             snapshot,
             campaign,
             entries,
-            ranked,
             wall,
         })
     }
@@ -360,7 +358,6 @@ impl Controller {
             snapshot,
             campaign,
             mut entries,
-            ranked,
             wall,
         } = admitted;
         let key = self.next_key;
@@ -414,8 +411,21 @@ impl Controller {
             campaign: facts.campaign.clone(),
             carrier: facts.carrier.clone(),
             state: dce_routing::state_of_number(&facts.caller).map(|s| s.code()),
+            zip: None,
+            tags: Vec::new(),
+            loop_via: None,
         };
-        if snapshot.has_rtb() {
+        // A price promised to this carrier for this caller (`POST /v1/bid`) is kept: its buyer
+        // goes first at that price, and nobody else is asked.
+        let reserved = self.honour(&id, &facts, &snapshot, campaign, &mut entries, wall);
+        let bids = reserved.map(|(r, terms)| {
+            Box::new(super::state::CallBids {
+                pings: Vec::new(),
+                terms: vec![(r.buyer, terms)],
+                reserved: Some(r),
+            })
+        });
+        if snapshot.has_rtb() && bids.is_none() {
             self.ask_bidders(
                 key,
                 &snapshot,
@@ -432,6 +442,10 @@ impl Controller {
         // The call waits for the latest of its lookups' deadlines (each bid request is also
         // bounded by its own, in the driver).
         let deadline = requests.iter().map(|r| r.deadline).max();
+        let ranked = entries
+            .iter()
+            .filter(|e| matches!(e.outcome, Outcome::Ranked(_)))
+            .count();
         self.calls.insert(
             key,
             Box::new(Call {
@@ -470,7 +484,7 @@ impl Controller {
                 timers: TimerTable::default(),
                 indexed: None,
                 lookups,
-                bids: None,
+                bids,
             }),
         );
         self.counters.m.call_added();

@@ -7,7 +7,7 @@
 use super::cdr::PingRecord;
 use super::controller::Controller;
 use super::lookup::{BidAnswer, BidQuery, LookupId, LookupRequest, Lookups, Query};
-use super::state::{CallKey, Terms};
+use super::state::{CallBids, CallKey, Terms};
 use crate::rtb::{CallFacts, PingResult};
 use dce_routing::{CampaignId, Entry, Exclusion, Outcome, Snapshot};
 use std::sync::Arc;
@@ -65,64 +65,85 @@ impl Controller {
         }
     }
 
-    /// The bidders' answers to call `key`: each ping recorded; a bid sets its buyer's price
-    /// (and terms); a bidder with no bid keeps its static bid as a fallback, or is
-    /// `excluded:no_bid`. Then the floor and budgets apply to the new prices and the entries
-    /// are ranked again.
+    /// The bidders' answers to call `key`: see [`apply_bids`]; then the floor and budgets apply
+    /// to the new prices and the entries are ranked again.
     pub(super) fn take_bids(&mut self, key: CallKey, answers: Vec<BidAnswer>, now: Instant) {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
         let snap = call.snapshot.clone();
         let bids = call.bids.get_or_insert_with(Box::default);
-        for a in answers {
-            let buyer = snap.buyer(a.buyer);
-            let p = &a.pinged;
-            let entry = call.entries.iter_mut().find(|e| e.buyer == a.buyer);
-            let mut amount = None;
-            match (&p.result, entry) {
-                (PingResult::Bid(b), Some(e)) => {
-                    e.bid_cents = b.cents;
-                    amount = Some(b.cents);
-                    bids.terms.push((
-                        a.buyer,
-                        Terms {
-                            destination: b.destination.clone(),
-                            expires_at: b
-                                .expires_in_s
-                                .map(|s| now + Duration::from_secs(u64::from(s))),
-                            min_duration_s: b.min_duration_s,
-                        },
-                    ));
-                }
-                (_, Some(e)) if buyer.bid_cents > 0 => e.bid_cents = buyer.bid_cents,
-                (_, Some(e)) => e.outcome = Outcome::Excluded(Exclusion::NoBid),
-                (_, None) => {}
-            }
-            let outcome = p.result.outcome();
-            match &p.result {
-                PingResult::Malformed(why) => {
-                    tracing::info!(call = %call.id, buyer = %buyer.id, latency_ms = p.latency_ms, status = ?p.status, why = %why, "bid answer malformed; ignored")
-                }
-                PingResult::Error(_) | PingResult::Timeout => {
-                    tracing::info!(call = %call.id, buyer = %buyer.id, latency_ms = p.latency_ms, outcome = %outcome, "no bid from real-time bidder")
-                }
-                _ => {
-                    tracing::debug!(call = %call.id, buyer = %buyer.id, latency_ms = p.latency_ms, outcome = %outcome, amount = ?amount, "bid answer")
-                }
-            }
-            self.counters
-                .m
-                .rtb_ping(&buyer.id, p.result.kind(), p.latency_ms);
-            bids.pings.push(PingRecord {
-                buyer_id: buyer.id.clone(),
-                latency_ms: p.latency_ms,
-                status: p.status,
-                outcome,
-                amount_cents: amount,
-            });
-        }
+        apply_bids(
+            &self.counters,
+            &snap,
+            &call.id,
+            &mut call.entries,
+            bids,
+            answers,
+            now,
+        );
         let wall = call.wall(now);
         dce_routing::rank(&snap, call.campaign, wall, &mut call.entries);
+    }
+}
+
+/// The bidders' answers (for the call or quote `id`): each ping recorded in `bids`; a bid sets
+/// its buyer's price in `entries` (and its terms); a bidder with no bid keeps its static bid as
+/// a fallback, or is `excluded:no_bid`. The caller ranks the entries again.
+pub(super) fn apply_bids(
+    counters: &crate::counters::Counters,
+    snap: &Snapshot,
+    id: &str,
+    entries: &mut [Entry],
+    bids: &mut CallBids,
+    answers: Vec<BidAnswer>,
+    now: Instant,
+) {
+    for a in answers {
+        let buyer = snap.buyer(a.buyer);
+        let p = &a.pinged;
+        let entry = entries.iter_mut().find(|e| e.buyer == a.buyer);
+        let mut amount = None;
+        match (&p.result, entry) {
+            (PingResult::Bid(b), Some(e)) => {
+                e.bid_cents = b.cents;
+                amount = Some(b.cents);
+                bids.terms.push((
+                    a.buyer,
+                    Terms {
+                        destination: b.destination.clone(),
+                        expires_at: b
+                            .expires_in_s
+                            .map(|s| now + Duration::from_secs(u64::from(s))),
+                        min_duration_s: b.min_duration_s,
+                    },
+                ));
+            }
+            (_, Some(e)) if buyer.bid_cents > 0 => e.bid_cents = buyer.bid_cents,
+            (_, Some(e)) => e.outcome = Outcome::Excluded(Exclusion::NoBid),
+            (_, None) => {}
+        }
+        let outcome = p.result.outcome();
+        match &p.result {
+            PingResult::Malformed(why) => {
+                tracing::info!(call = %id, buyer = %buyer.id, latency_ms = p.latency_ms, status = ?p.status, why = %why, "bid answer malformed; ignored")
+            }
+            PingResult::Error(_) | PingResult::Timeout => {
+                tracing::info!(call = %id, buyer = %buyer.id, latency_ms = p.latency_ms, outcome = %outcome, "no bid from real-time bidder")
+            }
+            _ => {
+                tracing::debug!(call = %id, buyer = %buyer.id, latency_ms = p.latency_ms, outcome = %outcome, amount = ?amount, "bid answer")
+            }
+        }
+        counters
+            .m
+            .rtb_ping(&buyer.id, p.result.kind(), p.latency_ms);
+        bids.pings.push(PingRecord {
+            buyer_id: buyer.id.clone(),
+            latency_ms: p.latency_ms,
+            status: p.status,
+            outcome,
+            amount_cents: amount,
+        });
     }
 }

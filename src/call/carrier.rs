@@ -67,6 +67,11 @@ impl Carriers {
         Carriers { list }
     }
 
+    /// A carrier of this id is configured.
+    pub fn has(&self, id: &str) -> bool {
+        self.list.iter().any(|(c, _)| c.id == id)
+    }
+
     /// The carrier a source address belongs to (first match in config order).
     pub fn identify(&mut self, ip: IpAddr) -> Option<(&CarrierConfig, &mut CpsLimiter)> {
         self.list

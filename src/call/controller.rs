@@ -67,6 +67,8 @@ pub enum Output {
     Cdr(Box<Cdr>),
     /// A lookup to run; answer with `EdgeCore::handle_input(Input::Lookup …)`.
     Lookup(LookupRequest),
+    /// The answer to bid request `id` (`Input::Quote`).
+    Quoted(u64, super::quote::QuoteAnswer),
 }
 
 /// A finished call's CDR, completed when its media report arrives.
@@ -90,6 +92,8 @@ pub struct Held {
     pub media: usize,
     /// CDRs waiting for a media report.
     pub awaiting_media: usize,
+    /// Bid requests (`POST /v1/bid`) waiting for their lookups.
+    pub quotes: usize,
 }
 
 /// The call controller. See the module docs.
@@ -126,6 +130,10 @@ pub struct Controller {
     pub(super) rx_at: Option<Instant>,
     /// Buyer INVITEs handed out since the driver last took them.
     pub(super) invite_marks: Vec<InviteMark>,
+    /// Bid requests waiting for their lookups (keys from the calls' key space).
+    pub(super) quotes: HashMap<CallKey, Box<super::quote::Quote>>,
+    /// Prices promised by `POST /v1/bid` (node-wide).
+    pub(super) reservations: Arc<super::quote::Reservations>,
 }
 
 /// A buyer INVITE the controller handed out: when its call's INVITE arrived, and whether it is
@@ -180,7 +188,25 @@ impl Controller {
             events: crate::events::Bus::default(),
             rx_at: None,
             invite_marks: Vec::new(),
+            quotes: HashMap::new(),
+            reservations: Arc::default(),
         }
+    }
+
+    /// Share `r` with the node's other workers (a quote made on one holds for a call that
+    /// arrives on another).
+    pub fn set_reservations(&mut self, r: Arc<super::quote::Reservations>) {
+        self.reservations = r;
+    }
+
+    /// Index quote `key`'s deadline.
+    pub(super) fn index_quote(&mut self, key: CallKey, at: Instant) {
+        self.timers.insert((at, key));
+    }
+
+    /// Take quote `key`'s deadline out of the index.
+    pub(super) fn unindex_quote(&mut self, key: CallKey, at: Instant) {
+        self.timers.remove(&(at, key));
     }
 
     /// The message about to be handled reached the socket at `at` (`None` once it is done).
@@ -254,6 +280,7 @@ impl Controller {
             router: self.router.sizes(),
             media: self.by_media.len(),
             awaiting_media: self.awaiting_media.len(),
+            quotes: self.quotes.len(),
         }
     }
 
@@ -358,7 +385,13 @@ impl Controller {
                     c.indexed = None;
                     c.timers.take_due(now)
                 }
-                None => continue,
+                None => {
+                    if let Some(q) = self.quotes.get_mut(&key) {
+                        q.deadline = None;
+                        self.quote_deadline(key, now);
+                    }
+                    continue;
+                }
             };
             self.reindex(key);
             for t in due {
@@ -396,7 +429,10 @@ impl Controller {
         };
         let complete = match self.calls.get_mut(&key) {
             Some(c) => c.lookups.answer(id, answer) && c.lookups.complete(),
-            None => false,
+            None => {
+                self.quote_lookup(key, id, answer, now);
+                false
+            }
         };
         if complete {
             self.disarm(key, Timer::Lookups);

@@ -102,7 +102,18 @@ impl Controller {
         }
         let bids = bid_records(&call.snapshot, &call.entries, &call.outcomes);
         let revenue = if billable { winner_bid } else { 0 };
-        let payout = campaign.payout_of(revenue);
+        // A call routed on a reservation pays the publisher what was promised, when the
+        // reserved buyer took it; any other buyer's price is split by the campaign's margin.
+        let promised = call
+            .bids
+            .as_ref()
+            .and_then(|b| b.reserved.as_ref())
+            .filter(|r| winner.is_some_and(|w| call.entries[call.legs[w].entry].buyer == r.buyer))
+            .map(|r| r.payout_cents.min(revenue));
+        let payout = match promised {
+            Some(p) if billable => p,
+            _ => campaign.payout_of(revenue),
+        };
         let reason_text = reason.to_string();
         // The call's one line at the default level: what happened to it and why (the steps are at
         // debug).

@@ -9,6 +9,8 @@
 //! | `router.rs` | (Call-ID, our tag) → (call, leg); transactions → what they are for; orphans |
 //! | `admit.rs` | overload, carrier, rate, campaign, compliance, auction; lookups; refusals |
 //! | `lookup.rs` | lookup requests and answers under a deadline (the fleet-wide check) |
+//! | `bids.rs` | real-time bid requests of a call, and what their answers do to the ranking |
+//! | `quote.rs` | publishers' bid requests (`POST /v1/bid`) and the reservations they leave |
 //! | `ring.rs` | the ring tree: buyer INVITEs, failover, ring timeout, CANCEL, the answer |
 //! | `mirror.rs` | in-dialog requests (peer and leg checked), ACKs, 2xx retransmission, SDP |
 //! | `end.rs` | every end path, bookkeeping, the CDR, the media report; API views |
@@ -37,6 +39,7 @@ pub mod leg;
 pub mod lookup;
 mod mirror;
 mod pinger;
+pub mod quote;
 mod ring;
 pub mod router;
 pub mod state;
@@ -49,6 +52,7 @@ pub use controller::{Controller, Held, InviteMark, Output, Settings, SharedCheck
 pub use lookup::{
     Answer, BidAnswer, BidQuery, LookupId, LookupRequest, Query, RemoteCheck, RemoteResult,
 };
+pub use quote::{QuoteAnswer, QuoteRequest, Reservations};
 
 /// What the compliance check is told about a call.
 #[derive(Debug, Clone)]

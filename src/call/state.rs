@@ -364,6 +364,8 @@ pub struct CallBids {
     pub pings: Vec<super::cdr::PingRecord>,
     /// The terms of each buyer's bid.
     pub terms: Vec<(dce_routing::BuyerId, Terms)>,
+    /// The call was routed on a reservation (`POST /v1/bid`): its buyer and promised payout.
+    pub reserved: Option<super::quote::Reserved>,
 }
 
 impl CallBids {

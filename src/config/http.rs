@@ -4,12 +4,14 @@ use super::walk::{Table, Walk};
 use std::net::SocketAddr;
 
 /// What a key may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Read-only routes.
     Read,
-    /// Everything.
+    /// Everything but `POST /v1/bid`.
     Admin,
+    /// `POST /v1/bid` only, for the key's carrier: a publisher asking for a price.
+    Publisher,
 }
 
 /// One API key, stored as the SHA-256 of the key (never the key itself).
@@ -21,6 +23,9 @@ pub struct ApiKey {
     pub sha256: [u8; 32],
     /// What it may do.
     pub role: Role,
+    /// The carrier a `publisher` key speaks for (its bids are reserved for that carrier's
+    /// calls).
+    pub carrier: Option<String>,
 }
 
 /// `[http]`
@@ -67,7 +72,8 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> HttpConfig {
+/// `[http]`; `carriers` are the configured carriers' ids (a publisher key names one).
+pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>, carriers: &[&str]) -> HttpConfig {
     let mut c = HttpConfig::default();
     let Some(t) = w.table(root, "http", "http", false) else {
         return c;
@@ -94,7 +100,7 @@ pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> HttpConfig {
         }
     }
     for k in w.tables(t, "api_keys", "http.api_keys") {
-        w.unknown_keys(k, &["name", "sha256", "role"]);
+        w.unknown_keys(k, &["name", "sha256", "role", "carrier"]);
         let name = w.string(k, "name", true).map(|(n, _)| n);
         let sha = w.string(k, "sha256", true).and_then(|(h, span)| {
             let v = hex32(&h.to_ascii_lowercase());
@@ -111,13 +117,43 @@ pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> HttpConfig {
             .and_then(|(r, span)| match r.as_str() {
                 "read" => Some(Role::Read),
                 "admin" => Some(Role::Admin),
+                "publisher" => Some(Role::Publisher),
                 _ => {
-                    w.error(span, "`role` must be \"read\" or \"admin\"");
+                    w.error(span, "`role` must be \"read\", \"admin\" or \"publisher\"");
                     None
                 }
             });
+        let carrier = w.string(k, "carrier", false);
+        let carrier = match (role, carrier) {
+            (Some(Role::Publisher), None) => {
+                w.error(
+                    w.span_of(k, "role"),
+                    "a `publisher` key needs `carrier = \"<carrier id>\"`: the carrier whose calls its bids are for",
+                );
+                None
+            }
+            (Some(Role::Publisher), Some((id, span))) => {
+                if !carriers.iter().any(|c| *c == id) {
+                    w.error(
+                        span,
+                        format!("`carrier` `{id}` is not a configured carrier"),
+                    );
+                }
+                Some(id)
+            }
+            (Some(_), Some((_, span))) => {
+                w.error(span, "only a `publisher` key has a `carrier`");
+                None
+            }
+            (_, _) => None,
+        };
         if let (Some(name), Some(sha256), Some(role)) = (name, sha, role) {
-            c.api_keys.push(ApiKey { name, sha256, role });
+            c.api_keys.push(ApiKey {
+                name,
+                sha256,
+                role,
+                carrier,
+            });
         }
     }
     if let Some(paths) = w.strings(t, "open_paths", false) {
@@ -193,8 +229,43 @@ mod tests {
         };
         assert!(has(7, "IP:PORT"), "{errs:#?}");
         assert!(has(9, "64 hex digits"), "{errs:#?}");
-        assert!(has(10, "\"read\" or \"admin\""), "{errs:#?}");
+        assert!(has(10, "\"read\", \"admin\" or \"publisher\""), "{errs:#?}");
         assert!(has(11, "name"), "{errs:#?}");
         assert!(has(13, "must start with /"), "{errs:#?}");
+    }
+
+    #[test]
+    fn a_publisher_key_names_a_configured_carrier() {
+        let carrier = "[[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n";
+        let text = format!(
+            "{BASE}{carrier}[http]\nlisten = \"127.0.0.1:8080\"\napi_keys = [{{ name = \"pub\", sha256 = \"{SHA}\", role = \"publisher\", carrier = \"carrier-a\" }}]\n"
+        );
+        let c = parse("dce.toml", &text).unwrap();
+        assert_eq!(c.http.api_keys[0].role, Role::Publisher);
+        assert_eq!(c.http.api_keys[0].carrier.as_deref(), Some("carrier-a"));
+        for (key, want) in [
+            (
+                "role = \"publisher\"",
+                "dce.toml:11: a `publisher` key needs `carrier",
+            ),
+            (
+                "role = \"publisher\", carrier = \"nobody\"",
+                "dce.toml:11: `carrier` `nobody` is not a configured carrier",
+            ),
+            (
+                "role = \"admin\", carrier = \"carrier-a\"",
+                "dce.toml:11: only a `publisher` key has a `carrier`",
+            ),
+        ] {
+            let text = format!(
+                "{BASE}{carrier}[http]\nlisten = \"127.0.0.1:8080\"\napi_keys = [{{ name = \"pub\", sha256 = \"{SHA}\", {key} }}]\n"
+            );
+            let errs: Vec<String> = parse("dce.toml", &text)
+                .unwrap_err()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            assert!(errs.iter().any(|e| e.contains(want)), "{key}: {errs:#?}");
+        }
     }
 }

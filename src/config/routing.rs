@@ -167,6 +167,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "require_consent",
                 "auction_deadline_ms",
                 "publisher_margin",
+                "reservation_s",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -211,6 +212,10 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .fraction(t, "publisher_margin")
             .map(|(f, _)| (f * 1_000_000.0).round() as u32)
             .unwrap_or(0);
+        let reservation_s = w
+            .int(t, "reservation_s", 1, 3600)
+            .map(|(v, _)| v as u32)
+            .unwrap_or(60);
         if let Some(id) = id {
             campaign_index.insert(id.clone(), cfg.campaigns.len());
             cfg.campaigns.push(Campaign {
@@ -225,6 +230,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 require_consent,
                 auction_deadline_ms,
                 publisher_margin_ppm,
+                reservation_s,
             });
         }
     }

@@ -44,6 +44,8 @@ pub enum Input {
         /// The address.
         addr: std::net::SocketAddr,
     },
+    /// A publisher's bid request (`POST /v1/bid`); answered by `Output::Quoted`.
+    Quote(crate::call::QuoteRequest),
 }
 
 /// Parses what arrives, runs the transaction layer, answers at the edge.
@@ -114,6 +116,7 @@ impl EdgeCore {
                 self.calls.end_all(&mut self.layer, now);
             }
             Input::Unreachable { addr } => self.calls.on_unreachable(&mut self.layer, addr, now),
+            Input::Quote(req) => self.calls.on_quote(req, now),
         }
         self.process(now);
         self.calls.set_received_at(None);

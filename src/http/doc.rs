@@ -90,7 +90,8 @@ pub struct CdrPage {
     info(
         title = "DCE control API",
         description = "Dependable Call Exchange edge: calls, buyers, CDRs, DNC, stats, GDPR erasure, live events. \
-            Send `Authorization: Bearer <key>`; GET needs a read key, everything else an admin key.",
+            Send `Authorization: Bearer <key>`; GET needs a read key, everything else an admin key, \
+            except `POST /v1/bid`, which only a publisher key (tied to a carrier) may call.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -98,13 +99,13 @@ pub struct CdrPage {
         super::routes::calls, super::routes::call, super::routes::hangup,
         super::routes::buyers, super::routes::patch_buyer,
         super::routes::dnc_get, super::routes::dnc_put, super::routes::dnc_delete,
-        super::routes::stats, super::gdpr::erase, super::ws::events,
+        super::routes::stats, super::gdpr::erase, super::ws::events, super::bid::bid,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView, HealthView,
         BuyerPatch, DncEntry, Stats, Figures, GroupFigures, Health, DependencyHealth, Reloaded,
         CdrPage, crate::store::db::ExportRow, super::gdpr::EraseRequest,
-        crate::store::gdpr::Erased,
+        crate::store::gdpr::Erased, super::bid::BidRequest, super::bid::BidAnswer,
     )),
     modifiers(&Common)
 )]

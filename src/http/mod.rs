@@ -176,7 +176,29 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
     (status, Json(body)).into_response()
 }
 
-async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Response {
+/// The key a request came with (set by the guard for the handlers that need it).
+#[derive(Clone)]
+pub struct Caller(pub ApiKey);
+
+/// What each role may do: `read` reads (`GET`, `HEAD`), `admin` does everything but ask for
+/// bids, `publisher` only asks for bids (`POST /v1/bid`), for its own carrier.
+fn permitted(key: &ApiKey, method: &Method, path: &str) -> Result<(), String> {
+    let bid = path == "/v1/bid";
+    let read = matches!(*method, Method::GET | Method::HEAD);
+    match key.role {
+        Role::Publisher if bid => Ok(()),
+        Role::Publisher => Err(format!("key `{}` is a publisher key: it may only POST /v1/bid", key.name)),
+        _ if bid => Err(format!(
+            "POST /v1/bid needs a publisher key (role = \"publisher\", tied to a carrier); `{}` is not one",
+            key.name
+        )),
+        Role::Admin => Ok(()),
+        Role::Read if read => Ok(()),
+        Role::Read => Err(format!("key `{}` is read-only", key.name)),
+    }
+}
+
+async fn guard(State(st): State<Arc<ApiState>>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_owned();
     let peer = req
         .extensions()
@@ -223,20 +245,13 @@ async fn guard(State(st): State<Arc<ApiState>>, req: Request, next: Next) -> Res
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             return r;
         };
-        let needs = if matches!(*req.method(), Method::GET | Method::HEAD) {
-            Role::Read
-        } else {
-            Role::Admin
-        };
-        if key.role < needs {
-            tracing::warn!(key = %key.name, %path, method = %req.method(), "API request refused: read-only key");
-            return error(
-                StatusCode::FORBIDDEN,
-                "forbidden",
-                format!("key `{}` is read-only", key.name),
-            );
+        if let Err(why) = permitted(key, req.method(), &path) {
+            tracing::warn!(key = %key.name, %path, method = %req.method(), "API request refused: {why}");
+            return error(StatusCode::FORBIDDEN, "forbidden", why);
         }
-        format!("key:{}", key.name)
+        let name = format!("key:{}", key.name);
+        req.extensions_mut().insert(Caller(key.clone()));
+        name
     };
     if !st.allow(&who) {
         return too_many(&st);
@@ -319,6 +334,7 @@ pub fn router(st: Arc<ApiState>) -> Router {
                 .delete(routes::dnc_delete),
         )
         .route("/v1/stats", get(routes::stats))
+        .route("/v1/bid", axum::routing::post(bid::bid))
         .route("/v1/gdpr/erase", axum::routing::post(gdpr::erase))
         .route("/v1/events", get(ws::events))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
@@ -695,6 +711,7 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
     )
         .into_response()
 }
+mod bid;
 
 pub mod doc;
 mod gdpr;

@@ -24,4 +24,9 @@ pub enum ApiRequest {
         crate::call::view::BuyerPatch,
         tokio::sync::oneshot::Sender<Option<crate::call::view::BuyerView>>,
     ),
+    /// `POST /v1/bid`.
+    Quote(
+        crate::call::QuoteRequest,
+        tokio::sync::oneshot::Sender<crate::call::QuoteAnswer>,
+    ),
 }

@@ -4,12 +4,14 @@ use tower::ServiceExt;
 
 const READ_KEY: &str = "read-secret";
 const ADMIN_KEY: &str = "admin-secret";
+const PUBLISHER_KEY: &str = "publisher-secret";
 
 fn key(name: &str, secret: &str, role: Role) -> ApiKey {
     ApiKey {
         name: name.into(),
         sha256: Sha256::digest(secret.as_bytes()).into(),
         role,
+        carrier: None,
     }
 }
 
@@ -94,6 +96,24 @@ fn core_sink() -> tokio::sync::mpsc::UnboundedSender<crate::http::ApiRequest> {
                     }
                     let _ = reply.send(Some(a_buyer(paused, bid)));
                 }
+                ApiRequest::Quote(q, reply) => {
+                    // the key's carrier and the request as read come through
+                    let answer = if q.carrier == "carrier-a" && q.caller == "13105551234" {
+                        crate::call::QuoteAnswer::Bid {
+                            bid_cents: 720,
+                            expires_at: chrono::DateTime::parse_from_rfc3339(
+                                "2026-07-15T16:00:30Z",
+                            )
+                            .unwrap()
+                            .with_timezone(&chrono::Utc),
+                            destination: "sip:+18005550100@127.0.0.1:5060".into(),
+                            quote: "q-1".into(),
+                        }
+                    } else {
+                        crate::call::QuoteAnswer::Refused(format!("no_eligible_buyer:{}", q.caller))
+                    };
+                    let _ = reply.send(answer);
+                }
             }
         }
     });
@@ -124,6 +144,10 @@ async fn fixture(rate: u32) -> Fixture {
         api_keys: vec![
             key("grafana", READ_KEY, Role::Read),
             key("ops", ADMIN_KEY, Role::Admin),
+            ApiKey {
+                carrier: Some("carrier-a".into()),
+                ..key("pub", PUBLISHER_KEY, Role::Publisher)
+            },
         ],
         rate_limit_per_s: rate,
         max_body_bytes: 100,
@@ -289,6 +313,56 @@ async fn keys_and_roles() {
     // open paths stay open only where configured: /metrics with a key works too
     let (s, _, _) = call(&f.router, "GET", "/metrics", Some(ADMIN_KEY), "").await;
     assert_eq!(s, StatusCode::OK);
+}
+
+/// `POST /v1/bid` takes only a publisher key, for its own carrier; a publisher key does
+/// nothing else. The answer is a price or a refusal, as the contract shapes them.
+#[tokio::test]
+async fn a_publisher_key_asks_for_bids_and_nothing_else() {
+    let f = fixture(100).await;
+    let body = r#"{"caller":"+13105551234","called":"+18005550100"}"#;
+    let (s, _, got) = call(&f.router, "POST", "/v1/bid", Some(PUBLISHER_KEY), body).await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["bid_cents"], 720);
+    assert_eq!(v["expires_at"], "2026-07-15T16:00:30.000Z");
+    assert_eq!(v["destination"], "sip:+18005550100@127.0.0.1:5060");
+    let (s, _, got) = call(
+        &f.router,
+        "POST",
+        "/v1/bid",
+        Some(PUBLISHER_KEY),
+        r#"{"caller":"3105550000","campaign":"auto"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(got, r#"{"refused":"no_eligible_buyer:13105550000"}"#);
+    let (s, _, got) = call(
+        &f.router,
+        "POST",
+        "/v1/bid",
+        Some(PUBLISHER_KEY),
+        r#"{"caller":"x","campaign":"auto"}"#,
+    )
+    .await;
+    assert_eq!(
+        (s, error_code(&got)),
+        (StatusCode::BAD_REQUEST, "bad_number".into())
+    );
+    for k in [ADMIN_KEY, READ_KEY] {
+        let (s, _, got) = call(&f.router, "POST", "/v1/bid", Some(k), body).await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{got}");
+        assert!(got.contains("needs a publisher key"), "{got}");
+    }
+    for (m, p) in [
+        ("GET", "/v1/calls"),
+        ("GET", "/v1/stats"),
+        ("POST", "/v1/reload"),
+    ] {
+        let (s, _, got) = call(&f.router, m, p, Some(PUBLISHER_KEY), "").await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{m} {p}: {got}");
+        assert!(got.contains("may only POST /v1/bid"), "{got}");
+    }
 }
 
 #[tokio::test]

@@ -83,7 +83,7 @@ impl Client {
                 hyper::header::USER_AGENT,
                 concat!("DCE/", env!("CARGO_PKG_VERSION")),
             )
-            .header("X-DCE-Loop", self.node_id.as_str());
+            .header("X-DCE-Loop", facts.loop_header(&self.node_id));
         for (n, v) in &rtb.headers {
             req = req.header(n.as_str(), v.as_str());
         }

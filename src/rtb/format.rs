@@ -25,6 +25,13 @@ pub fn request(format: RtbFormat, f: &CallFacts, expose_caller: bool) -> (String
                 "publisher": f.carrier,
                 "state": f.state,
             });
+            let mut v = v;
+            if let Some(z) = &f.zip {
+                v["zip"] = z.as_str().into();
+            }
+            if !f.tags.is_empty() {
+                v["tags"] = f.tags.clone().into();
+            }
             (v.to_string(), "application/json")
         }
         RtbFormat::Ringba => {
@@ -36,6 +43,9 @@ pub fn request(format: RtbFormat, f: &CallFacts, expose_caller: bool) -> (String
             if let Some(s) = f.state {
                 v["State"] = s.into();
             }
+            if let Some(z) = &f.zip {
+                v["zipcode"] = z.as_str().into();
+            }
             (v.to_string(), "application/json")
         }
         RtbFormat::Retreaver => {
@@ -45,6 +55,9 @@ pub fn request(format: RtbFormat, f: &CallFacts, expose_caller: bool) -> (String
             ];
             if let Some(s) = f.state {
                 form.push(("caller_state", s.to_owned()));
+            }
+            if let Some(z) = &f.zip {
+                form.push(("caller_zip", z.clone()));
             }
             let body = form
                 .iter()
@@ -306,6 +319,9 @@ mod tests {
             campaign: "auto".into(),
             carrier: "carrier-a".into(),
             state: Some("CA"),
+            zip: None,
+            tags: Vec::new(),
+            loop_via: None,
         }
     }
 
@@ -342,6 +358,35 @@ mod tests {
             "cut by characters, never inside one"
         );
         assert_eq!(mask("12"), "+XX");
+    }
+
+    /// What a publisher's bid request adds (`POST /v1/bid`): the ZIP code in each format,
+    /// the tags in DCE's, and the loop chain with this node added.
+    #[test]
+    fn a_publishers_zip_tags_and_loop_chain_are_passed_on() {
+        let mut f = facts();
+        f.zip = Some("90210".into());
+        f.tags = vec!["auto".into(), "spanish".into()];
+        let v: serde_json::Value =
+            serde_json::from_str(&request(RtbFormat::Dce, &f, false).0).unwrap();
+        assert_eq!(
+            (v["zip"].as_str(), v["tags"][1].as_str()),
+            (Some("90210"), Some("spanish"))
+        );
+        let v: serde_json::Value =
+            serde_json::from_str(&request(RtbFormat::Ringba, &f, false).0).unwrap();
+        assert_eq!(v["zipcode"], "90210");
+        assert!(request(RtbFormat::Retreaver, &f, false)
+            .0
+            .ends_with("&caller_zip=90210"));
+        let v: serde_json::Value =
+            serde_json::from_str(&request(RtbFormat::Dce, &facts(), false).0).unwrap();
+        assert!(v.get("zip").is_none() && v.get("tags").is_none(), "{v}");
+        assert_eq!(f.loop_header("dce-1"), "dce-1");
+        f.loop_via = Some(" exch-a, exch-b ".into());
+        assert_eq!(f.loop_header("dce-1"), "exch-a, exch-b, dce-1");
+        assert!(super::super::loops_back("exch-a, dce-1", "dce-1"));
+        assert!(!super::super::loops_back("exch-a, dce-10", "dce-1"));
     }
 
     #[test]

@@ -27,8 +27,31 @@ pub struct CallFacts {
     pub campaign: String,
     /// The carrier (publisher) id.
     pub carrier: String,
-    /// The caller's US state, from the area code, when known.
+    /// The caller's US state (from the area code, or as a publisher's bid request gave it).
     pub state: Option<&'static str>,
+    /// The caller's ZIP code, when a publisher's bid request gave it.
+    pub zip: Option<String>,
+    /// A publisher's bid request's tags (`POST /v1/bid`), passed on in DCE's format.
+    pub tags: Vec<String>,
+    /// The `X-DCE-Loop` of the bid request this one answers (`POST /v1/bid` from another
+    /// exchange): DCE's own node id is added to it, so a chain of exchanges that pings back
+    /// its start is refused there.
+    pub loop_via: Option<String>,
+}
+
+impl CallFacts {
+    /// The `X-DCE-Loop` value a request about this call carries from node `node_id`.
+    pub fn loop_header(&self, node_id: &str) -> String {
+        match &self.loop_via {
+            Some(v) if !v.trim().is_empty() => format!("{}, {node_id}", v.trim()),
+            _ => node_id.to_owned(),
+        }
+    }
+}
+
+/// Whether an `X-DCE-Loop` value names node `node_id` (a bid request that went round).
+pub fn loops_back(header: &str, node_id: &str) -> bool {
+    header.split(',').any(|n| n.trim() == node_id)
 }
 
 /// Where a bid wants the call to go instead of the buyer's trunk.

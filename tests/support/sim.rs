@@ -109,6 +109,8 @@ pub struct Sim {
     pub remote: Vec<(dce::call::LookupId, dce::call::RemoteCheck)>,
     /// Real-time bid requests not answered yet, with their deadlines.
     pub bid_requests: Vec<(dce::call::LookupId, Box<dce::call::BidQuery>, Instant)>,
+    /// Answers to publishers' bid requests (`Sim::quote`), by id.
+    pub quoted: Vec<(u64, dce::call::QuoteAnswer)>,
     /// What DCE sent to addresses that are neither the carrier nor a buyer.
     pub strangers: Vec<(SocketAddr, Message)>,
     /// With `Some`, every message the carrier and buyers send DCE is recorded here (seeds
@@ -218,6 +220,7 @@ impl Sim {
             responder: None,
             remote: Vec::new(),
             bid_requests: Vec::new(),
+            quoted: Vec::new(),
             strangers: Vec::new(),
             sent_log: None,
             malformed_answers: 0,
@@ -310,6 +313,7 @@ impl Sim {
             match out {
                 dce::edge::Output::Transmit(t) => self.inbox.push_back((t.to.addr, t.bytes)),
                 dce::edge::Output::Cdr(cdr) => self.cdrs.0.lock().unwrap().push(*cdr),
+                dce::edge::Output::Quoted(id, a) => self.quoted.push((id, a)),
                 dce::edge::Output::Lookup(req) => {
                     let check = match req.query {
                         dce::call::Query::Shared(check) => check,
@@ -367,6 +371,47 @@ impl Sim {
             self.now,
         );
         self.collect();
+    }
+
+    /// A publisher of `carrier` asks for a price for a call from `caller` to the campaign's
+    /// number (`POST /v1/bid`); returns the request's id (its answer lands in `quoted`).
+    pub fn quote(&mut self, carrier: &str, caller: &str) -> u64 {
+        self.quote_with(carrier, caller, |_| {})
+    }
+
+    /// [`Sim::quote`] from `carrier-a` for caller +13105551234, changed by `f`.
+    pub fn next_quote_with(&mut self, f: impl FnOnce(&mut dce::call::QuoteRequest)) -> u64 {
+        self.quote_with("carrier-a", "+13105551234", f)
+    }
+
+    fn quote_with(
+        &mut self,
+        carrier: &str,
+        caller: &str,
+        f: impl FnOnce(&mut dce::call::QuoteRequest),
+    ) -> u64 {
+        let id = self.next_id();
+        let mut req = dce::call::QuoteRequest {
+            id,
+            carrier: carrier.into(),
+            caller: dce_routing::normalize(caller).unwrap(),
+            called: Some("18005550100".into()),
+            campaign: None,
+            state: None,
+            zip: None,
+            tags: Vec::new(),
+            loop_via: None,
+        };
+        f(&mut req);
+        self.core
+            .handle_input(dce::edge::Input::Quote(req), self.now);
+        self.collect();
+        id
+    }
+
+    /// The answer to quote `id`, once given.
+    pub fn quote_answer(&self, id: u64) -> Option<&dce::call::QuoteAnswer> {
+        self.quoted.iter().find(|(i, _)| *i == id).map(|(_, a)| a)
     }
 
     /// Answer the oldest queued fleet-wide check.
