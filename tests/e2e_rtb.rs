@@ -4,7 +4,9 @@
 //! the deadline, one that answers 500, one with malformed JSON. The fast high bidder rings
 //! first, its 486 moves the call to the next live bid, the late one is recorded as `timeout`
 //! and never holds the INVITE past the deadline; a bid's SIP destination is where the INVITE
-//! goes.
+//! goes. A publisher's `POST /v1/bid` reserves a price: the call that follows from that
+//! carrier and caller goes to the reserved buyer at that price; after the expiry it is
+//! auctioned afresh.
 
 mod support;
 
@@ -360,4 +362,114 @@ fn rtb_test_sends_one_ping_and_prints_the_exchange() {
     let out = run("nobody");
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no buyer `nobody`"));
+}
+
+/// A publisher key (`pub-secret`) tied to `carrier-a`.
+const PUB_KEY: &str = "pub-secret";
+const PUB_SHA: &str = "d6ec5d8a6be37b3e247d937e933896a12d134060dcddb4dd5b754b81a1d4dcba";
+
+/// One SIPp call from `carrier-a` (caller +13105551234) through `dce`.
+fn one_call(bin: &std::path::PathBuf, dce: &Dce) -> (bool, String) {
+    sipp::carrier(
+        bin,
+        &sipp::scenario("uac_call.xml"),
+        dce.sip,
+        &["-m", "1", "-d", "100"],
+    )
+}
+
+#[test]
+fn a_publishers_bid_reserves_the_price_for_its_next_call_until_it_expires() {
+    let Some(bin) = sipp::sipp() else {
+        return;
+    };
+    let hi = Bidder::start(5 * MS, 200, r#"{"bid_cents": 900, "expires_in_s": 60}"#);
+    let lo = Bidder::start(5 * MS, 200, r#"{"bid_cents": 400}"#);
+    let (hi_trunk, lo_trunk, http) = (free_port(), free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        format!(
+            "{}publisher_margin = 0.2\nreservation_s = 2\n[cdr]\njsonl_path = \"{}\"\n\
+             [http]\nlisten = \"127.0.0.1:{http}\"\napi_keys = [{{ name = \"pub-a\", sha256 = \"{PUB_SHA}\", role = \"publisher\", carrier = \"carrier-a\" }}]\n{}{}",
+            head(port, 0),
+            dir.join("cdr.jsonl").display(),
+            rtb_buyer("hi", hi_trunk, &hi.url("bid"), ""),
+            rtb_buyer("lo", lo_trunk, &lo.url("bid"), ""),
+        )
+    });
+    let b_hi = Background::start(
+        &bin,
+        &sipp::args(&sipp::scenario("uas_answer.xml"), hi_trunk, &["-m", "2"]),
+    );
+    let ask = |extra: &str| {
+        let (code, body) = support::http::request_with(
+            http,
+            "POST",
+            "/v1/bid",
+            Some(PUB_KEY),
+            extra,
+            r#"{"caller": "+13105551234", "called": "+18005550100", "zip": "90210"}"#,
+        );
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()
+    };
+    // 1. The quote: both bidders asked; hi's 900 less the 20 % margin.
+    let offer = ask("");
+    assert_eq!(offer["bid_cents"], 720, "{offer}");
+    assert_eq!(
+        offer["destination"],
+        format!("sip:+18005550100@{}", dce.sip),
+        "{offer}"
+    );
+    assert!(
+        offer["expires_at"]
+            .as_str()
+            .is_some_and(|t| t.ends_with('Z')),
+        "{offer}"
+    );
+    assert_eq!((hi.seen().len(), lo.seen().len()), (1, 1));
+    let v: serde_json::Value = serde_json::from_str(&hi.seen()[0].body).unwrap();
+    assert_eq!(
+        (v["publisher"].as_str(), v["zip"].as_str()),
+        (Some("carrier-a"), Some("90210"))
+    );
+    // 2. The call within the reservation: straight to hi, nobody pinged, the promise paid.
+    let (ok, out) = one_call(&bin, &dce);
+    assert!(ok, "carrier:\n{out}\nDCE:\n{}", dce.log());
+    assert_eq!(
+        (hi.seen().len(), lo.seen().len()),
+        (1, 1),
+        "a reserved call asks nobody"
+    );
+    // 3. Another quote, left to expire (2 s): the next call is auctioned afresh.
+    assert_eq!(ask("")["bid_cents"], 720);
+    std::thread::sleep(Duration::from_millis(2500));
+    let (ok, out) = one_call(&bin, &dce);
+    assert!(ok, "carrier:\n{out}\nDCE:\n{}", dce.log());
+    assert_eq!((hi.seen().len(), lo.seen().len()), (3, 3), "pinged afresh");
+    // 4. A request that has been round this node already is refused.
+    let looped = ask("X-DCE-Loop: exchange-b, rtb\r\n");
+    assert_eq!(looped, serde_json::json!({ "refused": "loop" }));
+    assert_eq!(hi.seen().len(), 3, "a looped request asks nobody");
+    let (bok, bout) = b_hi.finish(20);
+    let (_, log, dir) = dce.stop_keep();
+    assert!(bok, "hi's trunk:\n{bout}\nDCE:\n{log}");
+    assert!(log.contains("call routed on its reservation"), "{log}");
+    assert!(log.contains("reservation not used (expired)"), "{log}");
+    let cdrs = jsonl_cdrs(&dir.0);
+    assert_eq!(cdrs.len(), 2, "{cdrs:?}");
+    for c in &cdrs {
+        assert_eq!(c["buyer_id"], "hi", "{c}");
+        assert_eq!(
+            (
+                &c["bid_cents"],
+                &c["revenue_cents"],
+                &c["payout_cents"],
+                &c["margin_cents"]
+            ),
+            (&900.into(), &900.into(), &720.into(), &180.into()),
+            "{c}"
+        );
+    }
+    assert!(pings(&cdrs[0]).is_empty(), "the reserved call: {}", cdrs[0]);
+    assert_eq!(pings(&cdrs[1]).len(), 2, "the fresh auction: {}", cdrs[1]);
 }

@@ -14,6 +14,18 @@ pub fn request(
     key: Option<&str>,
     body: &str,
 ) -> (u16, String) {
+    request_with(port, method, path, key, "", body)
+}
+
+/// [`request`] with `extra` header lines (each ending in CRLF).
+pub fn request_with(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    extra: &str,
+    body: &str,
+) -> (u16, String) {
     let end = Instant::now() + Duration::from_secs(5);
     let mut s = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -33,7 +45,7 @@ pub fn request(
     };
     write!(
         s,
-        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{ct}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}{ct}{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
         body.len()
     )
     .unwrap();
