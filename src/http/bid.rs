@@ -19,8 +19,70 @@ use utoipa::ToSchema;
 const MAX_TAGS: usize = 20;
 const MAX_TAG: usize = 64;
 
-/// A publisher's bid request.
+/// A publisher's bid request, as the API document describes it: `caller` with either
+/// `called` or `campaign`. The patterns are a subset of what [`read`] takes (it also takes
+/// separators such as `(800) 555-0100`, and lower-case states); anything they allow, it takes.
 #[derive(Debug, Deserialize, ToSchema)]
+#[serde(untagged)]
+#[allow(dead_code)] // the document's shape; [`BidRequest`] is what is read
+pub enum BidRequestDoc {
+    /// By the number the call would dial.
+    ByNumber(ByNumber),
+    /// By campaign id.
+    ByCampaign(ByCampaign),
+}
+
+/// A bid request naming the dialled number.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ByNumber {
+    /// The caller's number (E.164, or 10-digit NANP).
+    #[schema(pattern = r"^(\+[0-9]{8,15}|[0-9]{10}|1[0-9]{10}|[0-9]{12,15})$")]
+    pub caller: String,
+    /// The number the call would dial.
+    #[schema(pattern = r"^(\+[0-9]{8,15}|[0-9]{10}|1[0-9]{10}|[0-9]{12,15})$")]
+    pub called: String,
+    /// The caller's US state (USPS code), when known better than from the area code.
+    #[schema(
+        pattern = "^(AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP)$"
+    )]
+    pub state: Option<String>,
+    /// The caller's ZIP code (5 digits, or ZIP+4).
+    #[schema(pattern = r"^[0-9]{5}(-[0-9]{4})?$")]
+    pub zip: Option<String>,
+    /// Tags for the bidders.
+    #[serde(default)]
+    #[schema(max_items = 20, max_length = 64)]
+    pub tags: Vec<String>,
+}
+
+/// A bid request naming the campaign.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct ByCampaign {
+    /// The caller's number (E.164, or 10-digit NANP).
+    #[schema(pattern = r"^(\+[0-9]{8,15}|[0-9]{10}|1[0-9]{10}|[0-9]{12,15})$")]
+    pub caller: String,
+    /// The campaign id.
+    pub campaign: String,
+    /// The caller's US state (USPS code), when known better than from the area code.
+    #[schema(
+        pattern = "^(AL|AK|AZ|AR|CA|CO|CT|DE|DC|FL|GA|HI|ID|IL|IN|IA|KS|KY|LA|ME|MD|MA|MI|MN|MS|MO|MT|NE|NV|NH|NJ|NM|NY|NC|ND|OH|OK|OR|PA|RI|SC|SD|TN|TX|UT|VT|VA|WA|WV|WI|WY|PR|GU|VI|AS|MP)$"
+    )]
+    pub state: Option<String>,
+    /// The caller's ZIP code (5 digits, or ZIP+4).
+    #[schema(pattern = r"^[0-9]{5}(-[0-9]{4})?$")]
+    pub zip: Option<String>,
+    /// Tags for the bidders.
+    #[serde(default)]
+    #[schema(max_items = 20, max_length = 64)]
+    pub tags: Vec<String>,
+}
+
+/// A publisher's bid request.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BidRequest {
     /// The caller's number (E.164 or 10-digit NANP).
@@ -133,7 +195,7 @@ fn read(carrier: &str, body: &[u8], headers: &HeaderMap) -> Result<QuoteRequest,
 /// caller until `expires_at`; that call goes to the reserved buyer at the reserved price.
 /// Needs a `publisher` key.
 #[utoipa::path(post, path = "/v1/bid", tag = "bids",
-    request_body = BidRequest,
+    request_body = BidRequestDoc,
     responses((status = 200, description = "A price, or a refusal with its reason", body = BidAnswer),
               (status = 400, description = "Malformed request", body = super::routes::ErrorBody),
               (status = 503, description = "DCE is shutting down or its core is busy", body = super::routes::ErrorBody)))]

@@ -105,7 +105,7 @@ pub struct CdrPage {
         ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView, HealthView,
         BuyerPatch, DncEntry, Stats, Figures, GroupFigures, Health, DependencyHealth, Reloaded,
         CdrPage, crate::store::db::ExportRow, super::gdpr::EraseRequest,
-        crate::store::gdpr::Erased, super::bid::BidRequest, super::bid::BidAnswer,
+        crate::store::gdpr::Erased, super::bid::BidRequestDoc, super::bid::ByNumber, super::bid::ByCampaign, super::bid::BidAnswer,
     )),
     modifiers(&Common)
 )]
@@ -238,5 +238,40 @@ mod tests {
         assert_eq!(body["required"], serde_json::json!(["number"]));
         assert_eq!(body["additionalProperties"], false, "{body}");
         assert_eq!(body["properties"]["number"]["pattern"], r"^\+?[0-9]{8,15}$");
+    }
+
+    #[test]
+    fn the_bid_request_is_one_of_two_strict_shapes_with_the_checks_in_the_document() {
+        let doc = document();
+        let op = &doc["paths"]["/v1/bid"]["post"];
+        assert!(op["responses"]["200"].is_object() && op["responses"]["400"].is_object());
+        let schemas = &doc["components"]["schemas"];
+        for (name, key) in [("ByNumber", "called"), ("ByCampaign", "campaign")] {
+            let s = &schemas[name];
+            assert_eq!(s["additionalProperties"], false, "{name}: {s}");
+            assert_eq!(
+                s["required"],
+                serde_json::json!(["caller", key]),
+                "{name}: {s}"
+            );
+            let p = &s["properties"];
+            assert_eq!(p["tags"]["maxItems"], 20, "{name}: {p}");
+            assert_eq!(p["tags"]["items"]["maxLength"], 64, "{name}: {p}");
+            assert_eq!(p["zip"]["pattern"], r"^[0-9]{5}(-[0-9]{4})?$");
+            let states = p["state"]["pattern"].as_str().unwrap();
+            let codes: Vec<&str> = states
+                .trim_start_matches("^(")
+                .trim_end_matches(")$")
+                .split('|')
+                .collect();
+            assert_eq!(codes.len(), 56, "every USPS code DCE knows");
+            assert!(codes.iter().all(|c| dce_routing::State::parse(c).is_some()));
+        }
+        assert_eq!(
+            schemas["BidRequestDoc"]["oneOf"].as_array().map(Vec::len),
+            Some(2),
+            "{}",
+            schemas["BidRequestDoc"]
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! The control API (axum): API keys checked against stored SHA-256 hashes in constant time,
-//! roles (`GET`/`HEAD` need `read`, anything else `admin`), per-key rate limits, a body limit,
+//! roles (`GET`/`HEAD` need `read`, anything else `admin`; `POST /v1/bid` only, and only it, a
+//! `publisher` key tied to a carrier), per-key rate limits, a body limit,
 //! header and body read timeouts, and JSON errors `{ "error": { "code", "message" } }`.
 //! Routes that read or change calls and buyers ask the core task (which owns them) over a
 //! channel and wait for its answer; `/v1/events` streams live events over a WebSocket; the
