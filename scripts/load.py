@@ -193,6 +193,9 @@ bid_cents = 1500
         ok = None
     m = re.search(r"invite_delay n=(\d+) p50=(\d+)us p99=(\d+)us max=(\d+)us", err)
     delay = (int(m.group(2)), int(m.group(3)), int(m.group(4))) if m else (None, None, None)
+    b = re.search(r"dce: over_bidders (.*)", err)
+    if b:
+        print(f"  (real-time bids: over the slowest bidder, asked → request started, answer read → taken: {b.group(1)})", flush=True)
     if buyer_transport == "tcp":
         c = re.search(r"tcp_buyer_connected=(\d+)", err)
         print(f"  (TCP connections DCE opened to the buyer: {c.group(1) if c else 0})", flush=True)

@@ -25,6 +25,16 @@ impl Latency {
         }
     }
 
+    /// Samples held.
+    pub fn len(&self) -> usize {
+        self.samples.len()
+    }
+
+    /// None recorded.
+    pub fn is_empty(&self) -> bool {
+        self.samples.is_empty()
+    }
+
     /// Take `other`'s samples too (the workers' delays, for one report).
     pub fn merge(&mut self, other: &Latency) {
         for &us in &other.samples {

@@ -947,6 +947,8 @@ impl Node {
         let mut first = Latency::default();
         let mut failover = Latency::default();
         let mut socket_wait = Latency::default();
+        let (mut bid_start, mut bid_handoff, mut over_bidders) =
+            (Latency::default(), Latency::default(), Latency::default());
         let mut failed = 0;
         for d in delays {
             match d {
@@ -954,6 +956,9 @@ impl Node {
                     first.merge(&d.first);
                     failover.merge(&d.failover);
                     socket_wait.merge(&d.socket_wait);
+                    bid_start.merge(&d.bid_start);
+                    bid_handoff.merge(&d.bid_handoff);
+                    over_bidders.merge(&d.over_bidders);
                 }
                 None => failed += 1,
             }
@@ -966,6 +971,16 @@ impl Node {
             failover.report(),
             socket_wait.report()
         );
+        if !bid_start.is_empty() {
+            tracing::info!(over_bidders = %over_bidders.report(), bid_request_start = %bid_start.report(), bid_answer_handoff = %bid_handoff.report(), "real-time bids: the delay added on top of the slowest bidder; asked → request started; answer read → taken");
+            crate::logging::flush();
+            eprintln!(
+                "dce: over_bidders {} bid_request_start {} bid_answer_handoff {}",
+                over_bidders.report(),
+                bid_start.report(),
+                bid_handoff.report()
+            );
+        }
         if failed > 0 {
             anyhow::bail!("{failed} SIP worker(s) stopped by a panic (see the log above)");
         }

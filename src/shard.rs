@@ -82,6 +82,14 @@ pub struct Delays {
     /// How long each UDP datagram waited in the socket before the worker read it (kernel
     /// receive time to read): the part of the delay that is queueing, not work.
     pub socket_wait: Latency,
+    /// Bid requests: from the core asking to the request's task starting (on this worker's
+    /// runtime, behind its other work).
+    pub bid_start: Latency,
+    /// Bid answers: from the answer read to the core taking it (the hand-off back).
+    pub bid_handoff: Latency,
+    /// Calls with real-time bidders: INVITE-in → buyer-INVITE-out less the call's slowest bid
+    /// request (what DCE adds on top of its bidders).
+    pub over_bidders: Latency,
 }
 
 /// Everything one worker runs with; built on the node task, run on the worker's thread.
@@ -173,8 +181,8 @@ struct Worker {
     max_message: usize,
     drain: Duration,
     delays: Delays,
-    answers_tx: mpsc::UnboundedSender<(LookupId, Answer)>,
-    answers: mpsc::UnboundedReceiver<(LookupId, Answer)>,
+    answers_tx: mpsc::UnboundedSender<(LookupId, Answer, Option<Instant>)>,
+    answers: mpsc::UnboundedReceiver<(LookupId, Answer, Option<Instant>)>,
     /// The bid-request client, made on the first bid request.
     rtb: Option<crate::rtb::client::Client>,
     /// This node's id (the bid requests' loop guard).
@@ -182,6 +190,8 @@ struct Worker {
     /// Bid requests (`POST /v1/bid`) the core has not answered yet, by id.
     quotes: HashMap<u64, oneshot::Sender<crate::call::QuoteAnswer>>,
     next_quote: u64,
+    /// [`Delays::bid_start`], recorded by the requests' tasks.
+    bid_started: Arc<std::sync::Mutex<Latency>>,
 }
 
 /// Batches read from one socket before the worker looks at its other inputs again.
@@ -229,6 +239,7 @@ impl Worker {
             node_id: s.node_id,
             quotes: HashMap::new(),
             next_quote: 1,
+            bid_started: Arc::default(),
         }
     }
 
@@ -271,6 +282,9 @@ impl Worker {
                     // Whatever still waits for a media report is written without it.
                     self.edge.calls().flush_cdrs();
                     self.flush().await;
+                    if let Ok(s) = self.bid_started.lock() {
+                        self.delays.bid_start.merge(&s);
+                    }
                     return self.delays;
                 }
             }
@@ -303,7 +317,13 @@ impl Worker {
                     }
                 },
                 Some(ev) = self.media.recv() => self.edge.handle_input(Input::Media(ev), Instant::now()),
-                Some((id, answer)) = self.answers.recv() => self.edge.handle_input(Input::Lookup { id, answer }, Instant::now()),
+                Some((id, answer, read)) = self.answers.recv() => {
+                    let now = Instant::now();
+                    if let Some(read) = read {
+                        self.delays.bid_handoff.record(now.saturating_duration_since(read));
+                    }
+                    self.edge.handle_input(Input::Lookup { id, answer }, now);
+                }
                 r = Readable(&self.udp, turn) => match r {
                     Ok(i) => {
                         turn = i + 1;
@@ -477,13 +497,14 @@ impl Worker {
                             let shared = shared.clone();
                             tokio::spawn(async move {
                                 let r = shared.check(&check).await;
-                                let _ = tx.send((req.id, Answer::Shared(r)));
+                                let _ = tx.send((req.id, Answer::Shared(r), None));
                             });
                         }
                         None => {
                             let _ = tx.send((
                                 req.id,
                                 Answer::Shared(crate::call::RemoteResult::Error("no Redis".into())),
+                                None,
                             ));
                         }
                     }
@@ -506,6 +527,7 @@ impl Worker {
             let pinged = crate::rtb::client::Pinged {
                 result: crate::rtb::PingResult::Error("no client".into()),
                 latency_ms: 0,
+                latency_us: 0,
                 status: None,
             };
             let _ = tx.send((
@@ -514,6 +536,7 @@ impl Worker {
                     buyer: q.buyer,
                     pinged,
                 })),
+                None,
             ));
             return;
         };
@@ -526,7 +549,12 @@ impl Worker {
         let own = std::time::Instant::now()
             + std::time::Duration::from_millis(u64::from(q.rtb.timeout_ms));
         let deadline = deadline.max(own);
+        let asked = Instant::now();
+        let started = self.bid_started.clone();
         tokio::spawn(async move {
+            if let Ok(mut s) = started.lock() {
+                s.record(asked.elapsed());
+            }
             let pinged = client.ping(&q.rtb, &q.facts, deadline).await;
             let _ = tx.send((
                 id,
@@ -534,6 +562,7 @@ impl Worker {
                     buyer: q.buyer,
                     pinged,
                 })),
+                Some(Instant::now()),
             ));
         });
     }
@@ -557,6 +586,11 @@ impl Worker {
                 self.delays.failover.record(d);
             } else {
                 self.delays.first.record(d);
+                if let Some(us) = m.bidders_us {
+                    // What DCE added on top of its slowest bidder.
+                    let waited = Duration::from_micros(u64::from(us));
+                    self.delays.over_bidders.record(d.saturating_sub(waited));
+                }
             }
         }
     }

@@ -423,6 +423,7 @@ impl Controller {
                 pings: Vec::new(),
                 terms: vec![(r.buyer, terms)],
                 reserved: Some(r),
+                waited_us: 0,
             })
         });
         if snapshot.has_rtb() && bids.is_none() {

@@ -138,6 +138,7 @@ pub(super) fn apply_bids(
         counters
             .m
             .rtb_ping(&buyer.id, p.result.kind(), p.latency_ms);
+        bids.waited_us = bids.waited_us.max(p.latency_us);
         bids.pings.push(PingRecord {
             buyer_id: buyer.id.clone(),
             latency_ms: p.latency_ms,

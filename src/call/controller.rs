@@ -145,6 +145,8 @@ pub struct InviteMark {
     pub received: Instant,
     /// Not the call's first buyer.
     pub failover: bool,
+    /// What the call waited for its real-time bidders (the slowest exchange), microseconds.
+    pub bidders_us: Option<u32>,
 }
 
 impl Controller {

@@ -110,6 +110,7 @@ impl Answer {
                 pinged: crate::rtb::client::Pinged {
                     result: crate::rtb::PingResult::Timeout,
                     latency_ms: b.wait_ms,
+                    latency_us: b.wait_ms.saturating_mul(1000),
                     status: None,
                 },
             })),

@@ -239,6 +239,7 @@ impl Controller {
             self.invite_marks.push(InviteMark {
                 received: call.rx_at,
                 failover: call.attempts > 0,
+                bidders_us: call.bids.as_ref().map(|b| b.waited_us).filter(|&us| us > 0),
             });
             call.legs.push(BLeg {
                 entry: idx,

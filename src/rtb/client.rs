@@ -27,6 +27,8 @@ pub struct Pinged {
     pub result: PingResult,
     /// Milliseconds from sending to the answer (or to giving up).
     pub latency_ms: u32,
+    /// The same in microseconds (for the delay DCE adds on top of its bidders').
+    pub latency_us: u32,
     /// The HTTP status, when an answer came.
     pub status: Option<u16>,
 }
@@ -53,7 +55,9 @@ impl Client {
 
     /// Ask `rtb`'s buyer for a bid on the call `facts` describes; give up at `deadline`.
     pub async fn ping(&self, rtb: &Rtb, facts: &CallFacts, deadline: Instant) -> Pinged {
+        let t0 = Instant::now();
         let (r, latency_ms) = self.exchange(rtb, facts, deadline).await;
+        let latency_us = t0.elapsed().as_micros().min(u128::from(u32::MAX)) as u32;
         let (result, status) = match r {
             Err(failed) => (failed, None),
             Ok((status, body)) => (format::answer(rtb.format, status, &body), Some(status)),
@@ -61,6 +65,7 @@ impl Client {
         Pinged {
             result,
             latency_ms,
+            latency_us,
             status,
         }
     }

@@ -364,6 +364,7 @@ impl Sim {
                     pinged: dce::rtb::client::Pinged {
                         result,
                         latency_ms,
+                        latency_us: latency_ms * 1000,
                         status,
                     },
                 })),
