@@ -68,7 +68,7 @@ pub enum Output {
     /// A lookup to run; answer with `EdgeCore::handle_input(Input::Lookup …)`.
     Lookup(LookupRequest),
     /// The answer to bid request `id` (`Input::Quote`).
-    Quoted(u64, super::quote::QuoteAnswer),
+    Quoted(u64, super::reservation::QuoteAnswer),
 }
 
 /// A finished call's CDR, completed when its media report arrives.
@@ -131,9 +131,9 @@ pub struct Controller {
     /// Buyer INVITEs handed out since the driver last took them.
     pub(super) invite_marks: Vec<InviteMark>,
     /// Bid requests waiting for their lookups (keys from the calls' key space).
-    pub(super) quotes: HashMap<CallKey, Box<super::quote::Quote>>,
+    pub(super) quotes: HashMap<CallKey, Box<super::reservation::Quote>>,
     /// Prices promised by `POST /v1/bid` (node-wide).
-    pub(super) reservations: Arc<super::quote::Reservations>,
+    pub(super) reservations: Arc<super::reservation::Reservations>,
 }
 
 /// A buyer INVITE the controller handed out: when its call's INVITE arrived, and whether it is
@@ -197,7 +197,7 @@ impl Controller {
 
     /// Share `r` with the node's other workers (a quote made on one holds for a call that
     /// arrives on another).
-    pub fn set_reservations(&mut self, r: Arc<super::quote::Reservations>) {
+    pub fn set_reservations(&mut self, r: Arc<super::reservation::Reservations>) {
         self.reservations = r;
     }
 

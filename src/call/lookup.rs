@@ -3,7 +3,7 @@
 //!
 //! A call in `Checking` emits one [`LookupRequest`] per question, all at once, and arms one
 //! core timer (`Timer::Lookups`) at the deadline. The driver performs the I/O and feeds each
-//! [`LookupResult`] back with the request's [`LookupId`]. When every answer is in, or the
+//! [`Answer`] back with the request's [`LookupId`]. When every answer is in, or the
 //! deadline fires first (unanswered questions count as failed), the call goes on under the
 //! configured policy. A result for a lookup that is no longer outstanding (the call ended, the
 //! deadline passed) is ignored. Because the deadline is a core timer, simulated time sees it.

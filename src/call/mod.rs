@@ -10,7 +10,8 @@
 //! | `admit.rs` | overload, carrier, rate, campaign, compliance, auction; lookups; refusals |
 //! | `lookup.rs` | lookup requests and answers under a deadline (the fleet-wide check) |
 //! | `bids.rs` | real-time bid requests of a call, and what their answers do to the ranking |
-//! | `quote.rs` | publishers' bid requests (`POST /v1/bid`) and the reservations they leave |
+//! | `quote.rs` | publishers' bid requests (`POST /v1/bid`): checks, auction, price, reservation |
+//! | `reservation.rs` | quotes, their answers, the node-wide reservations (data) |
 //! | `ring.rs` | the ring tree: buyer INVITEs, failover, ring timeout, CANCEL, the answer |
 //! | `mirror.rs` | in-dialog requests (peer and leg checked), ACKs, 2xx retransmission, SDP |
 //! | `end.rs` | every end path, bookkeeping, the CDR, the media report; API views |
@@ -39,7 +40,8 @@ pub mod leg;
 pub mod lookup;
 mod mirror;
 mod pinger;
-pub mod quote;
+mod quote;
+pub mod reservation;
 mod ring;
 pub mod router;
 pub mod state;
@@ -52,7 +54,7 @@ pub use controller::{Controller, Held, InviteMark, Output, Settings, SharedCheck
 pub use lookup::{
     Answer, BidAnswer, BidQuery, LookupId, LookupRequest, Query, RemoteCheck, RemoteResult,
 };
-pub use quote::{QuoteAnswer, QuoteRequest, Reservations};
+pub use reservation::{QuoteAnswer, QuoteRequest, Reservations};
 
 /// What the compliance check is told about a call.
 #[derive(Debug, Clone)]

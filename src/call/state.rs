@@ -365,7 +365,7 @@ pub struct CallBids {
     /// The terms of each buyer's bid.
     pub terms: Vec<(dce_routing::BuyerId, Terms)>,
     /// The call was routed on a reservation (`POST /v1/bid`): its buyer and promised payout.
-    pub reserved: Option<super::quote::Reserved>,
+    pub reserved: Option<super::reservation::Reserved>,
     /// The longest of its bid requests (an answer's exchange, or the wait for a missed one),
     /// microseconds: what the call waited for its bidders.
     pub waited_us: u32,
