@@ -14,7 +14,8 @@ pub const CAPACITY: usize = 4096;
 /// One event, serialized once for every subscriber.
 #[derive(Debug)]
 pub struct Event {
-    /// `call.started`, `call.rejected`, `auction.completed`, `call.answered`, `call.completed`.
+    /// `call.started`, `call.rejected`, `auction.completed`, `call.answered`, `call.completed`,
+    /// `bid.quoted`.
     pub kind: &'static str,
     /// The call's campaign (for filtering), when known.
     pub campaign: String,
