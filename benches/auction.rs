@@ -28,6 +28,8 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 hourly_cap: if filtered { 100 } else { 0 },
                 daily_cap: if filtered { 1000 } else { 0 },
                 daily_budget_cents: if filtered { 1_000_000 } else { 0 },
+                monthly_cap: 0,
+                monthly_budget_cents: 0,
                 states,
                 schedule: filtered
                     .then(|| Schedule::parse(tzs[i % 4], "mon-fri", "08:00", "20:00").unwrap()),

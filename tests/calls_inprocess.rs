@@ -149,6 +149,47 @@ fn the_publisher_margin_splits_the_revenue() {
     );
 }
 
+/// `monthly_cap` and `monthly_budget_cents` (issue #15 item 6): answered calls and spend of
+/// the calendar month in the buyer's zone; a buyer over either is excluded, and the next takes
+/// the call.
+#[test]
+fn monthly_caps_and_budgets_exclude_a_buyer_for_the_rest_of_the_month() {
+    let buyers = format!(
+        "{}{}{}",
+        buyer("acme", 5090, 1500, "monthly_cap = 1"),
+        buyer("bravo", 5091, 1200, "monthly_budget_cents = 2000"),
+        buyer("cobalt", 5092, 900, "")
+    );
+    let mut sim = Sim::new(&config("", &buyers));
+    for port in [5090, 5091, 5092] {
+        sim.add_buyer(port, Mode::Answer(S));
+    }
+    let mut winners = Vec::new();
+    for n in 0..3 {
+        let call = sim.place_call(&format!("+1310555120{n}"));
+        sim.run_for(100 * S);
+        sim.carrier_bye(&call);
+        sim.run_for(S);
+        let cdr = sim.cdrs().last().cloned().unwrap();
+        winners.push(cdr.buyer_id.clone().unwrap_or_default());
+        if n == 2 {
+            assert_eq!(
+                outcomes(&cdr),
+                [
+                    "cobalt=won",
+                    "acme=excluded:monthly_cap",
+                    "bravo=excluded:monthly_budget"
+                ]
+            );
+        }
+    }
+    assert_eq!(
+        winners,
+        ["acme", "bravo", "cobalt"],
+        "acme's one call this month, then bravo's 1200 of 2000"
+    );
+}
+
 #[test]
 fn busy_buyer_fails_over_to_the_next() {
     let mut sim = Sim::new(&three_buyers(""));

@@ -1,6 +1,7 @@
 //! The auction: filter a campaign's buyers, rank the rest, explain every decision.
 
 use crate::geo::State;
+use crate::live::Keys;
 use crate::model::{BuyerId, CampaignId, Snapshot};
 use chrono::{DateTime, Datelike, Timelike, Utc};
 use chrono_tz::Tz;
@@ -22,6 +23,10 @@ pub enum Exclusion {
     DailyCap,
     /// Today's spend plus this bid would exceed `daily_budget_cents`.
     Budget,
+    /// `monthly_cap` answered calls this month.
+    MonthlyCap,
+    /// This month's spend plus this bid would exceed `monthly_budget_cents`.
+    MonthlyBudget,
     /// Paused by an operator (`PATCH /v1/buyers/{id}`).
     Paused,
     /// The buyer's trunk host has never resolved (DNS, RFC 3263): no address to ring.
@@ -50,6 +55,8 @@ impl Exclusion {
             Exclusion::HourlyCap => "hourly_cap",
             Exclusion::DailyCap => "daily_cap",
             Exclusion::Budget => "budget",
+            Exclusion::MonthlyCap => "monthly_cap",
+            Exclusion::MonthlyBudget => "monthly_budget",
             Exclusion::Paused => "paused",
             Exclusion::Dns => "dns",
             Exclusion::Codec => "codec",
@@ -89,6 +96,7 @@ struct Local {
     tz: Tz,
     hour_key: u32,
     day_key: u32,
+    month_key: u32,
     weekday: u8,
     minute: u16,
 }
@@ -101,6 +109,7 @@ impl Local {
             tz,
             hour_key: day * 24 + l.hour(),
             day_key: day,
+            month_key: (l.year().max(0) as u32) * 12 + l.month0(),
             weekday: l.weekday().num_days_from_monday() as u8,
             minute: (l.hour() * 60 + l.minute()) as u16,
         }
@@ -126,10 +135,34 @@ impl Zones {
     }
 }
 
-/// Keys of the local hour and day of `now` in `tz`, as the live counters stamp them.
-pub fn local_keys(tz: Tz, now: DateTime<Utc>) -> (u32, u32) {
+/// Keys of the local hour, day and month of `now` in `tz`, as the live counters stamp them.
+pub fn local_keys(tz: Tz, now: DateTime<Utc>) -> Keys {
     let l = Local::of(tz, now);
-    (l.hour_key, l.day_key)
+    Keys {
+        hour: l.hour_key,
+        day: l.day_key,
+        month: l.month_key,
+    }
+}
+
+/// The budget a price of `bid_cents` would break at `local` (daily, then monthly), if any.
+fn over_budget(
+    buyer: &crate::model::Buyer,
+    live: &crate::live::BuyerLive,
+    day: u32,
+    month: u32,
+    bid_cents: u32,
+) -> Option<Exclusion> {
+    let bid = u64::from(bid_cents);
+    if buyer.daily_budget_cents > 0 && live.spend_on_day(day) + bid > buyer.daily_budget_cents {
+        Some(Exclusion::Budget)
+    } else if buyer.monthly_budget_cents > 0
+        && live.spend_in_month(month) + bid > buyer.monthly_budget_cents
+    {
+        Some(Exclusion::MonthlyBudget)
+    } else {
+        None
+    }
 }
 
 /// Run the auction for a call to `campaign` from a caller in `caller_state` at `now`.
@@ -163,8 +196,11 @@ pub fn auction(
             active,
             priority: buyer.priority,
         };
-        let needs_clock =
-            buyer.hourly_cap > 0 || buyer.daily_cap > 0 || buyer.daily_budget_cents > 0;
+        let needs_clock = buyer.hourly_cap > 0
+            || buyer.daily_cap > 0
+            || buyer.daily_budget_cents > 0
+            || buyer.monthly_cap > 0
+            || buyer.monthly_budget_cents > 0;
         // A real-time bidder's price is not known yet: the floor and the budget apply to it
         // when its bid is in (`rank`).
         let rtb = buyer.rtb.is_some();
@@ -192,14 +228,14 @@ pub fn auction(
             } else if buyer.daily_cap > 0 && live.answered_on_day(local.day_key) >= buyer.daily_cap
             {
                 Some(Exclusion::DailyCap)
-            } else if buyer.daily_budget_cents > 0
-                && !rtb
-                && live.spend_on_day(local.day_key) + u64::from(bid_cents)
-                    > buyer.daily_budget_cents
+            } else if buyer.monthly_cap > 0
+                && live.answered_in_month(local.month_key) >= buyer.monthly_cap
             {
-                Some(Exclusion::Budget)
-            } else {
+                Some(Exclusion::MonthlyCap)
+            } else if rtb {
                 None
+            } else {
+                over_budget(buyer, live, local.day_key, local.month_key, bid_cents)
             }
         } else {
             None
@@ -225,10 +261,10 @@ pub fn rank(snap: &Snapshot, campaign: CampaignId, now: DateTime<Utc>, out: &mut
         let live = snap.live(e.buyer);
         if e.bid_cents < floor {
             e.outcome = Outcome::Excluded(Exclusion::Floor);
-        } else if buyer.daily_budget_cents > 0 {
-            let day = Local::of(buyer.tz(), now).day_key;
-            if live.spend_on_day(day) + u64::from(e.bid_cents) > buyer.daily_budget_cents {
-                e.outcome = Outcome::Excluded(Exclusion::Budget);
+        } else if buyer.daily_budget_cents > 0 || buyer.monthly_budget_cents > 0 {
+            let l = Local::of(buyer.tz(), now);
+            if let Some(x) = over_budget(buyer, live, l.day_key, l.month_key, e.bid_cents) {
+                e.outcome = Outcome::Excluded(x);
             }
         }
     }
@@ -320,6 +356,8 @@ pub(crate) mod tests {
             hourly_cap: 0,
             daily_cap: 0,
             daily_budget_cents: 0,
+            monthly_cap: 0,
+            monthly_budget_cents: 0,
             states: StateSet::default(),
             schedule: None,
             priority: 0,
@@ -464,6 +502,12 @@ pub(crate) mod tests {
         daily.daily_cap = 2;
         let mut broke = buyer("broke", 1000);
         broke.daily_budget_cents = 1500;
+        let mut monthly = buyer("monthly", 1000);
+        monthly.monthly_cap = 2;
+        let mut spent = buyer("spent", 1000);
+        spent.monthly_budget_cents = 2500;
+        let mut fresh = buyer("fresh", 1000);
+        fresh.monthly_budget_cents = 2500;
         let snap = Snapshot::new(
             vec![campaign(100)],
             vec![
@@ -474,31 +518,55 @@ pub(crate) mod tests {
                 hourly,
                 daily,
                 broke,
+                monthly,
+                spent,
                 buyer("ok", 1000),
+                fresh,
             ],
             &live,
         )
         .unwrap();
         live.get("busy").try_reserve(1);
-        let (h, d) = local_keys(chrono_tz::UTC, now());
-        live.get("hourly").answered(h, d, 1000);
-        live.get("daily").answered(h - 1, d, 1000);
-        live.get("daily").answered(h - 2, d, 1000);
-        live.get("broke").answered(h - 2, d, 1000);
+        let k = local_keys(chrono_tz::UTC, now());
+        let earlier = |hours: u32, days: u32| Keys {
+            hour: k.hour - hours,
+            day: k.day - days,
+            month: k.month,
+        };
+        live.get("hourly").answered(k, 1000);
+        live.get("daily").answered(earlier(1, 0), 1000);
+        live.get("daily").answered(earlier(2, 0), 1000);
+        live.get("broke").answered(earlier(2, 0), 1000);
+        // earlier days of this month count toward the month, not toward today
+        live.get("monthly").answered(earlier(30, 1), 1000);
+        live.get("monthly").answered(earlier(60, 2), 1000);
+        live.get("spent").answered(earlier(30, 1), 1000);
+        live.get("spent").answered(earlier(60, 2), 1000);
+        // last month's spend does not count
+        live.get("fresh").answered(
+            Keys {
+                month: k.month - 1,
+                ..earlier(24 * 40, 40)
+            },
+            100_000,
+        );
         let mut out = Vec::new();
         let tx = crate::geo::State::parse("TX");
-        assert_eq!(auction(&snap, 0, tx, now(), &mut out), 1);
+        assert_eq!(auction(&snap, 0, tx, now(), &mut out), 2);
         assert_eq!(
             names(&snap, &out),
             [
                 "ok#0",
+                "fresh#1",
                 "cheap:floor",
                 "by_state:state",
                 "closed:schedule",
                 "busy:concurrency",
                 "hourly:hourly_cap",
                 "daily:daily_cap",
-                "broke:budget"
+                "broke:budget",
+                "monthly:monthly_cap",
+                "spent:monthly_budget"
             ]
         );
         // a CA caller gets the state-targeted buyer; an unknown state does not

@@ -23,7 +23,7 @@ mod schedule;
 
 pub use auction::{auction, local_keys, pin_first, rank, reorder, Entry, Exclusion, Outcome};
 pub use geo::{state_of_number, State, StateSet};
-pub use live::{BuyerLive, Health, Live};
+pub use live::{BuyerLive, Health, Keys, Live};
 pub use model::{
     Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, Rtb, RtbFormat, Snapshot,
     SnapshotError,

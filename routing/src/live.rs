@@ -1,7 +1,9 @@
-//! Live per-buyer counters: concurrency, answered calls per hour and day, spend per day.
+//! Live per-buyer counters: concurrency, answered calls per hour, day and month, spend per day
+//! and month.
 //!
-//! Lock-free. Hour and day counters are stamped with the local hour/day they count; a stamp
-//! that is not the current one reads as zero, so counters roll over without a timer.
+//! Lock-free. Hour, day and month counters are stamped with the local hour/day/month they
+//! count; a stamp that is not the current one reads as zero, so counters roll over without a
+//! timer.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -17,6 +19,10 @@ pub struct BuyerLive {
     day: AtomicU64,
     /// (day key << 40) | cents
     spend: AtomicU64,
+    /// (month key << 32) | count
+    month: AtomicU64,
+    /// (month key << 40) | cents
+    month_spend: AtomicU64,
     /// Paused by an operator: excluded from auctions.
     paused: AtomicBool,
     /// Operator's bid override plus one; 0 = none (the config's bid applies).
@@ -114,6 +120,18 @@ impl Health {
         }
         false
     }
+}
+
+/// The local hour, day and month of an instant in a buyer's zone, as its counters are stamped
+/// (`crate::local_keys`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Keys {
+    /// Hours since the common era's first day.
+    pub hour: u32,
+    /// Days since the common era's first day.
+    pub day: u32,
+    /// Months since year 0 (year × 12 + month − 1).
+    pub month: u32,
 }
 
 const SPEND_BITS: u32 = 40;
@@ -248,29 +266,38 @@ impl BuyerLive {
         )
     }
 
-    /// Count an answered call and commit its bid against the day's budget.
-    pub fn answered(&self, hour_key: u32, day_key: u32, bid_cents: u32) {
-        bump(&self.hour, hour_key, 32, u32::MAX as u64, 1);
-        bump(&self.day, day_key, 32, u32::MAX as u64, 1);
-        bump(
-            &self.spend,
-            day_key,
+    /// Answered calls in local month `key`.
+    pub fn answered_in_month(&self, key: u32) -> u32 {
+        stamped(self.month.load(Ordering::Acquire), key, 32, u32::MAX as u64) as u32
+    }
+
+    /// Cents committed in local month `key`.
+    pub fn spend_in_month(&self, key: u32) -> u64 {
+        stamped(
+            self.month_spend.load(Ordering::Acquire),
+            key,
             SPEND_BITS,
             SPEND_MASK,
-            bid_cents as i64,
-        );
+        )
+    }
+
+    /// Count an answered call and commit its bid against the day's and the month's budgets.
+    pub fn answered(&self, at: Keys, bid_cents: u32) {
+        bump(&self.hour, at.hour, 32, u32::MAX as u64, 1);
+        bump(&self.day, at.day, 32, u32::MAX as u64, 1);
+        bump(&self.month, at.month, 32, u32::MAX as u64, 1);
+        self.spend_by(at, bid_cents as i64);
     }
 
     /// A call that was answered ended before it became billable: give its bid back to the
-    /// day's budget (the answered counts stand: caps count answered calls).
-    pub fn refund(&self, day_key: u32, bid_cents: u32) {
-        bump(
-            &self.spend,
-            day_key,
-            SPEND_BITS,
-            SPEND_MASK,
-            -(bid_cents as i64),
-        );
+    /// day's and the month's budgets (the answered counts stand: caps count answered calls).
+    pub fn refund(&self, at: Keys, bid_cents: u32) {
+        self.spend_by(at, -(bid_cents as i64));
+    }
+
+    fn spend_by(&self, at: Keys, cents: i64) {
+        bump(&self.spend, at.day, SPEND_BITS, SPEND_MASK, cents);
+        bump(&self.month_spend, at.month, SPEND_BITS, SPEND_MASK, cents);
     }
 }
 
@@ -343,22 +370,40 @@ mod tests {
     #[test]
     fn counters_roll_over_by_key() {
         let b = BuyerLive::default();
-        b.answered(100, 7, 1500);
-        b.answered(100, 7, 1500);
+        let at = |hour, day, month| Keys { hour, day, month };
+        b.answered(at(100, 7, 3), 1500);
+        b.answered(at(100, 7, 3), 1500);
         assert_eq!(
             (
                 b.answered_in_hour(100),
                 b.answered_on_day(7),
-                b.spend_on_day(7)
+                b.spend_on_day(7),
+                b.answered_in_month(3),
+                b.spend_in_month(3)
             ),
-            (2, 2, 3000)
+            (2, 2, 3000, 2, 3000)
         );
         assert_eq!(b.answered_in_hour(101), 0, "next hour starts at zero");
-        b.answered(101, 7, 1500);
+        b.answered(at(101, 7, 3), 1500);
         assert_eq!((b.answered_in_hour(101), b.answered_on_day(7)), (1, 3));
-        b.refund(7, 1500);
-        assert_eq!(b.spend_on_day(7), 3000);
+        b.refund(at(101, 7, 3), 1500);
+        assert_eq!((b.spend_on_day(7), b.spend_in_month(3)), (3000, 3000));
         assert_eq!(b.spend_on_day(8), 0);
+        // the next day of the same month keeps the month's counts
+        b.answered(at(130, 8, 3), 500);
+        assert_eq!(
+            (
+                b.answered_on_day(8),
+                b.answered_in_month(3),
+                b.spend_in_month(3)
+            ),
+            (1, 4, 3500)
+        );
+        assert_eq!(
+            (b.answered_in_month(4), b.spend_in_month(4)),
+            (0, 0),
+            "next month starts at zero"
+        );
     }
 }
 

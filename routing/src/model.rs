@@ -71,6 +71,10 @@ pub struct Buyer {
     pub daily_cap: u32,
     /// Spend per day in the buyer's zone, in cents.
     pub daily_budget_cents: u64,
+    /// Answered calls per calendar month in the buyer's zone.
+    pub monthly_cap: u32,
+    /// Spend per calendar month in the buyer's zone, in cents.
+    pub monthly_budget_cents: u64,
     /// Caller states it takes; empty = any.
     pub states: StateSet,
     /// Opening hours, if any.

@@ -76,7 +76,7 @@ pub(super) struct PendingCdr {
     pub cdr: Cdr,
     pub bill_one_way_audio: bool,
     /// The winner's counters and the local day its bid was committed to, for a refund.
-    pub refund: Option<(Arc<dce_routing::BuyerLive>, u32)>,
+    pub refund: Option<(Arc<dce_routing::BuyerLive>, dce_routing::Keys)>,
 }
 
 /// What the controller still holds: all zero once every call is over (leak checks).

@@ -75,7 +75,7 @@ impl Controller {
             if let Some(slot) = leg.slot.take() {
                 if winner == Some(li) {
                     let buyer = call.snapshot.buyer(e.buyer);
-                    let day = local_keys(buyer.tz(), answer_wall).1;
+                    let day = local_keys(buyer.tz(), answer_wall);
                     if billable {
                         // kept for a refund should the media report make it non-billable
                         refund = Some((slot.clone(), day));

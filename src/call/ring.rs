@@ -755,8 +755,8 @@ impl Controller {
         let e = call.entries[entry];
         let snap = call.snapshot.clone();
         let buyer = snap.buyer(e.buyer);
-        let (hk, dk) = local_keys(buyer.tz(), call.wall(now));
-        snap.live(e.buyer).answered(hk, dk, e.bid_cents);
+        let at = local_keys(buyer.tz(), call.wall(now));
+        snap.live(e.buyer).answered(at, e.bid_cents);
         let max = Duration::from_secs(u64::from(snap.campaign(call.campaign).max_duration_s));
         tracing::debug!(call = %call.id, buyer = %buyer.id, "call answered");
         self.counters.inc(Counter::CallAnswered);
@@ -809,8 +809,8 @@ impl Controller {
             self.router.add_client(btx, key, TxRole::Fire);
         }
         let buyer = call.snapshot.buyer(e.buyer);
-        let day = local_keys(buyer.tz(), call.wall(now)).1;
-        call.snapshot.live(e.buyer).refund(day, e.bid_cents);
+        let at = local_keys(buyer.tz(), call.wall(now));
+        call.snapshot.live(e.buyer).refund(at, e.bid_cents);
         self.disarm(key, Timer::MaxDuration);
         self.leg_failed(
             layer,

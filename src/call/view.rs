@@ -80,6 +80,14 @@ pub struct BuyerView {
     pub spend_today_cents: u64,
     /// `daily_budget_cents` (0 = none).
     pub daily_budget_cents: u64,
+    /// Answered calls this month in the buyer's zone.
+    pub answered_this_month: u32,
+    /// `monthly_cap` (0 = none).
+    pub monthly_cap: u32,
+    /// Cents committed this month.
+    pub spend_this_month_cents: u64,
+    /// `monthly_budget_cents` (0 = none).
+    pub monthly_budget_cents: u64,
     /// How the trunk's host name resolves (absent for an IP address).
     pub dns: Option<DnsView>,
     /// The trunk's health (absent without `health = { … }`).
@@ -204,7 +212,7 @@ pub fn buyer_view(
 ) -> BuyerView {
     let b = &snap.buyers()[i];
     let live = snap.live(i as dce_routing::BuyerId);
-    let (hk, dk) = dce_routing::local_keys(b.tz(), now);
+    let k = dce_routing::local_keys(b.tz(), now);
     let bid_override = live.bid_override();
     BuyerView {
         id: b.id.clone(),
@@ -219,12 +227,16 @@ pub fn buyer_view(
         paused: live.paused(),
         active_calls: live.active(),
         max_concurrent: b.max_concurrent,
-        answered_this_hour: live.answered_in_hour(hk),
+        answered_this_hour: live.answered_in_hour(k.hour),
         hourly_cap: b.hourly_cap,
-        answered_today: live.answered_on_day(dk),
+        answered_today: live.answered_on_day(k.day),
         daily_cap: b.daily_cap,
-        spend_today_cents: live.spend_on_day(dk),
+        spend_today_cents: live.spend_on_day(k.day),
         daily_budget_cents: b.daily_budget_cents,
+        answered_this_month: live.answered_in_month(k.month),
+        monthly_cap: b.monthly_cap,
+        spend_this_month_cents: live.spend_in_month(k.month),
+        monthly_budget_cents: b.monthly_budget_cents,
         dns: dns_view(&b.uri, dns),
         health: health_view(b, live, now),
     }

@@ -248,6 +248,8 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "hourly_cap",
                 "daily_cap",
                 "daily_budget_cents",
+                "monthly_cap",
+                "monthly_budget_cents",
                 "states",
                 "schedule",
                 "priority",
@@ -287,6 +289,11 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
         let daily_cap = u32_key(w, t, "daily_cap", 0);
         let daily_budget_cents = w
             .int(t, "daily_budget_cents", 0, i64::MAX)
+            .map(|(v, _)| v as u64)
+            .unwrap_or(0);
+        let monthly_cap = u32_key(w, t, "monthly_cap", 0);
+        let monthly_budget_cents = w
+            .int(t, "monthly_budget_cents", 0, i64::MAX)
             .map(|(v, _)| v as u64)
             .unwrap_or(0);
         let mut states = StateSet::default();
@@ -370,6 +377,8 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 hourly_cap,
                 daily_cap,
                 daily_budget_cents,
+                monthly_cap,
+                monthly_budget_cents,
                 states,
                 schedule,
                 priority,

@@ -54,6 +54,10 @@ fn a_buyer(paused: bool, bid: Option<u32>) -> crate::call::view::BuyerView {
         daily_cap: 0,
         spend_today_cents: 1500,
         daily_budget_cents: 0,
+        answered_this_month: 1,
+        monthly_cap: 0,
+        spend_this_month_cents: 1500,
+        monthly_budget_cents: 0,
         dns: None,
         health: None,
     }
