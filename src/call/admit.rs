@@ -5,7 +5,7 @@
 use super::cdr::{BidRecord, Cdr};
 use super::controller::{Controller, Output};
 use super::leg::{contact_uri, route_set, Dialog};
-use super::lookup::{Answer, LookupId, LookupRequest, Lookups, Query, RemoteCheck, RemoteResult};
+use super::lookup::{Answer, Lookups, Query, RemoteCheck, RemoteResult};
 use super::state::{ALeg, AState, Call, CallKey, CallState, LegRef, Timer, TimerTable};
 use super::vocab::{BidOutcome, ComplianceVerdict, Disposition, EndReason, RefusedBy};
 use super::Verdict;
@@ -387,21 +387,13 @@ impl Controller {
         if let Some(shared) = self.shared {
             // The fleet-wide checks (internal DNC overlay, frequency) are a Redis round trip:
             // the call waits in `Checking`, other calls go on.
-            let lid = LookupId(self.next_lookup);
-            self.next_lookup += 1;
             let q = Query::Shared(RemoteCheck {
                 caller: facts.caller.clone(),
                 campaign: facts.campaign.clone(),
                 check_dnc: snapshot.campaign(campaign).dnc,
                 max_calls_per_day: shared.max_calls_per_day,
             });
-            lookups.outstanding.push((lid, q.clone()));
-            requests.push(LookupRequest {
-                id: lid,
-                query: q,
-                deadline: now + shared.deadline,
-            });
-            self.router.add_lookup(lid, key);
+            self.add_lookup(key, q, now + shared.deadline, &mut lookups, &mut requests);
         }
         // Real-time bidders are asked at once, beside the fleet-wide check.
         let rtb_facts = crate::rtb::CallFacts {

@@ -6,7 +6,7 @@
 
 use super::cdr::PingRecord;
 use super::controller::Controller;
-use super::lookup::{BidAnswer, BidQuery, LookupId, LookupRequest, Lookups, Query};
+use super::lookup::{BidAnswer, BidQuery, LookupRequest, Lookups, Query};
 use super::state::{CallBids, CallKey, Terms};
 use crate::rtb::{CallFacts, PingResult};
 use dce_routing::{CampaignId, Entry, Exclusion, Outcome, Snapshot};
@@ -46,8 +46,6 @@ impl Controller {
             }
             let slot = Arc::new(super::lookup::PingSlot(live.clone()));
             let wait_ms = rtb.timeout_ms.min(deadline_ms);
-            let lid = LookupId(self.next_lookup);
-            self.next_lookup += 1;
             let q = Query::Bid(Box::new(BidQuery {
                 buyer: e.buyer,
                 rtb: Arc::clone(rtb),
@@ -55,13 +53,8 @@ impl Controller {
                 wait_ms,
                 slot,
             }));
-            lookups.outstanding.push((lid, q.clone()));
-            requests.push(LookupRequest {
-                id: lid,
-                query: q,
-                deadline: now + Duration::from_millis(u64::from(wait_ms)),
-            });
-            self.router.add_lookup(lid, key);
+            let deadline = now + Duration::from_millis(u64::from(wait_ms));
+            self.add_lookup(key, q, deadline, lookups, requests);
         }
     }
 

@@ -201,6 +201,28 @@ impl Controller {
         self.reservations = r;
     }
 
+    /// Ask `query` for call or quote `key`, answered by `deadline`: a new lookup id, recorded
+    /// as outstanding in `lookups`, its request queued in `requests`, its answer routed to
+    /// `key`.
+    pub(super) fn add_lookup(
+        &mut self,
+        key: CallKey,
+        query: super::lookup::Query,
+        deadline: Instant,
+        lookups: &mut super::lookup::Lookups,
+        requests: &mut Vec<LookupRequest>,
+    ) {
+        let id = LookupId(self.next_lookup);
+        self.next_lookup += 1;
+        lookups.outstanding.push((id, query.clone()));
+        requests.push(LookupRequest {
+            id,
+            query,
+            deadline,
+        });
+        self.router.add_lookup(id, key);
+    }
+
     /// Index quote `key`'s deadline.
     pub(super) fn index_quote(&mut self, key: CallKey, at: Instant) {
         self.timers.insert((at, key));

@@ -18,7 +18,7 @@
 
 use super::bids::apply_bids;
 use super::controller::{Controller, Output};
-use super::lookup::{Answer, LookupId, LookupRequest, Lookups, Query, RemoteCheck, RemoteResult};
+use super::lookup::{Answer, LookupId, Lookups, Query, RemoteCheck, RemoteResult};
 use super::reservation::{Quote, QuoteAnswer, QuoteRequest, Reservation, Reserved};
 use super::state::{CallBids, CallKey, Terms};
 use super::Verdict;
@@ -96,21 +96,13 @@ impl Controller {
         if let Some(shared) = self.shared.filter(|_| c.dnc) {
             // The fleet-wide DNC only: a quote is not a call, so it is not counted against
             // the frequency cap (the call it brings is).
-            let lid = LookupId(self.next_lookup);
-            self.next_lookup += 1;
             let q = Query::Shared(RemoteCheck {
                 caller: req.caller.clone(),
                 campaign: c.id.clone(),
                 check_dnc: true,
                 max_calls_per_day: 0,
             });
-            lookups.outstanding.push((lid, q.clone()));
-            requests.push(LookupRequest {
-                id: lid,
-                query: q,
-                deadline: now + shared.deadline,
-            });
-            self.router.add_lookup(lid, key);
+            self.add_lookup(key, q, now + shared.deadline, &mut lookups, &mut requests);
         }
         if snapshot.has_rtb() {
             let facts = crate::rtb::CallFacts {
