@@ -30,6 +30,7 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 daily_budget_cents: if filtered { 1_000_000 } else { 0 },
                 monthly_cap: 0,
                 monthly_budget_cents: 0,
+                pause_after_unanswered: Default::default(),
                 states,
                 schedule: filtered
                     .then(|| Schedule::parse(tzs[i % 4], "mon-fri", "08:00", "20:00").unwrap()),

@@ -80,6 +80,8 @@ counters! {
     BuyerDown => "buyer_trunk_down",
     /// A buyer trunk came back up (OPTIONS pings answered again).
     BuyerUp => "buyer_trunk_up",
+    /// A buyer paused itself: its calls rang out (`pause_after_unanswered`).
+    BuyerAutoPaused => "buyer_auto_paused",
     /// Carrier SDP DCE cannot anchor: 488.
     BadSdp488 => "rejected_488_sdp",
     /// Calls ended because no RTP flowed for rtp_timeout_s.

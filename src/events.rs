@@ -15,7 +15,7 @@ pub const CAPACITY: usize = 4096;
 #[derive(Debug)]
 pub struct Event {
     /// `call.started`, `call.rejected`, `auction.completed`, `call.answered`, `call.completed`,
-    /// `bid.quoted`.
+    /// `bid.quoted`, `buyer.down`, `buyer.up`, `buyer.paused`.
     pub kind: &'static str,
     /// The call's campaign (for filtering), when known.
     pub campaign: String,

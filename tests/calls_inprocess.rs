@@ -190,6 +190,90 @@ fn monthly_caps_and_budgets_exclude_a_buyer_for_the_rest_of_the_month() {
     );
 }
 
+/// `pause_after_unanswered` (issue #15 item 4): a buyer whose calls ring out pauses itself at
+/// the rule's count, is `excluded:paused` from then on with why and when in `/v1/buyers`,
+/// and takes calls again once an operator resumes it (its counts starting again).
+#[test]
+fn a_buyer_whose_calls_ring_out_pauses_itself_until_resumed() {
+    let buyers = format!(
+        "{}{}",
+        buyer(
+            "acme",
+            5090,
+            1500,
+            "pause_after_unanswered = { in_hour = 2, in_day = 10 }"
+        ),
+        buyer("bravo", 5091, 1200, "")
+    );
+    let mut sim = Sim::new(&config("ring_timeout_s = 5", &buyers));
+    sim.add_buyer(5090, Mode::Ring);
+    sim.add_buyer(5091, Mode::Answer(S));
+    let call_once = |sim: &mut Sim, n: u32| {
+        let call = sim.place_call(&format!("+1310555130{n}"));
+        sim.run_for(10 * S);
+        sim.carrier_bye(&call);
+        sim.run_for(S);
+        outcomes(sim.cdrs().last().unwrap())
+    };
+    let acme = |sim: &mut Sim| {
+        sim.core
+            .calls()
+            .buyers_view()
+            .into_iter()
+            .find(|b| b.id == "acme")
+            .unwrap()
+    };
+    assert_eq!(
+        call_once(&mut sim, 0),
+        ["acme=attempted:ring_timeout", "bravo=won"]
+    );
+    let v = acme(&mut sim);
+    assert_eq!(
+        (v.paused, v.unanswered_this_hour, v.unanswered_today),
+        (false, 1, 1)
+    );
+    assert_eq!(
+        call_once(&mut sim, 1),
+        ["acme=attempted:ring_timeout", "bravo=won"]
+    );
+    let v = acme(&mut sim);
+    assert!(v.paused);
+    assert_eq!(v.paused_by.as_deref(), Some("unanswered_in_hour"));
+    assert!(
+        v.paused_at
+            .as_deref()
+            .is_some_and(|t| t.starts_with("2026-07-15T16:00")),
+        "{:?}",
+        v.paused_at
+    );
+    assert_eq!(sim.counters.get(dce::counters::Counter::BuyerAutoPaused), 1);
+    let rang = sim.buyer(5090).calls.len();
+    assert_eq!(
+        call_once(&mut sim, 2),
+        ["bravo=won", "acme=excluded:paused"]
+    );
+    assert_eq!(
+        sim.buyer(5090).calls.len(),
+        rang,
+        "a paused buyer is not rung"
+    );
+    let patch = dce::call::view::BuyerPatch {
+        paused: Some(false),
+        bid_cents: None,
+    };
+    let v = sim.core.calls().patch_buyer("acme", &patch).unwrap();
+    assert_eq!(
+        (v.paused, v.paused_by, v.unanswered_this_hour),
+        (false, None, 0),
+        "resumed, counts started again"
+    );
+    sim.set_mode(5090, Mode::Answer(S));
+    assert_eq!(call_once(&mut sim, 3), ["acme=won", "bravo=lost"]);
+    sim.run_for(64 * S);
+    sim.assert_nothing_held();
+    assert_eq!(sim.live.total_active(), 0);
+}
+
 #[test]
 fn busy_buyer_fails_over_to_the_next() {
     let mut sim = Sim::new(&three_buyers(""));

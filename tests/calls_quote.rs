@@ -230,7 +230,7 @@ fn a_reserved_buyer_that_is_no_longer_eligible_leaves_the_call_to_a_fresh_auctio
     let mut sim = sim(|_| {});
     let a = quote_900(&mut sim, "+13105551234");
     assert!(matches!(a, QuoteAnswer::Bid { .. }));
-    sim.live.get("hi").set_paused(true);
+    sim.live.get("hi").pause_by_operator(0);
     let call = sim.place_call("+13105551234");
     assert_eq!(sim.bid_requests.len(), 1, "only lo is asked: hi is paused");
     sim.answer_bid(1, bid(500), 1);

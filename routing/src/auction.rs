@@ -358,6 +358,7 @@ pub(crate) mod tests {
             daily_budget_cents: 0,
             monthly_cap: 0,
             monthly_budget_cents: 0,
+            pause_after_unanswered: Default::default(),
             states: StateSet::default(),
             schedule: None,
             priority: 0,
@@ -468,7 +469,7 @@ pub(crate) mod tests {
             &live,
         )
         .unwrap();
-        live.get("c").set_paused(true);
+        live.get("c").pause_by_operator(1);
         live.get("b").set_bid_override(Some(1500));
         let mut out = Vec::new();
         assert_eq!(auction(&snap, 0, None, now(), &mut out), 2);
@@ -478,7 +479,7 @@ pub(crate) mod tests {
         auction(&snap, 0, None, now(), &mut out);
         assert_eq!(names(&snap, &out), ["b#0", "a:floor", "c:paused"]);
         live.clear_bid_overrides();
-        live.get("c").set_paused(false);
+        live.get("c").resume();
         auction(&snap, 0, None, now(), &mut out);
         assert_eq!(names(&snap, &out), ["c#0", "a#1", "b#2"]);
     }

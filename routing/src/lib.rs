@@ -11,7 +11,7 @@
 //! | `geo.rs` | US states, the NANP area code → state table (`data/npa_state.tsv`) |
 //! | `schedule.rs` | a buyer's opening hours in its time zone |
 //! | `model.rs` | [`Campaign`], [`Buyer`], [`Snapshot`] and its checks |
-//! | `live.rs` | [`Live`]: concurrency slots, hourly/daily answered counts, daily spend |
+//! | `live.rs` | [`Live`]: concurrency slots, hourly/daily/monthly answered counts and spend, pauses (an operator's, or after calls rang out) |
 //! | `auction.rs` | [`auction`]: eligibility filters, ranking, an explanation per buyer |
 
 mod auction;
@@ -23,10 +23,10 @@ mod schedule;
 
 pub use auction::{auction, local_keys, pin_first, rank, reorder, Entry, Exclusion, Outcome};
 pub use geo::{state_of_number, State, StateSet};
-pub use live::{BuyerLive, Health, Keys, Live};
+pub use live::{BuyerLive, Health, Keys, Live, Pause, PauseBy};
 pub use model::{
-    Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, Rtb, RtbFormat, Snapshot,
-    SnapshotError,
+    Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, PauseRule, Rtb, RtbFormat,
+    Snapshot, SnapshotError,
 };
 pub use number::normalize;
 pub use schedule::{Days, Schedule, ScheduleError};

@@ -23,8 +23,13 @@ pub struct BuyerLive {
     month: AtomicU64,
     /// (month key << 40) | cents
     month_spend: AtomicU64,
-    /// Paused by an operator: excluded from auctions.
-    paused: AtomicBool,
+    /// Paused (excluded from auctions): 0 = not; else (Unix ms << 2) | why
+    /// ([`PauseBy`]).
+    pause: AtomicU64,
+    /// (hour key << 32) | calls that rang out (`pause_after_unanswered`).
+    unanswered_hour: AtomicU64,
+    /// (day key << 32) | calls that rang out.
+    unanswered_day: AtomicU64,
     /// Operator's bid override plus one; 0 = none (the config's bid applies).
     bid_override: AtomicU64,
     /// The trunk's health (OPTIONS pings, the failed-call breaker).
@@ -122,6 +127,61 @@ impl Health {
     }
 }
 
+/// Why a buyer is paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseBy {
+    /// An operator, through the API.
+    Operator,
+    /// `pause_after_unanswered.in_hour` calls rang out in one local hour.
+    UnansweredInHour,
+    /// `pause_after_unanswered.in_day` calls rang out in one local day.
+    UnansweredInDay,
+}
+
+impl PauseBy {
+    /// Its name in the API and the log.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PauseBy::Operator => "operator",
+            PauseBy::UnansweredInHour => "unanswered_in_hour",
+            PauseBy::UnansweredInDay => "unanswered_in_day",
+        }
+    }
+
+    fn code(self) -> u64 {
+        match self {
+            PauseBy::Operator => 1,
+            PauseBy::UnansweredInHour => 2,
+            PauseBy::UnansweredInDay => 3,
+        }
+    }
+}
+
+/// A buyer's pause: why and since when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pause {
+    /// Who or what paused it.
+    pub by: PauseBy,
+    /// When, Unix ms.
+    pub at_ms: u64,
+}
+
+impl Pause {
+    fn pack(self) -> u64 {
+        (self.at_ms << 2) | self.by.code()
+    }
+
+    fn unpack(v: u64) -> Option<Pause> {
+        let by = match v & 3 {
+            1 => PauseBy::Operator,
+            2 => PauseBy::UnansweredInHour,
+            3 => PauseBy::UnansweredInDay,
+            _ => return None,
+        };
+        Some(Pause { by, at_ms: v >> 2 })
+    }
+}
+
 /// The local hour, day and month of an instant in a buyer's zone, as its counters are stamped
 /// (`crate::local_keys`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -154,14 +214,71 @@ fn bump(cell: &AtomicU64, key: u32, shift: u32, mask: u64, delta: i64) {
 }
 
 impl BuyerLive {
-    /// Paused by an operator?
+    /// Paused (by an operator or by its unanswered calls)?
     pub fn paused(&self) -> bool {
-        self.paused.load(Ordering::Acquire)
+        self.pause.load(Ordering::Acquire) != 0
     }
 
-    /// Pause (excluded from auctions) or resume.
-    pub fn set_paused(&self, paused: bool) {
-        self.paused.store(paused, Ordering::Release);
+    /// Why and since when it is paused, if it is.
+    pub fn pause(&self) -> Option<Pause> {
+        Pause::unpack(self.pause.load(Ordering::Acquire))
+    }
+
+    /// An operator pauses it at `now_ms` (Unix ms): excluded from auctions until resumed.
+    pub fn pause_by_operator(&self, now_ms: u64) {
+        let p = Pause {
+            by: PauseBy::Operator,
+            at_ms: now_ms,
+        };
+        self.pause.store(p.pack(), Ordering::Release);
+    }
+
+    /// Resume it, whoever paused it. The counts of calls that rang out start again from
+    /// zero, so an auto-paused buyer an operator resumed is not paused again by its next one.
+    pub fn resume(&self) {
+        self.pause.store(0, Ordering::Release);
+        self.unanswered_hour.store(0, Ordering::Release);
+        self.unanswered_day.store(0, Ordering::Release);
+    }
+
+    /// A call to this buyer rang out (`at`: its local hour and day; `now_ms`: Unix ms). With
+    /// `in_hour` / `in_day` such calls in the hour / day (0 = no such rule) the buyer pauses
+    /// itself; `Some` when this call paused it (never when it was paused already).
+    pub fn rang_out(&self, at: Keys, in_hour: u32, in_day: u32, now_ms: u64) -> Option<PauseBy> {
+        bump(&self.unanswered_hour, at.hour, 32, u32::MAX as u64, 1);
+        bump(&self.unanswered_day, at.day, 32, u32::MAX as u64, 1);
+        let by = if in_hour > 0 && self.unanswered_in_hour(at.hour) >= in_hour {
+            PauseBy::UnansweredInHour
+        } else if in_day > 0 && self.unanswered_on_day(at.day) >= in_day {
+            PauseBy::UnansweredInDay
+        } else {
+            return None;
+        };
+        let p = Pause { by, at_ms: now_ms }.pack();
+        self.pause
+            .compare_exchange(0, p, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| by)
+    }
+
+    /// Calls that rang out in local hour `key`.
+    pub fn unanswered_in_hour(&self, key: u32) -> u32 {
+        stamped(
+            self.unanswered_hour.load(Ordering::Acquire),
+            key,
+            32,
+            u32::MAX as u64,
+        ) as u32
+    }
+
+    /// Calls that rang out on local day `key`.
+    pub fn unanswered_on_day(&self, key: u32) -> u32 {
+        stamped(
+            self.unanswered_day.load(Ordering::Acquire),
+            key,
+            32,
+            u32::MAX as u64,
+        ) as u32
     }
 
     /// The operator's bid override, if any.
@@ -332,6 +449,66 @@ impl Live {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn calls_that_ring_out_pause_a_buyer_until_it_is_resumed() {
+        let b = BuyerLive::default();
+        let at = |hour, day| Keys {
+            hour,
+            day,
+            month: 1,
+        };
+        assert_eq!(b.rang_out(at(10, 1), 2, 3, 1_000), None);
+        assert_eq!(
+            b.rang_out(at(11, 1), 2, 3, 2_000),
+            None,
+            "a new hour: one in it, two today"
+        );
+        assert_eq!(
+            b.rang_out(at(11, 1), 2, 3, 3_000),
+            Some(PauseBy::UnansweredInHour)
+        );
+        assert!(b.paused());
+        assert_eq!(
+            b.pause(),
+            Some(Pause {
+                by: PauseBy::UnansweredInHour,
+                at_ms: 3_000
+            })
+        );
+        assert_eq!(
+            b.rang_out(at(11, 1), 2, 3, 4_000),
+            None,
+            "paused already: the first reason and time stand"
+        );
+        assert_eq!(b.pause().map(|p| p.at_ms), Some(3_000));
+        b.resume();
+        assert!(!b.paused() && b.pause().is_none());
+        assert_eq!(
+            (b.unanswered_in_hour(11), b.unanswered_on_day(1)),
+            (0, 0),
+            "resuming starts the counts again"
+        );
+        assert_eq!(b.rang_out(at(12, 2), 0, 2, 5_000), None);
+        assert_eq!(
+            b.rang_out(at(13, 2), 0, 2, 6_000),
+            Some(PauseBy::UnansweredInDay),
+            "in_hour 0: only the day's rule"
+        );
+        b.pause_by_operator(7_000);
+        assert_eq!(
+            b.pause(),
+            Some(Pause {
+                by: PauseBy::Operator,
+                at_ms: 7_000
+            })
+        );
+        b.resume();
+        for _ in 0..10 {
+            assert_eq!(b.rang_out(at(14, 3), 0, 0, 8_000), None, "no rule");
+        }
+        assert!(!b.paused());
+    }
 
     #[test]
     fn bid_requests_are_capped_in_flight_and_per_second() {

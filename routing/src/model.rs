@@ -75,6 +75,8 @@ pub struct Buyer {
     pub monthly_cap: u32,
     /// Spend per calendar month in the buyer's zone, in cents.
     pub monthly_budget_cents: u64,
+    /// Pause itself after calls ring out (`pause_after_unanswered = { in_hour, in_day }`).
+    pub pause_after_unanswered: PauseRule,
     /// Caller states it takes; empty = any.
     pub states: StateSet,
     /// Opening hours, if any.
@@ -145,6 +147,24 @@ impl RtbFormat {
         [RtbFormat::Dce, RtbFormat::Ringba, RtbFormat::Retreaver]
             .into_iter()
             .find(|f| f.name() == s)
+    }
+}
+
+/// `pause_after_unanswered = { in_hour, in_day }`: a buyer pauses itself when that many of
+/// its calls rang out (not answered) in one local hour or day; 0 = no such rule. An operator
+/// resumes it through the API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PauseRule {
+    /// Calls that rang out in one local hour.
+    pub in_hour: u32,
+    /// Calls that rang out in one local day.
+    pub in_day: u32,
+}
+
+impl PauseRule {
+    /// Any rule at all?
+    pub fn is_set(self) -> bool {
+        self.in_hour > 0 || self.in_day > 0
     }
 }
 

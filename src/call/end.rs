@@ -344,8 +344,13 @@ impl Controller {
         let i = self.snapshot.buyers().iter().position(|b| b.id == id)?;
         let live = self.snapshot.live(i as dce_routing::BuyerId);
         if let Some(p) = patch.paused {
-            live.set_paused(p);
-            tracing::info!(buyer = %id, paused = p, "buyer {} through the API", if p { "paused" } else { "resumed" });
+            let was = live.pause();
+            if p {
+                live.pause_by_operator(self.clock.now_utc().timestamp_millis().max(0) as u64);
+            } else {
+                live.resume();
+            }
+            tracing::info!(buyer = %id, paused = p, was = was.map_or("running", |w| w.by.as_str()), "buyer {} through the API", if p { "paused" } else { "resumed" });
         }
         if let Some(bid) = patch.bid_cents {
             live.set_bid_override(bid);

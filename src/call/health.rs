@@ -281,6 +281,51 @@ impl Controller {
         }
     }
 
+    /// Buyer `b`'s attempt ended `outcome`: when it rang out (DCE's ring timeout, or the
+    /// buyer's own 408 or 480), count it, and pause the buyer when its
+    /// `pause_after_unanswered` rule says so.
+    pub(super) fn unanswered_note(
+        &mut self,
+        snap: &std::sync::Arc<dce_routing::Snapshot>,
+        b: BuyerId,
+        outcome: BidOutcome,
+    ) {
+        let Some(buyer) = snap.buyers().get(b) else {
+            return;
+        };
+        let rule = buyer.pause_after_unanswered;
+        if !rule.is_set() || !rang_out(outcome) {
+            return;
+        }
+        let now = self.clock.now_utc();
+        let keys = dce_routing::local_keys(buyer.tz(), now);
+        let live = snap.live(b);
+        let now_ms = now.timestamp_millis().max(0) as u64;
+        let Some(by) = live.rang_out(keys, rule.in_hour, rule.in_day, now_ms) else {
+            return;
+        };
+        let (hour, day) = (
+            live.unanswered_in_hour(keys.hour),
+            live.unanswered_on_day(keys.day),
+        );
+        tracing::warn!(buyer = %buyer.id, reason = by.as_str(), unanswered_this_hour = hour, unanswered_today = day, last = %outcome, "buyer PAUSED: its calls ring out (pause_after_unanswered); excluded:paused until an operator resumes it (PATCH /v1/buyers/{{id}} {{\"paused\": false}})");
+        self.counters.inc(Counter::BuyerAutoPaused);
+        let id = buyer.id.clone();
+        self.events.emit(
+            "buyer.paused",
+            "",
+            || vec![id.clone()],
+            || {
+                serde_json::json!({
+                    "buyer": id,
+                    "reason": by.as_str(),
+                    "unanswered_this_hour": hour,
+                    "unanswered_today": day,
+                })
+            },
+        );
+    }
+
     fn health_changed(&mut self, id: &str, down: bool, reason: &'static str) {
         self.counters.inc(if down {
             Counter::BuyerDown
@@ -297,9 +342,30 @@ impl Controller {
     }
 }
 
+/// Did an attempt ring out: nobody answered (DCE's ring timeout, or the buyer's own
+/// 408 Request Timeout or 480 Temporarily Unavailable)?
+fn rang_out(outcome: BidOutcome) -> bool {
+    matches!(
+        outcome,
+        BidOutcome::Attempted(AttemptEnd::RingTimeout | AttemptEnd::Code(408 | 480))
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn what_counts_as_ringing_out() {
+        let code = |c| BidOutcome::Attempted(AttemptEnd::Code(c));
+        assert!(rang_out(BidOutcome::Attempted(AttemptEnd::RingTimeout)));
+        assert!(rang_out(code(480)) && rang_out(code(408)));
+        assert!(!rang_out(code(486)), "busy answered");
+        assert!(!rang_out(code(503)), "a failure, for the breaker");
+        assert!(!rang_out(BidOutcome::Attempted(AttemptEnd::Timeout)));
+        assert!(!rang_out(BidOutcome::Attempted(AttemptEnd::Cancelled)));
+        assert!(!rang_out(BidOutcome::Won));
+    }
 
     #[test]
     fn what_counts_against_a_trunk() {

@@ -319,6 +319,10 @@ impl Controller {
         if !given_up || invite_over {
             self.breaker_note(&snap, buyer, outcome);
         }
+        // DCE's ring timeout gives the leg up before its INVITE ends: counted once, here.
+        if !given_up || outcome == BidOutcome::Attempted(AttemptEnd::RingTimeout) {
+            self.unanswered_note(&snap, buyer, outcome);
+        }
         if !ringing {
             return;
         }

@@ -62,8 +62,20 @@ pub struct BuyerView {
     pub config_bid_cents: u32,
     /// An operator's override is in force (until the next reload).
     pub bid_override: bool,
-    /// Paused by an operator (excluded from auctions).
+    /// Paused (excluded from auctions until an operator resumes it).
     pub paused: bool,
+    /// Who or what paused it: `operator`, `unanswered_in_hour` or `unanswered_in_day`
+    /// (`pause_after_unanswered`).
+    pub paused_by: Option<String>,
+    /// When it was paused (RFC 3339).
+    pub paused_at: Option<String>,
+    /// Calls that rang out (not answered) in the buyer's current local hour, since it was
+    /// last resumed.
+    pub unanswered_this_hour: u32,
+    /// Calls that rang out on the buyer's current local day, since it was last resumed.
+    pub unanswered_today: u32,
+    /// `pause_after_unanswered`, when set.
+    pub pause_after_unanswered: Option<PauseRuleView>,
     /// Calls ringing or connected now.
     pub active_calls: u32,
     /// `max_concurrent` (0 = unlimited).
@@ -92,6 +104,15 @@ pub struct BuyerView {
     pub dns: Option<DnsView>,
     /// The trunk's health (absent without `health = { … }`).
     pub health: Option<HealthView>,
+}
+
+/// `pause_after_unanswered = { in_hour, in_day }` (0 = no such rule).
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct PauseRuleView {
+    /// Calls that rang out in one local hour that pause the buyer.
+    pub in_hour: u32,
+    /// Calls that rang out in one local day that pause the buyer.
+    pub in_day: u32,
 }
 
 /// A buyer trunk's health as the auction sees it now.
@@ -214,6 +235,7 @@ pub fn buyer_view(
     let live = snap.live(i as dce_routing::BuyerId);
     let k = dce_routing::local_keys(b.tz(), now);
     let bid_override = live.bid_override();
+    let pause = live.pause();
     BuyerView {
         id: b.id.clone(),
         campaigns: b
@@ -224,7 +246,18 @@ pub fn buyer_view(
         bid_cents: bid_override.unwrap_or(b.bid_cents),
         config_bid_cents: b.bid_cents,
         bid_override: bid_override.is_some(),
-        paused: live.paused(),
+        paused: pause.is_some(),
+        paused_by: pause.map(|p| p.by.as_str().to_owned()),
+        paused_at: pause.and_then(|p| {
+            chrono::DateTime::<chrono::Utc>::from_timestamp_millis(p.at_ms as i64)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        }),
+        unanswered_this_hour: live.unanswered_in_hour(k.hour),
+        unanswered_today: live.unanswered_on_day(k.day),
+        pause_after_unanswered: b.pause_after_unanswered.is_set().then_some(PauseRuleView {
+            in_hour: b.pause_after_unanswered.in_hour,
+            in_day: b.pause_after_unanswered.in_day,
+        }),
         active_calls: live.active(),
         max_concurrent: b.max_concurrent,
         answered_this_hour: live.answered_in_hour(k.hour),

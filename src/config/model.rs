@@ -1277,4 +1277,35 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
             assert!(text.iter().any(|e| e.contains(want)), "{m}: {text:?}");
         }
     }
+
+    #[test]
+    fn pause_after_unanswered_is_read_and_named_by_line_when_wrong() {
+        let base = |m: &str| {
+            format!(
+                "[node]\nid = \"a\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n\
+                 [[campaign]]\nid = \"c\"\nnumbers = [\"+18005550100\"]\n\
+                 [[buyer]]\nid = \"b\"\ncampaigns = [\"c\"]\nuri = \"sip:{{called}}@127.0.0.1:5090\"\nbid_cents = 100\n{m}\n"
+            )
+        };
+        let rule =
+            |m: &str| parse("a.toml", &base(m)).unwrap().routing.buyers[0].pause_after_unanswered;
+        assert!(!rule("").is_set(), "no rule by default");
+        let r = rule("pause_after_unanswered = { in_hour = 3, in_day = 5 }");
+        assert_eq!((r.in_hour, r.in_day), (3, 5));
+        let r = rule("pause_after_unanswered = { in_day = 5 }");
+        assert_eq!((r.in_hour, r.in_day), (0, 5));
+        for (m, want) in [
+            (
+                "pause_after_unanswered = {}",
+                "a.toml:14: buyer pause_after_unanswered needs in_hour or in_day above 0",
+            ),
+            ("pause_after_unanswered = { in_hour = -1 }", "a.toml:14:"),
+            ("pause_after_unanswered = { in_hours = 3 }", "in_hours"),
+            ("pause_after_unanswered = 3", "a.toml:14:"),
+        ] {
+            let errs = parse("a.toml", &base(m)).unwrap_err();
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(text.iter().any(|e| e.contains(want)), "{m}: {text:?}");
+        }
+    }
 }

@@ -250,6 +250,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "daily_budget_cents",
                 "monthly_cap",
                 "monthly_budget_cents",
+                "pause_after_unanswered",
                 "states",
                 "schedule",
                 "priority",
@@ -296,6 +297,32 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .int(t, "monthly_budget_cents", 0, i64::MAX)
             .map(|(v, _)| v as u64)
             .unwrap_or(0);
+        let pause_after_unanswered = w
+            .table(
+                t,
+                "pause_after_unanswered",
+                "buyer.pause_after_unanswered",
+                false,
+            )
+            .map(|pt| {
+                w.unknown_keys(pt, &["in_hour", "in_day"]);
+                let rule = dce_routing::PauseRule {
+                    in_hour: w
+                        .int(pt, "in_hour", 0, 100_000)
+                        .map_or(0, |(v, _)| v as u32),
+                    in_day: w
+                        .int(pt, "in_day", 0, 1_000_000)
+                        .map_or(0, |(v, _)| v as u32),
+                };
+                if !rule.is_set() {
+                    w.error(
+                        w.span_of(t, "pause_after_unanswered"),
+                        "buyer pause_after_unanswered needs in_hour or in_day above 0",
+                    );
+                }
+                rule
+            })
+            .unwrap_or_default();
         let mut states = StateSet::default();
         for (s, span) in w.strings(t, "states", false).unwrap_or_default() {
             match State::parse(&s) {
@@ -379,6 +406,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 daily_budget_cents,
                 monthly_cap,
                 monthly_budget_cents,
+                pause_after_unanswered,
                 states,
                 schedule,
                 priority,

@@ -5,7 +5,9 @@
 use super::routes::{
     BuyerList, CallList, DncEntry, ErrorBody, ErrorDetail, Figures, GroupFigures, HangupDone, Stats,
 };
-use crate::call::view::{BuyerPatch, BuyerView, CallView, DnsView, HealthView, LegView};
+use crate::call::view::{
+    BuyerPatch, BuyerView, CallView, DnsView, HealthView, LegView, PauseRuleView,
+};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use utoipa::openapi::path::Operation;
@@ -102,7 +104,7 @@ pub struct CdrPage {
         super::routes::stats, super::gdpr::erase, super::ws::events, super::bid::bid,
     ),
     components(schemas(
-        ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView, HealthView,
+        ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView, HealthView, PauseRuleView,
         BuyerPatch, DncEntry, Stats, Figures, GroupFigures, Health, DependencyHealth, Reloaded,
         CdrPage, crate::store::db::ExportRow, super::gdpr::EraseRequest,
         crate::store::gdpr::Erased, super::bid::BidRequestDoc, super::bid::ByNumber, super::bid::ByCampaign, super::bid::BidAnswer,

@@ -58,6 +58,11 @@ fn a_buyer(paused: bool, bid: Option<u32>) -> crate::call::view::BuyerView {
         monthly_cap: 0,
         spend_this_month_cents: 1500,
         monthly_budget_cents: 0,
+        paused_by: paused.then(|| "operator".into()),
+        paused_at: paused.then(|| "2026-07-15T16:00:00.000Z".into()),
+        unanswered_this_hour: 0,
+        unanswered_today: 0,
+        pause_after_unanswered: None,
         dns: None,
         health: None,
     }

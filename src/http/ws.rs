@@ -26,7 +26,8 @@ pub struct EventFilter {
 
 /// Upgrade to a WebSocket of JSON events, each with a `type`: `call.started`,
 /// `auction.completed` (with the bids), `call.answered`, `call.completed`, `call.rejected`,
-/// `bid.quoted` (a publisher's bid request answered).
+/// `bid.quoted` (a publisher's bid request answered), `buyer.down` / `buyer.up` (a trunk's
+/// health changed), `buyer.paused` (a buyer paused itself: its calls rang out).
 #[utoipa::path(get, path = "/v1/events", tag = "events", params(EventFilter),
     responses((status = 101, description = "Switching to the WebSocket event stream"),
               (status = 400, description = "Bad filter", body = super::routes::ErrorBody),
