@@ -31,6 +31,7 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 monthly_cap: 0,
                 monthly_budget_cents: 0,
                 pause_after_unanswered: Default::default(),
+                duplicates: None,
                 states,
                 schedule: filtered
                     .then(|| Schedule::parse(tzs[i % 4], "mon-fri", "08:00", "20:00").unwrap()),
@@ -61,6 +62,7 @@ fn bench(c: &mut Criterion) {
         auction_deadline_ms: 250,
         publisher_margin_ppm: 0,
         reservation_s: 60,
+        duplicates: None,
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

@@ -90,6 +90,8 @@ counters! {
     LookupError => "compliance_lookup_errors",
     /// Compliance verdict: 603.
     Compliance603 => "rejected_603_compliance",
+    /// A campaign's duplicate rule (`action = "reject"`): 603.
+    Duplicate603 => "rejected_603_duplicate",
     /// Calls a buyer answered.
     CallAnswered => "calls_answered",
     /// Answered calls that ended.

@@ -107,6 +107,38 @@ pub async fn load_consent(
     }
 }
 
+/// Refill the duplicate rules' memory from the CDRs of the last `keep_s` seconds (the longest
+/// window; 0 = no rule, nothing to do).
+pub async fn restore_duplicates(
+    db: &crate::store::Db,
+    memory: &crate::call::duplicates::Memory,
+    keep_s: i64,
+) {
+    if keep_s == 0 {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let since = chrono::Utc::now().timestamp() - keep_s;
+    match tokio::time::timeout(Duration::from_secs(60), db.dup_history(since)).await {
+        Ok(Ok(rows)) => {
+            let calls = crate::call::duplicates::restore(memory, &rows, keep_s);
+            tracing::info!(
+                calls,
+                remembered = memory.len(),
+                window_days = keep_s / 86_400,
+                took_ms = t0.elapsed().as_millis() as u64,
+                "duplicate rules: callers restored from the CDR database"
+            );
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "duplicate rules: callers not restored from the CDR database; repeat callers of before the start are not known")
+        }
+        Err(_) => tracing::warn!(
+            "duplicate rules: the CDR database did not answer in 60 s; repeat callers of before the start are not known"
+        ),
+    }
+}
+
 /// Build the routing snapshot of a config over `live`.
 pub fn snapshot_of(config: &Config, live: &Live) -> anyhow::Result<Snapshot> {
     Ok(Snapshot::new(
@@ -257,12 +289,17 @@ pub async fn run(
     // when it answers (calls of consent-gated campaigns are refused until then), and the CDR
     // writer spools until it has migrated.
     let (gate_tx, gate) = tokio::sync::oneshot::channel();
+    // Callers the duplicate rules remember, shared by every worker; refilled from the CDRs
+    // of the longest window once the database answers.
+    let duplicates = Arc::new(crate::call::duplicates::Memory::default());
     {
         let (db, compliance, migrate) =
             (db.clone(), compliance.clone(), config.storage.auto_migrate);
+        let (duplicates, keep_s) = (duplicates.clone(), snapshot.dup_window_s());
         tokio::spawn(async move {
             load_consent(&db, migrate, &compliance).await;
             let _ = gate_tx.send(());
+            restore_duplicates(&db, &duplicates, keep_s).await;
         });
     }
     let consent_db = db.clone();
@@ -348,12 +385,13 @@ pub async fn run(
                 live.clone(),
                 config.routing.carriers.clone(),
             );
-            let (compliance, counters, events, dns_table, reservations) = (
+            let (compliance, counters, events, dns_table, reservations, duplicates) = (
                 compliance.clone(),
                 counters.clone(),
                 events.clone(),
                 dns_table.clone(),
                 reservations.clone(),
+                duplicates.clone(),
             );
             let (timers, local, host) = (
                 timers,
@@ -382,6 +420,7 @@ pub async fn run(
                 controller.set_events(events);
                 controller.set_dns(dns_table);
                 controller.set_reservations(reservations);
+                controller.set_duplicates(duplicates);
                 if index == 0 {
                     // One worker sends the buyers' OPTIONS pings (their state is shared).
                     controller.set_pinger(std::time::Instant::now());

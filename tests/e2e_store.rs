@@ -162,6 +162,26 @@ fn postgresql_gets_one_row_per_call_with_its_bids() {
             .await
             .unwrap();
         assert!(none.is_empty(), "{none:?}");
+        // what the duplicate rules restore at start: acme rung first, bravo answered
+        let history = db.dup_history(0).await.unwrap();
+        assert_eq!(history.len(), 20);
+        for h in &history {
+            assert_eq!(
+                (
+                    h.routed_to.as_deref(),
+                    h.connected_to.as_deref(),
+                    h.caller.as_str()
+                ),
+                (Some("acme"), Some("bravo"), "13105551234"),
+                "{h:?}"
+            );
+            assert!(h.at_s > 1_700_000_000, "{h:?}");
+        }
+        let later = db
+            .dup_history(chrono::Utc::now().timestamp() + 60)
+            .await
+            .unwrap();
+        assert!(later.is_empty(), "{later:?}");
         (r, seen, stats)
     });
     rt.block_on(

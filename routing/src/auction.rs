@@ -42,6 +42,8 @@ pub enum Exclusion {
     Expired,
     /// A real-time bidder over its `max_in_flight` or `max_pings_per_s`: not asked.
     PingCap,
+    /// A duplicate rule keeps the repeat caller from this buyer (`duplicates`).
+    Duplicate,
 }
 
 impl Exclusion {
@@ -64,6 +66,7 @@ impl Exclusion {
             Exclusion::NoBid => "no_bid",
             Exclusion::Expired => "expired",
             Exclusion::PingCap => "ping_cap",
+            Exclusion::Duplicate => "duplicate",
         }
     }
 }
@@ -343,6 +346,7 @@ pub(crate) mod tests {
             auction_deadline_ms: 250,
             publisher_margin_ppm: 0,
             reservation_s: 60,
+            duplicates: None,
         }
     }
 
@@ -359,6 +363,7 @@ pub(crate) mod tests {
             monthly_cap: 0,
             monthly_budget_cents: 0,
             pause_after_unanswered: Default::default(),
+            duplicates: None,
             states: StateSet::default(),
             schedule: None,
             priority: 0,

@@ -25,8 +25,8 @@ pub use auction::{auction, local_keys, pin_first, rank, reorder, Entry, Exclusio
 pub use geo::{state_of_number, State, StateSet};
 pub use live::{BuyerLive, Health, Keys, Live, Pause, PauseBy};
 pub use model::{
-    Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, PauseRule, Rtb, RtbFormat,
-    Snapshot, SnapshotError,
+    Buyer, BuyerAuth, BuyerHealth, BuyerId, Campaign, CampaignId, DupAction, DupStage,
+    DuplicateRule, PauseRule, Rtb, RtbFormat, Snapshot, SnapshotError,
 };
 pub use number::normalize;
 pub use schedule::{Days, Schedule, ScheduleError};

@@ -41,6 +41,100 @@ pub struct Campaign {
     /// How long a price quoted by `POST /v1/bid` holds, seconds (a real-time bid's own
     /// expiry shortens it).
     pub reservation_s: u32,
+    /// What a repeat caller gets (`duplicates = { … }`), if anything.
+    pub duplicates: Option<DuplicateRule>,
+}
+
+/// `duplicates = { window_days, after, action }`: a caller who came within `window_days` of
+/// an earlier call that reached `after` is a duplicate, and `action` says what happens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DuplicateRule {
+    /// How long a caller stays a duplicate, days.
+    pub window_days: u32,
+    /// How far the earlier call must have got.
+    pub after: DupStage,
+    /// What happens to the repeat call.
+    pub action: DupAction,
+}
+
+impl DuplicateRule {
+    /// The window in seconds.
+    pub fn window_s(self) -> i64 {
+        i64::from(self.window_days) * 86_400
+    }
+}
+
+/// How far an earlier call got (`after`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum DupStage {
+    /// A buyer was rung.
+    Routed,
+    /// A buyer answered.
+    Connected,
+    /// The call became billable.
+    Billable,
+}
+
+impl DupStage {
+    /// Every stage, in order.
+    pub const ALL: [DupStage; 3] = [DupStage::Routed, DupStage::Connected, DupStage::Billable];
+
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DupStage::Routed => "routed",
+            DupStage::Connected => "connected",
+            DupStage::Billable => "billable",
+        }
+    }
+
+    /// From its name in the config.
+    pub fn parse(s: &str) -> Option<DupStage> {
+        DupStage::ALL.into_iter().find(|d| d.as_str() == s)
+    }
+
+    /// Its place in [`DupStage::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// What happens to a duplicate call (`action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DupAction {
+    /// Refuse it (a campaign's rule: the call; a buyer's: that buyer, `excluded:duplicate`).
+    Reject,
+    /// The buyer that had the earlier call goes first.
+    SameBuyer,
+    /// Routed as usual, but never billable.
+    NotBillable,
+    /// The buyer that had the earlier call is `excluded:duplicate`; the others bid.
+    NextBuyer,
+}
+
+impl DupAction {
+    /// Every action.
+    pub const ALL: [DupAction; 4] = [
+        DupAction::Reject,
+        DupAction::SameBuyer,
+        DupAction::NotBillable,
+        DupAction::NextBuyer,
+    ];
+
+    /// Its name in the config.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DupAction::Reject => "reject",
+            DupAction::SameBuyer => "same_buyer",
+            DupAction::NotBillable => "not_billable",
+            DupAction::NextBuyer => "next_buyer",
+        }
+    }
+
+    /// From its name in the config.
+    pub fn parse(s: &str) -> Option<DupAction> {
+        DupAction::ALL.into_iter().find(|d| d.as_str() == s)
+    }
 }
 
 impl Campaign {
@@ -77,6 +171,9 @@ pub struct Buyer {
     pub monthly_budget_cents: u64,
     /// Pause itself after calls ring out (`pause_after_unanswered = { in_hour, in_day }`).
     pub pause_after_unanswered: PauseRule,
+    /// Its own duplicate rule (judged on the caller's calls to this buyer), replacing the
+    /// campaign's for this buyer.
+    pub duplicates: Option<DuplicateRule>,
     /// Caller states it takes; empty = any.
     pub states: StateSet,
     /// Opening hours, if any.
@@ -255,6 +352,8 @@ pub struct Snapshot {
     by_number: HashMap<String, CampaignId>,
     by_campaign: Vec<Vec<BuyerId>>,
     has_rtb: bool,
+    /// The longest duplicate window of any rule, seconds (0: no rule).
+    dup_window_s: i64,
 }
 
 impl Snapshot {
@@ -287,6 +386,13 @@ impl Snapshot {
         }
         let live = buyers.iter().map(|b| live.get(&b.id)).collect();
         let has_rtb = buyers.iter().any(|b| b.rtb.is_some());
+        let dup_window_s = campaigns
+            .iter()
+            .filter_map(|c| c.duplicates)
+            .chain(buyers.iter().filter_map(|b| b.duplicates))
+            .map(DuplicateRule::window_s)
+            .max()
+            .unwrap_or(0);
         Ok(Snapshot {
             campaigns,
             buyers,
@@ -294,7 +400,14 @@ impl Snapshot {
             by_number,
             by_campaign,
             has_rtb,
+            dup_window_s,
         })
+    }
+
+    /// The longest window of any duplicate rule, seconds; 0 when there is none (then calls
+    /// are not remembered).
+    pub fn dup_window_s(&self) -> i64 {
+        self.dup_window_s
     }
 
     /// Some buyer bids in real time (`rtb`): calls may have bid requests to make.

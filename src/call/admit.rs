@@ -61,6 +61,8 @@ pub(super) struct Facts {
     pub called: String,
     pub compliance: ComplianceVerdict,
     pub bids: Vec<BidRecord>,
+    /// The duplicate rules that fired (the CDR's `duplicate`).
+    pub duplicate: Option<String>,
 }
 
 /// What admission hands to a new call.
@@ -69,6 +71,7 @@ pub(super) struct Admitted {
     campaign: CampaignId,
     entries: Vec<Entry>,
     wall: DateTime<Utc>,
+    dup: Option<Box<super::duplicates::Judgement>>,
 }
 
 /// The user part of a URI inside a header value (`"x" <sip:user@host>;tag=…`).
@@ -242,6 +245,7 @@ impl Controller {
             buyer_code: None,
             quality: None,
             pings: Vec::new(),
+            duplicate: facts.duplicate,
         })));
     }
 
@@ -324,7 +328,31 @@ impl Controller {
         self.counters
             .m
             .auction(self.clock.instant().saturating_duration_since(started));
-        let entries = self.scratch.clone();
+        let mut entries = self.scratch.clone();
+        let mut ranked = ranked;
+        let mut dup = None;
+        if snapshot.dup_window_s() > 0 && ranked > 0 {
+            let j = self.duplicates.judge(
+                &snapshot,
+                campaign,
+                &facts.caller,
+                &entries,
+                wall.timestamp(),
+            );
+            if !j.is_empty() {
+                facts.duplicate = j.cdr_text();
+                tracing::debug!(caller = %crate::logging::num(&facts.caller), campaign = %facts.campaign, rules = ?facts.duplicate, "duplicate caller");
+                if j.reject {
+                    facts.bids = bid_records(&snapshot, &entries, &[]);
+                    return Err(
+                        Rejection::new(603, Counter::Duplicate603, EndReason::Duplicate)
+                            .with(HeaderName::Reason, "SIP;cause=603;text=\"duplicate\""),
+                    );
+                }
+                ranked = j.apply(&mut entries);
+                dup = Some(Box::new(j));
+            }
+        }
         if ranked == 0 {
             facts.bids = bid_records(&snapshot, &entries, &[]);
             return Err(Rejection::new(
@@ -338,6 +366,7 @@ impl Controller {
             campaign,
             entries,
             wall,
+            dup,
         })
     }
 
@@ -359,6 +388,7 @@ impl Controller {
             campaign,
             mut entries,
             wall,
+            dup,
         } = admitted;
         let key = self.next_key;
         self.next_key += 1;
@@ -478,6 +508,7 @@ impl Controller {
                 indexed: None,
                 lookups,
                 bids,
+                dup,
             }),
         );
         self.counters.m.call_added();
@@ -582,6 +613,7 @@ impl Controller {
             called: call.called,
             compliance: call.compliance,
             bids: Vec::new(),
+            duplicate: call.dup.as_ref().and_then(|d| d.cdr_text()),
         };
         let (tx, via) = (call.a.tx, call.a.via);
         self.refuse(

@@ -93,6 +93,10 @@ pub struct Cdr {
     /// The real-time bid requests (none when no buyer of the call bids in real time).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pings: Vec<PingRecord>,
+    /// The duplicate rules that fired on this call (`campaign:<action>`,
+    /// `buyer:<id>:<action>`, comma-separated); absent when none did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate: Option<String>,
 }
 
 /// One direction of one leg, as DCE received it.
@@ -276,6 +280,7 @@ impl Cdr {
             buyer_code: Some(200),
             quality: None,
             pings: Vec::new(),
+            duplicate: None,
         }
     }
 }

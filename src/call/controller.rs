@@ -134,6 +134,8 @@ pub struct Controller {
     pub(super) quotes: HashMap<CallKey, Box<super::reservation::Quote>>,
     /// Prices promised by `POST /v1/bid` (node-wide).
     pub(super) reservations: Arc<super::reservation::Reservations>,
+    /// The node's memory of callers for the duplicate rules (shared by every worker).
+    pub(super) duplicates: Arc<super::duplicates::Memory>,
 }
 
 /// A buyer INVITE the controller handed out: when its call's INVITE arrived, and whether it is
@@ -192,6 +194,7 @@ impl Controller {
             invite_marks: Vec::new(),
             quotes: HashMap::new(),
             reservations: Arc::default(),
+            duplicates: Arc::default(),
         }
     }
 
@@ -199,6 +202,11 @@ impl Controller {
     /// arrives on another).
     pub fn set_reservations(&mut self, r: Arc<super::reservation::Reservations>) {
         self.reservations = r;
+    }
+
+    /// Share the node's memory of callers (duplicate rules) with the other workers.
+    pub fn set_duplicates(&mut self, m: Arc<super::duplicates::Memory>) {
+        self.duplicates = m;
     }
 
     /// Ask `query` for call or quote `key`, answered by `deadline`: a new lookup id, recorded

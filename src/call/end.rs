@@ -64,8 +64,16 @@ impl Controller {
                 call.bids.as_ref()?.terms(b)?.min_duration_s
             })
             .unwrap_or(campaign.billable_after_s);
-        let billable =
-            call.answered_at.is_some() && duration.as_secs() >= u64::from(billable_after);
+        // A duplicate rule may make the call unbillable for the buyer that took it.
+        let duplicate = winner.is_some_and(|w| {
+            let b = call.entries[call.legs[w].entry].buyer;
+            call.dup
+                .as_ref()
+                .is_some_and(|d| d.not_billable.contains(&b))
+        });
+        let billable = call.answered_at.is_some()
+            && duration.as_secs() >= u64::from(billable_after)
+            && !duplicate;
         let mut winner_bid = 0;
         let mut winner_id = None;
         let mut refund = None;
@@ -117,7 +125,7 @@ impl Controller {
         let reason_text = reason.to_string();
         // The call's one line at the default level: what happened to it and why (the steps are at
         // debug).
-        tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign.id, caller = %crate::logging::num(&call.caller), buyer = winner_id.as_deref().unwrap_or("-"), attempts = call.attempts, disposition = disposition.as_str(), reason = %reason_text, duration_s = duration.as_secs_f64(), billable, "call ended");
+        tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign.id, caller = %crate::logging::num(&call.caller), buyer = winner_id.as_deref().unwrap_or("-"), attempts = call.attempts, disposition = disposition.as_str(), reason = %reason_text, duration_s = duration.as_secs_f64(), billable, duplicate = call.dup.as_ref().map_or(String::new(), |d| d.fired.join(",")), "call ended");
         self.counters.m.call_outcome(disposition.as_str());
         self.events.emit(
             "call.completed",
@@ -165,6 +173,7 @@ impl Controller {
             buyer_code: call.buyer_code,
             quality: None,
             pings: call.bids.take().map(|b| b.pings).unwrap_or_default(),
+            duplicate: call.dup.as_ref().and_then(|d| d.cdr_text()),
         };
         match call.media {
             Some(id) => {
@@ -180,7 +189,10 @@ impl Controller {
                 );
                 self.media.close(id);
             }
-            None => self.out.push_back(Output::Cdr(Box::new(cdr))),
+            None => {
+                self.remember_billable(&cdr);
+                self.out.push_back(Output::Cdr(Box::new(cdr)))
+            }
         }
     }
 
@@ -307,6 +319,7 @@ impl Controller {
                     tracing::info!(call = %cdr.id, "one-way audio: not billable for this campaign");
                 }
                 cdr.quality = Some(q);
+                self.remember_billable(&cdr);
                 self.out.push_back(Output::Cdr(Box::new(cdr)));
             }
         }

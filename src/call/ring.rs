@@ -12,7 +12,7 @@ use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Timer};
 use super::vocab::{AttemptEnd, BidOutcome, EndReason, HangupBy};
 use crate::config::routing::target_of;
 use crate::counters::Counter;
-use dce_routing::{local_keys, Outcome};
+use dce_routing::{local_keys, DupStage, Outcome};
 use dce_sip::build::reason_phrase;
 use dce_sip::transaction::{Peer, State as TxState, TransactionLayer, Transmit, Transport, TxId};
 use dce_sip::{HeaderName, Message, Method};
@@ -267,6 +267,9 @@ impl Controller {
             let more = call.legs[li].targets.len() > 1;
             call.state = CallState::Ringing { current: li };
             call.attempts += 1;
+            let first = call.attempts == 1;
+            let buyer = call.entries[call.legs[li].entry].buyer;
+            self.remember(key, DupStage::Routed, buyer, first);
             self.router.add_client(tx, key, TxRole::Invite(li));
             self.router.add_dialog(&b_call_id, &tag, key, LegRef::B(li));
             let deadline = now + self.settings.ring_timeout;
@@ -761,6 +764,10 @@ impl Controller {
         let buyer = snap.buyer(e.buyer);
         let at = local_keys(buyer.tz(), call.wall(now));
         snap.live(e.buyer).answered(at, e.bid_cents);
+        self.remember(key, DupStage::Connected, e.buyer, true);
+        let Some(call) = self.calls.get(&key) else {
+            return;
+        };
         let max = Duration::from_secs(u64::from(snap.campaign(call.campaign).max_duration_s));
         tracing::debug!(call = %call.id, buyer = %buyer.id, "call answered");
         self.counters.inc(Counter::CallAnswered);

@@ -306,6 +306,8 @@ pub struct Call {
     pub lookups: Lookups,
     /// Its real-time bids, when any buyer was asked.
     pub bids: Option<Box<CallBids>>,
+    /// What the duplicate rules did to it, when one fired.
+    pub dup: Option<Box<super::duplicates::Judgement>>,
 }
 
 impl Call {

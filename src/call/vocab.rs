@@ -131,6 +131,8 @@ pub enum EndReason {
     NoCampaign,
     /// A compliance rule refused the call.
     Compliance,
+    /// A campaign's duplicate rule refused the repeat caller.
+    Duplicate,
     /// A fleet-wide compliance lookup failed under `on_lookup_error = "reject"`.
     LookupFailed,
     /// Every buyer was filtered out.
@@ -178,6 +180,7 @@ impl fmt::Display for EndReason {
             EndReason::CarrierOverCps => "carrier over max_cps",
             EndReason::NoCampaign => "no campaign for the dialled number",
             EndReason::Compliance => "compliance",
+            EndReason::Duplicate => "duplicate caller",
             EndReason::LookupFailed => "compliance lookup failed",
             EndReason::NoEligibleBuyer => "no eligible buyer",
             EndReason::NoBuyerTried => "no buyer could be tried",

@@ -1308,4 +1308,54 @@ schedule = { tz = "America/New_York", open = "18:00", close = "09:00" }
             assert!(text.iter().any(|e| e.contains(want)), "{m}: {text:?}");
         }
     }
+
+    #[test]
+    fn duplicate_rules_are_read_and_named_by_line_when_wrong() {
+        let base = |c: &str, b: &str| {
+            format!(
+                "[node]\nid = \"a\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n\
+                 [[campaign]]\nid = \"c\"\nnumbers = [\"+18005550100\"]\n{c}\n\
+                 [[buyer]]\nid = \"b\"\ncampaigns = [\"c\"]\nuri = \"sip:{{called}}@127.0.0.1:5090\"\nbid_cents = 100\n{b}\n"
+            )
+        };
+        let cfg = parse(
+            "a.toml",
+            &base(
+                "duplicates = { window_days = 30, after = \"billable\", action = \"not_billable\" }",
+                "duplicates = { window_days = 7, action = \"next_buyer\" }",
+            ),
+        )
+        .unwrap();
+        let c = cfg.routing.campaigns[0].duplicates.unwrap();
+        assert_eq!(
+            (c.window_days, c.after, c.action),
+            (
+                30,
+                dce_routing::DupStage::Billable,
+                dce_routing::DupAction::NotBillable
+            )
+        );
+        let b = cfg.routing.buyers[0].duplicates.unwrap();
+        assert_eq!(
+            (b.window_days, b.after, b.action),
+            (
+                7,
+                dce_routing::DupStage::Routed,
+                dce_routing::DupAction::NextBuyer
+            ),
+            "after defaults to routed"
+        );
+        for (c, b, want) in [
+            ("duplicates = { after = \"routed\", action = \"reject\" }", "", "a.toml:9: campaign.duplicates needs window_days"),
+            ("duplicates = { window_days = 0, action = \"reject\" }", "", "a.toml:9:"),
+            ("duplicates = { window_days = 3, action = \"block\" }", "", "campaign.duplicates.action `block` is not one of reject, same_buyer, not_billable, next_buyer"),
+            ("duplicates = { window_days = 3 }", "", "missing required key `action`"),
+            ("", "duplicates = { window_days = 3, after = \"answered\", action = \"reject\" }", "a.toml:15: buyer.duplicates.after `answered` is not one of routed, connected, billable"),
+            ("", "duplicates = { window_days = 3, action = \"reject\", days = 1 }", "days"),
+        ] {
+            let errs = parse("a.toml", &base(c, b)).unwrap_err();
+            let text: Vec<String> = errs.iter().map(|e| e.to_string()).collect();
+            assert!(text.iter().any(|e| e.contains(want)), "{c}{b}: {text:?}");
+        }
+    }
 }

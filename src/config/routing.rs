@@ -168,6 +168,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "auction_deadline_ms",
                 "publisher_margin",
                 "reservation_s",
+                "duplicates",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -216,6 +217,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .int(t, "reservation_s", 1, 3600)
             .map(|(v, _)| v as u32)
             .unwrap_or(60);
+        let duplicates = duplicate_rule(w, t, "campaign");
         if let Some(id) = id {
             campaign_index.insert(id.clone(), cfg.campaigns.len());
             cfg.campaigns.push(Campaign {
@@ -231,6 +233,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 auction_deadline_ms,
                 publisher_margin_ppm,
                 reservation_s,
+                duplicates,
             });
         }
     }
@@ -251,6 +254,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "monthly_cap",
                 "monthly_budget_cents",
                 "pause_after_unanswered",
+                "duplicates",
                 "states",
                 "schedule",
                 "priority",
@@ -323,6 +327,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 rule
             })
             .unwrap_or_default();
+        let duplicates = duplicate_rule(w, t, "buyer");
         let mut states = StateSet::default();
         for (s, span) in w.strings(t, "states", false).unwrap_or_default() {
             match State::parse(&s) {
@@ -407,6 +412,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 monthly_cap,
                 monthly_budget_cents,
                 pause_after_unanswered,
+                duplicates,
                 states,
                 schedule,
                 priority,
@@ -421,6 +427,58 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
         }
     }
     cfg
+}
+
+/// `duplicates = { window_days, after = "routed"|"connected"|"billable",
+/// action = "reject"|"same_buyer"|"not_billable"|"next_buyer" }` of a campaign or a buyer.
+fn duplicate_rule(
+    w: &mut Walk<'_>,
+    t: Table<'_, '_>,
+    of: &str,
+) -> Option<dce_routing::DuplicateRule> {
+    let what = format!("{of}.duplicates");
+    let dt = w.table(t, "duplicates", &what, false)?;
+    w.unknown_keys(dt, &["window_days", "after", "action"]);
+    let window_days = w.int(dt, "window_days", 1, 3_650).map(|(v, _)| v as u32);
+    if !w.has(dt, "window_days") {
+        w.error(
+            w.span_of(t, "duplicates"),
+            format!("{what} needs window_days (1 to 3650)"),
+        );
+    }
+    let after = match w.string(dt, "after", false) {
+        None => Some(dce_routing::DupStage::Routed),
+        Some((s, span)) => {
+            let st = dce_routing::DupStage::parse(&s);
+            if st.is_none() {
+                w.error(
+                    span,
+                    format!("{what}.after `{s}` is not one of routed, connected, billable"),
+                );
+            }
+            st
+        }
+    };
+    let action = match w.string(dt, "action", true) {
+        None => None,
+        Some((s, span)) => {
+            let a = dce_routing::DupAction::parse(&s);
+            if a.is_none() {
+                w.error(
+                    span,
+                    format!(
+                        "{what}.action `{s}` is not one of reject, same_buyer, not_billable, next_buyer"
+                    ),
+                );
+            }
+            a
+        }
+    };
+    Some(dce_routing::DuplicateRule {
+        window_days: window_days?,
+        after: after?,
+        action: action?,
+    })
 }
 
 /// `rtb = { url = "https://…", timeout_ms = 200, format = "dce"|"ringba"|"retreaver",

@@ -184,6 +184,11 @@ impl<'a> Walk<'a> {
         v.into_iter().map(|(_, k)| k).collect()
     }
 
+    /// Does `t` have `key`?
+    pub fn has(&self, t: Table<'_, '_>, key: &str) -> bool {
+        Self::get(t, key).is_some()
+    }
+
     /// A boolean.
     pub fn boolean(&mut self, t: Table<'_, '_>, key: &str) -> Option<bool> {
         let v = Self::get(t, key)?;

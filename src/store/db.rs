@@ -34,6 +34,10 @@ const PG_STEPS: Steps = &[
         "money",
         include_str!("../../migrations/postgres/0003_money.sql"),
     ),
+    (
+        "duplicates",
+        include_str!("../../migrations/postgres/0004_duplicates.sql"),
+    ),
 ];
 
 const SQLITE_STEPS: Steps = &[
@@ -42,6 +46,10 @@ const SQLITE_STEPS: Steps = &[
     (
         "money",
         include_str!("../../migrations/sqlite/0003_money.sql"),
+    ),
+    (
+        "duplicates",
+        include_str!("../../migrations/sqlite/0004_duplicates.sql"),
     ),
 ];
 
@@ -284,6 +292,87 @@ impl Db {
     }
 }
 
+/// One call of the duplicate rules' history (`Db::dup_history`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DupHistoryRow {
+    /// INVITE time, Unix seconds.
+    pub at_s: i64,
+    /// Campaign.
+    pub campaign: String,
+    /// Caller.
+    pub caller: String,
+    /// The first buyer rung, if any.
+    pub routed_to: Option<String>,
+    /// The buyer that answered, if any.
+    pub connected_to: Option<String>,
+    /// Billable.
+    pub billable: bool,
+}
+
+impl Db {
+    /// Calls since `since` (Unix seconds) as the duplicate rules remember them, oldest first:
+    /// who was rung first, who answered, and whether it became billable (restored at start
+    /// so a restart does not forget a repeat caller).
+    pub async fn dup_history(&self, since_s: i64) -> Result<Vec<DupHistoryRow>, sqlx::Error> {
+        // the first buyer rung: the lowest position that was tried
+        macro_rules! routed {
+            () => {
+                "(SELECT b.buyer_id FROM bids b WHERE b.call_id = calls.id \
+                 AND (b.outcome = 'won' OR b.outcome LIKE 'attempted:%') ORDER BY b.position LIMIT 1)"
+            };
+        }
+        let row = |at_s: i64, r: &dyn Fn(&str) -> Option<String>, billable: bool| DupHistoryRow {
+            at_s,
+            campaign: r("campaign").unwrap_or_default(),
+            caller: r("caller").unwrap_or_default(),
+            routed_to: r("routed_to"),
+            connected_to: if r("disposition").as_deref() == Some("answered") {
+                r("buyer_id")
+            } else {
+                None
+            },
+            billable,
+        };
+        let rows = match self {
+            Db::Pg(p) => sqlx::query(concat!(
+                "SELECT CAST(EXTRACT(EPOCH FROM created_at) AS BIGINT) AS at_s, campaign, caller, buyer_id, \
+                 disposition, billable, ",
+                routed!(),
+                " AS routed_to FROM calls \
+                 WHERE created_at >= to_timestamp($1) AND disposition <> 'rejected' ORDER BY created_at"
+            ))
+            .bind(since_s as f64)
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(|r| row(r.get("at_s"), &|c| r.get(c), r.get("billable")))
+            .collect(),
+            Db::Sqlite(p) => sqlx::query(concat!(
+                "SELECT CAST(strftime('%s', created_at) AS INTEGER) AS at_s, campaign, caller, buyer_id, \
+                 disposition, billable, ",
+                routed!(),
+                " AS routed_to FROM calls \
+                 WHERE created_at >= ? AND disposition <> 'rejected' ORDER BY created_at"
+            ))
+            .bind(
+                chrono::DateTime::<chrono::Utc>::from_timestamp(since_s, 0)
+                    .unwrap_or_default()
+                    .format("%Y-%m-%dT%H:%M:%S")
+                    .to_string(),
+            )
+            .fetch_all(p)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let billable = r.get::<i64, _>("billable") != 0;
+                row(r.get("at_s"), &|c| r.get(c), billable)
+            })
+            .collect(),
+        };
+        Ok(rows)
+    }
+}
+
 /// A CDR search: every field narrows it; newest first; `after` is the last row of the previous
 /// page (keyset pagination on `(created_at, id)`, so pages stay stable while calls arrive).
 #[derive(Debug, Default, Clone)]
@@ -392,10 +481,10 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, payout_cents, \
          billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, answered_at, ended_at, \
-         duration_ms, quality, revenue_cents, margin_cents) \
+         duration_ms, quality, revenue_cents, margin_cents, duplicate) \
          SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::int8[], $10::int8[], $11::bool[], $12::text[], $12::text[], $13::int4[], $14::int4[], $15::text[], $16::text[], $17::text[], \
-         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[]) \
+         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[]) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(col(|c| c.id.clone()))
@@ -422,6 +511,7 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     .bind(opt(|c| c.quality.as_ref().and_then(|q| serde_json::to_string(q).ok())))
     .bind(cdrs.iter().map(|c| i64::from(c.revenue_cents)).collect::<Vec<i64>>())
     .bind(cdrs.iter().map(|c| i64::from(c.margin_cents)).collect::<Vec<i64>>())
+    .bind(opt(|c| c.duplicate.clone()))
     .execute(&mut *tx)
     .await?;
     let (mut ids, mut pos, mut buyers, mut amounts, mut outcomes) =
@@ -478,7 +568,7 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// Rows per multi-row `INSERT` (25 parameters each: well under SQLite's 32,766).
+/// Rows per multi-row `INSERT` (26 parameters each: well under SQLite's 32,766).
 const SQLITE_ROWS: usize = 100;
 
 /// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
@@ -490,7 +580,7 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
              payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
-             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents) ",
+             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate) ",
         );
         q.push_values(chunk, |mut b, c| {
             b.push_bind(&c.id)
@@ -521,7 +611,8 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
                         .and_then(|q| serde_json::to_string(q).ok()),
                 )
                 .push_bind(i64::from(c.revenue_cents))
-                .push_bind(i64::from(c.margin_cents));
+                .push_bind(i64::from(c.margin_cents))
+                .push_bind(&c.duplicate);
         });
         // a full chunk's statement is reused; the odd-sized last one is not cached
         q.build()
@@ -692,8 +783,41 @@ mod tests {
                 .collect::<Vec<_>>(),
             [(1200, 1200, 1200, 0)]
         );
-        db.insert(&[Cdr::synthetic(1)]).await.unwrap();
+        let mut dup = Cdr::synthetic(1);
+        dup.duplicate = Some("campaign:not_billable".into());
+        db.insert(&[dup]).await.unwrap();
         assert_eq!(db.count_calls().await.unwrap(), 2);
+        // what the duplicate rules restore at start (the old row has no bids: never rung)
+        let t = chrono::DateTime::parse_from_rfc3339("2026-07-15T16:00:00Z")
+            .unwrap()
+            .timestamp();
+        let h = db.dup_history(t - 1).await.unwrap();
+        let mut got: Vec<_> = h
+            .iter()
+            .map(|r| {
+                (
+                    r.at_s,
+                    r.routed_to.as_deref(),
+                    r.connected_to.as_deref(),
+                    r.billable,
+                )
+            })
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                (t, None, Some("bravo"), true),
+                (t, Some("acme"), Some("bravo"), true)
+            ]
+        );
+        assert!(db.dup_history(t + 1).await.unwrap().is_empty());
+        let stored: Option<String> =
+            sqlx::query_scalar("SELECT duplicate FROM calls WHERE id <> 'old'")
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        assert_eq!(stored.as_deref(), Some("campaign:not_billable"));
         pool.close().await;
         for ext in ["", "-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", path.display()));
