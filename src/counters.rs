@@ -88,6 +88,9 @@ counters! {
     RtpTimeout => "calls_rtp_timeout",
         /// A shared (Redis) compliance lookup failed or missed its deadline.
     LookupError => "compliance_lookup_errors",
+    /// The fleet-wide duplicate lookup failed or missed its deadline (this node's memory
+    /// decided).
+    DuplicateLookupError => "duplicate_lookup_errors",
     /// Compliance verdict: 603.
     Compliance603 => "rejected_603_compliance",
     /// A campaign's duplicate rule (`action = "reject"`): 603.

@@ -483,12 +483,33 @@ impl Worker {
                         let _ = reply.send(answer);
                     }
                 }
+                Output::Remember(w) => {
+                    if let Some(shared) = &self.shared {
+                        let shared = shared.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = shared.dup_record(&w).await {
+                                tracing::warn!(error = %e, stage = w.stage.as_str(), "duplicate rules: the call was not written to the fleet's memory (Redis); this node remembers it");
+                            }
+                        });
+                    }
+                }
                 Output::Lookup(req) => {
                     let tx = self.answers_tx.clone();
                     let check = match req.query {
                         crate::call::Query::Shared(check) => check,
                         crate::call::Query::Bid(q) => {
                             self.ping(req.id, *q, req.deadline);
+                            continue;
+                        }
+                        crate::call::Query::Duplicates(q) => {
+                            let shared = self.shared.clone();
+                            tokio::spawn(async move {
+                                let r = match shared {
+                                    Some(s) => s.dup_check(&q).await,
+                                    None => Err("no Redis".into()),
+                                };
+                                let _ = tx.send((req.id, Answer::Duplicates(r), None));
+                            });
                             continue;
                         }
                     };

@@ -1,7 +1,9 @@
-//! Fleet-wide state in Redis (`[storage] redis_url`): the frequency cap and the internal DNC
-//! overlay every node shares. Every round trip has a deadline; a miss or an error is reported to
+//! Fleet-wide state in Redis (`[storage] redis_url`): the frequency cap, the internal DNC
+//! overlay and the duplicate rules' memory of callers every node shares. Every round trip has a deadline; a miss or an error is reported to
 //! the caller, which applies `on_lookup_error`.
 
+use crate::call::duplicates::Seen;
+use crate::call::lookup::{DupCheck, DupSeen, DupWrite};
 use crate::call::{RemoteCheck, RemoteResult};
 use redis::aio::ConnectionManager;
 use std::time::Duration;
@@ -90,6 +92,70 @@ impl Shared {
             Ok(Ok(n)) => RemoteResult::Count(n),
             Ok(Err(e)) => RemoteResult::Error(e.to_string()),
             Err(_) => RemoteResult::Error(format!("no answer within {:?}", self.deadline)),
+        }
+    }
+
+    /// The duplicate rules' record of `caller` in campaign `campaign` (or with buyer `buyer`):
+    /// a hash of stage → "<unix s> <buyer>". The caller is the hash tag, so one call's keys
+    /// share a Redis Cluster slot.
+    fn dup_key(&self, kind: char, of: &str, caller: &str) -> String {
+        format!("{}:dup:{{{caller}}}:{kind}:{of}", self.prefix)
+    }
+
+    /// Read what the fleet remembers of a caller (one pipelined round trip).
+    pub async fn dup_check(&self, c: &DupCheck) -> Result<DupSeen, String> {
+        let mut con = self.con.clone().ok_or("Redis not connected")?;
+        let mut pipe = redis::pipe();
+        if let Some(campaign) = &c.campaign {
+            pipe.hgetall(self.dup_key('c', campaign, &c.caller));
+        }
+        for (_, buyer) in &c.buyers {
+            pipe.hgetall(self.dup_key('b', buyer, &c.caller));
+        }
+        let fut = pipe.query_async::<Vec<Vec<(String, String)>>>(&mut con);
+        let mut hashes = match tokio::time::timeout(self.deadline, fut).await {
+            Ok(Ok(h)) => h.into_iter(),
+            Ok(Err(e)) => return Err(e.to_string()),
+            Err(_) => return Err(format!("no answer within {:?}", self.deadline)),
+        };
+        let seen = |h: Option<Vec<(String, String)>>| {
+            let h = h.unwrap_or_default();
+            (!h.is_empty()).then(|| Seen::from_fields(h.iter().map(|(k, v)| (&**k, &**v))))
+        };
+        let campaign = match c.campaign {
+            Some(_) => seen(hashes.next()),
+            None => None,
+        };
+        let buyers = c
+            .buyers
+            .iter()
+            .filter_map(|(b, _)| seen(hashes.next()).map(|s| (*b, s)))
+            .collect();
+        Ok(DupSeen { campaign, buyers })
+    }
+
+    /// Remember that a call reached a stage, for every node (keys expire with the longest
+    /// window after their last write).
+    pub async fn dup_record(&self, w: &DupWrite) -> Result<(), String> {
+        let mut con = self.con.clone().ok_or("Redis not connected")?;
+        let field = Seen::field(w.stage, &w.buyer);
+        let mut pipe = redis::pipe();
+        let keys = w
+            .campaign
+            .iter()
+            .map(|c| self.dup_key('c', c, &w.caller))
+            .chain([self.dup_key('b', &w.buyer, &w.caller)]);
+        for key in keys {
+            pipe.hset(&key, &field, w.at_s)
+                .ignore()
+                .expire(&key, w.keep_s)
+                .ignore();
+        }
+        let fut = pipe.query_async::<()>(&mut con);
+        match tokio::time::timeout(Duration::from_secs(2), fut).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 2 s".into()),
         }
     }
 

@@ -175,3 +175,97 @@ fn a_buyers_own_rule_replaces_the_campaigns() {
         "bravo has no rule: it takes the caller again"
     );
 }
+
+/// With Redis (`[storage] redis_url`) the fleet's memory decides: every call asks it beside
+/// the other lookups and writes what it reached; when Redis fails (or misses the deadline),
+/// this node's memory decides and the CDR says so.
+#[test]
+fn with_redis_the_fleets_memory_decides_and_this_nodes_stands_in() {
+    use dce::call::duplicates::Seen;
+    use dce::call::lookup::DupSeen;
+    let mut sim = sim(
+        "duplicates = { window_days = 30, after = \"connected\", action = \"reject\" }",
+        "",
+    );
+    sim.core.calls().set_shared(Some(dce::call::SharedChecks {
+        max_calls_per_day: 0,
+        allow_on_error: true,
+        deadline: Duration::from_millis(200),
+    }));
+    sim.responder = Some(Box::new(|_| dce::call::RemoteResult::Count(1)));
+    let start = |sim: &mut Sim, caller: &str| {
+        let id = sim.place_call(caller);
+        sim.run_for(Duration::from_millis(10));
+        id
+    };
+    let finish = |sim: &mut Sim, id: &str| {
+        sim.run_for(2 * S);
+        if sim.finals(id) == [200] {
+            sim.carrier_bye(id);
+            sim.run_for(S);
+        }
+        (sim.finals(id), sim.cdrs().last().cloned().unwrap())
+    };
+
+    // Nothing remembered anywhere: routed, and the fleet is told.
+    let id = start(&mut sim, CALLER);
+    let asked = sim.answer_dups(Ok(DupSeen::default()));
+    assert_eq!(
+        (asked.caller.as_str(), asked.campaign.as_deref()),
+        ("13105551234", Some("auto"))
+    );
+    let (finals, first) = finish(&mut sim, &id);
+    assert_eq!(finals, [200]);
+    assert!(first.duplicate.is_none());
+    let wrote: Vec<String> = sim
+        .remembered
+        .iter()
+        .map(|w| {
+            format!(
+                "{}:{}:{}",
+                w.stage.as_str(),
+                w.campaign.as_deref().unwrap_or("-"),
+                w.buyer
+            )
+        })
+        .collect();
+    assert_eq!(wrote, ["routed:auto:acme", "connected:auto:acme"]);
+    assert!(sim.remembered.iter().all(|w| w.keep_s == 30 * 86_400));
+
+    // Another node had this caller connected: refused here.
+    let id = start(&mut sim, "+13105557777");
+    let at = sim.remembered[0].at_s;
+    let other_node = Seen::from_fields([("connected:bravo", at.to_string().as_str())]);
+    sim.answer_dups(Ok(DupSeen {
+        campaign: Some(other_node),
+        buyers: Vec::new(),
+    }));
+    let (finals, second) = finish(&mut sim, &id);
+    assert_eq!(finals, [603]);
+    assert_eq!(second.duplicate.as_deref(), Some("campaign:reject"));
+
+    // Redis fails: this node's memory knows the first caller, not a new one.
+    let id = start(&mut sim, CALLER);
+    sim.answer_dups(Err("connection refused".into()));
+    let (finals, third) = finish(&mut sim, &id);
+    assert_eq!(finals, [603]);
+    assert_eq!(
+        third.duplicate.as_deref(),
+        Some("fleet_lookup_failed,campaign:reject")
+    );
+    let id = start(&mut sim, "+13105558888");
+    // no answer at all: the deadline passes
+    sim.run_for(S);
+    assert_eq!(sim.dup_checks.len(), 1, "asked, never answered");
+    sim.dup_checks.clear();
+    let (finals, fourth) = finish(&mut sim, &id);
+    assert_eq!(finals, [200]);
+    assert_eq!(fourth.duplicate.as_deref(), Some("fleet_lookup_failed"));
+    assert_eq!(
+        sim.counters
+            .get(dce::counters::Counter::DuplicateLookupError),
+        2
+    );
+    sim.run_for(64 * S);
+    sim.assert_nothing_held();
+}

@@ -7,21 +7,7 @@ use std::path::Path;
 use support::dce_process::{free_port, Dce};
 use support::sipp::{self, Background};
 
-const REDIS: &str = "redis://127.0.0.1:6379/";
-
-fn redis() -> Option<redis::Connection> {
-    let c = redis::Client::open(REDIS).ok()?;
-    match c.get_connection_with_timeout(std::time::Duration::from_secs(2)) {
-        Ok(con) => Some(con),
-        Err(e) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("Redis at {REDIS} is required under CI=true: {e}");
-            }
-            eprintln!("NOT RUN: Redis unreachable at {REDIS}: {e}");
-            None
-        }
-    }
-}
+use support::redis_server::{redis, REDIS};
 
 /// SHA-256 of "ops-secret".
 const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";

@@ -331,7 +331,9 @@ impl Controller {
         let mut entries = self.scratch.clone();
         let mut ranked = ranked;
         let mut dup = None;
-        if snapshot.dup_window_s() > 0 && ranked > 0 {
+        // With Redis the fleet's memory is asked beside the other lookups (`checks_done`);
+        // without it, this node's at once.
+        if snapshot.dup_window_s() > 0 && ranked > 0 && self.shared.is_none() {
             let j = self.duplicates.judge(
                 &snapshot,
                 campaign,
@@ -344,10 +346,7 @@ impl Controller {
                 tracing::debug!(caller = %crate::logging::num(&facts.caller), campaign = %facts.campaign, rules = ?facts.duplicate, "duplicate caller");
                 if j.reject {
                     facts.bids = bid_records(&snapshot, &entries, &[]);
-                    return Err(
-                        Rejection::new(603, Counter::Duplicate603, EndReason::Duplicate)
-                            .with(HeaderName::Reason, "SIP;cause=603;text=\"duplicate\""),
-                    );
+                    return Err(super::duplicates::rejection());
                 }
                 ranked = j.apply(&mut entries);
                 dup = Some(Box::new(j));
@@ -424,6 +423,14 @@ impl Controller {
                 max_calls_per_day: shared.max_calls_per_day,
             });
             self.add_lookup(key, q, now + shared.deadline, &mut lookups, &mut requests);
+        }
+        if let Some(shared) = self.shared {
+            if let Some(q) =
+                super::duplicates::fleet_check(&snapshot, campaign, &facts.caller, &entries)
+            {
+                let q = Query::Duplicates(q);
+                self.add_lookup(key, q, now + shared.deadline, &mut lookups, &mut requests);
+            }
         }
         // Real-time bidders are asked at once, beside the fleet-wide check.
         let rtb_facts = crate::rtb::CallFacts {
@@ -536,9 +543,27 @@ impl Controller {
         let max = self.shared.map(|s| s.max_calls_per_day).unwrap_or(0);
         let mut refusal = None;
         let mut bids = Vec::new();
+        let mut dup = None;
         for a in std::mem::take(&mut call.lookups.answers) {
             match a {
                 Answer::Bid(b) => bids.push(*b),
+                Answer::Duplicates(seen) => {
+                    let wall = self.clock.now_utc().timestamp();
+                    let j = super::duplicates::fleet_judgement(
+                        &self.duplicates,
+                        &self.counters,
+                        call,
+                        seen,
+                        wall,
+                    );
+                    if j.reject {
+                        refusal = Some(super::duplicates::rejection());
+                    }
+                    if !j.is_empty() {
+                        call.dup = Some(Box::new(j));
+                    }
+                    dup = call.dup.is_some().then_some(());
+                }
                 Answer::Shared(RemoteResult::Listed) => {
                     refusal = Some(Rejection::compliance(RefusedBy::Rule(
                         dce_compliance::Rule::Dnc,
@@ -580,6 +605,19 @@ impl Controller {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        if let (None, Some(())) = (&refusal, dup) {
+            // after the bids: they may have re-ranked the entries the rules act on
+            if let Some(j) = call.dup.as_deref() {
+                if j.apply(&mut call.entries) == 0 {
+                    // as when the auction leaves nobody: refused, not a failed call
+                    refusal = Some(Rejection::new(
+                        480,
+                        Counter::NoBuyer480,
+                        EndReason::NoEligibleBuyer,
+                    ));
+                }
+            }
+        }
         match refusal {
             Some(r) => self.refuse_call(layer, key, r, now),
             None => {
@@ -606,13 +644,21 @@ impl Controller {
             return;
         };
         self.forget_call_routes(&call);
+        // the auction is the refusal's reason only when it left nobody, or a duplicate rule
+        // refused the caller (a compliance refusal is not the buyers' doing)
+        let bids = match r.reason {
+            EndReason::NoEligibleBuyer | EndReason::Duplicate => {
+                bid_records(&call.snapshot, &call.entries, &call.outcomes)
+            }
+            _ => Vec::new(),
+        };
         let facts = Facts {
             carrier: call.carrier,
             campaign: call.snapshot.campaign(call.campaign).id.clone(),
             caller: call.caller,
             called: call.called,
             compliance: call.compliance,
-            bids: Vec::new(),
+            bids,
             duplicate: call.dup.as_ref().and_then(|d| d.cdr_text()),
         };
         let (tx, via) = (call.a.tx, call.a.via);

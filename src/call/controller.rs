@@ -69,6 +69,9 @@ pub enum Output {
     Lookup(LookupRequest),
     /// The answer to bid request `id` (`Input::Quote`).
     Quoted(u64, super::reservation::QuoteAnswer),
+    /// A call reached a stage the duplicate rules remember: write it to the fleet's memory
+    /// (Redis), without waiting.
+    Remember(super::lookup::DupWrite),
 }
 
 /// A finished call's CDR, completed when its media report arrives.

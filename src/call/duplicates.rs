@@ -18,27 +18,50 @@
 //! bounded: entries older than the longest window are swept, and at [`MAX_KEYS`] a new
 //! caller is not remembered (logged).
 
-use dce_routing::{
-    BuyerId, CampaignId, DupAction, DupStage, DuplicateRule, Entry, Exclusion, Outcome, Snapshot,
-};
+use dce_routing::{BuyerId, CampaignId, DupAction, DupStage, Entry, Exclusion, Outcome, Snapshot};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 /// The most (campaign or buyer, caller) pairs a node remembers.
 pub const MAX_KEYS: usize = 2_000_000;
 
-/// How far one caller's calls to one campaign (or buyer) got: per stage, the latest time
-/// (Unix seconds) and the buyer of that call.
+/// How far one caller's calls to one campaign (or buyer) got: per stage, per buyer, the
+/// latest time (Unix seconds) a call of theirs reached it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Seen {
-    stages: [Option<(i64, Arc<str>)>; 3],
+    stages: [Vec<(i64, Arc<str>)>; 3],
 }
 
 impl Seen {
-    /// The latest call that reached `stage` less than `window_s` before `now_s`: its buyer.
-    pub fn within(&self, stage: DupStage, window_s: i64, now_s: i64) -> Option<&Arc<str>> {
-        let (at, buyer) = self.stages[stage.index()].as_ref()?;
-        (now_s - *at < window_s).then_some(buyer)
+    /// The buyers whose calls reached `stage` less than `window_s` before `now_s`, the
+    /// most recent first.
+    pub fn within(&self, stage: DupStage, window_s: i64, now_s: i64) -> Vec<&str> {
+        let mut v: Vec<&(i64, Arc<str>)> = self.stages[stage.index()]
+            .iter()
+            .filter(|(at, _)| now_s - *at < window_s)
+            .collect();
+        v.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
+        v.into_iter().map(|(_, b)| &**b).collect()
+    }
+
+    /// From a Redis hash: `"<stage>:<buyer>"` → `"<unix s>"` (fields it cannot read are
+    /// skipped).
+    pub fn from_fields<'a>(fields: impl IntoIterator<Item = (&'a str, &'a str)>) -> Seen {
+        let mut seen = Seen::default();
+        for (k, v) in fields {
+            let Some((stage, buyer)) = k.split_once(':') else {
+                continue;
+            };
+            if let (Some(stage), Ok(at)) = (DupStage::parse(stage), v.parse::<i64>()) {
+                put(&mut seen, stage, at, &Arc::from(buyer));
+            }
+        }
+        seen
+    }
+
+    /// The field of a Redis hash for `stage` with `buyer` (see [`Seen::from_fields`]).
+    pub fn field(stage: DupStage, buyer: &str) -> String {
+        format!("{}:{buyer}", stage.as_str())
     }
 
     fn newest(&self) -> i64 {
@@ -165,7 +188,7 @@ impl super::Controller {
     /// Remember that call `key` reached `stage` with buyer `b` (when the snapshot has any
     /// duplicate rule); `campaign_too`: in the campaign's record as well as the buyer's.
     pub(super) fn remember(
-        &self,
+        &mut self,
         key: super::state::CallKey,
         stage: DupStage,
         b: BuyerId,
@@ -179,39 +202,128 @@ impl super::Controller {
             return;
         }
         let campaign = &call.snapshot.campaign(call.campaign).id;
-        self.duplicates.record(
-            stage,
-            campaign_too.then_some(campaign.as_str()),
-            &call.snapshot.buyer(b).id,
-            &call.caller,
-            self.clock.now_utc().timestamp(),
-            keep_s,
-        );
+        let (buyer, at_s) = (&call.snapshot.buyer(b).id, self.clock.now_utc().timestamp());
+        let campaign = campaign_too.then_some(campaign.as_str());
+        self.duplicates
+            .record(stage, campaign, buyer, &call.caller, at_s, keep_s);
+        if self.shared.is_some() {
+            let w = super::lookup::DupWrite {
+                stage,
+                campaign: campaign.map(str::to_owned),
+                buyer: buyer.clone(),
+                caller: call.caller.clone(),
+                at_s,
+                keep_s,
+            };
+            self.out.push_back(super::controller::Output::Remember(w));
+        }
     }
 
     /// A finished CDR: remember a billable call (the last stage a call reaches).
-    pub(super) fn remember_billable(&self, cdr: &super::cdr::Cdr) {
+    pub(super) fn remember_billable(&mut self, cdr: &super::cdr::Cdr) {
         let keep_s = self.snapshot.dup_window_s();
         if keep_s == 0 || !cdr.billable {
             return;
         }
         if let Some(b) = &cdr.buyer_id {
-            self.duplicates.record(
-                DupStage::Billable,
-                Some(&cdr.campaign),
-                b,
-                &cdr.caller,
-                self.clock.now_utc().timestamp(),
-                keep_s,
+            let at_s = self.clock.now_utc().timestamp();
+            let stage = DupStage::Billable;
+            self.duplicates
+                .record(stage, Some(&cdr.campaign), b, &cdr.caller, at_s, keep_s);
+            if self.shared.is_some() {
+                let w = super::lookup::DupWrite {
+                    stage,
+                    campaign: Some(cdr.campaign.clone()),
+                    buyer: b.clone(),
+                    caller: cdr.caller.clone(),
+                    at_s,
+                    keep_s,
+                };
+                self.out.push_back(super::controller::Output::Remember(w));
+            }
+        }
+    }
+}
+
+/// How a campaign's `reject` refuses the call.
+pub(super) fn rejection() -> super::admit::Rejection {
+    super::admit::Rejection::new(
+        603,
+        crate::counters::Counter::Duplicate603,
+        super::vocab::EndReason::Duplicate,
+    )
+    .with(
+        dce_sip::HeaderName::Reason,
+        "SIP;cause=603;text=\"duplicate\"",
+    )
+}
+
+/// The fleet-wide question a new call asks Redis, when the snapshot's rules need one.
+pub(super) fn fleet_check(
+    snap: &Snapshot,
+    campaign: CampaignId,
+    caller: &str,
+    entries: &[Entry],
+) -> Option<super::lookup::DupCheck> {
+    if snap.dup_window_s() == 0 {
+        return None;
+    }
+    let c = snap.campaign(campaign);
+    let buyers: Vec<(BuyerId, String)> = entries
+        .iter()
+        .filter(|e| matches!(e.outcome, Outcome::Ranked(_)))
+        .filter(|e| snap.buyer(e.buyer).duplicates.is_some())
+        .map(|e| (e.buyer, snap.buyer(e.buyer).id.clone()))
+        .collect();
+    if c.duplicates.is_none() && buyers.is_empty() {
+        return None;
+    }
+    Some(super::lookup::DupCheck {
+        caller: caller.to_owned(),
+        campaign: c.duplicates.map(|_| c.id.clone()),
+        buyers,
+    })
+}
+
+/// Judge `call` on what Redis answered; when Redis failed, on this node's memory (the CDR's
+/// `duplicate` then starts with `fleet_lookup_failed`).
+pub(super) fn fleet_judgement(
+    memory: &Memory,
+    counters: &crate::counters::Counters,
+    call: &super::state::Call,
+    seen: Result<super::lookup::DupSeen, String>,
+    now_s: i64,
+) -> Judgement {
+    match seen {
+        Ok(seen) => judge(
+            &call.snapshot,
+            call.campaign,
+            &call.entries,
+            now_s,
+            seen.campaign.as_ref(),
+            |b| seen.buyers.iter().find(|(x, _)| *x == b).map(|(_, s)| s),
+        ),
+        Err(e) => {
+            counters.inc(crate::counters::Counter::DuplicateLookupError);
+            tracing::warn!(call = %call.id, error = %e, "fleet-wide duplicate lookup failed; this node's memory decides");
+            let mut j = memory.judge(
+                &call.snapshot,
+                call.campaign,
+                &call.caller,
+                &call.entries,
+                now_s,
             );
+            j.fired.insert(0, "fleet_lookup_failed".into());
+            j
         }
     }
 }
 
 fn put(seen: &mut Seen, stage: DupStage, at_s: i64, buyer: &Arc<str>) {
-    let slot = &mut seen.stages[stage.index()];
-    if slot.as_ref().is_none_or(|(t, _)| *t <= at_s) {
-        *slot = Some((at_s, buyer.clone()));
+    let v = &mut seen.stages[stage.index()];
+    match v.iter_mut().find(|(_, b)| b == buyer) {
+        Some((t, _)) => *t = (*t).max(at_s),
+        None => v.push((at_s, buyer.clone())),
     }
 }
 
@@ -275,12 +387,19 @@ pub fn judge<'a>(
             .find(|b| snap.buyer(*b).id == name)
     };
     if let (Some(rule), Some(seen)) = (snap.campaign(campaign).duplicates, seen_campaign) {
-        if let Some(earlier) = hit(rule, seen, now_s) {
+        let earlier = seen.within(rule.after, rule.window_s(), now_s);
+        if !earlier.is_empty() {
             j.fired.push(format!("campaign:{}", rule.action.as_str()));
-            let earlier = by_name(earlier).filter(|b| !own(*b));
+            // the buyers that had the caller, the most recent first (a buyer with its own rule
+            // is judged by that rule alone)
+            let earlier: Vec<BuyerId> = earlier
+                .into_iter()
+                .filter_map(by_name)
+                .filter(|b| !own(*b))
+                .collect();
             match rule.action {
                 DupAction::Reject => j.reject = true,
-                DupAction::SameBuyer => j.pin = earlier,
+                DupAction::SameBuyer => j.pin = earlier.first().copied(),
                 DupAction::NextBuyer => j.exclude.extend(earlier),
                 DupAction::NotBillable => j
                     .not_billable
@@ -296,7 +415,9 @@ pub fn judge<'a>(
         if !matches!(e.outcome, Outcome::Ranked(_)) {
             continue;
         }
-        if seen_buyer(b).and_then(|s| hit(rule, s, now_s)).is_none() {
+        let hit =
+            seen_buyer(b).is_some_and(|s| !s.within(rule.after, rule.window_s(), now_s).is_empty());
+        if !hit {
             continue;
         }
         j.fired.push(format!(
@@ -313,11 +434,6 @@ pub fn judge<'a>(
         }
     }
     j
-}
-
-fn hit(rule: DuplicateRule, seen: &Seen, now_s: i64) -> Option<&str> {
-    seen.within(rule.after, rule.window_s(), now_s)
-        .map(|b| &**b)
 }
 
 /// Fill `memory` from the CDR database's history (oldest first); how many calls.
@@ -360,7 +476,7 @@ pub fn restore(memory: &Memory, rows: &[crate::store::db::DupHistoryRow], keep_s
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dce_routing::Live;
+    use dce_routing::{DuplicateRule, Live};
 
     fn rule(after: DupStage, action: DupAction) -> Option<DuplicateRule> {
         Some(DuplicateRule {
@@ -454,6 +570,36 @@ mod tests {
     }
 
     #[test]
+    fn every_buyer_that_had_the_caller_counts_the_latest_first() {
+        let m = Memory::default();
+        m.record(DupStage::Connected, Some("c"), "a", "1310", T0, 86_400 * 30);
+        m.record(
+            DupStage::Connected,
+            Some("c"),
+            "b",
+            "1310",
+            T0 + 60,
+            86_400 * 30,
+        );
+        let s = snap(rule(DupStage::Connected, DupAction::NextBuyer), [None; 3]);
+        let e = auction(&s);
+        let j = m.judge(&s, 0, "1310", &e, T0 + 120);
+        assert_eq!(names(&s, &j).0, ["b", "a"], "both had the caller");
+        let s = snap(rule(DupStage::Connected, DupAction::SameBuyer), [None; 3]);
+        let j = m.judge(&s, 0, "1310", &e, T0 + 120);
+        assert_eq!(names(&s, &j).1.as_deref(), Some("b"), "the latest");
+        let seen = Seen::from_fields([
+            ("connected:a", "100"),
+            ("routed:b", "200"),
+            ("bogus", "1"),
+            ("routed:x", "not a time"),
+        ]);
+        assert_eq!(seen.within(DupStage::Connected, 10, 105), ["a"]);
+        assert_eq!(seen.within(DupStage::Routed, 10, 205), ["b"]);
+        assert_eq!(Seen::field(DupStage::Routed, "b"), "routed:b");
+    }
+
+    #[test]
     fn the_window_and_the_stage_decide_what_counts() {
         let m = Memory::default();
         m.record(DupStage::Routed, Some("c"), "a", "1310", T0, 86_400 * 30);
@@ -538,14 +684,8 @@ mod tests {
         assert_eq!(restore(&m, &rows, 86_400), 1);
         let g = m.inner.lock().unwrap();
         let c = &g.map[campaign_key("c", "3").as_str()];
-        assert_eq!(
-            c.within(DupStage::Routed, 10, T0 + 1).map(|b| &**b),
-            Some("a")
-        );
-        assert_eq!(
-            c.within(DupStage::Billable, 10, T0 + 1).map(|b| &**b),
-            Some("b")
-        );
+        assert_eq!(c.within(DupStage::Routed, 10, T0 + 1), ["a"]);
+        assert_eq!(c.within(DupStage::Billable, 10, T0 + 1), ["b"]);
         assert!(g.map.contains_key(buyer_key("b", "3").as_str()));
     }
 }

@@ -39,6 +39,44 @@ pub enum RemoteResult {
     Error(String),
 }
 
+/// The fleet-wide duplicate check (Redis): what is remembered of a caller in a campaign and
+/// with each buyer that has its own rule. One round trip.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DupCheck {
+    /// Caller, E.164 digits.
+    pub caller: String,
+    /// The campaign, when it has a rule.
+    pub campaign: Option<String>,
+    /// Ranked buyers with their own rule: (index in the call's snapshot, id).
+    pub buyers: Vec<(dce_routing::BuyerId, String)>,
+}
+
+/// What Redis remembers of the caller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DupSeen {
+    /// In the campaign.
+    pub campaign: Option<super::duplicates::Seen>,
+    /// With each buyer asked about (absent: nothing).
+    pub buyers: Vec<(dce_routing::BuyerId, super::duplicates::Seen)>,
+}
+
+/// That a call reached a stage, for the fleet's memory (`Output::Remember`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DupWrite {
+    /// How far it got.
+    pub stage: dce_routing::DupStage,
+    /// The campaign's record too (`None`: the buyer's only).
+    pub campaign: Option<String>,
+    /// The buyer.
+    pub buyer: String,
+    /// Caller, E.164 digits.
+    pub caller: String,
+    /// When, Unix seconds.
+    pub at_s: i64,
+    /// How long the record is kept (the longest window), seconds.
+    pub keep_s: i64,
+}
+
 /// A bid request to one real-time bidder (`rtb = { … }`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BidQuery {
@@ -89,6 +127,8 @@ pub enum Query {
     Shared(RemoteCheck),
     /// A real-time bid request.
     Bid(Box<BidQuery>),
+    /// The fleet-wide duplicate check.
+    Duplicates(DupCheck),
 }
 
 /// Its answer.
@@ -98,6 +138,8 @@ pub enum Answer {
     Shared(RemoteResult),
     /// A bidder's answer.
     Bid(Box<BidAnswer>),
+    /// The fleet-wide duplicate check's result (an error: Redis failed).
+    Duplicates(Result<DupSeen, String>),
 }
 
 impl Answer {
@@ -105,6 +147,7 @@ impl Answer {
     pub fn missed(q: &Query) -> Answer {
         match q {
             Query::Shared(_) => Answer::Shared(RemoteResult::Error("deadline passed".into())),
+            Query::Duplicates(_) => Answer::Duplicates(Err("deadline passed".into())),
             Query::Bid(b) => Answer::Bid(Box::new(BidAnswer {
                 buyer: b.buyer,
                 pinged: crate::rtb::client::Pinged {

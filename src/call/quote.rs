@@ -215,6 +215,8 @@ impl Controller {
                     return QuoteAnswer::Refused("lookup_failed".into());
                 }
                 Answer::Shared(_) => {}
+                // a quote asks no duplicate question (the call it prices will)
+                Answer::Duplicates(_) => {}
             }
         }
         let snap = q.snapshot.clone();

@@ -126,6 +126,10 @@ pub struct Sim {
     late_offer: bool,
     nobody: Buyer,
     buyer_responses: Vec<(u16, Message)>,
+    /// Fleet-wide duplicate checks asked and not answered yet.
+    pub dup_checks: Vec<(dce::call::LookupId, dce::call::lookup::DupCheck)>,
+    /// What DCE wrote to the fleet's memory of callers.
+    pub remembered: Vec<dce::call::lookup::DupWrite>,
 }
 
 /// Config with carrier-a on 127.0.0.1, campaign `auto` on +18005550100, and `buyers` appended.
@@ -235,6 +239,8 @@ impl Sim {
                 options: 0,
             },
             buyer_responses: Vec::new(),
+            dup_checks: Vec::new(),
+            remembered: Vec::new(),
         }
     }
 
@@ -314,11 +320,16 @@ impl Sim {
                 dce::edge::Output::Transmit(t) => self.inbox.push_back((t.to.addr, t.bytes)),
                 dce::edge::Output::Cdr(cdr) => self.cdrs.0.lock().unwrap().push(*cdr),
                 dce::edge::Output::Quoted(id, a) => self.quoted.push((id, a)),
+                dce::edge::Output::Remember(w) => self.remembered.push(w),
                 dce::edge::Output::Lookup(req) => {
                     let check = match req.query {
                         dce::call::Query::Shared(check) => check,
                         dce::call::Query::Bid(q) => {
                             self.bid_requests.push((req.id, q, req.deadline));
+                            continue;
+                        }
+                        dce::call::Query::Duplicates(q) => {
+                            self.dup_checks.push((req.id, q));
                             continue;
                         }
                     };
@@ -416,6 +427,23 @@ impl Sim {
     }
 
     /// Answer the oldest queued fleet-wide check.
+    /// Answer the oldest fleet-wide duplicate check (what "Redis" remembers, or an error).
+    pub fn answer_dups(
+        &mut self,
+        result: Result<dce::call::lookup::DupSeen, String>,
+    ) -> dce::call::lookup::DupCheck {
+        let (id, q) = self.dup_checks.remove(0);
+        self.core.handle_input(
+            dce::edge::Input::Lookup {
+                id,
+                answer: dce::call::Answer::Duplicates(result),
+            },
+            self.now,
+        );
+        self.collect();
+        q
+    }
+
     pub fn answer_remote(&mut self, result: dce::call::RemoteResult) {
         let (id, _) = self.remote.remove(0);
         self.core.handle_input(
