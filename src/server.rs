@@ -107,13 +107,14 @@ pub async fn load_consent(
     }
 }
 
-/// Refill the duplicate rules' memory from the CDRs of the last `keep_s` seconds (the longest
-/// window; 0 = no rule, nothing to do).
+/// Refill the duplicate rules' memory from the CDRs of the longest window of `rules` (no
+/// rule: nothing to do).
 pub async fn restore_duplicates(
     db: &crate::store::Db,
-    memory: &crate::call::duplicates::Memory,
-    keep_s: i64,
+    memory: &crate::call::callers::Memory,
+    rules: &Snapshot,
 ) {
+    let keep_s = rules.dup_window_s();
     if keep_s == 0 {
         return;
     }
@@ -121,7 +122,7 @@ pub async fn restore_duplicates(
     let since = chrono::Utc::now().timestamp() - keep_s;
     match tokio::time::timeout(Duration::from_secs(60), db.dup_history(since)).await {
         Ok(Ok(rows)) => {
-            let calls = crate::call::duplicates::restore(memory, &rows, keep_s);
+            let calls = crate::call::callers::restore(memory, &rows, rules);
             tracing::info!(
                 calls,
                 remembered = memory.len(),
@@ -291,15 +292,15 @@ pub async fn run(
     let (gate_tx, gate) = tokio::sync::oneshot::channel();
     // Callers the duplicate rules remember, shared by every worker; refilled from the CDRs
     // of the longest window once the database answers.
-    let duplicates = Arc::new(crate::call::duplicates::Memory::default());
+    let duplicates = Arc::new(crate::call::callers::Memory::default());
     {
         let (db, compliance, migrate) =
             (db.clone(), compliance.clone(), config.storage.auto_migrate);
-        let (duplicates, keep_s) = (duplicates.clone(), snapshot.dup_window_s());
+        let (duplicates, rules) = (duplicates.clone(), snapshot.clone());
         tokio::spawn(async move {
             load_consent(&db, migrate, &compliance).await;
             let _ = gate_tx.send(());
-            restore_duplicates(&db, &duplicates, keep_s).await;
+            restore_duplicates(&db, &duplicates, &rules).await;
         });
     }
     let consent_db = db.clone();

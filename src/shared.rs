@@ -2,7 +2,7 @@
 //! overlay and the duplicate rules' memory of callers every node shares. Every round trip has a deadline; a miss or an error is reported to
 //! the caller, which applies `on_lookup_error`.
 
-use crate::call::duplicates::Seen;
+use crate::call::callers::Seen;
 use crate::call::lookup::{DupCheck, DupSeen, DupWrite};
 use crate::call::{RemoteCheck, RemoteResult};
 use redis::aio::ConnectionManager;
@@ -96,7 +96,7 @@ impl Shared {
     }
 
     /// The duplicate rules' record of `caller` in campaign `campaign` (or with buyer `buyer`):
-    /// a hash of stage → "<unix s> <buyer>". The caller is the hash tag, so one call's keys
+    /// a hash of "<stage>:<buyer>" → Unix seconds. The caller is the hash tag, so one call's keys
     /// share a Redis Cluster slot.
     fn dup_key(&self, kind: char, of: &str, caller: &str) -> String {
         format!("{}:dup:{{{caller}}}:{kind}:{of}", self.prefix)
@@ -144,7 +144,10 @@ impl Shared {
             .campaign
             .iter()
             .map(|c| self.dup_key('c', c, &w.caller))
-            .chain([self.dup_key('b', &w.buyer, &w.caller)]);
+            .chain(
+                w.buyer_record
+                    .then(|| self.dup_key('b', &w.buyer, &w.caller)),
+            );
         for key in keys {
             pipe.hset(&key, &field, w.at_s)
                 .ignore()

@@ -181,7 +181,7 @@ fn a_buyers_own_rule_replaces_the_campaigns() {
 /// this node's memory decides and the CDR says so.
 #[test]
 fn with_redis_the_fleets_memory_decides_and_this_nodes_stands_in() {
-    use dce::call::duplicates::Seen;
+    use dce::call::callers::Seen;
     use dce::call::lookup::DupSeen;
     let mut sim = sim(
         "duplicates = { window_days = 30, after = \"connected\", action = \"reject\" }",
@@ -268,4 +268,38 @@ fn with_redis_the_fleets_memory_decides_and_this_nodes_stands_in() {
     );
     sim.run_for(64 * S);
     sim.assert_nothing_held();
+}
+
+/// `after = "routed"` counts every buyer rung, not only the first: the caller acme refused and
+/// bravo took is sent past both next time (and so refused for want of a buyer).
+#[test]
+fn every_buyer_rung_counts_as_having_had_the_caller() {
+    let mut sim = sim(
+        "duplicates = { window_days = 30, after = \"routed\", action = \"next_buyer\" }",
+        "",
+    );
+    sim.set_mode(5090, Mode::Reject(486));
+    let (_, first) = call(&mut sim, CALLER, S);
+    assert_eq!(outcomes(&first), ["acme=attempted:486", "bravo=won"]);
+    let (finals, second) = call(&mut sim, CALLER, S);
+    assert_eq!(finals, [480]);
+    assert_eq!(second.disposition, "rejected");
+    assert_eq!(
+        outcomes(&second),
+        ["acme=excluded:duplicate", "bravo=excluded:duplicate"]
+    );
+}
+
+/// A withheld caller is not one person: never a duplicate.
+#[test]
+fn a_caller_that_is_no_number_is_never_a_duplicate() {
+    let mut sim = sim(
+        "tcpa_hours = false\nduplicates = { window_days = 30, after = \"routed\", action = \"reject\" }",
+        "",
+    );
+    for _ in 0..2 {
+        let (finals, cdr) = call(&mut sim, "anonymous", S);
+        assert_eq!(finals, [200], "{cdr:?}");
+        assert!(cdr.duplicate.is_none());
+    }
 }

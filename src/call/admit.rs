@@ -44,6 +44,12 @@ impl Rejection {
         self
     }
 
+    /// `603`: a campaign's duplicate rule (`action = "reject"`) refuses the repeat caller.
+    pub fn duplicate() -> Self {
+        Rejection::new(603, Counter::Duplicate603, EndReason::Duplicate)
+            .with(HeaderName::Reason, "SIP;cause=603;text=\"duplicate\"")
+    }
+
     /// `603` naming the rule.
     fn compliance(rule: RefusedBy) -> Self {
         let reason = format!("SIP;cause=603;text=\"{}\"", rule.as_str());
@@ -71,7 +77,7 @@ pub(super) struct Admitted {
     campaign: CampaignId,
     entries: Vec<Entry>,
     wall: DateTime<Utc>,
-    dup: Option<Box<super::duplicates::Judgement>>,
+    dup: Option<Box<super::callers::Judgement>>,
 }
 
 /// The user part of a URI inside a header value (`"x" <sip:user@host>;tag=…`).
@@ -346,7 +352,7 @@ impl Controller {
                 tracing::debug!(caller = %crate::logging::num(&facts.caller), campaign = %facts.campaign, rules = ?facts.duplicate, "duplicate caller");
                 if j.reject {
                     facts.bids = bid_records(&snapshot, &entries, &[]);
-                    return Err(super::duplicates::rejection());
+                    return Err(Rejection::duplicate());
                 }
                 ranked = j.apply(&mut entries);
                 dup = Some(Box::new(j));
@@ -543,7 +549,6 @@ impl Controller {
         let max = self.shared.map(|s| s.max_calls_per_day).unwrap_or(0);
         let mut refusal = None;
         let mut bids = Vec::new();
-        let mut dup = None;
         for a in std::mem::take(&mut call.lookups.answers) {
             match a {
                 Answer::Bid(b) => bids.push(*b),
@@ -557,12 +562,11 @@ impl Controller {
                         wall,
                     );
                     if j.reject {
-                        refusal = Some(super::duplicates::rejection());
+                        refusal = Some(Rejection::duplicate());
                     }
                     if !j.is_empty() {
                         call.dup = Some(Box::new(j));
                     }
-                    dup = call.dup.is_some().then_some(());
                 }
                 Answer::Shared(RemoteResult::Listed) => {
                     refusal = Some(Rejection::compliance(RefusedBy::Rule(
@@ -605,10 +609,15 @@ impl Controller {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
-        if let (None, Some(())) = (&refusal, dup) {
-            // after the bids: they may have re-ranked the entries the rules act on
+        if refusal.is_none() {
+            // (again) after the bids: they may have re-ranked the entries the rules act on
             if let Some(j) = call.dup.as_deref() {
-                if j.apply(&mut call.entries) == 0 {
+                let mut ranked = j.apply(&mut call.entries);
+                if let Some(r) = call.bids.as_ref().and_then(|b| b.reserved.as_ref()) {
+                    // a price promised to this caller still goes first
+                    ranked = dce_routing::pin_first(&mut call.entries, r.buyer);
+                }
+                if ranked == 0 {
                     // as when the auction leaves nobody: refused, not a failed call
                     refusal = Some(Rejection::new(
                         480,

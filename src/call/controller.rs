@@ -138,7 +138,7 @@ pub struct Controller {
     /// Prices promised by `POST /v1/bid` (node-wide).
     pub(super) reservations: Arc<super::reservation::Reservations>,
     /// The node's memory of callers for the duplicate rules (shared by every worker).
-    pub(super) duplicates: Arc<super::duplicates::Memory>,
+    pub(super) duplicates: Arc<super::callers::Memory>,
 }
 
 /// A buyer INVITE the controller handed out: when its call's INVITE arrived, and whether it is
@@ -208,7 +208,7 @@ impl Controller {
     }
 
     /// Share the node's memory of callers (duplicate rules) with the other workers.
-    pub fn set_duplicates(&mut self, m: Arc<super::duplicates::Memory>) {
+    pub fn set_duplicates(&mut self, m: Arc<super::callers::Memory>) {
         self.duplicates = m;
     }
 

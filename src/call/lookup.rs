@@ -55,9 +55,9 @@ pub struct DupCheck {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DupSeen {
     /// In the campaign.
-    pub campaign: Option<super::duplicates::Seen>,
+    pub campaign: Option<super::callers::Seen>,
     /// With each buyer asked about (absent: nothing).
-    pub buyers: Vec<(dce_routing::BuyerId, super::duplicates::Seen)>,
+    pub buyers: Vec<(dce_routing::BuyerId, super::callers::Seen)>,
 }
 
 /// That a call reached a stage, for the fleet's memory (`Output::Remember`).
@@ -65,10 +65,12 @@ pub struct DupSeen {
 pub struct DupWrite {
     /// How far it got.
     pub stage: dce_routing::DupStage,
-    /// The campaign's record too (`None`: the buyer's only).
+    /// In the campaign's record (`None`: the campaign has no rule).
     pub campaign: Option<String>,
     /// The buyer.
     pub buyer: String,
+    /// In the buyer's own record too (it has a rule of its own).
+    pub buyer_record: bool,
     /// Caller, E.164 digits.
     pub caller: String,
     /// When, Unix seconds.

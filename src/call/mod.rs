@@ -9,7 +9,8 @@
 //! | `router.rs` | (Call-ID, our tag) → (call, leg); transactions → what they are for; orphans |
 //! | `admit.rs` | overload, carrier, rate, campaign, compliance, auction; lookups; refusals |
 //! | `lookup.rs` | lookup requests and answers under a deadline (the fleet-wide check) |
-//! | `duplicates.rs` | duplicate-call rules: the node's memory of callers, and what a repeat call gets |
+//! | `callers.rs` | the memory of callers behind the duplicate-call rules, and the rules (data) |
+//! | `duplicates.rs` | duplicate-call rules in the call path: what calls remember, the fleet's question and its answer |
 //! | `bids.rs` | real-time bid requests of a call, and what their answers do to the ranking |
 //! | `quote.rs` | publishers' bid requests (`POST /v1/bid`): checks, auction, price, reservation |
 //! | `reservation.rs` | quotes, their answers, the node-wide reservations (data) |
@@ -31,11 +32,12 @@
 
 mod admit;
 pub mod bids;
+pub mod callers;
 pub mod carrier;
 pub mod cdr;
 mod challenge;
 mod controller;
-pub mod duplicates;
+mod duplicates;
 mod end;
 mod health;
 pub mod leg;

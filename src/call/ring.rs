@@ -267,9 +267,8 @@ impl Controller {
             let more = call.legs[li].targets.len() > 1;
             call.state = CallState::Ringing { current: li };
             call.attempts += 1;
-            let first = call.attempts == 1;
             let buyer = call.entries[call.legs[li].entry].buyer;
-            self.remember(key, DupStage::Routed, buyer, first);
+            self.remember(key, DupStage::Routed, buyer);
             self.router.add_client(tx, key, TxRole::Invite(li));
             self.router.add_dialog(&b_call_id, &tag, key, LegRef::B(li));
             let deadline = now + self.settings.ring_timeout;
@@ -764,10 +763,6 @@ impl Controller {
         let buyer = snap.buyer(e.buyer);
         let at = local_keys(buyer.tz(), call.wall(now));
         snap.live(e.buyer).answered(at, e.bid_cents);
-        self.remember(key, DupStage::Connected, e.buyer, true);
-        let Some(call) = self.calls.get(&key) else {
-            return;
-        };
         let max = Duration::from_secs(u64::from(snap.campaign(call.campaign).max_duration_s));
         tracing::debug!(call = %call.id, buyer = %buyer.id, "call answered");
         self.counters.inc(Counter::CallAnswered);
@@ -792,6 +787,8 @@ impl Controller {
                 if let Some(id) = self.calls.get(&key).and_then(|c| c.media) {
                     self.media.answered(id);
                 }
+                // connected only once the answer is usable (an SDP DCE cannot anchor is not)
+                self.remember(key, DupStage::Connected, e.buyer);
                 self.respond_a(layer, key, 200, body, now);
             }
             Err(e) => {

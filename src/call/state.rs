@@ -307,7 +307,7 @@ pub struct Call {
     /// Its real-time bids, when any buyer was asked.
     pub bids: Option<Box<CallBids>>,
     /// What the duplicate rules did to it, when one fired.
-    pub dup: Option<Box<super::duplicates::Judgement>>,
+    pub dup: Option<Box<super::callers::Judgement>>,
 }
 
 impl Call {
