@@ -10,6 +10,8 @@ Loopback only; every step is bounded in calls and time.
         [--buyer-transport tcp]   # the buyer over TCP (DCE's own connection; prints how many)
         [--rtb 10]                # 10 real-time bidders answering in 5-20 ms (examples/bidder.rs;
                                   # build it: cargo build --release --example bidder)
+        [--duplicates not_billable]  # the campaign has a duplicate rule (after "routed", 30 days);
+                                  # SIPp's one caller makes every call after the first a duplicate
 
 With --watchers N the HTTP API is on, N WebSocket clients follow /v1/events (as live pages
 would) and a scraper reads /metrics and /v1/calls once a second: the delay then includes what
@@ -84,7 +86,7 @@ def scrape(http, stop):
         stop.wait(1.0)
 
 
-def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp", rtb=0, rtb_ms=(5, 20), rtb_cap=0):
+def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp", rtb=0, rtb_ms=(5, 20), rtb_cap=0, duplicates=None):
     tmp = tempfile.mkdtemp(prefix="dce-load-")
     port, buyer_port, http, bid_port = free_port(), free_port(), free_port(), free_port()
     bidders = "".join(f"""[[buyer]]
@@ -121,6 +123,7 @@ sources = ["127.0.0.1/32"]
 id = "auto"
 numbers = ["+18005550100"]
 tcpa_hours = false
+{f'duplicates = {{ window_days = 30, after = "routed", action = "{duplicates}" }}' if duplicates else ""}
 [[buyer]]
 id = "acme"
 campaigns = ["auto"]
@@ -211,6 +214,7 @@ def main():
     ap.add_argument("--buyer-transport", choices=["udp", "tcp"], default="udp", help="how DCE reaches the buyer")
     ap.add_argument("--rtb", type=int, default=0, help="real-time bidders per call (examples/bidder.rs)")
     ap.add_argument("--rtb-max-in-flight", type=int, default=0, help="each bidder's max_in_flight (0 = unlimited)")
+    ap.add_argument("--duplicates", choices=["same_buyer", "not_billable"], help="a campaign duplicate rule (calls keep flowing)")
     a = ap.parse_args()
     if a.rtb and not os.path.exists(BIDDER):
         sys.exit("build the bidder first: cargo build --release --example bidder")
@@ -219,7 +223,7 @@ def main():
     print(f"{'calls/s':>8} {'placed':>7} {'ok':>7} {'failed':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     best = None
     for rate in [int(r) for r in a.rates.split(",")]:
-        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport, rtb=a.rtb, rtb_cap=a.rtb_max_in_flight)
+        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport, rtb=a.rtb, rtb_cap=a.rtb_max_in_flight, duplicates=a.duplicates)
         print(f"{rate:>8} {calls:>7} {ok if ok is not None else '?':>7} {failed if failed is not None else '?':>7} "
               f"{p50 if p50 is not None else '?':>7} {p99 if p99 is not None else '?':>7} {mx if mx is not None else '?':>7}", flush=True)
         if rc != 0 or not failed == 0 or ok != calls:
