@@ -18,6 +18,9 @@ impl Controller {
         let Some(call) = self.calls.get(&key) else {
             return;
         };
+        if call.snapshot.dup_window_s() == 0 {
+            return;
+        }
         let snap = call.snapshot.clone();
         let c = snap.campaign(call.campaign);
         let buyer = snap.buyer(b);
@@ -36,7 +39,7 @@ impl Controller {
     /// running config's rules.
     pub(super) fn remember_billable(&mut self, cdr: &Cdr) {
         let snap = self.snapshot.clone();
-        let (true, Some(b)) = (cdr.billable, &cdr.buyer_id) else {
+        let (true, Some(b), true) = (cdr.billable, &cdr.buyer_id, snap.dup_window_s() > 0) else {
             return;
         };
         let ruled = snap
