@@ -91,6 +91,9 @@ counters! {
     /// The fleet-wide duplicate lookup failed or missed its deadline (this node's memory
     /// decided).
     DuplicateLookupError => "duplicate_lookup_errors",
+    /// A capped buyer's fleet-wide caps could not be read (Redis failed or was late):
+    /// `on_cap_error` decided.
+    CapLookupError => "cap_lookup_errors",
     /// Compliance verdict: 603.
     Compliance603 => "rejected_603_compliance",
     /// A campaign's duplicate rule (`action = "reject"`): 603.

@@ -36,6 +36,7 @@ pub mod edge;
 pub mod http;
 
 pub mod events;
+pub mod fleet;
 pub mod ids;
 pub mod latency;
 pub mod logging;

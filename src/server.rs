@@ -270,14 +270,20 @@ pub async fn run(
     let ranges = media_ranges(config.media.port_min, port_max, workers)?;
     let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
     let shared = match &config.storage.redis_url {
-        Some(url) => Some(
-            crate::shared::Shared::connect(
+        Some(url) => {
+            let mut s = crate::shared::Shared::connect(
                 url,
                 &config.storage.redis_key_prefix,
                 config.storage.redis_timeout,
             )
-            .await,
-        ),
+            .await;
+            // one heartbeat per process: two nodes given the same id still count as two
+            let mut tail = [0u8; 4];
+            let _ = getrandom::fill(&mut tail);
+            let node = format!("{}:{:08x}", config.node.id, u32::from_le_bytes(tail));
+            s.start_caps(config.storage.cap_lease, &node);
+            Some(s)
+        }
         None => None,
     };
     if let Ok(mut c) = compliance.lock() {
@@ -349,6 +355,7 @@ pub async fn run(
         allow_on_error: config.compliance.on_lookup_error
             == crate::config::OnLookupError::AllowAndFlag,
         deadline: config.storage.redis_timeout,
+        on_cap_error: config.storage.on_cap_error,
     });
     let events = crate::events::Bus::default();
     // Prices promised by `POST /v1/bid`, shared by every worker.
@@ -884,6 +891,7 @@ impl Node {
             allow_on_error: cfg.compliance.on_lookup_error
                 == crate::config::OnLookupError::AllowAndFlag,
             deadline: cfg.storage.redis_timeout,
+            on_cap_error: cfg.storage.on_cap_error,
         });
         let _ = self
             .dns_dests

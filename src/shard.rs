@@ -493,9 +493,29 @@ impl Worker {
                         });
                     }
                 }
+                Output::Caps(w) => {
+                    if let Some(caps) = self.shared.as_ref().and_then(|s| s.caps()) {
+                        caps.write(w);
+                    }
+                }
                 Output::Lookup(req) => {
                     let tx = self.answers_tx.clone();
                     let check = match req.query {
+                        crate::call::Query::Lease(ask) => {
+                            match self.shared.as_ref().and_then(|s| s.caps()) {
+                                Some(caps) => caps.take(ask, req.id, tx),
+                                None => {
+                                    let answer = crate::call::lookup::LeaseAnswer {
+                                        result: crate::call::lookup::LeaseResult::Error(
+                                            "no Redis".into(),
+                                        ),
+                                        nodes: 0,
+                                    };
+                                    let _ = tx.send((req.id, Answer::Lease(answer), None));
+                                }
+                            }
+                            continue;
+                        }
                         crate::call::Query::Shared(check) => check,
                         crate::call::Query::Bid(q) => {
                             self.ping(req.id, *q, req.deadline);

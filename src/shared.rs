@@ -1,5 +1,6 @@
 //! Fleet-wide state in Redis (`[storage] redis_url`): the frequency cap, the internal DNC
-//! overlay and the duplicate rules' memory of callers every node shares. Every round trip has a deadline; a miss or an error is reported to
+//! overlay and the duplicate rules' memory of callers every node shares; the buyer caps'
+//! task (`crate::fleet`) rides on the same connection. Every round trip has a deadline; a miss or an error is reported to
 //! the caller, which applies `on_lookup_error`.
 
 use crate::call::callers::Seen;
@@ -25,6 +26,8 @@ pub struct Shared {
     prefix: String,
     deadline: Duration,
     script: std::sync::Arc<redis::Script>,
+    /// The fleet-wide buyer caps' task, once started.
+    caps: Option<crate::fleet::Caps>,
 }
 
 impl Shared {
@@ -59,7 +62,24 @@ impl Shared {
             prefix: prefix.to_owned(),
             deadline,
             script: std::sync::Arc::new(redis::Script::new(CHECK)),
+            caps: None,
         }
+    }
+
+    /// Start the fleet-wide buyer caps' task (leases of `lease`; `node` names this node's
+    /// heartbeat, unique per process).
+    pub fn start_caps(&mut self, lease: Duration, node: &str) {
+        self.caps = Some(crate::fleet::Caps::start(
+            self.con.clone(),
+            &self.prefix,
+            lease,
+            node,
+        ));
+    }
+
+    /// The fleet-wide buyer caps' task.
+    pub fn caps(&self) -> Option<&crate::fleet::Caps> {
+        self.caps.as_ref()
     }
 
     /// The key of the shared internal DNC set.

@@ -191,6 +191,7 @@ fn with_redis_the_fleets_memory_decides_and_this_nodes_stands_in() {
         max_calls_per_day: 0,
         allow_on_error: true,
         deadline: Duration::from_millis(200),
+        on_cap_error: dce::call::CapPolicy::Local,
     }));
     sim.responder = Some(Box::new(|_| dce::call::RemoteResult::Count(1)));
     let start = |sim: &mut Sim, caller: &str| {

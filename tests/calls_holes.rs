@@ -215,6 +215,7 @@ fn shared(deadline: Duration, allow_on_error: bool) -> Sim {
         max_calls_per_day: 2,
         allow_on_error,
         deadline,
+        on_cap_error: dce::call::CapPolicy::Local,
     }));
     sim
 }

@@ -1113,6 +1113,7 @@ fn shared_sim(allow_on_error: bool) -> Sim {
         max_calls_per_day: 2,
         allow_on_error,
         deadline: Duration::from_secs(1),
+        on_cap_error: dce::call::CapPolicy::Local,
     }));
     sim
 }

@@ -44,6 +44,9 @@ pub enum Exclusion {
     PingCap,
     /// A duplicate rule keeps the repeat caller from this buyer (`duplicates`).
     Duplicate,
+    /// Its caps are kept fleet-wide in Redis, Redis did not answer in time and
+    /// `on_cap_error = "skip_buyer"`.
+    CapUnavailable,
 }
 
 impl Exclusion {
@@ -67,6 +70,7 @@ impl Exclusion {
             Exclusion::Expired => "expired",
             Exclusion::PingCap => "ping_cap",
             Exclusion::Duplicate => "duplicate",
+            Exclusion::CapUnavailable => "cap_unavailable",
         }
     }
 }

@@ -319,6 +319,16 @@ impl Buyer {
         self.schedule.map(|s| s.tz).unwrap_or(chrono_tz::UTC)
     }
 
+    /// It has a cap or a budget (what fleet-wide caps count in Redis).
+    pub fn capped(&self) -> bool {
+        self.max_concurrent > 0
+            || self.hourly_cap > 0
+            || self.daily_cap > 0
+            || self.monthly_cap > 0
+            || self.daily_budget_cents > 0
+            || self.monthly_budget_cents > 0
+    }
+
     /// The buyer's target URI for a call.
     pub fn target_uri(&self, called: &str, caller: &str) -> String {
         self.uri

@@ -252,6 +252,7 @@ impl Controller {
             quality: None,
             pings: Vec::new(),
             duplicate: facts.duplicate,
+            fleet_caps: None,
         })));
     }
 
@@ -522,6 +523,8 @@ impl Controller {
                 lookups,
                 bids,
                 dup,
+                lease: None,
+                cap_note: None,
             }),
         );
         self.counters.m.call_added();
@@ -552,6 +555,8 @@ impl Controller {
         for a in std::mem::take(&mut call.lookups.answers) {
             match a {
                 Answer::Bid(b) => bids.push(*b),
+                // asked only when a buyer is about to ring (`Leasing`), never while checking
+                Answer::Lease(_) => {}
                 Answer::Duplicates(seen) => {
                     let wall = self.clock.now_utc().timestamp();
                     let j = super::duplicates::fleet_judgement(

@@ -97,6 +97,11 @@ pub struct Cdr {
     /// `buyer:<id>:<action>`, comma-separated); absent when none did.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duplicate: Option<String>,
+    /// The fleet-wide caps (Redis) could not be read for a buyer of this call and
+    /// `on_cap_error` decided: `lookup_failed:local` or `lookup_failed:skip_buyer`; absent
+    /// otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fleet_caps: Option<String>,
 }
 
 /// One direction of one leg, as DCE received it.
@@ -281,6 +286,7 @@ impl Cdr {
             quality: None,
             pings: Vec::new(),
             duplicate: None,
+            fleet_caps: None,
         }
     }
 }

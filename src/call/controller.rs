@@ -7,7 +7,7 @@ use super::cdr::Cdr;
 use super::leg::Me;
 use super::lookup::{Answer, LookupId, LookupRequest};
 use super::router::{Router, RouterSizes};
-use super::state::{Call, CallKey, Timer};
+use super::state::{Call, CallKey, CallState, Timer};
 use super::Compliance;
 use crate::clock::Clock;
 use crate::config::CarrierConfig;
@@ -56,6 +56,31 @@ pub struct SharedChecks {
     pub allow_on_error: bool,
     /// How long a call waits for the answer (a core timer; then `on_lookup_error` applies).
     pub deadline: Duration,
+    /// What a capped buyer's attempt does when Redis cannot say whether its caps allow it
+    /// (`[storage] on_cap_error`).
+    pub on_cap_error: CapPolicy,
+}
+
+/// `[storage] on_cap_error`: what happens to a capped buyer when the fleet's caps (Redis)
+/// cannot be read in time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CapPolicy {
+    /// Ring it if this node's share of each cap (the cap divided by the live nodes last
+    /// seen, rounded up) allows it.
+    #[default]
+    Local,
+    /// Skip it (`excluded:cap_unavailable`).
+    SkipBuyer,
+}
+
+impl CapPolicy {
+    /// Its name in config and CDRs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CapPolicy::Local => "local",
+            CapPolicy::SkipBuyer => "skip_buyer",
+        }
+    }
 }
 
 /// What the controller (and the edge core around it) hands the driver.
@@ -72,6 +97,8 @@ pub enum Output {
     /// A call reached a stage the duplicate rules remember: write it to the fleet's memory
     /// (Redis), without waiting.
     Remember(super::lookup::DupWrite),
+    /// A write to the fleet-wide caps (Redis) nobody waits for.
+    Caps(super::lookup::CapWrite),
 }
 
 /// A finished call's CDR, completed when its media report arrives.
@@ -79,7 +106,12 @@ pub(super) struct PendingCdr {
     pub cdr: Cdr,
     pub bill_one_way_audio: bool,
     /// The winner's counters and the local day its bid was committed to, for a refund.
-    pub refund: Option<(Arc<dce_routing::BuyerLive>, dce_routing::Keys)>,
+    /// And the buyer's id when its caps are the fleet's (the refund goes to Redis too).
+    pub refund: Option<(
+        Arc<dce_routing::BuyerLive>,
+        dce_routing::Keys,
+        Option<String>,
+    )>,
 }
 
 /// What the controller still holds: all zero once every call is over (leak checks).
@@ -139,6 +171,8 @@ pub struct Controller {
     pub(super) reservations: Arc<super::reservation::Reservations>,
     /// The node's memory of callers for the duplicate rules (shared by every worker).
     pub(super) duplicates: Arc<super::callers::Memory>,
+    /// Live nodes in the fleet as the last lease answer said (0 = none came yet).
+    pub(super) fleet_nodes: u32,
 }
 
 /// A buyer INVITE the controller handed out: when its call's INVITE arrived, and whether it is
@@ -198,6 +232,7 @@ impl Controller {
             quotes: HashMap::new(),
             reservations: Arc::default(),
             duplicates: Arc::default(),
+            fleet_nodes: 0,
         }
     }
 
@@ -471,7 +506,16 @@ impl Controller {
         };
         if complete {
             self.disarm(key, Timer::Lookups);
-            self.checks_done(layer, key, now);
+            self.lookups_done(layer, key, now);
+        }
+    }
+
+    /// Every lookup of call `key` is answered or missed: go on from where it waits.
+    fn lookups_done(&mut self, layer: &mut TransactionLayer, key: CallKey, now: Instant) {
+        match self.calls.get(&key).map(|c| c.state) {
+            Some(CallState::Checking) => self.checks_done(layer, key, now),
+            Some(CallState::Leasing) => self.lease_done(layer, key, now),
+            _ => {}
         }
     }
 
@@ -484,6 +528,6 @@ impl Controller {
         for id in missed {
             self.router.remove_lookup(id);
         }
-        self.checks_done(layer, key, now);
+        self.lookups_done(layer, key, now);
     }
 }

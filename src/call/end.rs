@@ -5,6 +5,7 @@
 use super::admit::bid_records;
 use super::cdr::{Cdr, Quality};
 use super::controller::{Controller, Output, PendingCdr};
+use super::lookup::CapWrite;
 use super::router::TxRole;
 use super::state::{BState, Call, CallKey, CallState};
 use super::vocab::{Disposition, EndReason, HangupBy};
@@ -78,17 +79,36 @@ impl Controller {
         let mut winner_id = None;
         let mut refund = None;
         let answer_wall = call.wall(call.answered_at.unwrap_or(now));
+        if let Some(l) = call.lease.take() {
+            // it ended waiting for (or just granted) a fleet-wide slot
+            let b = call.entries[l.entry].buyer;
+            call.snapshot.live(b).release();
+            self.out.push_back(Output::Caps(CapWrite::Release {
+                member: l.member,
+                buyer: call.snapshot.buyer(b).id.clone(),
+            }));
+        }
         for (li, leg) in call.legs.iter_mut().enumerate() {
             let e = call.entries[leg.entry];
+            if let Some(member) = leg.lease.take() {
+                self.out.push_back(Output::Caps(CapWrite::Release {
+                    member,
+                    buyer: call.snapshot.buyer(e.buyer).id.clone(),
+                }));
+            }
             if let Some(slot) = leg.slot.take() {
                 if winner == Some(li) {
                     let buyer = call.snapshot.buyer(e.buyer);
                     let day = local_keys(buyer.tz(), answer_wall);
+                    let fleet = self.shared.is_some();
                     if billable {
                         // kept for a refund should the media report make it non-billable
-                        refund = Some((slot.clone(), day));
+                        let fleet_id = (fleet && buyer.capped()).then(|| buyer.id.clone());
+                        refund = Some((slot.clone(), day, fleet_id));
                     } else {
                         slot.refund(day, e.bid_cents);
+                        let cents = -i64::from(e.bid_cents);
+                        super::fleet::count(&mut self.out, fleet, buyer, day, 0, cents);
                     }
                 }
                 slot.release();
@@ -174,6 +194,7 @@ impl Controller {
             quality: None,
             pings: call.bids.take().map(|b| b.pings).unwrap_or_default(),
             duplicate: call.dup.as_ref().and_then(|d| d.cdr_text()),
+            fleet_caps: call.cap_note.map(str::to_owned),
         };
         match call.media {
             Some(id) => {
@@ -261,7 +282,7 @@ impl Controller {
             return;
         };
         match state {
-            CallState::Checking | CallState::Ringing { .. } => {
+            CallState::Checking | CallState::Leasing | CallState::Ringing { .. } => {
                 if let CallState::Ringing { current } = state {
                     self.abandon(layer, key, current, now);
                 }
@@ -313,8 +334,16 @@ impl Controller {
                     cdr.revenue_cents = 0;
                     cdr.payout_cents = 0;
                     cdr.margin_cents = 0;
-                    if let Some((slot, day)) = refund {
+                    if let Some((slot, day, fleet)) = refund {
                         slot.refund(day, cdr.bid_cents);
+                        if let Some(buyer) = fleet {
+                            self.out.push_back(Output::Caps(CapWrite::Count {
+                                buyer,
+                                keys: day,
+                                calls: 0,
+                                cents: -i64::from(cdr.bid_cents),
+                            }));
+                        }
                     }
                     tracing::info!(call = %cdr.id, "one-way audio: not billable for this campaign");
                 }

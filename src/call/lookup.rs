@@ -79,6 +79,107 @@ pub struct DupWrite {
     pub keep_s: i64,
 }
 
+/// A buyer attempt's fleet-wide cap check (Redis, `redis_url` set and the buyer capped): one
+/// round trip at ring time that takes a concurrency slot (a lease) and reads the fleet's
+/// answered counts and spend, atomically.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseAsk {
+    /// The lease's name: `<call id>:<entry>` (unique in the fleet).
+    pub member: String,
+    /// The buyer's id.
+    pub buyer: String,
+    /// Its caps, as configured (0 = none).
+    pub limits: CapLimits,
+    /// The buyer's local hour, day and month now (the counters' keys).
+    pub keys: dce_routing::Keys,
+    /// The price this attempt would commit against the budgets.
+    pub bid_cents: u32,
+}
+
+/// A buyer's caps and budgets (0 = none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct CapLimits {
+    /// `max_concurrent`.
+    pub concurrent: u32,
+    /// `hourly_cap`.
+    pub hourly: u32,
+    /// `daily_cap`.
+    pub daily: u32,
+    /// `monthly_cap`.
+    pub monthly: u32,
+    /// `daily_budget_cents`.
+    pub daily_budget: u64,
+    /// `monthly_budget_cents`.
+    pub monthly_budget: u64,
+}
+
+impl CapLimits {
+    /// The limits of `b`.
+    pub fn of(b: &dce_routing::Buyer) -> CapLimits {
+        CapLimits {
+            concurrent: b.max_concurrent,
+            hourly: b.hourly_cap,
+            daily: b.daily_cap,
+            monthly: b.monthly_cap,
+            daily_budget: b.daily_budget_cents,
+            monthly_budget: b.monthly_budget_cents,
+        }
+    }
+}
+
+/// What the fleet said about a lease.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LeaseResult {
+    /// Taken: the slot is this call's until it is released or its lease runs out.
+    Granted,
+    /// A cap is reached fleet-wide (which one).
+    Full(dce_routing::Exclusion),
+    /// Redis failed or missed the deadline: `on_cap_error` decides.
+    Error(String),
+}
+
+/// A lease's answer, with the fleet's size as last seen (live nodes; 0 = not known yet),
+/// which the `local` policy divides the caps by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseAnswer {
+    /// Taken or not.
+    pub result: LeaseResult,
+    /// Nodes alive in the fleet at the last heartbeat.
+    pub nodes: u32,
+}
+
+/// A write to the fleet's caps the call does not wait for (`Output::Caps`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapWrite {
+    /// Give a lease back (the attempt is over, or the call stopped waiting for it).
+    Release {
+        /// The lease.
+        member: String,
+        /// The buyer's id.
+        buyer: String,
+    },
+    /// Redis could not answer and `on_cap_error = "local"` let this node ring the buyer: hold
+    /// the slot in Redis as soon as Redis answers again (the counts converge).
+    HoldLocal {
+        /// The lease.
+        member: String,
+        /// The buyer's id.
+        buyer: String,
+    },
+    /// Count an answered call (`calls = 1`, `cents` = its bid), or give a bid back
+    /// (`calls = 0`, `cents` negative), in the buyer's hour, day and month.
+    Count {
+        /// The buyer's id.
+        buyer: String,
+        /// The buyer's local hour, day and month of the answer.
+        keys: dce_routing::Keys,
+        /// Answered calls to add.
+        calls: i64,
+        /// Cents to add to the day's and the month's spend.
+        cents: i64,
+    },
+}
+
 /// A bid request to one real-time bidder (`rtb = { … }`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BidQuery {
@@ -131,6 +232,8 @@ pub enum Query {
     Bid(Box<BidQuery>),
     /// The fleet-wide duplicate check.
     Duplicates(DupCheck),
+    /// A buyer attempt's fleet-wide cap check and slot.
+    Lease(LeaseAsk),
 }
 
 /// Its answer.
@@ -142,6 +245,8 @@ pub enum Answer {
     Bid(Box<BidAnswer>),
     /// The fleet-wide duplicate check's result (an error: Redis failed).
     Duplicates(Result<DupSeen, String>),
+    /// The fleet-wide cap check's result.
+    Lease(LeaseAnswer),
 }
 
 impl Answer {
@@ -150,6 +255,10 @@ impl Answer {
         match q {
             Query::Shared(_) => Answer::Shared(RemoteResult::Error("deadline passed".into())),
             Query::Duplicates(_) => Answer::Duplicates(Err("deadline passed".into())),
+            Query::Lease(_) => Answer::Lease(LeaseAnswer {
+                result: LeaseResult::Error("deadline passed".into()),
+                nodes: 0,
+            }),
             Query::Bid(b) => Answer::Bid(Box::new(BidAnswer {
                 buyer: b.buyer,
                 pinged: crate::rtb::client::Pinged {

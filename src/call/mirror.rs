@@ -153,7 +153,11 @@ impl Controller {
         if method == Method::Bye {
             let resp = msg.response(200, "OK", "", Some(&via));
             let _ = layer.respond(tx, &resp, now);
-            if leg == LegRef::A && matches!(state, CallState::Ringing { .. } | CallState::Checking)
+            if leg == LegRef::A
+                && matches!(
+                    state,
+                    CallState::Ringing { .. } | CallState::Checking | CallState::Leasing
+                )
             {
                 // RFC 3261 §15: the caller may BYE its early dialog; that ends the INVITE
                 // (487) and the buyer ringing gets CANCEL.

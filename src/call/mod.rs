@@ -11,6 +11,7 @@
 //! | `lookup.rs` | lookup requests and answers under a deadline (the fleet-wide check) |
 //! | `callers.rs` | the memory of callers behind the duplicate-call rules, and the rules (data) |
 //! | `duplicates.rs` | duplicate-call rules in the call path: what calls remember, the fleet's question and its answer |
+//! | `fleet.rs` | fleet-wide buyer caps in the call path: the lease a capped buyer's attempt waits for, `on_cap_error` |
 //! | `bids.rs` | real-time bid requests of a call, and what their answers do to the ranking |
 //! | `quote.rs` | publishers' bid requests (`POST /v1/bid`): checks, auction, price, reservation |
 //! | `reservation.rs` | quotes, their answers, the node-wide reservations (data) |
@@ -39,6 +40,7 @@ mod challenge;
 mod controller;
 mod duplicates;
 mod end;
+mod fleet;
 mod health;
 pub mod leg;
 pub mod lookup;
@@ -54,7 +56,7 @@ pub mod view;
 pub mod vocab;
 
 pub use admit::{caller_of, MAX_CALLER};
-pub use controller::{Controller, Held, InviteMark, Output, Settings, SharedChecks};
+pub use controller::{CapPolicy, Controller, Held, InviteMark, Output, Settings, SharedChecks};
 pub use lookup::{
     Answer, BidAnswer, BidQuery, LookupId, LookupRequest, Query, RemoteCheck, RemoteResult,
 };

@@ -217,6 +217,8 @@ impl Controller {
                 Answer::Shared(_) => {}
                 // a quote asks no duplicate question (the call it prices will)
                 Answer::Duplicates(_) => {}
+                // nor takes a fleet-wide slot (the call does, when it rings)
+                Answer::Lease(_) => {}
             }
         }
         let snap = q.snapshot.clone();

@@ -2,13 +2,15 @@
 //! timeout or a ring timeout moves on to the next; the carrier's CANCEL (or BYE on the early
 //! dialog) ends it all; a buyer's answer makes it the winner.
 
-use super::controller::Controller;
 use super::controller::InviteMark;
+use super::controller::{Controller, Output};
 use super::leg::{
     ack_for_2xx, cancel_for, contact_uri, push_body, route_set, sip_user, with_branch, Dialog,
 };
+use super::lookup::{CapLimits, CapWrite, LeaseAsk, Query};
 use super::router::{Orphan, TxRole};
 use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Timer};
+use super::state::{Call, Lease};
 use super::vocab::{AttemptEnd, BidOutcome, EndReason, HangupBy};
 use crate::config::routing::target_of;
 use crate::counters::Counter;
@@ -17,6 +19,43 @@ use dce_sip::build::reason_phrase;
 use dce_sip::transaction::{Peer, State as TxState, TransactionLayer, Transmit, Transport, TxId};
 use dce_sip::{HeaderName, Message, Method};
 use std::time::{Duration, Instant};
+
+/// Give back what an attempt that will not ring holds: its local slot and its fleet-wide
+/// lease, if it has one.
+pub(super) fn give_back(
+    out: &mut std::collections::VecDeque<Output>,
+    call: &mut Call,
+    live: &dce_routing::BuyerLive,
+    buyer: &str,
+) {
+    live.release();
+    if let Some(l) = call.lease.take() {
+        out.push_back(Output::Caps(CapWrite::Release {
+            member: l.member,
+            buyer: buyer.to_owned(),
+        }));
+    }
+}
+
+/// Give back what buyer leg `li` holds: its local slot and its fleet-wide lease.
+pub(super) fn release_leg(
+    out: &mut std::collections::VecDeque<Output>,
+    call: &mut Call,
+    li: usize,
+) {
+    let leg = &mut call.legs[li];
+    if let Some(slot) = leg.slot.take() {
+        slot.release();
+    }
+    if let Some(member) = leg.lease.take() {
+        let buyer = call
+            .snapshot
+            .buyer(call.entries[leg.entry].buyer)
+            .id
+            .clone();
+        out.push_back(Output::Caps(CapWrite::Release { member, buyer }));
+    }
+}
 
 impl Controller {
     /// Answer the carrier's INVITE of call `key` with `code` (and `body`). A 2xx is kept and
@@ -78,6 +117,7 @@ impl Controller {
         let Some(call) = self.calls.get_mut(&key) else {
             return false;
         };
+        let mut asked = None;
         while call.attempts < max_attempts && call.next < call.entries.len() {
             let idx = call.next;
             call.next += 1;
@@ -88,6 +128,12 @@ impl Controller {
             let snap = call.snapshot.clone();
             let buyer = snap.buyer(entry.buyer);
             let live = snap.live(entry.buyer).clone();
+            // Its fleet-wide lease came (granted, or the local policy allowed it): its local
+            // slot is already held.
+            let leased = call
+                .lease
+                .as_ref()
+                .is_some_and(|l| l.entry == idx && l.decided);
             // A real-time bid holds only until its expiry.
             let terms = call
                 .bids
@@ -104,13 +150,39 @@ impl Controller {
                 if let Some(b) = call.bids.as_mut() {
                     b.expired(&snap, entry.buyer);
                 }
+                if leased {
+                    give_back(&mut self.out, call, &live, &buyer.id);
+                }
                 continue;
             }
             // The ranking may be a few milliseconds old: the slot is the authority.
-            if !live.try_reserve(buyer.max_concurrent) {
+            if !leased && !live.try_reserve(buyer.max_concurrent) {
                 call.outcomes[idx] =
                     Some(BidOutcome::Excluded(dce_routing::Exclusion::Concurrency));
                 continue;
+            }
+            // A capped buyer's caps are the fleet's with Redis: its slot there is asked first
+            // (one round trip; the call waits in `Leasing`).
+            if !leased && buyer.capped() {
+                if let Some(shared) = self.shared {
+                    let member = format!("{}:{idx}", call.id);
+                    let ask = LeaseAsk {
+                        member: member.clone(),
+                        buyer: buyer.id.clone(),
+                        limits: CapLimits::of(buyer),
+                        keys: local_keys(buyer.tz(), call.wall(now)),
+                        bid_cents: entry.bid_cents,
+                    };
+                    call.lease = Some(Lease {
+                        entry: idx,
+                        member,
+                        decided: false,
+                    });
+                    call.next = idx;
+                    call.state = CallState::Leasing;
+                    asked = Some((ask, now + shared.deadline));
+                    break;
+                }
             }
             // Nothing of the carrier's crosses unescaped: the caller goes into the buyer's
             // URI and From as a SIP user part, bounded (admission cut it to 64 characters).
@@ -130,7 +202,7 @@ impl Controller {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(call = %call.id, buyer = %buyer.id, error = %e, "buyer target unusable");
-                    live.release();
+                    give_back(&mut self.out, call, &live, &buyer.id);
                     call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::BadUri));
                     continue;
                 }
@@ -138,7 +210,7 @@ impl Controller {
             let targets = super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids);
             let Some(&(addr, transport)) = targets.first() else {
                 tracing::info!(call = %call.id, buyer = %buyer.id, host = %super::targets::host_key(&host), "buyer skipped: its host has not resolved (excluded:dns)");
-                live.release();
+                give_back(&mut self.out, call, &live, &buyer.id);
                 call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Dns));
                 continue;
             };
@@ -148,7 +220,7 @@ impl Controller {
                     Ok(Some(cut)) => Some((ct.clone(), cut)),
                     Ok(None) => {
                         tracing::info!(call = %call.id, buyer = %buyer.id, codecs = ?buyer.codecs, "buyer skipped: none of the offered codecs is on its list (excluded:codec)");
-                        live.release();
+                        give_back(&mut self.out, call, &live, &buyer.id);
                         call.outcomes[idx] =
                             Some(BidOutcome::Excluded(dce_routing::Exclusion::Codec));
                         continue;
@@ -222,7 +294,7 @@ impl Controller {
                 // over UDP; buyer trunks are UDP, so this attempt cannot be made.
                 tracing::warn!(call = %call.id, buyer = %buyer.id, bytes = size, max = max_udp, "buyer INVITE too large for UDP; trying the next buyer");
                 self.counters.inc(Counter::TooLargeForUdp);
-                live.release();
+                give_back(&mut self.out, call, &live, &buyer.id);
                 call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::TooLarge));
                 continue;
             }
@@ -230,7 +302,7 @@ impl Controller {
                 Ok(tx) => tx,
                 Err(e) => {
                     tracing::warn!(call = %call.id, error = %e, "buyer INVITE not sent");
-                    live.release();
+                    give_back(&mut self.out, call, &live, &buyer.id);
                     call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::SendFailed));
                     continue;
                 }
@@ -257,6 +329,7 @@ impl Controller {
                     transport,
                 },
                 slot: Some(live),
+                lease: call.lease.take().map(|l| l.member),
                 state: BState::Calling,
                 auth_tried: false,
                 nonce_count: Default::default(),
@@ -278,7 +351,26 @@ impl Controller {
             }
             return true;
         }
-        false
+        let Some((ask, deadline)) = asked else {
+            return false;
+        };
+        let mut lookups = super::lookup::Lookups::default();
+        let mut requests = Vec::new();
+        self.add_lookup(
+            key,
+            Query::Lease(ask),
+            deadline,
+            &mut lookups,
+            &mut requests,
+        );
+        if let Some(call) = self.calls.get_mut(&key) {
+            call.lookups.outstanding.extend(lookups.outstanding);
+        }
+        for r in requests {
+            self.out.push_back(Output::Lookup(r));
+        }
+        self.arm(key, Timer::Lookups, deadline);
+        true
     }
 
     /// Buyer leg `li` has failed (a failure, a timeout, an unusable answer, or it was given up
@@ -299,10 +391,8 @@ impl Controller {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        release_leg(&mut self.out, call, li);
         let leg = &mut call.legs[li];
-        if let Some(slot) = leg.slot.take() {
-            slot.release();
-        }
         let given_up = matches!(leg.state, BState::CancelPending | BState::Cancelled);
         let buyer = call.entries[leg.entry].buyer;
         let snap = call.snapshot.clone();
@@ -451,7 +541,7 @@ impl Controller {
                 );
                 self.refuse_call(layer, key, r, now);
             }
-            CallState::Ringing { .. } => self.cancel_ringing(layer, key, now),
+            CallState::Leasing | CallState::Ringing { .. } => self.cancel_ringing(layer, key, now),
             CallState::Answered { .. } | CallState::Connected { .. } => {}
         }
     }
@@ -606,9 +696,7 @@ impl Controller {
                 if !ringing {
                     // Too late: this buyer was abandoned (or another won). ACK, then BYE.
                     leg.state = BState::Done;
-                    if let Some(slot) = leg.slot.take() {
-                        slot.release();
-                    }
+                    release_leg(&mut self.out, call, li);
                     let mut d = dialog;
                     let ack = ack_for_2xx(&me, &d, msg.cseq(), &self.ids.branch());
                     let bye = d.request(&me, Method::Bye, &self.ids.branch());
@@ -763,6 +851,8 @@ impl Controller {
         let buyer = snap.buyer(e.buyer);
         let at = local_keys(buyer.tz(), call.wall(now));
         snap.live(e.buyer).answered(at, e.bid_cents);
+        let fleet = self.shared.is_some();
+        super::fleet::count(&mut self.out, fleet, buyer, at, 1, i64::from(e.bid_cents));
         let max = Duration::from_secs(u64::from(snap.campaign(call.campaign).max_duration_s));
         tracing::debug!(call = %call.id, buyer = %buyer.id, "call answered");
         self.counters.inc(Counter::CallAnswered);
@@ -819,6 +909,8 @@ impl Controller {
         let buyer = call.snapshot.buyer(e.buyer);
         let at = local_keys(buyer.tz(), call.wall(now));
         call.snapshot.live(e.buyer).refund(at, e.bid_cents);
+        let fleet = self.shared.is_some();
+        super::fleet::count(&mut self.out, fleet, buyer, at, 0, -i64::from(e.bid_cents));
         self.disarm(key, Timer::MaxDuration);
         self.leg_failed(
             layer,

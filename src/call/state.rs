@@ -33,6 +33,9 @@ pub enum LegRef {
 pub enum CallState {
     /// Admitted; waiting for lookups (fleet-wide checks) before any buyer is rung.
     Checking,
+    /// The next buyer's caps are kept fleet-wide: waiting for Redis to grant its slot
+    /// (`Call::lease`) before its INVITE goes out.
+    Leasing,
     /// Buyers are being tried; `current` is the leg ringing now.
     Ringing {
         /// The buyer leg being rung.
@@ -63,6 +66,7 @@ impl CallState {
     pub fn as_str(self) -> &'static str {
         match self {
             CallState::Checking => "checking",
+            CallState::Leasing => "leasing",
             CallState::Ringing { .. } => "ringing",
             CallState::Answered { .. } => "answered",
             CallState::Connected { .. } => "connected",
@@ -144,6 +148,8 @@ pub struct BLeg {
     pub dialog: Dialog,
     /// The buyer's concurrency slot while this leg holds it.
     pub slot: Option<Arc<BuyerLive>>,
+    /// Its fleet-wide lease (Redis), given back with the slot.
+    pub lease: Option<String>,
     /// Where the leg is.
     pub state: BState,
     /// The INVITE was resent once with credentials after a `401`/`407`.
@@ -308,6 +314,22 @@ pub struct Call {
     pub bids: Option<Box<CallBids>>,
     /// What the duplicate rules did to it, when one fired.
     pub dup: Option<Box<super::callers::Judgement>>,
+    /// The fleet-wide lease asked (or decided) for the entry about to be rung.
+    pub lease: Option<Lease>,
+    /// The fleet's caps could not be read for one of its buyers: `lookup_failed:<policy>`.
+    pub cap_note: Option<&'static str>,
+}
+
+/// A fleet-wide lease for entry `entry` of a call: asked (`decided` false; the call is
+/// `Leasing`), or decided and about to ring. The entry's local slot is held meanwhile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The auction entry.
+    pub entry: usize,
+    /// The lease's name (`<call id>:<entry>`).
+    pub member: String,
+    /// The answer came (granted, or the local policy let the attempt go on).
+    pub decided: bool,
 }
 
 impl Call {

@@ -129,6 +129,11 @@ pub struct StorageConfig {
     pub auto_migrate: bool,
     /// Anonymise caller and called numbers older than this many days (0 = never).
     pub anonymize_after_days: u32,
+    /// What a capped buyer's attempt does when Redis cannot read its fleet-wide caps.
+    pub on_cap_error: crate::call::CapPolicy,
+    /// How long a fleet-wide concurrency slot outlives its last renewal (`cap_lease_s`): a
+    /// node that dies gives its slots back within this.
+    pub cap_lease: Duration,
 }
 
 fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
@@ -140,6 +145,8 @@ fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
         spool_dir: "spool".into(),
         auto_migrate: true,
         anonymize_after_days: 180,
+        on_cap_error: crate::call::CapPolicy::Local,
+        cap_lease: Duration::from_secs(15),
     };
     let Some(t) = w.table(root, "storage", "storage", false) else {
         return c;
@@ -154,6 +161,8 @@ fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
             "spool_dir",
             "auto_migrate",
             "retention",
+            "on_cap_error",
+            "cap_lease_s",
         ],
     );
     if let Some((url, span)) = w.string(t, "database_url", false) {
@@ -199,6 +208,22 @@ fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
     }
     if let Some((ms, _)) = w.int(t, "redis_timeout_ms", 1, 10_000) {
         c.redis_timeout = Duration::from_millis(ms as u64);
+    }
+    if let Some((v, span)) = w.string(t, "on_cap_error", false) {
+        c.on_cap_error = match v.as_str() {
+            "local" => crate::call::CapPolicy::Local,
+            "skip_buyer" => crate::call::CapPolicy::SkipBuyer,
+            _ => {
+                w.error(
+                    span,
+                    "`storage.on_cap_error` must be \"local\" or \"skip_buyer\"",
+                );
+                crate::call::CapPolicy::Local
+            }
+        };
+    }
+    if let Some((s, _)) = w.int(t, "cap_lease_s", 3, 3600) {
+        c.cap_lease = Duration::from_secs(s as u64);
     }
     c
 }

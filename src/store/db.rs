@@ -38,6 +38,10 @@ const PG_STEPS: Steps = &[
         "duplicates",
         include_str!("../../migrations/postgres/0004_duplicates.sql"),
     ),
+    (
+        "fleet_caps",
+        include_str!("../../migrations/postgres/0005_fleet_caps.sql"),
+    ),
 ];
 
 const SQLITE_STEPS: Steps = &[
@@ -50,6 +54,10 @@ const SQLITE_STEPS: Steps = &[
     (
         "duplicates",
         include_str!("../../migrations/sqlite/0004_duplicates.sql"),
+    ),
+    (
+        "fleet_caps",
+        include_str!("../../migrations/sqlite/0005_fleet_caps.sql"),
     ),
 ];
 
@@ -481,10 +489,10 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, payout_cents, \
          billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, answered_at, ended_at, \
-         duration_ms, quality, revenue_cents, margin_cents, duplicate) \
+         duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps) \
          SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::int8[], $10::int8[], $11::bool[], $12::text[], $12::text[], $13::int4[], $14::int4[], $15::text[], $16::text[], $17::text[], \
-         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[]) \
+         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[], $26::text[]) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(col(|c| c.id.clone()))
@@ -512,6 +520,7 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     .bind(cdrs.iter().map(|c| i64::from(c.revenue_cents)).collect::<Vec<i64>>())
     .bind(cdrs.iter().map(|c| i64::from(c.margin_cents)).collect::<Vec<i64>>())
     .bind(opt(|c| c.duplicate.clone()))
+    .bind(opt(|c| c.fleet_caps.clone()))
     .execute(&mut *tx)
     .await?;
     let (mut ids, mut pos, mut buyers, mut amounts, mut outcomes) =
@@ -568,7 +577,7 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
     tx.commit().await
 }
 
-/// Rows per multi-row `INSERT` (26 parameters each: well under SQLite's 32,766).
+/// Rows per multi-row `INSERT` (27 parameters each: well under SQLite's 32,766).
 const SQLITE_ROWS: usize = 100;
 
 /// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
@@ -580,7 +589,7 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
              payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
-             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate) ",
+             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps) ",
         );
         q.push_values(chunk, |mut b, c| {
             b.push_bind(&c.id)
@@ -612,7 +621,8 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
                 )
                 .push_bind(i64::from(c.revenue_cents))
                 .push_bind(i64::from(c.margin_cents))
-                .push_bind(&c.duplicate);
+                .push_bind(&c.duplicate)
+                .push_bind(&c.fleet_caps);
         });
         // a full chunk's statement is reused; the odd-sized last one is not cached
         q.build()

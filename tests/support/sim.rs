@@ -130,6 +130,12 @@ pub struct Sim {
     pub dup_checks: Vec<(dce::call::LookupId, dce::call::lookup::DupCheck)>,
     /// What DCE wrote to the fleet's memory of callers.
     pub remembered: Vec<dce::call::lookup::DupWrite>,
+    /// Fleet-wide cap leases asked and not answered yet.
+    pub lease_asks: Vec<(dce::call::LookupId, dce::call::lookup::LeaseAsk)>,
+    /// Every write to the fleet's caps, in order.
+    pub cap_writes: Vec<dce::call::lookup::CapWrite>,
+    /// Leases "Redis" holds: granted by `answer_lease` or held locally, not yet released.
+    pub leases: std::collections::BTreeSet<String>,
 }
 
 /// Config with carrier-a on 127.0.0.1, campaign `auto` on +18005550100, and `buyers` appended.
@@ -241,6 +247,9 @@ impl Sim {
             buyer_responses: Vec::new(),
             dup_checks: Vec::new(),
             remembered: Vec::new(),
+            lease_asks: Vec::new(),
+            cap_writes: Vec::new(),
+            leases: Default::default(),
         }
     }
 
@@ -321,6 +330,19 @@ impl Sim {
                 dce::edge::Output::Cdr(cdr) => self.cdrs.0.lock().unwrap().push(*cdr),
                 dce::edge::Output::Quoted(id, a) => self.quoted.push((id, a)),
                 dce::edge::Output::Remember(w) => self.remembered.push(w),
+                dce::edge::Output::Caps(w) => {
+                    use dce::call::lookup::CapWrite;
+                    match &w {
+                        CapWrite::Release { member, .. } => {
+                            self.leases.remove(member);
+                        }
+                        CapWrite::HoldLocal { member, .. } => {
+                            self.leases.insert(member.clone());
+                        }
+                        CapWrite::Count { .. } => {}
+                    }
+                    self.cap_writes.push(w);
+                }
                 dce::edge::Output::Lookup(req) => {
                     let check = match req.query {
                         dce::call::Query::Shared(check) => check,
@@ -330,6 +352,10 @@ impl Sim {
                         }
                         dce::call::Query::Duplicates(q) => {
                             self.dup_checks.push((req.id, q));
+                            continue;
+                        }
+                        dce::call::Query::Lease(q) => {
+                            self.lease_asks.push((req.id, q));
                             continue;
                         }
                     };
@@ -444,6 +470,32 @@ impl Sim {
         q
     }
 
+    /// Answer the oldest lease asked ("Redis" with `nodes` live nodes); returns what it asked.
+    pub fn answer_lease(
+        &mut self,
+        result: dce::call::lookup::LeaseResult,
+        nodes: u32,
+    ) -> dce::call::lookup::LeaseAsk {
+        let (id, q) = self.lease_asks.remove(0);
+        // as the real queue orders it: a release DCE already sent follows the grant
+        let released = self.cap_writes.iter().any(|w| {
+            matches!(w, dce::call::lookup::CapWrite::Release { member, .. } if *member == q.member)
+        });
+        if result == dce::call::lookup::LeaseResult::Granted && !released {
+            self.leases.insert(q.member.clone());
+        }
+        let answer = dce::call::lookup::LeaseAnswer { result, nodes };
+        self.core.handle_input(
+            dce::edge::Input::Lookup {
+                id,
+                answer: dce::call::Answer::Lease(answer),
+            },
+            self.now,
+        );
+        self.collect();
+        q
+    }
+
     pub fn answer_remote(&mut self, result: dce::call::RemoteResult) {
         let (id, _) = self.remote.remove(0);
         self.core.handle_input(
@@ -468,6 +520,11 @@ impl Sim {
         let held = self.core.calls().held();
         assert_eq!(held, dce::call::Held::default(), "controller state left");
         assert_eq!(self.live.total_active(), 0, "concurrency slots left");
+        assert!(
+            self.leases.is_empty(),
+            "fleet leases left: {:?}",
+            self.leases
+        );
         assert!(
             self.media.open.lock().unwrap().is_empty(),
             "media sessions left open"

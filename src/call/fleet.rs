@@ -1,0 +1,175 @@
+//! Fleet-wide buyer caps in the call path (`[storage] redis_url` set): before a capped buyer
+//! is rung, the call asks Redis for a slot (a lease) and the fleet's answered counts and spend
+//! in one round trip, waiting in `Leasing` under `redis_timeout_ms`; an answered call is
+//! counted, a refund given back, a lease released, all without waiting (`Output::Caps`).
+//! When Redis cannot answer, `on_cap_error` decides: `local` rings the buyer within this
+//! node's share of each cap, `skip_buyer` moves on (`excluded:cap_unavailable`).
+//!
+//! The I/O (one ordered queue of writes and lease renewals) lives in `crate::fleet`.
+
+use super::controller::{CapPolicy, Controller, Output};
+use super::lookup::{Answer, CapWrite, LeaseAnswer, LeaseResult};
+use super::state::{CallKey, CallState};
+use super::vocab::{BidOutcome, EndReason};
+use crate::counters::Counter;
+use dce_routing::{local_keys, Buyer, BuyerLive, Exclusion, Keys};
+use dce_sip::transaction::TransactionLayer;
+use std::collections::VecDeque;
+use std::time::Instant;
+
+/// Count an answered call or give a bid back in the fleet's counters, when the buyer's caps
+/// are the fleet's (`fleet`: Redis is configured).
+pub(super) fn count(
+    out: &mut VecDeque<Output>,
+    fleet: bool,
+    buyer: &Buyer,
+    keys: Keys,
+    calls: i64,
+    cents: i64,
+) {
+    if fleet && buyer.capped() {
+        out.push_back(Output::Caps(CapWrite::Count {
+            buyer: buyer.id.clone(),
+            keys,
+            calls,
+            cents,
+        }));
+    }
+}
+
+/// Does this node's share of each of `buyer`'s caps allow one more attempt (its local slot
+/// already taken)? The share is the cap divided by the live nodes, rounded up.
+pub(super) fn within_share(
+    buyer: &Buyer,
+    live: &BuyerLive,
+    nodes: u32,
+    at: Keys,
+    bid_cents: u32,
+) -> Result<(), Exclusion> {
+    let n = nodes.max(1);
+    let share = |cap: u32| cap.div_ceil(n);
+    let share_cents = |cap: u64| cap.div_ceil(u64::from(n));
+    let bid = u64::from(bid_cents);
+    if buyer.max_concurrent > 0 && live.active() > share(buyer.max_concurrent) {
+        Err(Exclusion::Concurrency)
+    } else if buyer.hourly_cap > 0 && live.answered_in_hour(at.hour) >= share(buyer.hourly_cap) {
+        Err(Exclusion::HourlyCap)
+    } else if buyer.daily_cap > 0 && live.answered_on_day(at.day) >= share(buyer.daily_cap) {
+        Err(Exclusion::DailyCap)
+    } else if buyer.monthly_cap > 0 && live.answered_in_month(at.month) >= share(buyer.monthly_cap)
+    {
+        Err(Exclusion::MonthlyCap)
+    } else if buyer.daily_budget_cents > 0
+        && live.spend_on_day(at.day) + bid > share_cents(buyer.daily_budget_cents)
+    {
+        Err(Exclusion::Budget)
+    } else if buyer.monthly_budget_cents > 0
+        && live.spend_in_month(at.month) + bid > share_cents(buyer.monthly_budget_cents)
+    {
+        Err(Exclusion::MonthlyBudget)
+    } else {
+        Ok(())
+    }
+}
+
+/// The zone entry `idx`'s buyer counts its caps in.
+fn snap_tz(call: &super::state::Call, idx: usize) -> chrono_tz::Tz {
+    call.snapshot.buyer(call.entries[idx].buyer).tz()
+}
+
+impl Controller {
+    /// The lease call `key` waited for came (or its deadline passed): ring that buyer, or
+    /// move on to the next.
+    pub(super) fn lease_done(&mut self, layer: &mut TransactionLayer, key: CallKey, now: Instant) {
+        let policy = self.shared.map(|s| s.on_cap_error).unwrap_or_default();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        if call.state != CallState::Leasing {
+            return;
+        }
+        let answer = std::mem::take(&mut call.lookups.answers)
+            .into_iter()
+            .find_map(|a| match a {
+                Answer::Lease(l) => Some(l),
+                _ => None,
+            })
+            .unwrap_or(LeaseAnswer {
+                result: LeaseResult::Error("no answer".into()),
+                nodes: 0,
+            });
+        if answer.nodes > 0 {
+            self.fleet_nodes = answer.nodes;
+        }
+        let Some(idx) = call.lease.as_ref().map(|l| l.entry) else {
+            return;
+        };
+        let at = local_keys(snap_tz(call, idx), call.wall(now));
+        let snap = call.snapshot.clone();
+        let b = call.entries[idx].buyer;
+        let buyer = snap.buyer(b);
+        let live = snap.live(b);
+        let failed = matches!(answer.result, LeaseResult::Error(_));
+        let verdict = match answer.result {
+            LeaseResult::Granted => Ok(()),
+            LeaseResult::Full(x) => {
+                tracing::info!(call = %call.id, buyer = %buyer.id, cap = x.as_str(), "buyer skipped: its cap is reached across the fleet (excluded:{})", x.as_str());
+                Err(x)
+            }
+            LeaseResult::Error(e) => {
+                self.counters.inc(Counter::CapLookupError);
+                call.cap_note = Some(match policy {
+                    CapPolicy::Local => "lookup_failed:local",
+                    CapPolicy::SkipBuyer => "lookup_failed:skip_buyer",
+                });
+                tracing::warn!(call = %call.id, buyer = %buyer.id, error = %e, policy = policy.as_str(), nodes = self.fleet_nodes, "fleet-wide caps could not be read (Redis)");
+                match policy {
+                    CapPolicy::SkipBuyer => Err(Exclusion::CapUnavailable),
+                    CapPolicy::Local => within_share(
+                        buyer,
+                        live,
+                        self.fleet_nodes,
+                        at,
+                        call.entries[idx].bid_cents,
+                    ),
+                }
+            }
+        };
+        match verdict {
+            Ok(()) => {
+                if let Some(lease) = call.lease.as_mut() {
+                    lease.decided = true;
+                    if failed {
+                        // rung on this node's share: Redis holds the slot once it answers again
+                        self.out.push_back(Output::Caps(CapWrite::HoldLocal {
+                            member: lease.member.clone(),
+                            buyer: buyer.id.clone(),
+                        }));
+                    }
+                }
+            }
+            Err(x) => {
+                call.outcomes[idx] = Some(BidOutcome::Excluded(x));
+                call.next = idx + 1;
+                if failed {
+                    // Redis may yet take it: give it back there too
+                    super::ring::give_back(&mut self.out, call, live, &buyer.id);
+                } else {
+                    live.release();
+                    call.lease = None;
+                }
+            }
+        }
+        if !self.try_next(layer, key, now) {
+            let tried = self.calls.get(&key).is_some_and(|c| !c.legs.is_empty());
+            self.counters.inc(Counter::AllFailed480);
+            self.respond_a(layer, key, 480, None, now);
+            let reason = if tried {
+                EndReason::EveryAttemptFailed
+            } else {
+                EndReason::NoBuyerTried
+            };
+            self.end(key, None, reason, now);
+        }
+    }
+}

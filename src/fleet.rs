@@ -1,0 +1,412 @@
+//! Fleet-wide buyer caps in Redis (`[storage] redis_url`): the I/O behind `call/fleet.rs`.
+//!
+//! One task per node owns it all and works through one ordered queue: the leases calls ask
+//! for (`Query::Lease`), the writes nobody waits for (`Output::Caps`: releases, answered
+//! counts, refunds, slots held on this node's share while Redis was away) and, every third
+//! of `cap_lease_s`, the renewal of every lease this node holds plus its heartbeat. What is
+//! queued when the task wakes goes out as one pipeline, in order, so a lease's release can
+//! never overtake its grant.
+//!
+//! In Redis (every key of one buyer shares the hash tag `{<buyer>}`, so each script's keys
+//! are in one Cluster slot):
+//! - `<prefix>:cap:{<buyer>}:slots`, a sorted set of leases scored by expiry (Unix ms, by
+//!   Redis's clock): a slot is a member; a node that dies stops renewing, and its leases
+//!   expire within `cap_lease_s`;
+//! - `…:h:<hour>`, `…:d:<day>`, `…:m:<month>`: answered calls in the buyer's local hour, day
+//!   and month (the keys `dce_routing::local_keys` gives), expiring after their period;
+//! - `…:sd:<day>`, `…:sm:<month>`: cents committed that day and month;
+//! - `<prefix>:nodes`, the live nodes by heartbeat expiry, which `on_cap_error = "local"`
+//!   divides the caps by.
+//!
+//! A write that fails (Redis away) is kept, in order, and sent again with the next batch, so
+//! the counts converge when Redis returns; a lease held on this node's share is written to
+//! Redis by the next renewal that gets through.
+
+use crate::call::lookup::{CapWrite, LeaseAnswer, LeaseAsk, LeaseResult};
+use crate::call::{Answer, LookupId};
+use dce_routing::Exclusion;
+use redis::aio::ConnectionManager;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Take a slot unless a cap is reached: 0 = taken; else which cap (see [`full`]). KEYS:
+/// slots, hour, day, month, day's spend, month's spend. ARGV: lease, lease ms, then the caps
+/// (concurrent, hourly, daily, monthly, daily budget, monthly budget; 0 = none) and the bid.
+const TAKE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local max = tonumber(ARGV[3])
+if max > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+  if not redis.call('ZSCORE', KEYS[1], ARGV[1]) and redis.call('ZCARD', KEYS[1]) >= max then
+    return 1
+  end
+end
+local function count(k) return tonumber(redis.call('GET', k) or '0') end
+for i = 2, 4 do
+  local cap = tonumber(ARGV[i + 2])
+  if cap > 0 and count(KEYS[i]) >= cap then return i end
+end
+local bid = tonumber(ARGV[9])
+for i = 5, 6 do
+  local budget = tonumber(ARGV[i + 2])
+  if budget > 0 and count(KEYS[i]) + bid > budget then return i end
+end
+if max > 0 then
+  redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+end
+return 0
+";
+
+/// Hold (or keep holding) leases: KEYS: slots; ARGV: lease ms, then the leases.
+const RENEW: &str = r"
+local t = redis.call('TIME')
+local ms = tonumber(ARGV[1])
+local exp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ms
+for i = 2, #ARGV do redis.call('ZADD', KEYS[1], exp, ARGV[i]) end
+redis.call('PEXPIRE', KEYS[1], ms * 2)
+return 0
+";
+
+/// This node's heartbeat; returns the live nodes. KEYS: nodes; ARGV: node, lease ms.
+const NODES: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return redis.call('ZCARD', KEYS[1])
+";
+
+/// Writes kept for the next batch while Redis is away (the oldest go first past this).
+const MAX_BACKLOG: usize = 100_000;
+/// What a batch may wait for Redis before it counts as failed.
+const BATCH_DEADLINE: Duration = Duration::from_secs(1);
+
+/// Where a lease's answer goes: the asking worker's lookup answers.
+pub type Reply = mpsc::UnboundedSender<(LookupId, Answer, Option<Instant>)>;
+
+enum Op {
+    Take {
+        ask: LeaseAsk,
+        id: LookupId,
+        reply: Reply,
+    },
+    Write(CapWrite),
+}
+
+/// The handle every SIP worker uses (cheap to clone).
+#[derive(Clone)]
+pub struct Caps {
+    tx: mpsc::UnboundedSender<Op>,
+    nodes: Arc<AtomicU32>,
+}
+
+impl Caps {
+    /// Start the node's caps task on the current runtime. `con`: `None` when Redis was
+    /// unreachable at start (every lease then fails and `on_cap_error` decides).
+    pub fn start(
+        con: Option<ConnectionManager>,
+        prefix: &str,
+        lease: Duration,
+        node: &str,
+    ) -> Caps {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let nodes = Arc::new(AtomicU32::new(0));
+        let w = Worker {
+            con,
+            prefix: prefix.to_owned(),
+            lease_ms: lease.as_millis().max(1000) as u64,
+            node: node.to_owned(),
+            nodes: nodes.clone(),
+            held: HashMap::new(),
+            backlog: VecDeque::new(),
+            dropped: 0,
+        };
+        tokio::spawn(w.run(rx));
+        Caps { tx, nodes }
+    }
+
+    /// Ask for a lease; the answer comes back on `reply` with `id`.
+    pub fn take(&self, ask: LeaseAsk, id: LookupId, reply: Reply) {
+        if let Err(mpsc::error::SendError(Op::Take { reply, .. })) =
+            self.tx.send(Op::Take { ask, id, reply })
+        {
+            let answer = LeaseAnswer {
+                result: LeaseResult::Error("fleet caps task gone".into()),
+                nodes: self.nodes(),
+            };
+            let _ = reply.send((id, Answer::Lease(answer), None));
+        }
+    }
+
+    /// Queue a write.
+    pub fn write(&self, w: CapWrite) {
+        let _ = self.tx.send(Op::Write(w));
+    }
+
+    /// Live nodes at the last heartbeat (0: none got through yet).
+    pub fn nodes(&self) -> u32 {
+        self.nodes.load(Ordering::Relaxed)
+    }
+}
+
+struct Worker {
+    con: Option<ConnectionManager>,
+    prefix: String,
+    lease_ms: u64,
+    node: String,
+    nodes: Arc<AtomicU32>,
+    /// Leases this node holds: lease → buyer.
+    held: HashMap<String, String>,
+    /// Writes that failed, oldest first.
+    backlog: VecDeque<CapWrite>,
+    /// Writes given up because the backlog was full (logged).
+    dropped: u64,
+}
+
+/// The exclusion a [`TAKE`] result names.
+fn full(code: i64) -> Option<Exclusion> {
+    Some(match code {
+        1 => Exclusion::Concurrency,
+        2 => Exclusion::HourlyCap,
+        3 => Exclusion::DailyCap,
+        4 => Exclusion::MonthlyCap,
+        5 => Exclusion::Budget,
+        6 => Exclusion::MonthlyBudget,
+        _ => return None,
+    })
+}
+
+impl Worker {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
+        let mut tick = tokio::time::interval(Duration::from_millis(self.lease_ms / 3));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                op = rx.recv() => {
+                    let Some(op) = op else { return };
+                    let mut ops = vec![op];
+                    while ops.len() < 512 {
+                        match rx.try_recv() {
+                            Ok(op) => ops.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    self.batch(ops).await;
+                }
+                _ = tick.tick() => self.renew().await,
+            }
+        }
+    }
+
+    fn key(&self, buyer: &str, part: &str) -> String {
+        format!("{}:cap:{{{buyer}}}:{part}", self.prefix)
+    }
+
+    /// The commands of one write (none of their results is read).
+    fn push_write(&self, pipe: &mut redis::Pipeline, w: &CapWrite) {
+        match w {
+            CapWrite::Release { member, buyer } => {
+                pipe.zrem(self.key(buyer, "slots"), member).ignore();
+            }
+            CapWrite::HoldLocal { member, buyer } => {
+                pipe.cmd("EVAL")
+                    .arg(RENEW)
+                    .arg(1)
+                    .arg(self.key(buyer, "slots"))
+                    .arg(self.lease_ms)
+                    .arg(member)
+                    .ignore();
+            }
+            CapWrite::Count {
+                buyer,
+                keys,
+                calls,
+                cents,
+            } => {
+                let mut add = |part: String, by: i64, keep_s: i64| {
+                    let k = self.key(buyer, &part);
+                    pipe.incr(&k, by).ignore().expire(&k, keep_s).ignore();
+                };
+                if *calls != 0 {
+                    add(format!("h:{}", keys.hour), *calls, 3 * 3600);
+                    add(format!("d:{}", keys.day), *calls, 3 * 86_400);
+                    add(format!("m:{}", keys.month), *calls, 35 * 86_400);
+                }
+                if *cents != 0 {
+                    add(format!("sd:{}", keys.day), *cents, 3 * 86_400);
+                    add(format!("sm:{}", keys.month), *cents, 35 * 86_400);
+                }
+            }
+        }
+    }
+
+    /// Send queued work as one pipeline, in order; answer each lease.
+    async fn batch(&mut self, ops: Vec<Op>) {
+        let mut pipe = redis::pipe();
+        let retried: Vec<CapWrite> = self.backlog.drain(..).collect();
+        for w in &retried {
+            self.push_write(&mut pipe, w);
+        }
+        let mut writes = Vec::new();
+        for op in &ops {
+            match op {
+                Op::Take { ask, .. } => {
+                    let l = &ask.limits;
+                    pipe.cmd("EVAL")
+                        .arg(TAKE)
+                        .arg(6)
+                        .arg(self.key(&ask.buyer, "slots"))
+                        .arg(self.key(&ask.buyer, &format!("h:{}", ask.keys.hour)))
+                        .arg(self.key(&ask.buyer, &format!("d:{}", ask.keys.day)))
+                        .arg(self.key(&ask.buyer, &format!("m:{}", ask.keys.month)))
+                        .arg(self.key(&ask.buyer, &format!("sd:{}", ask.keys.day)))
+                        .arg(self.key(&ask.buyer, &format!("sm:{}", ask.keys.month)))
+                        .arg(&ask.member)
+                        .arg(self.lease_ms)
+                        .arg(l.concurrent)
+                        .arg(l.hourly)
+                        .arg(l.daily)
+                        .arg(l.monthly)
+                        .arg(l.daily_budget)
+                        .arg(l.monthly_budget)
+                        .arg(ask.bid_cents);
+                }
+                Op::Write(w) => self.push_write(&mut pipe, w),
+            }
+        }
+        let result = self.query::<Vec<i64>>(&pipe).await;
+        let nodes = self.nodes.load(Ordering::Relaxed);
+        let mut codes = match &result {
+            Ok(codes) => codes.iter().copied(),
+            Err(_) => [].iter().copied(),
+        };
+        // The node's own record of what it holds follows the queue's order.
+        for op in ops {
+            match op {
+                Op::Take { ask, id, reply } => {
+                    let result = match (&result, codes.next()) {
+                        (Ok(_), Some(0)) => {
+                            if ask.limits.concurrent > 0 {
+                                self.held.insert(ask.member.clone(), ask.buyer.clone());
+                            }
+                            LeaseResult::Granted
+                        }
+                        (Ok(_), Some(code)) => match full(code) {
+                            Some(x) => LeaseResult::Full(x),
+                            None => LeaseResult::Error(format!("unexpected answer {code}")),
+                        },
+                        (Ok(_), None) => LeaseResult::Error("answer missing".into()),
+                        (Err(e), _) => LeaseResult::Error(e.clone()),
+                    };
+                    let answer = LeaseAnswer { result, nodes };
+                    let _ = reply.send((id, Answer::Lease(answer), None));
+                }
+                Op::Write(w) => {
+                    match &w {
+                        CapWrite::Release { member, .. } => {
+                            self.held.remove(member);
+                        }
+                        CapWrite::HoldLocal { member, buyer } => {
+                            self.held.insert(member.clone(), buyer.clone());
+                        }
+                        CapWrite::Count { .. } => {}
+                    }
+                    // a slot held locally reaches Redis with the next renewal anyway
+                    if result.is_err() && !matches!(w, CapWrite::HoldLocal { .. }) {
+                        writes.push(w);
+                    }
+                }
+            }
+        }
+        if let Err(e) = &result {
+            if !retried.is_empty() || !writes.is_empty() {
+                tracing::warn!(error = %e, kept = retried.len() + writes.len(), "fleet caps: writes to Redis failed; kept for the next try");
+            }
+            for w in retried.into_iter().chain(writes) {
+                self.keep(w);
+            }
+        }
+    }
+
+    fn keep(&mut self, w: CapWrite) {
+        if self.backlog.len() >= MAX_BACKLOG {
+            self.backlog.pop_front();
+            self.dropped += 1;
+            if self.dropped.is_power_of_two() {
+                tracing::error!(
+                    dropped = self.dropped,
+                    "fleet caps: Redis away too long; the oldest unsent counts are dropped"
+                );
+            }
+        }
+        self.backlog.push_back(w);
+    }
+
+    /// Renew every lease this node holds, beat its heartbeat, and send what failed before.
+    async fn renew(&mut self) {
+        let mut pipe = redis::pipe();
+        pipe.cmd("EVAL")
+            .arg(NODES)
+            .arg(1)
+            .arg(format!("{}:nodes", self.prefix))
+            .arg(&self.node)
+            .arg(self.lease_ms);
+        let mut by_buyer: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (member, buyer) in &self.held {
+            by_buyer.entry(buyer).or_default().push(member);
+        }
+        for (buyer, members) in by_buyer {
+            let cmd = pipe
+                .cmd("EVAL")
+                .arg(RENEW)
+                .arg(1)
+                .arg(self.key(buyer, "slots"))
+                .arg(self.lease_ms);
+            for m in members {
+                cmd.arg(m);
+            }
+            cmd.ignore();
+        }
+        let retried: Vec<CapWrite> = self.backlog.drain(..).collect();
+        for w in &retried {
+            self.push_write(&mut pipe, w);
+        }
+        match self.query::<Vec<i64>>(&pipe).await {
+            Ok(n) => {
+                let n = n
+                    .first()
+                    .copied()
+                    .unwrap_or(1)
+                    .clamp(1, i64::from(u32::MAX));
+                self.nodes.store(n as u32, Ordering::Relaxed);
+                if !retried.is_empty() {
+                    tracing::info!(
+                        sent = retried.len(),
+                        "fleet caps: Redis is back; kept writes sent"
+                    );
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, held = self.held.len(), "fleet caps: lease renewal failed");
+                for w in retried {
+                    self.keep(w);
+                }
+            }
+        }
+    }
+
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
+        let mut con = self.con.clone().ok_or("Redis not connected")?;
+        match tokio::time::timeout(BATCH_DEADLINE, pipe.query_async::<T>(&mut con)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("no answer within {BATCH_DEADLINE:?}")),
+        }
+    }
+}
