@@ -184,7 +184,10 @@ fn full(code: i64) -> Option<Exclusion> {
 
 impl Worker {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Op>) {
-        let mut tick = tokio::time::interval(Duration::from_millis(self.lease_ms / 3));
+        // the heartbeat first: the fleet's size is known before the first lease is answered
+        self.renew().await;
+        let every = Duration::from_millis(self.lease_ms / 3);
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
