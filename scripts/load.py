@@ -12,6 +12,9 @@ Loopback only; every step is bounded in calls and time.
                                   # build it: cargo build --release --example bidder)
         [--duplicates not_billable]  # the campaign has a duplicate rule (after "routed", 30 days);
                                   # SIPp's one caller makes every call after the first a duplicate
+        [--redis]                 # [storage] redis_url = the local Redis (fleet-wide checks on)
+        [--fleet-caps]            # --redis, and the buyer has caps: each call takes a fleet-wide
+                                  # lease in Redis before its INVITE (caps far above the load)
 
 With --watchers N the HTTP API is on, N WebSocket clients follow /v1/events (as live pages
 would) and a scraper reads /metrics and /v1/calls once a second: the delay then includes what
@@ -86,8 +89,12 @@ def scrape(http, stop):
         stop.wait(1.0)
 
 
-def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp", rtb=0, rtb_ms=(5, 20), rtb_cap=0, duplicates=None):
+def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp", rtb=0, rtb_ms=(5, 20), rtb_cap=0, duplicates=None, redis=False, caps=False):
     tmp = tempfile.mkdtemp(prefix="dce-load-")
+    prefix = f"dce-load-{os.getpid()}-{rate}"
+    if redis or caps:
+        storage = f'database_url = "sqlite://{tmp}/dce.db"\nredis_url = "redis://127.0.0.1:6379/"\nredis_key_prefix = "{prefix}"'
+    buyer_caps = "max_concurrent = 100000\ndaily_cap = 100000000\ndaily_budget_cents = 1000000000000" if caps else ""
     port, buyer_port, http, bid_port = free_port(), free_port(), free_port(), free_port()
     bidders = "".join(f"""[[buyer]]
 id = "rtb{i}"
@@ -129,6 +136,7 @@ id = "acme"
 campaigns = ["auto"]
 uri = "sip:{{called}}@127.0.0.1:{buyer_port}{';transport=tcp' if buyer_transport == 'tcp' else ''}"
 bid_cents = 1500
+{buyer_caps}
 {bidders}{api}""")
     env = dict(os.environ, RUST_LOG="warn")
     dce = subprocess.Popen([DCE, "run", "--config", cfg], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
@@ -185,6 +193,15 @@ bid_cents = 1500
                   f"p50 {q(0.5)} ms, p99 {q(0.99)} ms)", flush=True)
         except OSError:
             pass
+    if redis or caps:
+        keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{prefix}:*"], capture_output=True, text=True).stdout.split()
+        for i in range(0, len(keys), 500):
+            subprocess.run(["redis-cli", "DEL"] + keys[i:i + 500], capture_output=True)
+        lease_errors = re.search(r"cap_lookup_errors=(\d+)", err)
+        shared_errors = re.search(r"compliance_lookup_errors=(\d+)", err)
+        print(f"  (fleet-wide compliance lookups that failed or missed the deadline: {shared_errors.group(1) if shared_errors else 0})", flush=True)
+        if caps:
+            print(f"  (fleet-wide cap lookups that failed: {lease_errors.group(1) if lease_errors else 0})", flush=True)
     failed = None
     try:
         with open(stat) as f:
@@ -215,6 +232,8 @@ def main():
     ap.add_argument("--rtb", type=int, default=0, help="real-time bidders per call (examples/bidder.rs)")
     ap.add_argument("--rtb-max-in-flight", type=int, default=0, help="each bidder's max_in_flight (0 = unlimited)")
     ap.add_argument("--duplicates", choices=["same_buyer", "not_billable"], help="a campaign duplicate rule (calls keep flowing)")
+    ap.add_argument("--redis", action="store_true", help="redis_url set: the fleet-wide checks on every call")
+    ap.add_argument("--fleet-caps", action="store_true", help="--redis, and the buyer is capped: a fleet-wide lease per call")
     a = ap.parse_args()
     if a.rtb and not os.path.exists(BIDDER):
         sys.exit("build the bidder first: cargo build --release --example bidder")
@@ -223,7 +242,7 @@ def main():
     print(f"{'calls/s':>8} {'placed':>7} {'ok':>7} {'failed':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     best = None
     for rate in [int(r) for r in a.rates.split(",")]:
-        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport, rtb=a.rtb, rtb_cap=a.rtb_max_in_flight, duplicates=a.duplicates)
+        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport, rtb=a.rtb, rtb_cap=a.rtb_max_in_flight, duplicates=a.duplicates, redis=a.redis, caps=a.fleet_caps)
         print(f"{rate:>8} {calls:>7} {ok if ok is not None else '?':>7} {failed if failed is not None else '?':>7} "
               f"{p50 if p50 is not None else '?':>7} {p99 if p99 is not None else '?':>7} {mx if mx is not None else '?':>7}", flush=True)
         if rc != 0 or not failed == 0 or ok != calls:

@@ -253,24 +253,68 @@ fn a_lease_that_misses_the_deadline_applies_the_policy() {
     sim.assert_nothing_held();
 }
 
-/// The carrier gives up while the call waits for a lease: 487, a CDR, the local slot and the
-/// lease given back.
+/// The first buyer's slot is asked beside the admission lookups (no extra round trip before
+/// the first INVITE); the carrier giving up meanwhile gives back the local slot and the lease
+/// (queued behind the grant, should Redis grant it).
+#[test]
+fn the_first_lease_rides_with_the_admission_lookups_and_a_cancel_gives_it_back() {
+    let mut sim = sim("max_concurrent = 1", "", CapPolicy::Local);
+    sim.responder = None;
+    let id = sim.place_call(CALLER);
+    sim.run_for(Duration::from_millis(1));
+    assert_eq!(
+        (sim.remote.len(), sim.lease_asks.len()),
+        (1, 1),
+        "the compliance check and the first lease went out together"
+    );
+    assert_eq!(sim.core.calls().calls_view(sim.now)[0].state, "checking");
+    sim.cancel(&id);
+    sim.run_for(Duration::from_millis(10));
+    assert!(sim.finals(&id).contains(&487), "{:?}", sim.finals(&id));
+    sim.answer_lease(LeaseResult::Granted, 1);
+    sim.run_for(40 * S);
+    assert_eq!(releases(&sim).len(), 1);
+    assert_eq!(invites(&sim, 5090), 0);
+    sim.assert_nothing_held();
+}
+
+/// A call refused at admission (here by the fleet's DNC) gives its early lease back.
+#[test]
+fn a_refused_call_gives_its_early_lease_back() {
+    let mut sim = sim("max_concurrent = 1", "", CapPolicy::Local);
+    sim.responder = Some(Box::new(|_| dce::call::RemoteResult::Listed));
+    let id = sim.place_call(CALLER);
+    sim.run_for(Duration::from_millis(1));
+    let ask = sim.answer_lease(LeaseResult::Granted, 1);
+    sim.run_for(S);
+    assert_eq!(sim.finals(&id), [603]);
+    assert_eq!(releases(&sim), [format!("acme/{}", ask.member)]);
+    sim.run_for(40 * S);
+    sim.assert_nothing_held();
+}
+
+/// The carrier gives up while the call waits for a later buyer's lease (`leasing`): 487, a
+/// CDR, the local slot and the lease given back.
 #[test]
 fn a_cancel_while_leasing_gives_everything_back() {
-    let mut sim = sim("max_concurrent = 1", "", CapPolicy::Local);
+    let mut sim = sim("max_concurrent = 1", "max_concurrent = 1", CapPolicy::Local);
+    sim.set_mode(5090, Mode::Reject(486));
     let id = sim.place_call(CALLER);
-    sim.run_for(Duration::from_millis(10));
+    sim.run_for(Duration::from_millis(1));
+    sim.answer_lease(LeaseResult::Granted, 1);
+    // acme's 486 comes at once; bravo's lease is asked (its 50 ms deadline not yet passed)
+    sim.run_for(Duration::from_millis(20));
+    assert_eq!(sim.lease_asks.len(), 1, "{:?}", sim.cap_writes);
     assert_eq!(sim.core.calls().calls_view(sim.now)[0].state, "leasing");
     sim.cancel(&id);
     sim.run_for(Duration::from_millis(10));
     assert!(sim.finals(&id).contains(&487), "{:?}", sim.finals(&id));
-    // Redis granted it just as the carrier gave up: the release follows the grant
     sim.answer_lease(LeaseResult::Granted, 1);
     sim.run_for(40 * S);
     let cdr = sim.cdrs().last().cloned().unwrap();
     assert_eq!(cdr.disposition, "cancelled");
-    assert_eq!(releases(&sim).len(), 1);
-    assert_eq!(invites(&sim, 5090), 0);
+    assert_eq!(releases(&sim).len(), 2, "acme's after its 486, bravo's");
+    assert_eq!(invites(&sim, 5091), 0);
     sim.assert_nothing_held();
 }
 
@@ -287,9 +331,16 @@ fn failover_releases_then_asks_again_and_a_short_call_is_refunded() {
     let id = sim.place_call(CALLER);
     sim.run_for(Duration::from_millis(10));
     let acme = sim.answer_lease(LeaseResult::Granted, 1);
-    sim.run_for(Duration::from_millis(100));
+    sim.run_for(Duration::from_millis(20));
     assert_eq!(releases(&sim), [format!("acme/{}", acme.member)]);
+    assert_eq!(invites(&sim, 5091), 0, "bravo waits for its lease");
     let bravo = sim.answer_lease(LeaseResult::Granted, 1);
+    sim.run_for(Duration::from_millis(1));
+    assert_eq!(invites(&sim, 5091), 1);
+    assert!(!sim
+        .cap_writes
+        .iter()
+        .any(|w| matches!(w, CapWrite::HoldLocal { .. })));
     assert_eq!((bravo.buyer.as_str(), bravo.bid_cents), ("bravo", 1200));
     assert_ne!(bravo.member, acme.member);
     let cdr = talk_and_hang_up(&mut sim, &id, 5 * S);

@@ -476,6 +476,25 @@ impl Controller {
             // A bidder over its ping cap is excluded now: ranked ones first again.
             dce_routing::reorder(&mut entries);
         }
+        // The first buyer's fleet-wide slot is asked now, beside the other lookups, when its
+        // price is known (no bid request is out): the first attempt waits for no extra round
+        // trip. Settled when the call is checked (`settle_early_lease`).
+        let lease = match self.shared {
+            Some(shared) if requests.iter().all(|r| !matches!(r.query, Query::Bid(_))) => {
+                let ask = super::fleet::early_ask(&snapshot, &entries, &id, wall);
+                ask.map(|(lease, ask)| {
+                    self.add_lookup(
+                        key,
+                        Query::Lease(ask),
+                        now + shared.deadline,
+                        &mut lookups,
+                        &mut requests,
+                    );
+                    lease
+                })
+            }
+            _ => None,
+        };
         // The call waits for the latest of its lookups' deadlines (each bid request is also
         // bounded by its own, in the driver).
         let deadline = requests.iter().map(|r| r.deadline).max();
@@ -523,7 +542,7 @@ impl Controller {
                 lookups,
                 bids,
                 dup,
-                lease: None,
+                lease,
                 cap_note: None,
             }),
         );
@@ -555,8 +574,12 @@ impl Controller {
         for a in std::mem::take(&mut call.lookups.answers) {
             match a {
                 Answer::Bid(b) => bids.push(*b),
-                // asked only when a buyer is about to ring (`Leasing`), never while checking
-                Answer::Lease(_) => {}
+                // the first buyer's slot, asked early: settled when the call rings
+                Answer::Lease(l) => {
+                    if let Some(lease) = call.lease.as_mut() {
+                        lease.early = Some(l);
+                    }
+                }
                 Answer::Duplicates(seen) => {
                     let wall = self.clock.now_utc().timestamp();
                     let j = super::duplicates::fleet_judgement(
@@ -654,10 +677,20 @@ impl Controller {
         r: Rejection,
         now: Instant,
     ) {
-        let Some(call) = self.remove_call(key) else {
+        let Some(mut call) = self.remove_call(key) else {
             return;
         };
         self.forget_call_routes(&call);
+        if let Some(l) = call.lease.take() {
+            // the first buyer's slot, asked early: never used
+            let b = call.entries[l.entry].buyer;
+            call.snapshot.live(b).release();
+            self.out
+                .push_back(Output::Caps(super::lookup::CapWrite::Release {
+                    member: l.member,
+                    buyer: call.snapshot.buyer(b).id.clone(),
+                }));
+        }
         // the auction is the refusal's reason only when it left nobody, or a duplicate rule
         // refused the caller (a compliance refusal is not the buyers' doing)
         let bids = match r.reason {
@@ -744,6 +777,7 @@ impl Controller {
                 return;
             }
         }
+        self.settle_early_lease(key, now);
         if !self.try_next(layer, key, now) {
             self.counters.inc(Counter::AllFailed480);
             self.respond_a(layer, key, 480, None, now);

@@ -8,11 +8,11 @@
 //! The I/O (one ordered queue of writes and lease renewals) lives in `crate::fleet`.
 
 use super::controller::{CapPolicy, Controller, Output};
-use super::lookup::{Answer, CapWrite, LeaseAnswer, LeaseResult};
-use super::state::{CallKey, CallState};
+use super::lookup::{Answer, CapLimits, CapWrite, LeaseAnswer, LeaseAsk, LeaseResult};
+use super::state::{CallKey, CallState, Lease};
 use super::vocab::{BidOutcome, EndReason};
 use crate::counters::Counter;
-use dce_routing::{local_keys, Buyer, BuyerLive, Exclusion, Keys};
+use dce_routing::{local_keys, Buyer, BuyerLive, Exclusion, Keys, Outcome};
 use dce_sip::transaction::TransactionLayer;
 use std::collections::VecDeque;
 use std::time::Instant;
@@ -81,7 +81,6 @@ impl Controller {
     /// The lease call `key` waited for came (or its deadline passed): ring that buyer, or
     /// move on to the next.
     pub(super) fn lease_done(&mut self, layer: &mut TransactionLayer, key: CallKey, now: Instant) {
-        let policy = self.shared.map(|s| s.on_cap_error).unwrap_or_default();
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -98,6 +97,57 @@ impl Controller {
                 result: LeaseResult::Error("no answer".into()),
                 nodes: 0,
             });
+        self.apply_lease(key, answer, now);
+        if !self.try_next(layer, key, now) {
+            let tried = self.calls.get(&key).is_some_and(|c| !c.legs.is_empty());
+            self.counters.inc(Counter::AllFailed480);
+            self.respond_a(layer, key, 480, None, now);
+            let reason = if tried {
+                EndReason::EveryAttemptFailed
+            } else {
+                EndReason::NoBuyerTried
+            };
+            self.end(key, None, reason, now);
+        }
+    }
+
+    /// The call is checked and about to ring: its early lease (asked for the first ranked
+    /// buyer at admission) is used when that buyer still goes first, else given back.
+    pub(super) fn settle_early_lease(&mut self, key: CallKey, now: Instant) {
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
+        let Some(lease) = call.lease.as_mut().filter(|l| !l.decided) else {
+            return;
+        };
+        let first = call
+            .entries
+            .iter()
+            .position(|e| matches!(e.outcome, Outcome::Ranked(_)));
+        if first == Some(lease.entry) {
+            let answer = lease.early.take().unwrap_or(LeaseAnswer {
+                result: LeaseResult::Error("no answer".into()),
+                nodes: 0,
+            });
+            self.apply_lease(key, answer, now);
+        } else if let Some(l) = call.lease.take() {
+            // re-ranked after the bids or the fleet's duplicate answer: not this buyer first
+            let b = call.entries[l.entry].buyer;
+            call.snapshot.live(b).release();
+            self.out.push_back(Output::Caps(CapWrite::Release {
+                member: l.member,
+                buyer: call.snapshot.buyer(b).id.clone(),
+            }));
+        }
+    }
+
+    /// What a lease's answer does to call `key`'s lease: decided (the buyer may ring), or the
+    /// buyer is excluded and what it held given back.
+    fn apply_lease(&mut self, key: CallKey, answer: LeaseAnswer, now: Instant) {
+        let policy = self.shared.map(|s| s.on_cap_error).unwrap_or_default();
+        let Some(call) = self.calls.get_mut(&key) else {
+            return;
+        };
         if answer.nodes > 0 {
             self.fleet_nodes = answer.nodes;
         }
@@ -160,16 +210,38 @@ impl Controller {
                 }
             }
         }
-        if !self.try_next(layer, key, now) {
-            let tried = self.calls.get(&key).is_some_and(|c| !c.legs.is_empty());
-            self.counters.inc(Counter::AllFailed480);
-            self.respond_a(layer, key, 480, None, now);
-            let reason = if tried {
-                EndReason::EveryAttemptFailed
-            } else {
-                EndReason::NoBuyerTried
-            };
-            self.end(key, None, reason, now);
-        }
     }
+}
+
+/// The lease for the first ranked buyer of a new call, when that buyer is capped and its
+/// local slot is free (taken here; held until the lease is settled).
+pub(super) fn early_ask(
+    snap: &dce_routing::Snapshot,
+    entries: &[dce_routing::Entry],
+    call_id: &str,
+    wall: chrono::DateTime<chrono::Utc>,
+) -> Option<(Lease, LeaseAsk)> {
+    let idx = entries
+        .iter()
+        .position(|e| matches!(e.outcome, Outcome::Ranked(_)))?;
+    let e = entries[idx];
+    let buyer = snap.buyer(e.buyer);
+    if !buyer.capped() || !snap.live(e.buyer).try_reserve(buyer.max_concurrent) {
+        return None;
+    }
+    let member = format!("{call_id}:{idx}");
+    let ask = LeaseAsk {
+        member: member.clone(),
+        buyer: buyer.id.clone(),
+        limits: CapLimits::of(buyer),
+        keys: local_keys(buyer.tz(), wall),
+        bid_cents: e.bid_cents,
+    };
+    let lease = Lease {
+        entry: idx,
+        member,
+        decided: false,
+        early: None,
+    };
+    Some((lease, ask))
 }

@@ -173,10 +173,20 @@ impl Controller {
                         keys: local_keys(buyer.tz(), call.wall(now)),
                         bid_cents: entry.bid_cents,
                     };
+                    if let Some(stale) = call.lease.take() {
+                        // an early lease for an entry no longer first (never expected here)
+                        let b = call.entries[stale.entry].buyer;
+                        snap.live(b).release();
+                        self.out.push_back(Output::Caps(CapWrite::Release {
+                            member: stale.member,
+                            buyer: snap.buyer(b).id.clone(),
+                        }));
+                    }
                     call.lease = Some(Lease {
                         entry: idx,
                         member,
                         decided: false,
+                        early: None,
                     });
                     call.next = idx;
                     call.state = CallState::Leasing;

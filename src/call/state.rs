@@ -330,6 +330,9 @@ pub struct Lease {
     pub member: String,
     /// The answer came (granted, or the local policy let the attempt go on).
     pub decided: bool,
+    /// Asked beside the admission lookups (the first ranked buyer is capped): the answer,
+    /// kept until the call is checked and rings.
+    pub early: Option<super::lookup::LeaseAnswer>,
 }
 
 impl Call {
