@@ -48,3 +48,4 @@ pub mod shard;
 pub mod shared;
 pub mod store;
 pub mod transport;
+pub mod webhooks;

@@ -317,6 +317,9 @@ pub async fn run(
     let http_db = db.clone();
     // GDPR erasures: the list is read before any CDR can be written
     let gdpr = crate::store::Gdpr::open(&config.storage.spool_dir)?;
+    // The webhooks of the running config (a reload replaces them): the writer derives each
+    // stored call's postbacks from them, the sender signs with their secrets.
+    let webhooks = Arc::new(std::sync::RwLock::new(config.routing.webhooks.clone()));
     let (db_sink, writer, writer_stats) = crate::store::start(
         db,
         spool,
@@ -325,7 +328,12 @@ pub async fn run(
         retention,
         gdpr.clone(),
         gate,
+        webhooks.clone(),
     );
+    tokio::spawn(crate::store::postbacks::run(
+        http_db.clone(),
+        webhooks.clone(),
+    ));
     let mut sinks: Vec<Box<dyn crate::call::cdr::CdrSink>> = vec![Box::new(db_sink)];
     if let Some(path) = &config.cdr.jsonl_path {
         sinks.push(Box::new(
@@ -505,6 +513,7 @@ pub async fn run(
         dns_dests,
         acceptors,
         tls_targets,
+        webhooks,
         next_quote: std::sync::atomic::AtomicUsize::new(0),
         live,
         db: consent_db,
@@ -683,6 +692,8 @@ struct Node {
     acceptors: Vec<crate::transport::tls::Acceptor>,
     /// TLS buyers' names and CAs (replaced on reload).
     tls_targets: Arc<crate::transport::tls::TlsTargets>,
+    /// The buyers' and carriers' webhooks (replaced on reload).
+    webhooks: Arc<std::sync::RwLock<crate::webhooks::Webhooks>>,
     /// Round-robin over the workers for bid requests.
     next_quote: std::sync::atomic::AtomicUsize,
 }
@@ -896,6 +907,7 @@ impl Node {
         let _ = self
             .dns_dests
             .send(crate::config::routing::dests(&cfg.routing.buyers));
+        *self.webhooks.write().unwrap_or_else(|e| e.into_inner()) = cfg.routing.webhooks.clone();
         if let Err(e) = self.tls_targets.set(&cfg.routing.buyers) {
             tracing::error!(error = %e, "TLS settings of the buyers not reloaded; the old ones stay");
         }

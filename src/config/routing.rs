@@ -87,6 +87,8 @@ pub struct RoutingConfig {
     pub campaigns: Vec<Campaign>,
     /// Buyers.
     pub buyers: Vec<Buyer>,
+    /// The buyers' and carriers' `webhook = { … }`, by target (`buyer:<id>`, `carrier:<id>`).
+    pub webhooks: crate::webhooks::Webhooks,
 }
 
 fn id_ok(id: &str) -> bool {
@@ -130,8 +132,14 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
     let mut cfg = RoutingConfig::default();
     let mut seen = HashMap::new();
     for t in w.tables(root, "carrier", "carrier") {
-        w.unknown_keys(t, &["id", "sources", "max_cps"]);
+        w.unknown_keys(t, &["id", "sources", "max_cps", "webhook"]);
         let id = read_id(w, t, "carrier", &mut seen);
+        let hook = w
+            .table(t, "webhook", "carrier.webhook", false)
+            .and_then(|h| webhook(w, h, "carrier"));
+        if let (Some(id), Some(hook)) = (&id, hook) {
+            cfg.webhooks.insert(format!("carrier:{id}"), hook);
+        }
         let mut sources = Vec::new();
         for (s, span) in w.strings(t, "sources", true).unwrap_or_default() {
             match Cidr::parse(&s) {
@@ -266,9 +274,16 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "tls_ca",
                 "rtb",
                 "expose_caller",
+                "webhook",
             ],
         );
         let id = read_id(w, t, "buyer", &mut seen);
+        let hook = w
+            .table(t, "webhook", "buyer.webhook", false)
+            .and_then(|h| webhook(w, h, "buyer"));
+        if let (Some(id), Some(hook)) = (&id, hook) {
+            cfg.webhooks.insert(format!("buyer:{id}"), hook);
+        }
         let mut campaigns = Vec::new();
         for (c, span) in w.strings(t, "campaigns", true).unwrap_or_default() {
             match campaign_index.get(&c) {
@@ -483,6 +498,50 @@ fn duplicate_rule(
 
 /// `rtb = { url = "https://…", timeout_ms = 200, format = "dce"|"ringba"|"retreaver",
 /// headers = { "Authorization" = "…" } }`.
+/// `webhook = { url, secret, events = [ … ] }` of a buyer or a carrier (`what`).
+fn webhook(w: &mut Walk<'_>, h: Table<'_, '_>, what: &str) -> Option<crate::webhooks::Webhook> {
+    w.unknown_keys(h, &["url", "secret", "events"]);
+    let url = match w.string(h, "url", true) {
+        Some((u, span)) => match u.parse::<hyper::Uri>() {
+            Ok(p) if matches!(p.scheme_str(), Some("http" | "https")) && p.host().is_some() => {
+                Some(u)
+            }
+            _ => {
+                w.error(
+                    span,
+                    format!("{what} webhook url `{u}` must be an http:// or https:// URL"),
+                );
+                None
+            }
+        },
+        None => None,
+    };
+    let secret = match w.string(h, "secret", true) {
+        Some((s, span)) if s.len() < 16 => {
+            w.error(
+                span,
+                format!("{what} webhook secret must be at least 16 characters"),
+            );
+            None
+        }
+        Some((s, _)) => Some(s),
+        None => None,
+    };
+    let mut events = Vec::new();
+    for (e, span) in w.strings(h, "events", true).unwrap_or_default() {
+        match crate::webhooks::Event::parse(&e) {
+            Some(e) => events.push(e),
+            None => w.error(
+                span,
+                format!(
+                    "unknown webhook event `{e}` (call.routed, call.answered, call.completed, call.billable, call.converted)"
+                ),
+            ),
+        }
+    }
+    Some(crate::webhooks::Webhook::new(&url?, &secret?, &events))
+}
+
 fn buyer_rtb(w: &mut Walk<'_>, rt: Table<'_, '_>, expose_caller: bool) -> Option<dce_routing::Rtb> {
     w.unknown_keys(
         rt,

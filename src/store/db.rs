@@ -2,6 +2,7 @@
 //! (`migrations/postgres`, `migrations/sqlite`, sqlx's format and bookkeeping table).
 
 use crate::call::cdr::Cdr;
+use crate::webhooks::Postback;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
@@ -42,6 +43,10 @@ const PG_STEPS: Steps = &[
         "fleet_caps",
         include_str!("../../migrations/postgres/0005_fleet_caps.sql"),
     ),
+    (
+        "postbacks",
+        include_str!("../../migrations/postgres/0006_postbacks.sql"),
+    ),
 ];
 
 const SQLITE_STEPS: Steps = &[
@@ -58,6 +63,10 @@ const SQLITE_STEPS: Steps = &[
     (
         "fleet_caps",
         include_str!("../../migrations/sqlite/0005_fleet_caps.sql"),
+    ),
+    (
+        "postbacks",
+        include_str!("../../migrations/sqlite/0006_postbacks.sql"),
     ),
 ];
 
@@ -196,13 +205,127 @@ impl Db {
     /// Insert CDRs and their bids in one transaction; a CDR already stored is skipped
     /// (replays never duplicate).
     pub async fn insert(&self, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
+        self.insert_with(cdrs, &[], 0).await
+    }
+
+    /// [`Db::insert`], with the postbacks those calls owe written to the outbox in the same
+    /// transaction (due at once; created at `now_ms`). A postback already there is skipped.
+    pub async fn insert_with(
+        &self,
+        cdrs: &[Cdr],
+        postbacks: &[Postback],
+        now_ms: i64,
+    ) -> Result<(), sqlx::Error> {
         if cdrs.is_empty() {
             return Ok(());
         }
         match self {
-            Db::Pg(p) => insert_pg(p, cdrs).await,
-            Db::Sqlite(p) => insert_sqlite(p, cdrs).await,
+            Db::Pg(p) => insert_pg(p, cdrs, postbacks, now_ms).await,
+            Db::Sqlite(p) => insert_sqlite(p, cdrs, postbacks, now_ms).await,
         }
+    }
+
+    /// Postbacks due at `now_ms`, oldest first, at most `limit`.
+    pub async fn due_postbacks(
+        &self,
+        now_ms: i64,
+        limit: i64,
+    ) -> Result<Vec<DuePostback>, sqlx::Error> {
+        let sql = "SELECT id, target, url, body, created_ms, attempts FROM postbacks \
+                   WHERE state = 'pending' AND next_ms <= $1 ORDER BY next_ms, id LIMIT $2";
+        let rows = match self {
+            Db::Pg(p) => {
+                sqlx::query(sql)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?
+            }
+            Db::Sqlite(p) => {
+                let rows = sqlx::query(sql)
+                    .bind(now_ms)
+                    .bind(limit)
+                    .fetch_all(p)
+                    .await?;
+                return Ok(rows
+                    .into_iter()
+                    .map(|r| due_row(&|c| r.get(c), &|c| r.get(c)))
+                    .collect());
+            }
+        };
+        Ok(rows
+            .into_iter()
+            .map(|r| due_row(&|c| r.get(c), &|c| r.get(c)))
+            .collect())
+    }
+
+    /// What came of one delivery of postback `id`.
+    pub async fn postback_result(&self, id: &str, r: &PostbackResult) -> Result<(), sqlx::Error> {
+        let (state, next, delivered, error) = match r {
+            PostbackResult::Delivered { at_ms } => ("delivered", *at_ms, Some(*at_ms), None),
+            PostbackResult::Retry { next_ms, error } => {
+                ("pending", *next_ms, None, Some(error.as_str()))
+            }
+            PostbackResult::Failed { at_ms, error } => {
+                ("failed", *at_ms, None, Some(error.as_str()))
+            }
+        };
+        let sql =
+            "UPDATE postbacks SET state = $1, next_ms = $2, delivered_ms = $3, last_error = $4, \
+                   attempts = attempts + 1 WHERE id = $5";
+        match self {
+            Db::Pg(p) => {
+                sqlx::query(sql)
+                    .bind(state)
+                    .bind(next)
+                    .bind(delivered)
+                    .bind(error)
+                    .bind(id)
+                    .execute(p)
+                    .await?;
+            }
+            Db::Sqlite(p) => {
+                sqlx::query(sql)
+                    .bind(state)
+                    .bind(next)
+                    .bind(delivered)
+                    .bind(error)
+                    .bind(id)
+                    .execute(p)
+                    .await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The latest postbacks (newest first, at most `limit`): what `/v1/webhooks` shows.
+    pub async fn postbacks(&self, limit: i64) -> Result<Vec<PostbackRow>, sqlx::Error> {
+        let sql = "SELECT id, call_id, target, event, url, created_ms, next_ms, attempts, state, last_error, \
+                   delivered_ms FROM postbacks ORDER BY created_ms DESC, id LIMIT $1";
+        macro_rules! map {
+            ($rows:expr) => {
+                $rows
+                    .into_iter()
+                    .map(|r| PostbackRow {
+                        id: r.get("id"),
+                        call_id: r.get("call_id"),
+                        target: r.get("target"),
+                        event: r.get("event"),
+                        url: r.get("url"),
+                        created_ms: r.get("created_ms"),
+                        next_ms: r.get("next_ms"),
+                        attempts: r.get::<i64, _>("attempts"),
+                        state: r.get("state"),
+                        last_error: r.get("last_error"),
+                        delivered_ms: r.get("delivered_ms"),
+                    })
+                    .collect()
+            };
+        }
+        Ok(match self {
+            Db::Pg(p) => map!(sqlx::query(sql).bind(limit).fetch_all(p).await?),
+            Db::Sqlite(p) => map!(sqlx::query(sql).bind(limit).fetch_all(p).await?),
+        })
     }
 
     /// Every consent record (for the in-memory consent check).
@@ -482,7 +605,12 @@ fn utc(t: &str) -> String {
         .unwrap_or_else(|_| t.to_owned())
 }
 
-async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
+async fn insert_pg(
+    p: &PgPool,
+    cdrs: &[Cdr],
+    postbacks: &[Postback],
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
     let col = |f: fn(&Cdr) -> String| cdrs.iter().map(f).collect::<Vec<String>>();
     let opt = |f: fn(&Cdr) -> Option<String>| cdrs.iter().map(f).collect::<Vec<Option<String>>>();
     let mut tx = p.begin().await?;
@@ -574,6 +702,21 @@ async fn insert_pg(p: &PgPool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
         .execute(&mut *tx)
         .await?;
     }
+    for pb in postbacks {
+        sqlx::query(
+            "INSERT INTO postbacks (id, call_id, target, event, url, body, created_ms, next_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&pb.id)
+        .bind(&pb.call_id)
+        .bind(&pb.target)
+        .bind(pb.event.as_str())
+        .bind(&pb.url)
+        .bind(&pb.body)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await
 }
 
@@ -583,7 +726,12 @@ const SQLITE_ROWS: usize = 100;
 /// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
 /// thread, where one statement per row cost two thread hand-offs per CDR. `OR IGNORE` on both
 /// tables' keys makes a replay of stored calls (and of their bids) change nothing.
-async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> {
+async fn insert_sqlite(
+    p: &SqlitePool,
+    cdrs: &[Cdr],
+    postbacks: &[Postback],
+    now_ms: i64,
+) -> Result<(), sqlx::Error> {
     let mut tx = p.begin().await?;
     for chunk in cdrs.chunks(SQLITE_ROWS) {
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
@@ -679,7 +827,101 @@ async fn insert_sqlite(p: &SqlitePool, cdrs: &[Cdr]) -> Result<(), sqlx::Error> 
         });
         q.build().persistent(false).execute(&mut *tx).await?;
     }
+    for pb in postbacks {
+        sqlx::query(
+            "INSERT INTO postbacks (id, call_id, target, event, url, body, created_ms, next_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) ON CONFLICT (id) DO NOTHING",
+        )
+        .bind(&pb.id)
+        .bind(&pb.call_id)
+        .bind(&pb.target)
+        .bind(pb.event.as_str())
+        .bind(&pb.url)
+        .bind(&pb.body)
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    }
     tx.commit().await
+}
+
+/// A postback due for delivery (`Db::due_postbacks`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DuePostback {
+    /// Its id (`Idempotency-Key`).
+    pub id: String,
+    /// `buyer:<id>` / `carrier:<id>`: whose secret signs it.
+    pub target: String,
+    /// Where.
+    pub url: String,
+    /// What.
+    pub body: String,
+    /// When it was written, Unix ms.
+    pub created_ms: i64,
+    /// Deliveries tried so far.
+    pub attempts: i64,
+}
+
+fn due_row(s: &dyn Fn(&str) -> String, i: &dyn Fn(&str) -> i64) -> DuePostback {
+    DuePostback {
+        id: s("id"),
+        target: s("target"),
+        url: s("url"),
+        body: s("body"),
+        created_ms: i("created_ms"),
+        attempts: i("attempts"),
+    }
+}
+
+/// What came of a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PostbackResult {
+    /// The receiver answered 2xx.
+    Delivered {
+        /// When, Unix ms.
+        at_ms: i64,
+    },
+    /// It failed; try again then.
+    Retry {
+        /// Unix ms.
+        next_ms: i64,
+        /// What went wrong.
+        error: String,
+    },
+    /// Given up (24 h of failures).
+    Failed {
+        /// When, Unix ms.
+        at_ms: i64,
+        /// The last error.
+        error: String,
+    },
+}
+
+/// A postback as `/v1/webhooks` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct PostbackRow {
+    /// `<call id>:<event>:<target>`.
+    pub id: String,
+    /// The call.
+    pub call_id: String,
+    /// `buyer:<id>` / `carrier:<id>`.
+    pub target: String,
+    /// `call.routed` …
+    pub event: String,
+    /// Where it goes.
+    pub url: String,
+    /// Written, Unix ms.
+    pub created_ms: i64,
+    /// Next try (pending) or when it ended, Unix ms.
+    pub next_ms: i64,
+    /// Deliveries tried.
+    pub attempts: i64,
+    /// `pending`, `delivered` or `failed`.
+    pub state: String,
+    /// The last failure.
+    pub last_error: Option<String>,
+    /// Delivered at, Unix ms.
+    pub delivered_ms: Option<i64>,
 }
 
 /// Totals of one group of calls in a window (see [`Db::stats`]).

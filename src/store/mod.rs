@@ -18,6 +18,7 @@ pub mod db;
 pub mod files;
 pub mod gdpr;
 pub mod jsonl;
+pub mod postbacks;
 pub mod spool;
 pub mod writer;
 

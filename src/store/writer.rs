@@ -102,6 +102,7 @@ pub fn start(
     retention: Retention,
     gdpr: Arc<Gdpr>,
     gate: tokio::sync::oneshot::Receiver<()>,
+    webhooks: Arc<std::sync::RwLock<crate::webhooks::Webhooks>>,
 ) -> (DbSink, JoinHandle<()>, Arc<WriterStats>) {
     let (tx, rx) = mpsc::channel(capacity);
     gdpr.claim_node();
@@ -116,6 +117,7 @@ pub fn start(
         rx,
         retention,
         gate,
+        webhooks,
     ));
     (
         DbSink {
@@ -136,6 +138,9 @@ struct Shared {
     /// The erasure list, the database gate and the spool lock.
     gdpr: Arc<Gdpr>,
     stats: Arc<WriterStats>,
+    /// The running config's webhooks: each stored call's postbacks are derived from them and
+    /// written in its transaction.
+    webhooks: Arc<std::sync::RwLock<crate::webhooks::Webhooks>>,
     /// False while the database is known to be away (a write failed, or it has not answered
     /// since start): new batches then go straight to the fsync'd spool, so a crash during an
     /// outage loses at most one linger's worth of CDRs, and the batching loop never waits on a
@@ -149,7 +154,13 @@ impl Shared {
     async fn write(&self, batch: &mut [Cdr]) -> bool {
         let _gate = self.gdpr.db_gate.read().await;
         self.gdpr.scrub_all(batch);
-        match tokio::time::timeout(WRITE_DEADLINE, self.db.insert(batch)).await {
+        let postbacks: Vec<crate::webhooks::Postback> = {
+            let hooks = self.webhooks.read().unwrap_or_else(|e| e.into_inner());
+            batch.iter().flat_map(|c| hooks.postbacks(c)).collect()
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let insert = self.db.insert_with(batch, &postbacks, now_ms);
+        match tokio::time::timeout(WRITE_DEADLINE, insert).await {
             Ok(Ok(())) => {
                 self.stats
                     .written
@@ -310,12 +321,14 @@ async fn run(
     mut rx: mpsc::Receiver<Cdr>,
     retention: Retention,
     gate: tokio::sync::oneshot::Receiver<()>,
+    webhooks: Arc<std::sync::RwLock<crate::webhooks::Webhooks>>,
 ) {
     let sh = Arc::new(Shared {
         db,
         spool,
         gdpr,
         stats,
+        webhooks,
         healthy: AtomicBool::new(false),
     });
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
@@ -473,6 +486,7 @@ mod tests {
             retention,
             gdpr.clone(),
             gate,
+            Default::default(),
         );
         // before the gate the database is not touched: the batch goes to the spool
         for i in [1234, 1] {
