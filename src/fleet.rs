@@ -36,6 +36,7 @@ use tokio::sync::mpsc;
 /// slots, hour, day, month, day's spend, month's spend. ARGV: lease, lease ms, then the caps
 /// (concurrent, hourly, daily, monthly, daily budget, monthly budget; 0 = none) and the bid.
 const TAKE: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local max = tonumber(ARGV[3])
@@ -64,16 +65,26 @@ return 0
 
 /// Hold (or keep holding) leases: KEYS: slots; ARGV: lease ms, then the leases.
 const RENEW: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local ms = tonumber(ARGV[1])
 local exp = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) + ms
-for i = 2, #ARGV do redis.call('ZADD', KEYS[1], exp, ARGV[i]) end
+local args = {}
+for i = 2, #ARGV do
+  args[#args + 1] = exp
+  args[#args + 1] = ARGV[i]
+end
+redis.call('ZADD', KEYS[1], unpack(args))
 redis.call('PEXPIRE', KEYS[1], ms * 2)
 return 0
 ";
 
+/// Leases per `RENEW` (its variadic `ZADD` unpacks two arguments per lease).
+const RENEW_CHUNK: usize = 1000;
+
 /// This node's heartbeat; returns the live nodes. KEYS: nodes; ARGV: node, lease ms.
 const NODES: &str = r"
+if redis.replicate_commands then redis.replicate_commands() end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -84,7 +95,8 @@ return redis.call('ZCARD', KEYS[1])
 
 /// Writes kept for the next batch while Redis is away (the oldest go first past this).
 const MAX_BACKLOG: usize = 100_000;
-/// What a batch may wait for Redis before it counts as failed.
+/// What a batch may wait for Redis before it counts as failed (at most a sixth of the lease,
+/// so a renewal delayed by one batch still lands in time).
 const BATCH_DEADLINE: Duration = Duration::from_secs(1);
 
 /// Where a lease's answer goes: the asking worker's lookup answers.
@@ -152,6 +164,20 @@ impl Caps {
     /// Live nodes at the last heartbeat (0: none got through yet).
     pub fn nodes(&self) -> u32 {
         self.nodes.load(Ordering::Relaxed)
+    }
+}
+
+/// A batch that failed.
+#[derive(Debug)]
+struct Failed {
+    error: String,
+    /// Surely not run: safe to send again.
+    unsent: bool,
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.error)
     }
 }
 
@@ -305,7 +331,7 @@ impl Worker {
                             None => LeaseResult::Error(format!("unexpected answer {code}")),
                         },
                         (Ok(_), None) => LeaseResult::Error("answer missing".into()),
-                        (Err(e), _) => LeaseResult::Error(e.clone()),
+                        (Err(e), _) => LeaseResult::Error(e.error.clone()),
                     };
                     let answer = LeaseAnswer { result, nodes };
                     let _ = reply.send((id, Answer::Lease(answer), None));
@@ -328,11 +354,16 @@ impl Worker {
             }
         }
         if let Err(e) = &result {
-            if !retried.is_empty() || !writes.is_empty() {
-                tracing::warn!(error = %e, kept = retried.len() + writes.len(), "fleet caps: writes to Redis failed; kept for the next try");
-            }
-            for w in retried.into_iter().chain(writes) {
-                self.keep(w);
+            let n = retried.len() + writes.len();
+            if e.unsent {
+                if n > 0 {
+                    tracing::warn!(error = %e, kept = n, "fleet caps: writes to Redis failed; kept for the next try");
+                }
+                for w in retried.into_iter().chain(writes) {
+                    self.keep(w);
+                }
+            } else if n > 0 {
+                tracing::error!(error = %e, lost = n, "fleet caps: Redis may or may not have applied these writes; not sent again (counts may be short)");
             }
         }
     }
@@ -365,16 +396,18 @@ impl Worker {
             by_buyer.entry(buyer).or_default().push(member);
         }
         for (buyer, members) in by_buyer {
-            let cmd = pipe
-                .cmd("EVAL")
-                .arg(RENEW)
-                .arg(1)
-                .arg(self.key(buyer, "slots"))
-                .arg(self.lease_ms);
-            for m in members {
-                cmd.arg(m);
+            for chunk in members.chunks(RENEW_CHUNK) {
+                let cmd = pipe
+                    .cmd("EVAL")
+                    .arg(RENEW)
+                    .arg(1)
+                    .arg(self.key(buyer, "slots"))
+                    .arg(self.lease_ms);
+                for m in chunk {
+                    cmd.arg(*m);
+                }
+                cmd.ignore();
             }
-            cmd.ignore();
         }
         let retried: Vec<CapWrite> = self.backlog.drain(..).collect();
         for w in &retried {
@@ -397,19 +430,42 @@ impl Worker {
             }
             Err(e) => {
                 tracing::debug!(error = %e, held = self.held.len(), "fleet caps: lease renewal failed");
-                for w in retried {
-                    self.keep(w);
+                if e.unsent {
+                    for w in retried {
+                        self.keep(w);
+                    }
+                } else if !retried.is_empty() {
+                    tracing::error!(error = %e, lost = retried.len(), "fleet caps: Redis may or may not have applied these writes; not sent again (counts may be short)");
                 }
             }
         }
     }
 
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, String> {
-        let mut con = self.con.clone().ok_or("Redis not connected")?;
-        match tokio::time::timeout(BATCH_DEADLINE, pipe.query_async::<T>(&mut con)).await {
+    /// Run `pipe`. An error says whether the batch surely did not run (`unsent`: no
+    /// connection, refused, dropped — no reply from the server) — only then are its writes kept
+    /// to be sent again; after a timeout or a server error some of it may have run, and a
+    /// count sent twice would be worse than one missed (logged).
+    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, Failed> {
+        let Some(mut con) = self.con.clone() else {
+            return Err(Failed {
+                error: "Redis not connected".into(),
+                unsent: true,
+            });
+        };
+        let deadline = BATCH_DEADLINE.min(Duration::from_millis(self.lease_ms / 6));
+        match tokio::time::timeout(deadline, pipe.query_async::<T>(&mut con)).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {BATCH_DEADLINE:?}")),
+            Ok(Err(e)) => Err(Failed {
+                // a reply from the server (an error code) means the pipeline reached it
+                unsent: e.code().is_none(),
+                error: e.to_string(),
+            }),
+            // Redis away shows as no answer too (the connection manager reconnecting): kept
+            // and sent again, at the risk of a count applied twice (decision 0016)
+            Err(_) => Err(Failed {
+                error: format!("no answer within {deadline:?}"),
+                unsent: true,
+            }),
         }
     }
 }

@@ -225,7 +225,11 @@ fn redis_failing_under_skip_buyer_skips_it() {
         ["acme=excluded:cap_unavailable", "bravo=won"]
     );
     assert_eq!(cdr.fleet_caps.as_deref(), Some("lookup_failed:skip_buyer"));
-    assert_eq!(releases(&sim), [format!("acme/{}", ask.member)]);
+    assert!(ask.member.ends_with(":acme"), "{}", ask.member);
+    assert!(
+        releases(&sim).is_empty(),
+        "no concurrency cap: no slot in Redis to give back"
+    );
     sim.assert_nothing_held();
 }
 
@@ -352,7 +356,11 @@ fn failover_releases_then_asks_again_and_a_short_call_is_refunded() {
             ("bravo".to_owned(), 0, -1200)
         ]
     );
-    assert_eq!(releases(&sim).len(), 2);
+    assert_eq!(
+        releases(&sim).len(),
+        1,
+        "bravo has no concurrency cap: no slot"
+    );
     sim.assert_nothing_held();
 }
 
@@ -369,5 +377,54 @@ fn without_redis_caps_stay_local() {
     sim.carrier_bye(&id);
     sim.run_for(40 * S);
     assert!(sim.cap_writes.is_empty());
+    sim.assert_nothing_held();
+}
+
+/// The fleet's duplicate answer puts another buyer first after the first buyer's lease was
+/// asked: that lease is given back — its own buyer's local slot and its Redis slot — and the
+/// buyer now first is checked on its own.
+#[test]
+fn an_early_lease_for_a_buyer_the_duplicate_rules_pass_over_is_given_back() {
+    use dce::call::callers::Seen;
+    use dce::call::lookup::DupSeen;
+    let buyers = format!(
+        "duplicates = {{ window_days = 30, after = \"connected\", action = \"next_buyer\" }}\n{}{}",
+        buyer("acme", 5090, 1500, "max_concurrent = 2"),
+        buyer("bravo", 5091, 1200, "max_concurrent = 2")
+    );
+    let mut sim = Sim::new(&config("", &buyers));
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim.add_buyer(5091, Mode::Answer(S));
+    sim.core.calls().set_shared(Some(dce::call::SharedChecks {
+        max_calls_per_day: 0,
+        allow_on_error: true,
+        deadline: Duration::from_millis(50),
+        on_cap_error: CapPolicy::Local,
+    }));
+    sim.responder = Some(Box::new(|_| dce::call::RemoteResult::Count(1)));
+    let id = sim.place_call(CALLER);
+    sim.run_for(Duration::from_millis(1));
+    let early = sim.answer_lease(LeaseResult::Granted, 1);
+    assert_eq!(early.buyer, "acme");
+    // another node connected this caller to acme: acme is passed over
+    let at = chrono::Utc::now().timestamp() - 60;
+    let seen = Seen::from_fields([("connected:acme", at.to_string().as_str())]);
+    sim.answer_dups(Ok(DupSeen {
+        campaign: Some(seen),
+        buyers: Vec::new(),
+    }));
+    sim.run_for(Duration::from_millis(1));
+    assert_eq!(releases(&sim), [format!("acme/{}", early.member)]);
+    let live = sim.live.clone();
+    assert_eq!(live.get("acme").active(), 0, "acme's local slot given back");
+    assert_eq!(invites(&sim, 5091), 0, "bravo waits for its own lease");
+    let second = sim.answer_lease(LeaseResult::Granted, 1);
+    assert_eq!(second.buyer, "bravo");
+    sim.run_for(Duration::from_millis(1));
+    assert_eq!(invites(&sim, 5091), 1);
+    assert_eq!(live.get("bravo").active(), 1);
+    let cdr = talk_and_hang_up(&mut sim, &id, S);
+    assert_eq!(cdr.buyer_id.as_deref(), Some("bravo"));
+    assert_eq!(outcomes(&cdr), ["bravo=won", "acme=excluded:duplicate"]);
     sim.assert_nothing_held();
 }

@@ -683,13 +683,7 @@ impl Controller {
         self.forget_call_routes(&call);
         if let Some(l) = call.lease.take() {
             // the first buyer's slot, asked early: never used
-            let b = call.entries[l.entry].buyer;
-            call.snapshot.live(b).release();
-            self.out
-                .push_back(Output::Caps(super::lookup::CapWrite::Release {
-                    member: l.member,
-                    buyer: call.snapshot.buyer(b).id.clone(),
-                }));
+            super::fleet::drop_lease(&mut self.out, &call.snapshot, l);
         }
         // the auction is the refusal's reason only when it left nobody, or a duplicate rule
         // refused the caller (a compliance refusal is not the buyers' doing)

@@ -81,12 +81,7 @@ impl Controller {
         let answer_wall = call.wall(call.answered_at.unwrap_or(now));
         if let Some(l) = call.lease.take() {
             // it ended waiting for (or just granted) a fleet-wide slot
-            let b = call.entries[l.entry].buyer;
-            call.snapshot.live(b).release();
-            self.out.push_back(Output::Caps(CapWrite::Release {
-                member: l.member,
-                buyer: call.snapshot.buyer(b).id.clone(),
-            }));
+            super::fleet::drop_lease(&mut self.out, &call.snapshot, l);
         }
         for (li, leg) in call.legs.iter_mut().enumerate() {
             let e = call.entries[leg.entry];

@@ -72,9 +72,38 @@ pub(super) fn within_share(
     }
 }
 
-/// The zone entry `idx`'s buyer counts its caps in.
-fn snap_tz(call: &super::state::Call, idx: usize) -> chrono_tz::Tz {
-    call.snapshot.buyer(call.entries[idx].buyer).tz()
+/// Give back a lease the call will not use: its buyer's local slot, and its slot in Redis.
+pub(super) fn drop_lease(out: &mut VecDeque<Output>, snap: &dce_routing::Snapshot, l: Lease) {
+    snap.live(l.buyer).release();
+    release_in_redis(out, l);
+}
+
+/// Give a lease's slot in Redis back (when it took one).
+pub(super) fn release_in_redis(out: &mut VecDeque<Output>, l: Lease) {
+    if l.slots {
+        out.push_back(Output::Caps(CapWrite::Release {
+            member: l.member,
+            buyer: l.buyer_id,
+        }));
+    }
+}
+
+/// The lease for `buyer` of call `call_id` (not asked yet).
+pub(super) fn lease_for(
+    call_id: &str,
+    idx: usize,
+    b: dce_routing::BuyerId,
+    buyer: &Buyer,
+) -> Lease {
+    Lease {
+        entry: idx,
+        buyer: b,
+        buyer_id: buyer.id.clone(),
+        slots: buyer.max_concurrent > 0,
+        member: format!("{call_id}:{}", buyer.id),
+        decided: false,
+        early: None,
+    }
 }
 
 impl Controller {
@@ -120,24 +149,21 @@ impl Controller {
         let Some(lease) = call.lease.as_mut().filter(|l| !l.decided) else {
             return;
         };
+        // the entries may have been reordered (the fleet's duplicate answer): by buyer
         let first = call
             .entries
             .iter()
             .position(|e| matches!(e.outcome, Outcome::Ranked(_)));
-        if first == Some(lease.entry) {
+        if first.is_some_and(|i| call.entries[i].buyer == lease.buyer) {
+            lease.entry = first.unwrap_or_default();
             let answer = lease.early.take().unwrap_or(LeaseAnswer {
                 result: LeaseResult::Error("no answer".into()),
                 nodes: 0,
             });
             self.apply_lease(key, answer, now);
         } else if let Some(l) = call.lease.take() {
-            // re-ranked after the bids or the fleet's duplicate answer: not this buyer first
-            let b = call.entries[l.entry].buyer;
-            call.snapshot.live(b).release();
-            self.out.push_back(Output::Caps(CapWrite::Release {
-                member: l.member,
-                buyer: call.snapshot.buyer(b).id.clone(),
-            }));
+            // another buyer goes first now (the fleet's duplicate answer): not used
+            drop_lease(&mut self.out, &call.snapshot, l);
         }
     }
 
@@ -151,12 +177,11 @@ impl Controller {
         if answer.nodes > 0 {
             self.fleet_nodes = answer.nodes;
         }
-        let Some(idx) = call.lease.as_ref().map(|l| l.entry) else {
+        let Some((idx, b)) = call.lease.as_ref().map(|l| (l.entry, l.buyer)) else {
             return;
         };
-        let at = local_keys(snap_tz(call, idx), call.wall(now));
+        let at = local_keys(call.snapshot.buyer(b).tz(), call.wall(now));
         let snap = call.snapshot.clone();
-        let b = call.entries[idx].buyer;
         let buyer = snap.buyer(b);
         let live = snap.live(b);
         let failed = matches!(answer.result, LeaseResult::Error(_));
@@ -189,7 +214,7 @@ impl Controller {
             Ok(()) => {
                 if let Some(lease) = call.lease.as_mut() {
                     lease.decided = true;
-                    if failed {
+                    if failed && lease.slots {
                         // rung on this node's share: Redis holds the slot once it answers again
                         self.out.push_back(Output::Caps(CapWrite::HoldLocal {
                             member: lease.member.clone(),
@@ -201,12 +226,13 @@ impl Controller {
             Err(x) => {
                 call.outcomes[idx] = Some(BidOutcome::Excluded(x));
                 call.next = idx + 1;
-                if failed {
-                    // Redis may yet take it: give it back there too
-                    super::ring::give_back(&mut self.out, call, live, &buyer.id);
-                } else {
-                    live.release();
-                    call.lease = None;
+                if let Some(l) = call.lease.take() {
+                    if failed {
+                        // Redis may yet take it: give it back there too
+                        drop_lease(&mut self.out, &snap, l);
+                    } else {
+                        live.release();
+                    }
                 }
             }
         }
@@ -229,19 +255,13 @@ pub(super) fn early_ask(
     if !buyer.capped() || !snap.live(e.buyer).try_reserve(buyer.max_concurrent) {
         return None;
     }
-    let member = format!("{call_id}:{idx}");
+    let lease = lease_for(call_id, idx, e.buyer, buyer);
     let ask = LeaseAsk {
-        member: member.clone(),
+        member: lease.member.clone(),
         buyer: buyer.id.clone(),
         limits: CapLimits::of(buyer),
         keys: local_keys(buyer.tz(), wall),
         bid_cents: e.bid_cents,
-    };
-    let lease = Lease {
-        entry: idx,
-        member,
-        decided: false,
-        early: None,
     };
     Some((lease, ask))
 }

@@ -9,8 +9,8 @@ use super::leg::{
 };
 use super::lookup::{CapLimits, CapWrite, LeaseAsk, Query};
 use super::router::{Orphan, TxRole};
+use super::state::Call;
 use super::state::{AState, BLeg, BState, CallKey, CallState, LegRef, Timer};
-use super::state::{Call, Lease};
 use super::vocab::{AttemptEnd, BidOutcome, EndReason, HangupBy};
 use crate::config::routing::target_of;
 use crate::counters::Counter;
@@ -20,20 +20,22 @@ use dce_sip::transaction::{Peer, State as TxState, TransactionLayer, Transmit, T
 use dce_sip::{HeaderName, Message, Method};
 use std::time::{Duration, Instant};
 
-/// Give back what an attempt that will not ring holds: its local slot and its fleet-wide
-/// lease, if it has one.
+/// Give back what an attempt on `buyer` that will not ring holds: its local slot and its
+/// fleet-wide lease, if it has one.
 pub(super) fn give_back(
     out: &mut std::collections::VecDeque<Output>,
     call: &mut Call,
     live: &dce_routing::BuyerLive,
-    buyer: &str,
+    buyer: dce_routing::BuyerId,
 ) {
     live.release();
     if let Some(l) = call.lease.take() {
-        out.push_back(Output::Caps(CapWrite::Release {
-            member: l.member,
-            buyer: buyer.to_owned(),
-        }));
+        if l.buyer == buyer {
+            super::fleet::release_in_redis(out, l);
+        } else {
+            // another buyer's (never expected here): all of it
+            super::fleet::drop_lease(out, &call.snapshot, l);
+        }
     }
 }
 
@@ -133,7 +135,7 @@ impl Controller {
             let leased = call
                 .lease
                 .as_ref()
-                .is_some_and(|l| l.entry == idx && l.decided);
+                .is_some_and(|l| l.buyer == entry.buyer && l.decided);
             // A real-time bid holds only until its expiry.
             let terms = call
                 .bids
@@ -151,7 +153,7 @@ impl Controller {
                     b.expired(&snap, entry.buyer);
                 }
                 if leased {
-                    give_back(&mut self.out, call, &live, &buyer.id);
+                    give_back(&mut self.out, call, &live, entry.buyer);
                 }
                 continue;
             }
@@ -165,29 +167,18 @@ impl Controller {
             // (one round trip; the call waits in `Leasing`).
             if !leased && buyer.capped() {
                 if let Some(shared) = self.shared {
-                    let member = format!("{}:{idx}", call.id);
+                    let lease = super::fleet::lease_for(&call.id, idx, entry.buyer, buyer);
                     let ask = LeaseAsk {
-                        member: member.clone(),
+                        member: lease.member.clone(),
                         buyer: buyer.id.clone(),
                         limits: CapLimits::of(buyer),
                         keys: local_keys(buyer.tz(), call.wall(now)),
                         bid_cents: entry.bid_cents,
                     };
-                    if let Some(stale) = call.lease.take() {
-                        // an early lease for an entry no longer first (never expected here)
-                        let b = call.entries[stale.entry].buyer;
-                        snap.live(b).release();
-                        self.out.push_back(Output::Caps(CapWrite::Release {
-                            member: stale.member,
-                            buyer: snap.buyer(b).id.clone(),
-                        }));
+                    if let Some(stale) = call.lease.replace(lease) {
+                        // an early lease for another buyer (never expected here)
+                        super::fleet::drop_lease(&mut self.out, &snap, stale);
                     }
-                    call.lease = Some(Lease {
-                        entry: idx,
-                        member,
-                        decided: false,
-                        early: None,
-                    });
                     call.next = idx;
                     call.state = CallState::Leasing;
                     asked = Some((ask, now + shared.deadline));
@@ -212,7 +203,7 @@ impl Controller {
                 Ok(t) => t,
                 Err(e) => {
                     tracing::warn!(call = %call.id, buyer = %buyer.id, error = %e, "buyer target unusable");
-                    give_back(&mut self.out, call, &live, &buyer.id);
+                    give_back(&mut self.out, call, &live, entry.buyer);
                     call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::BadUri));
                     continue;
                 }
@@ -220,7 +211,7 @@ impl Controller {
             let targets = super::targets::addresses(self.dns.as_deref(), &host, &mut self.ids);
             let Some(&(addr, transport)) = targets.first() else {
                 tracing::info!(call = %call.id, buyer = %buyer.id, host = %super::targets::host_key(&host), "buyer skipped: its host has not resolved (excluded:dns)");
-                give_back(&mut self.out, call, &live, &buyer.id);
+                give_back(&mut self.out, call, &live, entry.buyer);
                 call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Dns));
                 continue;
             };
@@ -230,7 +221,7 @@ impl Controller {
                     Ok(Some(cut)) => Some((ct.clone(), cut)),
                     Ok(None) => {
                         tracing::info!(call = %call.id, buyer = %buyer.id, codecs = ?buyer.codecs, "buyer skipped: none of the offered codecs is on its list (excluded:codec)");
-                        give_back(&mut self.out, call, &live, &buyer.id);
+                        give_back(&mut self.out, call, &live, entry.buyer);
                         call.outcomes[idx] =
                             Some(BidOutcome::Excluded(dce_routing::Exclusion::Codec));
                         continue;
@@ -304,7 +295,7 @@ impl Controller {
                 // over UDP; buyer trunks are UDP, so this attempt cannot be made.
                 tracing::warn!(call = %call.id, buyer = %buyer.id, bytes = size, max = max_udp, "buyer INVITE too large for UDP; trying the next buyer");
                 self.counters.inc(Counter::TooLargeForUdp);
-                give_back(&mut self.out, call, &live, &buyer.id);
+                give_back(&mut self.out, call, &live, entry.buyer);
                 call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::TooLarge));
                 continue;
             }
@@ -312,7 +303,7 @@ impl Controller {
                 Ok(tx) => tx,
                 Err(e) => {
                     tracing::warn!(call = %call.id, error = %e, "buyer INVITE not sent");
-                    give_back(&mut self.out, call, &live, &buyer.id);
+                    give_back(&mut self.out, call, &live, entry.buyer);
                     call.outcomes[idx] = Some(BidOutcome::Attempted(AttemptEnd::SendFailed));
                     continue;
                 }
@@ -339,7 +330,7 @@ impl Controller {
                     transport,
                 },
                 slot: Some(live),
-                lease: call.lease.take().map(|l| l.member),
+                lease: call.lease.take().filter(|l| l.slots).map(|l| l.member),
                 state: BState::Calling,
                 auth_tried: false,
                 nonce_count: Default::default(),

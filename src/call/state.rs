@@ -324,9 +324,17 @@ pub struct Call {
 /// `Leasing`), or decided and about to ring. The entry's local slot is held meanwhile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
-    /// The auction entry.
+    /// The auction entry (where its buyer is now: the entries may be reordered before an
+    /// early lease is settled).
     pub entry: usize,
-    /// The lease's name (`<call id>:<entry>`).
+    /// The buyer, in the call's snapshot (what the lease and the local slot belong to).
+    pub buyer: dce_routing::BuyerId,
+    /// Its id.
+    pub buyer_id: String,
+    /// It has a concurrency cap: the lease is a slot in Redis (else it only read the counts,
+    /// and there is nothing to give back there).
+    pub slots: bool,
+    /// The lease's name (`<call id>:<buyer id>`).
     pub member: String,
     /// The answer came (granted, or the local policy let the attempt go on).
     pub decided: bool,

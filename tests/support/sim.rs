@@ -481,7 +481,9 @@ impl Sim {
         let released = self.cap_writes.iter().any(|w| {
             matches!(w, dce::call::lookup::CapWrite::Release { member, .. } if *member == q.member)
         });
-        if result == dce::call::lookup::LeaseResult::Granted && !released {
+        // (as Redis: a slot only for a buyer with a concurrency cap)
+        if result == dce::call::lookup::LeaseResult::Granted && !released && q.limits.concurrent > 0
+        {
             self.leases.insert(q.member.clone());
         }
         let answer = dce::call::lookup::LeaseAnswer { result, nodes };
