@@ -496,26 +496,26 @@ fn duplicate_rule(
     })
 }
 
-/// `rtb = { url = "https://…", timeout_ms = 200, format = "dce"|"ringba"|"retreaver",
-/// headers = { "Authorization" = "…" } }`.
+/// The required `url` of table `t`: an http:// or https:// URL with a host (`label` names it
+/// in the error).
+fn http_url(w: &mut Walk<'_>, t: Table<'_, '_>, label: &str) -> Option<String> {
+    let (u, span) = w.string(t, "url", true)?;
+    match u.parse::<hyper::Uri>() {
+        Ok(p) if matches!(p.scheme_str(), Some("http" | "https")) && p.host().is_some() => Some(u),
+        _ => {
+            w.error(
+                span,
+                format!("{label} `{u}` must be an http:// or https:// URL"),
+            );
+            None
+        }
+    }
+}
+
 /// `webhook = { url, secret, events = [ … ] }` of a buyer or a carrier (`what`).
 fn webhook(w: &mut Walk<'_>, h: Table<'_, '_>, what: &str) -> Option<crate::webhooks::Webhook> {
     w.unknown_keys(h, &["url", "secret", "events"]);
-    let url = match w.string(h, "url", true) {
-        Some((u, span)) => match u.parse::<hyper::Uri>() {
-            Ok(p) if matches!(p.scheme_str(), Some("http" | "https")) && p.host().is_some() => {
-                Some(u)
-            }
-            _ => {
-                w.error(
-                    span,
-                    format!("{what} webhook url `{u}` must be an http:// or https:// URL"),
-                );
-                None
-            }
-        },
-        None => None,
-    };
+    let url = http_url(w, h, &format!("{what} webhook url"));
     let secret = match w.string(h, "secret", true) {
         Some((s, span)) if s.len() < 16 => {
             w.error(
@@ -542,6 +542,8 @@ fn webhook(w: &mut Walk<'_>, h: Table<'_, '_>, what: &str) -> Option<crate::webh
     Some(crate::webhooks::Webhook::new(&url?, &secret?, &events))
 }
 
+/// `rtb = { url = "https://…", timeout_ms = 200, format = "dce"|"ringba"|"retreaver",
+/// headers = { "Authorization" = "…" } }`.
 fn buyer_rtb(w: &mut Walk<'_>, rt: Table<'_, '_>, expose_caller: bool) -> Option<dce_routing::Rtb> {
     w.unknown_keys(
         rt,
@@ -562,21 +564,7 @@ fn buyer_rtb(w: &mut Walk<'_>, rt: Table<'_, '_>, expose_caller: bool) -> Option
     let max_pings_per_s = w
         .int(rt, "max_pings_per_s", 0, 1_000_000)
         .map_or(0, |(v, _)| v as u32);
-    let url = match w.string(rt, "url", true) {
-        Some((u, span)) => match u.parse::<hyper::Uri>() {
-            Ok(p) if matches!(p.scheme_str(), Some("http" | "https")) && p.host().is_some() => {
-                Some(u)
-            }
-            _ => {
-                w.error(
-                    span,
-                    format!("buyer rtb url `{u}` must be an http:// or https:// URL"),
-                );
-                None
-            }
-        },
-        None => None,
-    };
+    let url = http_url(w, rt, "buyer rtb url");
     let timeout_ms = w
         .int(rt, "timeout_ms", 10, 10_000)
         .map_or(250, |(v, _)| v as u32);
