@@ -63,6 +63,8 @@ fn bench(c: &mut Criterion) {
         publisher_margin_ppm: 0,
         reservation_s: 60,
         duplicates: None,
+        reroute_within_s: 0,
+        max_reroutes: 2,
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

@@ -102,6 +102,11 @@ counters! {
     CallAnswered => "calls_answered",
     /// Answered calls that ended.
     CallCompleted => "calls_completed",
+    /// A buyer hung up within the campaign's reroute time: the carrier stayed connected and
+    /// the call went on to the next buyer.
+    CallRerouted => "calls_rerouted",
+    /// A rerouted call that no other buyer took (the carrier got BYE).
+    RerouteFailed => "reroutes_failed",
     /// Calls the carrier cancelled while ringing.
     CallCancelled => "calls_cancelled",
     /// Malformed request with no usable Via: dropped.

@@ -351,6 +351,8 @@ pub(crate) mod tests {
             publisher_margin_ppm: 0,
             reservation_s: 60,
             duplicates: None,
+            reroute_within_s: 0,
+            max_reroutes: 2,
         }
     }
 

@@ -43,6 +43,11 @@ pub struct Campaign {
     pub reservation_s: u32,
     /// What a repeat caller gets (`duplicates = { … }`), if anything.
     pub duplicates: Option<DuplicateRule>,
+    /// Revenue recovery: when the buyer that answered hangs up within this many seconds of
+    /// its answer, the carrier stays connected and the call goes to the next buyer (0: off).
+    pub reroute_within_s: u32,
+    /// At most this many such reroutes per call.
+    pub max_reroutes: u32,
 }
 
 /// `duplicates = { window_days, after, action }`: a caller who came within `window_days` of

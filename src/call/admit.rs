@@ -253,6 +253,7 @@ impl Controller {
             pings: Vec::new(),
             duplicate: facts.duplicate,
             fleet_caps: None,
+            legs: Vec::new(),
         })));
     }
 
@@ -544,6 +545,9 @@ impl Controller {
                 dup,
                 lease,
                 cap_note: None,
+                reroutes: 0,
+                legs_done: Vec::new(),
+                talk_codec: None,
             }),
         );
         self.counters.m.call_added();

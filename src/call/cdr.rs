@@ -34,6 +34,35 @@ pub struct PingRecord {
     pub amount_cents: Option<u32>,
 }
 
+/// One buyer leg that answered, billed on its own. A call has one per buyer that took it:
+/// more than one when a buyer hung up soon after answering and the call went on to the next
+/// (`reroute_if_buyer_hangs_up_within_s`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LegRecord {
+    /// Buyer id.
+    pub buyer_id: String,
+    /// Its bid (or the price it reserved), in cents.
+    pub bid_cents: u32,
+    /// It answered (RFC 3339).
+    pub answer_at: String,
+    /// Its leg ended (RFC 3339).
+    pub end_at: String,
+    /// Seconds from its answer to its end.
+    pub duration_s: f64,
+    /// Lasted at least its billable time (and no duplicate rule made it unbillable).
+    pub billable: bool,
+    /// What this buyer pays for this leg.
+    pub revenue_cents: u32,
+    /// What the publisher is paid for this leg.
+    pub payout_cents: u32,
+    /// `buyer` when the buyer hung up its leg, else who ended the call.
+    pub hangup_by: Option<String>,
+    /// The buyer hung up within the campaign's reroute time and the call went on to the next
+    /// buyer.
+    #[serde(default)]
+    pub rerouted: bool,
+}
+
 /// A call detail record.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Cdr {
@@ -102,6 +131,10 @@ pub struct Cdr {
     /// otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fleet_caps: Option<String>,
+    /// Every buyer leg that answered, in order (one for a call answered once; none for a call
+    /// nobody answered). The call's revenue and payout are their sums.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub legs: Vec<LegRecord>,
 }
 
 /// One direction of one leg, as DCE received it.
@@ -287,6 +320,7 @@ impl Cdr {
             pings: Vec::new(),
             duplicate: None,
             fleet_caps: None,
+            legs: Vec::new(),
         }
     }
 }

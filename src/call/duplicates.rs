@@ -35,13 +35,19 @@ impl Controller {
         self.note(&m, snap.dup_window_s());
     }
 
-    /// A finished CDR: remember a billable call (the last stage a call reaches), by the
-    /// running config's rules.
+    /// A finished CDR: remember a billable call (the last stage a call reaches) for each
+    /// buyer whose leg was billable, by the running config's rules.
     pub(super) fn remember_billable(&mut self, cdr: &Cdr) {
-        let snap = self.snapshot.clone();
-        let (true, Some(b), true) = (cdr.billable, &cdr.buyer_id, snap.dup_window_s() > 0) else {
+        if !cdr.billable || self.snapshot.dup_window_s() == 0 {
             return;
-        };
+        }
+        for leg in cdr.legs.iter().filter(|l| l.billable) {
+            self.remember_billable_for(cdr, &leg.buyer_id);
+        }
+    }
+
+    fn remember_billable_for(&mut self, cdr: &Cdr, b: &String) {
+        let snap = self.snapshot.clone();
         let ruled = snap
             .campaigns()
             .iter()

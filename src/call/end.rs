@@ -58,27 +58,21 @@ impl Controller {
             .map(|a| now.saturating_duration_since(a))
             .unwrap_or_default();
         let winner = call.state.winner();
-        // A winning real-time bid may set its own minimum (`callMinDuration`).
-        let billable_after = winner
-            .and_then(|w| {
-                let b = call.entries[call.legs[w].entry].buyer;
-                call.bids.as_ref()?.terms(b)?.min_duration_s
-            })
-            .unwrap_or(campaign.billable_after_s);
-        // A duplicate rule may make the call unbillable for the buyer that took it.
-        let duplicate = winner.is_some_and(|w| {
-            let b = call.entries[call.legs[w].entry].buyer;
-            call.dup
-                .as_ref()
-                .is_some_and(|d| d.not_billable.contains(&b))
-        });
-        let billable = call.answered_at.is_some()
-            && duration.as_secs() >= u64::from(billable_after)
-            && !duplicate;
-        let mut winner_bid = 0;
-        let mut winner_id = None;
+        // The winner's leg is billed on its own, from its own answer (a rerouted call's
+        // earlier legs were billed as they ended).
+        let bill = winner.map(|w| super::reroute::bill_leg(&call, w, now));
+        let billable_w = bill.is_some_and(|b| b.billable);
+        if let (Some(w), Some(b)) = (winner, bill) {
+            let record = super::reroute::leg_record(&call, w, &b, hangup_by, false, now);
+            call.legs_done.push(record);
+        }
         let mut refund = None;
-        let answer_wall = call.wall(call.answered_at.unwrap_or(now));
+        let answer_wall = call.wall(
+            winner
+                .and_then(|w| call.legs[w].answered_at)
+                .or(call.answered_at)
+                .unwrap_or(now),
+        );
         if let Some(l) = call.lease.take() {
             // it ended waiting for (or just granted) a fleet-wide slot
             super::fleet::drop_lease(&mut self.out, &call.snapshot, l);
@@ -96,7 +90,7 @@ impl Controller {
                     let buyer = call.snapshot.buyer(e.buyer);
                     let day = local_keys(buyer.tz(), answer_wall);
                     let fleet = self.shared.is_some();
-                    if billable {
+                    if billable_w {
                         // kept for a refund should the media report make it non-billable
                         let fleet_id = (fleet && buyer.capped()).then(|| buyer.id.clone());
                         refund = Some((slot.clone(), day, fleet_id));
@@ -108,11 +102,12 @@ impl Controller {
                 }
                 slot.release();
             }
-            if winner == Some(li) {
-                winner_bid = e.bid_cents;
-                winner_id = Some(call.snapshot.buyer(e.buyer).id.clone());
-            }
         }
+        let legs = std::mem::take(&mut call.legs_done);
+        let (revenue, payout, billable) = totals(&legs);
+        // The call's buyer is the last that took it.
+        let winner_id = legs.last().map(|l| l.buyer_id.clone());
+        let winner_bid = legs.last().map_or(0, |l| l.bid_cents);
         let disposition = if call.answered_at.is_some() {
             Disposition::Answered
         } else if reason.cancels() {
@@ -124,23 +119,10 @@ impl Controller {
             self.counters.inc(Counter::CallCompleted);
         }
         let bids = bid_records(&call.snapshot, &call.entries, &call.outcomes);
-        let revenue = if billable { winner_bid } else { 0 };
-        // A call routed on a reservation pays the publisher what was promised, when the
-        // reserved buyer took it; any other buyer's price is split by the campaign's margin.
-        let promised = call
-            .bids
-            .as_ref()
-            .and_then(|b| b.reserved.as_ref())
-            .filter(|r| winner.is_some_and(|w| call.entries[call.legs[w].entry].buyer == r.buyer))
-            .map(|r| r.payout_cents.min(revenue));
-        let payout = match promised {
-            Some(p) if billable => p,
-            _ => campaign.payout_of(revenue),
-        };
         let reason_text = reason.to_string();
         // The call's one line at the default level: what happened to it and why (the steps are at
         // debug).
-        tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign.id, caller = %crate::logging::num(&call.caller), buyer = winner_id.as_deref().unwrap_or("-"), attempts = call.attempts, disposition = disposition.as_str(), reason = %reason_text, duration_s = duration.as_secs_f64(), billable, duplicate = call.dup.as_ref().map_or(String::new(), |d| d.fired.join(",")), "call ended");
+        tracing::info!(call = %call.id, carrier = %call.carrier, campaign = %campaign.id, caller = %crate::logging::num(&call.caller), buyer = winner_id.as_deref().unwrap_or("-"), attempts = call.attempts, reroutes = call.reroutes, disposition = disposition.as_str(), reason = %reason_text, duration_s = duration.as_secs_f64(), billable, duplicate = call.dup.as_ref().map_or(String::new(), |d| d.fired.join(",")), "call ended");
         self.counters.m.call_outcome(disposition.as_str());
         self.events.emit(
             "call.completed",
@@ -190,6 +172,7 @@ impl Controller {
             pings: call.bids.take().map(|b| b.pings).unwrap_or_default(),
             duplicate: call.dup.as_ref().and_then(|d| d.cdr_text()),
             fleet_caps: call.cap_note.map(str::to_owned),
+            legs,
         };
         match call.media {
             Some(id) => {
@@ -222,6 +205,10 @@ impl Controller {
     ) {
         let me = self.settings.me.clone();
         let (b1, b2) = (self.ids.branch(), self.ids.branch());
+        // a rerouted call rings its next buyer: CANCEL it
+        if let Some(li) = self.calls.get(&key).and_then(|c| c.current()) {
+            self.abandon(layer, key, li, now);
+        }
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
@@ -273,9 +260,15 @@ impl Controller {
         reason: EndReason,
         now: Instant,
     ) {
-        let Some(state) = self.calls.get(&key).map(|c| c.state) else {
+        let Some((state, rerouting)) = self.calls.get(&key).map(|c| (c.state, c.rerouting()))
+        else {
             return;
         };
+        if rerouting {
+            // the carrier is connected: BYE it (and CANCEL the buyer ringing)
+            self.hang_up_both(layer, key, reason, now);
+            return;
+        }
         match state {
             CallState::Checking | CallState::Leasing | CallState::Ringing { .. } => {
                 if let CallState::Ringing { current } = state {
@@ -324,11 +317,18 @@ impl Controller {
                     q.carrier_to_dce.packets + q.buyer_to_dce.packets,
                     q.carrier_to_dce.lost + q.buyer_to_dce.lost,
                 );
-                if q.one_way_audio && cdr.billable && !bill_one_way_audio {
-                    cdr.billable = false;
-                    cdr.revenue_cents = 0;
-                    cdr.payout_cents = 0;
-                    cdr.margin_cents = 0;
+                // The report is the whole call's: it unbills the leg of the buyer that had the
+                // call at its end (a rerouted call's earlier legs stand as they were billed).
+                let last = cdr.legs.last_mut().filter(|l| !l.rerouted && l.billable);
+                if let (true, false, Some(last)) = (q.one_way_audio, bill_one_way_audio, last) {
+                    last.billable = false;
+                    last.revenue_cents = 0;
+                    last.payout_cents = 0;
+                    let (revenue, payout, billable) = totals(&cdr.legs);
+                    cdr.billable = billable;
+                    cdr.revenue_cents = revenue;
+                    cdr.payout_cents = payout;
+                    cdr.margin_cents = revenue - payout;
                     if let Some((slot, day, fleet)) = refund {
                         slot.refund(day, cdr.bid_cents);
                         if let Some(buyer) = fleet {
@@ -453,4 +453,13 @@ fn call_view(c: &Call, now: Instant) -> super::view::CallView {
         compliance: c.compliance.to_string(),
         legs,
     }
+}
+
+/// A call's revenue, payout and billability: the sums over its buyer legs.
+fn totals(legs: &[super::cdr::LegRecord]) -> (u32, u32, bool) {
+    (
+        legs.iter().map(|l| l.revenue_cents).sum(),
+        legs.iter().map(|l| l.payout_cents).sum(),
+        legs.iter().any(|l| l.billable),
+    )
 }

@@ -129,14 +129,12 @@ impl Controller {
         self.apply_lease(key, answer, now);
         if !self.try_next(layer, key, now) {
             let tried = self.calls.get(&key).is_some_and(|c| !c.legs.is_empty());
-            self.counters.inc(Counter::AllFailed480);
-            self.respond_a(layer, key, 480, None, now);
             let reason = if tried {
                 EndReason::EveryAttemptFailed
             } else {
                 EndReason::NoBuyerTried
             };
-            self.end(key, None, reason, now);
+            self.nobody_left(layer, key, reason, now);
         }
     }
 

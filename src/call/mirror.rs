@@ -150,9 +150,27 @@ impl Controller {
             return;
         };
         let state = call.state;
+        let rerouting = call.rerouting();
         if method == Method::Bye {
             let resp = msg.response(200, "OK", "", Some(&via));
             let _ = layer.respond(tx, &resp, now);
+            if rerouting {
+                // The carrier of a rerouted call hangs up while the next buyer rings.
+                tracing::debug!(call = %call.id, "carrier hung up while its call was rerouted");
+                if let Some(li) = call.current() {
+                    self.abandon(layer, key, li, now);
+                }
+                self.end(key, Some(HangupBy::Carrier), EndReason::CarrierHungUp, now);
+                return;
+            }
+            if let (LegRef::B(w), Some(_)) = (leg, state.winner()) {
+                if self.try_reroute(layer, key, w, now) {
+                    return;
+                }
+            }
+            let Some(call) = self.calls.get_mut(&key) else {
+                return;
+            };
             if leg == LegRef::A
                 && matches!(
                     state,
@@ -194,6 +212,10 @@ impl Controller {
                 self.send_buyer_bye(layer, key, bye, peer, auth, now);
             }
             self.end(key, Some(by), reason, now);
+            return;
+        }
+        if rerouting && leg == LegRef::A {
+            self.carrier_request_while_rerouting(layer, tx, &msg, &via, now);
             return;
         }
         // Everything else is mirrored to the other leg once both are up.

@@ -215,12 +215,29 @@ impl Controller {
                 call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Dns));
                 continue;
             };
-            let offer = match (&buyer.codecs[..], &call.offer_b) {
+            // A rerouted call goes on in the codec the carrier talks: only it is offered.
+            let talk = call.answered_at.and(call.talk_codec.clone());
+            let allow: Vec<String> = match talk {
+                None => buyer.codecs.clone(),
+                Some(c)
+                    if buyer.codecs.is_empty()
+                        || buyer.codecs.iter().any(|x| x.eq_ignore_ascii_case(&c)) =>
+                {
+                    vec![c]
+                }
+                Some(c) => {
+                    tracing::info!(call = %call.id, buyer = %buyer.id, codec = %c, "buyer skipped: the rerouted carrier talks a codec not on its list (excluded:codec)");
+                    give_back(&mut self.out, call, &live, entry.buyer);
+                    call.outcomes[idx] = Some(BidOutcome::Excluded(dce_routing::Exclusion::Codec));
+                    continue;
+                }
+            };
+            let offer = match (&allow[..], &call.offer_b) {
                 ([], o) | (_, o @ None) => o.clone(),
                 (allow, Some((ct, sdp))) => match dce_media::sdp::keep_codecs(sdp, allow) {
                     Ok(Some(cut)) => Some((ct.clone(), cut)),
                     Ok(None) => {
-                        tracing::info!(call = %call.id, buyer = %buyer.id, codecs = ?buyer.codecs, "buyer skipped: none of the offered codecs is on its list (excluded:codec)");
+                        tracing::info!(call = %call.id, buyer = %buyer.id, codecs = ?allow, "buyer skipped: none of the offered codecs is on its list (excluded:codec)");
                         give_back(&mut self.out, call, &live, entry.buyer);
                         call.outcomes[idx] =
                             Some(BidOutcome::Excluded(dce_routing::Exclusion::Codec));
@@ -336,6 +353,7 @@ impl Controller {
                 nonce_count: Default::default(),
                 target: 0,
                 targets,
+                answered_at: None,
             });
             let li = call.legs.len() - 1;
             let more = call.legs[li].targets.len() > 1;
@@ -422,9 +440,7 @@ impl Controller {
         self.disarm(key, Timer::Ring);
         self.disarm(key, Timer::Target);
         if !self.try_next(layer, key, now) {
-            self.counters.inc(Counter::AllFailed480);
-            self.respond_a(layer, key, 480, None, now);
-            self.end(key, None, EndReason::EveryAttemptFailed, now);
+            self.nobody_left(layer, key, EndReason::EveryAttemptFailed, now);
         }
     }
 
@@ -516,10 +532,14 @@ impl Controller {
         let Some(key) = self.router.server_invite(invite_tx) else {
             return false;
         };
-        let Some(state) = self.calls.get(&key).map(|c| c.state) else {
+        let Some(call) = self.calls.get(&key) else {
             return false;
         };
-        self.carrier_gave_up(layer, key, state, now);
+        // A CANCEL after the INVITE's 2xx changes nothing (§9.2), rerouting or not.
+        if call.answered_at.is_none() {
+            let state = call.state;
+            self.carrier_gave_up(layer, key, state, now);
+        }
         true
     }
 
@@ -665,7 +685,8 @@ impl Controller {
                 }
                 BState::Calling | BState::Early => {
                     leg.state = BState::Early;
-                    if ringing {
+                    // a rerouted call's carrier has its answer already: nothing to tell it
+                    if ringing && call.answered_at.is_none() {
                         let code = if code == 183 { 183 } else { 180 };
                         let body = self
                             .body_for_other_side(key, LegRef::B(li), &msg)
@@ -843,9 +864,16 @@ impl Controller {
         let Some(call) = self.calls.get_mut(&key) else {
             return;
         };
+        // A rerouted call's carrier is connected already: this buyer takes over its media.
+        let rerouted = call.answered_at.is_some();
         call.outcomes[entry] = Some(BidOutcome::Won);
-        call.state = CallState::Answered { winner: li };
-        call.answered_at = Some(now);
+        call.legs[li].answered_at = Some(now);
+        if rerouted {
+            call.state = CallState::Connected { winner: li };
+        } else {
+            call.state = CallState::Answered { winner: li };
+            call.answered_at = Some(now);
+        }
         call.buyer_code = Some(code);
         let e = call.entries[entry];
         let snap = call.snapshot.clone();
@@ -855,8 +883,22 @@ impl Controller {
         let fleet = self.shared.is_some();
         super::fleet::count(&mut self.out, fleet, buyer, at, 1, i64::from(e.bid_cents));
         let max = Duration::from_secs(u64::from(snap.campaign(call.campaign).max_duration_s));
-        tracing::debug!(call = %call.id, buyer = %buyer.id, "call answered");
-        self.counters.inc(Counter::CallAnswered);
+        tracing::debug!(call = %call.id, buyer = %buyer.id, rerouted, "call answered");
+        if !rerouted {
+            self.counters.inc(Counter::CallAnswered);
+        }
+        // What the carrier will talk: a rerouted call may go only to a buyer that speaks it.
+        let reroutes = snap.campaign(call.campaign).reroute_within_s > 0;
+        let codec = (reroutes && !rerouted)
+            .then(|| super::reroute::first_audio_codec(msg.body()))
+            .flatten();
+        let speaks = !rerouted
+            || super::reroute::first_audio_codec(msg.body())
+                .zip(call.talk_codec.as_ref())
+                .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b));
+        if codec.is_some() {
+            call.talk_codec = codec;
+        }
         let campaign = &snap.campaign(call.campaign).id;
         self.events.emit(
             "call.answered",
@@ -868,12 +910,28 @@ impl Controller {
                     "buyer": buyer.id,
                     "bid_cents": e.bid_cents,
                     "ring_ms": now.saturating_duration_since(call.t0).as_millis() as u64,
+                    "reroute": call.reroutes,
                 })
             },
         );
         self.disarm(key, Timer::Ring);
-        self.arm(key, Timer::MaxDuration, now + max);
+        if !rerouted {
+            self.arm(key, Timer::MaxDuration, now + max);
+        }
+        if !speaks {
+            tracing::warn!(call = %self.call_id(key), "rerouted buyer answered with another codec than the carrier talks");
+            self.unanswer(layer, key, li, now);
+            return;
+        }
         match self.body_for_other_side(key, LegRef::B(li), msg) {
+            Ok(_) if rerouted => {
+                // The relay's buyer side now goes to this buyer; the carrier hears it, no
+                // re-INVITE (DCE's ports towards it are the same).
+                if let Some(id) = self.calls.get(&key).and_then(|c| c.media) {
+                    self.media.answered(id);
+                }
+                self.remember(key, DupStage::Connected, e.buyer);
+            }
             Ok(body) => {
                 if let Some(id) = self.calls.get(&key).and_then(|c| c.media) {
                     self.media.answered(id);
@@ -898,10 +956,15 @@ impl Controller {
             return;
         };
         call.state = CallState::Ringing { current: li };
-        call.answered_at = None;
+        // a rerouted call's carrier stays answered (and its max duration runs on)
+        let rerouted = !call.legs_done.is_empty();
+        if !rerouted {
+            call.answered_at = None;
+        }
         call.held_b_ack = None;
         let branch = self.ids.branch();
         let leg = &mut call.legs[li];
+        leg.answered_at = None;
         let e = call.entries[leg.entry];
         let bye = leg.dialog.request(&me, Method::Bye, &branch);
         if let Ok(btx) = layer.send_request(bye, leg.peer, now) {
@@ -912,7 +975,9 @@ impl Controller {
         call.snapshot.live(e.buyer).refund(at, e.bid_cents);
         let fleet = self.shared.is_some();
         super::fleet::count(&mut self.out, fleet, buyer, at, 0, -i64::from(e.bid_cents));
-        self.disarm(key, Timer::MaxDuration);
+        if !rerouted {
+            self.disarm(key, Timer::MaxDuration);
+        }
         self.leg_failed(
             layer,
             key,

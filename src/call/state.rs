@@ -161,6 +161,8 @@ pub struct BLeg {
     pub targets: Vec<std::net::SocketAddr>,
     /// Index in `targets` of the one `peer` is.
     pub target: usize,
+    /// It answered at (what its own billing counts from).
+    pub answered_at: Option<Instant>,
 }
 
 /// A 2xx we sent to an INVITE, retransmitted until its ACK (§13.3.1.4).
@@ -318,6 +320,13 @@ pub struct Call {
     pub lease: Option<Lease>,
     /// The fleet's caps could not be read for one of its buyers: `lookup_failed:<policy>`.
     pub cap_note: Option<&'static str>,
+    /// Times a buyer hung up soon after answering and the call went on to the next one.
+    pub reroutes: u32,
+    /// The buyer legs that answered and are over (the call was rerouted after each).
+    pub legs_done: Vec<super::cdr::LegRecord>,
+    /// The codec the carrier talks (the first buyer's answer), when the campaign reroutes: a
+    /// rerouted call is offered only it, since the carrier hears no re-INVITE.
+    pub talk_codec: Option<String>,
 }
 
 /// A fleet-wide lease for entry `entry` of a call: asked (`decided` false; the call is
@@ -356,6 +365,13 @@ impl Call {
             CallState::Ringing { current } => Some(current),
             _ => None,
         }
+    }
+
+    /// A buyer hung up soon after answering and the call is looking for the next one: the
+    /// carrier's leg is up (its INVITE answered), no buyer's is.
+    pub fn rerouting(&self) -> bool {
+        self.answered_at.is_some()
+            && matches!(self.state, CallState::Ringing { .. } | CallState::Leasing)
     }
 }
 

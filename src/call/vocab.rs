@@ -147,6 +147,8 @@ pub enum EndReason {
     CarrierHungUp,
     /// The winning buyer hung up.
     BuyerHungUp,
+    /// A buyer hung up soon after answering and no other buyer took the rerouted call.
+    RerouteFailed,
     /// Our 2xx was never ACKed (RFC 3261 §13.3.1.4).
     NoAck,
     /// The campaign's `max_duration_s`.
@@ -188,6 +190,7 @@ impl fmt::Display for EndReason {
             EndReason::CancelledByCarrier => "cancelled by carrier",
             EndReason::CarrierHungUp => "carrier hung up",
             EndReason::BuyerHungUp => "buyer hung up",
+            EndReason::RerouteFailed => "buyer hung up; no other buyer took the rerouted call",
             EndReason::NoAck => "no ACK for 2xx",
             EndReason::MaxDuration => "max_duration",
             EndReason::RtpTimeout => "rtp_timeout",

@@ -177,6 +177,8 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "publisher_margin",
                 "reservation_s",
                 "duplicates",
+                "reroute_if_buyer_hangs_up_within_s",
+                "max_reroutes",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -226,6 +228,14 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .map(|(v, _)| v as u32)
             .unwrap_or(60);
         let duplicates = duplicate_rule(w, t, "campaign");
+        let reroute_within_s = w
+            .int(t, "reroute_if_buyer_hangs_up_within_s", 0, 3600)
+            .map(|(v, _)| v as u32)
+            .unwrap_or(0);
+        let max_reroutes = w
+            .int(t, "max_reroutes", 0, 10)
+            .map(|(v, _)| v as u32)
+            .unwrap_or(2);
         if let Some(id) = id {
             campaign_index.insert(id.clone(), cfg.campaigns.len());
             cfg.campaigns.push(Campaign {
@@ -242,6 +252,8 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 publisher_margin_ppm,
                 reservation_s,
                 duplicates,
+                reroute_within_s,
+                max_reroutes,
             });
         }
     }

@@ -47,6 +47,10 @@ const PG_STEPS: Steps = &[
         "postbacks",
         include_str!("../../migrations/postgres/0006_postbacks.sql"),
     ),
+    (
+        "buyer_legs",
+        include_str!("../../migrations/postgres/0008_buyer_legs.sql"),
+    ),
 ];
 
 const SQLITE_STEPS: Steps = &[
@@ -67,6 +71,10 @@ const SQLITE_STEPS: Steps = &[
     (
         "postbacks",
         include_str!("../../migrations/sqlite/0006_postbacks.sql"),
+    ),
+    (
+        "buyer_legs",
+        include_str!("../../migrations/sqlite/0008_buyer_legs.sql"),
     ),
 ];
 
@@ -617,10 +625,10 @@ async fn insert_pg(
     sqlx::query(
         "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, payout_cents, \
          billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, answered_at, ended_at, \
-         duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps) \
+         duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs) \
          SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::int8[], $10::int8[], $11::bool[], $12::text[], $12::text[], $13::int4[], $14::int4[], $15::text[], $16::text[], $17::text[], \
-         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[], $26::text[]) \
+         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[], $26::text[], $27::text[]::jsonb[]) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(col(|c| c.id.clone()))
@@ -649,6 +657,7 @@ async fn insert_pg(
     .bind(cdrs.iter().map(|c| i64::from(c.margin_cents)).collect::<Vec<i64>>())
     .bind(opt(|c| c.duplicate.clone()))
     .bind(opt(|c| c.fleet_caps.clone()))
+    .bind(opt(legs_json))
     .execute(&mut *tx)
     .await?;
     let (mut ids, mut pos, mut buyers, mut amounts, mut outcomes) =
@@ -720,7 +729,14 @@ async fn insert_pg(
     tx.commit().await
 }
 
-/// Rows per multi-row `INSERT` (27 parameters each: well under SQLite's 32,766).
+/// A call's buyer legs as stored (`calls.legs`): NULL when no buyer answered.
+fn legs_json(c: &Cdr) -> Option<String> {
+    (!c.legs.is_empty())
+        .then(|| serde_json::to_string(&c.legs).ok())
+        .flatten()
+}
+
+/// Rows per multi-row `INSERT` (28 parameters each: well under SQLite's 32,766).
 const SQLITE_ROWS: usize = 100;
 
 /// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
@@ -737,7 +753,7 @@ async fn insert_sqlite(
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
              payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
-             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps) ",
+             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs) ",
         );
         q.push_values(chunk, |mut b, c| {
             b.push_bind(&c.id)
@@ -770,7 +786,8 @@ async fn insert_sqlite(
                 .push_bind(i64::from(c.revenue_cents))
                 .push_bind(i64::from(c.margin_cents))
                 .push_bind(&c.duplicate)
-                .push_bind(&c.fleet_caps);
+                .push_bind(&c.fleet_caps)
+                .push_bind(legs_json(c));
         });
         // a full chunk's statement is reused; the odd-sized last one is not cached
         q.build()
