@@ -10,7 +10,8 @@
 //!
 //! Each delivery is a POST of a JSON body with `X-DCE-Signature: t=<unix s>,v1=<hex>` — the
 //! HMAC-SHA256, keyed with the webhook's secret, of `<t>.<body>` — and `Idempotency-Key`, the
-//! row's id (`<call id>:<event>:<target>`): a receiver that sees one twice has seen the same
+//! row's id (`<call id>:<event>:<target>`, and `<call id>:call.converted:<seq>:<target>` for
+//! the n-th conversion event of a call): a receiver that sees one twice has seen the same
 //! event. The secret is never stored in the outbox nor logged.
 
 use crate::call::cdr::Cdr;
@@ -258,6 +259,101 @@ pub fn body(
     v
 }
 
+/// One conversion event of a stored call (`POST /v1/calls/{id}/conversion`), as its
+/// `call.converted` postbacks tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversion<'a> {
+    /// The call.
+    pub call_id: &'a str,
+    /// Its campaign.
+    pub campaign: &'a str,
+    /// Caller, E.164 digits.
+    pub caller: &'a str,
+    /// Called, E.164 digits.
+    pub called: &'a str,
+    /// The carrier (publisher).
+    pub carrier: &'a str,
+    /// The buyer that answered it.
+    pub buyer: Option<&'a str>,
+    /// 1 for the call's first conversion event, then 2, 3 …
+    pub seq: i64,
+    /// When (RFC 3339).
+    pub at: &'a str,
+    /// The name of the API key that posted it.
+    pub by: &'a str,
+    /// Converted (true) or the conversion withdrawn (false).
+    pub converted: bool,
+    /// What the buyer pays.
+    pub revenue_cents: i64,
+    /// What the publisher is paid, after this event.
+    pub payout_cents: i64,
+    /// This event set the payout.
+    pub payout_adjusted: bool,
+}
+
+impl Webhooks {
+    /// The `call.converted` postbacks of one conversion event: to the call's buyer and its
+    /// carrier, when they subscribe. Each event has its own ids
+    /// (`<call id>:call.converted:<seq>:<target>`), so a second adjustment is a new delivery.
+    pub fn conversion_postbacks(&self, c: &Conversion<'_>) -> Vec<Postback> {
+        let mut targets = Vec::new();
+        if let Some(b) = c.buyer {
+            targets.push(format!("buyer:{b}"));
+        }
+        targets.push(format!("carrier:{}", c.carrier));
+        targets
+            .into_iter()
+            .filter_map(|target| {
+                let hook = self.get(&target).filter(|h| h.wants(Event::Converted))?;
+                let id = format!(
+                    "{}:{}:{}:{target}",
+                    c.call_id,
+                    Event::Converted.as_str(),
+                    c.seq
+                );
+                let body = conversion_body(&id, &target, c).to_string();
+                Some(Postback {
+                    id,
+                    call_id: c.call_id.to_owned(),
+                    target,
+                    event: Event::Converted,
+                    url: hook.url.clone(),
+                    body,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a webhook receives for a conversion event. As for the other events, the buyer sees
+/// its price (and the payout only when it set it itself), the publisher its payout; the
+/// event's note stays in the CDR database.
+pub fn conversion_body(id: &str, target: &str, c: &Conversion<'_>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": id,
+        "event": Event::Converted.as_str(),
+        "at": c.at,
+        "call_id": c.call_id,
+        "campaign": c.campaign,
+        "caller": format!("+{}", c.caller.trim_start_matches('+')),
+        "called": format!("+{}", c.called.trim_start_matches('+')),
+        "buyer": c.buyer,
+        "converted": c.converted,
+        "seq": c.seq,
+        "by": c.by,
+    });
+    if target.starts_with("buyer:") {
+        v["price_cents"] = serde_json::json!(c.revenue_cents);
+        if c.payout_adjusted {
+            v["payout_cents"] = serde_json::json!(c.payout_cents);
+        }
+    } else {
+        v["carrier"] = serde_json::json!(c.carrier);
+        v["payout_cents"] = serde_json::json!(c.payout_cents);
+    }
+    v
+}
+
 /// How long after the `attempts`-th failed delivery the next is tried: 10 s doubling, at most
 /// an hour.
 pub fn backoff(attempts: u32) -> Duration {
@@ -397,6 +493,58 @@ mod tests {
             .chain_update(inner)
             .finalize();
         outer.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn each_conversion_event_is_its_own_delivery_to_the_buyer_and_the_publisher() {
+        let mut c = Conversion {
+            call_id: "c1",
+            campaign: "auto",
+            caller: "13105551234",
+            called: "18005550100",
+            carrier: "pub-a",
+            buyer: Some("acme"),
+            seq: 1,
+            at: "2026-12-02T10:00:05.000Z",
+            by: "acme-key",
+            converted: true,
+            revenue_cents: 1500,
+            payout_cents: 1200,
+            payout_adjusted: false,
+        };
+        let mut h = hooks();
+        h.insert(
+            "carrier:pub-a".into(),
+            Webhook::new("http://127.0.0.1:1/pub", "p", &[Event::Converted]),
+        );
+        let p = h.conversion_postbacks(&c);
+        let ids: Vec<&str> = p.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "c1:call.converted:1:buyer:acme",
+                "c1:call.converted:1:carrier:pub-a"
+            ]
+        );
+        let b: serde_json::Value = serde_json::from_str(&p[0].body).unwrap();
+        assert_eq!(
+            (b["converted"].as_bool(), b["by"].as_str()),
+            (Some(true), Some("acme-key"))
+        );
+        assert_eq!(b["price_cents"], 1500);
+        assert!(b.get("payout_cents").is_none(), "{b}");
+        let pb: serde_json::Value = serde_json::from_str(&p[1].body).unwrap();
+        assert_eq!(pb["payout_cents"], 1200);
+        assert!(pb.get("price_cents").is_none(), "{pb}");
+        c.seq = 2;
+        c.payout_adjusted = true;
+        c.payout_cents = 900;
+        let p = h.conversion_postbacks(&c);
+        assert_eq!(p[0].id, "c1:call.converted:2:buyer:acme");
+        let b: serde_json::Value = serde_json::from_str(&p[0].body).unwrap();
+        assert_eq!(b["payout_cents"], 900);
+        // the carrier of hooks() only wants call.billable; bravo did not answer
+        assert_eq!(hooks().conversion_postbacks(&c).len(), 1);
     }
 
     #[test]
