@@ -639,6 +639,29 @@ mod tests {
             assert!(rows
                 .iter()
                 .all(|r| r.attempts == 0 && r.event == "call.converted"));
+            // the sender's side of the outbox reads them on this database too
+            let due = db
+                .due_postbacks(now.timestamp_millis() + 1, 10)
+                .await
+                .unwrap();
+            assert_eq!(due.len(), 2);
+            assert!(due.iter().all(|d| d.attempts == 0 && !d.body.is_empty()));
+            let done = crate::store::db::PostbackResult::Delivered {
+                at_ms: now.timestamp_millis(),
+            };
+            db.postback_result(&due[0].id, &done).await.unwrap();
+            let (_, counts) = db
+                .postbacks(&crate::store::db::PostbackQuery {
+                    call_id: Some(fresh.id.clone()),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(
+                counts,
+                [("delivered".to_owned(), 1), ("pending".to_owned(), 1)]
+            );
 
             // refusals, and nothing written for them
             let err = |r: Result<ConversionState, ConversionError>| r.unwrap_err().to_string();
