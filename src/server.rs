@@ -495,6 +495,7 @@ pub async fn run(
             st.draining = draining_flag.clone();
             st.gdpr = Some(gdpr);
             st.dns = Some(dns_table.clone());
+            st.webhooks = webhooks.clone();
             Some(tokio::spawn(crate::http::serve(
                 listener,
                 Arc::new(st),

@@ -10,10 +10,11 @@
 //!
 //! Each delivery is a POST of a JSON body with `X-DCE-Signature: t=<unix s>,v1=<hex>` — the
 //! HMAC-SHA256, keyed with the webhook's secret, of `<t>.<body>` — and `Idempotency-Key`, the
-//! row's id (`<call id>:<event>:<target>`): a receiver that sees one twice has seen the same
+//! row's id (`<call id>:<event>:<target>`, and `<call id>:call.converted:<seq>:<target>` for
+//! the n-th conversion event of a call): a receiver that sees one twice has seen the same
 //! event. The secret is never stored in the outbox nor logged.
 
-use crate::call::cdr::Cdr;
+use crate::call::cdr::{Cdr, LegRecord};
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
 use std::collections::HashMap;
@@ -176,7 +177,7 @@ impl Webhooks {
         let carrier = format!("carrier:{}", cdr.carrier);
         let answered = cdr.answer_at.is_some();
         let winner = cdr.buyer_id.as_deref().filter(|_| answered);
-        let mut owed: Vec<(Event, String, Option<&str>)> = Vec::new();
+        let mut owed: Vec<(Event, String, Option<&str>, Option<&LegRecord>)> = Vec::new();
         let rung: Vec<&str> = cdr
             .bids
             .iter()
@@ -184,26 +185,44 @@ impl Webhooks {
             .map(|b| b.buyer_id.as_str())
             .collect();
         for b in &rung {
-            owed.push((Event::Routed, format!("buyer:{b}"), Some(b)));
+            owed.push((Event::Routed, format!("buyer:{b}"), Some(b), None));
         }
         if !rung.is_empty() {
-            owed.push((Event::Routed, carrier.clone(), rung.first().copied()));
+            owed.push((Event::Routed, carrier.clone(), rung.first().copied(), None));
+        }
+        // Each buyer hears of its own leg (a rerouted call has one per buyer that answered,
+        // and a buyer answers a call at most once); a CDR stored before legs were kept has
+        // only its winner.
+        for leg in &cdr.legs {
+            let b = leg.buyer_id.as_str();
+            owed.push((Event::Answered, format!("buyer:{b}"), Some(b), Some(leg)));
+            owed.push((Event::Completed, format!("buyer:{b}"), Some(b), Some(leg)));
+            if leg.billable {
+                owed.push((Event::Billable, format!("buyer:{b}"), Some(b), Some(leg)));
+            }
         }
         if let Some(w) = winner {
+            if cdr.legs.is_empty() {
+                for e in [Event::Answered, Event::Completed] {
+                    owed.push((e, format!("buyer:{w}"), Some(w), None));
+                }
+                if cdr.billable {
+                    owed.push((Event::Billable, format!("buyer:{w}"), Some(w), None));
+                }
+            }
+            // The publisher hears of the call: answered once, the buyer it ended with.
             for e in [Event::Answered, Event::Completed] {
-                owed.push((e, format!("buyer:{w}"), Some(w)));
-                owed.push((e, carrier.clone(), Some(w)));
+                owed.push((e, carrier.clone(), Some(w), None));
             }
             if cdr.billable {
-                owed.push((Event::Billable, format!("buyer:{w}"), Some(w)));
-                owed.push((Event::Billable, carrier.clone(), Some(w)));
+                owed.push((Event::Billable, carrier.clone(), Some(w), None));
             }
         }
         owed.into_iter()
-            .filter_map(|(event, target, buyer)| {
+            .filter_map(|(event, target, buyer, leg)| {
                 let hook = self.get(&target).filter(|h| h.wants(event))?;
                 let id = format!("{}:{}:{target}", cdr.id, event.as_str());
-                let body = body(&id, event, &target, buyer, cdr).to_string();
+                let body = body(&id, event, &target, buyer, cdr, leg).to_string();
                 Some(Postback {
                     id,
                     call_id: cdr.id.clone(),
@@ -218,17 +237,21 @@ impl Webhooks {
 }
 
 /// What a webhook receives for `event` of a call: the buyer sees its price, the publisher its
-/// payout; neither sees the other's.
+/// payout; neither sees the other's. A buyer's events of its own `leg` carry that leg's times,
+/// duration and price (and `rerouted` when it hung up and the call went on to another buyer).
 pub fn body(
     id: &str,
     event: Event,
     target: &str,
     buyer: Option<&str>,
     cdr: &Cdr,
+    leg: Option<&LegRecord>,
 ) -> serde_json::Value {
-    let at = match event {
-        Event::Routed => cdr.invite_at.clone(),
-        Event::Answered => cdr.answer_at.clone().unwrap_or_else(|| cdr.end_at.clone()),
+    let at = match (event, leg) {
+        (Event::Routed, _) => cdr.invite_at.clone(),
+        (Event::Answered, Some(l)) => l.answer_at.clone(),
+        (Event::Answered, None) => cdr.answer_at.clone().unwrap_or_else(|| cdr.end_at.clone()),
+        (_, Some(l)) => l.end_at.clone(),
         _ => cdr.end_at.clone(),
     };
     let mut v = serde_json::json!({
@@ -242,18 +265,120 @@ pub fn body(
         "buyer": buyer,
     });
     if matches!(event, Event::Completed | Event::Billable) {
-        v["duration_s"] = serde_json::json!(cdr.duration_s);
-        v["billable"] = serde_json::json!(cdr.billable);
+        let (duration, billable) = leg.map_or((cdr.duration_s, cdr.billable), |l| {
+            (l.duration_s, l.billable)
+        });
+        v["duration_s"] = serde_json::json!(duration);
+        v["billable"] = serde_json::json!(billable);
+    }
+    if leg.is_some_and(|l| l.rerouted) {
+        v["rerouted"] = serde_json::json!(true);
     }
     if target.starts_with("buyer:") {
         if event == Event::Billable {
-            v["price_cents"] = serde_json::json!(cdr.revenue_cents);
+            let price = leg.map_or(cdr.revenue_cents, |l| l.revenue_cents);
+            v["price_cents"] = serde_json::json!(price);
         }
     } else {
         v["carrier"] = serde_json::json!(cdr.carrier);
         if event == Event::Billable {
             v["payout_cents"] = serde_json::json!(cdr.payout_cents);
         }
+    }
+    v
+}
+
+/// One conversion event of a stored call (`POST /v1/calls/{id}/conversion`), as its
+/// `call.converted` postbacks tell it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conversion<'a> {
+    /// The call.
+    pub call_id: &'a str,
+    /// Its campaign.
+    pub campaign: &'a str,
+    /// Caller, E.164 digits.
+    pub caller: &'a str,
+    /// Called, E.164 digits.
+    pub called: &'a str,
+    /// The carrier (publisher).
+    pub carrier: &'a str,
+    /// The buyer that answered it.
+    pub buyer: Option<&'a str>,
+    /// 1 for the call's first conversion event, then 2, 3 …
+    pub seq: i64,
+    /// When (RFC 3339).
+    pub at: &'a str,
+    /// The name of the API key that posted it.
+    pub by: &'a str,
+    /// Converted (true) or the conversion withdrawn (false).
+    pub converted: bool,
+    /// What the buyer pays.
+    pub revenue_cents: i64,
+    /// What the publisher is paid, after this event.
+    pub payout_cents: i64,
+    /// This event set the payout.
+    pub payout_adjusted: bool,
+}
+
+impl Webhooks {
+    /// The `call.converted` postbacks of one conversion event: to the call's buyer and its
+    /// carrier, when they subscribe. Each event has its own ids
+    /// (`<call id>:call.converted:<seq>:<target>`), so a second adjustment is a new delivery.
+    pub fn conversion_postbacks(&self, c: &Conversion<'_>) -> Vec<Postback> {
+        let mut targets = Vec::new();
+        if let Some(b) = c.buyer {
+            targets.push(format!("buyer:{b}"));
+        }
+        targets.push(format!("carrier:{}", c.carrier));
+        targets
+            .into_iter()
+            .filter_map(|target| {
+                let hook = self.get(&target).filter(|h| h.wants(Event::Converted))?;
+                let id = format!(
+                    "{}:{}:{}:{target}",
+                    c.call_id,
+                    Event::Converted.as_str(),
+                    c.seq
+                );
+                let body = conversion_body(&id, &target, c).to_string();
+                Some(Postback {
+                    id,
+                    call_id: c.call_id.to_owned(),
+                    target,
+                    event: Event::Converted,
+                    url: hook.url.clone(),
+                    body,
+                })
+            })
+            .collect()
+    }
+}
+
+/// What a webhook receives for a conversion event. As for the other events, the buyer sees
+/// its price (and the payout only when it set it itself), the publisher its payout; the
+/// event's note stays in the CDR database.
+pub fn conversion_body(id: &str, target: &str, c: &Conversion<'_>) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": id,
+        "event": Event::Converted.as_str(),
+        "at": c.at,
+        "call_id": c.call_id,
+        "campaign": c.campaign,
+        "caller": format!("+{}", c.caller.trim_start_matches('+')),
+        "called": format!("+{}", c.called.trim_start_matches('+')),
+        "buyer": c.buyer,
+        "converted": c.converted,
+        "seq": c.seq,
+        "by": c.by,
+    });
+    if target.starts_with("buyer:") {
+        v["price_cents"] = serde_json::json!(c.revenue_cents);
+        if c.payout_adjusted {
+            v["payout_cents"] = serde_json::json!(c.payout_cents);
+        }
+    } else {
+        v["carrier"] = serde_json::json!(c.carrier);
+        v["payout_cents"] = serde_json::json!(c.payout_cents);
     }
     v
 }
@@ -350,6 +475,70 @@ mod tests {
     }
 
     #[test]
+    fn each_buyer_of_a_rerouted_call_hears_of_its_own_leg() {
+        let leg = |buyer: &str, billable: bool, rerouted: bool, cents: u32| LegRecord {
+            buyer_id: buyer.into(),
+            bid_cents: cents,
+            answer_at: format!("2026-12-02T10:00:0{}Z", if rerouted { 5 } else { 9 }),
+            end_at: "2026-12-02T10:00:08Z".into(),
+            duration_s: if rerouted { 3.0 } else { 120.0 },
+            billable,
+            revenue_cents: if billable { cents } else { 0 },
+            payout_cents: if billable { cents / 2 } else { 0 },
+            hangup_by: Some(if rerouted { "buyer" } else { "carrier" }.into()),
+            rerouted,
+        };
+        let mut c = cdr(true);
+        c.bids[0].outcome = "won".into();
+        c.legs = vec![
+            leg("acme", false, true, 1500),
+            leg("bravo", true, false, 1600),
+        ];
+        c.buyer_id = Some("bravo".into());
+        c.revenue_cents = 1600;
+        c.payout_cents = 800;
+        let mut h = hooks();
+        h.insert(
+            "buyer:bravo".into(),
+            Webhook::new("http://127.0.0.1:1/bravo", "b", &Event::ALL),
+        );
+        let p = h.postbacks(&c);
+        let ids: Vec<&str> = p.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "c1:call.routed:buyer:bravo",
+                "c1:call.routed:buyer:acme",
+                "c1:call.answered:buyer:acme",
+                "c1:call.completed:buyer:acme",
+                "c1:call.answered:buyer:bravo",
+                "c1:call.completed:buyer:bravo",
+                "c1:call.billable:buyer:bravo",
+                "c1:call.billable:carrier:pub-a",
+            ]
+        );
+        let body = |id: &str| -> serde_json::Value {
+            serde_json::from_str(&p.iter().find(|p| p.id == id).unwrap().body).unwrap()
+        };
+        let a = body("c1:call.completed:buyer:acme");
+        assert_eq!(
+            (a["billable"].as_bool(), a["rerouted"].as_bool()),
+            (Some(false), Some(true))
+        );
+        assert_eq!(a["duration_s"], 3.0);
+        let b = body("c1:call.billable:buyer:bravo");
+        assert_eq!(
+            (b["price_cents"].as_u64(), b.get("rerouted")),
+            (Some(1600), None)
+        );
+        assert_eq!(
+            body("c1:call.answered:buyer:bravo")["at"],
+            "2026-12-02T10:00:09Z"
+        );
+        assert_eq!(body("c1:call.billable:carrier:pub-a")["payout_cents"], 800);
+    }
+
+    #[test]
     fn the_buyer_sees_its_price_and_the_publisher_its_payout() {
         let p = hooks().postbacks(&cdr(true));
         let body = |id: &str| -> serde_json::Value {
@@ -397,6 +586,58 @@ mod tests {
             .chain_update(inner)
             .finalize();
         outer.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    #[test]
+    fn each_conversion_event_is_its_own_delivery_to_the_buyer_and_the_publisher() {
+        let mut c = Conversion {
+            call_id: "c1",
+            campaign: "auto",
+            caller: "13105551234",
+            called: "18005550100",
+            carrier: "pub-a",
+            buyer: Some("acme"),
+            seq: 1,
+            at: "2026-12-02T10:00:05.000Z",
+            by: "acme-key",
+            converted: true,
+            revenue_cents: 1500,
+            payout_cents: 1200,
+            payout_adjusted: false,
+        };
+        let mut h = hooks();
+        h.insert(
+            "carrier:pub-a".into(),
+            Webhook::new("http://127.0.0.1:1/pub", "p", &[Event::Converted]),
+        );
+        let p = h.conversion_postbacks(&c);
+        let ids: Vec<&str> = p.iter().map(|p| p.id.as_str()).collect();
+        assert_eq!(
+            ids,
+            [
+                "c1:call.converted:1:buyer:acme",
+                "c1:call.converted:1:carrier:pub-a"
+            ]
+        );
+        let b: serde_json::Value = serde_json::from_str(&p[0].body).unwrap();
+        assert_eq!(
+            (b["converted"].as_bool(), b["by"].as_str()),
+            (Some(true), Some("acme-key"))
+        );
+        assert_eq!(b["price_cents"], 1500);
+        assert!(b.get("payout_cents").is_none(), "{b}");
+        let pb: serde_json::Value = serde_json::from_str(&p[1].body).unwrap();
+        assert_eq!(pb["payout_cents"], 1200);
+        assert!(pb.get("price_cents").is_none(), "{pb}");
+        c.seq = 2;
+        c.payout_adjusted = true;
+        c.payout_cents = 900;
+        let p = h.conversion_postbacks(&c);
+        assert_eq!(p[0].id, "c1:call.converted:2:buyer:acme");
+        let b: serde_json::Value = serde_json::from_str(&p[0].body).unwrap();
+        assert_eq!(b["payout_cents"], 900);
+        // the carrier of hooks() only wants call.billable; bravo did not answer
+        assert_eq!(hooks().conversion_postbacks(&c).len(), 1);
     }
 
     #[test]

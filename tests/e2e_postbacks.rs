@@ -6,65 +6,13 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::dce_process::{free_port, Dce, TempDir};
 use support::sipp::{self, Background};
+use support::webhook::receiver;
 
 const ACME_SECRET: &str = "acme-secret-0123456789";
 const PUB_SECRET: &str = "publisher-secret-0123";
-
-/// One request the receiver got: path, headers (lower-case names), body.
-type Got = (String, Vec<(String, String)>, String);
-
-/// A webhook receiver on `port` answering 200 to every POST.
-fn receiver(port: u16) -> Arc<Mutex<Vec<Got>>> {
-    let got = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind(("127.0.0.1", port)).expect("receiver port");
-    let sink = got.clone();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut r = BufReader::new(conn.try_clone().unwrap());
-            loop {
-                let mut line = String::new();
-                if r.read_line(&mut line).unwrap_or(0) == 0 {
-                    break;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                let mut headers = Vec::new();
-                loop {
-                    let mut h = String::new();
-                    if r.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
-                        break;
-                    }
-                    if let Some((n, v)) = h.trim().split_once(':') {
-                        headers.push((n.trim().to_ascii_lowercase(), v.trim().to_owned()));
-                    }
-                }
-                let len: usize = headers
-                    .iter()
-                    .find(|(n, _)| n == "content-length")
-                    .and_then(|(_, v)| v.parse().ok())
-                    .unwrap_or(0);
-                let mut body = vec![0; len];
-                if r.read_exact(&mut body).is_err() {
-                    break;
-                }
-                sink.lock().unwrap().push((
-                    path,
-                    headers,
-                    String::from_utf8_lossy(&body).into_owned(),
-                ));
-                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n");
-            }
-        }
-    });
-    got
-}
 
 fn config(port: u16, dir: &std::path::Path, db: &std::path::Path, buyer: u16, hook: u16) -> String {
     format!(

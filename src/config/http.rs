@@ -12,6 +12,9 @@ pub enum Role {
     Admin,
     /// `POST /v1/bid` only, for the key's carrier: a publisher asking for a price.
     Publisher,
+    /// `/v1/calls/{id}/conversion` only, for calls the key's buyer answered: a buyer
+    /// reporting a conversion or adjusting a payout.
+    Buyer,
 }
 
 /// One API key, stored as the SHA-256 of the key (never the key itself).
@@ -26,6 +29,8 @@ pub struct ApiKey {
     /// The carrier a `publisher` key speaks for (its bids are reserved for that carrier's
     /// calls).
     pub carrier: Option<String>,
+    /// The buyer a `buyer` key speaks for (it may only convert that buyer's calls).
+    pub buyer: Option<String>,
 }
 
 /// `[http]`
@@ -72,8 +77,14 @@ fn hex32(s: &str) -> Option<[u8; 32]> {
     Some(out)
 }
 
-/// `[http]`; `carriers` are the configured carriers' ids (a publisher key names one).
-pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>, carriers: &[&str]) -> HttpConfig {
+/// `[http]`; `carriers` and `buyers` are the configured carriers' and buyers' ids (a
+/// publisher key names a carrier, a buyer key a buyer).
+pub(super) fn read(
+    w: &mut Walk<'_>,
+    root: Table<'_, '_>,
+    carriers: &[&str],
+    buyers: &[&str],
+) -> HttpConfig {
     let mut c = HttpConfig::default();
     let Some(t) = w.table(root, "http", "http", false) else {
         return c;
@@ -100,7 +111,7 @@ pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>, carriers: &[&str]) -> 
         }
     }
     for k in w.tables(t, "api_keys", "http.api_keys") {
-        w.unknown_keys(k, &["name", "sha256", "role", "carrier"]);
+        w.unknown_keys(k, &["name", "sha256", "role", "carrier", "buyer"]);
         let name = w.string(k, "name", true).map(|(n, _)| n);
         let sha = w.string(k, "sha256", true).and_then(|(h, span)| {
             let v = hex32(&h.to_ascii_lowercase());
@@ -118,8 +129,12 @@ pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>, carriers: &[&str]) -> 
                 "read" => Some(Role::Read),
                 "admin" => Some(Role::Admin),
                 "publisher" => Some(Role::Publisher),
+                "buyer" => Some(Role::Buyer),
                 _ => {
-                    w.error(span, "`role` must be \"read\", \"admin\" or \"publisher\"");
+                    w.error(
+                        span,
+                        "`role` must be \"read\", \"admin\", \"publisher\" or \"buyer\"",
+                    );
                     None
                 }
             });
@@ -147,12 +162,34 @@ pub(super) fn read(w: &mut Walk<'_>, root: Table<'_, '_>, carriers: &[&str]) -> 
             }
             (_, _) => None,
         };
+        let buyer = w.string(k, "buyer", false);
+        let buyer = match (role, buyer) {
+            (Some(Role::Buyer), None) => {
+                w.error(
+                    w.span_of(k, "role"),
+                    "a `buyer` key needs `buyer = \"<buyer id>\"`: the buyer whose calls it may mark converted",
+                );
+                None
+            }
+            (Some(Role::Buyer), Some((id, span))) => {
+                if !buyers.iter().any(|b| *b == id) {
+                    w.error(span, format!("`buyer` `{id}` is not a configured buyer"));
+                }
+                Some(id)
+            }
+            (Some(_), Some((_, span))) => {
+                w.error(span, "only a `buyer` key has a `buyer`");
+                None
+            }
+            (_, _) => None,
+        };
         if let (Some(name), Some(sha256), Some(role)) = (name, sha, role) {
             c.api_keys.push(ApiKey {
                 name,
                 sha256,
                 role,
                 carrier,
+                buyer,
             });
         }
     }
@@ -229,7 +266,10 @@ mod tests {
         };
         assert!(has(7, "IP:PORT"), "{errs:#?}");
         assert!(has(9, "64 hex digits"), "{errs:#?}");
-        assert!(has(10, "\"read\", \"admin\" or \"publisher\""), "{errs:#?}");
+        assert!(
+            has(10, "\"read\", \"admin\", \"publisher\" or \"buyer\""),
+            "{errs:#?}"
+        );
         assert!(has(11, "name"), "{errs:#?}");
         assert!(has(13, "must start with /"), "{errs:#?}");
     }
@@ -266,6 +306,48 @@ mod tests {
                 .map(|e| e.to_string())
                 .collect();
             assert!(errs.iter().any(|e| e.contains(want)), "{key}: {errs:#?}");
+        }
+    }
+
+    #[test]
+    fn a_buyer_key_names_a_configured_buyer() {
+        let routing = "[[campaign]]\nid = \"auto\"\nnumbers = [\"8005550100\"]\n[[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{called}@127.0.0.1:5090\"\nbid_cents = 1500\n";
+        let text = format!(
+            "{BASE}{routing}[http]\nlisten = \"127.0.0.1:8080\"\napi_keys = [{{ name = \"acme-crm\", sha256 = \"{SHA}\", role = \"buyer\", buyer = \"acme\" }}]\n"
+        );
+        let c = parse("dce.toml", &text).unwrap();
+        assert_eq!(c.http.api_keys[0].role, Role::Buyer);
+        assert_eq!(c.http.api_keys[0].buyer.as_deref(), Some("acme"));
+        assert_eq!(c.http.api_keys[0].carrier, None);
+        let line = 5 + routing.lines().count() + 3;
+        for (key, want) in [
+            ("role = \"buyer\"", "a `buyer` key needs `buyer"),
+            (
+                "role = \"buyer\", buyer = \"nobody\"",
+                "`buyer` `nobody` is not a configured buyer",
+            ),
+            (
+                "role = \"read\", buyer = \"acme\"",
+                "only a `buyer` key has a `buyer`",
+            ),
+            (
+                "role = \"buyer\", buyer = \"acme\", carrier = \"x\"",
+                "only a `publisher` key has a `carrier`",
+            ),
+        ] {
+            let text = format!(
+                "{BASE}{routing}[http]\nlisten = \"127.0.0.1:8080\"\napi_keys = [{{ name = \"k\", sha256 = \"{SHA}\", {key} }}]\n"
+            );
+            let errs: Vec<String> = parse("dce.toml", &text)
+                .unwrap_err()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            let want = format!("dce.toml:{line}: {want}");
+            assert!(
+                errs.iter().any(|e| e.starts_with(&want)),
+                "{key}: {want}: {errs:#?}"
+            );
         }
     }
 }

@@ -465,7 +465,8 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let compliance = super::compliance::read(&mut w, root);
     let storage = storage(&mut w, root);
     let carrier_ids: Vec<&str> = routing.carriers.iter().map(|c| c.id.as_str()).collect();
-    let http = super::http::read(&mut w, root, &carrier_ids);
+    let buyer_ids: Vec<&str> = routing.buyers.iter().map(|b| b.id.as_str()).collect();
+    let http = super::http::read(&mut w, root, &carrier_ids, &buyer_ids);
     let log = log(&mut w, root);
     let dns = dns(&mut w, root);
     if let Some(sip) = &sip {

@@ -93,7 +93,8 @@ pub struct CdrPage {
         title = "DCE control API",
         description = "Dependable Call Exchange edge: calls, buyers, CDRs, DNC, stats, GDPR erasure, live events. \
             Send `Authorization: Bearer <key>`; GET needs a read key, everything else an admin key, \
-            except `POST /v1/bid`, which only a publisher key (tied to a carrier) may call.",
+            except `POST /v1/bid`, which only a publisher key (tied to a carrier) may call, and \
+            `/v1/calls/{id}/conversion`, which a buyer key (tied to a buyer) may call for calls that buyer answered.",
         license(name = "Apache-2.0")
     ),
     paths(
@@ -102,12 +103,15 @@ pub struct CdrPage {
         super::routes::buyers, super::routes::patch_buyer,
         super::routes::dnc_get, super::routes::dnc_put, super::routes::dnc_delete,
         super::routes::stats, super::gdpr::erase, super::ws::events, super::bid::bid,
+        super::conversion::post, super::conversion::get, super::webhooks::list,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView, HealthView, PauseRuleView,
         BuyerPatch, DncEntry, Stats, Figures, GroupFigures, Health, DependencyHealth, Reloaded,
         CdrPage, crate::store::db::ExportRow, super::gdpr::EraseRequest,
         crate::store::gdpr::Erased, super::bid::BidRequestDoc, super::bid::ByNumber, super::bid::ByCampaign, super::bid::BidAnswer,
+        super::conversion::ConversionBody, crate::store::conversions::ConversionState, crate::store::conversions::ConversionEvent,
+        super::webhooks::DeliveryList, super::webhooks::Delivery, super::webhooks::DeliveryCounts,
     )),
     modifiers(&Common)
 )]
@@ -210,6 +214,8 @@ mod tests {
             "/v1/stats",
             "/v1/gdpr/erase",
             "/v1/events",
+            "/v1/calls/{id}/conversion",
+            "/v1/webhooks",
         ] {
             assert!(paths.contains_key(p), "{p} missing from the document");
         }

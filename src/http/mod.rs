@@ -1,6 +1,7 @@
 //! The control API (axum): API keys checked against stored SHA-256 hashes in constant time,
 //! roles (`GET`/`HEAD` need `read`, anything else `admin`; `POST /v1/bid` only, and only it, a
-//! `publisher` key tied to a carrier), per-key rate limits, a body limit,
+//! `publisher` key tied to a carrier; a `buyer` key tied to a buyer only
+//! `/v1/calls/{id}/conversion`, for that buyer's calls), per-key rate limits, a body limit,
 //! header and body read timeouts, and JSON errors `{ "error": { "code", "message" } }`.
 //! Routes that read or change calls and buyers ask the core task (which owns them) over a
 //! channel and wait for its answer; `/v1/events` streams live events over a WebSocket; the
@@ -65,6 +66,8 @@ pub struct ApiState {
     body_timeout: Duration,
     /// Orders writes of the internal DNC file.
     dnc_save: Arc<Mutex<()>>,
+    /// The running config's webhooks (a conversion's `call.converted` postbacks).
+    pub webhooks: Arc<std::sync::RwLock<crate::webhooks::Webhooks>>,
 }
 
 struct Bucket {
@@ -103,6 +106,7 @@ impl ApiState {
             dns: None,
             body_timeout: cfg.body_timeout,
             dnc_save: Arc::new(Mutex::new(())),
+            webhooks: Arc::default(),
         }
     }
 
@@ -182,11 +186,19 @@ pub fn error(status: StatusCode, code: &str, message: impl Into<String>) -> Resp
 pub struct Caller(pub ApiKey);
 
 /// What each role may do: `read` reads (`GET`, `HEAD`), `admin` does everything but ask for
-/// bids, `publisher` only asks for bids (`POST /v1/bid`), for its own carrier.
+/// bids, `publisher` only asks for bids (`POST /v1/bid`), for its own carrier, `buyer` only
+/// reads and posts conversions (`/v1/calls/{id}/conversion`; the handler checks the call is
+/// its buyer's).
 fn permitted(key: &ApiKey, method: &Method, path: &str) -> Result<(), String> {
     let bid = path == "/v1/bid";
     let read = matches!(*method, Method::GET | Method::HEAD);
+    let conversion = conversion::is_route(path) && (read || *method == Method::POST);
     match key.role {
+        Role::Buyer if conversion => Ok(()),
+        Role::Buyer => Err(format!(
+            "key `{}` is a buyer key: it may only POST (or GET) /v1/calls/{{id}}/conversion, for calls its buyer answered",
+            key.name
+        )),
         Role::Publisher if bid => Ok(()),
         Role::Publisher => Err(format!("key `{}` is a publisher key: it may only POST /v1/bid", key.name)),
         _ if bid => Err(format!(
@@ -326,6 +338,11 @@ pub fn router(st: Arc<ApiState>) -> Router {
         .route("/v1/calls", get(routes::calls))
         .route("/v1/calls/{id}", get(routes::call))
         .route("/v1/calls/{id}/hangup", axum::routing::post(routes::hangup))
+        .route(
+            "/v1/calls/{id}/conversion",
+            get(conversion::get).post(conversion::post),
+        )
+        .route("/v1/webhooks", get(webhooks::list))
         .route("/v1/buyers", get(routes::buyers))
         .route("/v1/buyers/{id}", axum::routing::patch(routes::patch_buyer))
         .route(
@@ -714,11 +731,13 @@ pub async fn metrics(State(st): State<Arc<ApiState>>) -> Response {
 }
 mod bid;
 
+mod conversion;
 pub mod doc;
 mod gdpr;
 pub mod page;
 mod request;
 mod routes;
+mod webhooks;
 mod ws;
 
 #[cfg(test)]

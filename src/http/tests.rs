@@ -5,6 +5,8 @@ use tower::ServiceExt;
 const READ_KEY: &str = "read-secret";
 const ADMIN_KEY: &str = "admin-secret";
 const PUBLISHER_KEY: &str = "publisher-secret";
+const ACME_KEY: &str = "acme-buyer-secret";
+const BRAVO_KEY: &str = "bravo-buyer-secret";
 
 fn key(name: &str, secret: &str, role: Role) -> ApiKey {
     ApiKey {
@@ -12,6 +14,7 @@ fn key(name: &str, secret: &str, role: Role) -> ApiKey {
         sha256: Sha256::digest(secret.as_bytes()).into(),
         role,
         carrier: None,
+        buyer: None,
     }
 }
 
@@ -156,6 +159,14 @@ async fn fixture(rate: u32) -> Fixture {
             ApiKey {
                 carrier: Some("carrier-a".into()),
                 ..key("pub", PUBLISHER_KEY, Role::Publisher)
+            },
+            ApiKey {
+                buyer: Some("acme".into()),
+                ..key("acme-crm", ACME_KEY, Role::Buyer)
+            },
+            ApiKey {
+                buyer: Some("bravo".into()),
+                ..key("bravo-crm", BRAVO_KEY, Role::Buyer)
             },
         ],
         rate_limit_per_s: rate,
@@ -976,4 +987,280 @@ async fn gdpr_erase_needs_admin_a_strict_body_and_a_writer() {
             .await
             .unwrap();
     assert_eq!(rows[0].caller, p);
+}
+
+/// An answered call of `buyer`, `age` before now (revenue 1200, payout 960).
+fn stored_call(i: usize, buyer: &str, age: chrono::Duration) -> crate::call::cdr::Cdr {
+    let mut c = crate::call::cdr::Cdr::synthetic(i);
+    c.buyer_id = Some(buyer.into());
+    c.invite_at = (chrono::Utc::now() - age).to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+    c.answer_at = Some(c.invite_at.clone());
+    c
+}
+
+#[tokio::test]
+async fn conversions_by_buyer_and_admin_keys_and_every_refusal() {
+    use crate::webhooks::{Event, Webhook};
+    let f = fixture(1000).await;
+    f.st.db.migrate().await.unwrap();
+    {
+        let mut h = f.st.webhooks.write().unwrap();
+        h.insert(
+            "buyer:acme".into(),
+            Webhook::new(
+                "http://127.0.0.1:1/acme",
+                "acme-secret-0123456789",
+                &[Event::Converted],
+            ),
+        );
+        h.insert(
+            "carrier:carrier-a".into(),
+            Webhook::new(
+                "http://127.0.0.1:1/pub",
+                "pub-secret-0123456789",
+                &Event::ALL,
+            ),
+        );
+    }
+    let hour = chrono::Duration::hours(1);
+    let acme = stored_call(1, "acme", hour);
+    let bravo = stored_call(2, "bravo", hour);
+    let old = stored_call(3, "acme", chrono::Duration::days(31));
+    let mut failed = stored_call(4, "acme", hour);
+    failed.disposition = "failed".into();
+    failed.answer_at = None;
+    f.st.db
+        .insert(&[acme.clone(), bravo.clone(), old.clone(), failed.clone()])
+        .await
+        .unwrap();
+    let path = |id: &str| format!("/v1/calls/{id}/conversion");
+
+    // the buyer converts its call and lowers the payout
+    let (s, _, body) = call(
+        &f.router,
+        "POST",
+        &path(&acme.id),
+        Some(ACME_KEY),
+        r#"{"payout_cents": 900, "note": "sale"}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["converted"], true, "converted defaults to true: {v}");
+    assert_eq!(v["converted_by"], "acme-crm");
+    assert_eq!(
+        (v["payout_cents"].as_i64(), v["margin_cents"].as_i64()),
+        (Some(900), Some(300))
+    );
+    assert_eq!(
+        v["postbacks"],
+        serde_json::json!([
+            format!("{}:call.converted:1:buyer:acme", acme.id),
+            format!("{}:call.converted:1:carrier:carrier-a", acme.id)
+        ])
+    );
+    // a second event is a new delivery; the history keeps both
+    let (s, _, body) = call(
+        &f.router,
+        "POST",
+        &path(&acme.id),
+        Some(ACME_KEY),
+        r#"{"converted": false}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["converted"], false);
+    assert_eq!(v["payout_cents"], 900, "no payout_cents: the payout stays");
+    let history = v["history"].as_array().unwrap();
+    assert_eq!(history.len(), 2, "{v}");
+    assert_eq!(
+        (
+            history[0]["old_payout_cents"].as_i64(),
+            history[0]["new_payout_cents"].as_i64(),
+            history[0]["note"].as_str()
+        ),
+        (Some(960), Some(900), Some("sale"))
+    );
+    assert_eq!(history[1]["seq"], 2);
+    assert!(v["postbacks"][0]
+        .as_str()
+        .unwrap()
+        .contains(":call.converted:2:"));
+    let (s, _, body) = call(&f.router, "GET", &path(&acme.id), Some(ACME_KEY), "").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["history"].as_array().unwrap().len(), 2);
+
+    // the CDR search shows the state
+    let (s, _, body) = call(&f.router, "GET", "/v1/cdrs?buyer=acme", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let row = v["cdrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["id"] == acme.id.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(
+        (row["converted"].as_bool(), row["converted_by"].as_str()),
+        (Some(false), Some("acme-crm"))
+    );
+    assert_eq!(
+        (row["payout_cents"].as_i64(), row["margin_cents"].as_i64()),
+        (Some(900), Some(300))
+    );
+    assert!(row["converted_at"].is_string(), "{row}");
+
+    // the outbox, as /v1/webhooks shows it
+    let (s, _, body) = call(&f.router, "GET", "/v1/webhooks", Some(READ_KEY), "").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["deliveries"].as_array().unwrap().len(), 4, "{v}");
+    assert_eq!(
+        v["counts"],
+        serde_json::json!({"pending": 4, "delivered": 0, "failed": 0})
+    );
+    let d = &v["deliveries"][0];
+    assert_eq!(
+        (d["state"].as_str(), d["attempts"].as_i64()),
+        (Some("pending"), Some(0))
+    );
+    assert!(
+        d["next_attempt_at"].is_string() && d["delivered_at"].is_null(),
+        "{d}"
+    );
+    assert!(
+        !body.contains("secret-0123456789"),
+        "a secret in /v1/webhooks: {body}"
+    );
+    for (q, n) in [
+        ("?target=buyer:acme", 2),
+        ("?state=delivered", 0),
+        ("?state=pending&limit=1", 1),
+        (&format!("?call_id={}", bravo.id), 0),
+    ] {
+        let (s, _, body) = call(
+            &f.router,
+            "GET",
+            &format!("/v1/webhooks{q}"),
+            Some(READ_KEY),
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{q}: {body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["deliveries"].as_array().unwrap().len(), n, "{q}: {v}");
+    }
+    for bad in [
+        "?state=lost",
+        "?limit=0",
+        "?limit=1001",
+        "?limit=-3",
+        "?secret=1",
+    ] {
+        let (s, _, body) = call(
+            &f.router,
+            "GET",
+            &format!("/v1/webhooks{bad}"),
+            Some(READ_KEY),
+            "",
+        )
+        .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(error_code(&body), "bad_parameter");
+    }
+
+    // another buyer's call, another buyer's key
+    for (key, id) in [(ACME_KEY, &bravo.id), (BRAVO_KEY, &acme.id)] {
+        let (s, _, body) = call(&f.router, "POST", &path(id), Some(key), "{}").await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+        assert!(body.contains("was not answered by buyer"), "{body}");
+        let (s, _, _) = call(&f.router, "GET", &path(id), Some(key), "").await;
+        assert_eq!(s, StatusCode::FORBIDDEN);
+    }
+    // a buyer key does nothing else; read and publisher keys do not convert
+    for (method, p) in [
+        ("GET", "/v1/cdrs".to_owned()),
+        ("GET", "/v1/webhooks".to_owned()),
+        ("GET", "/v1/calls".to_owned()),
+        ("POST", format!("/v1/calls/{}/hangup", acme.id)),
+        ("POST", "/v1/bid".to_owned()),
+        ("POST", format!("/v1/calls/{}/conversion/x", acme.id)),
+    ] {
+        let (s, _, body) = call(&f.router, method, &p, Some(ACME_KEY), "").await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{method} {p}: {body}");
+        assert_eq!(error_code(&body), "forbidden");
+    }
+    for key in [READ_KEY, PUBLISHER_KEY] {
+        let (s, _, body) = call(&f.router, "POST", &path(&acme.id), Some(key), "{}").await;
+        assert_eq!(s, StatusCode::FORBIDDEN, "{body}");
+    }
+    let (s, _, _) = call(&f.router, "POST", &path(&acme.id), None, "{}").await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // an admin key converts any call
+    let (s, _, body) = call(&f.router, "POST", &path(&bravo.id), Some(ADMIN_KEY), "{}").await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert!(body.contains("\"converted_by\":\"ops\""), "{body}");
+
+    // unknown calls, calls that cannot be converted, bad bodies
+    for id in [crate::ids::uuid(), "nonsense".to_owned()] {
+        let (s, _, body) = call(&f.router, "POST", &path(&id), Some(ADMIN_KEY), "{}").await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{body}");
+        assert_eq!(error_code(&body), "not_found");
+    }
+    for (id, body, code) in [
+        (&failed.id, "{}", "not_answered"),
+        (&old.id, "{}", "conversion_window_closed"),
+        (
+            &acme.id,
+            r#"{"payout_cents": 1201}"#,
+            "payout_above_revenue",
+        ),
+    ] {
+        let (s, _, got) = call(&f.router, "POST", &path(id), Some(ACME_KEY), body).await;
+        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{got}");
+        assert_eq!(error_code(&got), code);
+    }
+    for bad in [
+        "",
+        "not json",
+        r#"{"converted": "yes"}"#,
+        r#"{"payout_cents": -1}"#,
+        r#"{"payout_cents": 1.5}"#,
+        r#"{"payout": 100}"#,
+    ] {
+        let (s, _, body) = call(&f.router, "POST", &path(&acme.id), Some(ACME_KEY), bad).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert_eq!(error_code(&body), "bad_body");
+    }
+    // (the fixture's body limit is 100 bytes: the note's limit is checked directly)
+    let long = format!(r#"{{"note": "{}"}}"#, "é".repeat(501));
+    assert!(super::conversion::checked(long.as_bytes()).is_err());
+    let ok = format!(r#"{{"note": "{}"}}"#, "é".repeat(500));
+    assert!(super::conversion::checked(ok.as_bytes()).is_ok());
+    // nothing was written for a refusal: still two events on acme's call, one on bravo's
+    let (_, _, body) = call(&f.router, "GET", "/v1/webhooks", Some(ADMIN_KEY), "").await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["counts"]["pending"], 5, "{v}");
+
+    // no database: 503, said clearly
+    let dead = Arc::new(ApiState::new(
+        &HttpConfig {
+            api_keys: vec![key("ops", ADMIN_KEY, Role::Admin)],
+            ..HttpConfig::default()
+        },
+        Arc::new(Counters::default()),
+        Db::connect("postgres://postgres@127.0.0.1:9/none").unwrap(),
+        f.st.spool_dir.join("nothing-here"),
+        None,
+        Arc::new(WriterStats::default()),
+        core_sink(),
+    ));
+    for (method, p) in [("POST", path(&acme.id)), ("GET", "/v1/webhooks".to_owned())] {
+        let (s, _, body) = call(&router(dead.clone()), method, &p, Some(ADMIN_KEY), "{}").await;
+        assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{p}: {body}");
+        assert_eq!(error_code(&body), "database_unavailable");
+    }
 }

@@ -48,6 +48,10 @@ const PG_STEPS: Steps = &[
         include_str!("../../migrations/postgres/0006_postbacks.sql"),
     ),
     (
+        "conversions",
+        include_str!("../../migrations/postgres/0007_conversions.sql"),
+    ),
+    (
         "buyer_legs",
         include_str!("../../migrations/postgres/0008_buyer_legs.sql"),
     ),
@@ -71,6 +75,10 @@ const SQLITE_STEPS: Steps = &[
     (
         "postbacks",
         include_str!("../../migrations/sqlite/0006_postbacks.sql"),
+    ),
+    (
+        "conversions",
+        include_str!("../../migrations/sqlite/0007_conversions.sql"),
     ),
     (
         "buyer_legs",
@@ -137,11 +145,26 @@ pub struct ExportRow {
     pub billable: bool,
     /// Duration, ms.
     pub duration_ms: i64,
+    /// Marked converted (`POST /v1/calls/{id}/conversion`); `payout_cents` and
+    /// `margin_cents` above are the figures after any adjustment.
+    pub converted: bool,
+    /// The latest conversion event (RFC 3339), if any.
+    pub converted_at: Option<String>,
+    /// The name of the API key that posted it.
+    pub converted_by: Option<String>,
 }
 
-/// An export row from a query row of either database (they differ in how `billable` is stored).
+/// The columns of an [`ExportRow`] in PostgreSQL.
+const PG_EXPORT_COLS: &str = "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
+     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms, \
+     converted, to_char(converted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS converted_at, converted_by FROM calls";
+/// The same in SQLite.
+const SQLITE_EXPORT_COLS: &str = "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, \
+     payout_cents, margin_cents, billable, duration_ms, converted, converted_at, converted_by FROM calls";
+
+/// An export row from a query row of either database (they differ in how booleans are stored).
 macro_rules! export_row {
-    ($r:ident, $billable:expr) => {
+    ($r:ident, $billable:expr, $converted:expr) => {
         ExportRow {
             id: $r.get("id"),
             created_at: $r.get("created_at"),
@@ -157,6 +180,9 @@ macro_rules! export_row {
             margin_cents: $r.get("margin_cents"),
             billable: $billable,
             duration_ms: $r.get("duration_ms"),
+            converted: $converted,
+            converted_at: $r.get("converted_at"),
+            converted_by: $r.get("converted_by"),
         }
     };
 }
@@ -239,7 +265,7 @@ impl Db {
         now_ms: i64,
         limit: i64,
     ) -> Result<Vec<DuePostback>, sqlx::Error> {
-        let sql = "SELECT id, target, url, body, created_ms, attempts FROM postbacks \
+        let sql = "SELECT id, target, url, body, created_ms, CAST(attempts AS BIGINT) AS attempts FROM postbacks \
                    WHERE state = 'pending' AND next_ms <= $1 ORDER BY next_ms, id LIMIT $2";
         let rows = match self {
             Db::Pg(p) => {
@@ -306,13 +332,42 @@ impl Db {
         Ok(())
     }
 
-    /// The latest postbacks (newest first, at most `limit`): what `/v1/webhooks` shows.
-    pub async fn postbacks(&self, limit: i64) -> Result<Vec<PostbackRow>, sqlx::Error> {
-        let sql = "SELECT id, call_id, target, event, url, created_ms, next_ms, attempts, state, last_error, \
-                   delivered_ms FROM postbacks ORDER BY created_ms DESC, id LIMIT $1";
-        macro_rules! map {
-            ($rows:expr) => {
-                $rows
+    /// The latest postbacks matching `q` (newest first, at most `q.limit`), and how many
+    /// postbacks match `q` in each state (the state filter aside): what `/v1/webhooks` shows.
+    pub async fn postbacks(
+        &self,
+        q: &PostbackQuery,
+    ) -> Result<(Vec<PostbackRow>, Vec<(String, i64)>), sqlx::Error> {
+        use sqlx::QueryBuilder;
+        fn filters<DB: sqlx::Database>(b: &mut QueryBuilder<DB>, q: &PostbackQuery, state: bool)
+        where
+            for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+        {
+            b.push(" WHERE 1=1");
+            let state = if state { q.state.as_ref() } else { None };
+            for (col, v) in [
+                ("state", state),
+                ("call_id", q.call_id.as_ref()),
+                ("target", q.target.as_ref()),
+            ] {
+                if let Some(v) = v {
+                    b.push(format!(" AND {col} = ")).push_bind(v.clone());
+                }
+            }
+        }
+        const ROWS: &str = "SELECT id, call_id, target, event, url, created_ms, next_ms, CAST(attempts AS BIGINT) AS attempts, state, \
+                            last_error, delivered_ms FROM postbacks";
+        const COUNTS: &str = "SELECT state, COUNT(*) AS n FROM postbacks";
+        macro_rules! run {
+            ($p:expr) => {{
+                let mut b = QueryBuilder::new(ROWS);
+                filters(&mut b, q, true);
+                b.push(" ORDER BY created_ms DESC, id LIMIT ")
+                    .push_bind(q.limit);
+                let rows = b
+                    .build()
+                    .fetch_all($p)
+                    .await?
                     .into_iter()
                     .map(|r| PostbackRow {
                         id: r.get("id"),
@@ -322,17 +377,28 @@ impl Db {
                         url: r.get("url"),
                         created_ms: r.get("created_ms"),
                         next_ms: r.get("next_ms"),
-                        attempts: r.get::<i64, _>("attempts"),
+                        attempts: r.get("attempts"),
                         state: r.get("state"),
                         last_error: r.get("last_error"),
                         delivered_ms: r.get("delivered_ms"),
                     })
-                    .collect()
-            };
+                    .collect();
+                let mut b = QueryBuilder::new(COUNTS);
+                filters(&mut b, q, false);
+                b.push(" GROUP BY state ORDER BY state");
+                let counts = b
+                    .build()
+                    .fetch_all($p)
+                    .await?
+                    .into_iter()
+                    .map(|r| (r.get("state"), r.get("n")))
+                    .collect();
+                (rows, counts)
+            }};
         }
         Ok(match self {
-            Db::Pg(p) => map!(sqlx::query(sql).bind(limit).fetch_all(p).await?),
-            Db::Sqlite(p) => map!(sqlx::query(sql).bind(limit).fetch_all(p).await?),
+            Db::Pg(p) => run!(p),
+            Db::Sqlite(p) => run!(p),
         })
     }
 
@@ -402,29 +468,32 @@ impl Db {
     pub async fn export(&self, from: &str, to: &str) -> Result<Vec<ExportRow>, sqlx::Error> {
         let rows = match self {
             Db::Pg(p) => {
-                sqlx::query(
-                    "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
-                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms \
-                     FROM calls WHERE created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz ORDER BY created_at",
-                )
+                sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "{PG_EXPORT_COLS} WHERE created_at >= $1::text::timestamptz AND created_at < $2::text::timestamptz ORDER BY created_at"
+                )))
                 .bind(from)
                 .bind(to)
                 .fetch_all(p)
                 .await?
                 .into_iter()
-                .map(|r| export_row!(r, r.get("billable")))
+                .map(|r| export_row!(r, r.get("billable"), r.get("converted")))
                 .collect()
             }
-            Db::Sqlite(p) => sqlx::query(
-                "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms \
-                 FROM calls WHERE created_at >= ? AND created_at < ? ORDER BY created_at",
-            )
+            Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
+                "{SQLITE_EXPORT_COLS} WHERE created_at >= ? AND created_at < ? ORDER BY created_at"
+            )))
             .bind(from)
             .bind(to)
             .fetch_all(p)
             .await?
             .into_iter()
-            .map(|r| export_row!(r, r.get::<i64, _>("billable") != 0))
+            .map(|r| {
+                export_row!(
+                    r,
+                    r.get::<i64, _>("billable") != 0,
+                    r.get::<i64, _>("converted") != 0
+                )
+            })
             .collect(),
         };
         Ok(rows)
@@ -574,28 +643,29 @@ impl Db {
         }
         let rows = match self {
             Db::Pg(p) => {
-                let mut b = QueryBuilder::new(
-                    "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
-                     disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms FROM calls",
-                );
+                let mut b = QueryBuilder::new(PG_EXPORT_COLS);
                 filters(&mut b, q, "::text::timestamptz", "::text::uuid");
                 b.build()
                     .fetch_all(p)
                     .await?
                     .into_iter()
-                    .map(|r| export_row!(r, r.get("billable")))
+                    .map(|r| export_row!(r, r.get("billable"), r.get("converted")))
                     .collect()
             }
             Db::Sqlite(p) => {
-                let mut b = QueryBuilder::new(
-                    "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms FROM calls",
-                );
+                let mut b = QueryBuilder::new(SQLITE_EXPORT_COLS);
                 filters(&mut b, q, "", "");
                 b.build()
                     .fetch_all(p)
                     .await?
                     .into_iter()
-                    .map(|r| export_row!(r, r.get::<i64, _>("billable") != 0))
+                    .map(|r| {
+                        export_row!(
+                            r,
+                            r.get::<i64, _>("billable") != 0,
+                            r.get::<i64, _>("converted") != 0
+                        )
+                    })
                     .collect()
             }
         };
@@ -912,6 +982,19 @@ pub enum PostbackResult {
         /// The last error.
         error: String,
     },
+}
+
+/// A search of the outbox (`Db::postbacks`): each field narrows it.
+#[derive(Debug, Clone, Default)]
+pub struct PostbackQuery {
+    /// `pending`, `delivered` or `failed`.
+    pub state: Option<String>,
+    /// One call's.
+    pub call_id: Option<String>,
+    /// `buyer:<id>` / `carrier:<id>`.
+    pub target: Option<String>,
+    /// At most this many rows.
+    pub limit: i64,
 }
 
 /// A postback as `/v1/webhooks` shows it.
