@@ -93,12 +93,10 @@ fn refused(e: ConversionError) -> Response {
     let (status, code) = match &e {
         ConversionError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
         ConversionError::NotYours { .. } => (StatusCode::FORBIDDEN, "forbidden"),
-        ConversionError::NotAnswered(_) => (StatusCode::UNPROCESSABLE_ENTITY, "not_answered"),
-        ConversionError::WindowClosed { .. } => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "conversion_window_closed")
-        }
+        ConversionError::NotAnswered(_) => (StatusCode::CONFLICT, "not_answered"),
+        ConversionError::WindowClosed { .. } => (StatusCode::CONFLICT, "conversion_window_closed"),
         ConversionError::PayoutAboveRevenue { .. } => {
-            (StatusCode::UNPROCESSABLE_ENTITY, "payout_above_revenue")
+            (StatusCode::CONFLICT, "payout_above_revenue")
         }
         ConversionError::Db(_) => (StatusCode::SERVICE_UNAVAILABLE, "database_unavailable"),
     };
@@ -131,7 +129,7 @@ async fn within<T>(
               (status = 400, description = "Malformed body", body = ErrorBody),
               (status = 403, description = "Not a buyer or admin key, or another buyer's call", body = ErrorBody),
               (status = 404, description = "No stored call with that id", body = ErrorBody),
-              (status = 422, description = "Not answered, older than 30 days, or a payout above the call's revenue", body = ErrorBody),
+              (status = 409, description = "The stored call's state refuses it: not answered, older than 30 days, or a payout above its revenue", body = ErrorBody),
               (status = 503, description = "The CDR database did not answer", body = ErrorBody)))]
 pub async fn post(
     State(st): State<Arc<ApiState>>,

@@ -1220,7 +1220,7 @@ async fn conversions_by_buyer_and_admin_keys_and_every_refusal() {
         ),
     ] {
         let (s, _, got) = call(&f.router, "POST", &path(id), Some(ACME_KEY), body).await;
-        assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{got}");
+        assert_eq!(s, StatusCode::CONFLICT, "{got}");
         assert_eq!(error_code(&got), code);
     }
     for bad in [
