@@ -46,6 +46,7 @@ pub mod rtb;
 pub mod server;
 pub mod shard;
 pub mod shared;
+pub mod stir;
 pub mod store;
 pub mod transport;
 pub mod webhooks;
