@@ -3,7 +3,7 @@
 //! extension, and the PASSporT's ES256 signature under its key. Pure: the certificate's bytes
 //! come from the fetcher, off the call path.
 
-use super::passport::{es256_der, Passport};
+use super::passport::Passport;
 use super::Failure;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, TrustAnchor, UnixTime};
@@ -75,14 +75,26 @@ static CHAIN_ALGS: &[&dyn rustls::pki_types::SignatureVerificationAlgorithm] = &
     webpki::ring::RSA_PKCS1_2048_8192_SHA384,
 ];
 
-/// Check `chain` (signer first) against `anchors` at `now_s`, that the signer's certificate
-/// has the TNAuthList extension, and that it signed `p`.
-pub fn verify(
-    p: &Passport,
+/// A signer's certificate, checked: what verifying a PASSporT against it needs, kept in the
+/// certificate cache so a call with a cached `x5u` costs one signature check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    /// The P-256 public key, an uncompressed point (65 bytes).
+    key: Vec<u8>,
+    /// The earliest `notAfter` of the chain, Unix seconds: past it the chain is checked again.
+    pub not_after_s: i64,
+}
+
+/// `prime256v1` (1.2.840.10045.3.1.7), DER-encoded.
+const P256: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+
+/// Check `chain` (signer first) against `anchors` at `now_s`, and that the signer's
+/// certificate is a SHAKEN one (TNAuthList) with a P-256 key.
+pub fn validate_chain(
     chain: &[CertificateDer<'_>],
     anchors: &Anchors,
     now_s: i64,
-) -> Result<(), Failure> {
+) -> Result<Signer, Failure> {
     let Some((leaf, intermediates)) = chain.split_first() else {
         return Err(Failure::BadCertificate);
     };
@@ -106,9 +118,76 @@ pub fn verify(
     if !has_extension(leaf, TN_AUTH_LIST) {
         return Err(Failure::NoTnAuthList);
     }
-    let sig = es256_der(&p.signature).ok_or(Failure::BadSignature)?;
-    ee.verify_signature(webpki::ring::ECDSA_P256_SHA256, &p.signed, &sig)
+    let key = p256_key(&ee.subject_public_key_info()).ok_or(Failure::BadCertificate)?;
+    let not_after_s = chain
+        .iter()
+        .filter_map(|c| not_after(c))
+        .min()
+        .unwrap_or(i64::MAX);
+    Ok(Signer { key, not_after_s })
+}
+
+/// Did `signer` sign `p`? (ES256: the JWS signature is r ‖ s, ring's fixed form.)
+pub fn verify_signature(p: &Passport, signer: &Signer) -> Result<(), Failure> {
+    ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_FIXED, &signer.key)
+        .verify(&p.signed, &p.signature)
         .map_err(|_| Failure::BadSignature)
+}
+
+/// Check `chain` (signer first) against `anchors` at `now_s`, that the signer's certificate
+/// has the TNAuthList extension, and that it signed `p`.
+pub fn verify(
+    p: &Passport,
+    chain: &[CertificateDer<'_>],
+    anchors: &Anchors,
+    now_s: i64,
+) -> Result<(), Failure> {
+    verify_signature(p, &validate_chain(chain, anchors, now_s)?)
+}
+
+/// The uncompressed point of a P-256 SubjectPublicKeyInfo.
+fn p256_key(spki: &[u8]) -> Option<Vec<u8>> {
+    let (_, spki, _) = element(spki)?;
+    let (_, alg, rest) = element(spki)?;
+    let (_, _ec_public_key, curve) = element(alg)?;
+    let (tag, curve, _) = element(curve)?;
+    if tag != 0x06 || curve != P256 {
+        return None;
+    }
+    let (tag, bits, _) = element(rest)?;
+    match bits.split_first() {
+        Some((0, point)) if tag == 0x03 && point.len() == 65 && point[0] == 4 => {
+            Some(point.to_vec())
+        }
+        _ => None,
+    }
+}
+
+/// A certificate's `notAfter`, Unix seconds (`None` when it cannot be read).
+fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert, _) = element(der)?;
+    let (_, tbs, _) = element(cert)?;
+    let (tag, _, mut rest) = element(tbs)?;
+    if tag == 0xa0 {
+        rest = element(rest)?.2; // past the version: the serial
+    }
+    let rest = element(rest)?.2; // signature algorithm
+    let rest = element(rest)?.2; // issuer
+    let (_, validity, _) = element(rest)?;
+    let (_, _, after) = element(validity)?; // notBefore
+    let (tag, t, _) = element(after)?;
+    let t = std::str::from_utf8(t).ok()?.strip_suffix('Z')?;
+    let full = match (tag, t.len()) {
+        (0x17, 12) => {
+            let yy: u32 = t[..2].parse().ok()?;
+            format!("{}{t}", if yy >= 50 { "19" } else { "20" })
+        }
+        (0x18, 14) => t.to_owned(),
+        _ => return None,
+    };
+    chrono::NaiveDateTime::parse_from_str(&full, "%Y%m%d%H%M%S")
+        .ok()
+        .map(|d| d.and_utc().timestamp())
 }
 
 /// A DER element: (tag, contents, rest). Bounds-checked: hostile bytes give `None`.
@@ -157,90 +236,16 @@ fn has_extension(der: &[u8], oid: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+#[path = "../../tests/support/stir_pki.rs"]
+pub(crate) mod test_pki;
+
+#[cfg(test)]
+mod tests {
+    use super::test_pki::Pki;
     use super::*;
     use crate::stir::passport::{decode, parse_identity};
     use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     use base64::Engine;
-    use rcgen::{
-        date_time_ymd, BasicConstraints, CertificateParams, CustomExtension, IsCa, KeyPair,
-    };
-    use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-
-    /// A test STI PKI: root → intermediate → SHAKEN signer (with TNAuthList unless told not).
-    pub(crate) struct Pki {
-        pub root_pem: String,
-        pub chain_pem: String,
-        pub signer: EcdsaKeyPair,
-    }
-
-    fn ca(name: &str) -> CertificateParams {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name
-            .push(rcgen::DnType::CommonName, name.to_owned());
-        p.not_before = date_time_ymd(2020, 1, 1);
-        p.not_after = date_time_ymd(2040, 1, 1);
-        p
-    }
-
-    impl Pki {
-        /// A PKI whose signer is valid `not_before..not_after` (years).
-        pub(crate) fn new(tn_auth_list: bool, years: (i32, i32)) -> Pki {
-            let root_key = KeyPair::generate().unwrap();
-            let root = ca("Test STI-PA Root").self_signed(&root_key).unwrap();
-            let int_key = KeyPair::generate().unwrap();
-            let int = ca("Test STI-CA")
-                .signed_by(&int_key, &root, &root_key)
-                .unwrap();
-            let leaf_key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-            p.distinguished_name
-                .push(rcgen::DnType::CommonName, "SHAKEN 1234".to_owned());
-            p.not_before = date_time_ymd(years.0, 1, 1);
-            p.not_after = date_time_ymd(years.1, 1, 1);
-            if tn_auth_list {
-                // TNAuthorizationList ::= SEQUENCE OF TNEntry; TNEntry spc [0] "1234"
-                let content = vec![0x30, 0x08, 0xa0, 0x06, 0x16, 0x04, b'1', b'2', b'3', b'4'];
-                p.custom_extensions.push(CustomExtension::from_oid_content(
-                    &[1, 3, 6, 1, 5, 5, 7, 1, 26],
-                    content,
-                ));
-            }
-            let leaf = p.signed_by(&leaf_key, &int, &int_key).unwrap();
-            let rng = ring::rand::SystemRandom::new();
-            let signer = EcdsaKeyPair::from_pkcs8(
-                &ECDSA_P256_SHA256_FIXED_SIGNING,
-                &leaf_key.serialize_der(),
-                &rng,
-            )
-            .unwrap();
-            Pki {
-                root_pem: root.pem(),
-                chain_pem: format!("{}{}", leaf.pem(), int.pem()),
-                signer,
-            }
-        }
-
-        /// A signed `Identity` header value with these claims.
-        pub(crate) fn identity(&self, attest: &str, orig: &str, dest: &str, iat: i64) -> String {
-            let header = r#"{"alg":"ES256","ppt":"shaken","typ":"passport","x5u":"https://cert.example.org/sp.pem"}"#;
-            let claims = format!(
-                r#"{{"attest":"{attest}","dest":{{"tn":["{dest}"]}},"iat":{iat},"orig":{{"tn":"{orig}"}},"origid":"de305d54-75b4-431b-adb2-eb6b9e546014"}}"#
-            );
-            let signed = format!(
-                "{}.{}",
-                URL_SAFE_NO_PAD.encode(header),
-                URL_SAFE_NO_PAD.encode(claims)
-            );
-            let rng = ring::rand::SystemRandom::new();
-            let sig = self.signer.sign(&rng, signed.as_bytes()).unwrap();
-            format!(
-                "{signed}.{};info=<https://cert.example.org/sp.pem>;alg=ES256;ppt=shaken",
-                URL_SAFE_NO_PAD.encode(sig.as_ref())
-            )
-        }
-    }
 
     const NOW: i64 = 1_790_000_000; // 2026-09
 

@@ -130,7 +130,7 @@ pub fn verify_identity(
 
 #[cfg(test)]
 mod tests {
-    use super::cert::tests::Pki;
+    use super::cert::test_pki::Pki;
     use super::*;
 
     #[test]

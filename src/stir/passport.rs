@@ -257,35 +257,6 @@ pub fn check_claims(
     Ok(())
 }
 
-/// The DER form (`ECDSA-Sig-Value`) of a JWS ES256 signature (r ‖ s, 32 bytes each).
-pub fn es256_der(sig: &[u8]) -> Option<Vec<u8>> {
-    if sig.len() != 64 {
-        return None;
-    }
-    fn int(x: &[u8]) -> Vec<u8> {
-        let x = match x.iter().position(|&b| b != 0) {
-            Some(i) => &x[i..],
-            None => &x[x.len() - 1..],
-        };
-        let mut v = Vec::with_capacity(x.len() + 3);
-        v.push(0x02);
-        let pad = x[0] & 0x80 != 0;
-        v.push((x.len() + usize::from(pad)) as u8);
-        if pad {
-            v.push(0);
-        }
-        v.extend_from_slice(x);
-        v
-    }
-    let (r, s) = (int(&sig[..32]), int(&sig[32..]));
-    let mut out = Vec::with_capacity(r.len() + s.len() + 2);
-    out.push(0x30);
-    out.push((r.len() + s.len()) as u8);
-    out.extend(r);
-    out.extend(s);
-    Some(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -406,18 +377,5 @@ mod tests {
             check_claims(&p, "13105551234", "18005550199", t, 60),
             Err(Failure::TnMismatch)
         );
-    }
-
-    #[test]
-    fn es256_signatures_become_der() {
-        let mut sig = [0u8; 64];
-        sig[0] = 0x80; // r needs a leading zero
-        sig[31] = 1;
-        sig[63] = 5; // s is 5
-        let der = es256_der(&sig).unwrap();
-        assert_eq!(&der[..5], &[0x30, 38, 0x02, 33, 0x00]);
-        assert_eq!(&der[der.len() - 3..], &[0x02, 1, 5]);
-        assert_eq!(es256_der(&[0; 63]), None);
-        assert_eq!(es256_der(&[0; 64]).unwrap(), [0x30, 6, 2, 1, 0, 2, 1, 0]);
     }
 }

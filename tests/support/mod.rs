@@ -10,6 +10,7 @@ pub mod pki;
 pub mod redis_server;
 pub mod sim;
 pub mod sipp;
+pub mod stir_pki;
 pub mod webhook;
 
 use std::collections::BTreeMap;
