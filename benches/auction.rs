@@ -43,6 +43,8 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 health: None,
                 tls_ca: None,
                 rtb: None,
+                min_attestation: dce_routing::Trust::None,
+                attestation_bid: Default::default(),
             }
         })
         .collect()
@@ -65,6 +67,7 @@ fn bench(c: &mut Criterion) {
         duplicates: None,
         reroute_within_s: 0,
         max_reroutes: 2,
+        stir: Default::default(),
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

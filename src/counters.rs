@@ -96,6 +96,12 @@ counters! {
     CapLookupError => "cap_lookup_errors",
     /// Compliance verdict: 603.
     Compliance603 => "rejected_603_compliance",
+    /// The campaign's `stir` policy refused the caller's identity (428, 436, 437, 438, 403,
+    /// 608).
+    StirRejected => "rejected_stir",
+    /// A call went on with an identity its campaign's `stir` policy would refuse
+    /// (`on_fail = "flag"`).
+    StirFlagged => "stir_flagged",
     /// A campaign's duplicate rule (`action = "reject"`): 603.
     Duplicate603 => "rejected_603_duplicate",
     /// Calls a buyer answered.

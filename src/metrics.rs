@@ -32,6 +32,8 @@ struct RtbStats {
 pub struct Metrics {
     outcomes: Mutex<BTreeMap<String, u64>>,
     compliance: Mutex<BTreeMap<String, u64>>,
+    /// STIR/SHAKEN verdicts: `A`, `B`, `C`, `no_identity`, `failed:<reason>`.
+    stir: Mutex<BTreeMap<String, u64>>,
     /// In requests, in responses, out requests, out responses: by method or code.
     sip: Mutex<[BTreeMap<String, u64>; 4]>,
     auction_buckets: [AtomicU64; AUCTION_BUCKETS_US.len()],
@@ -76,6 +78,11 @@ impl Metrics {
     /// A call refused by compliance rule `rule` (`DNC`, `TCPA_HOURS`, …).
     pub fn compliance_rejection(&self, rule: &str) {
         bump(&self.compliance, rule);
+    }
+
+    /// A call's STIR/SHAKEN verdict (`A`, `B`, `C`, `no_identity`, `failed:<reason>`).
+    pub fn stir_verdict(&self, verdict: &str) {
+        bump(&self.stir, verdict);
     }
 
     /// An INVITE reached the call controller (calls per second counts these).
@@ -201,6 +208,14 @@ impl Metrics {
             let _ = writeln!(
                 out,
                 "dce_compliance_rejections_total{{rule=\"{}\"}} {v}",
+                label(k)
+            );
+        }
+        out.push_str("# HELP dce_stir_verdicts_total Calls' STIR/SHAKEN verdicts (attestation A, B, C; no_identity; failed:<reason>).\n# TYPE dce_stir_verdicts_total counter\n");
+        for (k, v) in self.stir.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            let _ = writeln!(
+                out,
+                "dce_stir_verdicts_total{{verdict=\"{}\"}} {v}",
                 label(k)
             );
         }

@@ -366,6 +366,19 @@ pub async fn run(
         on_cap_error: config.storage.on_cap_error,
     });
     let events = crate::events::Bus::default();
+    // STIR/SHAKEN: one certificate cache and fetcher for the node.
+    let stir_node = config
+        .stir
+        .as_ref()
+        .map(crate::stir::StirNode::new)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    if let Some(st) = &config.stir {
+        tracing::info!(ca_file = %st.ca_file.display(), anchors = st.anchors.len(), max_age_s = st.max_age_s, fetch_timeout_ms = st.fetch_timeout.as_millis() as u64, x5u_allow = ?st.x5u_allow, sign_div = st.sign_div.is_some(), "STIR/SHAKEN verification on");
+        if config.sip.max_udp_request_bytes < 3000 {
+            tracing::warn!(max_udp_request_bytes = config.sip.max_udp_request_bytes, "STIR/SHAKEN is on and passes each Identity (~0.7 KB) to the buyers: a buyer INVITE over UDP larger than sip.max_udp_request_bytes fails its attempt (attempted:too_large); raise it (e.g. 4000) or reach buyers over TCP");
+        }
+    }
     // Prices promised by `POST /v1/bid`, shared by every worker.
     let reservations = Arc::new(crate::call::Reservations::default());
     let draining_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -401,6 +414,7 @@ pub async fn run(
                 live.clone(),
                 config.routing.carriers.clone(),
             );
+            let stir = stir_node.as_ref().map(|n| n.stir.clone());
             let (compliance, counters, events, dns_table, reservations, duplicates) = (
                 compliance.clone(),
                 counters.clone(),
@@ -433,6 +447,7 @@ pub async fn run(
                     Box::new(relay),
                 );
                 controller.set_shared(shared_checks);
+                controller.set_stir(stir);
                 controller.set_events(events);
                 controller.set_dns(dns_table);
                 controller.set_reservations(reservations);
@@ -461,6 +476,7 @@ pub async fn run(
             died: died_tx.clone(),
             outbound: outbound.clone(),
             node_id: config.node.id.clone(),
+            stir: stir_node.clone(),
         };
         threads.push(crate::shard::spawn(setup).context("cannot start a SIP worker thread")?);
     }
@@ -922,11 +938,24 @@ impl Node {
                 }
             }
         }
+        let stir = match cfg
+            .stir
+            .as_ref()
+            .map(crate::stir::StirNode::new)
+            .transpose()
+        {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(file = %path.display(), error = %e, "reload refused");
+                return Err(format!("{}: {e}", path.display()));
+            }
+        };
         let carriers = Arc::new(cfg.routing.carriers.clone());
         self.tell_all(|| crate::shard::Control::Reload {
             snapshot: snap.clone(),
             carriers: carriers.clone(),
             shared,
+            stir: stir.clone(),
         });
         self.gate
             .reconfigure(cfg.sip.source_limits(), trusted_sources(&cfg));

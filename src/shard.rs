@@ -46,6 +46,8 @@ pub enum Control {
         carriers: Arc<Vec<CarrierConfig>>,
         /// The fleet-wide checks, when Redis is configured.
         shared: Option<SharedChecks>,
+        /// STIR/SHAKEN, when `[stir]` is configured.
+        stir: Option<Arc<crate::stir::StirNode>>,
     },
     /// SIGTERM: no new calls; active calls may go on for the drain timeout, then get BYE.
     Drain,
@@ -126,6 +128,8 @@ pub struct Setup {
     pub outbound: Arc<crate::transport::outbound::Outbound>,
     /// `[node] id`.
     pub node_id: String,
+    /// STIR/SHAKEN (its fetcher answers `Query::Cert`).
+    pub stir: Option<Arc<crate::stir::StirNode>>,
 }
 
 /// Start worker `setup.index` on its own thread; the handle yields its delays when it stops.
@@ -192,6 +196,8 @@ struct Worker {
     next_quote: u64,
     /// [`Delays::bid_start`], recorded by the requests' tasks.
     bid_started: Arc<std::sync::Mutex<Latency>>,
+    /// STIR/SHAKEN's certificate fetcher.
+    stir: Option<Arc<crate::stir::StirNode>>,
 }
 
 /// Batches read from one socket before the worker looks at its other inputs again.
@@ -237,6 +243,7 @@ impl Worker {
             answers,
             rtb: None,
             node_id: s.node_id,
+            stir: s.stir,
             quotes: HashMap::new(),
             next_quote: 1,
             bid_started: Arc::default(),
@@ -297,8 +304,10 @@ impl Worker {
             tokio::select! {
                 c = self.control.recv() => match c {
                     Some(Control::Api(req)) => self.on_api(req),
-                    Some(Control::Reload { snapshot, carriers, shared }) => {
+                    Some(Control::Reload { snapshot, carriers, shared, stir }) => {
                         self.edge.calls().set_shared(shared);
+                        self.edge.calls().set_stir(stir.as_ref().map(|n| n.stir.clone()));
+                        self.stir = stir;
                         self.edge.calls().reload(snapshot, &carriers);
                     }
                     Some(Control::Drain) if stopping.is_none() && draining.is_none() => {
@@ -519,6 +528,20 @@ impl Worker {
                         crate::call::Query::Shared(check) => check,
                         crate::call::Query::Bid(q) => {
                             self.ping(req.id, *q, req.deadline);
+                            continue;
+                        }
+                        crate::call::Query::Cert(x5u) => {
+                            let fetcher = self.stir.as_ref().map(|n| n.fetcher.clone());
+                            tokio::spawn(async move {
+                                let r = match fetcher {
+                                    Some(f) => {
+                                        let now_s = chrono::Utc::now().timestamp();
+                                        f.signer(&x5u, now_s).await
+                                    }
+                                    None => Err(crate::stir::Failure::FetchFailed),
+                                };
+                                let _ = tx.send((req.id, Answer::Cert(r), None));
+                            });
                             continue;
                         }
                         crate::call::Query::Duplicates(q) => {

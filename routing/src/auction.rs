@@ -47,6 +47,8 @@ pub enum Exclusion {
     /// Its caps are kept fleet-wide in Redis, Redis did not answer in time and
     /// `on_cap_error = "skip_buyer"`.
     CapUnavailable,
+    /// The call's caller identity is verified below the buyer's `min_attestation`.
+    Attestation,
 }
 
 impl Exclusion {
@@ -69,6 +71,7 @@ impl Exclusion {
             Exclusion::NoBid => "no_bid",
             Exclusion::Expired => "expired",
             Exclusion::PingCap => "ping_cap",
+            Exclusion::Attestation => "attestation",
             Exclusion::Duplicate => "duplicate",
             Exclusion::CapUnavailable => "cap_unavailable",
         }
@@ -278,6 +281,44 @@ pub fn rank(snap: &Snapshot, campaign: CampaignId, now: DateTime<Utc>, out: &mut
     sort(out)
 }
 
+/// The call's caller identity is known (`trust`): exclude the ranked buyers whose
+/// `min_attestation` it does not meet, move the chosen `prices` by each buyer's
+/// `attestation_bid` (a price moved under the floor is `excluded:floor`), rank again. Returns
+/// how many are ranked.
+pub fn apply_trust(
+    snap: &Snapshot,
+    campaign: CampaignId,
+    trust: crate::Trust,
+    prices: crate::Prices,
+    out: &mut [Entry],
+) -> usize {
+    use crate::Prices;
+    let floor = snap.campaign(campaign).floor_cents;
+    for e in out.iter_mut() {
+        if !matches!(e.outcome, Outcome::Ranked(_)) {
+            continue;
+        }
+        let buyer = snap.buyer(e.buyer);
+        if trust < buyer.min_attestation {
+            e.outcome = Outcome::Excluded(Exclusion::Attestation);
+            continue;
+        }
+        let reprice = match prices {
+            Prices::All => true,
+            Prices::Static => buyer.rtb.is_none(),
+            Prices::Rtb => buyer.rtb.is_some(),
+            Prices::Keep => false,
+        };
+        if reprice && !buyer.attestation_bid.is_flat() {
+            e.bid_cents = buyer.attestation_bid.price(trust, e.bid_cents);
+            if e.bid_cents < floor {
+                e.outcome = Outcome::Excluded(Exclusion::Floor);
+            }
+        }
+    }
+    sort(out)
+}
+
 /// Move `buyer`'s ranked entry to the front (a reservation: it goes first whatever the
 /// others bid) and number the ranked ones again. Returns how many are ranked.
 pub fn pin_first(out: &mut [Entry], buyer: BuyerId) -> usize {
@@ -353,6 +394,7 @@ pub(crate) mod tests {
             duplicates: None,
             reroute_within_s: 0,
             max_reroutes: 2,
+            stir: Default::default(),
         }
     }
 
@@ -380,6 +422,8 @@ pub(crate) mod tests {
             health: None,
             tls_ca: None,
             rtb: None,
+            min_attestation: crate::Trust::None,
+            attestation_bid: Default::default(),
         }
     }
 
@@ -443,6 +487,58 @@ pub(crate) mod tests {
             names(&snap, &out),
             ["rich#0", "static#1", "cheap:floor", "broke:budget"]
         );
+    }
+
+    #[test]
+    fn trust_excludes_below_min_attestation_and_moves_prices() {
+        use crate::{AttestationBid, Prices, Trust};
+        let live = Live::default();
+        let mut strict = buyer("strict", 3000);
+        strict.min_attestation = Trust::B;
+        let mut wary = buyer("wary", 2000);
+        // B = 0.8, C = 0.5, unverified = 0.25
+        wary.attestation_bid = AttestationBid([250_000, 500_000, 800_000, 1_000_000]);
+        let snap = Snapshot::new(
+            vec![campaign(600)],
+            vec![strict, wary, buyer("plain", 1200)],
+            &live,
+        )
+        .unwrap();
+        let run = |t: Trust, p: Prices| {
+            let mut out = Vec::new();
+            auction(&snap, 0, None, now(), &mut out);
+            let n = apply_trust(&snap, 0, t, p, &mut out);
+            let bids: Vec<u32> = out.iter().map(|e| e.bid_cents).collect();
+            (n, names(&snap, &out), bids)
+        };
+        let (n, got, _) = run(Trust::A, Prices::Static);
+        assert_eq!(
+            (n, got),
+            (
+                3,
+                vec!["strict#0".into(), "wary#1".into(), "plain#2".into()]
+            )
+        );
+        let (n, got, bids) = run(Trust::B, Prices::Static);
+        assert_eq!(n, 3);
+        assert_eq!(got, ["strict#0", "wary#1", "plain#2"]);
+        assert_eq!(bids, [3000, 1600, 1200]);
+        // C: strict is out, wary pays half and falls under plain
+        let (n, got, bids) = run(Trust::C, Prices::All);
+        assert_eq!(n, 2);
+        assert_eq!(got, ["plain#0", "wary#1", "strict:attestation"]);
+        assert_eq!(bids, [1200, 1000, 3000]);
+        // unverified: wary's 500 is under the floor of 600
+        let (n, got, _) = run(Trust::None, Prices::Static);
+        assert_eq!(n, 1);
+        assert_eq!(got, ["plain#0", "strict:attestation", "wary:floor"]);
+        // a kept price (a reservation) is not moved, the minimum still holds
+        let (_, got, bids) = run(Trust::C, Prices::Keep);
+        assert_eq!(got, ["wary#0", "plain#1", "strict:attestation"]);
+        assert_eq!(bids[0], 2000);
+        // real-time prices only: the static wary is not moved
+        let (_, _, bids) = run(Trust::C, Prices::Rtb);
+        assert_eq!(bids[0], 2000);
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! | `schedule.rs` | a buyer's opening hours in its time zone |
 //! | `model.rs` | [`Campaign`], [`Buyer`], [`Snapshot`] and its checks |
 //! | `live.rs` | [`Live`]: concurrency slots, hourly/daily/monthly answered counts and spend, pauses (an operator's, or after calls rang out) |
+//! | `trust.rs` | STIR/SHAKEN trust levels, a campaign's `stir` policy, a buyer's attestation multipliers |
 //! | `auction.rs` | [`auction`]: eligibility filters, ranking, an explanation per buyer |
 
 mod auction;
@@ -20,8 +21,11 @@ mod live;
 mod model;
 mod number;
 mod schedule;
+mod trust;
 
-pub use auction::{auction, local_keys, pin_first, rank, reorder, Entry, Exclusion, Outcome};
+pub use auction::{
+    apply_trust, auction, local_keys, pin_first, rank, reorder, Entry, Exclusion, Outcome,
+};
 pub use geo::{state_of_number, State, StateSet};
 pub use live::{BuyerLive, Health, Keys, Live, Pause, PauseBy};
 pub use model::{
@@ -30,3 +34,4 @@ pub use model::{
 };
 pub use number::normalize;
 pub use schedule::{Days, Schedule, ScheduleError};
+pub use trust::{AttestationBid, Prices, Require, StirPolicy, Trust};

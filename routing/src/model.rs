@@ -48,6 +48,8 @@ pub struct Campaign {
     pub reroute_within_s: u32,
     /// At most this many such reroutes per call.
     pub max_reroutes: u32,
+    /// `stir = { require, on_fail }`: what the caller's identity must show.
+    pub stir: crate::StirPolicy,
 }
 
 /// `duplicates = { window_days, after, action }`: a caller who came within `window_days` of
@@ -200,6 +202,11 @@ pub struct Buyer {
     /// Real-time bidding: the buyer is asked for a bid over HTTP on every call (`rtb = { … }`);
     /// `bid_cents`, when set, is its fallback when no bid comes.
     pub rtb: Option<Arc<Rtb>>,
+    /// `min_attestation`: calls whose caller identity is verified below this are
+    /// `excluded:attestation` (`Trust::None`: no minimum).
+    pub min_attestation: crate::Trust,
+    /// `attestation_bid`: the bid's multiplier by trust level.
+    pub attestation_bid: crate::AttestationBid,
 }
 
 /// `rtb = { url, timeout_ms, format, headers }` and `expose_caller`.

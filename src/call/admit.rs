@@ -24,6 +24,8 @@ pub const MAX_CALLER: usize = 64;
 /// How DCE refuses an INVITE before ringing anyone.
 pub(super) struct Rejection {
     pub code: u16,
+    /// The reason phrase when not the code's usual one (`403 Stale Date`).
+    pub phrase: Option<&'static str>,
     pub extra: Vec<(HeaderName, String)>,
     pub counter: Counter,
     pub reason: EndReason,
@@ -33,6 +35,7 @@ impl Rejection {
     pub fn new(code: u16, counter: Counter, reason: EndReason) -> Self {
         Rejection {
             code,
+            phrase: None,
             extra: Vec::new(),
             counter,
             reason,
@@ -48,6 +51,16 @@ impl Rejection {
     pub fn duplicate() -> Self {
         Rejection::new(603, Counter::Duplicate603, EndReason::Duplicate)
             .with(HeaderName::Reason, "SIP;cause=603;text=\"duplicate\"")
+    }
+
+    /// The campaign's `stir` policy refuses the caller's identity (`verdict`): the RFC 8224
+    /// code and phrase, and a `Reason` naming the verdict.
+    pub fn stir(code: u16, phrase: &'static str, verdict: crate::stir::Verdict) -> Self {
+        let text = verdict.to_string();
+        let mut r = Rejection::new(code, Counter::StirRejected, EndReason::Stir(text.clone()))
+            .with(HeaderName::Reason, &crate::stir::reason_header(code, &text));
+        r.phrase = Some(phrase);
+        r
     }
 
     /// `603` naming the rule.
@@ -69,6 +82,8 @@ pub(super) struct Facts {
     pub bids: Vec<BidRecord>,
     /// The duplicate rules that fired (the CDR's `duplicate`).
     pub duplicate: Option<String>,
+    /// The STIR/SHAKEN verdict (the CDR's `stir`).
+    pub stir: Option<String>,
 }
 
 /// What admission hands to a new call.
@@ -78,6 +93,7 @@ pub(super) struct Admitted {
     entries: Vec<Entry>,
     wall: DateTime<Utc>,
     dup: Option<Box<super::callers::Judgement>>,
+    stir: Option<Box<super::state::CallStir>>,
 }
 
 /// The user part of a URI inside a header value (`"x" <sip:user@host>;tag=…`).
@@ -165,7 +181,7 @@ impl Controller {
             called,
             ..Facts::default()
         };
-        match self.admit(from, now, &mut facts) {
+        match self.admit(&msg, from, now, &mut facts) {
             Ok(admitted) => self.create_call(layer, tx, msg, from, via, facts, admitted, now),
             Err(r) => self.refuse(layer, tx, &msg, &via, r, facts, None, now),
         }
@@ -187,7 +203,8 @@ impl Controller {
     ) {
         self.counters.inc(r.counter);
         let tag = self.ids.tag();
-        let mut resp = msg.response(r.code, reason_phrase(r.code), &tag, Some(via));
+        let phrase = r.phrase.unwrap_or_else(|| reason_phrase(r.code));
+        let mut resp = msg.response(r.code, phrase, &tag, Some(via));
         resp.headers.extend(r.extra);
         let id = id.unwrap_or_else(|| self.ids.uuid());
         if let Err(e) = layer.respond(tx, &resp, now) {
@@ -222,6 +239,7 @@ impl Controller {
                     "code": r.code,
                     "reason": reason,
                     "compliance": compliance,
+                    "stir": facts.stir,
                 })
             });
         self.out.push_back(Output::Cdr(Box::new(Cdr {
@@ -254,6 +272,7 @@ impl Controller {
             duplicate: facts.duplicate,
             fleet_caps: None,
             legs: Vec::new(),
+            stir: facts.stir,
         })));
     }
 
@@ -261,6 +280,7 @@ impl Controller {
     /// campaign, compliance, eligible buyers. Fills `facts` as it goes.
     fn admit(
         &mut self,
+        msg: &Message,
         from: Peer,
         now: Instant,
         facts: &mut Facts,
@@ -280,8 +300,8 @@ impl Controller {
         let ident = self
             .carriers
             .identify(from.addr.ip())
-            .map(|(c, lim)| (c.id.clone(), lim.admit(now)));
-        let Some((carrier, admitted)) = ident else {
+            .map(|(c, lim)| (c.id.clone(), lim.admit(now), c.trust_verstat));
+        let Some((carrier, admitted, trust_verstat)) = ident else {
             return Err(Rejection::new(
                 403,
                 Counter::Invite403,
@@ -331,6 +351,10 @@ impl Controller {
                 };
             }
         }
+        let stir = match self.stir.clone() {
+            Some(st) => Some(self.stir_begin(&st, msg, trust_verstat, c.stir, facts, wall, now)?),
+            None => None,
+        };
         let started = self.clock.instant();
         let ranked = auction(&snapshot, campaign, state, wall, &mut self.scratch);
         self.counters
@@ -338,6 +362,19 @@ impl Controller {
             .auction(self.clock.instant().saturating_duration_since(started));
         let mut entries = self.scratch.clone();
         let mut ranked = ranked;
+        if let Some(st) = stir.as_deref() {
+            if let Some(v) = st.verdict {
+                // the verdict is known: the static bids move with it now, the real-time ones
+                // when they are in
+                ranked = dce_routing::apply_trust(
+                    &snapshot,
+                    campaign,
+                    v.trust(),
+                    dce_routing::Prices::Static,
+                    &mut entries,
+                );
+            }
+        }
         let mut dup = None;
         // With Redis the fleet's memory is asked beside the other lookups (`checks_done`);
         // without it, this node's at once.
@@ -374,7 +411,76 @@ impl Controller {
             entries,
             wall,
             dup,
+            stir,
         })
+    }
+
+    /// STIR/SHAKEN at admission: the carrier's verdict (`trust_verstat`) or DCE's own as far
+    /// as the certificate cache allows, judged by the campaign's policy. A refusal is the
+    /// error; a call whose certificate must be fetched waits for it (`CallStir::waiting`).
+    #[allow(clippy::too_many_arguments)]
+    fn stir_begin(
+        &mut self,
+        st: &crate::stir::Stir,
+        msg: &Message,
+        trust_verstat: bool,
+        policy: dce_routing::StirPolicy,
+        facts: &mut Facts,
+        wall: DateTime<Utc>,
+        now: Instant,
+    ) -> Result<Box<super::state::CallStir>, Rejection> {
+        use crate::stir::Step;
+        let ids: Vec<&str> = msg.headers_named(&HeaderName::Identity).collect();
+        let carrier_says = trust_verstat
+            .then(|| {
+                crate::stir::carrier_verdict(
+                    &ids,
+                    msg.header(&HeaderName::PAssertedIdentity),
+                    msg.header(&HeaderName::From).unwrap_or_default(),
+                    msg.header(&HeaderName::Other("P-Attestation-Indicator".into())),
+                )
+            })
+            .flatten();
+        let step = match carrier_says {
+            Some(v) => Step::Done(v),
+            None => crate::stir::begin(
+                st,
+                &ids,
+                &facts.caller,
+                &facts.called,
+                wall.timestamp(),
+                now,
+            ),
+        };
+        let mut cs = Box::new(super::state::CallStir {
+            verdict: None,
+            waiting: None,
+            priced: false,
+            flag: None,
+        });
+        match step {
+            Step::Done(v) => {
+                self.counters.m.stir_verdict(&v.to_string());
+                facts.stir = Some(v.to_string());
+                cs.verdict = Some(v);
+                cs.priced = true;
+                if let crate::stir::Verdict::Failed(_) = v {
+                    tracing::debug!(caller = %crate::logging::num(&facts.caller), verdict = %v, "STIR verification failed");
+                }
+                match crate::stir::judge(policy, v) {
+                    crate::stir::Judgement::Pass => {}
+                    crate::stir::Judgement::Refuse(code, phrase) => {
+                        return Err(Rejection::stir(code, phrase, v))
+                    }
+                    crate::stir::Judgement::Flag(code, text) => {
+                        self.counters.inc(Counter::StirFlagged);
+                        cs.flag = Some((code, text));
+                    }
+                }
+            }
+            Step::Fetch { passport, .. } => cs.waiting = Some(passport),
+        }
+        Ok(cs)
     }
 
     /// Admitted: the call exists from here. It waits for its lookups, if any, then rings.
@@ -396,6 +502,7 @@ impl Controller {
             mut entries,
             wall,
             dup,
+            stir,
         } = admitted;
         let key = self.next_key;
         self.next_key += 1;
@@ -439,6 +546,14 @@ impl Controller {
                 let q = Query::Duplicates(q);
                 self.add_lookup(key, q, now + shared.deadline, &mut lookups, &mut requests);
             }
+        }
+        // The signer's certificate, when the cache does not have it: fetched beside the rest.
+        if let (Some(w), Some(st)) = (
+            stir.as_ref().and_then(|s| s.waiting.as_ref()),
+            self.stir.clone(),
+        ) {
+            let q = Query::Cert(w.header.x5u.clone());
+            self.add_lookup(key, q, now + st.fetch_timeout, &mut lookups, &mut requests);
         }
         // Real-time bidders are asked at once, beside the fleet-wide check.
         let rtb_facts = crate::rtb::CallFacts {
@@ -548,6 +663,7 @@ impl Controller {
                 reroutes: 0,
                 legs_done: Vec::new(),
                 talk_codec: None,
+                stir,
             }),
         );
         self.counters.m.call_added();
@@ -578,6 +694,27 @@ impl Controller {
         for a in std::mem::take(&mut call.lookups.answers) {
             match a {
                 Answer::Bid(b) => bids.push(*b),
+                Answer::Cert(signer) => {
+                    let Some(st) = call.stir.as_deref_mut() else {
+                        continue;
+                    };
+                    let Some(p) = st.waiting.take() else {
+                        continue;
+                    };
+                    let v = crate::stir::finish(&p, &signer);
+                    self.counters.m.stir_verdict(&v.to_string());
+                    st.verdict = Some(v);
+                    match crate::stir::judge(call.snapshot.campaign(call.campaign).stir, v) {
+                        crate::stir::Judgement::Pass => {}
+                        crate::stir::Judgement::Refuse(code, phrase) => {
+                            refusal = Some(Rejection::stir(code, phrase, v));
+                        }
+                        crate::stir::Judgement::Flag(code, text) => {
+                            self.counters.inc(Counter::StirFlagged);
+                            st.flag = Some((code, text));
+                        }
+                    }
+                }
                 // the first buyer's slot, asked early: settled when the call rings
                 Answer::Lease(l) => {
                     if let Some(lease) = call.lease.as_mut() {
@@ -642,6 +779,35 @@ impl Controller {
             return;
         };
         if refusal.is_none() {
+            if let Some(st) = call.stir.as_deref_mut() {
+                // the verdict moves the prices not moved yet: every one when it came late,
+                // the real-time bids when only they are new; a reserved price stays
+                let prices = if call.bids.as_ref().is_some_and(|b| b.reserved.is_some()) {
+                    dce_routing::Prices::Keep
+                } else if !st.priced {
+                    dce_routing::Prices::All
+                } else {
+                    dce_routing::Prices::Rtb
+                };
+                st.priced = true;
+                let trust = st.verdict.map(|v| v.trust()).unwrap_or_default();
+                let ranked = dce_routing::apply_trust(
+                    &call.snapshot,
+                    call.campaign,
+                    trust,
+                    prices,
+                    &mut call.entries,
+                );
+                if ranked == 0 {
+                    refusal = Some(Rejection::new(
+                        480,
+                        Counter::NoBuyer480,
+                        EndReason::NoEligibleBuyer,
+                    ));
+                }
+            }
+        }
+        if refusal.is_none() {
             // (again) after the bids: they may have re-ranked the entries the rules act on
             if let Some(j) = call.dup.as_deref() {
                 let mut ranked = j.apply(&mut call.entries);
@@ -705,6 +871,7 @@ impl Controller {
             compliance: call.compliance,
             bids,
             duplicate: call.dup.as_ref().and_then(|d| d.cdr_text()),
+            stir: call.stir.as_ref().map(|s| s.text()),
         };
         let (tx, via) = (call.a.tx, call.a.via);
         self.refuse(
@@ -742,6 +909,7 @@ impl Controller {
                     "carrier": call.carrier,
                     "caller": crate::logging::num(&call.caller),
                     "called": call.called,
+                    "stir": call.stir.as_ref().map(|s| s.text()),
                 })
             });
             self.events

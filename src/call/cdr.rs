@@ -135,6 +135,10 @@ pub struct Cdr {
     /// nobody answered). The call's revenue and payout are their sums.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub legs: Vec<LegRecord>,
+    /// The STIR/SHAKEN verdict on the caller's identity: `A`, `B`, `C` (verified, with the
+    /// attestation), `no_identity`, `failed:<reason>`; absent when `[stir]` is not configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stir: Option<String>,
 }
 
 /// One direction of one leg, as DCE received it.
@@ -321,6 +325,7 @@ impl Cdr {
             duplicate: None,
             fleet_caps: None,
             legs: Vec::new(),
+            stir: None,
         }
     }
 }

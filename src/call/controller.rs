@@ -173,6 +173,8 @@ pub struct Controller {
     pub(super) duplicates: Arc<super::callers::Memory>,
     /// Live nodes in the fleet as the last lease answer said (0 = none came yet).
     pub(super) fleet_nodes: u32,
+    /// STIR/SHAKEN verification (`[stir]`; `None`: callers' `Identity` is not verified).
+    pub(super) stir: Option<Arc<crate::stir::Stir>>,
 }
 
 /// A buyer INVITE the controller handed out: when its call's INVITE arrived, and whether it is
@@ -233,7 +235,14 @@ impl Controller {
             reservations: Arc::default(),
             duplicates: Arc::default(),
             fleet_nodes: 0,
+            stir: None,
         }
+    }
+
+    /// Verify callers' `Identity` with `stir` (its certificate cache shared by the node's
+    /// workers), or not (`None`).
+    pub fn set_stir(&mut self, stir: Option<Arc<crate::stir::Stir>>) {
+        self.stir = stir;
     }
 
     /// Share `r` with the node's other workers (a quote made on one holds for a call that

@@ -173,6 +173,7 @@ impl Controller {
             duplicate: call.dup.as_ref().and_then(|d| d.cdr_text()),
             fleet_caps: call.cap_note.map(str::to_owned),
             legs,
+            stir: call.stir.as_ref().map(|s| s.text()),
         };
         match call.media {
             Some(id) => {
@@ -451,6 +452,7 @@ fn call_view(c: &Call, now: Instant) -> super::view::CallView {
         buyer,
         attempts: c.attempts,
         compliance: c.compliance.to_string(),
+        stir: c.stir.as_ref().map(|s| s.text()),
         legs,
     }
 }

@@ -1,5 +1,5 @@
 //! Lookups: what a call asks of the outside world (the fleet-wide Redis check, real-time bid
-//! requests; certificate fetches later) without waiting inside the core.
+//! requests, STIR certificate fetches) without waiting inside the core.
 //!
 //! A call in `Checking` emits one [`LookupRequest`] per question, all at once, and arms one
 //! core timer (`Timer::Lookups`) at the deadline. The driver performs the I/O and feeds each
@@ -234,6 +234,9 @@ pub enum Query {
     Duplicates(DupCheck),
     /// A buyer attempt's fleet-wide cap check and slot.
     Lease(LeaseAsk),
+    /// The signer's certificate of a call's `Identity` (STIR/SHAKEN): fetched over HTTPS,
+    /// checked, cached (`x5u`).
+    Cert(String),
 }
 
 /// Its answer.
@@ -247,6 +250,8 @@ pub enum Answer {
     Duplicates(Result<DupSeen, String>),
     /// The fleet-wide cap check's result.
     Lease(LeaseAnswer),
+    /// The checked signer certificate, or why there is none.
+    Cert(crate::stir::fetch::Cached),
 }
 
 impl Answer {
@@ -255,6 +260,7 @@ impl Answer {
         match q {
             Query::Shared(_) => Answer::Shared(RemoteResult::Error("deadline passed".into())),
             Query::Duplicates(_) => Answer::Duplicates(Err("deadline passed".into())),
+            Query::Cert(_) => Answer::Cert(Err(crate::stir::Failure::FetchFailed)),
             Query::Lease(_) => Answer::Lease(LeaseAnswer {
                 result: LeaseResult::Error("deadline passed".into()),
                 nodes: 0,

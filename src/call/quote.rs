@@ -219,6 +219,8 @@ impl Controller {
                 Answer::Duplicates(_) => {}
                 // nor takes a fleet-wide slot (the call does, when it rings)
                 Answer::Lease(_) => {}
+                // nor verifies an identity (a quote has none)
+                Answer::Cert(_) => {}
             }
         }
         let snap = q.snapshot.clone();

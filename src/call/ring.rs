@@ -298,6 +298,41 @@ impl Controller {
             for (n, v) in extra {
                 invite.push(HeaderName::Other(n), v);
             }
+            if let Some(st) = call.stir.as_deref() {
+                // STIR/SHAKEN: the carrier's Identity goes on unchanged, with DCE's own `div`
+                // PASSporT for the new destination when it signs, and the policy's `Reason`
+                // when the call goes on flagged (RFC 9410)
+                let mut carried = false;
+                for v in call.a.invite.headers_named(&HeaderName::Identity) {
+                    if v.len() <= crate::stir::passport::MAX_IDENTITY {
+                        invite.push(HeaderName::Identity, v);
+                        carried = true;
+                    }
+                }
+                if let Some(div) = self.stir.as_ref().and_then(|s| s.div.as_ref()) {
+                    let dest = uri
+                        .split_once(':')
+                        .and_then(|(_, r)| r.split_once('@'))
+                        .map(|(u, _)| u)
+                        .unwrap_or(&call.called);
+                    let signed = carried
+                        .then(|| {
+                            div.sign(
+                                &call.caller,
+                                &call.called,
+                                dest,
+                                self.clock.now_utc().timestamp(),
+                            )
+                        })
+                        .flatten();
+                    if let Some(v) = signed {
+                        invite.push(HeaderName::Identity, v);
+                    }
+                }
+                if let Some((code, text)) = &st.flag {
+                    invite.push(HeaderName::Reason, crate::stir::reason_header(*code, text));
+                }
+            }
             push_body(&mut invite, offer);
             let peer = Peer {
                 transport,

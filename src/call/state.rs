@@ -327,6 +327,30 @@ pub struct Call {
     /// The codec the carrier talks (the first buyer's answer), when the campaign reroutes: a
     /// rerouted call is offered only it, since the carrier hears no re-INVITE.
     pub talk_codec: Option<String>,
+    /// STIR/SHAKEN: the caller identity's verdict (`None`: `[stir]` is not configured).
+    pub stir: Option<Box<CallStir>>,
+}
+
+/// A call's STIR/SHAKEN verification.
+#[derive(Debug)]
+pub struct CallStir {
+    /// The verdict; `None` while the signer's certificate is fetched.
+    pub verdict: Option<crate::stir::Verdict>,
+    /// The PASSporT waiting for its certificate.
+    pub waiting: Option<Box<crate::stir::passport::Passport>>,
+    /// The static bids were moved by the verdict at admission.
+    pub priced: bool,
+    /// The campaign's policy flagged the call: the buyer INVITE's `Reason` (code, text).
+    pub flag: Option<(u16, String)>,
+}
+
+impl CallStir {
+    /// The verdict as the CDR says it (`pending` while fetching).
+    pub fn text(&self) -> String {
+        self.verdict
+            .map(|v| v.to_string())
+            .unwrap_or_else(|| "pending".into())
+    }
 }
 
 /// A fleet-wide lease for entry `entry` of a call: asked (`decided` false; the call is

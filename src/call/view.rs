@@ -32,6 +32,9 @@ pub struct CallView {
     pub attempts: u32,
     /// The compliance verdict.
     pub compliance: String,
+    /// The STIR/SHAKEN verdict (`A`, `B`, `C`, `no_identity`, `failed:<reason>`; `pending`
+    /// while its certificate is fetched), when `[stir]` is configured.
+    pub stir: Option<String>,
     /// The buyer legs, in the order they were tried.
     pub legs: Vec<LegView>,
 }

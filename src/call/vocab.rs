@@ -133,6 +133,8 @@ pub enum EndReason {
     Compliance,
     /// A campaign's duplicate rule refused the repeat caller.
     Duplicate,
+    /// The campaign's `stir` policy refused the caller's identity (the verdict).
+    Stir(String),
     /// A fleet-wide compliance lookup failed under `on_lookup_error = "reject"`.
     LookupFailed,
     /// Every buyer was filtered out.
@@ -197,6 +199,7 @@ impl fmt::Display for EndReason {
             EndReason::Shutdown => "shutdown",
             EndReason::ApiHangup => "api_hangup",
             EndReason::Media(e) => return write!(f, "media: {e}"),
+            EndReason::Stir(v) => return write!(f, "stir: {v}"),
         };
         f.write_str(s)
     }

@@ -9,6 +9,7 @@
 //! | `model.rs` | the typed configuration DCE runs on, its defaults, `[node]`, `[sip]`, `[cdr]` |
 //! | `compliance.rs` | `[compliance]`: DNC files, calling hours, state overrides, frequency cap |
 //! | `http.rs` | `[http]`: the control API's address, keys (SHA-256, role), open paths, limits |
+//! | `stir.rs` | `[stir]`: trust anchors, freshness, fetch deadline, `x5u` allow-list, `div` signing; a campaign's `stir` policy, a buyer's attestation keys |
 //! | `routing.rs` | `[[carrier]]`, `[[campaign]]`, `[[buyer]]`: CIDRs, numbers, targeting, schedules |
 
 pub mod compliance;
@@ -16,6 +17,7 @@ pub mod http;
 
 mod model;
 pub mod routing;
+pub mod stir;
 pub mod template;
 mod walk;
 
@@ -26,6 +28,7 @@ pub use model::{
     StorageConfig, TlsConfig,
 };
 pub use routing::{CarrierConfig, Cidr, RoutingConfig};
+pub use stir::StirConfig;
 pub use walk::ConfigError;
 
 use std::path::Path;

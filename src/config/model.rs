@@ -29,6 +29,8 @@ pub struct Config {
     pub log: LogConfig,
     /// `[dns]`
     pub dns: DnsConfig,
+    /// `[stir]`: verify callers' `Identity` (none: not verified).
+    pub stir: Option<super::StirConfig>,
 }
 
 /// `[dns]`: how buyer host names are resolved (RFC 3263, in the background).
@@ -443,6 +445,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             "http",
             "log",
             "dns",
+            "stir",
         ],
     );
     let node = w
@@ -469,6 +472,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
     let http = super::http::read(&mut w, root, &carrier_ids, &buyer_ids);
     let log = log(&mut w, root);
     let dns = dns(&mut w, root);
+    let stir = super::stir::read(&mut w, root);
     if let Some(sip) = &sip {
         for b in &routing.buyers {
             let t = match routing::target_of(&b.uri, "1", "1") {
@@ -505,6 +509,7 @@ pub(super) fn from_toml(file: &str, text: &str) -> Result<Config, Vec<ConfigErro
             http,
             log,
             dns,
+            stir,
         }),
         _ => {
             let mut errors = w.errors;

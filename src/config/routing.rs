@@ -76,6 +76,9 @@ pub struct CarrierConfig {
     pub sources: Vec<Cidr>,
     /// New calls per second allowed; 0 = unlimited.
     pub max_cps: u32,
+    /// `trust_verstat`: this carrier verifies STIR/SHAKEN itself; its `verstat` (and
+    /// `P-Attestation-Indicator`) is taken instead of DCE verifying again.
+    pub trust_verstat: bool,
 }
 
 /// Campaigns and buyers as read (buyers refer to campaigns by index).
@@ -132,7 +135,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
     let mut cfg = RoutingConfig::default();
     let mut seen = HashMap::new();
     for t in w.tables(root, "carrier", "carrier") {
-        w.unknown_keys(t, &["id", "sources", "max_cps", "webhook"]);
+        w.unknown_keys(t, &["id", "sources", "max_cps", "webhook", "trust_verstat"]);
         let id = read_id(w, t, "carrier", &mut seen);
         let hook = w
             .table(t, "webhook", "carrier.webhook", false)
@@ -148,11 +151,13 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             }
         }
         let max_cps = u32_key(w, t, "max_cps", 0);
+        let trust_verstat = w.boolean(t, "trust_verstat").unwrap_or(false);
         if let Some(id) = id {
             cfg.carriers.push(CarrierConfig {
                 id,
                 sources,
                 max_cps,
+                trust_verstat,
             });
         }
     }
@@ -179,6 +184,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "duplicates",
                 "reroute_if_buyer_hangs_up_within_s",
                 "max_reroutes",
+                "stir",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -236,6 +242,10 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .int(t, "max_reroutes", 0, 10)
             .map(|(v, _)| v as u32)
             .unwrap_or(2);
+        let stir = w
+            .table(t, "stir", "campaign.stir", false)
+            .map(|st| super::stir::campaign_policy(w, st))
+            .unwrap_or_default();
         if let Some(id) = id {
             campaign_index.insert(id.clone(), cfg.campaigns.len());
             cfg.campaigns.push(Campaign {
@@ -254,6 +264,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 duplicates,
                 reroute_within_s,
                 max_reroutes,
+                stir,
             });
         }
     }
@@ -287,6 +298,8 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "rtb",
                 "expose_caller",
                 "webhook",
+                "min_attestation",
+                "attestation_bid",
             ],
         );
         let id = read_id(w, t, "buyer", &mut seen);
@@ -426,6 +439,11 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .table(t, "rtb", "buyer.rtb", false)
             .and_then(|rt| buyer_rtb(w, rt, expose_caller))
             .map(std::sync::Arc::new);
+        let min_attestation = super::stir::min_attestation(w, t);
+        let attestation_bid = w
+            .table(t, "attestation_bid", "buyer.attestation_bid", false)
+            .map(|at| super::stir::attestation_bid(w, at))
+            .unwrap_or_default();
         if let Some(id) = id {
             cfg.buyers.push(Buyer {
                 id,
@@ -450,6 +468,8 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 health,
                 tls_ca,
                 rtb,
+                min_attestation,
+                attestation_bid,
             });
         }
     }

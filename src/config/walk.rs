@@ -291,6 +291,31 @@ impl<'a> Walk<'a> {
         }
     }
 
+    /// A multiplier from 0 to 1 inclusive (`0.8`, `1`), with its span.
+    pub fn multiplier(&mut self, t: Table<'_, '_>, key: &str) -> Option<(f64, Range<usize>)> {
+        let v = Self::get(t, key)?;
+        let n = match v.get_ref() {
+            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
+            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
+                .ok()
+                .map(|n| n as f64),
+            _ => {
+                self.wrong_type(v, t, key, "a number from 0 to 1, e.g. 0.8");
+                return None;
+            }
+        };
+        match n {
+            Some(f) if (0.0..=1.0).contains(&f) => Some((f, v.span())),
+            _ => {
+                self.error(
+                    v.span(),
+                    format!("`{}{key}` must be from 0 to 1, e.g. 0.8", prefix(t.path)),
+                );
+                None
+            }
+        }
+    }
+
     /// An array of strings, each with its span.
     pub fn strings(
         &mut self,

@@ -32,6 +32,7 @@ fn a_call(id: &str) -> crate::call::view::CallView {
         buyer: Some("b1".into()),
         attempts: 1,
         compliance: "pass".into(),
+        stir: None,
         legs: vec![crate::call::view::LegView {
             buyer: "b1".into(),
             bid_cents: 1500,

@@ -6,9 +6,15 @@
 //! call's lookup deadline) and the per-campaign policy build on it.
 
 pub mod cert;
+pub mod fetch;
 pub mod passport;
 
 pub use passport::Attestation;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use dce_routing::{Require, StirPolicy, Trust};
+use std::sync::Arc;
 
 /// Why a PASSporT did not verify (`failed:<reason>` in the CDR).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -39,6 +45,8 @@ pub enum Failure {
     FetchFailed,
     /// The `x5u` is not on `x5u_allow` (or not HTTPS).
     X5uNotAllowed,
+    /// A carrier trusted for its verdict (`trust_verstat`) said `TN-Validation-Failed`.
+    CarrierVerstat,
 }
 
 impl Failure {
@@ -58,6 +66,7 @@ impl Failure {
             Failure::BadCertificate => "bad_certificate",
             Failure::FetchFailed => "fetch_failed",
             Failure::X5uNotAllowed => "x5u_not_allowed",
+            Failure::CarrierVerstat => "carrier_verstat",
         }
     }
 
@@ -77,7 +86,8 @@ impl Failure {
             | Failure::BadAlgorithm
             | Failure::NotShaken
             | Failure::BadSignature
-            | Failure::TnMismatch => (438, "Invalid Identity Header"),
+            | Failure::TnMismatch
+            | Failure::CarrierVerstat => (438, "Invalid Identity Header"),
         }
     }
 }
@@ -100,6 +110,312 @@ impl std::fmt::Display for Verdict {
             Verdict::NoIdentity => f.write_str("no_identity"),
             Verdict::Failed(r) => write!(f, "failed:{}", r.as_str()),
         }
+    }
+}
+
+impl Verdict {
+    /// The trust it gives the call in the auction.
+    pub fn trust(self) -> Trust {
+        match self {
+            Verdict::Verified(Attestation::A) => Trust::A,
+            Verdict::Verified(Attestation::B) => Trust::B,
+            Verdict::Verified(Attestation::C) => Trust::C,
+            Verdict::NoIdentity | Verdict::Failed(_) => Trust::None,
+        }
+    }
+
+    /// The metric label: `A`, `B`, `C`, `no_identity`, `failed`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verdict::Verified(a) => a.as_str(),
+            Verdict::NoIdentity => "no_identity",
+            Verdict::Failed(_) => "failed",
+        }
+    }
+}
+
+/// What the node verifies with (`[stir]`), shared by every SIP worker.
+#[derive(Debug)]
+pub struct Stir {
+    /// The trust anchors.
+    pub anchors: Arc<cert::Anchors>,
+    /// How far `iat` may be from now, seconds.
+    pub max_age_s: i64,
+    /// How long a call waits for a certificate fetch.
+    pub fetch_timeout: std::time::Duration,
+    /// Hosts `x5u` may name.
+    pub x5u_allow: Vec<String>,
+    /// The certificate cache (filled by the driver's [`fetch::Fetcher`]).
+    pub certs: Arc<fetch::Certs>,
+    /// `sign_div`.
+    pub div: Option<Arc<DivSigner>>,
+}
+
+impl Stir {
+    /// From `[stir]`.
+    pub fn new(c: &crate::config::StirConfig) -> Stir {
+        Stir {
+            anchors: c.anchors.clone(),
+            max_age_s: i64::from(c.max_age_s),
+            fetch_timeout: c.fetch_timeout,
+            x5u_allow: c.x5u_allow.clone(),
+            certs: Arc::new(fetch::Certs::new(c.cache_size)),
+            div: c.sign_div.clone(),
+        }
+    }
+}
+
+/// A node's STIR/SHAKEN: what the workers verify with, and the fetcher that fills their
+/// certificate cache. Made at start and on each reload (a reload starts with an empty cache).
+pub struct StirNode {
+    /// Shared by the workers' controllers.
+    pub stir: Arc<Stir>,
+    /// Run by the workers' drivers for `Query::Cert`.
+    pub fetcher: Arc<fetch::Fetcher>,
+}
+
+impl StirNode {
+    /// From `[stir]`.
+    pub fn new(c: &crate::config::StirConfig) -> Result<Arc<StirNode>, String> {
+        let stir = Arc::new(Stir::new(c));
+        let fetcher = fetch::Fetcher::new(
+            stir.certs.clone(),
+            stir.anchors.clone(),
+            c.x5u_ca_file.as_deref(),
+            c.fetch_timeout,
+        )
+        .map_err(|e| format!("[stir] x5u_ca_file: {e}"))?;
+        Ok(Arc::new(StirNode {
+            stir,
+            fetcher: Arc::new(fetcher),
+        }))
+    }
+}
+
+/// Where a call's verification stands after what can be done at once.
+#[derive(Debug)]
+pub enum Step {
+    /// Decided.
+    Done(Verdict),
+    /// The signer's certificate is not cached: fetch `x5u`, then [`finish`].
+    Fetch {
+        /// The certificate's URL.
+        x5u: String,
+        /// The PASSporT whose signature waits for it (claims checked already).
+        passport: Box<passport::Passport>,
+    },
+}
+
+/// Verify what the INVITE's `Identity` headers say, as far as the cache allows: the first
+/// SHAKEN one (`ppt=shaken`, or no `ppt`) is checked (claims, `x5u` allowed, then the cached
+/// certificate), for a call from `caller` to `called` at `now_s` (wall clock) / `now`.
+pub fn begin(
+    stir: &Stir,
+    identities: &[&str],
+    caller: &str,
+    called: &str,
+    now_s: i64,
+    now: std::time::Instant,
+) -> Step {
+    let Some(value) = identities
+        .iter()
+        .find(|v| {
+            passport::parse_identity(v)
+                .map(|i| i.ppt.as_deref().is_none_or(|p| p == "shaken"))
+                .unwrap_or(false)
+        })
+        .or(identities.first())
+    else {
+        return Step::Done(Verdict::NoIdentity);
+    };
+    let p = match passport::parse_identity(value).and_then(|i| passport::decode(&i)) {
+        Ok(p) => p,
+        Err(f) => return Step::Done(Verdict::Failed(f)),
+    };
+    if let Err(f) = passport::check_claims(&p, caller, called, now_s, stir.max_age_s) {
+        return Step::Done(Verdict::Failed(f));
+    }
+    if !fetch::x5u_allowed(&p.header.x5u, &stir.x5u_allow) {
+        return Step::Done(Verdict::Failed(Failure::X5uNotAllowed));
+    }
+    match stir.certs.get(&p.header.x5u, now) {
+        Some(c) => Step::Done(finish(&p, &c)),
+        None => Step::Fetch {
+            x5u: p.header.x5u.clone(),
+            passport: Box::new(p),
+        },
+    }
+}
+
+/// The verdict once the signer's certificate is known (or known bad).
+pub fn finish(p: &passport::Passport, signer: &fetch::Cached) -> Verdict {
+    match signer {
+        Ok(s) => match cert::verify_signature(p, s) {
+            Ok(()) => Verdict::Verified(p.attest),
+            Err(f) => Verdict::Failed(f),
+        },
+        Err(f) => Verdict::Failed(*f),
+    }
+}
+
+/// What a carrier that verified the call itself said (`trust_verstat`): the `verstat`
+/// parameter of `P-Asserted-Identity` (or `From`), with the attestation from
+/// `P-Attestation-Indicator`, a `TN-Validation-Passed-<A|B|C>` suffix, or the PASSporT's
+/// `attest` claim (read, not verified: the carrier vouched for it), else `C`. `None`: the
+/// carrier said nothing and DCE verifies itself.
+pub fn carrier_verdict(
+    identity_headers: &[&str],
+    pai: Option<&str>,
+    from: &str,
+    indicator: Option<&str>,
+) -> Option<Verdict> {
+    let verstat = |h: &str| -> Option<String> {
+        let lower = h.to_ascii_lowercase();
+        let at = lower.find("verstat=")? + "verstat=".len();
+        let v: String = h[at..]
+            .chars()
+            .take_while(|c| !matches!(c, ';' | '>' | '@' | ',' | '&' | ' ' | '"'))
+            .collect();
+        Some(v)
+    };
+    let v = pai.and_then(verstat).or_else(|| verstat(from))?;
+    let lower = v.to_ascii_lowercase();
+    if let Some(rest) = lower.strip_prefix("tn-validation-passed") {
+        let level = indicator
+            .and_then(|i| Attestation::parse(i.trim()))
+            .or_else(|| Attestation::parse(&rest.trim_start_matches('-').to_ascii_uppercase()))
+            .or_else(|| {
+                identity_headers.iter().find_map(|h| {
+                    passport::parse_identity(h)
+                        .and_then(|i| passport::decode(&i))
+                        .ok()
+                        .map(|p| p.attest)
+                })
+            })
+            .unwrap_or(Attestation::C);
+        Some(Verdict::Verified(level))
+    } else if lower.starts_with("tn-validation-failed") {
+        Some(Verdict::Failed(Failure::CarrierVerstat))
+    } else if lower.starts_with("no-tn-validation") {
+        Some(Verdict::NoIdentity)
+    } else {
+        None
+    }
+}
+
+/// What a campaign's `stir` policy makes of a verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Judgement {
+    /// Nothing to say.
+    Pass,
+    /// Refuse the INVITE with this code and reason phrase.
+    Refuse(u16, &'static str),
+    /// Go on; the buyer INVITE carries `Reason: STIR;cause=<code>;text="<text>"`.
+    Flag(u16, String),
+}
+
+/// Judge `v` under `policy`. A call without a verified identity where one is required is
+/// `428 Use Identity Header` (none carried) or its failure's code; one verified below the
+/// required attestation is `608 Rejected` (RFC 8688: an intermediary's refusal on analytics).
+pub fn judge(policy: StirPolicy, v: Verdict) -> Judgement {
+    let (code, phrase, text) = match (policy.require, v) {
+        (Require::Nothing, _) => return Judgement::Pass,
+        (Require::Any, Verdict::Verified(_)) => return Judgement::Pass,
+        (Require::AtLeast(min), Verdict::Verified(a)) if v.trust() >= min => {
+            let _ = a;
+            return Judgement::Pass;
+        }
+        (Require::AtLeast(min), Verdict::Verified(a)) => (
+            608,
+            "Rejected",
+            format!("attestation {} below {}", a.as_str(), min.as_str()),
+        ),
+        (_, Verdict::NoIdentity) => (428, "Use Identity Header", "no Identity".to_owned()),
+        (_, Verdict::Failed(f)) => {
+            let (c, p) = f.sip_code();
+            (c, p, f.as_str().to_owned())
+        }
+    };
+    if policy.flag {
+        Judgement::Flag(code, text)
+    } else {
+        Judgement::Refuse(code, phrase)
+    }
+}
+
+/// The `Reason` header value of a flagged call (RFC 9410).
+pub fn reason_header(code: u16, text: &str) -> String {
+    let text: String = text
+        .chars()
+        .filter(|c| !c.is_control() && *c != '"' && *c != '\\')
+        .take(100)
+        .collect();
+    format!("STIR;cause={code};text=\"{text}\"")
+}
+
+/// DCE's own signer of `div` PASSporTs (RFC 8946), `[stir] sign_div`.
+pub struct DivSigner {
+    key: ring::signature::EcdsaKeyPair,
+    /// Where DCE's certificate is served.
+    pub x5u: String,
+}
+
+impl std::fmt::Debug for DivSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DivSigner")
+            .field("x5u", &self.x5u)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DivSigner {
+    /// From a PKCS#8 PEM P-256 key; `Err` says what is wrong (never the key).
+    pub fn from_pem(x5u: &str, pem: &[u8]) -> Result<DivSigner, String> {
+        use rustls::pki_types::pem::PemObject;
+        let der = rustls::pki_types::PrivatePkcs8KeyDer::from_pem_slice(pem).map_err(|_| {
+            "no PKCS#8 private key in it (convert one with `openssl pkcs8 -topk8 -nocrypt`)"
+                .to_owned()
+        })?;
+        let key = ring::signature::EcdsaKeyPair::from_pkcs8(
+            &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING,
+            der.secret_pkcs8_der(),
+            &ring::rand::SystemRandom::new(),
+        )
+        .map_err(|_| "the key is not a P-256 (ES256) key".to_owned())?;
+        Ok(DivSigner {
+            key,
+            x5u: x5u.to_owned(),
+        })
+    }
+
+    /// An `Identity` header value: a `div` PASSporT saying the call from `orig` to `div`
+    /// (the number the carrier dialled) now goes to `dest`, signed at `iat`.
+    pub fn sign(&self, orig: &str, div: &str, dest: &str, iat: i64) -> Option<String> {
+        let esc = |s: &str| -> String { s.chars().filter(char::is_ascii_digit).collect() };
+        let header = format!(
+            r#"{{"alg":"ES256","ppt":"div","typ":"passport","x5u":{}}}"#,
+            serde_json::to_string(&self.x5u).ok()?
+        );
+        let claims = format!(
+            r#"{{"dest":{{"tn":["{}"]}},"div":{{"tn":"{}"}},"iat":{iat},"orig":{{"tn":"{}"}}}}"#,
+            esc(dest),
+            esc(div),
+            esc(orig)
+        );
+        let signed = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header),
+            URL_SAFE_NO_PAD.encode(claims)
+        );
+        let sig = self
+            .key
+            .sign(&ring::rand::SystemRandom::new(), signed.as_bytes())
+            .ok()?;
+        Some(format!(
+            "{signed}.{};info=<{}>;alg=ES256;ppt=div",
+            URL_SAFE_NO_PAD.encode(sig.as_ref()),
+            self.x5u
+        ))
     }
 }
 

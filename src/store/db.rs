@@ -55,6 +55,10 @@ const PG_STEPS: Steps = &[
         "buyer_legs",
         include_str!("../../migrations/postgres/0008_buyer_legs.sql"),
     ),
+    (
+        "stir",
+        include_str!("../../migrations/postgres/0009_stir.sql"),
+    ),
 ];
 
 const SQLITE_STEPS: Steps = &[
@@ -83,6 +87,10 @@ const SQLITE_STEPS: Steps = &[
     (
         "buyer_legs",
         include_str!("../../migrations/sqlite/0008_buyer_legs.sql"),
+    ),
+    (
+        "stir",
+        include_str!("../../migrations/sqlite/0009_stir.sql"),
     ),
 ];
 
@@ -152,15 +160,18 @@ pub struct ExportRow {
     pub converted_at: Option<String>,
     /// The name of the API key that posted it.
     pub converted_by: Option<String>,
+    /// The STIR/SHAKEN verdict (`A`, `B`, `C`, `no_identity`, `failed:<reason>`), when
+    /// verified.
+    pub stir: Option<String>,
 }
 
 /// The columns of an [`ExportRow`] in PostgreSQL.
 const PG_EXPORT_COLS: &str = "SELECT id::text AS id, to_char(created_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS created_at, \
      disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, payout_cents, margin_cents, billable, duration_ms, \
-     converted, to_char(converted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS converted_at, converted_by FROM calls";
+     converted, to_char(converted_at AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"') AS converted_at, converted_by, stir FROM calls";
 /// The same in SQLite.
 const SQLITE_EXPORT_COLS: &str = "SELECT id, created_at, disposition, carrier, campaign, caller, called, buyer_id, bid_cents, revenue_cents, \
-     payout_cents, margin_cents, billable, duration_ms, converted, converted_at, converted_by FROM calls";
+     payout_cents, margin_cents, billable, duration_ms, converted, converted_at, converted_by, stir FROM calls";
 
 /// An export row from a query row of either database (they differ in how booleans are stored).
 macro_rules! export_row {
@@ -183,6 +194,7 @@ macro_rules! export_row {
             converted: $converted,
             converted_at: $r.get("converted_at"),
             converted_by: $r.get("converted_by"),
+            stir: $r.get("stir"),
         }
     };
 }
@@ -695,10 +707,10 @@ async fn insert_pg(
     sqlx::query(
         "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, payout_cents, \
          billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, answered_at, ended_at, \
-         duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs) \
+         duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs, stir) \
          SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::int8[], $10::int8[], $11::bool[], $12::text[], $12::text[], $13::int4[], $14::int4[], $15::text[], $16::text[], $17::text[], \
-         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[], $26::text[], $27::text[]::jsonb[]) \
+         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[], $26::text[], $27::text[]::jsonb[], $28::text[]) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(col(|c| c.id.clone()))
@@ -728,6 +740,7 @@ async fn insert_pg(
     .bind(opt(|c| c.duplicate.clone()))
     .bind(opt(|c| c.fleet_caps.clone()))
     .bind(opt(legs_json))
+    .bind(opt(|c| c.stir.clone()))
     .execute(&mut *tx)
     .await?;
     let (mut ids, mut pos, mut buyers, mut amounts, mut outcomes) =
@@ -806,7 +819,7 @@ fn legs_json(c: &Cdr) -> Option<String> {
         .flatten()
 }
 
-/// Rows per multi-row `INSERT` (28 parameters each: well under SQLite's 32,766).
+/// Rows per multi-row `INSERT` (29 parameters each: well under SQLite's 32,766).
 const SQLITE_ROWS: usize = 100;
 
 /// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
@@ -823,7 +836,7 @@ async fn insert_sqlite(
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
              payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
-             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs) ",
+             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs, stir) ",
         );
         q.push_values(chunk, |mut b, c| {
             b.push_bind(&c.id)
@@ -857,7 +870,8 @@ async fn insert_sqlite(
                 .push_bind(i64::from(c.margin_cents))
                 .push_bind(&c.duplicate)
                 .push_bind(&c.fleet_caps)
-                .push_bind(legs_json(c));
+                .push_bind(legs_json(c))
+                .push_bind(&c.stir);
         });
         // a full chunk's statement is reused; the odd-sized last one is not cached
         q.build()

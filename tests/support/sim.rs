@@ -136,6 +136,11 @@ pub struct Sim {
     pub cap_writes: Vec<dce::call::lookup::CapWrite>,
     /// Leases "Redis" holds: granted by `answer_lease` or held locally, not yet released.
     pub leases: std::collections::BTreeSet<String>,
+    /// STIR/SHAKEN (`[stir]` in the config): the certificate cache the test may fill.
+    pub stir: Option<Arc<dce::stir::Stir>>,
+    /// Certificate fetches asked and not answered yet (`x5u`).
+    pub cert_asks: Vec<(dce::call::LookupId, String)>,
+    extra_headers: Vec<(HeaderName, String)>,
 }
 
 /// Config with carrier-a on 127.0.0.1, campaign `auto` on +18005550100, and `buyers` appended.
@@ -206,6 +211,8 @@ impl Sim {
         if let Some(t) = dns {
             controller.set_dns(t);
         }
+        let stir = cfg.stir.as_ref().map(|c| Arc::new(dce::stir::Stir::new(c)));
+        controller.set_stir(stir.clone());
         let core = EdgeCore::new(
             TimerConfig::default(),
             Local {
@@ -239,6 +246,9 @@ impl Sim {
             invites: HashMap::new(),
             seq: 0,
             late_offer: false,
+            stir,
+            cert_asks: Vec::new(),
+            extra_headers: Vec::new(),
             nobody: Buyer {
                 mode: Mode::Silent,
                 calls: BTreeMap::new(),
@@ -356,6 +366,10 @@ impl Sim {
                         }
                         dce::call::Query::Lease(q) => {
                             self.lease_asks.push((req.id, q));
+                            continue;
+                        }
+                        dce::call::Query::Cert(x5u) => {
+                            self.cert_asks.push((req.id, x5u));
                             continue;
                         }
                     };
@@ -561,6 +575,35 @@ impl Sim {
         id
     }
 
+    /// The carrier places a call with these extra headers (`Identity` …); returns its Call-ID.
+    pub fn place_call_with(&mut self, caller: &str, headers: &[(HeaderName, String)]) -> String {
+        self.extra_headers = headers.to_vec();
+        let id = self.place_call(caller);
+        self.extra_headers.clear();
+        id
+    }
+
+    /// Answer the oldest certificate fetch asked (the driver's fetcher would have cached it:
+    /// so does this).
+    pub fn answer_cert(&mut self, signer: dce::stir::fetch::Cached) {
+        let (id, x5u) = self.cert_asks.remove(0);
+        if let Some(st) = &self.stir {
+            st.certs.put(
+                &x5u,
+                signer.clone(),
+                self.now + std::time::Duration::from_secs(3600),
+            );
+        }
+        self.core.handle_input(
+            dce::edge::Input::Lookup {
+                id,
+                answer: dce::call::Answer::Cert(signer),
+            },
+            self.now,
+        );
+        self.collect();
+    }
+
     /// The carrier places a call; returns its Call-ID.
     pub fn place_call(&mut self, caller: &str) -> String {
         let n = self.next_id();
@@ -583,6 +626,9 @@ impl Sim {
             HeaderName::Other("X-Carrier-Secret".into()),
             "internal-route-7",
         );
+        for (n, v) in &self.extra_headers {
+            m.push(n.clone(), v.clone());
+        }
         if !self.late_offer {
             m.push(HeaderName::ContentType, "application/sdp");
             m.body = Bytes::from_static(SDP.as_bytes());
