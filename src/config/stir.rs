@@ -206,3 +206,93 @@ pub fn attestation_bid(w: &mut Walk<'_>, t: Table<'_, '_>) -> AttestationBid {
     }
     bid
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+
+    const BASE: &str = "[node]\nid = \"n\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n\
+        [[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n";
+
+    fn roots() -> (std::path::PathBuf, super::super::super::stir::cert::Anchors) {
+        let dir = std::env::temp_dir().join(format!("dce-stir-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pki = crate::stir::cert::test_pki::Pki::new(true, (2024, 2030));
+        let f = dir.join("roots.pem");
+        std::fs::write(&f, &pki.root_pem).unwrap();
+        std::fs::write(dir.join("div.key"), &pki.key_pem).unwrap();
+        (f, crate::stir::cert::Anchors::from_pem(pki.root_pem.as_bytes()).unwrap())
+    }
+
+    fn errors(text: &str) -> Vec<String> {
+        parse("s.toml", text)
+            .unwrap_err()
+            .iter()
+            .map(|e| e.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn stir_keys_defaults_and_policies() {
+        let (f, _) = roots();
+        let key = f.with_file_name("div.key");
+        let text = format!(
+            "{BASE}[stir]\nca_file = \"{}\"\nx5u_allow = [\"*.sticr.example\", \"127.0.0.1\"]\nsign_div = {{ x5u = \"https://c.example/d.pem\", key = \"{}\" }}\n\
+             [[campaign]]\nid = \"k\"\nnumbers = [\"+18005550100\"]\nstir = {{ require = \"B\", on_fail = \"flag\" }}\n\
+             [[buyer]]\nid = \"b\"\ncampaigns = [\"k\"]\nuri = \"sip:{{called}}@127.0.0.1:5090\"\nbid_cents = 100\nmin_attestation = \"A\"\nattestation_bid = {{ B = 0.8, C = 0.5, none = 0 }}\n",
+            f.display(),
+            key.display()
+        );
+        let c = parse("s.toml", &text).unwrap();
+        let st = c.stir.unwrap();
+        assert_eq!((st.max_age_s, st.fetch_timeout.as_millis()), (60, 1000));
+        assert_eq!(st.x5u_allow, ["*.sticr.example", "127.0.0.1"]);
+        assert_eq!(st.anchors.len(), 1);
+        assert_eq!(st.sign_div.unwrap().x5u, "https://c.example/d.pem");
+        let camp = &c.routing.campaigns[0].stir;
+        assert_eq!(camp.require, dce_routing::Require::AtLeast(dce_routing::Trust::B));
+        assert!(camp.flag);
+        let b = &c.routing.buyers[0];
+        assert_eq!(b.min_attestation, dce_routing::Trust::A);
+        assert_eq!(b.attestation_bid.0, [0, 500_000, 800_000, 1_000_000]);
+        assert!(parse("s.toml", BASE).unwrap().stir.is_none());
+    }
+
+    #[test]
+    fn bad_stir_config_is_refused_with_its_line() {
+        let (f, _) = roots();
+        let text = format!(
+            "{BASE}[stir]\nca_file = \"/nonexistent/roots.pem\"\n\
+             [[campaign]]\nid = \"k\"\nnumbers = [\"+18005550100\"]\nstir = {{ require = \"D\", on_fail = \"shrug\" }}\n\
+             [[buyer]]\nid = \"b\"\ncampaigns = [\"k\"]\nuri = \"sip:{{called}}@127.0.0.1:5090\"\nbid_cents = 100\nmin_attestation = \"Z\"\nattestation_bid = {{ B = 1.5, X = 1 }}\n"
+        );
+        let e = errors(&text);
+        let first = BASE.lines().count() + 2;
+        assert!(e[0].starts_with(&format!("s.toml:{first}: `stir.ca_file`: cannot read")), "{e:#?}");
+        let all = e.join("\n");
+        for want in [
+            "`campaign.stir.require` must be",
+            "`campaign.stir.on_fail` must be",
+            "`buyer.min_attestation` must be",
+            "attestation_bid.B` must be from 0 to 1",
+            "unknown key `X`",
+        ] {
+            assert!(all.contains(want), "{want} in {all}");
+        }
+        // a file that holds no certificate, a bad allow pattern, a sign_div without https
+        std::fs::write(f.with_file_name("empty.pem"), "nothing").unwrap();
+        let text = format!(
+            "{BASE}[stir]\nca_file = \"{}\"\nx5u_allow = [\"a b\"]\nsign_div = {{ x5u = \"http://c.example/d.pem\", key = \"x\" }}\n",
+            f.with_file_name("empty.pem").display()
+        );
+        let all = errors(&text).join("\n");
+        assert!(all.contains("no certificate in it"), "{all}");
+        let text = format!(
+            "{BASE}[stir]\nca_file = \"{}\"\nx5u_allow = [\"a b\"]\nsign_div = {{ x5u = \"http://c.example/d.pem\", key = \"x\" }}\n",
+            f.display()
+        );
+        let all = errors(&text).join("\n");
+        assert!(all.contains("`a b` is not a host name"), "{all}");
+        assert!(all.contains("must be an https:// URL"), "{all}");
+    }
+}

@@ -478,4 +478,102 @@ mod tests {
         assert_eq!(Failure::NoTnAuthList.sip_code().0, 437);
         assert_eq!(Failure::BadSignature.sip_code().0, 438);
     }
+
+    #[test]
+    fn policies_judge_verdicts() {
+        use dce_routing::{Require, StirPolicy, Trust};
+        let reject = |require| StirPolicy {
+            require,
+            flag: false,
+        };
+        let a = Verdict::Verified(Attestation::A);
+        let c = Verdict::Verified(Attestation::C);
+        let bad = Verdict::Failed(Failure::BadSignature);
+        assert_eq!(judge(StirPolicy::default(), bad), Judgement::Pass);
+        assert_eq!(judge(reject(Require::Any), c), Judgement::Pass);
+        assert_eq!(judge(reject(Require::AtLeast(Trust::B)), a), Judgement::Pass);
+        assert_eq!(
+            judge(reject(Require::AtLeast(Trust::B)), c),
+            Judgement::Refuse(608, "Rejected")
+        );
+        assert_eq!(
+            judge(reject(Require::Any), Verdict::NoIdentity),
+            Judgement::Refuse(428, "Use Identity Header")
+        );
+        assert_eq!(
+            judge(reject(Require::Any), Verdict::Failed(Failure::Stale)),
+            Judgement::Refuse(403, "Stale Date")
+        );
+        let flag = StirPolicy {
+            require: Require::AtLeast(Trust::A),
+            flag: true,
+        };
+        assert_eq!(
+            judge(flag, Verdict::Verified(Attestation::B)),
+            Judgement::Flag(608, "attestation B below A".into())
+        );
+        assert_eq!(
+            reason_header(438, "bad\"sig\r\n"),
+            "STIR;cause=438;text=\"badsig\""
+        );
+        assert_eq!(a.trust(), Trust::A);
+        assert_eq!(bad.trust(), Trust::None);
+        assert_eq!(bad.label(), "failed");
+    }
+
+    #[test]
+    fn carrier_verstat_is_read_from_pai_or_from() {
+        let pai = "<sip:+13105551234;verstat=TN-Validation-Passed@gw.example;user=phone>";
+        assert_eq!(
+            carrier_verdict(&[], Some(pai), "", Some("B")),
+            Some(Verdict::Verified(Attestation::B))
+        );
+        assert_eq!(
+            carrier_verdict(&[], Some(pai), "", None),
+            Some(Verdict::Verified(Attestation::C)),
+            "no level said: the lowest"
+        );
+        assert_eq!(
+            carrier_verdict(
+                &[],
+                None,
+                "<tel:+13105551234;verstat=TN-Validation-Passed-A>;tag=1",
+                None
+            ),
+            Some(Verdict::Verified(Attestation::A))
+        );
+        assert_eq!(
+            carrier_verdict(&[], None, "<sip:x;VERSTAT=TN-Validation-Failed@h>", None),
+            Some(Verdict::Failed(Failure::CarrierVerstat))
+        );
+        assert_eq!(
+            carrier_verdict(&[], None, "<sip:x;verstat=No-TN-Validation@h>", None),
+            Some(Verdict::NoIdentity)
+        );
+        assert_eq!(carrier_verdict(&[], None, "<sip:x@h>;tag=1", None), None);
+        // the level from the PASSporT the carrier vouched for
+        let pki = Pki::new(true, (2024, 2030));
+        let id = pki.identity("B", "13105551234", "18005550100", 1);
+        assert_eq!(
+            carrier_verdict(&[&id], Some(pai), "", None),
+            Some(Verdict::Verified(Attestation::B))
+        );
+    }
+
+    #[test]
+    fn a_div_signer_needs_a_pkcs8_p256_key_and_never_shows_it() {
+        assert!(DivSigner::from_pem("https://x.example/c.pem", b"junk").is_err());
+        let pki = Pki::new(true, (2024, 2030));
+        let s = DivSigner::from_pem("https://x.example/c.pem", pki.key_pem.as_bytes()).unwrap();
+        let dbg = format!("{s:?}");
+        assert!(dbg.contains("x.example") && !dbg.contains("PRIVATE"), "{dbg}");
+        let v = s.sign("+1 310 555 1234", "18005550100", "18005550199", 7).unwrap();
+        let id = passport::parse_identity(&v).unwrap();
+        assert_eq!(id.ppt.as_deref(), Some("div"));
+        let claims = URL_SAFE_NO_PAD.decode(id.payload_b64.unwrap()).unwrap();
+        assert_eq!(
+            String::from_utf8(claims).unwrap(),
+            r#"{"dest":{"tn":["18005550199"]},"div":{"tn":"18005550100"},"iat":7,"orig":{"tn":"13105551234"}}"#
+        );
+    }
 }
