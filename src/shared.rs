@@ -58,7 +58,12 @@ impl Shared {
         let con = match RedisConn::connect(target, Duration::from_secs(2)).await {
             Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!(error = %e, ?target, "Redis unreachable; shared compliance lookups will fail");
+                // not the URLs: they may hold a password
+                let kind = match target {
+                    RedisTarget::Single(_) => "server",
+                    RedisTarget::Cluster(_) => "cluster",
+                };
+                tracing::error!(error = %e, kind, "Redis unreachable; shared compliance lookups will fail");
                 None
             }
         };
