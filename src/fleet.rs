@@ -1,4 +1,5 @@
-//! Fleet-wide buyer caps in Redis (`[storage] redis_url`): the I/O behind `call/fleet.rs`.
+//! Fleet-wide buyer caps in Redis (`[storage] redis_url` or `redis_cluster`): the I/O behind
+//! `call/fleet.rs`.
 //!
 //! One task per node owns it all and works through one ordered queue: the leases calls ask
 //! for (`Query::Lease`), the writes nobody waits for (`Output::Caps`: releases, answered
@@ -8,7 +9,9 @@
 //! never overtake its grant.
 //!
 //! In Redis (every key of one buyer shares the hash tag `{<buyer>}`, so each script's keys
-//! are in one Cluster slot):
+//! are in one Cluster slot; on a Cluster a batch goes out as one pipeline per hash slot,
+//! side by side, each in the queue's order — so one buyer's writes stay in order, and only
+//! writes of different buyers, which touch different keys, may land in another order):
 //! - `<prefix>:cap:{<buyer>}:slots`, a sorted set of leases scored by expiry (Unix ms, by
 //!   Redis's clock): a slot is a member; a node that dies stops renewing, and its leases
 //!   expire within `cap_lease_s`;
@@ -24,8 +27,8 @@
 
 use crate::call::lookup::{CapWrite, LeaseAnswer, LeaseAsk, LeaseResult};
 use crate::call::{Answer, LookupId};
+use crate::redis_conn::{PipeError, Pipes, RedisConn};
 use dce_routing::Exclusion;
-use redis::aio::ConnectionManager;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -121,12 +124,7 @@ pub struct Caps {
 impl Caps {
     /// Start the node's caps task on the current runtime. `con`: `None` when Redis was
     /// unreachable at start (every lease then fails and `on_cap_error` decides).
-    pub fn start(
-        con: Option<ConnectionManager>,
-        prefix: &str,
-        lease: Duration,
-        node: &str,
-    ) -> Caps {
+    pub fn start(con: Option<RedisConn>, prefix: &str, lease: Duration, node: &str) -> Caps {
         let (tx, rx) = mpsc::unbounded_channel();
         let nodes = Arc::new(AtomicU32::new(0));
         let w = Worker {
@@ -182,7 +180,7 @@ impl std::fmt::Display for Failed {
 }
 
 struct Worker {
-    con: Option<ConnectionManager>,
+    con: Option<RedisConn>,
     prefix: String,
     lease_ms: u64,
     node: String,
@@ -237,20 +235,31 @@ impl Worker {
         format!("{}:cap:{{{buyer}}}:{part}", self.prefix)
     }
 
-    /// The commands of one write (none of their results is read).
-    fn push_write(&self, pipe: &mut redis::Pipeline, w: &CapWrite) {
+    fn cluster(&self) -> bool {
+        self.con.as_ref().is_some_and(RedisConn::is_cluster)
+    }
+
+    /// Push the commands of one write (none of their results is read); the pipeline they
+    /// went to, or `None` for a write with nothing to send.
+    fn push_write(&self, pipes: &mut Pipes, w: &CapWrite) -> Option<usize> {
         match w {
             CapWrite::Release { member, buyer } => {
-                pipe.zrem(self.key(buyer, "slots"), member).ignore();
+                let key = self.key(buyer, "slots");
+                let (i, pipe) = pipes.pipe(&key);
+                pipe.zrem(key, member).ignore();
+                Some(i)
             }
             CapWrite::HoldLocal { member, buyer } => {
+                let key = self.key(buyer, "slots");
+                let (i, pipe) = pipes.pipe(&key);
                 pipe.cmd("EVAL")
                     .arg(RENEW)
                     .arg(1)
-                    .arg(self.key(buyer, "slots"))
+                    .arg(key)
                     .arg(self.lease_ms)
                     .arg(member)
                     .ignore();
+                Some(i)
             }
             CapWrite::Count {
                 buyer,
@@ -258,39 +267,48 @@ impl Worker {
                 calls,
                 cents,
             } => {
-                let mut add = |part: String, by: i64, keep_s: i64| {
-                    let k = self.key(buyer, &part);
-                    pipe.incr(&k, by).ignore().expire(&k, keep_s).ignore();
-                };
+                let mut parts = Vec::new();
                 if *calls != 0 {
-                    add(format!("h:{}", keys.hour), *calls, 3 * 3600);
-                    add(format!("d:{}", keys.day), *calls, 3 * 86_400);
-                    add(format!("m:{}", keys.month), *calls, 35 * 86_400);
+                    parts.push((format!("h:{}", keys.hour), *calls, 3 * 3600));
+                    parts.push((format!("d:{}", keys.day), *calls, 3 * 86_400));
+                    parts.push((format!("m:{}", keys.month), *calls, 35 * 86_400));
                 }
                 if *cents != 0 {
-                    add(format!("sd:{}", keys.day), *cents, 3 * 86_400);
-                    add(format!("sm:{}", keys.month), *cents, 35 * 86_400);
+                    parts.push((format!("sd:{}", keys.day), *cents, 3 * 86_400));
+                    parts.push((format!("sm:{}", keys.month), *cents, 35 * 86_400));
                 }
+                let mut at = None;
+                for (part, by, keep_s) in parts {
+                    let k = self.key(buyer, &part);
+                    let (i, pipe) = pipes.pipe(&k);
+                    pipe.incr(&k, by).ignore().expire(&k, keep_s).ignore();
+                    at = Some(i);
+                }
+                at
             }
         }
     }
 
-    /// Send queued work as one pipeline, in order; answer each lease.
+    /// Send queued work (one pipeline, or one per hash slot on a Cluster), in order; answer
+    /// each lease.
     async fn batch(&mut self, ops: Vec<Op>) {
-        let mut pipe = redis::pipe();
+        let mut pipes = Pipes::new(self.cluster());
         let retried: Vec<CapWrite> = self.backlog.drain(..).collect();
-        for w in &retried {
-            self.push_write(&mut pipe, w);
-        }
-        let mut writes = Vec::new();
+        let retried_at: Vec<Option<usize>> = retried
+            .iter()
+            .map(|w| self.push_write(&mut pipes, w))
+            .collect();
+        let mut at = Vec::with_capacity(ops.len());
         for op in &ops {
-            match op {
+            at.push(match op {
                 Op::Take { ask, .. } => {
                     let l = &ask.limits;
+                    let slots = self.key(&ask.buyer, "slots");
+                    let (i, pipe) = pipes.pipe(&slots);
                     pipe.cmd("EVAL")
                         .arg(TAKE)
                         .arg(6)
-                        .arg(self.key(&ask.buyer, "slots"))
+                        .arg(slots)
                         .arg(self.key(&ask.buyer, &format!("h:{}", ask.keys.hour)))
                         .arg(self.key(&ask.buyer, &format!("d:{}", ask.keys.day)))
                         .arg(self.key(&ask.buyer, &format!("m:{}", ask.keys.month)))
@@ -305,33 +323,41 @@ impl Worker {
                         .arg(l.daily_budget)
                         .arg(l.monthly_budget)
                         .arg(ask.bid_cents);
+                    Some(i)
                 }
-                Op::Write(w) => self.push_write(&mut pipe, w),
-            }
+                Op::Write(w) => self.push_write(&mut pipes, w),
+            });
         }
-        let result = self.query::<Vec<i64>>(&pipe).await;
+        let results = self.query::<Vec<i64>>(&pipes).await;
         let nodes = self.nodes.load(Ordering::Relaxed);
-        let mut codes = match &result {
-            Ok(codes) => codes.iter().copied(),
-            Err(_) => [].iter().copied(),
-        };
+        // each pipeline's answers, in the order of its leases
+        let mut codes: Vec<std::vec::IntoIter<i64>> = results
+            .iter()
+            .map(|r| match r {
+                Ok(codes) => codes.clone().into_iter(),
+                Err(_) => Vec::new().into_iter(),
+            })
+            .collect();
+        let failed = |i: Option<usize>| i.and_then(|i| results[i].as_ref().err());
+        let mut writes = Vec::new();
         // The node's own record of what it holds follows the queue's order.
-        for op in ops {
+        for (op, i) in ops.into_iter().zip(at) {
             match op {
                 Op::Take { ask, id, reply } => {
-                    let result = match (&result, codes.next()) {
-                        (Ok(_), Some(0)) => {
+                    let code = i.and_then(|i| codes[i].next());
+                    let result = match (failed(i), code) {
+                        (None, Some(0)) => {
                             if ask.limits.concurrent > 0 {
                                 self.held.insert(ask.member.clone(), ask.buyer.clone());
                             }
                             LeaseResult::Granted
                         }
-                        (Ok(_), Some(code)) => match full(code) {
+                        (None, Some(code)) => match full(code) {
                             Some(x) => LeaseResult::Full(x),
                             None => LeaseResult::Error(format!("unexpected answer {code}")),
                         },
-                        (Ok(_), None) => LeaseResult::Error("answer missing".into()),
-                        (Err(e), _) => LeaseResult::Error(e.error.clone()),
+                        (None, None) => LeaseResult::Error("answer missing".into()),
+                        (Some(e), _) => LeaseResult::Error(e.error.clone()),
                     };
                     let answer = LeaseAnswer { result, nodes };
                     let _ = reply.send((id, Answer::Lease(answer), None));
@@ -347,24 +373,50 @@ impl Worker {
                         CapWrite::Count { .. } => {}
                     }
                     // a slot held locally reaches Redis with the next renewal anyway
-                    if result.is_err() && !matches!(w, CapWrite::HoldLocal { .. }) {
-                        writes.push(w);
+                    if !matches!(w, CapWrite::HoldLocal { .. }) {
+                        writes.push((w, i));
                     }
                 }
             }
         }
-        if let Err(e) = &result {
-            let n = retried.len() + writes.len();
-            if e.unsent {
-                if n > 0 {
-                    tracing::warn!(error = %e, kept = n, "fleet caps: writes to Redis failed; kept for the next try");
+        let all = retried.into_iter().zip(retried_at).chain(writes);
+        self.settle(all, &results);
+    }
+
+    /// After a batch or a renewal: keep, in order, the writes of pipelines that surely did not
+    /// run, and log those that may or may not have.
+    fn settle(
+        &mut self,
+        writes: impl Iterator<Item = (CapWrite, Option<usize>)>,
+        results: &[Result<Vec<i64>, Failed>],
+    ) -> usize {
+        let (mut kept, mut lost, mut sent) = (0usize, 0usize, 0usize);
+        let mut first: Option<String> = None;
+        for (w, i) in writes {
+            match i.and_then(|i| results[i].as_ref().err()) {
+                None => sent += 1,
+                Some(e) => {
+                    first.get_or_insert_with(|| e.error.clone());
+                    if e.unsent {
+                        kept += 1;
+                        self.keep(w);
+                    } else {
+                        lost += 1;
+                    }
                 }
-                for w in retried.into_iter().chain(writes) {
-                    self.keep(w);
-                }
-            } else if n > 0 {
-                tracing::error!(error = %e, lost = n, "fleet caps: Redis may or may not have applied these writes; not sent again (counts may be short)");
             }
+        }
+        let error = first.unwrap_or_default();
+        if kept > 0 {
+            tracing::warn!(%error, kept, "fleet caps: writes to Redis failed; kept for the next try");
+        }
+        if lost > 0 {
+            tracing::error!(%error, lost, "fleet caps: Redis may or may not have applied these writes; not sent again (counts may be short)");
+        }
+        if kept + lost == 0 {
+            sent
+        } else {
+            0
         }
     }
 
@@ -384,11 +436,14 @@ impl Worker {
 
     /// Renew every lease this node holds, beat its heartbeat, and send what failed before.
     async fn renew(&mut self) {
-        let mut pipe = redis::pipe();
+        let mut pipes = Pipes::new(self.cluster());
+        let nodes_key = format!("{}:nodes", self.prefix);
+        let (heartbeat, pipe) = pipes.pipe(&nodes_key);
+        // first in its pipeline: its answer is the pipeline's first
         pipe.cmd("EVAL")
             .arg(NODES)
             .arg(1)
-            .arg(format!("{}:nodes", self.prefix))
+            .arg(&nodes_key)
             .arg(&self.node)
             .arg(self.lease_ms);
         let mut by_buyer: HashMap<&str, Vec<&str>> = HashMap::new();
@@ -396,12 +451,14 @@ impl Worker {
             by_buyer.entry(buyer).or_default().push(member);
         }
         for (buyer, members) in by_buyer {
+            let key = self.key(buyer, "slots");
+            let (_, pipe) = pipes.pipe(&key);
             for chunk in members.chunks(RENEW_CHUNK) {
                 let cmd = pipe
                     .cmd("EVAL")
                     .arg(RENEW)
                     .arg(1)
-                    .arg(self.key(buyer, "slots"))
+                    .arg(&key)
                     .arg(self.lease_ms);
                 for m in chunk {
                     cmd.arg(*m);
@@ -410,10 +467,12 @@ impl Worker {
             }
         }
         let retried: Vec<CapWrite> = self.backlog.drain(..).collect();
-        for w in &retried {
-            self.push_write(&mut pipe, w);
-        }
-        match self.query::<Vec<i64>>(&pipe).await {
+        let retried_at: Vec<Option<usize>> = retried
+            .iter()
+            .map(|w| self.push_write(&mut pipes, w))
+            .collect();
+        let results = self.query::<Vec<i64>>(&pipes).await;
+        match &results[heartbeat] {
             Ok(n) => {
                 let n = n
                     .first()
@@ -421,51 +480,55 @@ impl Worker {
                     .unwrap_or(1)
                     .clamp(1, i64::from(u32::MAX));
                 self.nodes.store(n as u32, Ordering::Relaxed);
-                if !retried.is_empty() {
-                    tracing::info!(
-                        sent = retried.len(),
-                        "fleet caps: Redis is back; kept writes sent"
-                    );
-                }
             }
             Err(e) => {
-                tracing::debug!(error = %e, held = self.held.len(), "fleet caps: lease renewal failed");
-                if e.unsent {
-                    for w in retried {
-                        self.keep(w);
-                    }
-                } else if !retried.is_empty() {
-                    tracing::error!(error = %e, lost = retried.len(), "fleet caps: Redis may or may not have applied these writes; not sent again (counts may be short)");
-                }
+                tracing::debug!(error = %e, held = self.held.len(), "fleet caps: heartbeat failed");
             }
+        }
+        if let Some(e) = results.iter().find_map(|r| r.as_ref().err()) {
+            tracing::debug!(error = %e, held = self.held.len(), "fleet caps: lease renewal failed");
+        }
+        let sent = self.settle(retried.into_iter().zip(retried_at), &results);
+        if sent > 0 {
+            tracing::info!(sent, "fleet caps: Redis is back; kept writes sent");
         }
     }
 
-    /// Run `pipe`. An error says whether the batch surely did not run (`unsent`: no
-    /// connection, refused, dropped — no reply from the server) — only then are its writes kept
-    /// to be sent again; after a timeout or a server error some of it may have run, and a
-    /// count sent twice would be worse than one missed (logged).
-    async fn query<T: redis::FromRedisValue>(&self, pipe: &redis::Pipeline) -> Result<T, Failed> {
-        let Some(mut con) = self.con.clone() else {
-            return Err(Failed {
-                error: "Redis not connected".into(),
-                unsent: true,
-            });
+    /// Run `pipes` (one answer per pipeline). An error says whether the pipeline surely did
+    /// not run (`unsent`: no connection, refused, dropped — no reply from the server) — only
+    /// then are its writes kept to be sent again; after a server error some of it may have
+    /// run, and a count sent twice would be worse than one missed (logged).
+    async fn query<T: redis::FromRedisValue>(&self, pipes: &Pipes) -> Vec<Result<T, Failed>> {
+        let Some(con) = &self.con else {
+            return (0..pipes.len())
+                .map(|_| {
+                    Err(Failed {
+                        error: "Redis not connected".into(),
+                        unsent: true,
+                    })
+                })
+                .collect();
         };
         let deadline = BATCH_DEADLINE.min(Duration::from_millis(self.lease_ms / 6));
-        match tokio::time::timeout(deadline, pipe.query_async::<T>(&mut con)).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(Failed {
-                // a reply from the server (an error code) means the pipeline reached it
-                unsent: e.code().is_none(),
-                error: e.to_string(),
-            }),
-            // Redis away shows as no answer too (the connection manager reconnecting): kept
-            // and sent again, at the risk of a count applied twice (decision 0016)
-            Err(_) => Err(Failed {
-                error: format!("no answer within {deadline:?}"),
-                unsent: true,
-            }),
-        }
+        pipes
+            .query::<T>(con, deadline)
+            .await
+            .into_iter()
+            .map(|r| {
+                r.map_err(|e| match e {
+                    PipeError::Redis(e) => Failed {
+                        // a reply from the server (an error code) means the pipeline reached it
+                        unsent: e.code().is_none(),
+                        error: e.to_string(),
+                    },
+                    // Redis away shows as no answer too (the connection manager reconnecting):
+                    // kept and sent again, at the risk of a count applied twice (decision 0016)
+                    PipeError::Timeout(d) => Failed {
+                        error: format!("no answer within {d:?}"),
+                        unsent: true,
+                    },
+                })
+            })
+            .collect()
     }
 }

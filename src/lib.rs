@@ -14,6 +14,8 @@
 //! | [`transport`] | UDP and TCP socket drivers |
 //! | [`store`] | CDRs in PostgreSQL or SQLite, the spool, the writer |
 //! | [`shared`] | fleet-wide state in Redis: frequency cap, internal DNC overlay |
+//! | [`fleet`] | fleet-wide buyer caps in Redis: leases, counts, one ordered queue per node |
+//! | [`redis_conn`] | the Redis connection: a single server or a Cluster, pipelines split per hash slot |
 //! | [`rtb`] | real-time bidding: bid requests to remote buyers (DCE, Ringba, Retreaver formats) |
 //! | [`server`] | the core task: transaction layer, edge answers, timers |
 //! | [`edge`] | what DCE answers before call logic (OPTIONS, 405/501/416/483/420/415/406) |
@@ -42,6 +44,7 @@ pub mod latency;
 pub mod logging;
 pub mod metrics;
 pub mod priority;
+pub mod redis_conn;
 pub mod rtb;
 pub mod server;
 pub mod shard;

@@ -269,10 +269,10 @@ pub async fn run(
     };
     let ranges = media_ranges(config.media.port_min, port_max, workers)?;
     let compliance = Arc::new(std::sync::Mutex::new(dce_compliance::Compliance::default()));
-    let shared = match &config.storage.redis_url {
-        Some(url) => {
+    let shared = match &config.storage.redis() {
+        Some(target) => {
             let mut s = crate::shared::Shared::connect(
-                url,
+                target,
                 &config.storage.redis_key_prefix,
                 config.storage.redis_timeout,
             )

@@ -1,12 +1,23 @@
-//! Fleet-wide state in Redis (`[storage] redis_url`): the frequency cap, the internal DNC
-//! overlay and the duplicate rules' memory of callers every node shares; the buyer caps'
-//! task (`crate::fleet`) rides on the same connection. Every round trip has a deadline; a miss or an error is reported to
-//! the caller, which applies `on_lookup_error`.
+//! Fleet-wide state in Redis (`[storage] redis_url`, or `redis_cluster` for a Redis Cluster):
+//! the frequency cap, the internal DNC overlay and the duplicate rules' memory of callers every
+//! node shares; the buyer caps' task (`crate::fleet`) rides on the same connection. Every round
+//! trip has a deadline; a miss or an error is reported to the caller, which applies
+//! `on_lookup_error`.
+//!
+//! Keys (`<p>` is `redis_key_prefix`):
+//! - single server: the internal DNC is one set, `<p>:dnc:internal`; the frequency counter
+//!   `<p>:freq:<campaign>:<number>`;
+//! - Cluster: a script's keys must share a hash slot, and one set every call reads would put
+//!   every call's check on one node; so the DNC is one key per number, `<p>:dnc:{<number>}`,
+//!   and the counter `<p>:freq:{<number>}:<campaign>`: the number is the hash tag, so one call's
+//!   check is still one script on one node, and the checks spread over the cluster
+//!   (decision 0006);
+//! - both: the duplicate rules' records `<p>:dup:{<caller>}:…`.
 
 use crate::call::callers::Seen;
 use crate::call::lookup::{DupCheck, DupSeen, DupWrite};
 use crate::call::{RemoteCheck, RemoteResult};
-use redis::aio::ConnectionManager;
+use crate::redis_conn::{hash_tag, RedisConn, RedisTarget};
 use std::time::Duration;
 
 /// One script, one round trip: the DNC overlay first, and only a caller who is not listed is
@@ -19,10 +30,20 @@ if n == 1 then redis.call('EXPIRE', KEYS[2], 86400) end
 return n
 ";
 
+/// [`CHECK`] on a Cluster: KEYS[1] is the number's own DNC key (present = listed), in the
+/// slot of KEYS[2], the counter.
+const CHECK_CLUSTER: &str = r"
+if ARGV[2] == '1' and redis.call('EXISTS', KEYS[1]) == 1 then return -1 end
+if tonumber(ARGV[3]) == 0 then return 0 end
+local n = redis.call('INCR', KEYS[2])
+if n == 1 then redis.call('EXPIRE', KEYS[2], 86400) end
+return n
+";
+
 /// A connection to the shared state.
 #[derive(Clone)]
 pub struct Shared {
-    con: Option<ConnectionManager>,
+    con: Option<RedisConn>,
     prefix: String,
     deadline: Duration,
     script: std::sync::Arc<redis::Script>,
@@ -33,35 +54,34 @@ pub struct Shared {
 impl Shared {
     /// Connect (within 2 s). When Redis is down at start the node still runs: every lookup then
     /// fails and `on_lookup_error` decides.
-    pub async fn connect(url: &str, prefix: &str, deadline: Duration) -> Shared {
-        let con = match redis::Client::open(url) {
-            Ok(client) => {
-                match tokio::time::timeout(Duration::from_secs(2), client.get_connection_manager())
-                    .await
-                {
-                    Ok(Ok(c)) => Some(c),
-                    Ok(Err(e)) => {
-                        tracing::error!(error = %e, "Redis unreachable; shared compliance lookups will fail");
-                        None
-                    }
-                    Err(_) => {
-                        tracing::error!(
-                            "Redis did not answer in 2 s; shared compliance lookups will fail"
-                        );
-                        None
-                    }
-                }
-            }
+    pub async fn connect(target: &RedisTarget, prefix: &str, deadline: Duration) -> Shared {
+        let con = match RedisConn::connect(target, Duration::from_secs(2)).await {
+            Ok(c) => Some(c),
             Err(e) => {
-                tracing::error!(error = %e, "bad redis_url");
+                // not the URLs: they may hold a password
+                let kind = match target {
+                    RedisTarget::Single(_) => "server",
+                    RedisTarget::Cluster(_) => "cluster",
+                };
+                tracing::error!(error = %e, kind, "Redis unreachable; shared compliance lookups will fail");
                 None
             }
         };
+        Shared::with(con, prefix, deadline)
+    }
+
+    /// Use a connection made elsewhere (`None`: none could be made).
+    pub fn with(con: Option<RedisConn>, prefix: &str, deadline: Duration) -> Shared {
+        let cluster = con.as_ref().is_some_and(RedisConn::is_cluster);
         Shared {
             con,
             prefix: prefix.to_owned(),
             deadline,
-            script: std::sync::Arc::new(redis::Script::new(CHECK)),
+            script: std::sync::Arc::new(redis::Script::new(if cluster {
+                CHECK_CLUSTER
+            } else {
+                CHECK
+            })),
             caps: None,
         }
     }
@@ -82,13 +102,26 @@ impl Shared {
         self.caps.as_ref()
     }
 
-    /// The key of the shared internal DNC set.
-    pub fn dnc_key(&self) -> String {
-        format!("{}:dnc:internal", self.prefix)
+    fn cluster(&self) -> bool {
+        self.con.as_ref().is_some_and(RedisConn::is_cluster)
+    }
+
+    /// The key of the shared internal DNC: one set on a single server; on a Cluster the
+    /// number's own key (see the module docs).
+    pub fn dnc_key(&self, number: &str) -> String {
+        if self.cluster() {
+            format!("{}:dnc:{{{}}}", self.prefix, hash_tag(number))
+        } else {
+            format!("{}:dnc:internal", self.prefix)
+        }
     }
 
     fn freq_key(&self, campaign: &str, number: &str) -> String {
-        format!("{}:freq:{campaign}:{number}", self.prefix)
+        if self.cluster() {
+            format!("{}:freq:{{{}}}:{campaign}", self.prefix, hash_tag(number))
+        } else {
+            format!("{}:freq:{campaign}:{number}", self.prefix)
+        }
     }
 
     /// Run one call's fleet-wide check.
@@ -101,7 +134,7 @@ impl Shared {
             .unwrap_or_else(|| c.caller.clone());
         let mut invocation = self.script.prepare_invoke();
         let fut = invocation
-            .key(self.dnc_key())
+            .key(self.dnc_key(&number))
             .key(self.freq_key(&c.campaign, &number))
             .arg(&number)
             .arg(if c.check_dnc { "1" } else { "0" })
@@ -212,8 +245,16 @@ impl Shared {
         let n = dce_compliance::nanp10(number)
             .ok_or_else(|| format!("`{number}` is not a NANP number"))?;
         let mut con = self.con.clone().ok_or("Redis not connected")?;
-        let mut cmd = redis::cmd("SISMEMBER");
-        cmd.arg(self.dnc_key()).arg(format!("{n:010}"));
+        let number = format!("{n:010}");
+        let mut cmd = if self.cluster() {
+            redis::cmd("EXISTS")
+        } else {
+            redis::cmd("SISMEMBER")
+        };
+        cmd.arg(self.dnc_key(&number));
+        if !self.cluster() {
+            cmd.arg(&number);
+        }
         match tokio::time::timeout(Duration::from_secs(1), cmd.query_async::<i64>(&mut con)).await {
             Ok(Ok(v)) => Ok(v == 1),
             Ok(Err(e)) => Err(e.to_string()),
@@ -225,13 +266,30 @@ impl Shared {
         let n = dce_compliance::nanp10(number)
             .ok_or_else(|| format!("`{number}` is not a NANP number"))?;
         let mut con = self.con.clone().ok_or("Redis not connected")?;
-        let cmd = if add { "SADD" } else { "SREM" };
-        let changed: i64 = redis::cmd(cmd)
-            .arg(self.dnc_key())
-            .arg(format!("{n:010}"))
-            .query_async(&mut con)
-            .await
-            .map_err(|e| e.to_string())?;
-        Ok(changed == 1)
+        let number = format!("{n:010}");
+        let key = self.dnc_key(&number);
+        let mut cmd;
+        if !self.cluster() {
+            cmd = redis::cmd(if add { "SADD" } else { "SREM" });
+            cmd.arg(&key).arg(&number);
+        } else if add {
+            // SET … NX answers OK when it wrote the key, nil when it was there
+            cmd = redis::cmd("SET");
+            cmd.arg(&key).arg(1).arg("NX");
+            let fut = cmd.query_async::<Option<String>>(&mut con);
+            return match tokio::time::timeout(Duration::from_secs(1), fut).await {
+                Ok(Ok(v)) => Ok(v.is_some()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("no answer within 1 s".into()),
+            };
+        } else {
+            cmd = redis::cmd("DEL");
+            cmd.arg(&key);
+        }
+        match tokio::time::timeout(Duration::from_secs(1), cmd.query_async::<i64>(&mut con)).await {
+            Ok(Ok(changed)) => Ok(changed == 1),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err("no answer within 1 s".into()),
+        }
     }
 }

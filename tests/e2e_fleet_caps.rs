@@ -160,33 +160,21 @@ fn with_redis_stopped_calls_flow_on_this_nodes_share_and_the_counts_converge() {
     let port = free_port();
     let data = TempDir::new("caps-redis");
     let start = || {
-        std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
+        support::redis_server::spawn(
+            port,
+            &data.0,
+            &[
                 "--save",
                 "",
                 "--appendonly",
                 "yes",
-            ])
-            .args(["--appendfsync", "always"])
-            .current_dir(&data.0)
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server")
+                "--appendfsync",
+                "always",
+            ],
+        )
     };
     let url = format!("redis://127.0.0.1:{port}/");
-    let up = || {
-        for _ in 0..100 {
-            if let Ok(mut c) = redis::Client::open(url.as_str()).and_then(|c| c.get_connection()) {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return c;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("redis-server on {url} did not start");
-    };
+    let up = || support::redis_server::wait_up(&url);
     let mut server = start();
     drop(up());
     let prefix = "dce-caps";

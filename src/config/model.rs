@@ -119,6 +119,9 @@ fn log(w: &mut Walk<'_>, root: Table<'_, '_>) -> LogConfig {
 pub struct StorageConfig {
     /// `redis://…`; none = single node, in-process state.
     pub redis_url: Option<String>,
+    /// A Redis Cluster's seed nodes (`redis://host:port` each); empty = none. Exclusive with
+    /// `redis_url`.
+    pub redis_cluster: Vec<String>,
     /// Prefix of every key DCE writes (several fleets can share one Redis).
     pub redis_key_prefix: String,
     /// Deadline of a Redis round trip on the call path.
@@ -138,9 +141,24 @@ pub struct StorageConfig {
     pub cap_lease: Duration,
 }
 
+impl StorageConfig {
+    /// Where the fleet's Redis is, if anywhere.
+    pub fn redis(&self) -> Option<crate::redis_conn::RedisTarget> {
+        use crate::redis_conn::RedisTarget;
+        match &self.redis_url {
+            Some(url) => Some(RedisTarget::Single(url.clone())),
+            None if !self.redis_cluster.is_empty() => {
+                Some(RedisTarget::Cluster(self.redis_cluster.clone()))
+            }
+            None => None,
+        }
+    }
+}
+
 fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
     let mut c = StorageConfig {
         redis_url: None,
+        redis_cluster: Vec::new(),
         redis_key_prefix: "dce".into(),
         redis_timeout: Duration::from_millis(5),
         database_url: "sqlite://dce.db".into(),
@@ -157,6 +175,7 @@ fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
         t,
         &[
             "redis_url",
+            "redis_cluster",
             "redis_key_prefix",
             "redis_timeout_ms",
             "database_url",
@@ -205,7 +224,38 @@ fn storage(w: &mut Walk<'_>, root: Table<'_, '_>) -> StorageConfig {
             c.redis_url = Some(url);
         }
     }
-    if let Some((p, _)) = w.string(t, "redis_key_prefix", false) {
+    if let Some(seeds) = w.strings(t, "redis_cluster", false) {
+        if c.redis_url.is_some() && !seeds.is_empty() {
+            let span = w.span_of(t, "redis_cluster");
+            w.error(
+                span,
+                "`storage.redis_cluster` and `storage.redis_url` exclude each other: set one (a Cluster's seed nodes, or one server)",
+            );
+        }
+        for (url, span) in seeds {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                w.error(
+                    span,
+                    format!("`storage.redis_cluster` node `{url}` must start with redis://"),
+                );
+                continue;
+            }
+            match redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                Ok(_) => c.redis_cluster.push(url),
+                Err(e) => w.error(
+                    span,
+                    format!("`storage.redis_cluster` node `{url}` is not a usable Redis URL: {e}"),
+                ),
+            }
+        }
+    }
+    if let Some((p, span)) = w.string(t, "redis_key_prefix", false) {
+        if !c.redis_cluster.is_empty() && p.contains(['{', '}']) {
+            w.error(
+                span,
+                "`storage.redis_key_prefix` must not contain `{` or `}` with `redis_cluster`: DCE writes the keys' hash tags itself",
+            );
+        }
         c.redis_key_prefix = p;
     }
     if let Some((ms, _)) = w.int(t, "redis_timeout_ms", 1, 10_000) {
@@ -897,6 +947,91 @@ max_message_bytes = 12
             text[3].starts_with("dce.toml:8: `sip.max_message_bytes` must be between"),
             "{text:#?}"
         );
+    }
+
+    #[test]
+    fn redis_a_single_server_or_a_cluster() {
+        use crate::redis_conn::RedisTarget;
+        let c = parse("dce.toml", GOOD).unwrap();
+        assert_eq!(c.storage.redis(), None);
+        let single = format!("{GOOD}[storage]\nredis_url = \"redis://127.0.0.1:6379/\"\n");
+        let c = parse("dce.toml", &single).unwrap();
+        assert_eq!(
+            c.storage.redis(),
+            Some(RedisTarget::Single("redis://127.0.0.1:6379/".into()))
+        );
+        let cluster = format!(
+            "{GOOD}[storage]\nredis_cluster = [\"redis://127.0.0.1:7000\", \"redis://10.0.0.2:7001/\"]\nredis_key_prefix = \"fleet-a\"\n"
+        );
+        let c = parse("dce.toml", &cluster).unwrap();
+        assert_eq!(
+            c.storage.redis(),
+            Some(RedisTarget::Cluster(vec![
+                "redis://127.0.0.1:7000".into(),
+                "redis://10.0.0.2:7001/".into()
+            ]))
+        );
+        // an empty list is no cluster, and does not conflict with redis_url
+        let empty = format!(
+            "{GOOD}[storage]\nredis_url = \"redis://127.0.0.1:6379/\"\nredis_cluster = []\n"
+        );
+        let c = parse("dce.toml", &empty).unwrap();
+        assert!(matches!(c.storage.redis(), Some(RedisTarget::Single(_))));
+        // braces are allowed in a single server's prefix (nothing splits its keys)
+        let braces =
+            format!("{GOOD}[storage]\nredis_url = \"redis://h/\"\nredis_key_prefix = \"a{{b}}\"\n");
+        assert!(parse("dce.toml", &braces).is_ok());
+    }
+
+    #[test]
+    fn redis_cluster_errors_have_their_lines() {
+        let first = GOOD.lines().count() + 2;
+        let cases = [
+            (
+                "redis_url = \"redis://127.0.0.1:6379/\"\nredis_cluster = [\"redis://127.0.0.1:7000\"]\n",
+                first + 1,
+                "`storage.redis_cluster` and `storage.redis_url` exclude each other",
+            ),
+            (
+                "redis_cluster = [\"redis://127.0.0.1:7000\", \"http://127.0.0.1:7001\"]\n",
+                first,
+                "`storage.redis_cluster` node `http://127.0.0.1:7001` must start with redis://",
+            ),
+            (
+                "redis_cluster = [\"redis://127.0.0.1:notaport\"]\n",
+                first,
+                "`storage.redis_cluster` node `redis://127.0.0.1:notaport` is not a usable Redis URL",
+            ),
+            (
+                "redis_cluster = \"redis://127.0.0.1:7000\"\n",
+                first,
+                "redis_cluster",
+            ),
+            (
+                "redis_cluster = [7000]\n",
+                first,
+                "redis_cluster",
+            ),
+            (
+                "redis_cluster = [\"redis://127.0.0.1:7000\"]\nredis_key_prefix = \"dce{a}\"\n",
+                first + 1,
+                "`storage.redis_key_prefix` must not contain `{` or `}` with `redis_cluster`",
+            ),
+        ];
+        for (storage, line, text) in cases {
+            let src = format!("{GOOD}[storage]\n{storage}");
+            let errs: Vec<String> = parse("e.toml", &src)
+                .unwrap_err()
+                .iter()
+                .map(|e| e.to_string())
+                .collect();
+            assert_eq!(errs.len(), 1, "{storage}: {errs:#?}");
+            let want = format!("e.toml:{line}: ");
+            assert!(
+                errs[0].starts_with(&want) && errs[0].contains(text),
+                "{storage}: {errs:#?} should be at line {line} and say {text}"
+            );
+        }
     }
 
     #[test]
