@@ -15,6 +15,10 @@ Loopback only; every step is bounded in calls and time.
         [--redis]                 # [storage] redis_url = the local Redis (fleet-wide checks on)
         [--fleet-caps]            # --redis, and the buyer has caps: each call takes a fleet-wide
                                   # lease in Redis before its INVITE (caps far above the load)
+        [--stir]                  # every call carries an Identity signed for it (iat = now) by a
+                                  # test STI PKI; DCE verifies it ([stir], the campaign requires
+                                  # A) against the chain an HTTPS server on loopback serves
+                                  # (needs python3-cryptography)
 
 With --watchers N the HTTP API is on, N WebSocket clients follow /v1/events (as live pages
 would) and a scraper reads /metrics and /v1/calls once a second: the delay then includes what
@@ -89,8 +93,119 @@ def scrape(http, stop):
         stop.wait(1.0)
 
 
-def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp", rtb=0, rtb_ms=(5, 20), rtb_cap=0, duplicates=None, redis=False, caps=False):
+class Stir:
+    """A test STI PKI (root, intermediate, SHAKEN signer with TNAuthList; P-256), an HTTPS
+    server on 127.0.0.1 serving the signer's chain (its own CA for x5u_ca_file), and
+    PASSporTs signed by the signer."""
+
+    def __init__(self, tmp):
+        import datetime
+        import http.server
+        import ssl
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID, ExtendedKeyUsageOID
+        import ipaddress
+        self.ec, self.hashes = ec, hashes
+        now = datetime.datetime.now(datetime.timezone.utc)
+
+        def name(cn):
+            return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+        def cert(subject, key, issuer, issuer_key, ca, exts=()):
+            b = (x509.CertificateBuilder().subject_name(name(subject)).issuer_name(name(issuer))
+                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                 .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=365)))
+            if ca:
+                b = b.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            for e in exts:
+                b = b.add_extension(e, critical=False)
+            return b.sign(issuer_key, hashes.SHA256())
+
+        pem = lambda c: c.public_bytes(serialization.Encoding.PEM)
+        key = lambda: ec.generate_private_key(ec.SECP256R1())
+        root_k, int_k, self.leaf_k = key(), key(), key()
+        root = cert("Load STI-PA Root", root_k, "Load STI-PA Root", root_k, True)
+        inter = cert("Load STI-CA", int_k, "Load STI-PA Root", root_k, True)
+        tn_auth = x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.5.5.7.1.26"),
+                                             bytes([0x30, 0x08, 0xa0, 0x06, 0x16, 0x04]) + b"1234")
+        leaf = cert("SHAKEN 1234", self.leaf_k, "Load STI-CA", int_k, False, [tn_auth])
+        self.root = os.path.join(tmp, "sti-root.pem")
+        with open(self.root, "wb") as f:
+            f.write(pem(root))
+        chain = pem(leaf) + pem(inter)
+        # the certificate server's HTTPS
+        ca_k, srv_k = key(), key()
+        ca = cert("Load HTTPS CA", ca_k, "Load HTTPS CA", ca_k, True)
+        srv = cert("127.0.0.1", srv_k, "Load HTTPS CA", ca_k, False, [
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH])])
+        self.https_ca = os.path.join(tmp, "https-ca.pem")
+        with open(self.https_ca, "wb") as f:
+            f.write(pem(ca))
+        crt, k = os.path.join(tmp, "srv.pem"), os.path.join(tmp, "srv.key")
+        with open(crt, "wb") as f:
+            f.write(pem(srv))
+        with open(k, "wb") as f:
+            f.write(srv_k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+        self.fetches = [0]
+        fetches = self.fetches
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                fetches[0] += 1
+                ok = self.path == "/sp.pem"
+                body = chain if ok else b"not found\n"
+                self.send_response(200 if ok else 404)
+                self.send_header("Content-Type", "application/pem-certificate-chain")
+                self.send_header("Cache-Control", "max-age=3600")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *a):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(crt, k)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.x5u = f"https://127.0.0.1:{self.server.server_address[1]}/sp.pem"
+
+    def config(self):
+        return (f'[stir]\nca_file = "{self.root}"\nx5u_allow = ["127.0.0.1"]\n'
+                f'x5u_ca_file = "{self.https_ca}"\n')
+
+    def csv(self, path, calls):
+        """SIPp's -inf for tests/sipp/uac_identity.xml: one PASSporT a call, signed now."""
+        import base64
+        import uuid
+        from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+        b64 = lambda b: base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+        header = b64(json.dumps({"alg": "ES256", "ppt": "shaken", "typ": "passport", "x5u": self.x5u},
+                                separators=(",", ":")).encode())
+        iat = int(time.time())
+        with open(path, "w") as f:
+            f.write("SEQUENTIAL\n")
+            for _ in range(calls):
+                claims = b64(json.dumps({"attest": "A", "dest": {"tn": ["18005550100"]}, "iat": iat,
+                                         "orig": {"tn": "13105551234"}, "origid": str(uuid.uuid4())},
+                                        separators=(",", ":")).encode())
+                signed = f"{header}.{claims}"
+                r, s = decode_dss_signature(self.leaf_k.sign(signed.encode(), self.ec.ECDSA(self.hashes.SHA256())))
+                f.write(f"{signed}.{b64(r.to_bytes(32, 'big') + s.to_bytes(32, 'big'))};{self.x5u};\n")
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def step(rate, seconds, hold_ms, storage=None, watchers=0, buyer_transport="udp", rtb=0, rtb_ms=(5, 20), rtb_cap=0, duplicates=None, redis=False, caps=False, stir=False):
     tmp = tempfile.mkdtemp(prefix="dce-load-")
+    stir = Stir(tmp) if stir else None
     prefix = f"dce-load-{os.getpid()}-{rate}"
     if redis or caps:
         storage = f'database_url = "sqlite://{tmp}/dce.db"\nredis_url = "redis://127.0.0.1:6379/"\nredis_key_prefix = "{prefix}"'
@@ -118,6 +233,7 @@ id = "load"
 listen = ["udp://127.0.0.1:{port}"{f', "tcp://127.0.0.1:{port}"' if buyer_transport == "tcp" else ""}]
 advertised_host = "127.0.0.1"
 max_calls = 100000
+{"max_udp_request_bytes = 8000" if stir else ""}
 [cdr]
 jsonl_path = "{tmp}/cdr.jsonl"
 [storage]
@@ -131,13 +247,14 @@ id = "auto"
 numbers = ["+18005550100"]
 tcpa_hours = false
 {f'duplicates = {{ window_days = 30, after = "routed", action = "{duplicates}" }}' if duplicates else ""}
+{'stir = { require = "A" }' if stir else ""}
 [[buyer]]
 id = "acme"
 campaigns = ["auto"]
 uri = "sip:{{called}}@127.0.0.1:{buyer_port}{';transport=tcp' if buyer_transport == 'tcp' else ''}"
 bid_cents = 1500
 {buyer_caps}
-{bidders}{api}""")
+{bidders}{api}{stir.config() if stir else ""}""")
     env = dict(os.environ, RUST_LOG="warn")
     dce = subprocess.Popen([DCE, "run", "--config", cfg], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env, text=True)
     time.sleep(0.5)
@@ -157,8 +274,14 @@ bid_cents = 1500
         + (["-max_socket", "2000"] if buyer_transport == "tcp" else []) + buyer_common,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     stat = os.path.join(tmp, "carrier_stats.csv")
+    inf = []
+    if stir:
+        inf = ["-inf", os.path.join(tmp, "identities.csv")]
+        t0 = time.time()
+        stir.csv(inf[1], calls)
+        print(f"  ({calls} PASSporTs signed in {time.time() - t0:.1f} s)", flush=True)
     carrier = subprocess.run(
-        ["sipp", "-sf", os.path.join(SCEN, "uac_call.xml"), "-s", "+18005550100", "-p", str(free_port()), "-mp", str(free_port()),
+        ["sipp", "-sf", os.path.join(SCEN, "uac_identity.xml" if stir else "uac_call.xml")] + inf + ["-s", "+18005550100", "-p", str(free_port()), "-mp", str(free_port()),
          "-r", str(rate), "-m", str(calls), "-l", limit, "-d", str(hold_ms), "-trace_stat", "-stf", stat, "-fd", "1"] + common
         + [f"127.0.0.1:{port}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=seconds + 60)
@@ -193,6 +316,18 @@ bid_cents = 1500
                   f"p50 {q(0.5)} ms, p99 {q(0.99)} ms)", flush=True)
         except OSError:
             pass
+    if stir:
+        verdicts = {}
+        try:
+            with open(os.path.join(tmp, "cdr.jsonl")) as f:
+                for line in f:
+                    v = json.loads(line).get("stir")
+                    verdicts[v] = verdicts.get(v, 0) + 1
+        except OSError:
+            pass
+        print(f"  (STIR verdicts in CDRs: {verdicts}; certificate fetches: {stir.fetches[0]})", flush=True)
+        stir_ok = verdicts.get("A", 0)
+        stir.stop()
     if redis or caps:
         keys = subprocess.run(["redis-cli", "--scan", "--pattern", f"{prefix}:*"], capture_output=True, text=True).stdout.split()
         for i in range(0, len(keys), 500):
@@ -211,6 +346,10 @@ bid_cents = 1500
         ok = int(last[head.index("SuccessfulCall(C)")])
     except Exception:
         ok = None
+    if stir and failed is not None and ok is not None:
+        # uac_identity.xml takes STIR's refusals as the end of a call: count them as failed
+        unverified = calls - stir_ok
+        failed, ok = failed + unverified, ok - unverified
     m = re.search(r"invite_delay n=(\d+) p50=(\d+)us p99=(\d+)us max=(\d+)us", err)
     delay = (int(m.group(2)), int(m.group(3)), int(m.group(4))) if m else (None, None, None)
     b = re.search(r"dce: over_bidders (.*)", err)
@@ -234,6 +373,7 @@ def main():
     ap.add_argument("--duplicates", choices=["same_buyer", "not_billable"], help="a campaign duplicate rule (calls keep flowing)")
     ap.add_argument("--redis", action="store_true", help="redis_url set: the fleet-wide checks on every call")
     ap.add_argument("--fleet-caps", action="store_true", help="--redis, and the buyer is capped: a fleet-wide lease per call")
+    ap.add_argument("--stir", action="store_true", help="every call signed (Identity), verified by DCE ([stir])")
     a = ap.parse_args()
     if a.rtb and not os.path.exists(BIDDER):
         sys.exit("build the bidder first: cargo build --release --example bidder")
@@ -242,7 +382,7 @@ def main():
     print(f"{'calls/s':>8} {'placed':>7} {'ok':>7} {'failed':>7} {'p50 us':>7} {'p99 us':>7} {'max us':>7}")
     best = None
     for rate in [int(r) for r in a.rates.split(",")]:
-        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport, rtb=a.rtb, rtb_cap=a.rtb_max_in_flight, duplicates=a.duplicates, redis=a.redis, caps=a.fleet_caps)
+        rc, calls, ok, failed, (p50, p99, mx) = step(rate, a.seconds, a.hold_ms, watchers=a.watchers, buyer_transport=a.buyer_transport, rtb=a.rtb, rtb_cap=a.rtb_max_in_flight, duplicates=a.duplicates, redis=a.redis, caps=a.fleet_caps, stir=a.stir)
         print(f"{rate:>8} {calls:>7} {ok if ok is not None else '?':>7} {failed if failed is not None else '?':>7} "
               f"{p50 if p50 is not None else '?':>7} {p99 if p99 is not None else '?':>7} {mx if mx is not None else '?':>7}", flush=True)
         if rc != 0 or not failed == 0 or ok != calls:

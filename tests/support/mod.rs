@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod bidder;
+pub mod cert_server;
 pub mod dce_process;
 pub mod dns;
 pub mod http;
