@@ -221,7 +221,10 @@ mod tests {
         let f = dir.join("roots.pem");
         std::fs::write(&f, &pki.root_pem).unwrap();
         std::fs::write(dir.join("div.key"), &pki.key_pem).unwrap();
-        (f, crate::stir::cert::Anchors::from_pem(pki.root_pem.as_bytes()).unwrap())
+        (
+            f,
+            crate::stir::cert::Anchors::from_pem(pki.root_pem.as_bytes()).unwrap(),
+        )
     }
 
     fn errors(text: &str) -> Vec<String> {
@@ -250,7 +253,10 @@ mod tests {
         assert_eq!(st.anchors.len(), 1);
         assert_eq!(st.sign_div.unwrap().x5u, "https://c.example/d.pem");
         let camp = &c.routing.campaigns[0].stir;
-        assert_eq!(camp.require, dce_routing::Require::AtLeast(dce_routing::Trust::B));
+        assert_eq!(
+            camp.require,
+            dce_routing::Require::AtLeast(dce_routing::Trust::B)
+        );
         assert!(camp.flag);
         let b = &c.routing.buyers[0];
         assert_eq!(b.min_attestation, dce_routing::Trust::A);
@@ -268,7 +274,10 @@ mod tests {
         );
         let e = errors(&text);
         let first = BASE.lines().count() + 2;
-        assert!(e[0].starts_with(&format!("s.toml:{first}: `stir.ca_file`: cannot read")), "{e:#?}");
+        assert!(
+            e[0].starts_with(&format!("s.toml:{first}: `stir.ca_file`: cannot read")),
+            "{e:#?}"
+        );
         let all = e.join("\n");
         for want in [
             "`campaign.stir.require` must be",

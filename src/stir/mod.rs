@@ -491,7 +491,10 @@ mod tests {
         let bad = Verdict::Failed(Failure::BadSignature);
         assert_eq!(judge(StirPolicy::default(), bad), Judgement::Pass);
         assert_eq!(judge(reject(Require::Any), c), Judgement::Pass);
-        assert_eq!(judge(reject(Require::AtLeast(Trust::B)), a), Judgement::Pass);
+        assert_eq!(
+            judge(reject(Require::AtLeast(Trust::B)), a),
+            Judgement::Pass
+        );
         assert_eq!(
             judge(reject(Require::AtLeast(Trust::B)), c),
             Judgement::Refuse(608, "Rejected")
@@ -566,8 +569,13 @@ mod tests {
         let pki = Pki::new(true, (2024, 2030));
         let s = DivSigner::from_pem("https://x.example/c.pem", pki.key_pem.as_bytes()).unwrap();
         let dbg = format!("{s:?}");
-        assert!(dbg.contains("x.example") && !dbg.contains("PRIVATE"), "{dbg}");
-        let v = s.sign("+1 310 555 1234", "18005550100", "18005550199", 7).unwrap();
+        assert!(
+            dbg.contains("x.example") && !dbg.contains("PRIVATE"),
+            "{dbg}"
+        );
+        let v = s
+            .sign("+1 310 555 1234", "18005550100", "18005550199", 7)
+            .unwrap();
         let id = passport::parse_identity(&v).unwrap();
         assert_eq!(id.ppt.as_deref(), Some("div"));
         let claims = URL_SAFE_NO_PAD.decode(id.payload_b64.unwrap()).unwrap();
