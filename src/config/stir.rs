@@ -214,8 +214,9 @@ mod tests {
     const BASE: &str = "[node]\nid = \"n\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\n\
         [[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n";
 
-    fn roots() -> (std::path::PathBuf, super::super::super::stir::cert::Anchors) {
-        let dir = std::env::temp_dir().join(format!("dce-stir-cfg-{}", std::process::id()));
+    /// Files of a fresh PKI in a directory of this test's own (tests run side by side).
+    fn roots(test: &str) -> (std::path::PathBuf, super::super::super::stir::cert::Anchors) {
+        let dir = std::env::temp_dir().join(format!("dce-stir-cfg-{test}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let pki = crate::stir::cert::test_pki::Pki::new(true, (2024, 2030));
         let f = dir.join("roots.pem");
@@ -237,7 +238,7 @@ mod tests {
 
     #[test]
     fn stir_keys_defaults_and_policies() {
-        let (f, _) = roots();
+        let (f, _) = roots("good");
         let key = f.with_file_name("div.key");
         let text = format!(
             "{BASE}[stir]\nca_file = \"{}\"\nx5u_allow = [\"*.sticr.example\", \"127.0.0.1\"]\nsign_div = {{ x5u = \"https://c.example/d.pem\", key = \"{}\" }}\n\
@@ -266,7 +267,7 @@ mod tests {
 
     #[test]
     fn bad_stir_config_is_refused_with_its_line() {
-        let (f, _) = roots();
+        let (f, _) = roots("bad");
         let text = format!(
             "{BASE}[stir]\nca_file = \"/nonexistent/roots.pem\"\n\
              [[campaign]]\nid = \"k\"\nnumbers = [\"+18005550100\"]\nstir = {{ require = \"D\", on_fail = \"shrug\" }}\n\
