@@ -164,16 +164,7 @@ fn each_failure_gets_its_verdict_and_its_rfc_8224_code_when_the_campaign_require
         ["", "", ""],
     );
     let good = st.identity("A");
-    // one changed byte of the claims: the signature no longer matches
-    let tampered = {
-        let (token, params) = good.split_once(';').unwrap();
-        let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-        let mut claims = URL_SAFE_NO_PAD.decode(&parts[1]).unwrap();
-        let at = claims.iter().position(|&b| b == b'A').unwrap();
-        claims[at] = b'B';
-        parts[1] = URL_SAFE_NO_PAD.encode(&claims);
-        format!("{};{params}", parts.join("."))
-    };
+    let tampered = support::stir_pki::tampered(&good);
     let stale = st.pki.identity("A", "13105551234", "18005550100", NOW - 61);
     let wrong_tn = st.pki.identity("A", "13105550000", "18005550100", NOW);
     let outside = Pki::new(true, (2024, 2030))

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::time::Duration;
 use support::dce_process::{free_port, jsonl_cdrs, outcomes, Dce};
 use support::redis_cluster::RedisCluster;
-use support::sipp::{self, Background};
+use support::sipp::{self, answering, carrier_call, short_call};
 
 /// SHA-256 of "ops-secret".
 const OPS_SHA: &str = "32323cfa9ec9d62750daad0836a4cf3d7b60d23723b7852a529667deed01669f";
@@ -54,37 +54,6 @@ impl Node<'_> {
             self.acme_caps,
         )
     }
-}
-
-/// A buyer answering `calls` calls.
-fn answering(bin: &std::path::PathBuf, port: u16, calls: u32) -> Background {
-    let calls = calls.to_string();
-    Background::start(
-        bin,
-        &sipp::args(&sipp::scenario("uas_answer.xml"), port, &["-m", &calls]),
-    )
-}
-
-/// One carrier call to `dce` held `hold_ms` after the answer, in the background.
-fn carrier_call(bin: &std::path::PathBuf, dce: &Dce, hold_ms: u32) -> Background {
-    let hold = hold_ms.to_string();
-    let mut args = sipp::args(
-        &sipp::scenario("uac_call.xml"),
-        free_port(),
-        &["-s", "+18005550100", "-m", "1", "-d", &hold],
-    );
-    args.push(dce.sip.to_string());
-    Background::start(bin, &args)
-}
-
-/// One short carrier call; whether it succeeded.
-fn short_call(bin: &std::path::PathBuf, dce: &Dce) -> (bool, String) {
-    sipp::carrier(
-        bin,
-        &sipp::scenario("uac_call.xml"),
-        dce.sip,
-        &["-m", "1", "-d", "200"],
-    )
 }
 
 /// A carrier call that must be refused `603` with `Reason: …;text="<text>"`.

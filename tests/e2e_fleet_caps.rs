@@ -9,7 +9,7 @@ mod support;
 
 use std::time::Duration;
 use support::dce_process::{counter, free_port, jsonl_cdrs, outcomes, Dce, TempDir};
-use support::sipp::{self, Background};
+use support::sipp::{self, answering, carrier_call, short_call};
 
 /// A node's config: buyers acme (1500, `acme_caps`) and bravo (1200), Redis at `redis`.
 fn node(
@@ -34,37 +34,6 @@ fn node(
         dir.join("dce.db").display(),
         dir.join("spool").display(),
         dir.join("cdr.jsonl").display()
-    )
-}
-
-/// A buyer answering `calls` calls.
-fn answering(bin: &std::path::PathBuf, port: u16, calls: u32) -> Background {
-    let calls = calls.to_string();
-    Background::start(
-        bin,
-        &sipp::args(&sipp::scenario("uas_answer.xml"), port, &["-m", &calls]),
-    )
-}
-
-/// One carrier call to `dce` held `hold_ms` after the answer, in the background.
-fn carrier_call(bin: &std::path::PathBuf, dce: &Dce, hold_ms: u32) -> Background {
-    let hold = hold_ms.to_string();
-    let mut args = sipp::args(
-        &sipp::scenario("uac_call.xml"),
-        free_port(),
-        &["-s", "+18005550100", "-m", "1", "-d", &hold],
-    );
-    args.push(dce.sip.to_string());
-    Background::start(bin, &args)
-}
-
-/// One short carrier call; whether it succeeded.
-fn short_call(bin: &std::path::PathBuf, dce: &Dce) -> (bool, String) {
-    sipp::carrier(
-        bin,
-        &sipp::scenario("uac_call.xml"),
-        dce.sip,
-        &["-m", "1", "-d", "200"],
     )
 }
 

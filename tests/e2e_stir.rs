@@ -11,8 +11,6 @@
 
 mod support;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -20,7 +18,7 @@ use support::cert_server::CertServer;
 use support::dce_process::{free_port, jsonl_cdrs, Dce, TempDir};
 use support::http::{get_json, get_text, OPS_KEY, OPS_SHA};
 use support::sipp::{self, Background};
-use support::stir_pki::Pki;
+use support::stir_pki::{tampered, Pki};
 
 /// `[stir] fetch_timeout_ms`.
 const FETCH_TIMEOUT_MS: u64 = 500;
@@ -199,17 +197,6 @@ impl Carrier<'_> {
             ),
         )
     }
-}
-
-/// The same claims with one byte changed (attest A → B): the signature no longer matches.
-fn tampered(identity: &str) -> String {
-    let (token, params) = identity.split_once(';').unwrap();
-    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
-    let mut claims = URL_SAFE_NO_PAD.decode(&parts[1]).unwrap();
-    let at = claims.iter().position(|&b| b == b'A').unwrap();
-    claims[at] = b'B';
-    parts[1] = URL_SAFE_NO_PAD.encode(&claims);
-    format!("{};{params}", parts.join("."))
 }
 
 /// `dce_stir_verdicts_total` by verdict.

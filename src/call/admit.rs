@@ -71,6 +71,28 @@ impl Rejection {
     }
 }
 
+/// A call's STIR/SHAKEN verdict is in (at admission, or when its certificate came): counted,
+/// kept, and judged by the campaign's policy — the refusal, or `None` (a flag is kept for the
+/// buyer INVITE's `Reason`).
+fn stir_decided(
+    counters: &crate::counters::Counters,
+    cs: &mut super::state::CallStir,
+    policy: dce_routing::StirPolicy,
+    v: crate::stir::Verdict,
+) -> Option<Rejection> {
+    counters.m.stir_verdict(&v.to_string());
+    cs.verdict = Some(v);
+    match crate::stir::judge(policy, v) {
+        crate::stir::Judgement::Pass => None,
+        crate::stir::Judgement::Refuse(code, phrase) => Some(Rejection::stir(code, phrase, v)),
+        crate::stir::Judgement::Flag(code, text) => {
+            counters.inc(Counter::StirFlagged);
+            cs.flag = Some((code, text));
+            None
+        }
+    }
+}
+
 /// What a refused call's CDR says.
 #[derive(Default)]
 pub(super) struct Facts {
@@ -460,22 +482,13 @@ impl Controller {
         });
         match step {
             Step::Done(v) => {
-                self.counters.m.stir_verdict(&v.to_string());
                 facts.stir = Some(v.to_string());
-                cs.verdict = Some(v);
                 cs.priced = true;
                 if let crate::stir::Verdict::Failed(_) = v {
                     tracing::debug!(caller = %crate::logging::num(&facts.caller), verdict = %v, "STIR verification failed");
                 }
-                match crate::stir::judge(policy, v) {
-                    crate::stir::Judgement::Pass => {}
-                    crate::stir::Judgement::Refuse(code, phrase) => {
-                        return Err(Rejection::stir(code, phrase, v))
-                    }
-                    crate::stir::Judgement::Flag(code, text) => {
-                        self.counters.inc(Counter::StirFlagged);
-                        cs.flag = Some((code, text));
-                    }
+                if let Some(r) = stir_decided(&self.counters, &mut cs, policy, v) {
+                    return Err(r);
                 }
             }
             Step::Fetch { passport, .. } => cs.waiting = Some(passport),
@@ -702,17 +715,9 @@ impl Controller {
                         continue;
                     };
                     let v = crate::stir::finish(&p, &signer);
-                    self.counters.m.stir_verdict(&v.to_string());
-                    st.verdict = Some(v);
-                    match crate::stir::judge(call.snapshot.campaign(call.campaign).stir, v) {
-                        crate::stir::Judgement::Pass => {}
-                        crate::stir::Judgement::Refuse(code, phrase) => {
-                            refusal = Some(Rejection::stir(code, phrase, v));
-                        }
-                        crate::stir::Judgement::Flag(code, text) => {
-                            self.counters.inc(Counter::StirFlagged);
-                            st.flag = Some((code, text));
-                        }
+                    let policy = call.snapshot.campaign(call.campaign).stir;
+                    if let Some(r) = stir_decided(&self.counters, st, policy, v) {
+                        refusal = Some(r);
                     }
                 }
                 // the first buyer's slot, asked early: settled when the call rings

@@ -265,34 +265,36 @@ impl<'a> Walk<'a> {
 
     /// A fraction in `0..1` (`0.2` = 20 %), written as a float or as the integer 0.
     pub fn fraction(&mut self, t: Table<'_, '_>, key: &str) -> Option<(f64, Range<usize>)> {
-        let v = Self::get(t, key)?;
-        let n = match v.get_ref() {
-            DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
-            DeValue::Integer(i) => i64::from_str_radix(i.as_str(), i.radix())
-                .ok()
-                .map(|n| n as f64),
-            _ => {
-                self.wrong_type(v, t, key, "a fraction such as 0.2");
-                return None;
-            }
-        };
-        match n {
-            Some(f) if (0.0..1.0).contains(&f) => Some((f, v.span())),
-            _ => {
-                self.error(
-                    v.span(),
-                    format!(
-                        "`{}{key}` must be a fraction from 0 up to (not including) 1, e.g. 0.2 for 20 %",
-                        prefix(t.path)
-                    ),
-                );
-                None
-            }
-        }
+        self.number(
+            t,
+            key,
+            "a fraction such as 0.2",
+            |f| (0.0..1.0).contains(&f),
+            "a fraction from 0 up to (not including) 1, e.g. 0.2 for 20 %",
+        )
     }
 
     /// A multiplier from 0 to 1 inclusive (`0.8`, `1`), with its span.
     pub fn multiplier(&mut self, t: Table<'_, '_>, key: &str) -> Option<(f64, Range<usize>)> {
+        self.number(
+            t,
+            key,
+            "a number from 0 to 1, e.g. 0.8",
+            |f| (0.0..=1.0).contains(&f),
+            "from 0 to 1, e.g. 0.8",
+        )
+    }
+
+    /// A number (float or integer) that `ok` accepts; else `want` (wrong type) or `range`
+    /// (out of range) in the error.
+    fn number(
+        &mut self,
+        t: Table<'_, '_>,
+        key: &str,
+        want: &str,
+        ok: impl Fn(f64) -> bool,
+        range: &str,
+    ) -> Option<(f64, Range<usize>)> {
         let v = Self::get(t, key)?;
         let n = match v.get_ref() {
             DeValue::Float(f) => f.as_str().parse::<f64>().ok(),
@@ -300,16 +302,16 @@ impl<'a> Walk<'a> {
                 .ok()
                 .map(|n| n as f64),
             _ => {
-                self.wrong_type(v, t, key, "a number from 0 to 1, e.g. 0.8");
+                self.wrong_type(v, t, key, want);
                 return None;
             }
         };
         match n {
-            Some(f) if (0.0..=1.0).contains(&f) => Some((f, v.span())),
+            Some(f) if ok(f) => Some((f, v.span())),
             _ => {
                 self.error(
                     v.span(),
-                    format!("`{}{key}` must be from 0 to 1, e.g. 0.8", prefix(t.path)),
+                    format!("`{}{key}` must be {range}", prefix(t.path)),
                 );
                 None
             }

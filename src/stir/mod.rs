@@ -217,18 +217,16 @@ pub fn begin(
     now_s: i64,
     now: std::time::Instant,
 ) -> Step {
-    let Some(value) = identities
+    let shaken = |r: &Result<passport::Identity, Failure>| matches!(r, Ok(i) if i.ppt.as_deref().is_none_or(|p| p == "shaken"));
+    let Some(parsed) = identities
         .iter()
-        .find(|v| {
-            passport::parse_identity(v)
-                .map(|i| i.ppt.as_deref().is_none_or(|p| p == "shaken"))
-                .unwrap_or(false)
-        })
-        .or(identities.first())
+        .map(|v| passport::parse_identity(v))
+        .find(shaken)
+        .or_else(|| identities.first().map(|v| passport::parse_identity(v)))
     else {
         return Step::Done(Verdict::NoIdentity);
     };
-    let p = match passport::parse_identity(value).and_then(|i| passport::decode(&i)) {
+    let p = match parsed.and_then(|i| passport::decode(&i)) {
         Ok(p) => p,
         Err(f) => return Step::Done(Verdict::Failed(f)),
     };
@@ -321,9 +319,8 @@ pub fn judge(policy: StirPolicy, v: Verdict) -> Judgement {
     let (code, phrase, text) = match (policy.require, v) {
         (Require::Nothing, _) => return Judgement::Pass,
         (Require::Any, Verdict::Verified(_)) => return Judgement::Pass,
-        (Require::AtLeast(min), Verdict::Verified(a)) if v.trust() >= min => {
-            let _ = a;
-            return Judgement::Pass;
+        (Require::AtLeast(min), Verdict::Verified(_)) if v.trust() >= min => {
+            return Judgement::Pass
         }
         (Require::AtLeast(min), Verdict::Verified(a)) => (
             608,

@@ -159,3 +159,34 @@ pub fn carrier(
         ),
     )
 }
+
+/// A buyer (SIPp `uas_answer.xml` on `port`) answering `calls` calls, in the background.
+pub fn answering(bin: &PathBuf, port: u16, calls: u32) -> Background {
+    let calls = calls.to_string();
+    Background::start(
+        bin,
+        &args(&scenario("uas_answer.xml"), port, &["-m", &calls]),
+    )
+}
+
+/// One carrier call to `dce` held `hold_ms` after the answer, in the background.
+pub fn carrier_call(bin: &PathBuf, dce: &super::dce_process::Dce, hold_ms: u32) -> Background {
+    let hold = hold_ms.to_string();
+    let mut a = args(
+        &scenario("uac_call.xml"),
+        super::dce_process::free_port(),
+        &["-s", "+18005550100", "-m", "1", "-d", &hold],
+    );
+    a.push(dce.sip.to_string());
+    Background::start(bin, &a)
+}
+
+/// One short carrier call to `dce`; whether it succeeded, and SIPp's output.
+pub fn short_call(bin: &PathBuf, dce: &super::dce_process::Dce) -> (bool, String) {
+    carrier(
+        bin,
+        &scenario("uac_call.xml"),
+        dce.sip,
+        &["-m", "1", "-d", "200"],
+    )
+}

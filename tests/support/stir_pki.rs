@@ -102,3 +102,15 @@ impl Pki {
         )
     }
 }
+
+/// `identity` with one byte of its claims changed (attest `A` → `B`): the signature no longer
+/// matches.
+pub fn tampered(identity: &str) -> String {
+    let (token, params) = identity.split_once(';').unwrap();
+    let mut parts: Vec<String> = token.split('.').map(str::to_owned).collect();
+    let mut claims = URL_SAFE_NO_PAD.decode(&parts[1]).unwrap();
+    let at = claims.iter().position(|&b| b == b'A').unwrap();
+    claims[at] = b'B';
+    parts[1] = URL_SAFE_NO_PAD.encode(&claims);
+    format!("{};{params}", parts.join("."))
+}
