@@ -263,6 +263,7 @@ mod tests {
         assert_eq!(b.min_attestation, dce_routing::Trust::A);
         assert_eq!(b.attestation_bid.0, [0, 500_000, 800_000, 1_000_000]);
         assert!(parse("s.toml", BASE).unwrap().stir.is_none());
+        let _ = std::fs::remove_dir_all(f.parent().unwrap());
     }
 
     #[test]
@@ -304,5 +305,6 @@ mod tests {
         let all = errors(&text).join("\n");
         assert!(all.contains("`a b` is not a host name"), "{all}");
         assert!(all.contains("must be an https:// URL"), "{all}");
+        let _ = std::fs::remove_dir_all(f.parent().unwrap());
     }
 }
