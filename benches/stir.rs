@@ -52,6 +52,27 @@ fn bench(c: &mut Criterion) {
             black_box(matches!(step, Step::Done(Verdict::Verified(_))))
         })
     });
+    // The floor: ring's ES256 verification alone, on a key and message of the same shape.
+    let rng = ring::rand::SystemRandom::new();
+    let alg = &ring::signature::ECDSA_P256_SHA256_FIXED_SIGNING;
+    let pkcs8 = ring::signature::EcdsaKeyPair::generate_pkcs8(alg, &rng).unwrap();
+    let key = ring::signature::EcdsaKeyPair::from_pkcs8(alg, pkcs8.as_ref(), &rng).unwrap();
+    let msg = id.split('.').take(2).collect::<Vec<_>>().join(".");
+    let sig = key.sign(&rng, msg.as_bytes()).unwrap();
+    use ring::signature::KeyPair;
+    let public = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_FIXED,
+        key.public_key().as_ref().to_vec(),
+    );
+    c.bench_function("es256_verify_ring_alone", |b| {
+        b.iter(|| {
+            black_box(
+                public
+                    .verify(black_box(msg.as_bytes()), sig.as_ref())
+                    .is_ok(),
+            )
+        })
+    });
     c.bench_function("stir_chain_check_uncached", |b| {
         b.iter(|| black_box(cert::validate_chain(black_box(&chain), &anchors, now_s).is_ok()))
     });

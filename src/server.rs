@@ -370,7 +370,7 @@ pub async fn run(
     let stir_node = config
         .stir
         .as_ref()
-        .map(crate::stir::StirNode::new)
+        .map(|c| crate::stir::StirNode::new(c, None))
         .transpose()
         .map_err(anyhow::Error::msg)?;
     if let Some(st) = &config.stir {
@@ -532,6 +532,7 @@ pub async fn run(
         tls_targets,
         webhooks,
         next_quote: std::sync::atomic::AtomicUsize::new(0),
+        stir: std::sync::Mutex::new(stir_node),
         live,
         db: consent_db,
         drain: config.node.drain_timeout,
@@ -713,6 +714,9 @@ struct Node {
     webhooks: Arc<std::sync::RwLock<crate::webhooks::Webhooks>>,
     /// Round-robin over the workers for bid requests.
     next_quote: std::sync::atomic::AtomicUsize,
+    /// STIR/SHAKEN as the workers have it (a reload keeps its checked certificates when the
+    /// trust anchors stay).
+    stir: std::sync::Mutex<Option<Arc<crate::stir::StirNode>>>,
 }
 
 /// The port of the first listener of `proto`.
@@ -938,10 +942,11 @@ impl Node {
                 }
             }
         }
+        let mut current = self.stir.lock().unwrap_or_else(|e| e.into_inner());
         let stir = match cfg
             .stir
             .as_ref()
-            .map(crate::stir::StirNode::new)
+            .map(|c| crate::stir::StirNode::new(c, current.as_deref()))
             .transpose()
         {
             Ok(s) => s,
@@ -957,6 +962,8 @@ impl Node {
             shared,
             stir: stir.clone(),
         });
+        *current = stir;
+        drop(current);
         self.gate
             .reconfigure(cfg.sip.source_limits(), trusted_sources(&cfg));
         tracing::info!(

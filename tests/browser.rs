@@ -1,7 +1,8 @@
 //! The live page in a real browser: headless Chromium (Debian's `chromium`) driven over the
 //! DevTools protocol opens `/`, which seeds from `/v1/calls` and then follows `/v1/events`.
 //! A SIPp call must appear on the page while it is up and leave it when it ends; a screenshot
-//! of the page with the live call is written to `target/screenshots/live-page.png`.
+//! of the page with the live call is written to `target/screenshots/live-page.png`. Each
+//! call's STIR/SHAKEN verdict shows beside it, and a call refused for it among the rejections.
 //!
 //! Without `chromium` the test says it was not run; under `CI=true` that is a failure
 //! (`.ci/run` installs it).
@@ -152,15 +153,21 @@ fn a_live_call_appears_on_the_page_and_leaves_it() {
     let Some(chrome) = chromium() else { return };
     let Some(bin) = sipp::sipp() else { return };
     let (http, acme) = (free_port(), free_port());
+    let pki = support::stir_pki::Pki::new(true, (2024, 2030));
     let dce = Dce::start_with(|port, dir| {
+        // STIR/SHAKEN on: the SIPp calls carry no Identity, so each has the verdict
+        // `no_identity`, and the campaign `strict` (which requires one) refuses with 428.
+        std::fs::write(dir.join("roots.pem"), &pki.root_pem).unwrap();
         format!(
             "[node]\nid = \"page\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
              [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
+             [stir]\nca_file = \"{d}/roots.pem\"\n\
              [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
              [http]\nlisten = \"127.0.0.1:{http}\"\napi_keys = [{{ name = \"noc\", sha256 = \"{OPS_SHA}\", role = \"read\" }}]\n\
              [[carrier]]\nid = \"carrier-a\"\nsources = [\"127.0.0.1/32\"]\n\
              [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 0\n\
-             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{acme}\"\nbid_cents = 1500\n",
+             [[campaign]]\nid = \"strict\"\nnumbers = [\"+18005550101\"]\nstir = {{ require = \"any\" }}\n\
+             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\", \"strict\"]\nuri = \"sip:{{called}}@127.0.0.1:{acme}\"\nbid_cents = 1500\n",
             d = dir.display()
         )
     });
@@ -227,6 +234,7 @@ fn a_live_call_appears_on_the_page_and_leaves_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
         assert!(row.contains("1310*****34"), "the caller is masked: {row}");
+        assert!(row.contains("no_identity"), "the call's STIR verdict is shown: {row}");
         let active = page.eval("document.getElementById('active').textContent").await;
         assert_eq!(active, "1");
         let png = page.call("Page.captureScreenshot", json!({ "format": "png" })).await;
@@ -275,6 +283,30 @@ fn a_live_call_appears_on_the_page_and_leaves_it() {
             assert!(Instant::now() < end, "the rejection never appeared: {r}");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        // A call without Identity to the campaign that requires one: 428, with its verdict.
+        let scenario = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
+            .unwrap()
+            .replace("EXPECTED_CODE", "428");
+        let path = dce.dir().join("uac_expect_428.xml");
+        std::fs::write(&path, scenario).unwrap();
+        let mut args = sipp::args(&path, free_port(), &["-s", "+18005550101", "-m", "1"]);
+        args.push(dce.sip.to_string());
+        let out = sipp::run(&bin, &args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let end = until(10);
+        loop {
+            let r = page
+                .eval("[...document.querySelectorAll('#rejections tr')].map(r => r.innerText).join('\\n')")
+                .await;
+            let t = r.as_str().unwrap_or("");
+            if t.lines().any(|l| l.contains("428") && l.contains("no_identity") && l.contains("strict")) {
+                break;
+            }
+            assert!(Instant::now() < end, "the STIR rejection never appeared: {r}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let share = page.eval("document.getElementById('stir').textContent").await;
+        assert_eq!(share, "0 %", "no call was verified");
         png
     });
     assert!(shot.starts_with(b"\x89PNG"), "a PNG screenshot");

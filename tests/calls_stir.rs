@@ -47,6 +47,18 @@ impl Setup {
         carrier: &str,
         buyers: [&str; 3],
     ) -> dce::config::Config {
+        self.config_with(stir_extra, campaign, carrier, buyers, |t| t)
+    }
+
+    /// [`Setup::config`], its text changed by `edit` before it is parsed.
+    fn config_with(
+        &self,
+        stir_extra: &str,
+        campaign: &str,
+        carrier: &str,
+        buyers: [&str; 3],
+        edit: impl FnOnce(String) -> String,
+    ) -> dce::config::Config {
         let text = format!(
             "[node]\nid = \"sim\"\n[sip]\nlisten = [\"udp://127.0.0.1:5060\"]\nadvertised_host = \"127.0.0.1\"\nmax_udp_request_bytes = 8000\n\
              [stir]\nca_file = \"{}\"\nx5u_allow = [\"*.sticr.example\"]\n{stir_extra}\n\
@@ -60,6 +72,7 @@ impl Setup {
             buyers[1],
             buyers[2]
         );
+        let text = edit(text);
         dce::config::parse("sim.toml", &text).unwrap_or_else(|e| panic!("{e:?}"))
     }
 
@@ -467,11 +480,13 @@ fn a_carrier_trusted_for_its_verstat_is_believed_and_others_are_not() {
 }
 
 #[test]
-fn with_sign_div_the_buyer_gets_a_verifiable_div_passport_beside_the_original() {
+fn with_sign_div_a_retargeted_buyer_gets_a_verifiable_div_passport_beside_the_original() {
     let st = Setup::new("div");
     let mine = Pki::new(true, (2024, 2030)).with_x5u("https://cert.dce.example/dce.pem");
     std::fs::write(st.dir.join("dce.key"), &mine.key_pem).unwrap();
-    let cfg = st.config(
+    // acme is reached at a number of its own (the call is retargeted: a `div` is signed);
+    // bravo at the dialled number (the original PASSporT's `dest` still names it: no `div`).
+    let cfg = st.config_with(
         &format!(
             "sign_div = {{ x5u = \"https://cert.dce.example/dce.pem\", key = \"{}\" }}",
             st.dir.join("dce.key").display()
@@ -479,13 +494,23 @@ fn with_sign_div_the_buyer_gets_a_verifiable_div_passport_beside_the_original() 
         "",
         "",
         ["", "", ""],
+        |t| {
+            t.replace(
+                "sip:{called}@127.0.0.1:5090",
+                "sip:+12125550199@127.0.0.1:5090",
+            )
+        },
     );
     let mut sim = Sim::new(&cfg);
-    answering(&mut sim);
+    sim.add_buyer(5090, Mode::Reject(486));
+    sim.add_buyer(5091, Mode::Answer(S));
     let id = st.identity("A");
     let call = sim.place_call_with(CALLER, &id_header(&id));
     sim.answer_cert(st.signer());
     sim.run_for(3 * S);
+    let to_bravo = buyer_invite(&sim, 5091);
+    let ids: Vec<&str> = to_bravo.headers_named(&HeaderName::Identity).collect();
+    assert_eq!(ids, [id.as_str()], "bravo gets the original only");
     let inv = buyer_invite(&sim, 5090);
     let ids: Vec<&str> = inv.headers_named(&HeaderName::Identity).collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
@@ -504,7 +529,7 @@ fn with_sign_div_the_buyer_gets_a_verifiable_div_passport_beside_the_original() 
     .unwrap();
     assert_eq!(claims["orig"]["tn"], "13105551234");
     assert_eq!(claims["div"]["tn"], "18005550100");
-    assert_eq!(claims["dest"]["tn"][0], "18005550100");
+    assert_eq!(claims["dest"]["tn"][0], "12125550199");
     assert_eq!(claims["iat"], NOW);
     let header: serde_json::Value =
         serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&div.header_b64).unwrap()).unwrap();
@@ -517,7 +542,7 @@ fn with_sign_div_the_buyer_gets_a_verifiable_div_passport_beside_the_original() 
         header: serde_json::from_value(header).unwrap(),
         attest: dce::stir::Attestation::A,
         orig_tn: "13105551234".into(),
-        dest_tn: vec!["18005550100".into()],
+        dest_tn: vec!["12125550199".into()],
         iat: NOW,
         origid: None,
         signed: format!("{}.{}", div.header_b64, div.payload_b64.unwrap()).into_bytes(),

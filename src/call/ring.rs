@@ -300,7 +300,8 @@ impl Controller {
             }
             if let Some(st) = call.stir.as_deref() {
                 // STIR/SHAKEN: the carrier's Identity goes on unchanged, with DCE's own `div`
-                // PASSporT for the new destination when it signs, and the policy's `Reason`
+                // PASSporT when it signs and the buyer's number is not the dialled one, and the
+                // policy's `Reason`
                 // when the call goes on flagged (RFC 9410)
                 let mut carried = false;
                 for v in call.a.invite.headers_named(&HeaderName::Identity) {
@@ -315,7 +316,11 @@ impl Controller {
                         .and_then(|(_, r)| r.split_once('@'))
                         .map(|(u, _)| u)
                         .unwrap_or(&call.called);
-                    let signed = carried
+                    // A buyer reached at the dialled number needs no `div`: the original
+                    // PASSporT's `dest` still names it (RFC 8946 §1: `div` is for retargeting).
+                    let retargeted = crate::stir::passport::tn_digits(dest)
+                        != crate::stir::passport::tn_digits(&call.called);
+                    let signed = (carried && retargeted)
                         .then(|| {
                             div.sign(
                                 &call.caller,

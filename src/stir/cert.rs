@@ -12,8 +12,9 @@ use std::time::Duration;
 /// `id-pe-TNAuthList` (RFC 8226 §9): 1.3.6.1.5.5.7.1.26, DER-encoded.
 const TN_AUTH_LIST: &[u8] = &[0x2b, 0x06, 0x01, 0x05, 0x05, 0x07, 0x01, 0x1a];
 
-/// The trust anchors certificates must chain to.
-#[derive(Debug, Default)]
+/// The trust anchors certificates must chain to (equal when they hold the same CAs in the
+/// same order: a reload that keeps them keeps the certificates checked against them).
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Anchors {
     anchors: Vec<TrustAnchor<'static>>,
 }

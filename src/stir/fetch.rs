@@ -82,6 +82,33 @@ impl Certs {
         map.insert(x5u.to_owned(), Entry { value, until });
     }
 
+    /// Copy `old`'s good chains that are still fresh at `now` (never its failures: a reload
+    /// retries every certificate that failed), as far as this cache's capacity allows, those
+    /// that expire last first. How many were kept.
+    pub fn keep_good(&self, old: &Certs, now: Instant) -> usize {
+        let mut good: Vec<(String, Arc<Signer>, Instant)> = {
+            let map = old.map.lock().unwrap_or_else(|e| e.into_inner());
+            map.iter()
+                .filter(|(_, e)| e.until > now)
+                .filter_map(|(k, e)| Some((k.clone(), e.value.clone().ok()?, e.until)))
+                .collect()
+        };
+        good.sort_by_key(|(_, _, until)| std::cmp::Reverse(*until));
+        good.truncate(self.capacity);
+        let n = good.len();
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        for (k, signer, until) in good {
+            map.insert(
+                k,
+                Entry {
+                    value: Ok(signer),
+                    until,
+                },
+            );
+        }
+        n
+    }
+
     /// Entries held (expired ones included until they are pushed out).
     pub fn len(&self) -> usize {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).len()

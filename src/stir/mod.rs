@@ -166,7 +166,9 @@ impl Stir {
 }
 
 /// A node's STIR/SHAKEN: what the workers verify with, and the fetcher that fills their
-/// certificate cache. Made at start and on each reload (a reload starts with an empty cache).
+/// certificate cache. Made at start and on each reload: a reload that keeps the trust anchors
+/// keeps the good certificates already checked against them (not the failures, which are
+/// fetched again); one that changes them starts with an empty cache.
 pub struct StirNode {
     /// Shared by the workers' controllers.
     pub stir: Arc<Stir>,
@@ -175,9 +177,22 @@ pub struct StirNode {
 }
 
 impl StirNode {
-    /// From `[stir]`.
-    pub fn new(c: &crate::config::StirConfig) -> Result<Arc<StirNode>, String> {
+    /// From `[stir]`, keeping what `previous` (the node's STIR before a reload) checked when
+    /// the trust anchors are the same.
+    pub fn new(
+        c: &crate::config::StirConfig,
+        previous: Option<&StirNode>,
+    ) -> Result<Arc<StirNode>, String> {
         let stir = Arc::new(Stir::new(c));
+        if let Some(old) = previous.filter(|old| *old.stir.anchors == *stir.anchors) {
+            let kept = stir
+                .certs
+                .keep_good(&old.stir.certs, std::time::Instant::now());
+            tracing::info!(
+                kept,
+                "STIR: the trust anchors are unchanged; checked certificates kept"
+            );
+        }
         let fetcher = fetch::Fetcher::new(
             stir.certs.clone(),
             stir.anchors.clone(),
@@ -580,5 +595,55 @@ mod tests {
             String::from_utf8(claims).unwrap(),
             r#"{"dest":{"tn":["18005550199"]},"div":{"tn":"18005550100"},"iat":7,"orig":{"tn":"13105551234"}}"#
         );
+    }
+
+    #[test]
+    fn a_reload_keeps_checked_certificates_only_while_the_trust_anchors_stay() {
+        use std::time::{Duration, Instant};
+        let pki = Pki::new(true, (2024, 2030));
+        let config = |root: &str, cache_size| crate::config::StirConfig {
+            ca_file: "roots.pem".into(),
+            anchors: Arc::new(cert::Anchors::from_pem(root.as_bytes()).unwrap()),
+            max_age_s: 60,
+            fetch_timeout: Duration::from_secs(1),
+            x5u_allow: Vec::new(),
+            x5u_ca_file: None,
+            cache_size,
+            sign_div: None,
+        };
+        let c = config(&pki.root_pem, 100);
+        let anchors = cert::Anchors::from_pem(pki.root_pem.as_bytes()).unwrap();
+        let chain = cert::parse_chain(pki.chain_pem.as_bytes()).unwrap();
+        let signer = Arc::new(cert::validate_chain(&chain, &anchors, 1_790_000_000).unwrap());
+        let now = Instant::now();
+        let hour = now + Duration::from_secs(3600);
+        let first = StirNode::new(&c, None).unwrap();
+        let certs = &first.stir.certs;
+        certs.put("https://a.example/sp.pem", Ok(signer.clone()), hour);
+        certs.put(
+            "https://b.example/sp.pem",
+            Ok(signer.clone()),
+            now + Duration::from_secs(60),
+        );
+        certs.put("https://c.example/sp.pem", Err(Failure::FetchFailed), hour);
+        certs.put("https://d.example/sp.pem", Ok(signer.clone()), now); // expired
+
+        // Same anchors: the good, fresh chains stay; the failure is fetched again.
+        let second = StirNode::new(&c, Some(&first)).unwrap();
+        let got = |n: &StirNode, u: &str| n.stir.certs.get(u, now).map(|r| r.is_ok());
+        assert_eq!(got(&second, "https://a.example/sp.pem"), Some(true));
+        assert_eq!(got(&second, "https://b.example/sp.pem"), Some(true));
+        assert_eq!(got(&second, "https://c.example/sp.pem"), None);
+        assert_eq!(second.stir.certs.len(), 2);
+
+        // A smaller cache keeps those that expire last.
+        let small = StirNode::new(&config(&pki.root_pem, 1), Some(&second)).unwrap();
+        assert_eq!(got(&small, "https://a.example/sp.pem"), Some(true));
+        assert_eq!(small.stir.certs.len(), 1);
+
+        // Other anchors: nothing checked against the old ones is believed.
+        let other = Pki::new(true, (2024, 2030));
+        let third = StirNode::new(&config(&other.root_pem, 100), Some(&second)).unwrap();
+        assert!(third.stir.certs.is_empty());
     }
 }
