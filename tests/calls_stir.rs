@@ -515,40 +515,12 @@ fn with_sign_div_a_retargeted_buyer_gets_a_verifiable_div_passport_beside_the_or
     let ids: Vec<&str> = inv.headers_named(&HeaderName::Identity).collect();
     assert_eq!(ids.len(), 2, "{ids:?}");
     assert_eq!(ids[0], id);
-    let div = dce::stir::passport::parse_identity(ids[1]).unwrap();
-    assert_eq!(div.ppt.as_deref(), Some("div"));
-    assert_eq!(
-        div.info.as_deref(),
-        Some("https://cert.dce.example/dce.pem")
-    );
-    let claims: serde_json::Value = serde_json::from_slice(
-        &URL_SAFE_NO_PAD
-            .decode(div.payload_b64.as_ref().unwrap())
-            .unwrap(),
-    )
-    .unwrap();
+    let claims =
+        support::stir_div::div_claims(ids[1], &mine, "https://cert.dce.example/dce.pem", NOW);
     assert_eq!(claims["orig"]["tn"], "13105551234");
     assert_eq!(claims["div"]["tn"], "18005550100");
     assert_eq!(claims["dest"]["tn"][0], "12125550199");
     assert_eq!(claims["iat"], NOW);
-    let header: serde_json::Value =
-        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&div.header_b64).unwrap()).unwrap();
-    assert_eq!(header["ppt"], "div");
-    // the signature verifies with DCE's certificate
-    let anchors = cert::Anchors::from_pem(mine.root_pem.as_bytes()).unwrap();
-    let chain = cert::parse_chain(mine.chain_pem.as_bytes()).unwrap();
-    let signer = cert::validate_chain(&chain, &anchors, NOW).unwrap();
-    let p = dce::stir::passport::Passport {
-        header: serde_json::from_value(header).unwrap(),
-        attest: dce::stir::Attestation::A,
-        orig_tn: "13105551234".into(),
-        dest_tn: vec!["12125550199".into()],
-        iat: NOW,
-        origid: None,
-        signed: format!("{}.{}", div.header_b64, div.payload_b64.unwrap()).into_bytes(),
-        signature: div.signature,
-    };
-    assert_eq!(cert::verify_signature(&p, &signer), Ok(()));
     sim.carrier_bye(&call);
     settle(&mut sim);
 }

@@ -8,6 +8,11 @@
 //! fetched once for every call naming it. With the certificate server stopped, a call naming
 //! the cached `x5u` still verifies and one naming an uncached `x5u` is 436. The verdicts are in
 //! `/v1/cdrs`, the CDR file and `/metrics`.
+//!
+//! With `on_fail = "flag"` and `sign_div`, a call below the requirement rings on with a
+//! `Reason: STIR` header, and the buyer reached at a number of its own also gets DCE's `div`
+//! PASSporT, which verifies with DCE's certificate; a buyer at the dialled number gets the
+//! carrier's Identity only.
 
 mod support;
 
@@ -77,6 +82,12 @@ fn buyer(bin: &PathBuf, port: u16, calls: u32, log: &Path) -> Background {
 /// The `Identity` values of the INVITEs a SIPp's message log shows received, one per Call-ID
 /// (a retransmitted INVITE is counted once), in order.
 fn invites_identities(log: &Path) -> Vec<(String, Vec<String>)> {
+    invites_header(log, "Identity")
+}
+
+/// The values of header `name` of the INVITEs a SIPp's message log shows received, one per
+/// Call-ID (a retransmitted INVITE is counted once), in order.
+fn invites_header(log: &Path, name: &str) -> Vec<(String, Vec<String>)> {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let mut out: Vec<(String, Vec<String>)> = Vec::new();
     for chunk in text.split("message received").skip(1) {
@@ -98,7 +109,7 @@ fn invites_identities(log: &Path) -> Vec<(String, Vec<String>)> {
         };
         let call_id = header("Call-ID").join(",");
         if out.iter().all(|(c, _)| *c != call_id) {
-            out.push((call_id, header("Identity")));
+            out.push((call_id, header(name)));
         }
     }
     out
@@ -398,4 +409,99 @@ fn stir_verdicts_route_and_refuse_real_calls_with_a_real_certificate_server() {
     .map(|(k, n)| (k.to_owned(), n))
     .collect();
     assert_eq!(v, expect, "{metrics}");
+}
+
+#[test]
+fn a_flagged_call_rings_on_with_a_reason_and_a_retargeted_buyer_gets_a_verifiable_div() {
+    let Some(bin) = sipp::sipp() else { return };
+    let tmp = TempDir::new("e2e-stir-div");
+    let srv = CertServer::start(&tmp.0);
+    let mut pki = Pki::new(true, (2024, 2030));
+    srv.serve("/sp.pem", pki.chain_pem.as_bytes(), Some("max-age=600"));
+    pki.x5u = srv.url("/sp.pem");
+    const DCE_X5U: &str = "https://cert.dce.example/dce.pem";
+    let mine = Pki::new(true, (2024, 2030)).with_x5u(DCE_X5U);
+    let key = tmp.0.join("dce.key");
+    std::fs::write(&key, &mine.key_pem).unwrap();
+    let (http, pa, pb, pc) = (free_port(), free_port(), free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        // acme (A only) at the dialled number; cobalt reached at +12125550199
+        config(port, dir, http, &pki.root_pem, &srv.ca_pem, [pa, pb, pc])
+            .replace(
+                "stir = { require = \"B\", on_fail = \"reject\" }",
+                "stir = { require = \"A\", on_fail = \"flag\" }",
+            )
+            .replace(
+                &format!("sip:{{called}}@127.0.0.1:{pc}"),
+                &format!("sip:+12125550199@127.0.0.1:{pc}"),
+            )
+            .replace(
+                "[[carrier]]",
+                &format!(
+                    "sign_div = {{ x5u = \"{DCE_X5U}\", key = \"{}\" }}\n[[carrier]]",
+                    key.display()
+                ),
+            )
+    });
+    let logs = |b: &str| tmp.0.join(format!("{b}-messages.log"));
+    let acme = buyer(&bin, pa, 1, &logs("acme"));
+    let cobalt = buyer(&bin, pc, 1, &logs("cobalt"));
+    let carrier = Carrier {
+        bin: &bin,
+        dce: &dce,
+        dir: &tmp.0,
+    };
+    // A: acme, not flagged, no div (its number is the dialled one)
+    let id_a = pki.identity("A", "13105551234", "18005550100", now_s());
+    assert_eq!(carrier.call("a", &id_a).0, 200);
+    // B under require = "A": flagged, goes on; acme takes only A, bravo's bid is halved for B
+    // (1200 → 600 < cobalt's 900): cobalt, retargeted, gets the div
+    let id_b = pki.identity("B", "13105551234", "18005550100", now_s());
+    assert_eq!(carrier.call("b", &id_b).0, 200);
+    let (ok_a, out_a) = acme.finish(20);
+    let (ok_c, out_c) = cobalt.finish(20);
+    assert!(ok_a, "acme: {out_a}");
+    assert!(ok_c, "cobalt: {out_c}");
+
+    let only = |b: &str, h: &str| -> Vec<String> {
+        let mut v = invites_header(&logs(b), h);
+        assert_eq!(v.len(), 1, "{b} got one INVITE: {v:?}");
+        v.remove(0).1
+    };
+    assert_eq!(only("acme", "Identity"), [id_a.clone()]);
+    assert!(
+        only("acme", "Reason").is_empty(),
+        "{:?}",
+        only("acme", "Reason")
+    );
+    let ids = only("cobalt", "Identity");
+    assert_eq!(ids.len(), 2, "the carrier's and DCE's div: {ids:?}");
+    assert_eq!(ids[0], id_b, "the carrier's Identity, byte for byte");
+    let claims = support::stir_div::div_claims(&ids[1], &mine, DCE_X5U, now_s());
+    assert_eq!(claims["orig"]["tn"], "13105551234");
+    assert_eq!(claims["div"]["tn"], "18005550100");
+    assert_eq!(claims["dest"]["tn"][0], "12125550199");
+    assert!(
+        (claims["iat"].as_i64().unwrap() - now_s()).abs() < 60,
+        "{claims}"
+    );
+    let reason = only("cobalt", "Reason");
+    assert_eq!(reason.len(), 1, "{reason:?}");
+    assert!(reason[0].starts_with("STIR;cause="), "{reason:?}");
+
+    let (ok, log, dir) = dce.stop_keep();
+    assert!(ok, "{log}");
+    let cdrs = jsonl_cdrs(&dir.0);
+    let stir_of = |name: &str| {
+        cdrs.iter()
+            .find(|c| {
+                c["carrier_call_id"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with(&format!("{name}-")))
+            })
+            .map(|c| (c["stir"].clone(), c["buyer_id"].clone()))
+            .unwrap_or_else(|| panic!("no CDR for {name}: {cdrs:#?}"))
+    };
+    assert_eq!(stir_of("a"), ("A".into(), "acme".into()));
+    assert_eq!(stir_of("b"), ("B".into(), "cobalt".into()));
 }

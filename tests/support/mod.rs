@@ -12,6 +12,7 @@ pub mod redis_cluster;
 pub mod redis_server;
 pub mod sim;
 pub mod sipp;
+pub mod stir_div;
 pub mod stir_pki;
 pub mod webhook;
 
