@@ -468,7 +468,7 @@ fn a_flagged_call_rings_on_with_a_reason_and_a_retargeted_buyer_gets_a_verifiabl
         assert_eq!(v.len(), 1, "{b} got one INVITE: {v:?}");
         v.remove(0).1
     };
-    assert_eq!(only("acme", "Identity"), [id_a.clone()]);
+    assert_eq!(only("acme", "Identity"), [id_a]);
     assert!(
         only("acme", "Reason").is_empty(),
         "{:?}",
