@@ -7,8 +7,6 @@
 
 mod support;
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use dce::counters::Counter;
 use dce::stir::{cert, fetch, Failure};
 use dce_sip::HeaderName;
