@@ -153,3 +153,132 @@ fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
     assert_eq!(q["foreign_dropped"], 0);
     assert_eq!(cdr["billable"], true);
 }
+
+/// SIPp's RFC 2833/4733 recordings (Debian's sip-tester): one key press each, 280 ms.
+fn dtmf_pcap(key: &str) -> String {
+    format!("/usr/share/sip-tester/dtmf_2833_{key}.pcap")
+}
+
+#[test]
+fn rfc_4733_digits_cross_dce_and_each_sides_digits_are_in_the_cdr() {
+    let Some(bin) = sipp::sipp() else { return };
+    for key in ["1", "5", "pound", "9"] {
+        let p = dtmf_pcap(key);
+        if !std::path::Path::new(&p).exists() {
+            if std::env::var("CI").as_deref() == Ok("true") {
+                panic!("{p} missing (Debian package sip-tester ships it)");
+            }
+            eprintln!("NOT RUN: {p} missing");
+            return;
+        }
+    }
+    let (bp, mp, http) = (free_port(), free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\n[node]\nid = \"dtmf\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+             [media]\nbind_ip = \"127.0.0.1\"\nadvertised_ip = \"127.0.0.1\"\nport_min = {mp0}\nport_max = {mp1}\n\
+             [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
+             [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
+             [cdr]\njsonl_path = \"{d}/cdr.jsonl\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
+             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\n\
+             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bp}\"\nbid_cents = 1500\n",
+            d = dir.display(),
+            mp0 = 40000 + (mp % 1000) * 20,
+            mp1 = 40000 + (mp % 1000) * 20 + 19,
+        )
+    });
+    // Both sides offer telephone-event; the carrier presses 1, 5, #; the buyer presses 9.
+    let te = "m=audio [media_port] RTP/AVP 8 101\n      a=rtpmap:8 PCMA/8000\n      a=rtpmap:101 telephone-event/8000\n      a=fmtp:101 0-15";
+    let play = |key: &str| {
+        format!(
+            "<nop><action><exec play_pcap_audio=\"{}\"/></action></nop>",
+            dtmf_pcap(key)
+        )
+    };
+    let with_te = |s: String| {
+        s.replace(
+            "m=audio [media_port] RTP/AVP 8\n      a=rtpmap:8 PCMA/8000",
+            te,
+        )
+    };
+    let uac = with_te(std::fs::read_to_string(sipp::scenario("uac_call_rtp.xml")).unwrap());
+    let g711 = "<nop>\n    <action>\n      <exec play_pcap_audio=\"/usr/share/sip-tester/g711a.pcap\"/>\n    </action>\n  </nop>";
+    assert!(
+        uac.contains(te) && uac.contains(g711),
+        "the scenario's shape changed"
+    );
+    let uac = uac.replace(
+        g711,
+        &format!(
+            "{}<pause milliseconds=\"600\"/>{}<pause milliseconds=\"600\"/>{}",
+            play("1"),
+            play("5"),
+            play("pound")
+        ),
+    );
+    let uas = with_te(std::fs::read_to_string(sipp::scenario("uas_answer_rtp.xml")).unwrap());
+    let ack = "<recv request=\"ACK\" crlf=\"true\"/>";
+    assert!(
+        uas.contains(te) && uas.contains(ack),
+        "the scenario's shape changed"
+    );
+    let uas = uas.replace(
+        ack,
+        &format!("{ack}<pause milliseconds=\"300\"/>{}", play("9")),
+    );
+    let (uac_path, uas_path) = (
+        dce.dir().join("uac_dtmf.xml"),
+        dce.dir().join("uas_dtmf.xml"),
+    );
+    std::fs::write(&uac_path, uac).unwrap();
+    std::fs::write(&uas_path, uas).unwrap();
+    let buyer = Background::start(&bin, &sipp::args(&uas_path, bp, &["-m", "1"]));
+    let mut args = sipp::args(&uac_path, free_port(), &["-s", "+18005550100", "-m", "1"]);
+    args.push(dce.sip.to_string());
+    let out = sipp::run(&bin, &args);
+    let (bok, bout) = buyer.finish(20);
+    let (ok, log, dir) = dce.stop_keep();
+    assert!(
+        out.status.success(),
+        "carrier: {}\n{log}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(bok, "buyer: {bout}");
+    assert!(ok, "{log}");
+    let cdr: Value = support::dce_process::jsonl_cdrs(&dir.0).remove(0);
+    let digits = |side: &str| -> Vec<(String, u64)> {
+        cdr["dtmf"][side]
+            .as_array()
+            .unwrap_or_else(|| panic!("no dtmf.{side}: {cdr:#}"))
+            .iter()
+            .map(|d| {
+                (
+                    d["digit"].as_str().unwrap().to_owned(),
+                    d["duration_ms"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    };
+    let held = |k: &str| (k.to_owned(), 280);
+    assert_eq!(digits("from_carrier"), [held("1"), held("5"), held("#")]);
+    assert_eq!(digits("from_buyer"), [held("9")]);
+    // every event packet crossed DCE (10 per press)
+    let q = &cdr["quality"];
+    assert_eq!(q["dce_to_buyer_packets"], 30, "{q:#}");
+    assert_eq!(q["dce_to_carrier_packets"], 10, "{q:#}");
+    // the database holds the same digits
+    let db = format!("sqlite://{}/dce.db", dir.0.display());
+    let stored: Option<String> = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+        .block_on(async {
+            let pool = sqlx::SqlitePool::connect(&db).await.unwrap();
+            sqlx::query_scalar("SELECT dtmf FROM calls")
+                .fetch_one(&pool)
+                .await
+                .unwrap()
+        });
+    let stored: Value = serde_json::from_str(&stored.expect("a dtmf column value")).unwrap();
+    assert_eq!(stored, cdr["dtmf"], "the calls table holds the same digits");
+}

@@ -21,6 +21,7 @@ fn stream(addr: SocketAddr) -> Stream {
         rtcp_mux: false,
         codec: Some("PCMU".into()),
         clock_rate: 8000,
+        telephone_event: None,
     }
 }
 

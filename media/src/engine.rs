@@ -60,6 +60,10 @@ pub struct MediaReport {
     pub foreign_dropped: u64,
     /// Codec of the first audio stream.
     pub codec: Option<String>,
+    /// The DTMF digits (RFC 4733) the carrier sent, in order.
+    pub dtmf_from_carrier: Vec<crate::dtmf::Digit>,
+    /// The DTMF digits (RFC 4733) the buyer sent, in order.
+    pub dtmf_from_buyer: Vec<crate::dtmf::Digit>,
 }
 
 impl MediaReport {

@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `sdp.rs` | offer/answer rewriting (addresses and ports only) on `sdp-types` |
 //! | `ports.rs` | the even/odd RTP/RTCP port-pair pool |
+//! | `dtmf.rs` | RFC 4733 telephone-events: the digits (and how long each was held) a leg sent — pure |
 //! | `stats.rs` | loss (RFC 3550 A.1 `update_seq`, A.3), jitter (A.8), RTCP RR/SR, E-model MOS — pure, time passed in |
 //! | `engine.rs` | [`MediaEngine`]: what the call controller asks of media, and the call report |
 //! | `relay.rs` | [`Relay`]: the worker's side (port pairs, commands) |
@@ -17,6 +18,7 @@
 //!
 //! The statistics are pure code; only `relay.rs` and `pump.rs` touch sockets and the clock.
 
+pub mod dtmf;
 pub mod engine;
 pub mod ports;
 mod pump;

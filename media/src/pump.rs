@@ -186,13 +186,14 @@ impl Burst {
         n
     }
 
-    /// Packet `i` of the last read and its source.
-    fn get(&self, i: usize) -> Option<(&[u8], SocketAddr)> {
+    /// Packet `i` of the last read (to be relayed as it is left) and its source.
+    fn get(&mut self, i: usize) -> Option<(&mut [u8], SocketAddr)> {
         let len = self.len[i];
         if len == 0 {
             return None;
         }
-        Some((&self.data[i][..len], crate::sys::sockaddr(&self.from[i])?))
+        let from = crate::sys::sockaddr(&self.from[i])?;
+        Some((&mut self.data[i][..len], from))
     }
 
     /// Send packets `(index, destination)` of the last read from `fd`; how many left.

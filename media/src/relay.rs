@@ -276,6 +276,7 @@ mod tests {
             rtcp_mux: false,
             codec: Some("PCMU".into()),
             clock_rate: 8000,
+            telephone_event: None,
         }
     }
 

@@ -40,6 +40,8 @@ pub struct Stream {
     pub codec: Option<String>,
     /// RTP clock rate of that payload.
     pub clock_rate: u32,
+    /// RFC 4733 `telephone-event`: its payload type and clock rate, when offered.
+    pub telephone_event: Option<(u8, u32)>,
 }
 
 fn is_hold_addr(a: &str) -> bool {
@@ -125,6 +127,24 @@ fn streams(s: &Session) -> Vec<Stream> {
                     Some((name, rate))
                 })
             });
+            let offered: Vec<u8> = m
+                .fmt
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            let telephone_event = m.attributes.iter().find_map(|a| {
+                let (p, rest) = a
+                    .value
+                    .as_deref()
+                    .filter(|_| a.attribute == "rtpmap")?
+                    .split_once(' ')?;
+                let pt: u8 = p.parse().ok()?;
+                let mut it = rest.split('/');
+                let name = it.next()?;
+                let rate = it.next().and_then(|r| r.parse().ok()).unwrap_or(8000);
+                (name.eq_ignore_ascii_case("telephone-event") && offered.contains(&pt))
+                    .then_some((pt, rate))
+            });
             let (codec, clock_rate) = match (rtpmap, first_pt.and_then(static_payload)) {
                 (Some((n, r)), _) => (Some(n), r),
                 (None, Some((n, r))) => (Some(n.to_owned()), r),
@@ -137,6 +157,7 @@ fn streams(s: &Session) -> Vec<Stream> {
                 rtcp_mux,
                 codec,
                 clock_rate,
+                telephone_event,
             }
         })
         .collect()
@@ -342,12 +363,33 @@ m=video 31610 RTP/AVP 96\r\nc=IN IP4 10.9.9.7\r\na=rtpmap:96 H264/90000\r\na=rtc
         assert_eq!(announced[0].rtp, Some("10.9.9.9:31604".parse().unwrap()));
         assert_eq!(announced[0].rtcp, Some("10.9.9.8:31700".parse().unwrap()));
         assert_eq!(announced[0].codec.as_deref(), Some("PCMU"));
+        assert_eq!(announced[0].telephone_event, Some((101, 8000)));
+        assert_eq!(announced[1].telephone_event, None);
         assert_eq!(announced[1].rtp, Some("10.9.9.7:31610".parse().unwrap()));
         assert_eq!(announced[1].rtcp, announced[1].rtp, "rtcp-mux");
         assert_eq!(
             (announced[1].codec.as_deref(), announced[1].clock_rate),
             (Some("H264"), 90000)
         );
+    }
+
+    #[test]
+    fn telephone_event_is_found_only_when_its_payload_type_is_offered() {
+        let sdp = |fmt: &str, maps: &str| {
+            format!("v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP {fmt}\r\n{maps}")
+        };
+        let te = |body: String| inspect(body.as_bytes()).unwrap()[0].telephone_event;
+        assert_eq!(
+            te(sdp("8 96", "a=rtpmap:96 TELEPHONE-EVENT/8000\r\n")),
+            Some((96, 8000))
+        );
+        assert_eq!(
+            te(sdp("0 97", "a=rtpmap:97 telephone-event\r\n")),
+            Some((97, 8000))
+        );
+        // mapped but not offered on the m-line, or not offered at all
+        assert_eq!(te(sdp("0", "a=rtpmap:101 telephone-event/8000\r\n")), None);
+        assert_eq!(te(sdp("0 8", "")), None);
     }
 
     #[test]

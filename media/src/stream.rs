@@ -16,6 +16,7 @@
 //!
 //! A dropped packet is never forwarded to a party nor answered.
 
+use crate::dtmf::{self, Detector};
 use crate::engine::{MediaReport, Side};
 use crate::sdp::Stream;
 use crate::stats::StreamStats;
@@ -48,6 +49,8 @@ pub(crate) struct Leg {
     rtp_from: Option<SocketAddr>,
     rtcp_from: Option<SocketAddr>,
     stats: StreamStats,
+    /// The telephone-events (RFC 4733) this side sent.
+    dtmf: Detector,
     pub(crate) forwarded_out: u64,
 }
 
@@ -58,6 +61,7 @@ impl Leg {
             rtp_from: None,
             rtcp_from: None,
             stats: StreamStats::new(8000),
+            dtmf: Detector::new(8000),
             forwarded_out: 0,
         }
     }
@@ -119,6 +123,11 @@ impl TaskState {
         if leg.stats.packets() == 0 {
             leg.stats = StreamStats::new(stream.clock_rate);
         }
+        if let Some((_, rate)) = stream.telephone_event {
+            if leg.dtmf.digits().is_empty() {
+                leg.dtmf = Detector::new(rate);
+            }
+        }
         leg.announced = Some(stream);
     }
 
@@ -135,10 +144,12 @@ impl TaskState {
     }
 
     /// Account a packet from `src` on socket `which`; where to send it (and from which socket).
+    /// A telephone-event (RFC 4733) is read for its digit and, when the other side announced
+    /// telephone-event under another payload type, leaves with that one.
     pub(crate) fn on_packet(
         &mut self,
         which: usize,
-        pkt: &[u8],
+        pkt: &mut [u8],
         src: SocketAddr,
     ) -> Option<(SocketAddr, usize)> {
         let side = which / 2;
@@ -150,8 +161,20 @@ impl TaskState {
         let now = Instant::now();
         if rtcp {
             self.legs[side].stats.on_rtcp(pkt, None);
-        } else if self.legs[side].stats.on_rtp(pkt, now) {
-            self.last_packet = Some(now);
+        } else {
+            if self.legs[side].stats.on_rtp(pkt, now) {
+                self.last_packet = Some(now);
+            }
+            let event_pt = |l: &Leg| l.announced.as_ref().and_then(|a| a.telephone_event);
+            if let Some((pt, _)) = event_pt(&self.legs[side]) {
+                if dtmf::payload_type(pkt) == Some(pt) {
+                    self.legs[side].dtmf.on_packet(pkt);
+                    match event_pt(&self.legs[other]) {
+                        Some((theirs, _)) if theirs != pt => dtmf::set_payload_type(pkt, theirs),
+                        _ => {}
+                    }
+                }
+            }
         }
         if which % 2 == 1 {
             self.legs[other].rtcp_dest().map(|d| (d, 2 * other + 1))
@@ -215,6 +238,8 @@ impl TaskState {
             to_buyer: self.legs[B].forwarded_out,
             foreign_dropped: self.foreign,
             codec,
+            dtmf_from_carrier: self.legs[A].dtmf.digits(),
+            dtmf_from_buyer: self.legs[B].dtmf.digits(),
         }
     }
 }
@@ -246,6 +271,7 @@ mod tests {
             rtcp_mux: false,
             codec: Some("PCMU".into()),
             clock_rate: 8000,
+            telephone_event: None,
         }
     }
 
@@ -266,35 +292,53 @@ mod tests {
         for strict in [true, false] {
             let mut st = state(strict, false, "10.0.0.1:4001");
             // before the carrier sent anything: same IP, other ports, on both sockets
-            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
             assert_eq!(
-                st.on_packet(1, RTCP, addr("10.0.0.1:4000")),
+                st.on_packet(0, &mut RTP.to_vec(), addr("10.0.0.1:4002")),
+                None
+            );
+            assert_eq!(
+                st.on_packet(1, &mut RTCP.to_vec(), addr("10.0.0.1:4000")),
                 None,
                 "RTP port to RTCP"
             );
-            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:9")), None);
-            assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5002")), None);
-            assert_eq!(st.on_packet(3, RTCP, addr("10.0.0.2:5003")), None);
+            assert_eq!(
+                st.on_packet(1, &mut RTCP.to_vec(), addr("10.0.0.1:9")),
+                None
+            );
+            assert_eq!(
+                st.on_packet(2, &mut RTP.to_vec(), addr("10.0.0.2:5002")),
+                None
+            );
+            assert_eq!(
+                st.on_packet(3, &mut RTCP.to_vec(), addr("10.0.0.2:5003")),
+                None
+            );
             assert_eq!(
                 (st.foreign, st.legs[A].rtp_from, st.legs[A].rtcp_from),
                 (5, None, None)
             );
             // the parties themselves
             assert_eq!(
-                st.on_packet(0, RTP, addr("10.0.0.1:4000")),
+                st.on_packet(0, &mut RTP.to_vec(), addr("10.0.0.1:4000")),
                 Some((addr("10.0.0.2:5000"), 2))
             );
             assert_eq!(
-                st.on_packet(1, RTCP, addr("10.0.0.1:4001")),
+                st.on_packet(1, &mut RTCP.to_vec(), addr("10.0.0.1:4001")),
                 Some((addr("10.0.0.2:5001"), 3))
             );
             assert_eq!(
-                st.on_packet(2, RTP, addr("10.0.0.2:5000")),
+                st.on_packet(2, &mut RTP.to_vec(), addr("10.0.0.2:5000")),
                 Some((addr("10.0.0.1:4000"), 0))
             );
             // after latching, the same stranger is still refused and nothing moved
-            assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4002")), None);
-            assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4002")), None);
+            assert_eq!(
+                st.on_packet(0, &mut RTP.to_vec(), addr("10.0.0.1:4002")),
+                None
+            );
+            assert_eq!(
+                st.on_packet(1, &mut RTCP.to_vec(), addr("10.0.0.1:4002")),
+                None
+            );
             assert_eq!(st.foreign, 7, "strict_source {strict}");
             assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
             assert_eq!(st.legs[A].rtcp_dest(), Some(addr("10.0.0.1:4001")));
@@ -305,9 +349,12 @@ mod tests {
     #[test]
     fn rtcp_is_expected_where_a_rtcp_says() {
         let mut st = state(true, false, "10.0.0.1:7000");
-        assert_eq!(st.on_packet(1, RTCP, addr("10.0.0.1:4001")), None);
         assert_eq!(
-            st.on_packet(1, RTCP, addr("10.0.0.1:7000")),
+            st.on_packet(1, &mut RTCP.to_vec(), addr("10.0.0.1:4001")),
+            None
+        );
+        assert_eq!(
+            st.on_packet(1, &mut RTCP.to_vec(), addr("10.0.0.1:7000")),
             Some((addr("10.0.0.2:5001"), 3))
         );
         assert_eq!(st.foreign, 1);
@@ -318,26 +365,40 @@ mod tests {
         let mut st = state(true, true, "10.0.0.1:4001");
         // the carrier behind NAT sends from elsewhere: latched, the buyer's media goes there
         let nat = addr("203.0.113.9:30000");
-        assert!(st.on_packet(0, RTP, nat).is_some());
-        assert_eq!(st.on_packet(2, RTP, addr("10.0.0.2:5000")), Some((nat, 0)));
+        assert!(st.on_packet(0, &mut RTP.to_vec(), nat).is_some());
+        assert_eq!(
+            st.on_packet(2, &mut RTP.to_vec(), addr("10.0.0.2:5000")),
+            Some((nat, 0))
+        );
         // strict: another sender is refused
-        assert_eq!(st.on_packet(0, RTP, addr("198.51.100.7:1234")), None);
+        assert_eq!(
+            st.on_packet(0, &mut RTP.to_vec(), addr("198.51.100.7:1234")),
+            None
+        );
         assert_eq!(st.legs[A].rtp_dest(), Some(nat));
         // the signalled address takes the latch back; then the first latch is a stranger
-        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        assert!(st
+            .on_packet(0, &mut RTP.to_vec(), addr("10.0.0.1:4000"))
+            .is_some());
         assert_eq!(st.legs[A].rtp_dest(), Some(addr("10.0.0.1:4000")));
-        assert_eq!(st.on_packet(0, RTP, nat), None);
+        assert_eq!(st.on_packet(0, &mut RTP.to_vec(), nat), None);
         assert_eq!(st.foreign, 2);
         // RTCP latches on its own socket
-        assert!(st.on_packet(1, RTCP, addr("203.0.113.9:30001")).is_some());
+        assert!(st
+            .on_packet(1, &mut RTCP.to_vec(), addr("203.0.113.9:30001"))
+            .is_some());
         assert_eq!(st.legs[A].rtcp_dest(), Some(addr("203.0.113.9:30001")));
     }
 
     #[test]
     fn without_strict_source_the_any_source_latch_follows_the_latest_sender() {
         let mut st = state(false, true, "10.0.0.1:4001");
-        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30000")).is_some());
-        assert!(st.on_packet(0, RTP, addr("203.0.113.9:30002")).is_some());
+        assert!(st
+            .on_packet(0, &mut RTP.to_vec(), addr("203.0.113.9:30000"))
+            .is_some());
+        assert!(st
+            .on_packet(0, &mut RTP.to_vec(), addr("203.0.113.9:30002"))
+            .is_some());
         assert_eq!(st.legs[A].rtp_dest(), Some(addr("203.0.113.9:30002")));
         assert_eq!(st.foreign, 0);
     }
@@ -345,16 +406,84 @@ mod tests {
     #[test]
     fn a_new_sdp_moves_the_accepted_address() {
         let mut st = state(true, false, "10.0.0.1:4001");
-        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4000")).is_some());
+        assert!(st
+            .on_packet(0, &mut RTP.to_vec(), addr("10.0.0.1:4000"))
+            .is_some());
         // re-INVITE: the carrier moved to another port
         st.remote(Side::A, stream("10.0.0.1:4100", "10.0.0.1:4101"));
-        assert_eq!(st.on_packet(0, RTP, addr("10.0.0.1:4000")), None);
-        assert!(st.on_packet(0, RTP, addr("10.0.0.1:4100")).is_some());
-        assert!(st.on_packet(1, RTCP, addr("10.0.0.1:4101")).is_some());
+        assert_eq!(
+            st.on_packet(0, &mut RTP.to_vec(), addr("10.0.0.1:4000")),
+            None
+        );
+        assert!(st
+            .on_packet(0, &mut RTP.to_vec(), addr("10.0.0.1:4100"))
+            .is_some());
+        assert!(st
+            .on_packet(1, &mut RTCP.to_vec(), addr("10.0.0.1:4101"))
+            .is_some());
         // an IPv4-mapped source on a dual-stack socket is the same address
         assert!(st
-            .on_packet(0, RTP, addr("[::ffff:10.0.0.1]:4100"))
+            .on_packet(0, &mut RTP.to_vec(), addr("[::ffff:10.0.0.1]:4100"))
             .is_some());
         assert_eq!(st.foreign, 1);
+    }
+
+    /// An RFC 4733 end packet for `digit` (event number) with payload type `pt`.
+    fn event(pt: u8, ts: u32, ev: u8) -> Vec<u8> {
+        let mut p = vec![0x80, 0x80 | pt, 0, 7];
+        p.extend_from_slice(&ts.to_be_bytes());
+        p.extend_from_slice(&[0, 0, 0, 9, ev, 0x80 | 10, 0x03, 0x20]);
+        p
+    }
+
+    #[test]
+    fn telephone_events_are_read_per_side_and_leave_with_the_other_sides_payload_type() {
+        let mut st = TaskState::new(cfg(true, false));
+        let with_te = |rtp: &str, rtcp: &str, te: Option<u8>| Stream {
+            telephone_event: te.map(|pt| (pt, 8000)),
+            ..stream(rtp, rtcp)
+        };
+        st.remote(
+            Side::A,
+            with_te("10.0.0.1:4000", "10.0.0.1:4001", Some(101)),
+        );
+        st.remote(Side::B, with_te("10.0.0.2:5000", "10.0.0.2:5001", Some(96)));
+        let carrier = addr("10.0.0.1:4000");
+        let buyer = addr("10.0.0.2:5000");
+        // the carrier's 101 leaves as the buyer's 96, marker kept; three ends count once
+        for _ in 0..3 {
+            let mut p = event(101, 800, 7);
+            assert!(st.on_packet(0, &mut p, carrier).is_some());
+            assert_eq!(p[1], 0x80 | 96);
+        }
+        let mut p = event(101, 1600, 11);
+        st.on_packet(0, &mut p, carrier);
+        // audio is not touched
+        let mut audio = RTP.to_vec();
+        st.on_packet(0, &mut audio, carrier);
+        assert_eq!(audio, RTP);
+        // the buyer's 96 goes back as 101
+        let mut p = event(96, 4000, 0);
+        st.on_packet(2, &mut p, buyer);
+        assert_eq!(p[1] & 0x7f, 101);
+        let r = st.report();
+        let digits = |d: &[crate::dtmf::Digit]| d.iter().map(|d| d.digit).collect::<String>();
+        assert_eq!(digits(&r.dtmf_from_carrier), "7#");
+        assert_eq!(r.dtmf_from_carrier[0].duration_ms, 100);
+        assert_eq!(digits(&r.dtmf_from_buyer), "0");
+
+        // a side that did not announce telephone-event: relayed unchanged, nothing read
+        let mut st = TaskState::new(cfg(true, false));
+        st.remote(Side::A, with_te("10.0.0.1:4000", "10.0.0.1:4001", None));
+        st.remote(Side::B, with_te("10.0.0.2:5000", "10.0.0.2:5001", Some(96)));
+        let mut p = event(101, 800, 7);
+        st.on_packet(0, &mut p, carrier);
+        assert_eq!(p[1] & 0x7f, 101);
+        assert!(st.report().dtmf_from_carrier.is_empty());
+        // the other side without it: read, sent on as it came
+        let mut p = event(96, 800, 3);
+        st.on_packet(2, &mut p, buyer);
+        assert_eq!(p[1] & 0x7f, 96);
+        assert_eq!(digits(&st.report().dtmf_from_buyer), "3");
     }
 }

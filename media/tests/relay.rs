@@ -28,6 +28,7 @@ fn stream(addr: SocketAddr) -> Stream {
         rtcp_mux: false,
         codec: Some("PCMU".into()),
         clock_rate: 8000,
+        telephone_event: None,
     }
 }
 
@@ -241,15 +242,15 @@ async fn a_second_stream_failing_gives_the_first_streams_ports_back() {
     let (tx, _events) = mpsc::unbounded_channel();
     let mut relay = Relay::new(
         RelayConfig {
-            port_max: 30507,
-            ..config(30500, 30)
+            port_max: 32107,
+            ..config(32100, 30)
         },
         tx,
     )
     .expect("relay thread starts");
     let gauge = relay.port_gauge();
     assert_eq!(relay.available(), 4);
-    let squatter = std::net::UdpSocket::bind("127.0.0.1:30507").unwrap();
+    let squatter = std::net::UdpSocket::bind("127.0.0.1:32107").unwrap();
     assert_eq!(relay.open(2), Err(dce_media::MediaError::PortsExhausted));
     assert_eq!(
         relay.available(),
@@ -461,4 +462,98 @@ async fn dropping_the_relay_reports_open_calls_and_closes_every_socket() {
                 .unwrap_or_else(|e| panic!("port {port} still held after the relay stopped: {e}"));
         }
     }
+}
+
+/// An RFC 4733 packet: payload type `pt`, `seq`, the press's timestamp `ts`, event `ev`, end
+/// bit, duration (8 kHz units).
+fn telephone_event(pt: u8, seq: u16, ts: u32, ev: u8, end: bool, duration: u16) -> Vec<u8> {
+    let mut p = vec![0x80, pt];
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&0xfeed_beefu32.to_be_bytes());
+    p.extend_from_slice(&[ev, if end { 0x80 | 10 } else { 10 }]);
+    p.extend_from_slice(&duration.to_be_bytes());
+    p
+}
+
+#[tokio::test]
+async fn dtmf_crosses_with_the_far_sides_payload_type_and_is_in_the_report() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(config(32200, 30), tx).expect("relay thread starts");
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = relay.open(1).unwrap();
+    let dce_a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0])
+        .parse()
+        .unwrap();
+    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0])
+        .parse()
+        .unwrap();
+    // the carrier offers telephone-event as 101, the buyer answers it as 96
+    let te = |addr: SocketAddr, pt: u8| Stream {
+        telephone_event: Some((pt, 8000)),
+        ..stream(addr)
+    };
+    relay.set_remote(id, Side::A, &[te(carrier.local_addr().unwrap(), 101)]);
+    relay.set_remote(id, Side::B, &[te(buyer.local_addr().unwrap(), 96)]);
+    relay.answered(id);
+    relay.flush();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // "1" held 100 ms then "#" held 60 ms, each end sent three times; a voice packet between
+    let mut sent = Vec::new();
+    let mut seq = 1;
+    for (ts, ev, steps) in [(8000u32, 1u8, 5u16), (16000, 11, 3)] {
+        for k in 1..=steps {
+            let end = k == steps;
+            for _ in 0..if end { 3 } else { 1 } {
+                sent.push(telephone_event(101, seq, ts, ev, end, 160 * k));
+                seq += 1;
+            }
+        }
+        sent.push(rtp_packet(0, seq, ts + 2000, 0xfeed_beef, 160));
+        seq += 1;
+    }
+    for p in &sent {
+        carrier.send_to(p, dce_a).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let mut got = Vec::new();
+    let mut buf = [0u8; 2048];
+    while got.len() < sent.len() {
+        let (len, _) = tokio::time::timeout(Duration::from_secs(2), buyer.recv_from(&mut buf))
+            .await
+            .expect("every packet crosses DCE")
+            .unwrap();
+        got.push(buf[..len].to_vec());
+    }
+    for (s, g) in sent.iter().zip(&got) {
+        if s[1] & 0x7f == 101 {
+            assert_eq!(
+                g[1] & 0x7f,
+                96,
+                "an event leaves as the buyer's payload type"
+            );
+            assert_eq!(s[2..], g[2..], "and nothing else of it changes");
+        } else {
+            assert_eq!(s, g, "voice is untouched");
+        }
+    }
+    // the buyer presses "5": it reaches the carrier as 101
+    buyer
+        .send_to(&telephone_event(96, 900, 40000, 5, true, 400), dce_b)
+        .await
+        .unwrap();
+    let (len, _) = tokio::time::timeout(Duration::from_secs(2), carrier.recv_from(&mut buf))
+        .await
+        .expect("the buyer's digit crosses DCE")
+        .unwrap();
+    assert_eq!((len, buf[1] & 0x7f, buf[12]), (16, 101, 5));
+    relay.close(id);
+    relay.flush();
+    let report = closed(&mut events).await;
+    let digits = |d: &[dce_media::dtmf::Digit]| -> Vec<(char, u32)> {
+        d.iter().map(|d| (d.digit, d.duration_ms)).collect()
+    };
+    assert_eq!(digits(&report.dtmf_from_carrier), [('1', 100), ('#', 60)]);
+    assert_eq!(digits(&report.dtmf_from_buyer), [('5', 50)]);
 }

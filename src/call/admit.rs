@@ -295,6 +295,7 @@ impl Controller {
             fleet_caps: None,
             legs: Vec::new(),
             stir: facts.stir,
+            dtmf: None,
         })));
     }
 

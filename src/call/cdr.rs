@@ -139,6 +139,45 @@ pub struct Cdr {
     /// attestation), `no_identity`, `failed:<reason>`; absent when `[stir]` is not configured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stir: Option<String>,
+    /// The DTMF digits (RFC 4733) each side sent, in order; absent when none was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dtmf: Option<Dtmf>,
+}
+
+/// The DTMF digits of a call, each way.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Dtmf {
+    /// What the carrier (the caller) pressed, in order.
+    pub from_carrier: Vec<DtmfDigit>,
+    /// What the buyer pressed, in order.
+    pub from_buyer: Vec<DtmfDigit>,
+}
+
+/// One key press.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DtmfDigit {
+    /// `0`–`9`, `*`, `#`, `A`–`D`.
+    pub digit: String,
+    /// How long it was held, ms.
+    pub duration_ms: u32,
+}
+
+impl Dtmf {
+    /// From the relay's report; `None` when neither side sent a digit.
+    pub fn from_report(r: &dce_media::MediaReport) -> Option<Dtmf> {
+        let list = |d: &[dce_media::dtmf::Digit]| -> Vec<DtmfDigit> {
+            d.iter()
+                .map(|d| DtmfDigit {
+                    digit: d.digit.to_string(),
+                    duration_ms: d.duration_ms,
+                })
+                .collect()
+        };
+        (!r.dtmf_from_carrier.is_empty() || !r.dtmf_from_buyer.is_empty()).then(|| Dtmf {
+            from_carrier: list(&r.dtmf_from_carrier),
+            from_buyer: list(&r.dtmf_from_buyer),
+        })
+    }
 }
 
 /// One direction of one leg, as DCE received it.
@@ -326,6 +365,7 @@ impl Cdr {
             fleet_caps: None,
             legs: Vec::new(),
             stir: None,
+            dtmf: None,
         }
     }
 }

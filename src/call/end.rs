@@ -174,6 +174,7 @@ impl Controller {
             fleet_caps: call.cap_note.map(str::to_owned),
             legs,
             stir: call.stir.as_ref().map(|s| s.text()),
+            dtmf: None,
         };
         match call.media {
             Some(id) => {
@@ -314,6 +315,11 @@ impl Controller {
                     return;
                 };
                 let q = Quality::from_report(&report);
+                cdr.dtmf = crate::call::cdr::Dtmf::from_report(&report);
+                if let Some(d) = &cdr.dtmf {
+                    // how many, never which: callers key card numbers into IVRs
+                    tracing::debug!(call = %cdr.id, from_carrier = d.from_carrier.len(), from_buyer = d.from_buyer.len(), "DTMF digits relayed");
+                }
                 self.counters.m.rtp(
                     q.carrier_to_dce.packets + q.buyer_to_dce.packets,
                     q.carrier_to_dce.lost + q.buyer_to_dce.lost,

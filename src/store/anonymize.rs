@@ -99,7 +99,8 @@ fn create_key(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 impl Db {
-    /// Anonymise caller and called of calls created before `cutoff` (RFC 3339 UTC). Returns
+    /// Anonymise caller and called of calls created before `cutoff` (RFC 3339 UTC), and drop
+    /// their DTMF digits (what a caller keyed in is as personal as the number). Returns
     /// how many calls were changed.
     pub async fn anonymize_before(&self, key: &[u8], cutoff: &str) -> Result<u64, sqlx::Error> {
         let rows: Vec<(String, String, String)> = match self {
@@ -134,7 +135,7 @@ impl Db {
             match self {
                 Db::Pg(p) => {
                     sqlx::query(
-                        "UPDATE calls SET caller = $1, called = $2 WHERE id = $3::text::uuid",
+                        "UPDATE calls SET caller = $1, called = $2, dtmf = NULL WHERE id = $3::text::uuid",
                     )
                     .bind(anon(caller))
                     .bind(anon(called))
@@ -143,12 +144,14 @@ impl Db {
                     .await?;
                 }
                 Db::Sqlite(p) => {
-                    sqlx::query("UPDATE calls SET caller = ?, called = ? WHERE id = ?")
-                        .bind(anon(caller))
-                        .bind(anon(called))
-                        .bind(id)
-                        .execute(p)
-                        .await?;
+                    sqlx::query(
+                        "UPDATE calls SET caller = ?, called = ?, dtmf = NULL WHERE id = ?",
+                    )
+                    .bind(anon(caller))
+                    .bind(anon(called))
+                    .bind(id)
+                    .execute(p)
+                    .await?;
                 }
             }
         }
@@ -164,7 +167,7 @@ impl Db {
         for col in ["caller", "called"] {
             n += match self {
                 Db::Pg(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE calls SET {col} = $1 WHERE {col} = $2"
+                    "UPDATE calls SET {col} = $1, dtmf = NULL WHERE {col} = $2"
                 )))
                 .bind(&anon)
                 .bind(&number)
@@ -172,7 +175,7 @@ impl Db {
                 .await?
                 .rows_affected(),
                 Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE calls SET {col} = ? WHERE {col} = ?"
+                    "UPDATE calls SET {col} = ?, dtmf = NULL WHERE {col} = ?"
                 )))
                 .bind(&anon)
                 .bind(&number)

@@ -167,8 +167,8 @@ impl Gdpr {
         self.erased.read().map(|e| e.len()).unwrap_or(0)
     }
 
-    /// Replace caller and called by their pseudonyms when they are on the list; true when
-    /// something changed.
+    /// Replace caller and called by their pseudonyms when they are on the list (and drop the
+    /// call's DTMF digits); true when something changed.
     pub fn scrub(&self, cdr: &mut Cdr) -> bool {
         if !self.any.load(Ordering::Acquire) {
             return false;
@@ -187,6 +187,10 @@ impl Gdpr {
                 *n = p;
                 changed = true;
             }
+        }
+        if changed {
+            // what the caller keyed in (an account, a card number) goes with the number
+            cdr.dtmf = None;
         }
         changed
     }
