@@ -102,6 +102,9 @@ counters! {
     /// A call went on with an identity its campaign's `stir` policy would refuse
     /// (`on_fail = "flag"`).
     StirFlagged => "stir_flagged",
+    /// A SIP INFO digit (`application/dtmf-relay`, `application/dtmf`) DCE played to the
+    /// other leg as RFC 4733 telephone-events instead of relaying the INFO.
+    DtmfInfoConverted => "dtmf_info_converted",
     /// A campaign's duplicate rule (`action = "reject"`): 603.
     Duplicate603 => "rejected_603_duplicate",
     /// Calls a buyer answered.

@@ -658,6 +658,64 @@ fn invite_retransmissions_never_spawn_a_second_outbound_call() {
 }
 
 #[test]
+fn an_info_digit_towards_a_leg_with_telephone_event_is_played_as_rfc_4733_not_relayed() {
+    let mut sim = Sim::new(&three_buyers(""));
+    sim.media
+        .plays_dtmf
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    sim.add_buyer(5090, Mode::Answer(S));
+    let call = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    for (cseq, ct, body) in [
+        (2, "application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"),
+        (3, "application/dtmf-relay", "signal= #\r\n"),
+        (4, "application/dtmf", "9"),
+        // not a DTMF digit, and not a DTMF body: relayed as they came
+        (5, "application/dtmf-relay", "Signal=16\r\nDuration=160\r\n"),
+        (6, "application/x-other", "Signal=5"),
+    ] {
+        sim.carrier_in_dialog(&call, Method::Info, cseq, Some((ct, body)));
+    }
+    sim.run_for(S);
+    let played = sim.media.dtmf.lock().unwrap().clone();
+    let played: Vec<(dce_media::Side, char, u32)> =
+        played.into_iter().map(|(_, s, d, ms)| (s, d, ms)).collect();
+    assert_eq!(
+        played,
+        [
+            (dce_media::Side::B, '5', 160),
+            (dce_media::Side::B, '#', 250),
+            (dce_media::Side::B, '9', 250)
+        ],
+        "towards the buyer"
+    );
+    let b = sim.buyer(5090).calls.values().next().unwrap().clone();
+    let infos: Vec<String> = b
+        .requests
+        .iter()
+        .filter(|r| r.method() == Some(&Method::Info))
+        .map(|r| String::from_utf8_lossy(r.body()).into_owned())
+        .collect();
+    assert_eq!(
+        infos,
+        ["Signal=16\r\nDuration=160\r\n", "Signal=5"],
+        "only what is no digit reached the buyer as INFO"
+    );
+    let oks = sim.carrier[&call]
+        .other_responses
+        .iter()
+        .filter(|r| r.code() == Some(200) && *r.cseq_method() == Method::Info)
+        .count();
+    assert_eq!(
+        oks, 5,
+        "every INFO answered 200 (DCE's own, or the buyer's relayed)"
+    );
+    sim.carrier_bye(&call);
+    sim.run_for(64 * S);
+    sim.assert_nothing_held();
+}
+
+#[test]
 fn info_update_and_reinvite_are_mirrored_with_responses_relayed() {
     let mut sim = Sim::new(&three_buyers(""));
     sim.add_buyer(5090, Mode::Answer(S));

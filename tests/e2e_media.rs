@@ -222,10 +222,38 @@ fn rfc_4733_digits_cross_dce_and_each_sides_digits_are_in_the_cdr() {
         uas.contains(te) && uas.contains(ack),
         "the scenario's shape changed"
     );
-    let uas = uas.replace(
-        ack,
-        &format!("{ack}<pause milliseconds=\"300\"/>{}", play("9")),
-    );
+    // ... and then sends "4" as a SIP INFO: the carrier announced telephone-event, so DCE
+    // plays it there as RFC 4733 and answers the INFO itself (the carrier's SIPp would fail
+    // on an INFO it does not expect)
+    let invite = "<recv request=\"INVITE\" crlf=\"true\"/>";
+    assert!(uas.contains(invite), "the scenario's shape changed");
+    let info = "<send retrans=\"500\"><![CDATA[
+      INFO [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: [$my_side]
+      To: [$dce_side]
+      [last_Call-ID:]
+      CSeq: 1 INFO
+      Max-Forwards: 70
+      Content-Type: application/dtmf-relay
+      Content-Length: [len]
+
+      Signal=4
+      Duration=200
+    ]]></send>
+  <recv response=\"200\"/>";
+    let uas = uas
+        .replace(invite, "<recv request=\"INVITE\" crlf=\"true\" rrs=\"true\"/>")
+        .replace(
+            ack,
+            &format!(
+                "<recv request=\"ACK\" crlf=\"true\"><action>\
+                 <ereg regexp=\".*\" search_in=\"hdr\" header=\"From:\" assign_to=\"dce_side\"/>\
+                 <ereg regexp=\".*\" search_in=\"hdr\" header=\"To:\" assign_to=\"my_side\"/>\
+                 </action></recv><pause milliseconds=\"300\"/>{}<pause milliseconds=\"600\"/>{info}",
+                play("9")
+            ),
+        );
     let (uac_path, uas_path) = (
         dce.dir().join("uac_dtmf.xml"),
         dce.dir().join("uas_dtmf.xml"),
@@ -261,11 +289,12 @@ fn rfc_4733_digits_cross_dce_and_each_sides_digits_are_in_the_cdr() {
     };
     let held = |k: &str| (k.to_owned(), 280);
     assert_eq!(digits("from_carrier"), [held("1"), held("5"), held("#")]);
-    assert_eq!(digits("from_buyer"), [held("9")]);
-    // every event packet crossed DCE (10 per press)
+    assert_eq!(digits("from_buyer"), [held("9"), ("4".to_owned(), 200)]);
+    // every event packet crossed DCE (10 per press), and DCE played the INFO's "4" to the
+    // carrier: 50 ms updates to 200 ms (4 packets), the end three times
     let q = &cdr["quality"];
     assert_eq!(q["dce_to_buyer_packets"], 30, "{q:#}");
-    assert_eq!(q["dce_to_carrier_packets"], 10, "{q:#}");
+    assert_eq!(q["dce_to_carrier_packets"], 10 + 4 + 2, "{q:#}");
     // the database holds the same digits
     let db = format!("sqlite://{}/dce.db", dir.0.display());
     let stored: Option<String> = tokio::runtime::Builder::new_current_thread()

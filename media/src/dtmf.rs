@@ -106,6 +106,14 @@ impl Detector {
         }
     }
 
+    /// A digit this leg sent by other means (a SIP INFO DCE turned into RFC 4733).
+    pub fn push(&mut self, digit: char, duration_ms: u32) {
+        self.settle();
+        if self.digits.len() < MAX_DIGITS {
+            self.digits.push(Digit { digit, duration_ms });
+        }
+    }
+
     /// The digits so far, in order (a press still held counts, with its duration so far).
     pub fn digits(&self) -> Vec<Digit> {
         let mut d = self.clone();
@@ -132,6 +140,39 @@ fn payload(rtp: &[u8]) -> Option<(u32, &[u8])> {
         end = end.checked_sub(usize::from(*rtp.last()?))?;
     }
     Some((timestamp, rtp.get(at..end)?))
+}
+
+/// The RFC 4733 event number of a DTMF digit (`0`–`9`, `*`, `#`, `A`–`D`; lower case too).
+pub fn event_of(digit: char) -> Option<u8> {
+    let d = digit.to_ascii_uppercase() as u8;
+    b"0123456789*#ABCD"
+        .iter()
+        .position(|&c| c == d)
+        .map(|i| i as u8)
+}
+
+/// One RFC 4733 packet: `marker` on the first of an event, `end` on its last ones.
+#[allow(clippy::too_many_arguments)]
+pub fn packet(
+    pt: u8,
+    marker: bool,
+    seq: u16,
+    timestamp: u32,
+    ssrc: u32,
+    event: u8,
+    end: bool,
+    duration: u16,
+) -> [u8; 16] {
+    let mut p = [0u8; 16];
+    p[0] = 0x80;
+    p[1] = (u8::from(marker) << 7) | (pt & 0x7f);
+    p[2..4].copy_from_slice(&seq.to_be_bytes());
+    p[4..8].copy_from_slice(&timestamp.to_be_bytes());
+    p[8..12].copy_from_slice(&ssrc.to_be_bytes());
+    p[12] = event;
+    p[13] = (u8::from(end) << 7) | 10; // volume: -10 dBm0
+    p[14..16].copy_from_slice(&duration.to_be_bytes());
+    p
 }
 
 /// Set packet `rtp`'s payload type to `pt`, keeping its marker bit.

@@ -87,6 +87,13 @@ pub trait MediaEngine: Send {
     fn answered(&mut self, id: MediaId);
     /// Close; a [`MediaEvent::Closed`] follows with the report.
     fn close(&mut self, id: MediaId);
+    /// Play DTMF `digit` for `duration_ms` to side `toward` as RFC 4733 telephone-events in
+    /// the media relayed to it (a SIP INFO from the other side, turned into RTP). False when
+    /// this engine cannot: that side's SDP announced no telephone-event (the caller then
+    /// relays the INFO as it came).
+    fn send_dtmf(&mut self, _id: MediaId, _toward: Side, _digit: char, _duration_ms: u32) -> bool {
+        false
+    }
     /// Deliver the commands given since the last flush (an engine may batch them: the SIP
     /// worker flushes once per turn of its loop).
     fn flush(&mut self) {}

@@ -47,6 +47,12 @@ pub(crate) enum Cmd {
     Answered {
         id: MediaId,
     },
+    Dtmf {
+        id: MediaId,
+        toward: Side,
+        digit: char,
+        duration_ms: u32,
+    },
     Close {
         id: MediaId,
     },
@@ -125,6 +131,8 @@ struct Pump {
     calls: HashMap<MediaId, Vec<usize>>,
     idle: usize,
     burst: Box<Burst>,
+    /// Stream slots with telephone-events of DCE's own to play.
+    injecting: Vec<usize>,
 }
 
 /// Packets read from one socket at once.
@@ -268,6 +276,7 @@ pub(crate) fn start(
         calls: HashMap::new(),
         idle: 0,
         burst: Burst::new(),
+        injecting: Vec::new(),
     };
     let handle = std::thread::Builder::new()
         .name("dce-rtp".into())
@@ -290,10 +299,17 @@ impl Pump {
         let mut next_sweep = Instant::now() + SWEEP;
         loop {
             let now = Instant::now();
-            let wait = next_sweep
-                .saturating_duration_since(now)
-                .min(POLL_CMDS)
-                .as_millis() as i32;
+            let mut wait = next_sweep.saturating_duration_since(now).min(POLL_CMDS);
+            for &s in &self.injecting {
+                if let Some(at) = self
+                    .streams
+                    .get(s)
+                    .and_then(|s| s.as_ref()?.st.next_injection())
+                {
+                    wait = wait.min(at.saturating_duration_since(now));
+                }
+            }
+            let wait = wait.as_millis() as i32;
             // SAFETY: evs has room for evs.len() events.
             let n = unsafe {
                 libc::epoll_wait(
@@ -323,6 +339,9 @@ impl Pump {
                 return;
             }
             let now = Instant::now();
+            if !self.injecting.is_empty() {
+                self.inject(now);
+            }
             if now >= next_sweep {
                 self.sweep();
                 next_sweep = now + SWEEP;
@@ -354,6 +373,23 @@ impl Pump {
                     for &s in self.calls.get(&id).into_iter().flatten() {
                         if let Some(Some(slot)) = self.streams.get_mut(s) {
                             slot.st.answered = Some(now);
+                        }
+                    }
+                }
+                Cmd::Dtmf {
+                    id,
+                    toward,
+                    digit,
+                    duration_ms,
+                } => {
+                    // the first stream carries the call's audio
+                    let first = self.calls.get(&id).and_then(|s| s.first().copied());
+                    if let Some(Some(slot)) = first.and_then(|s| self.streams.get_mut(s)) {
+                        let side = if toward == Side::A { 0 } else { 1 };
+                        if slot.st.queue_dtmf(side, digit, duration_ms, Instant::now())
+                            && !self.injecting.contains(&first.unwrap_or(usize::MAX))
+                        {
+                            self.injecting.extend(first);
                         }
                     }
                 }
@@ -497,6 +533,26 @@ impl Pump {
         let sent = self.burst.send(osocks[out % 2].as_raw_fd(), &sends[..m]);
         stream.st.legs[out / 2].forwarded_out +=
             media[..sent].iter().filter(|&&rtp| rtp).count() as u64;
+    }
+
+    /// Send the telephone-events of DCE's own that are due, each from the socket facing its
+    /// destination; a stream with nothing more to play leaves the list.
+    fn inject(&mut self, now: Instant) {
+        let mut due = Vec::new();
+        let (streams, pairs) = (&mut self.streams, &self.pairs);
+        self.injecting.retain(|&s| {
+            let Some(Some(slot)) = streams.get_mut(s) else {
+                return false; // closed
+            };
+            due.clear();
+            slot.st.due_injections(now, &mut due);
+            for (pkt, dest, sock) in &due {
+                if let Some(socks) = &pairs[slot.pairs[sock / 2]].socks {
+                    let _ = socks[sock % 2].send_to(pkt, dest);
+                }
+            }
+            slot.st.next_injection().is_some()
+        });
     }
 
     fn sweep(&mut self) {

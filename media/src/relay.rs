@@ -32,6 +32,8 @@ pub struct Relay {
     base: u16,
     /// Each open call's (A port, B port) per stream.
     sessions: HashMap<MediaId, Vec<[u16; 2]>>,
+    /// The open calls whose first stream's side A / B announced telephone-event.
+    events_ok: HashMap<MediaId, [bool; 2]>,
     next: MediaId,
     events: mpsc::UnboundedSender<MediaEvent>,
     link: Arc<Link>,
@@ -73,6 +75,7 @@ impl Relay {
             base,
             cfg,
             sessions: HashMap::new(),
+            events_ok: HashMap::new(),
             next: 1,
             events,
             link,
@@ -228,6 +231,8 @@ impl MediaEngine for Relay {
 
     fn set_remote(&mut self, id: MediaId, side: Side, streams: &[Stream]) {
         if self.sessions.contains_key(&id) {
+            let te = streams.first().is_some_and(|s| s.telephone_event.is_some());
+            self.events_ok.entry(id).or_default()[usize::from(side == Side::B)] = te;
             self.push(Cmd::Remote {
                 id,
                 side,
@@ -242,7 +247,25 @@ impl MediaEngine for Relay {
         }
     }
 
+    fn send_dtmf(&mut self, id: MediaId, toward: Side, digit: char, duration_ms: u32) -> bool {
+        let ok = self
+            .events_ok
+            .get(&id)
+            .is_some_and(|te| te[usize::from(toward == Side::B)])
+            && crate::dtmf::event_of(digit).is_some();
+        if ok {
+            self.push(Cmd::Dtmf {
+                id,
+                toward,
+                digit,
+                duration_ms,
+            });
+        }
+        ok
+    }
+
     fn close(&mut self, id: MediaId) {
+        self.events_ok.remove(&id);
         match self.sessions.remove(&id) {
             // the thread sends the call's report (`MediaEvent::Closed`) as it closes it
             Some(s) if !s.is_empty() => self.push(Cmd::Close { id }),

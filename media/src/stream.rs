@@ -20,8 +20,35 @@ use crate::dtmf::{self, Detector};
 use crate::engine::{MediaReport, Side};
 use crate::sdp::Stream;
 use crate::stats::StreamStats;
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
+
+/// The last RTP packet relayed to a leg: where DCE's own telephone-events continue from.
+#[derive(Debug, Clone, Copy)]
+struct Out {
+    ssrc: u32,
+    seq: u16,
+    timestamp: u32,
+    at: Instant,
+}
+
+/// A digit DCE plays to a leg as RFC 4733 events (a SIP INFO from the other leg).
+#[derive(Debug, Clone)]
+struct Injection {
+    event: u8,
+    /// Its whole duration, in timestamp units.
+    total: u16,
+    /// The duration the last packet sent carried (0: nothing sent yet).
+    sent: u16,
+    timestamp: u32,
+    next_at: Instant,
+}
+
+/// Digits queued toward a leg at most (a peer sending INFOs faster than they play is cut).
+pub(crate) const MAX_QUEUED_DIGITS: usize = 16;
+/// How often an event's packet is repeated with its growing duration (RFC 4733 §2.5.1.2).
+const EVENT_UPDATE: Duration = Duration::from_millis(50);
 
 /// Relay settings (`[media]`).
 #[derive(Debug, Clone)]
@@ -52,9 +79,39 @@ pub(crate) struct Leg {
     /// The telephone-events (RFC 4733) this side sent.
     dtmf: Detector,
     pub(crate) forwarded_out: u64,
+    /// The last RTP relayed to this side.
+    out: Option<Out>,
+    /// Packets DCE added to the stream relayed to this side (its telephone-events): every
+    /// relayed packet of that SSRC after them has its sequence number moved up by this.
+    seq_shift: u16,
+    /// Digits to play to this side; the first is playing.
+    inject: VecDeque<Injection>,
 }
 
 impl Leg {
+    /// RTP packet `pkt` is relayed to this side: its sequence number moved past the packets
+    /// DCE added to this SSRC, and remembered.
+    fn relaying(&mut self, pkt: &mut [u8], now: Instant) {
+        if pkt.len() < 12 {
+            return;
+        }
+        let ssrc = u32::from_be_bytes([pkt[8], pkt[9], pkt[10], pkt[11]]);
+        if self.out.is_some_and(|o| o.ssrc != ssrc) {
+            self.seq_shift = 0; // another source: DCE added nothing to it
+        }
+        let mut seq = u16::from_be_bytes([pkt[2], pkt[3]]);
+        if self.seq_shift != 0 {
+            seq = seq.wrapping_add(self.seq_shift);
+            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
+        }
+        self.out = Some(Out {
+            ssrc,
+            seq,
+            timestamp: u32::from_be_bytes([pkt[4], pkt[5], pkt[6], pkt[7]]),
+            at: now,
+        });
+    }
+
     fn new() -> Leg {
         Leg {
             announced: None,
@@ -63,6 +120,9 @@ impl Leg {
             stats: StreamStats::new(8000),
             dtmf: Detector::new(8000),
             forwarded_out: 0,
+            out: None,
+            seq_shift: 0,
+            inject: VecDeque::new(),
         }
     }
 
@@ -131,6 +191,111 @@ impl TaskState {
         leg.announced = Some(stream);
     }
 
+    /// Play `digit` for `duration_ms` to side `toward` (0 carrier, 1 buyer) as RFC 4733 events,
+    /// in the stream relayed to it; counted as a digit the other side sent. False (nothing
+    /// queued) when that side announced no telephone-event, has no address yet, or has
+    /// [`MAX_QUEUED_DIGITS`] waiting, or `digit` is no DTMF digit.
+    pub(crate) fn queue_dtmf(
+        &mut self,
+        toward: usize,
+        digit: char,
+        duration_ms: u32,
+        now: Instant,
+    ) -> bool {
+        let leg = &mut self.legs[toward];
+        let (Some(event), Some((_, rate)), Some(_)) = (
+            dtmf::event_of(digit),
+            leg.announced.as_ref().and_then(|a| a.telephone_event),
+            leg.rtp_dest(),
+        ) else {
+            return false;
+        };
+        if leg.inject.len() >= MAX_QUEUED_DIGITS {
+            return false;
+        }
+        let ms = duration_ms.clamp(40, 5000);
+        let total = (u64::from(ms) * u64::from(rate) / 1000).min(u64::from(u16::MAX)) as u16;
+        // a digit behind another is timed when that one ends
+        leg.inject.push_back(Injection {
+            event,
+            total,
+            sent: 0,
+            timestamp: 0,
+            next_at: now,
+        });
+        self.legs[1 - toward]
+            .dtmf
+            .push(digit.to_ascii_uppercase(), ms);
+        true
+    }
+
+    /// When the next telephone-event packet DCE plays is due.
+    pub(crate) fn next_injection(&self) -> Option<Instant> {
+        self.legs
+            .iter()
+            .filter_map(|l| l.inject.front().map(|i| i.next_at))
+            .min()
+    }
+
+    /// The telephone-event packets due at `now`: (packet, destination, socket index).
+    pub(crate) fn due_injections(
+        &mut self,
+        now: Instant,
+        out: &mut Vec<([u8; 16], SocketAddr, usize)>,
+    ) {
+        for (side, leg) in self.legs.iter_mut().enumerate() {
+            let (Some(dest), Some((pt, rate))) = (
+                leg.rtp_dest(),
+                leg.announced.as_ref().and_then(|a| a.telephone_event),
+            ) else {
+                leg.inject.clear();
+                continue;
+            };
+            while let Some(inj) = leg.inject.front_mut() {
+                if inj.next_at > now {
+                    break;
+                }
+                let first = inj.sent == 0;
+                if first {
+                    // the event's timestamp: where the relayed stream is now
+                    inj.timestamp = leg.out.map_or(0, |o| {
+                        let ms = now.saturating_duration_since(o.at).as_millis() as u64;
+                        o.timestamp
+                            .wrapping_add((ms * u64::from(rate) / 1000) as u32)
+                    });
+                }
+                let step = (EVENT_UPDATE.as_millis() as u64 * u64::from(rate) / 1000) as u16;
+                let duration = inj.sent.saturating_add(step).min(inj.total);
+                let end = duration >= inj.total;
+                let (event, timestamp) = (inj.event, inj.timestamp);
+                inj.sent = duration;
+                inj.next_at = now + EVENT_UPDATE;
+                // the end is sent three times (RFC 4733 §2.5.1.4)
+                for _ in 0..if end { 3 } else { 1 } {
+                    let o = leg.out.get_or_insert(Out {
+                        ssrc: 0x4443_4500 ^ (side as u32),
+                        seq: 0x1000,
+                        timestamp,
+                        at: now,
+                    });
+                    o.seq = o.seq.wrapping_add(1);
+                    leg.seq_shift = leg.seq_shift.wrapping_add(1);
+                    let p = dtmf::packet(pt, first, o.seq, timestamp, o.ssrc, event, end, duration);
+                    out.push((p, dest, 2 * side));
+                    leg.forwarded_out += 1;
+                }
+                if end {
+                    leg.inject.pop_front();
+                    if let Some(next) = leg.inject.front_mut() {
+                        next.next_at = now + EVENT_UPDATE;
+                    }
+                } else {
+                    break;
+                }
+            }
+        }
+    }
+
     /// True once, when RTP has been missing for the timeout after answer.
     pub(crate) fn check_timeout(&mut self) -> bool {
         if let (Some(ans), false) = (self.answered, self.timed_out) {
@@ -175,6 +340,7 @@ impl TaskState {
                     }
                 }
             }
+            self.legs[other].relaying(pkt, now);
         }
         if which % 2 == 1 {
             self.legs[other].rtcp_dest().map(|d| (d, 2 * other + 1))

@@ -557,3 +557,105 @@ async fn dtmf_crosses_with_the_far_sides_payload_type_and_is_in_the_report() {
     assert_eq!(digits(&report.dtmf_from_carrier), [('1', 100), ('#', 60)]);
     assert_eq!(digits(&report.dtmf_from_buyer), [('5', 50)]);
 }
+
+#[tokio::test]
+async fn dce_plays_a_digit_as_rfc_4733_in_the_relayed_stream_without_breaking_its_sequence() {
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(config(32300, 30), tx).expect("relay thread starts");
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = relay.open(1).unwrap();
+    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0])
+        .parse()
+        .unwrap();
+    let te = |addr: SocketAddr, pt: Option<u8>| Stream {
+        telephone_event: pt.map(|pt| (pt, 8000)),
+        ..stream(addr)
+    };
+    // the buyer announced no telephone-event: nothing can be played to it
+    relay.set_remote(id, Side::A, &[te(carrier.local_addr().unwrap(), Some(101))]);
+    relay.set_remote(id, Side::B, &[te(buyer.local_addr().unwrap(), None)]);
+    assert!(!relay.send_dtmf(id, Side::B, '1', 100));
+    assert!(!relay.send_dtmf(id, Side::A, 'x', 100), "not a DTMF digit");
+    relay.answered(id);
+    relay.flush();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut buf = [0u8; 2048];
+    let recv = |n: usize| {
+        let carrier = &carrier;
+        async move {
+            let mut got = Vec::new();
+            while got.len() < n {
+                let (len, _) =
+                    tokio::time::timeout(Duration::from_secs(2), carrier.recv_from(&mut buf))
+                        .await
+                        .expect("the carrier hears DCE")
+                        .unwrap();
+                got.push(buf[..len].to_vec());
+            }
+            got
+        }
+    };
+    let seq = |p: &[u8]| u16::from_be_bytes([p[2], p[3]]);
+    let ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+    let ssrc = |p: &[u8]| u32::from_be_bytes([p[8], p[9], p[10], p[11]]);
+    // the buyer talks: seq 100–104, 20 ms apart
+    for i in 0..5u16 {
+        buyer
+            .send_to(
+                &rtp_packet(8, 100 + i, 160 * u32::from(i), 0xabcd, 160),
+                dce_b,
+            )
+            .await
+            .unwrap();
+    }
+    let audio = recv(5).await;
+    assert_eq!(seq(&audio[4]), 104);
+    // an INFO from the buyer: "7" for 120 ms, played to the carrier
+    assert!(relay.send_dtmf(id, Side::A, '7', 120));
+    relay.flush();
+    let events_in = recv(5).await;
+    let durations: Vec<u16> = events_in
+        .iter()
+        .map(|p| u16::from_be_bytes([p[14], p[15]]))
+        .collect();
+    assert_eq!(
+        durations,
+        [400, 800, 960, 960, 960],
+        "50 ms updates, the end three times"
+    );
+    for (k, p) in events_in.iter().enumerate() {
+        assert_eq!(
+            p[1] & 0x7f,
+            101,
+            "the carrier's telephone-event payload type"
+        );
+        assert_eq!(p[1] & 0x80 != 0, k == 0, "the marker on the first only");
+        assert_eq!(p[12], 7);
+        assert_eq!(p[13] & 0x80 != 0, k >= 2, "the end bit on the last three");
+        assert_eq!(ssrc(p), 0xabcd, "in the relayed stream");
+        assert_eq!(seq(p), 105 + k as u16, "its sequence continues");
+        assert_eq!(ts(p), ts(&events_in[0]), "one timestamp per event");
+    }
+    assert!(
+        ts(&events_in[0]) >= ts(&audio[4]),
+        "the event starts after the audio"
+    );
+    // the buyer's next packet leaves with its sequence moved past DCE's five
+    buyer
+        .send_to(&rtp_packet(8, 105, 800, 0xabcd, 160), dce_b)
+        .await
+        .unwrap();
+    let next = recv(1).await;
+    assert_eq!((seq(&next[0]), ssrc(&next[0])), (110, 0xabcd));
+    relay.close(id);
+    relay.flush();
+    let report = closed(&mut events).await;
+    let d: Vec<(char, u32)> = report
+        .dtmf_from_buyer
+        .iter()
+        .map(|d| (d.digit, d.duration_ms))
+        .collect();
+    assert_eq!(d, [('7', 120)], "the buyer's INFO digit is the buyer's");
+    assert_eq!(report.to_carrier, 11, "5 audio + 5 events + 1 audio");
+}

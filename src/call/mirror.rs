@@ -43,6 +43,39 @@ fn media_side(l: LegRef) -> dce_media::Side {
     }
 }
 
+/// The digit and duration (ms) of an INFO carrying one: `application/dtmf-relay`
+/// (`Signal=5` and `Duration=160` lines; 250 ms without a duration) or `application/dtmf`
+/// (the digit alone). `None` for anything else, or a signal that is no DTMF digit.
+pub(super) fn dtmf_in_info(msg: &Message) -> Option<(char, u32)> {
+    let ct = msg.content_type()?.trim().to_ascii_lowercase();
+    let body = std::str::from_utf8(msg.body()).ok()?;
+    let one = |s: &str| {
+        let mut c = s.trim().chars();
+        let d = c.next()?;
+        (c.next().is_none() && dce_media::dtmf::event_of(d).is_some())
+            .then(|| d.to_ascii_uppercase())
+    };
+    if ct.starts_with("application/dtmf-relay") {
+        let mut signal = None;
+        let mut duration = 250;
+        for line in body.lines() {
+            let Some((k, v)) = line.split_once('=') else {
+                continue;
+            };
+            match k.trim().to_ascii_lowercase().as_str() {
+                "signal" => signal = one(v),
+                "duration" => duration = v.trim().parse().ok().filter(|&d| d > 0)?,
+                _ => {}
+            }
+        }
+        return signal.map(|s| (s, duration));
+    }
+    if ct.starts_with("application/dtmf") {
+        return one(body).map(|s| (s, 250));
+    }
+    None
+}
+
 impl Controller {
     /// The SDP-aware body to send on the other leg for `msg`, which came from leg `from`: SDP
     /// is rewritten to DCE's ports facing the other side (opening the call's media on the
@@ -217,6 +250,23 @@ impl Controller {
         if rerouting && leg == LegRef::A {
             self.carrier_request_while_rerouting(layer, tx, &msg, &via, now);
             return;
+        }
+        // A DTMF digit in an INFO, towards a leg that negotiated telephone-event: DCE plays it
+        // there as RFC 4733 (what that leg asked for) and answers the INFO itself.
+        if let (Method::Info, Some(id), Some(_)) = (&method, call.media, state.winner()) {
+            if let Some((digit, ms)) = dtmf_in_info(&msg) {
+                let toward = match leg {
+                    LegRef::A => dce_media::Side::B,
+                    LegRef::B(_) => dce_media::Side::A,
+                };
+                if self.media.send_dtmf(id, toward, digit, ms) {
+                    self.counters.inc(Counter::DtmfInfoConverted);
+                    tracing::debug!(call = %self.call_id(key), "INFO digit played as RFC 4733");
+                    let resp = msg.response(200, "OK", "", Some(&via));
+                    let _ = layer.respond(tx, &resp, now);
+                    return;
+                }
+            }
         }
         // Everything else is mirrored to the other leg once both are up.
         let branch = self.ids.branch();

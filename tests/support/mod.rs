@@ -441,7 +441,15 @@ pub struct FakeMedia {
     pub exhausted: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Media sessions opened and not closed (leak checks).
     pub open: std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<dce_media::MediaId>>>,
+    /// Play INFO digits as RFC 4733 (as the relay does toward a side that announced
+    /// telephone-event); off: `send_dtmf` refuses, as toward a side that did not.
+    pub plays_dtmf: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// The digits played: (media, toward, digit, ms).
+    pub dtmf: std::sync::Arc<std::sync::Mutex<Vec<DtmfPlayed>>>,
 }
+
+/// A digit [`FakeMedia`] was asked to play: (media, toward, digit, ms).
+pub type DtmfPlayed = (dce_media::MediaId, dce_media::Side, char, u32);
 
 impl dce_media::MediaEngine for FakeMedia {
     fn open(&mut self, _streams: usize) -> Result<dce_media::MediaId, dce_media::MediaError> {
@@ -473,6 +481,22 @@ impl dce_media::MediaEngine for FakeMedia {
     }
     fn answered(&mut self, id: dce_media::MediaId) {
         self.answered.lock().unwrap().push(id);
+    }
+    fn send_dtmf(
+        &mut self,
+        id: dce_media::MediaId,
+        toward: dce_media::Side,
+        digit: char,
+        duration_ms: u32,
+    ) -> bool {
+        let plays = self.plays_dtmf.load(std::sync::atomic::Ordering::Relaxed);
+        if plays {
+            self.dtmf
+                .lock()
+                .unwrap()
+                .push((id, toward, digit, duration_ms));
+        }
+        plays
     }
     fn close(&mut self, id: dce_media::MediaId) {
         assert!(
