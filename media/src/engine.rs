@@ -64,6 +64,11 @@ pub struct MediaReport {
     pub dtmf_from_carrier: Vec<crate::dtmf::Digit>,
     /// The DTMF digits (RFC 4733) the buyer sent, in order.
     pub dtmf_from_buyer: Vec<crate::dtmf::Digit>,
+    /// The recording, when the call was recorded and its file is complete: path, seconds.
+    pub recording: Option<(std::path::PathBuf, f64)>,
+    /// Packets left out of recordings because the recorder fell behind (since the last
+    /// recorded call's report).
+    pub recording_dropped: u64,
 }
 
 impl MediaReport {
@@ -94,6 +99,9 @@ pub trait MediaEngine: Send {
     fn send_dtmf(&mut self, _id: MediaId, _toward: Side, _digit: char, _duration_ms: u32) -> bool {
         false
     }
+    /// Record both directions of the call from now on into the WAV file `path` (its report
+    /// then comes once the file is complete, with the path and duration).
+    fn record(&mut self, _id: MediaId, _path: std::path::PathBuf) {}
     /// Deliver the commands given since the last flush (an engine may batch them: the SIP
     /// worker flushes once per turn of its loop).
     fn flush(&mut self) {}

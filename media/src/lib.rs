@@ -10,6 +10,7 @@
 //! | `sdp.rs` | offer/answer rewriting (addresses and ports only) on `sdp-types` |
 //! | `ports.rs` | the even/odd RTP/RTCP port-pair pool |
 //! | `dtmf.rs` | RFC 4733 telephone-events: the digits (and how long each was held) a leg sent — pure |
+//! | `record.rs` | call recording: both directions as one stereo WAV (G.711 decoded, placed by RTP timestamp) on the `dce-rec` thread |
 //! | `stats.rs` | loss (RFC 3550 A.1 `update_seq`, A.3), jitter (A.8), RTCP RR/SR, E-model MOS — pure, time passed in |
 //! | `engine.rs` | [`MediaEngine`]: what the call controller asks of media, and the call report |
 //! | `relay.rs` | [`Relay`]: the worker's side (port pairs, commands) |
@@ -22,6 +23,7 @@ pub mod dtmf;
 pub mod engine;
 pub mod ports;
 mod pump;
+pub mod record;
 pub mod relay;
 pub mod sdp;
 pub mod stats;

@@ -47,6 +47,10 @@ pub(crate) enum Cmd {
     Answered {
         id: MediaId,
     },
+    Record {
+        id: MediaId,
+        path: std::path::PathBuf,
+    },
     Dtmf {
         id: MediaId,
         toward: Side,
@@ -108,6 +112,8 @@ struct StreamSlot {
     id: MediaId,
     /// The first stream of its call reports for the call.
     reports: bool,
+    /// Its packets go to the recorder too.
+    recorded: bool,
     pairs: [usize; 2],
     st: TaskState,
 }
@@ -133,6 +139,8 @@ struct Pump {
     burst: Box<Burst>,
     /// Stream slots with telephone-events of DCE's own to play.
     injecting: Vec<usize>,
+    /// The recorder thread, started with the first recorded call.
+    recorder: Option<(crate::record::RecorderLink, std::thread::JoinHandle<()>)>,
 }
 
 /// Packets read from one socket at once.
@@ -277,6 +285,7 @@ pub(crate) fn start(
         idle: 0,
         burst: Burst::new(),
         injecting: Vec::new(),
+        recorder: None,
     };
     let handle = std::thread::Builder::new()
         .name("dce-rtp".into())
@@ -393,6 +402,7 @@ impl Pump {
                         }
                     }
                 }
+                Cmd::Record { id, path } => self.record(id, path),
                 Cmd::Close { id } => self.close(id),
                 Cmd::Exit => return false,
             }
@@ -415,6 +425,7 @@ impl Pump {
             self.streams[slot] = Some(StreamSlot {
                 id,
                 reports: n == 0,
+                recorded: false,
                 pairs: idx,
                 st: TaskState::new(self.cfg.clone()),
             });
@@ -460,10 +471,16 @@ impl Pump {
             };
             self.free.push(s);
             if slot.reports {
-                let _ = self.events.send(MediaEvent::Closed {
-                    id,
-                    report: Box::new(slot.st.report()),
-                });
+                let report = Box::new(slot.st.report());
+                match (&self.recorder, slot.recorded) {
+                    // the recorder finishes the file, then sends the report
+                    (Some((rec, _)), true) => {
+                        rec.send(crate::record::RecMsg::Stop { id, report });
+                    }
+                    _ => {
+                        let _ = self.events.send(MediaEvent::Closed { id, report });
+                    }
+                }
             }
             for p in slot.pairs {
                 let pair = &mut self.pairs[p];
@@ -521,6 +538,16 @@ impl Pump {
             };
             out_sock = Some(out);
             media[m] = out % 2 == 0 && !is_rtcp(which, pkt);
+            if stream.recorded && media[m] {
+                if let Some((rec, _)) = &self.recorder {
+                    rec.send(crate::record::RecMsg::Packet {
+                        id: stream.id,
+                        side: which / 2,
+                        at: std::time::Instant::now(),
+                        pkt: pkt.to_vec(),
+                    });
+                }
+            }
             sends[m] = (i, dest);
             m += 1;
         }
@@ -570,5 +597,33 @@ impl Pump {
             self.close(id);
         }
         self.pairs.clear();
+        if let Some((rec, h)) = self.recorder.take() {
+            // after the open calls' Stops: their files are finished and reported first
+            rec.send(crate::record::RecMsg::Exit);
+            let _ = h.join();
+        }
+    }
+
+    /// Record call `id`'s first stream from now on into `path`.
+    fn record(&mut self, id: MediaId, path: std::path::PathBuf) {
+        let Some(&first) = self.calls.get(&id).and_then(|s| s.first()) else {
+            return;
+        };
+        if self.recorder.is_none() {
+            match crate::record::spawn(self.events.clone()) {
+                Ok(r) => self.recorder = Some(r),
+                Err(e) => {
+                    eprintln!("dce-rtp: cannot start the recorder: {e}");
+                    return;
+                }
+            }
+        }
+        let (Some((rec, _)), Some(Some(slot))) = (&self.recorder, self.streams.get_mut(first))
+        else {
+            return;
+        };
+        if !slot.recorded && rec.send(crate::record::RecMsg::Start { id, path }) {
+            slot.recorded = true;
+        }
     }
 }

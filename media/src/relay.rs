@@ -264,6 +264,12 @@ impl MediaEngine for Relay {
         ok
     }
 
+    fn record(&mut self, id: MediaId, path: std::path::PathBuf) {
+        if self.sessions.contains_key(&id) {
+            self.push(Cmd::Record { id, path });
+        }
+    }
+
     fn close(&mut self, id: MediaId) {
         self.events_ok.remove(&id);
         match self.sessions.remove(&id) {

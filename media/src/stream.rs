@@ -406,6 +406,8 @@ impl TaskState {
             codec,
             dtmf_from_carrier: self.legs[A].dtmf.digits(),
             dtmf_from_buyer: self.legs[B].dtmf.digits(),
+            recording: None,
+            recording_dropped: 0,
         }
     }
 }

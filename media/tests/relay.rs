@@ -659,3 +659,68 @@ async fn dce_plays_a_digit_as_rfc_4733_in_the_relayed_stream_without_breaking_it
     assert_eq!(d, [('7', 120)], "the buyer's INFO digit is the buyer's");
     assert_eq!(report.to_carrier, 11, "5 audio + 5 events + 1 audio");
 }
+
+#[tokio::test]
+async fn a_recorded_call_is_one_stereo_wav_caller_left_buyer_right_reported_when_complete() {
+    let dir = std::env::temp_dir().join(format!("dce-relay-rec-{}", std::process::id()));
+    let path = dir.join("2026-12-04").join("call.wav");
+    let (tx, mut events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(config(32400, 30), tx).expect("relay thread starts");
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = relay.open(1).unwrap();
+    let dce_a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0])
+        .parse()
+        .unwrap();
+    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0])
+        .parse()
+        .unwrap();
+    relay.set_remote(id, Side::A, &[stream(carrier.local_addr().unwrap())]);
+    relay.set_remote(id, Side::B, &[stream(buyer.local_addr().unwrap())]);
+    relay.answered(id);
+    relay.record(id, path.clone());
+    relay.flush();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // 1 s each way, 20 ms packets: the carrier's μ-law 0x00 (-32124), the buyer's 0xff (0)
+    // alternating with 0x80 (32124) packets, so each channel's content is known
+    for i in 0..50u16 {
+        let mut c = rtp_packet(0, i, 160 * u32::from(i), 1, 160);
+        c[12..].fill(0x00);
+        carrier.send_to(&c, dce_a).await.unwrap();
+        let mut b = rtp_packet(0, i, 500_000 + 160 * u32::from(i), 2, 160);
+        b[12..].fill(if i % 2 == 0 { 0xff } else { 0x80 });
+        buyer.send_to(&b, dce_b).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    relay.close(id);
+    relay.flush();
+    let report = closed(&mut events).await;
+    let (got_path, secs) = report.recording.clone().expect("the recording is reported");
+    assert_eq!(got_path, path);
+    assert!((0.95..1.2).contains(&secs), "{secs} s");
+    let b = std::fs::read(&path).unwrap();
+    assert_eq!(&b[..4], b"RIFF");
+    assert_eq!(u16::from_le_bytes([b[22], b[23]]), 2, "stereo");
+    let frames: Vec<[i16; 2]> = b[44..]
+        .chunks(4)
+        .map(|c| {
+            [
+                i16::from_le_bytes([c[0], c[1]]),
+                i16::from_le_bytes([c[2], c[3]]),
+            ]
+        })
+        .collect();
+    let left = frames.iter().filter(|f| f[0] == -32124).count();
+    let right_loud = frames.iter().filter(|f| f[1] == 32124).count();
+    assert!(left >= 49 * 160, "the carrier's audio on the left: {left}");
+    assert!(
+        (24 * 160..=25 * 160).contains(&right_loud),
+        "the buyer's loud packets on the right: {right_loud}"
+    );
+    assert!(
+        frames.iter().all(|f| f[0] == -32124 || f[0] == 0),
+        "nothing else on the left"
+    );
+    assert_eq!(report.recording_dropped, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
