@@ -44,6 +44,7 @@ fn buyers(n: usize, filtered: bool) -> Vec<Buyer> {
                 tls_ca: None,
                 rtb: None,
                 min_attestation: dce_routing::Trust::None,
+                record: false,
                 attestation_bid: Default::default(),
             }
         })
@@ -68,6 +69,7 @@ fn bench(c: &mut Criterion) {
         reroute_within_s: 0,
         max_reroutes: 2,
         stir: Default::default(),
+        record: false,
     };
     let now = Utc.with_ymd_and_hms(2026, 7, 15, 16, 0, 0).unwrap();
     let ca = State::parse("CA");

@@ -243,6 +243,7 @@ pub async fn run(
         udp_socket: 0,
         media_ip: config.media.advertised_ip,
         max_udp_request: config.sip.max_udp_request_bytes,
+        recordings_dir: config.media.recordings_dir.clone(),
         target_timeout: config.sip.target_timeout,
     };
     let open_files = raise_open_files_limit();

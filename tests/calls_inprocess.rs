@@ -658,6 +658,45 @@ fn invite_retransmissions_never_spawn_a_second_outbound_call() {
 }
 
 #[test]
+fn a_recording_buyer_records_its_calls_except_where_every_party_must_consent() {
+    let buyers = format!(
+        "{}{}",
+        buyer("acme", 5090, 1500, "record = true"),
+        buyer("bravo", 5091, 1200, "")
+    );
+    let mut sim = Sim::new(&config("", &buyers));
+    sim.add_buyer(5090, Mode::Answer(S));
+    sim.add_buyer(5091, Mode::Answer(S));
+    // a New York caller: recorded; a Los Angeles caller: California needs every party's
+    // consent, so not recorded, and the CDR says why
+    let ny = sim.place_call("+12125551234");
+    sim.run_for(2 * S);
+    let ca = sim.place_call("+13105551234");
+    sim.run_for(2 * S);
+    sim.carrier_bye(&ny);
+    sim.carrier_bye(&ca);
+    sim.run_for(64 * S);
+    let recorded = sim.media.recorded.lock().unwrap().clone();
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let cdrs = sim.cdrs();
+    let cdr_of = |caller: &str| cdrs.iter().find(|c| c.caller == caller).unwrap().clone();
+    let (ny_cdr, ca_cdr) = (cdr_of("12125551234"), cdr_of("13105551234"));
+    let day = ny_cdr.invite_at[..10].to_owned();
+    assert!(
+        recorded[0].1.ends_with(format!("{day}/{}.wav", ny_cdr.id)),
+        "{recorded:?}"
+    );
+    let skipped = ca_cdr
+        .recording
+        .expect("the CDR says why it was not recorded");
+    assert_eq!(skipped.skipped.as_deref(), Some("all_party_consent:CA"));
+    assert_eq!(skipped.path, None);
+    // the fake relay reports no file: the recorded call's CDR has none either
+    assert_eq!(ny_cdr.recording, None);
+    sim.assert_nothing_held();
+}
+
+#[test]
 fn an_info_digit_towards_a_leg_with_telephone_event_is_played_as_rfc_4733_not_relayed() {
     let mut sim = Sim::new(&three_buyers(""));
     sim.media

@@ -475,7 +475,11 @@ impl Pump {
                 match (&self.recorder, slot.recorded) {
                     // the recorder finishes the file, then sends the report
                     (Some((rec, _)), true) => {
-                        rec.send(crate::record::RecMsg::Stop { id, report });
+                        rec.send(crate::record::RecMsg::Stop {
+                            id,
+                            report,
+                            at: Instant::now(),
+                        });
                     }
                     _ => {
                         let _ = self.events.send(MediaEvent::Closed { id, report });
@@ -622,7 +626,8 @@ impl Pump {
         else {
             return;
         };
-        if !slot.recorded && rec.send(crate::record::RecMsg::Start { id, path }) {
+        let at = Instant::now();
+        if !slot.recorded && rec.send(crate::record::RecMsg::Start { id, path, at }) {
             slot.recorded = true;
         }
     }

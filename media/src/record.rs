@@ -4,8 +4,9 @@
 //! thread hands each recorded packet over a bounded queue and never waits (a full queue drops
 //! the packet from the recording, and counts it; the call's media is unaffected).
 //!
-//! Placement: a side's first packet is put where the call's clock says it arrived (the call's
-//! first packet, from either side, is sample 0); its later packets at that place plus their RTP
+//! Placement: the recording starts when it is asked for (the answer) and ends when the call's
+//! media closes, silence included; a side's first packet is put where that clock says it
+//! arrived; its later packets at that place plus their RTP
 //! timestamp's distance from the first. A timestamp that lands more than [`REBASE`] away from
 //! where the clock says (a new source after a re-INVITE) starts the side afresh at its arrival.
 //! Frames are kept in memory for [`WINDOW`] behind the newest, so a late packet still finds its
@@ -54,10 +55,11 @@ pub fn alaw(b: u8) -> i16 {
 
 /// What the relay thread tells the recorder.
 pub(crate) enum RecMsg {
-    /// Record call `id` into `path`.
+    /// Record call `id` into `path`, from `at`.
     Start {
         id: MediaId,
         path: PathBuf,
+        at: Instant,
     },
     /// An RTP packet of call `id` from `side` (0 carrier, 1 buyer).
     Packet {
@@ -70,6 +72,7 @@ pub(crate) enum RecMsg {
     Stop {
         id: MediaId,
         report: Box<MediaReport>,
+        at: Instant,
     },
     Exit,
 }
@@ -88,9 +91,9 @@ impl RecorderLink {
     pub(crate) fn send(&self, msg: RecMsg) -> bool {
         match self.tx.try_send(msg) {
             Ok(()) => true,
-            Err(TrySendError::Full(RecMsg::Stop { id, report })) => {
+            Err(TrySendError::Full(RecMsg::Stop { id, report, at })) => {
                 // the end must get through: wait for room (rare: the queue is full of packets)
-                self.tx.send(RecMsg::Stop { id, report }).is_ok()
+                self.tx.send(RecMsg::Stop { id, report, at }).is_ok()
             }
             Err(_) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -121,7 +124,7 @@ fn run(rx: Receiver<RecMsg>, events: mpsc::UnboundedSender<MediaEvent>, dropped:
     let mut calls: HashMap<MediaId, Wav> = HashMap::new();
     while let Ok(msg) = rx.recv() {
         match msg {
-            RecMsg::Start { id, path } => match Wav::create(path.clone()) {
+            RecMsg::Start { id, path, at } => match Wav::create(path.clone(), at) {
                 Ok(w) => {
                     calls.insert(id, w);
                 }
@@ -132,8 +135,9 @@ fn run(rx: Receiver<RecMsg>, events: mpsc::UnboundedSender<MediaEvent>, dropped:
                     w.packet(side, at, &pkt);
                 }
             }
-            RecMsg::Stop { id, mut report } => {
-                if let Some(w) = calls.remove(&id) {
+            RecMsg::Stop { id, mut report, at } => {
+                if let Some(mut w) = calls.remove(&id) {
+                    w.pad_to(at);
                     let path = w.path.clone();
                     match w.finish() {
                         Ok(frames) => {
@@ -165,7 +169,7 @@ struct Base {
 pub(crate) struct Wav {
     path: PathBuf,
     file: std::io::BufWriter<std::fs::File>,
-    t0: Option<Instant>,
+    t0: Instant,
     base: [Option<Base>; 2],
     /// Frames `flushed..flushed + window.len()`, not yet on disk.
     window: VecDeque<[i16; 2]>,
@@ -175,8 +179,9 @@ pub(crate) struct Wav {
 const HEADER: usize = 44;
 
 impl Wav {
-    /// A new file at `path` (its directory made), with a header to be completed.
-    pub(crate) fn create(path: PathBuf) -> std::io::Result<Wav> {
+    /// A new file at `path` (its directory made) for a recording from `t0`, with a header to
+    /// be completed.
+    pub(crate) fn create(path: PathBuf, t0: Instant) -> std::io::Result<Wav> {
         if let Some(dir) = path.parent() {
             std::fs::create_dir_all(dir)?;
         }
@@ -185,7 +190,7 @@ impl Wav {
         Ok(Wav {
             path,
             file,
-            t0: None,
+            t0,
             base: [None, None],
             window: VecDeque::new(),
             flushed: 0,
@@ -198,9 +203,7 @@ impl Wav {
         let Some((pt, ts, payload)) = g711(pkt) else {
             return;
         };
-        let t0 = *self.t0.get_or_insert(at);
-        let arrival =
-            (at.saturating_duration_since(t0).as_micros() as i64) * i64::from(RATE) / 1_000_000;
+        let arrival = self.frame_at(at) as i64;
         let base = self.base[side & 1].get_or_insert(Base {
             ts0: ts,
             at0: arrival,
@@ -228,6 +231,25 @@ impl Wav {
         if self.window.len() > 2 * WINDOW {
             let n = self.window.len() - WINDOW;
             let _ = self.write(n);
+        }
+    }
+
+    /// The frame the clock puts `at` on.
+    fn frame_at(&self, at: Instant) -> u64 {
+        (at.saturating_duration_since(self.t0).as_micros() as u64) * u64::from(RATE) / 1_000_000
+    }
+
+    /// Silence up to `at` (the end of the call), as far as the longest recording allows.
+    pub(crate) fn pad_to(&mut self, at: Instant) {
+        let end = self.frame_at(at).min(MAX_FRAMES);
+        while self.flushed + (self.window.len() as u64) < end {
+            let room = (end - self.flushed - self.window.len() as u64).min(WINDOW as u64);
+            self.window
+                .extend(std::iter::repeat_n([0, 0], room as usize));
+            if self.window.len() > 2 * WINDOW {
+                let n = self.window.len() - WINDOW;
+                let _ = self.write(n);
+            }
         }
     }
 
@@ -344,8 +366,8 @@ mod tests {
     fn both_sides_are_placed_by_timestamp_and_arrival_with_gaps_kept() {
         let dir = std::env::temp_dir().join(format!("dce-rec-{}", std::process::id()));
         let path = dir.join("call.wav");
-        let mut w = Wav::create(path.clone()).unwrap();
         let t0 = Instant::now();
+        let mut w = Wav::create(path.clone(), t0).unwrap();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         // the carrier (μ-law, 0x00 = -32124) from 0 ms; the buyer (A-law, 0xaa = 32256) from
         // 40 ms with its own timestamps; the carrier's third packet is lost and its fourth
@@ -356,9 +378,10 @@ mod tests {
         w.packet(1, ms(60), &pkt(8, 77_160, 0xaa));
         w.packet(0, ms(75), &pkt(0, 1480, 0x00)); // 60 ms of media, 15 ms late
         w.packet(9, ms(80), &pkt(18, 0, 0x11)); // G.729: not recorded
-        assert_eq!(w.finish().unwrap(), 640);
+        w.pad_to(ms(100)); // the call ends at 100 ms
+        assert_eq!(w.finish().unwrap(), 800);
         let f = read(&path);
-        assert_eq!(f.len(), 640, "80 ms at 8 kHz");
+        assert_eq!(f.len(), 800, "100 ms at 8 kHz");
         let left: Vec<i16> = f.iter().map(|s| s[0]).collect();
         let right: Vec<i16> = f.iter().map(|s| s[1]).collect();
         assert!(left[..320].iter().all(|&s| s == -32124));
@@ -367,14 +390,15 @@ mod tests {
             "the lost packet is silence"
         );
         assert!(
-            left[480..].iter().all(|&s| s == -32124),
+            left[480..640].iter().all(|&s| s == -32124),
             "the late one in its place"
         );
+        assert!(f[640..].iter().all(|&s| s == [0, 0]), "silence to the end");
         assert!(
             right[..320].iter().all(|&s| s == 0),
             "the buyer starts at 40 ms"
         );
-        assert!(right[320..].iter().all(|&s| s == 32256));
+        assert!(right[320..640].iter().all(|&s| s == 32256));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -382,8 +406,8 @@ mod tests {
     fn a_jump_in_timestamps_restarts_the_side_at_its_arrival_and_long_calls_stream_to_disk() {
         let dir = std::env::temp_dir().join(format!("dce-rec2-{}", std::process::id()));
         let path = dir.join("call.wav");
-        let mut w = Wav::create(path.clone()).unwrap();
         let t0 = Instant::now();
+        let mut w = Wav::create(path.clone(), t0).unwrap();
         // 10 s of the carrier, then a new source whose timestamps are far away
         for i in 0..500u32 {
             w.packet(
@@ -402,7 +426,7 @@ mod tests {
         assert_eq!(frames, 80_160, "the new source at 10 s, not 4 days later");
         assert_eq!(read(&path).len(), 80_160);
         // hostile input: nothing panics, nothing is written
-        let mut w = Wav::create(dir.join("junk.wav")).unwrap();
+        let mut w = Wav::create(dir.join("junk.wav"), t0).unwrap();
         for n in 0..12 {
             w.packet(0, t0, &pkt(0, 0, 0)[..n]); // shorter than an RTP header
         }

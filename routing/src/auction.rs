@@ -385,6 +385,7 @@ pub(crate) mod tests {
             floor_cents: floor,
             max_duration_s: 7200,
             bill_one_way_audio: true,
+            record: false,
             dnc: true,
             tcpa_hours: true,
             require_consent: false,
@@ -423,6 +424,7 @@ pub(crate) mod tests {
             tls_ca: None,
             rtb: None,
             min_attestation: crate::Trust::None,
+            record: false,
             attestation_bid: Default::default(),
         }
     }

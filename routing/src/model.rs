@@ -50,6 +50,8 @@ pub struct Campaign {
     pub max_reroutes: u32,
     /// `stir = { require, on_fail }`: what the caller's identity must show.
     pub stir: crate::StirPolicy,
+    /// `record`: record its connected calls (both directions, one stereo file).
+    pub record: bool,
 }
 
 /// `duplicates = { window_days, after, action }`: a caller who came within `window_days` of
@@ -207,6 +209,8 @@ pub struct Buyer {
     pub min_attestation: crate::Trust,
     /// `attestation_bid`: the bid's multiplier by trust level.
     pub attestation_bid: crate::AttestationBid,
+    /// `record`: record the calls it answers (whatever the campaign says).
+    pub record: bool,
 }
 
 /// `rtb = { url, timeout_ms, format, headers }` and `expose_caller`.

@@ -296,6 +296,7 @@ impl Controller {
             legs: Vec::new(),
             stir: facts.stir,
             dtmf: None,
+            recording: None,
         })));
     }
 
@@ -678,6 +679,7 @@ impl Controller {
                 legs_done: Vec::new(),
                 talk_codec: None,
                 stir,
+                recording_skipped: None,
             }),
         );
         self.counters.m.call_added();

@@ -142,6 +142,22 @@ pub struct Cdr {
     /// The DTMF digits (RFC 4733) each side sent, in order; absent when none was sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dtmf: Option<Dtmf>,
+    /// The call's recording, when its campaign or buyer asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub recording: Option<RecordingRecord>,
+}
+
+/// A recorded call's file, or why it was not recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RecordingRecord {
+    /// The WAV file (stereo: caller left, buyer right).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Its length, seconds.
+    pub duration_s: f64,
+    /// Not recorded: why (`all_party_consent:<state>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<String>,
 }
 
 /// The DTMF digits of a call, each way.
@@ -366,6 +382,7 @@ impl Cdr {
             legs: Vec::new(),
             stir: None,
             dtmf: None,
+            recording: None,
         }
     }
 }

@@ -45,6 +45,8 @@ pub struct Settings {
     /// The largest request DCE sends a buyer over UDP (RFC 3261 §18.1.1: 1300 bytes when the
     /// path MTU is unknown); a larger INVITE fails that attempt (`attempted:too_large`).
     pub max_udp_request: usize,
+    /// Where recordings go (`[media] recordings_dir`).
+    pub recordings_dir: std::path::PathBuf,
 }
 
 /// How the fleet-wide checks are run.

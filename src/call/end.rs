@@ -175,6 +175,14 @@ impl Controller {
             legs,
             stir: call.stir.as_ref().map(|s| s.text()),
             dtmf: None,
+            recording: call
+                .recording_skipped
+                .clone()
+                .map(|s| super::cdr::RecordingRecord {
+                    path: None,
+                    duration_s: 0.0,
+                    skipped: Some(s),
+                }),
         };
         match call.media {
             Some(id) => {
@@ -316,6 +324,16 @@ impl Controller {
                 };
                 let q = Quality::from_report(&report);
                 cdr.dtmf = crate::call::cdr::Dtmf::from_report(&report);
+                if let Some((path, secs)) = &report.recording {
+                    cdr.recording = Some(super::cdr::RecordingRecord {
+                        path: Some(path.display().to_string()),
+                        duration_s: (secs * 100.0).round() / 100.0,
+                        skipped: None,
+                    });
+                }
+                if report.recording_dropped > 0 {
+                    tracing::warn!(call = %cdr.id, packets = report.recording_dropped, "the recorder fell behind: packets left out of recordings");
+                }
                 if let Some(d) = &cdr.dtmf {
                     // how many, never which: callers key card numbers into IVRs
                     tracing::debug!(call = %cdr.id, from_carrier = d.from_carrier.len(), from_buyer = d.from_buyer.len(), "DTMF digits relayed");

@@ -47,6 +47,7 @@ pub mod lookup;
 mod mirror;
 mod pinger;
 mod quote;
+mod record;
 mod reroute;
 pub mod reservation;
 mod ring;

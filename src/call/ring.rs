@@ -976,6 +976,7 @@ impl Controller {
                 if let Some(id) = self.calls.get(&key).and_then(|c| c.media) {
                     self.media.answered(id);
                 }
+                self.start_recording(key, e.buyer);
                 // connected only once the answer is usable (an SDP DCE cannot anchor is not)
                 self.remember(key, DupStage::Connected, e.buyer);
                 self.respond_a(layer, key, 200, body, now);

@@ -329,6 +329,8 @@ pub struct Call {
     pub talk_codec: Option<String>,
     /// STIR/SHAKEN: the caller identity's verdict (`None`: `[stir]` is not configured).
     pub stir: Option<Box<CallStir>>,
+    /// Recording was asked for and not done: why (`all_party_consent:<state>`).
+    pub recording_skipped: Option<String>,
 }
 
 /// A call's STIR/SHAKEN verification.

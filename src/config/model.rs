@@ -298,6 +298,9 @@ pub struct MediaConfig {
     /// Latch to the first packet from anywhere (peers behind NAT); without it only the
     /// address and port the SDP signalled are accepted (decision 0005).
     pub latch_any_source: bool,
+    /// Where recordings go (`recordings_dir`, default `recordings`): one WAV per recorded
+    /// call, under a directory per UTC day.
+    pub recordings_dir: PathBuf,
 }
 
 /// `[cdr]`: an optional JSON-lines copy of every CDR (the database is the record).
@@ -593,6 +596,7 @@ fn media(w: &mut Walk<'_>, root: Table<'_, '_>, sip: Option<&SipConfig>) -> Opti
                 "rtp_timeout_s",
                 "strict_source",
                 "latch_any_source",
+                "recordings_dir",
             ],
         );
     }
@@ -619,6 +623,7 @@ fn media(w: &mut Walk<'_>, root: Table<'_, '_>, sip: Option<&SipConfig>) -> Opti
     };
     let (mut port_min, mut port_max, mut timeout, mut strict, mut latch_any) =
         (20_000, 29_999, 30, true, false);
+    let mut recordings_dir = PathBuf::from("recordings");
     if let Some(t) = t {
         port_min = w
             .int(t, "port_min", 1024, 65_534)
@@ -634,6 +639,12 @@ fn media(w: &mut Walk<'_>, root: Table<'_, '_>, sip: Option<&SipConfig>) -> Opti
             .unwrap_or(timeout);
         strict = w.boolean(t, "strict_source").unwrap_or(strict);
         latch_any = w.boolean(t, "latch_any_source").unwrap_or(latch_any);
+        if let Some((d, span)) = w.string(t, "recordings_dir", false) {
+            if d.trim().is_empty() {
+                w.error(span, "`media.recordings_dir` must name a directory");
+            }
+            recordings_dir = d.into();
+        }
         if port_max < port_min + 3 {
             w.error(
                 w.span_of(t, "port_max"),
@@ -649,6 +660,7 @@ fn media(w: &mut Walk<'_>, root: Table<'_, '_>, sip: Option<&SipConfig>) -> Opti
         rtp_timeout: Duration::from_secs(timeout),
         strict_source: strict,
         latch_any_source: latch_any,
+        recordings_dir,
     })
 }
 

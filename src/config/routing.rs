@@ -185,6 +185,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "reroute_if_buyer_hangs_up_within_s",
                 "max_reroutes",
                 "stir",
+                "record",
             ],
         );
         let id = read_id(w, t, "campaign", &mut seen);
@@ -242,6 +243,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .int(t, "max_reroutes", 0, 10)
             .map(|(v, _)| v as u32)
             .unwrap_or(2);
+        let record = w.boolean(t, "record").unwrap_or(false);
         let stir = w
             .table(t, "stir", "campaign.stir", false)
             .map(|st| super::stir::campaign_policy(w, st))
@@ -265,6 +267,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 reroute_within_s,
                 max_reroutes,
                 stir,
+                record,
             });
         }
     }
@@ -299,6 +302,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 "expose_caller",
                 "webhook",
                 "min_attestation",
+                "record",
                 "attestation_bid",
             ],
         );
@@ -440,6 +444,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
             .and_then(|rt| buyer_rtb(w, rt, expose_caller))
             .map(std::sync::Arc::new);
         let min_attestation = super::stir::min_attestation(w, t);
+        let record = w.boolean(t, "record").unwrap_or(false);
         let attestation_bid = w
             .table(t, "attestation_bid", "buyer.attestation_bid", false)
             .map(|at| super::stir::attestation_bid(w, at))
@@ -469,6 +474,7 @@ pub fn read(w: &mut Walk<'_>, root: Table<'_, '_>) -> RoutingConfig {
                 tls_ca,
                 rtb,
                 min_attestation,
+                record,
                 attestation_bid,
             });
         }

@@ -103,7 +103,7 @@ pub struct CdrPage {
         super::routes::buyers, super::routes::patch_buyer,
         super::routes::dnc_get, super::routes::dnc_put, super::routes::dnc_delete,
         super::routes::stats, super::gdpr::erase, super::ws::events, super::bid::bid,
-        super::conversion::post, super::conversion::get, super::webhooks::list,
+        super::conversion::post, super::conversion::get, super::webhooks::list, super::recording::get,
     ),
     components(schemas(
         ErrorBody, ErrorDetail, CallList, CallView, LegView, HangupDone, BuyerList, BuyerView, DnsView, HealthView, PauseRuleView,
@@ -216,6 +216,7 @@ mod tests {
             "/v1/events",
             "/v1/calls/{id}/conversion",
             "/v1/webhooks",
+            "/v1/calls/{id}/recording",
         ] {
             assert!(paths.contains_key(p), "{p} missing from the document");
         }

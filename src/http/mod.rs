@@ -342,6 +342,7 @@ pub fn router(st: Arc<ApiState>) -> Router {
             "/v1/calls/{id}/conversion",
             get(conversion::get).post(conversion::post),
         )
+        .route("/v1/calls/{id}/recording", get(recording::get))
         .route("/v1/webhooks", get(webhooks::list))
         .route("/v1/buyers", get(routes::buyers))
         .route("/v1/buyers/{id}", axum::routing::patch(routes::patch_buyer))
@@ -735,6 +736,7 @@ mod conversion;
 pub mod doc;
 mod gdpr;
 pub mod page;
+mod recording;
 mod request;
 mod routes;
 mod webhooks;

@@ -99,31 +99,35 @@ fn create_key(path: &Path) -> std::io::Result<Vec<u8>> {
 }
 
 impl Db {
-    /// Anonymise caller and called of calls created before `cutoff` (RFC 3339 UTC), and drop
-    /// their DTMF digits (what a caller keyed in is as personal as the number). Returns
+    /// Anonymise caller and called of calls created before `cutoff` (RFC 3339 UTC), drop
+    /// their DTMF digits (what a caller keyed in is as personal as the number) and delete
+    /// their recordings. Returns
     /// how many calls were changed.
     pub async fn anonymize_before(&self, key: &[u8], cutoff: &str) -> Result<u64, sqlx::Error> {
-        let rows: Vec<(String, String, String)> = match self {
+        let rows: Vec<(String, String, String, Option<String>)> = match self {
             Db::Pg(p) => sqlx::query(
-                "SELECT id::text AS id, caller, called FROM calls WHERE created_at < $1::text::timestamptz \
-                 AND (caller NOT LIKE 'anon:%' OR called NOT LIKE 'anon:%')",
+                "SELECT id::text AS id, caller, called, recording->>'path' AS rec FROM calls WHERE created_at < $1::text::timestamptz \
+                 AND (caller NOT LIKE 'anon:%' OR called NOT LIKE 'anon:%' OR recording IS NOT NULL)",
             )
             .bind(cutoff)
             .fetch_all(p)
             .await?
             .iter()
-            .map(|r| (r.get("id"), r.get("caller"), r.get("called")))
+            .map(|r| (r.get("id"), r.get("caller"), r.get("called"), r.get("rec")))
             .collect(),
             Db::Sqlite(p) => sqlx::query(
-                "SELECT id, caller, called FROM calls WHERE created_at < ? AND (caller NOT LIKE 'anon:%' OR called NOT LIKE 'anon:%')",
+                "SELECT id, caller, called, json_extract(recording, '$.path') AS rec FROM calls WHERE created_at < ? \
+                 AND (caller NOT LIKE 'anon:%' OR called NOT LIKE 'anon:%' OR recording IS NOT NULL)",
             )
             .bind(cutoff)
             .fetch_all(p)
             .await?
             .iter()
-            .map(|r| (r.get("id"), r.get("caller"), r.get("called")))
+            .map(|r| (r.get("id"), r.get("caller"), r.get("called"), r.get("rec")))
             .collect(),
         };
+        // the voice is as personal as the number: the files go first
+        super::recordings::remove_files(rows.iter().filter_map(|r| r.3.as_deref()));
         let anon = |n: &str| {
             if n.starts_with("anon:") {
                 n.to_owned()
@@ -131,11 +135,11 @@ impl Db {
                 pseudonym(key, n)
             }
         };
-        for (id, caller, called) in &rows {
+        for (id, caller, called, _) in &rows {
             match self {
                 Db::Pg(p) => {
                     sqlx::query(
-                        "UPDATE calls SET caller = $1, called = $2, dtmf = NULL WHERE id = $3::text::uuid",
+                        "UPDATE calls SET caller = $1, called = $2, dtmf = NULL, recording = NULL WHERE id = $3::text::uuid",
                     )
                     .bind(anon(caller))
                     .bind(anon(called))
@@ -145,7 +149,7 @@ impl Db {
                 }
                 Db::Sqlite(p) => {
                     sqlx::query(
-                        "UPDATE calls SET caller = ?, called = ?, dtmf = NULL WHERE id = ?",
+                        "UPDATE calls SET caller = ?, called = ?, dtmf = NULL, recording = NULL WHERE id = ?",
                     )
                     .bind(anon(caller))
                     .bind(anon(called))
@@ -165,9 +169,24 @@ impl Db {
         let anon = pseudonym(key, &number);
         let mut n = 0;
         for col in ["caller", "called"] {
+            let files: Vec<String> = match self {
+                Db::Pg(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT recording->>'path' FROM calls WHERE {col} = $1 AND recording->>'path' IS NOT NULL"
+                )))
+                .bind(&number)
+                .fetch_all(p)
+                .await?,
+                Db::Sqlite(p) => sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                    "SELECT json_extract(recording, '$.path') FROM calls WHERE {col} = ? AND json_extract(recording, '$.path') IS NOT NULL"
+                )))
+                .bind(&number)
+                .fetch_all(p)
+                .await?,
+            };
+            super::recordings::remove_files(files.iter().map(String::as_str));
             n += match self {
                 Db::Pg(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE calls SET {col} = $1, dtmf = NULL WHERE {col} = $2"
+                    "UPDATE calls SET {col} = $1, dtmf = NULL, recording = NULL WHERE {col} = $2"
                 )))
                 .bind(&anon)
                 .bind(&number)
@@ -175,7 +194,7 @@ impl Db {
                 .await?
                 .rows_affected(),
                 Db::Sqlite(p) => sqlx::query(sqlx::AssertSqlSafe(format!(
-                    "UPDATE calls SET {col} = ?, dtmf = NULL WHERE {col} = ?"
+                    "UPDATE calls SET {col} = ?, dtmf = NULL, recording = NULL WHERE {col} = ?"
                 )))
                 .bind(&anon)
                 .bind(&number)

@@ -63,6 +63,10 @@ const PG_STEPS: Steps = &[
         "dtmf",
         include_str!("../../migrations/postgres/0010_dtmf.sql"),
     ),
+    (
+        "recording",
+        include_str!("../../migrations/postgres/0011_recording.sql"),
+    ),
 ];
 
 const SQLITE_STEPS: Steps = &[
@@ -99,6 +103,10 @@ const SQLITE_STEPS: Steps = &[
     (
         "dtmf",
         include_str!("../../migrations/sqlite/0010_dtmf.sql"),
+    ),
+    (
+        "recording",
+        include_str!("../../migrations/sqlite/0011_recording.sql"),
     ),
 ];
 
@@ -715,10 +723,10 @@ async fn insert_pg(
     sqlx::query(
         "INSERT INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, payout_cents, \
          billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, answered_at, ended_at, \
-         duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs, stir, dtmf) \
+         duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs, stir, dtmf, recording) \
          SELECT * FROM UNNEST($1::text[]::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
          $9::int8[], $10::int8[], $11::bool[], $12::text[], $12::text[], $13::int4[], $14::int4[], $15::text[], $16::text[], $17::text[], \
-         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[], $26::text[], $27::text[]::jsonb[], $28::text[], $29::text[]::jsonb[]) \
+         $18::text[]::timestamptz[], $19::text[]::timestamptz[], $20::text[]::timestamptz[], $21::int8[], $22::text[]::jsonb[], $23::int8[], $24::int8[], $25::text[], $26::text[], $27::text[]::jsonb[], $28::text[], $29::text[]::jsonb[], $30::text[]::jsonb[]) \
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(col(|c| c.id.clone()))
@@ -750,6 +758,7 @@ async fn insert_pg(
     .bind(opt(legs_json))
     .bind(opt(|c| c.stir.clone()))
     .bind(opt(dtmf_json))
+    .bind(opt(recording_json))
     .execute(&mut *tx)
     .await?;
     let (mut ids, mut pos, mut buyers, mut amounts, mut outcomes) =
@@ -833,7 +842,14 @@ fn dtmf_json(c: &Cdr) -> Option<String> {
     c.dtmf.as_ref().and_then(|d| serde_json::to_string(d).ok())
 }
 
-/// Rows per multi-row `INSERT` (30 parameters each: well under SQLite's 32,766).
+/// The call's recording as JSON, when one was asked for.
+fn recording_json(c: &Cdr) -> Option<String> {
+    c.recording
+        .as_ref()
+        .and_then(|r| serde_json::to_string(r).ok())
+}
+
+/// Rows per multi-row `INSERT` (31 parameters each: well under SQLite's 32,766).
 const SQLITE_ROWS: usize = 100;
 
 /// A batch in a few multi-row statements: each statement is one round trip to SQLite's worker
@@ -850,7 +866,7 @@ async fn insert_sqlite(
         let mut q = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
             "INSERT OR IGNORE INTO calls (id, node_id, carrier, campaign, caller, called, carrier_call_id, buyer_id, bid_cents, \
              payout_cents, billable, disposition, status, carrier_code, buyer_code, compliance, hangup_by, reason, created_at, \
-             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs, stir, dtmf) ",
+             answered_at, ended_at, duration_ms, quality, revenue_cents, margin_cents, duplicate, fleet_caps, legs, stir, dtmf, recording) ",
         );
         q.push_values(chunk, |mut b, c| {
             b.push_bind(&c.id)
@@ -886,7 +902,8 @@ async fn insert_sqlite(
                 .push_bind(&c.fleet_caps)
                 .push_bind(legs_json(c))
                 .push_bind(&c.stir)
-                .push_bind(dtmf_json(c));
+                .push_bind(dtmf_json(c))
+                .push_bind(recording_json(c));
         });
         // a full chunk's statement is reused; the odd-sized last one is not cached
         q.build()

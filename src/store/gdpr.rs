@@ -189,8 +189,11 @@ impl Gdpr {
             }
         }
         if changed {
-            // what the caller keyed in (an account, a card number) goes with the number
+            // what the caller keyed in (an account, a card number) and said go with the number
             cdr.dtmf = None;
+            if let Some(r) = cdr.recording.take() {
+                super::recordings::remove_files(r.path.as_deref());
+            }
         }
         changed
     }

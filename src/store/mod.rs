@@ -22,6 +22,7 @@ pub mod files;
 pub mod gdpr;
 pub mod jsonl;
 pub mod postbacks;
+pub mod recordings;
 pub mod spool;
 pub mod writer;
 

@@ -367,6 +367,7 @@ pub fn bare_edge(counters: std::sync::Arc<dce::counters::Counters>) -> dce::edge
         udp_socket: 0,
         media_ip: "127.0.0.1".parse().unwrap(),
         max_udp_request: 1300,
+        recordings_dir: "recordings".into(),
         target_timeout: Duration::from_secs(2),
     };
     let controller = Controller::new(
@@ -446,6 +447,8 @@ pub struct FakeMedia {
     pub plays_dtmf: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// The digits played: (media, toward, digit, ms).
     pub dtmf: std::sync::Arc<std::sync::Mutex<Vec<DtmfPlayed>>>,
+    /// Recordings asked for: (media, file).
+    pub recorded: std::sync::Arc<std::sync::Mutex<Vec<(dce_media::MediaId, std::path::PathBuf)>>>,
 }
 
 /// A digit [`FakeMedia`] was asked to play: (media, toward, digit, ms).
@@ -481,6 +484,9 @@ impl dce_media::MediaEngine for FakeMedia {
     }
     fn answered(&mut self, id: dce_media::MediaId) {
         self.answered.lock().unwrap().push(id);
+    }
+    fn record(&mut self, id: dce_media::MediaId, path: std::path::PathBuf) {
+        self.recorded.lock().unwrap().push((id, path));
     }
     fn send_dtmf(
         &mut self,

@@ -190,6 +190,7 @@ impl Sim {
             udp_socket: 0,
             media_ip: "127.0.0.1".parse().unwrap(),
             max_udp_request: cfg.sip.max_udp_request_bytes,
+            recordings_dir: std::env::temp_dir().join("dce-sim-recordings"),
             target_timeout: cfg.sip.target_timeout,
         };
         let media = super::FakeMedia::default();
