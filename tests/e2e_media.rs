@@ -10,19 +10,6 @@ use support::sipp::{self, Background};
 
 const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
 
-/// RTP packets in a pcap file (classic format, Ethernet or Linux cooked, UDP).
-fn pcap_packets(path: &str) -> usize {
-    let d = std::fs::read(path).expect("pcap");
-    let mut off = 24;
-    let mut n = 0;
-    while off + 16 <= d.len() {
-        let incl = u32::from_le_bytes([d[off + 8], d[off + 9], d[off + 10], d[off + 11]]) as usize;
-        off += 16 + incl;
-        n += 1;
-    }
-    n
-}
-
 #[test]
 fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
     let Some(bin) = sipp::sipp() else { return };
@@ -33,7 +20,7 @@ fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
         eprintln!("NOT RUN: {PCAP} missing");
         return;
     }
-    let sent = pcap_packets(PCAP);
+    let sent = support::pcap::read(PCAP).len();
     let bp = free_port();
     let mp = free_port();
     let http = free_port();
@@ -310,4 +297,177 @@ fn rfc_4733_digits_cross_dce_and_each_sides_digits_are_in_the_cdr() {
         });
     let stored: Value = serde_json::from_str(&stored.expect("a dtmf column value")).unwrap();
     assert_eq!(stored, cdr["dtmf"], "the calls table holds the same digits");
+}
+
+#[test]
+fn a_recorded_call_is_a_stereo_wav_whose_channels_are_what_each_side_sent_in_place() {
+    let Some(bin) = sipp::sipp() else { return };
+    if !std::path::Path::new(PCAP).exists() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!("{PCAP} missing (Debian package sip-tester ships it)");
+        }
+        eprintln!("NOT RUN: {PCAP} missing");
+        return;
+    }
+    let (bp, mp, http) = (free_port(), free_port(), free_port());
+    let dce = Dce::start_with(|port, dir| {
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\napi_keys = [{{ name = \"ops\", sha256 = \"{sha}\", role = \"read\" }}]\n\
+             [node]\nid = \"rec\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+             [media]\nbind_ip = \"127.0.0.1\"\nadvertised_ip = \"127.0.0.1\"\nport_min = {mp0}\nport_max = {mp1}\nrecordings_dir = \"{d}/rec\"\n\
+             [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
+             [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
+             [cdr]\njsonl_path = \"{d}/cdr.jsonl\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
+             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nrecord = true\n\
+             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bp}\"\nbid_cents = 1500\n",
+            sha = support::http::OPS_SHA,
+            d = dir.display(),
+            mp0 = 40000 + (mp % 1000) * 20,
+            mp1 = 40000 + (mp % 1000) * 20 + 19,
+        )
+    });
+    // The buyer talks 4 s of its own A-law (a pattern per packet), every 10th packet lost.
+    let sample = |k: u32, i: u32| ((k * 37 + i * 11) % 251) as u8;
+    let buyer_pkts: Vec<(u64, Vec<u8>)> = (0..200u32)
+        .filter(|k| k % 10 != 9)
+        .map(|k| {
+            let mut p = vec![0x80, 8];
+            p.extend_from_slice(&(k as u16).to_be_bytes());
+            p.extend_from_slice(&(160 * k).to_be_bytes());
+            p.extend_from_slice(&0xb0b0_b0b0u32.to_be_bytes());
+            p.extend((0..160).map(|i| sample(k, i)));
+            (20_000 * u64::from(k), p)
+        })
+        .collect();
+    let buyer_pcap = dce.dir().join("buyer.pcap");
+    support::pcap::write(&buyer_pcap, &buyer_pkts);
+    let play =
+        |pcap: &str| format!("<nop><action><exec play_pcap_audio=\"{pcap}\"/></action></nop>");
+    let ack = "<recv request=\"ACK\" crlf=\"true\"/>";
+    let uas = std::fs::read_to_string(sipp::scenario("uas_answer_rtp.xml")).unwrap();
+    assert!(uas.contains(ack), "the scenario's shape changed");
+    let uas = uas.replace(
+        ack,
+        &format!("{ack}{}", play(&buyer_pcap.display().to_string())),
+    );
+    // The carrier: a New York caller (California needs every party's consent to record)
+    let uac = std::fs::read_to_string(sipp::scenario("uac_call_rtp.xml")).unwrap();
+    assert!(uac.contains("+13105551234"), "the scenario's shape changed");
+    let uac = uac.replace("+13105551234", "+12125551234");
+    let (uac_path, uas_path) = (dce.dir().join("uac_rec.xml"), dce.dir().join("uas_rec.xml"));
+    std::fs::write(&uac_path, uac).unwrap();
+    std::fs::write(&uas_path, uas).unwrap();
+    let buyer = Background::start(&bin, &sipp::args(&uas_path, bp, &["-m", "1"]));
+    let mut args = sipp::args(&uac_path, free_port(), &["-s", "+18005550100", "-m", "1"]);
+    args.push(dce.sip.to_string());
+    let out = sipp::run(&bin, &args);
+    let (bok, bout) = buyer.finish(20);
+    assert!(
+        out.status.success(),
+        "carrier: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        dce.log()
+    );
+    assert!(bok, "buyer: {bout}");
+    // the CDR names the file; the API serves it
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let id = loop {
+        let v = support::http::get_json(http, "/v1/cdrs?limit=1", support::http::OPS_KEY);
+        if let Some(id) = v["cdrs"][0]["id"].as_str() {
+            break id.to_owned();
+        }
+        assert!(std::time::Instant::now() < end, "no CDR: {v}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    let (code, served) = support::http::get_bytes(
+        http,
+        &format!("/v1/calls/{id}/recording"),
+        support::http::OPS_KEY,
+    );
+    assert_eq!(code, 200, "{}", String::from_utf8_lossy(&served));
+    let (code, _) = support::http::get_bytes(
+        http,
+        "/v1/calls/00000000-0000-0000-0000-000000000000/recording",
+        support::http::OPS_KEY,
+    );
+    assert_eq!(code, 404);
+    let (ok, log, dir) = dce.stop_keep();
+    assert!(ok, "{log}");
+    let cdr: Value = support::dce_process::jsonl_cdrs(&dir.0).remove(0);
+    let rec = &cdr["recording"];
+    let path = rec["path"].as_str().unwrap_or_else(|| panic!("{cdr:#}"));
+    assert!(path.ends_with(&format!("{id}.wav")), "{path}");
+    let wav = std::fs::read(path).unwrap();
+    assert_eq!(wav, served, "the API serves the file as written");
+    let secs = rec["duration_s"].as_f64().unwrap();
+    let talk = cdr["duration_s"].as_f64().unwrap();
+    assert!(
+        (secs - talk).abs() < 0.1,
+        "recording {secs} s, call {talk} s"
+    );
+    assert_eq!(u16::from_le_bytes([wav[22], wav[23]]), 2, "stereo");
+    let frames: Vec<[i16; 2]> = wav[44..]
+        .chunks(4)
+        .map(|c| {
+            [
+                i16::from_le_bytes([c[0], c[1]]),
+                i16::from_le_bytes([c[2], c[3]]),
+            ]
+        })
+        .collect();
+    // each side's packets are found in their channel, sample for sample, each at its first
+    // packet's place plus its RTP timestamp's distance
+    let placed = |ch: usize, pkts: &[Vec<u8>]| -> (usize, usize) {
+        let rtp_ts = |p: &[u8]| u32::from_be_bytes([p[4], p[5], p[6], p[7]]);
+        let decoded = |p: &[u8]| -> Vec<i16> {
+            p[12..]
+                .iter()
+                .map(|&b| dce_media::record::alaw(b))
+                .collect()
+        };
+        let first = decoded(&pkts[0]);
+        let at = (0..frames.len().saturating_sub(first.len()))
+            .find(|&o| (0..first.len()).all(|i| frames[o + i][ch] == first[i]))
+            .expect("the first packet is in its channel");
+        let ts0 = rtp_ts(&pkts[0]);
+        let found = pkts
+            .iter()
+            .filter(|p| {
+                let o = at + rtp_ts(p).wrapping_sub(ts0) as usize;
+                let d = decoded(p);
+                o + d.len() <= frames.len() && (0..d.len()).all(|i| frames[o + i][ch] == d[i])
+            })
+            .count();
+        (at, found)
+    };
+    let carrier_pkts: Vec<Vec<u8>> = support::pcap::read(PCAP)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let buyer_only: Vec<Vec<u8>> = buyer_pkts.iter().map(|(_, p)| p.clone()).collect();
+    let (c_at, c_found) = placed(0, &carrier_pkts);
+    let (b_at, b_found) = placed(1, &buyer_only);
+    eprintln!(
+        "recording {secs} s: carrier from frame {c_at} ({c_found}/{} packets in place), buyer from frame {b_at} ({b_found}/{})",
+        carrier_pkts.len(),
+        buyer_only.len()
+    );
+    assert!(
+        c_found * 100 >= carrier_pkts.len() * 99,
+        "{c_found}/{}",
+        carrier_pkts.len()
+    );
+    assert_eq!(
+        b_found,
+        buyer_only.len(),
+        "every buyer packet in place despite the losses"
+    );
+    // where the buyer's lost packets were, its channel is silent
+    for k in (9..200usize).step_by(10) {
+        let o = b_at + 160 * k;
+        assert!(
+            frames[o..o + 160].iter().all(|f| f[1] == 0),
+            "lost packet {k}"
+        );
+    }
 }

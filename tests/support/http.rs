@@ -26,6 +26,23 @@ pub fn request_with(
     extra: &str,
     body: &str,
 ) -> (u16, String) {
+    let (code, body) = exchange(port, method, path, key, extra, body);
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// `GET path` with a bearer key; (status, body bytes as sent, for binary answers).
+pub fn get_bytes(port: u16, path: &str, key: &str) -> (u16, Vec<u8>) {
+    exchange(port, "GET", path, Some(key), "", "")
+}
+
+fn exchange(
+    port: u16,
+    method: &str,
+    path: &str,
+    key: Option<&str>,
+    extra: &str,
+    body: &str,
+) -> (u16, Vec<u8>) {
     let end = Instant::now() + Duration::from_secs(5);
     let mut s = loop {
         match TcpStream::connect(("127.0.0.1", port)) {
@@ -49,17 +66,19 @@ pub fn request_with(
         body.len()
     )
     .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let code = out
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let head_end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or(out.len());
+    let head = String::from_utf8_lossy(&out[..head_end]);
+    let code = head
         .split(' ')
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
+    let body = out.get(head_end + 4..).unwrap_or_default().to_vec();
     (code, body)
 }
 

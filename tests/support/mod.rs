@@ -7,6 +7,7 @@ pub mod cert_server;
 pub mod dce_process;
 pub mod dns;
 pub mod http;
+pub mod pcap;
 pub mod pki;
 pub mod redis_cluster;
 pub mod redis_server;
