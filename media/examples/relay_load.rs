@@ -3,7 +3,11 @@
 //! lost inside the relay, and the relay's CPU time per 1,000 streams (its thread only, `dce-rtp`;
 //! the traffic generator runs on a runtime of its own).
 //!
-//!     cargo run --release -p dce-media --example relay_load -- [calls] [seconds] [pps]
+//! With `--record`, every call is recorded (a stereo WAV each, in a temporary directory removed
+//! afterwards): the recorder thread's CPU (`dce-rec`), the bytes written per call-minute and
+//! the packets the recorder had to leave out are printed too.
+//!
+//!     cargo run --release -p dce-media --example relay_load -- [calls] [seconds] [pps] [--record]
 
 use dce_media::stats::rtp_packet;
 use dce_media::{MediaEngine, MediaEvent, Relay, RelayConfig, Side, Stream};
@@ -55,6 +59,8 @@ fn main() {
     let calls = *args.first().unwrap_or(&1000) as usize;
     let seconds = *args.get(1).unwrap_or(&10);
     let pps = *args.get(2).unwrap_or(&50);
+    let record = std::env::args().any(|a| a == "--record");
+    let rec_dir = std::env::temp_dir().join(format!("dce-relay-load-{}", std::process::id()));
 
     let relay_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -96,6 +102,9 @@ fn main() {
         relay.set_remote(id, Side::A, &[stream(carrier.local_addr().unwrap())]);
         relay.set_remote(id, Side::B, &[stream(buyer.local_addr().unwrap())]);
         relay.answered(id);
+        if record {
+            relay.record(id, rec_dir.join(format!("{id}.wav")));
+        }
         relay.flush();
         let a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0])
             .parse()
@@ -111,6 +120,7 @@ fn main() {
         calls * 2
     );
     let cpu0 = thread_cpu("dce-rtp");
+    let rec0 = thread_cpu("dce-rec");
     let t0 = Instant::now();
     gen_rt.block_on(async {
         let mut tasks = Vec::new();
@@ -155,6 +165,7 @@ fn main() {
     let wall = t0.elapsed().as_secs_f64();
     let cpu = thread_cpu("dce-rtp") - cpu0;
     let mut relayed = 0;
+    let (mut rec_bytes, mut rec_secs, mut rec_dropped) = (0u64, 0.0f64, 0u64);
     relay_rt.block_on(async {
         for id in &ids {
             relay.close(*id);
@@ -166,6 +177,11 @@ fn main() {
                 Ok(Some(MediaEvent::Closed { report, .. })) => {
                     closed += 1;
                     relayed += report.to_buyer + report.to_carrier;
+                    rec_dropped += report.recording_dropped;
+                    if let Some((path, secs)) = &report.recording {
+                        rec_bytes += std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                        rec_secs += secs;
+                    }
                 }
                 Ok(Some(_)) => {}
                 _ => break,
@@ -189,4 +205,16 @@ fn main() {
         cpu * 100.0 / wall,
         cpu * 100.0 / wall / (calls as f64 * 2.0 / 1000.0)
     );
+    if record {
+        let rec_cpu = thread_cpu("dce-rec") - rec0;
+        println!(
+            "recorder CPU {:.2} s = {:.1}% of one core; {} recordings, {:.0} s in all, {:.0} bytes per call-minute, {rec_dropped} packets left out of recordings",
+            rec_cpu,
+            rec_cpu * 100.0 / wall,
+            ids.len(),
+            rec_secs,
+            rec_bytes as f64 / (rec_secs / 60.0).max(1e-9)
+        );
+        let _ = std::fs::remove_dir_all(&rec_dir);
+    }
 }
