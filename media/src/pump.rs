@@ -336,14 +336,26 @@ impl Pump {
                 }
                 continue;
             }
+            // Woken for commands: those that set a call up go before the packets of this wait
+            // (the carrier's first RTP can come in the same wake-up as the buyer's address,
+            // and must find it); a Close waits until after them, so what already arrived is
+            // relayed and counted.
+            let woke = evs[..n as usize].iter().any(|e| e.u64 == WAKE);
+            let mut closes = Vec::new();
+            if woke && !self.take_commands(Some(&mut closes)) {
+                self.shut_down();
+                return;
+            }
             for ev in &evs[..n as usize] {
                 let token = ev.u64;
                 if token != WAKE {
                     self.readable(token);
                 }
             }
-            // commands after packets: a Close takes effect after what already arrived
-            if !self.take_commands() {
+            for id in closes {
+                self.close(id);
+            }
+            if !self.take_commands(None) {
                 self.shut_down();
                 return;
             }
@@ -359,7 +371,7 @@ impl Pump {
     }
 
     /// Run the queued commands; false on `Exit`.
-    fn take_commands(&mut self) -> bool {
+    fn take_commands(&mut self, mut defer_close: Option<&mut Vec<MediaId>>) -> bool {
         let mut drained = [0u8; 8];
         // SAFETY: reading at most 8 bytes into a live buffer; EAGAIN when nothing is pending.
         unsafe { libc::read(self.wake.as_raw_fd(), drained.as_mut_ptr().cast(), 8) };
@@ -403,7 +415,10 @@ impl Pump {
                     }
                 }
                 Cmd::Record { id, path } => self.record(id, path),
-                Cmd::Close { id } => self.close(id),
+                Cmd::Close { id } => match defer_close.as_deref_mut() {
+                    Some(later) => later.push(id),
+                    None => self.close(id),
+                },
                 Cmd::Exit => return false,
             }
         }
