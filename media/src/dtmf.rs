@@ -57,7 +57,7 @@ impl Detector {
     /// A telephone-event RTP packet (`rtp` is the whole packet, header included). Packets that
     /// are too short or name no DTMF digit (events 16 and up: tones, flash) are ignored.
     pub fn on_packet(&mut self, rtp: &[u8]) {
-        let Some((timestamp, payload)) = payload(rtp) else {
+        let Some((_, timestamp, payload)) = payload(rtp) else {
             return;
         };
         let [event, flags, d0, d1, ..] = *payload else {
@@ -114,6 +114,11 @@ impl Detector {
         }
     }
 
+    /// Nothing heard yet.
+    pub fn is_empty(&self) -> bool {
+        self.digits.is_empty() && self.current.is_none()
+    }
+
     /// The digits so far, in order (a press still held counts, with its duration so far).
     pub fn digits(&self) -> Vec<Digit> {
         let mut d = self.clone();
@@ -122,9 +127,10 @@ impl Detector {
     }
 }
 
-/// An RTP packet's timestamp and payload (after CSRCs and any header extension), or `None`
-/// when it is not RTP version 2 or is cut short.
-fn payload(rtp: &[u8]) -> Option<(u32, &[u8])> {
+/// An RTP packet's payload type, timestamp and payload (after CSRCs and any header
+/// extension, before padding), or `None` when it is not RTP version 2 or is cut short. Shared
+/// by the DTMF detector and the recorder.
+pub(crate) fn payload(rtp: &[u8]) -> Option<(u8, u32, &[u8])> {
     if rtp.len() < 12 || rtp[0] >> 6 != 2 {
         return None;
     }
@@ -139,7 +145,7 @@ fn payload(rtp: &[u8]) -> Option<(u32, &[u8])> {
         // padding: the last byte says how much
         end = end.checked_sub(usize::from(*rtp.last()?))?;
     }
-    Some((timestamp, rtp.get(at..end)?))
+    Some((rtp[1] & 0x7f, timestamp, rtp.get(at..end)?))
 }
 
 /// The RFC 4733 event number of a DTMF digit (`0`–`9`, `*`, `#`, `A`–`D`; lower case too).

@@ -200,7 +200,9 @@ impl Wav {
     /// Place RTP packet `pkt` from `side` (0 left, 1 right), received `at`. Only G.711
     /// (payload types 0 and 8) is recorded.
     pub(crate) fn packet(&mut self, side: usize, at: Instant, pkt: &[u8]) {
-        let Some((pt, ts, payload)) = g711(pkt) else {
+        let Some((pt, ts, payload)) =
+            crate::dtmf::payload(pkt).filter(|(pt, ..)| *pt == 0 || *pt == 8)
+        else {
             return;
         };
         let arrival = self.frame_at(at) as i64;
@@ -295,28 +297,6 @@ fn header(frames: u64) -> [u8; HEADER] {
     h[36..40].copy_from_slice(b"data");
     h[40..44].copy_from_slice(&data.to_le_bytes());
     h
-}
-
-/// A G.711 packet's payload type (0 or 8), timestamp and payload.
-fn g711(rtp: &[u8]) -> Option<(u8, u32, &[u8])> {
-    if rtp.len() < 12 || rtp[0] >> 6 != 2 {
-        return None;
-    }
-    let pt = rtp[1] & 0x7f;
-    if pt != 0 && pt != 8 {
-        return None;
-    }
-    let ts = u32::from_be_bytes([rtp[4], rtp[5], rtp[6], rtp[7]]);
-    let mut at = 12 + 4 * usize::from(rtp[0] & 0x0f);
-    if rtp[0] & 0x10 != 0 {
-        let ext = rtp.get(at + 2..at + 4)?;
-        at += 4 + 4 * usize::from(u16::from_be_bytes([ext[0], ext[1]]));
-    }
-    let mut end = rtp.len();
-    if rtp[0] & 0x20 != 0 {
-        end = end.checked_sub(usize::from(*rtp.last()?))?;
-    }
-    Some((pt, ts, rtp.get(at..end)?))
 }
 
 #[cfg(test)]

@@ -184,7 +184,7 @@ impl TaskState {
             leg.stats = StreamStats::new(stream.clock_rate);
         }
         if let Some((_, rate)) = stream.telephone_event {
-            if leg.dtmf.digits().is_empty() {
+            if leg.dtmf.is_empty() {
                 leg.dtmf = Detector::new(rate);
             }
         }
