@@ -263,15 +263,8 @@ fn a_live_call_appears_on_the_page_and_leaves_it() {
             "the auction is listed: {auctions}"
         );
         // A call to a number no campaign has: 404, listed under rejections.
-        let scenario = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
-            .unwrap()
-            .replace("EXPECTED_CODE", "404");
-        let path = dce.dir().join("uac_expect_404.xml");
-        std::fs::write(&path, scenario).unwrap();
-        let mut args = sipp::args(&path, free_port(), &["-s", "+18005550199", "-m", "1"]);
-        args.push(dce.sip.to_string());
-        let out = sipp::run(&bin, &args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let (ok, out) = sipp::expect_code(&bin, &dce, 404, &["-s", "+18005550199", "-m", "1"]);
+        assert!(ok, "{out}");
         let end = until(10);
         loop {
             let r = page
@@ -284,15 +277,8 @@ fn a_live_call_appears_on_the_page_and_leaves_it() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // A call without Identity to the campaign that requires one: 428, with its verdict.
-        let scenario = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
-            .unwrap()
-            .replace("EXPECTED_CODE", "428");
-        let path = dce.dir().join("uac_expect_428.xml");
-        std::fs::write(&path, scenario).unwrap();
-        let mut args = sipp::args(&path, free_port(), &["-s", "+18005550101", "-m", "1"]);
-        args.push(dce.sip.to_string());
-        let out = sipp::run(&bin, &args);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+        let (ok, out) = sipp::expect_code(&bin, &dce, 428, &["-s", "+18005550101", "-m", "1"]);
+        assert!(ok, "{out}");
         let end = until(10);
         loop {
             let r = page

@@ -178,15 +178,6 @@ fn long_call(
     std::thread::spawn(move || sipp::run(&bin, &args))
 }
 
-fn expect_code(bin: &std::path::PathBuf, dce: &Dce, code: u16, extra: &[&str]) -> (bool, String) {
-    let text = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
-        .unwrap()
-        .replace("EXPECTED_CODE", &code.to_string());
-    let path = dce.dir().join(format!("uac_expect_{code}.xml"));
-    std::fs::write(&path, text).unwrap();
-    sipp::carrier(bin, &path, dce.sip, extra)
-}
-
 #[test]
 fn no_eligible_buyer_480_and_unknown_source_403() {
     let Some(bin) = sipp::sipp() else { return };
@@ -206,7 +197,7 @@ fn no_eligible_buyer_480_and_unknown_source_403() {
         )
     });
     let a = buyer_bg(&bin, "uas_answer.xml", pa, 1);
-    let (ok, out) = expect_code(&bin, &dce, 480, &["-m", "1"]);
+    let (ok, out) = sipp::expect_code(&bin, &dce, 480, &["-m", "1"]);
     assert!(ok, "expected 480:\n{out}");
     // unknown source: the carrier SIPp sends from 127.0.0.2, outside carrier-a's sources
     let mut args = sipp::args(
@@ -386,7 +377,7 @@ fn sigterm_drains_active_calls_refuses_new_ones_and_exits_0() {
         std::time::Duration::from_secs(5),
     );
     // a new call while draining: 503
-    let (ok, out) = expect_code(&bin, &dce, 503, &["-m", "1"]);
+    let (ok, out) = sipp::expect_code(&bin, &dce, 503, &["-m", "1"]);
     assert!(ok, "a new call during the drain gets 503: {out}");
     let long = long.join().unwrap();
     assert!(

@@ -27,15 +27,6 @@ fn config(port: u16, dir: &std::path::Path, shared: &std::path::Path, bravo: u16
     )
 }
 
-fn expect_code(bin: &std::path::PathBuf, dce: &Dce, code: u16) -> (bool, String) {
-    let text = std::fs::read_to_string(sipp::scenario("uac_expect.xml"))
-        .unwrap()
-        .replace("EXPECTED_CODE", &code.to_string());
-    let path = dce.dir().join(format!("uac_expect_{code}.xml"));
-    std::fs::write(&path, text).unwrap();
-    sipp::carrier(bin, &path, dce.sip, &["-m", "1"])
-}
-
 #[test]
 fn a_repeat_caller_is_refused_and_a_restart_keeps_the_window() {
     let Some(bin) = sipp::sipp() else { return };
@@ -54,7 +45,7 @@ fn a_repeat_caller_is_refused_and_a_restart_keeps_the_window() {
     );
     assert!(ok, "first call:\n{out}\n{}", dce.log());
     assert!(b.finish(20).0, "bravo answered the first call");
-    let (ok, out) = expect_code(&bin, &dce, 603);
+    let (ok, out) = sipp::expect_code(&bin, &dce, 603, &["-m", "1"]);
     assert!(
         ok,
         "the repeat caller on the same run:\n{out}\n{}",
@@ -92,7 +83,7 @@ fn a_repeat_caller_is_refused_and_a_restart_keeps_the_window() {
         "one call got through before the restart (the refused one is not history):\n{}",
         dce.log()
     );
-    let (ok, out) = expect_code(&bin, &dce, 603);
+    let (ok, out) = sipp::expect_code(&bin, &dce, 603, &["-m", "1"]);
     assert!(
         ok,
         "the repeat caller after a restart:\n{out}\n{}",
@@ -159,7 +150,7 @@ fn two_nodes_sharing_redis_judge_a_caller_the_same_way() {
     let (ok, out) = call(&b);
     assert!(ok, "repeat call, node B:\n{out}\n{}", b.log());
     assert!(on_bravo.finish(20).0, "bravo answered on node B");
-    let (ok, out) = expect_code(&bin, &a, 480);
+    let (ok, out) = sipp::expect_code(&bin, &a, 480, &["-m", "1"]);
     assert!(ok, "third call, node A: nobody left:\n{out}\n{}", a.log());
 
     let (_, log_a, dir_a) = a.stop_keep();

@@ -10,33 +10,41 @@ use support::sipp::{self, Background};
 
 const PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
 
+/// A DCE anchoring media on 127.0.0.1 (ports of its own, from `mp`), its API on `http` with
+/// the read key `support::http::OPS_KEY`, CDRs to SQLite and `cdr.jsonl` in its directory,
+/// campaign `auto` (+18005550100) with the `campaign` lines and buyer acme at `bp`; `media`
+/// lines go into `[media]` (`{dir}`: DCE's directory).
+fn media_dce(http: u16, bp: u16, mp: u16, media: &str, campaign: &str) -> Dce {
+    Dce::start_with(|port, dir| {
+        format!(
+            "[http]\nlisten = \"127.0.0.1:{http}\"\napi_keys = [{{ name = \"ops\", sha256 = \"{sha}\", role = \"read\" }}]\n\
+             [node]\nid = \"media\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
+             [media]\nbind_ip = \"127.0.0.1\"\nadvertised_ip = \"127.0.0.1\"\nport_min = {mp0}\nport_max = {mp1}\n{media}\n\
+             [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
+             [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
+             [cdr]\njsonl_path = \"{d}/cdr.jsonl\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
+             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\n{campaign}\n\
+             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bp}\"\nbid_cents = 1500\n",
+            sha = support::http::OPS_SHA,
+            d = dir.display(),
+            media = media.replace("{dir}", &dir.display().to_string()),
+            mp0 = 40000 + (mp % 1000) * 20,
+            mp1 = 40000 + (mp % 1000) * 20 + 19,
+        )
+    })
+}
+
 #[test]
 fn rtp_from_a_pcap_crosses_dce_both_ways_and_the_cdr_counts_it() {
     let Some(bin) = sipp::sipp() else { return };
-    if !std::path::Path::new(PCAP).exists() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{PCAP} missing (Debian package sip-tester ships it)");
-        }
-        eprintln!("NOT RUN: {PCAP} missing");
+    if !sipp::pcaps_present(&[PCAP]) {
         return;
     }
     let sent = support::pcap::read(PCAP).len();
     let bp = free_port();
     let mp = free_port();
     let http = free_port();
-    let dce = Dce::start_with(|port, dir| {
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{http}\"\n[node]\nid = \"media\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
-             [media]\nbind_ip = \"127.0.0.1\"\nadvertised_ip = \"127.0.0.1\"\nport_min = {mp0}\nport_max = {mp1}\n\
-                          [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
-             [cdr]\njsonl_path = \"{}\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
-             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nbillable_after_s = 5\n\
-             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bp}\"\nbid_cents = 1500\n",
-            dir.join("cdr.jsonl").display(),
-            mp0 = 40000 + (mp % 1000) * 20,
-            mp1 = 40000 + (mp % 1000) * 20 + 19,
-        )
-    });
+    let dce = media_dce(http, bp, mp, "", "billable_after_s = 5");
     let buyer_media = free_port();
     let buyer = Background::start(
         &bin,
@@ -149,31 +157,12 @@ fn dtmf_pcap(key: &str) -> String {
 #[test]
 fn rfc_4733_digits_cross_dce_and_each_sides_digits_are_in_the_cdr() {
     let Some(bin) = sipp::sipp() else { return };
-    for key in ["1", "5", "pound", "9"] {
-        let p = dtmf_pcap(key);
-        if !std::path::Path::new(&p).exists() {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{p} missing (Debian package sip-tester ships it)");
-            }
-            eprintln!("NOT RUN: {p} missing");
-            return;
-        }
+    let pcaps: Vec<String> = ["1", "5", "pound", "9"].map(dtmf_pcap).into();
+    if !sipp::pcaps_present(&pcaps.iter().map(String::as_str).collect::<Vec<_>>()) {
+        return;
     }
     let (bp, mp, http) = (free_port(), free_port(), free_port());
-    let dce = Dce::start_with(|port, dir| {
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{http}\"\n[node]\nid = \"dtmf\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
-             [media]\nbind_ip = \"127.0.0.1\"\nadvertised_ip = \"127.0.0.1\"\nport_min = {mp0}\nport_max = {mp1}\n\
-             [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
-             [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
-             [cdr]\njsonl_path = \"{d}/cdr.jsonl\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
-             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\n\
-             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bp}\"\nbid_cents = 1500\n",
-            d = dir.display(),
-            mp0 = 40000 + (mp % 1000) * 20,
-            mp1 = 40000 + (mp % 1000) * 20 + 19,
-        )
-    });
+    let dce = media_dce(http, bp, mp, "", "");
     // Both sides offer telephone-event; the carrier presses 1, 5, #; the buyer presses 9.
     let te = "m=audio [media_port] RTP/AVP 8 101\n      a=rtpmap:8 PCMA/8000\n      a=rtpmap:101 telephone-event/8000\n      a=fmtp:101 0-15";
     let play = |key: &str| {
@@ -302,30 +291,17 @@ fn rfc_4733_digits_cross_dce_and_each_sides_digits_are_in_the_cdr() {
 #[test]
 fn a_recorded_call_is_a_stereo_wav_whose_channels_are_what_each_side_sent_in_place() {
     let Some(bin) = sipp::sipp() else { return };
-    if !std::path::Path::new(PCAP).exists() {
-        if std::env::var("CI").as_deref() == Ok("true") {
-            panic!("{PCAP} missing (Debian package sip-tester ships it)");
-        }
-        eprintln!("NOT RUN: {PCAP} missing");
+    if !sipp::pcaps_present(&[PCAP]) {
         return;
     }
     let (bp, mp, http) = (free_port(), free_port(), free_port());
-    let dce = Dce::start_with(|port, dir| {
-        format!(
-            "[http]\nlisten = \"127.0.0.1:{http}\"\napi_keys = [{{ name = \"ops\", sha256 = \"{sha}\", role = \"read\" }}]\n\
-             [node]\nid = \"rec\"\n[sip]\nlisten = [\"udp://127.0.0.1:{port}\"]\nadvertised_host = \"127.0.0.1\"\n\
-             [media]\nbind_ip = \"127.0.0.1\"\nadvertised_ip = \"127.0.0.1\"\nport_min = {mp0}\nport_max = {mp1}\nrecordings_dir = \"{d}/rec\"\n\
-             [compliance]\ncalling_hours = {{ start = \"00:00\", end = \"24:00\" }}\n\
-             [storage]\ndatabase_url = \"sqlite://{d}/dce.db\"\nspool_dir = \"{d}/spool\"\n\
-             [cdr]\njsonl_path = \"{d}/cdr.jsonl\"\n[[carrier]]\nid = \"c\"\nsources = [\"127.0.0.1/32\"]\n\
-             [[campaign]]\nid = \"auto\"\nnumbers = [\"+18005550100\"]\nrecord = true\n\
-             [[buyer]]\nid = \"acme\"\ncampaigns = [\"auto\"]\nuri = \"sip:{{called}}@127.0.0.1:{bp}\"\nbid_cents = 1500\n",
-            sha = support::http::OPS_SHA,
-            d = dir.display(),
-            mp0 = 40000 + (mp % 1000) * 20,
-            mp1 = 40000 + (mp % 1000) * 20 + 19,
-        )
-    });
+    let dce = media_dce(
+        http,
+        bp,
+        mp,
+        "recordings_dir = \"{dir}/rec\"",
+        "record = true",
+    );
     // The buyer talks 4 s of its own A-law (a pattern per packet), every 10th packet lost.
     let sample = |k: u32, i: u32| ((k * 37 + i * 11) % 251) as u8;
     let buyer_pkts: Vec<(u64, Vec<u8>)> = (0..200u32)

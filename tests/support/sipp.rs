@@ -21,6 +21,21 @@ pub fn sipp() -> Option<PathBuf> {
 }
 
 /// A scenario file under tests/sipp/.
+/// Are these pcap files (Debian's sip-tester ships them) there? Outside CI a missing one makes
+/// the test say it was not run; under `CI=true` it is a failure (`.ci/run` installs SIPp).
+pub fn pcaps_present(paths: &[&str]) -> bool {
+    match paths.iter().find(|p| !std::path::Path::new(p).exists()) {
+        None => true,
+        Some(p) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{p} missing (Debian package sip-tester ships it)")
+        }
+        Some(p) => {
+            eprintln!("NOT RUN: {p} missing");
+            false
+        }
+    }
+}
+
 pub fn scenario(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/sipp")
@@ -158,6 +173,23 @@ pub fn carrier(
             String::from_utf8_lossy(&out.stderr)
         ),
     )
+}
+
+/// One carrier call to `dce` (`uac_expect.xml`) that must get the final response `code`, with
+/// `extra` arguments (a later `-s NUMBER` dials another number); whether it did, and SIPp's
+/// output.
+pub fn expect_code(
+    bin: &PathBuf,
+    dce: &super::dce_process::Dce,
+    code: u16,
+    extra: &[&str],
+) -> (bool, String) {
+    let text = std::fs::read_to_string(scenario("uac_expect.xml"))
+        .unwrap()
+        .replace("EXPECTED_CODE", &code.to_string());
+    let path = dce.dir().join(format!("uac_expect_{code}.xml"));
+    std::fs::write(&path, text).unwrap();
+    carrier(bin, &path, dce.sip, extra)
 }
 
 /// A buyer (SIPp `uas_answer.xml` on `port`) answering `calls` calls, in the background.
