@@ -464,6 +464,46 @@ async fn dropping_the_relay_reports_open_calls_and_closes_every_socket() {
     }
 }
 
+/// One call open on a relay from `port_min`, between a carrier and a buyer socket on
+/// loopback, nothing announced yet.
+struct OneCall {
+    relay: Relay,
+    events: mpsc::UnboundedReceiver<MediaEvent>,
+    carrier: UdpSocket,
+    buyer: UdpSocket,
+    id: dce_media::MediaId,
+    /// DCE's RTP address facing the carrier, and facing the buyer.
+    dce_a: SocketAddr,
+    dce_b: SocketAddr,
+}
+
+async fn one_call(port_min: u16) -> OneCall {
+    let (tx, events) = mpsc::unbounded_channel();
+    let mut relay = Relay::new(config(port_min, 30), tx).expect("relay thread starts");
+    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let id = relay.open(1).unwrap();
+    let at = |side| SocketAddr::from(([127, 0, 0, 1], relay.ports(id, side)[0]));
+    let (dce_a, dce_b) = (at(Side::A), at(Side::B));
+    OneCall {
+        relay,
+        events,
+        carrier,
+        buyer,
+        id,
+        dce_a,
+        dce_b,
+    }
+}
+
+/// What a party at `addr` announces, with telephone-event as payload type `pt` when given.
+fn with_te(addr: SocketAddr, pt: Option<u8>) -> Stream {
+    Stream {
+        telephone_event: pt.map(|pt| (pt, 8000)),
+        ..stream(addr)
+    }
+}
+
 /// An RFC 4733 packet: payload type `pt`, `seq`, the press's timestamp `ts`, event `ev`, end
 /// bit, duration (8 kHz units).
 fn telephone_event(pt: u8, seq: u16, ts: u32, ev: u8, end: bool, duration: u16) -> Vec<u8> {
@@ -478,24 +518,26 @@ fn telephone_event(pt: u8, seq: u16, ts: u32, ev: u8, end: bool, duration: u16) 
 
 #[tokio::test]
 async fn dtmf_crosses_with_the_far_sides_payload_type_and_is_in_the_report() {
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let mut relay = Relay::new(config(32200, 30), tx).expect("relay thread starts");
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let id = relay.open(1).unwrap();
-    let dce_a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0])
-        .parse()
-        .unwrap();
-    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0])
-        .parse()
-        .unwrap();
+    let OneCall {
+        mut relay,
+        mut events,
+        carrier,
+        buyer,
+        id,
+        dce_a,
+        dce_b,
+    } = one_call(32200).await;
     // the carrier offers telephone-event as 101, the buyer answers it as 96
-    let te = |addr: SocketAddr, pt: u8| Stream {
-        telephone_event: Some((pt, 8000)),
-        ..stream(addr)
-    };
-    relay.set_remote(id, Side::A, &[te(carrier.local_addr().unwrap(), 101)]);
-    relay.set_remote(id, Side::B, &[te(buyer.local_addr().unwrap(), 96)]);
+    relay.set_remote(
+        id,
+        Side::A,
+        &[with_te(carrier.local_addr().unwrap(), Some(101))],
+    );
+    relay.set_remote(
+        id,
+        Side::B,
+        &[with_te(buyer.local_addr().unwrap(), Some(96))],
+    );
     relay.answered(id);
     relay.flush();
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -560,21 +602,22 @@ async fn dtmf_crosses_with_the_far_sides_payload_type_and_is_in_the_report() {
 
 #[tokio::test]
 async fn dce_plays_a_digit_as_rfc_4733_in_the_relayed_stream_without_breaking_its_sequence() {
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let mut relay = Relay::new(config(32300, 30), tx).expect("relay thread starts");
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let id = relay.open(1).unwrap();
-    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0])
-        .parse()
-        .unwrap();
-    let te = |addr: SocketAddr, pt: Option<u8>| Stream {
-        telephone_event: pt.map(|pt| (pt, 8000)),
-        ..stream(addr)
-    };
+    let OneCall {
+        mut relay,
+        mut events,
+        carrier,
+        buyer,
+        id,
+        dce_b,
+        ..
+    } = one_call(32300).await;
     // the buyer announced no telephone-event: nothing can be played to it
-    relay.set_remote(id, Side::A, &[te(carrier.local_addr().unwrap(), Some(101))]);
-    relay.set_remote(id, Side::B, &[te(buyer.local_addr().unwrap(), None)]);
+    relay.set_remote(
+        id,
+        Side::A,
+        &[with_te(carrier.local_addr().unwrap(), Some(101))],
+    );
+    relay.set_remote(id, Side::B, &[with_te(buyer.local_addr().unwrap(), None)]);
     assert!(!relay.send_dtmf(id, Side::B, '1', 100));
     assert!(!relay.send_dtmf(id, Side::A, 'x', 100), "not a DTMF digit");
     relay.answered(id);
@@ -664,17 +707,15 @@ async fn dce_plays_a_digit_as_rfc_4733_in_the_relayed_stream_without_breaking_it
 async fn a_recorded_call_is_one_stereo_wav_caller_left_buyer_right_reported_when_complete() {
     let dir = std::env::temp_dir().join(format!("dce-relay-rec-{}", std::process::id()));
     let path = dir.join("2026-12-04").join("call.wav");
-    let (tx, mut events) = mpsc::unbounded_channel();
-    let mut relay = Relay::new(config(32400, 30), tx).expect("relay thread starts");
-    let carrier = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let buyer = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let id = relay.open(1).unwrap();
-    let dce_a: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::A)[0])
-        .parse()
-        .unwrap();
-    let dce_b: SocketAddr = format!("127.0.0.1:{}", relay.ports(id, Side::B)[0])
-        .parse()
-        .unwrap();
+    let OneCall {
+        mut relay,
+        mut events,
+        carrier,
+        buyer,
+        id,
+        dce_a,
+        dce_b,
+    } = one_call(32400).await;
     relay.set_remote(id, Side::A, &[stream(carrier.local_addr().unwrap())]);
     relay.set_remote(id, Side::B, &[stream(buyer.local_addr().unwrap())]);
     relay.answered(id);
